@@ -1,0 +1,230 @@
+//! The hydrus filter for one request: parse the QoE header, find `k_t` for the request's scenario
+//! and window, and choose the strategy; or fall back to the default strategy and say why.
+
+use crate::decide::decide;
+use crate::ktable::{KTable, DEFAULT_SCENARIO};
+use crate::qoe::{self, QoeError, QoeRange, QoeVector};
+use crate::rollout::Group;
+use crate::strategy::StrategySet;
+
+/// Why a treatment request got the default strategy. `reason()` is the `reason` label of
+/// `hydrus_fallback_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    MissingQoe,
+    Qoe(QoeError),
+    NoCandidate,
+    UnknownScenario,
+    NoKTable,
+    StaleKTable,
+}
+
+impl Fallback {
+    pub const ALL_REASONS: &'static [&'static str] = &[
+        "missing_qoe",
+        "garbled_qoe",
+        "nan_qoe",
+        "negative_qoe",
+        "out_of_range_qoe",
+        "unknown_strategy_qoe",
+        "duplicate_strategy_qoe",
+        "no_candidate",
+        "unknown_scenario",
+        "no_ktable",
+        "stale_ktable",
+    ];
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            Fallback::MissingQoe => "missing_qoe",
+            Fallback::Qoe(e) => e.reason(),
+            Fallback::NoCandidate => "no_candidate",
+            Fallback::UnknownScenario => "unknown_scenario",
+            Fallback::NoKTable => "no_ktable",
+            Fallback::StaleKTable => "stale_ktable",
+        }
+    }
+}
+
+/// What the proxy read off one request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestInputs<'a> {
+    /// The QoE header's value, if present.
+    pub qoe: Option<&'a [u8]>,
+    /// The scenario header's value; missing means `default`.
+    pub scenario: Option<&'a [u8]>,
+    /// Unix time in milliseconds, to find the window of the day.
+    pub now_ms: u64,
+}
+
+/// The outcome for one request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Decision {
+    /// The strategy to apply (an index into the strategy set).
+    pub strategy: usize,
+    /// `k_t` of the request's scenario and window, when the k-table has it.
+    pub k: Option<f64>,
+    /// Set when a treatment request fell back to the default strategy.
+    pub fallback: Option<Fallback>,
+    /// Each strategy's QoE, when the header parsed: the log record's `value_info`.
+    pub qoe: Option<QoeVector>,
+    /// The scenario's row in the k-table, when it has one.
+    pub scenario: Option<usize>,
+}
+
+/// The hydrus filter's settings.
+#[derive(Debug, Clone)]
+pub struct HydrusFilter {
+    pub strategies: StrategySet,
+    pub qoe_range: QoeRange,
+}
+
+impl HydrusFilter {
+    pub fn new(strategies: StrategySet, qoe_range: QoeRange) -> Self {
+        Self {
+            strategies,
+            qoe_range,
+        }
+    }
+
+    /// Decide for one request. `ktable` is the running table, `stale` whether it is older than
+    /// allowed. Control requests get the default strategy; their QoE and `k` are still read,
+    /// so their log records serve the solver too.
+    pub fn decide(
+        &self,
+        group: Group,
+        inputs: &RequestInputs<'_>,
+        ktable: Option<&KTable>,
+        stale: bool,
+    ) -> Decision {
+        let qoe = match inputs.qoe {
+            None => Err(Fallback::MissingQoe),
+            Some(raw) => qoe::parse(raw, &self.strategies, self.qoe_range).map_err(Fallback::Qoe),
+        };
+        let scenario_name = inputs.scenario.unwrap_or(DEFAULT_SCENARIO.as_bytes());
+        let scenario = ktable.and_then(|t| t.scenario_index(scenario_name));
+        let k = match (ktable, scenario) {
+            (Some(t), Some(s)) => t.k(s, t.window_of(inputs.now_ms)),
+            _ => None,
+        };
+        let mut decision = Decision {
+            strategy: self.strategies.default_index(),
+            k,
+            fallback: None,
+            qoe: qoe.ok(),
+            scenario,
+        };
+        if group == Group::Control {
+            return decision;
+        }
+        let chosen = qoe.and_then(|q| {
+            if ktable.is_none() {
+                return Err(Fallback::NoKTable);
+            }
+            let k = k.ok_or(Fallback::UnknownScenario)?;
+            if stale {
+                return Err(Fallback::StaleKTable);
+            }
+            decide(&self.strategies, &q, k).ok_or(Fallback::NoCandidate)
+        });
+        match chosen {
+            Ok(j) => decision.strategy = j,
+            Err(f) => decision.fallback = Some(f),
+        }
+        decision
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::strategy::Strategy;
+
+    fn filter() -> HydrusFilter {
+        let s = |name: &str, cost: f64, qoe_scale: f64| Strategy {
+            name: name.into(),
+            cost,
+            qoe_scale,
+        };
+        HydrusFilter::new(
+            StrategySet::new(
+                vec![s("s10", 6.0, 0.9), s("s20", 10.0, 1.0), s("s40", 20.0, 1.1)],
+                "s20",
+            )
+            .expect("valid"),
+            QoeRange::default(),
+        )
+    }
+
+    fn inputs<'a>(qoe: Option<&'a [u8]>, scenario: Option<&'a [u8]>) -> RequestInputs<'a> {
+        RequestInputs {
+            qoe,
+            scenario,
+            now_ms: 0,
+        }
+    }
+
+    #[test]
+    fn treatment_decides_with_k() {
+        let f = filter();
+        let t = KTable::constant(900, &[("default", 0.001), ("feed", 0.1)]).expect("valid");
+        // k = 0.001, q = 0.5: 0.45-0.006, 0.5-0.01, 0.55-0.02 -> s40
+        let d = f.decide(
+            Group::Treatment,
+            &inputs(Some(b"0.5"), None),
+            Some(&t),
+            false,
+        );
+        assert_eq!((d.strategy, d.fallback, d.k), (2, None, Some(0.001)));
+        // k = 0.1: 0.45-0.6, 0.5-1.0, 0.55-2.0 -> s10
+        let d = f.decide(
+            Group::Treatment,
+            &inputs(Some(b"0.5"), Some(b"feed")),
+            Some(&t),
+            false,
+        );
+        assert_eq!(d.strategy, 0);
+    }
+
+    #[test]
+    fn control_gets_default_but_keeps_values() {
+        let f = filter();
+        let t = KTable::constant(900, &[("default", 0.001)]).expect("valid");
+        let d = f.decide(Group::Control, &inputs(Some(b"0.5"), None), Some(&t), false);
+        assert_eq!((d.strategy, d.fallback), (1, None));
+        assert_eq!(d.qoe.and_then(|q| q.get(2)), Some(0.5 * 1.1));
+        assert_eq!(d.k, Some(0.001));
+    }
+
+    #[test]
+    fn every_fallback_reason() {
+        let f = filter();
+        let t = KTable::constant(900, &[("default", 0.001)]).expect("valid");
+        let cases: Vec<(RequestInputs, Option<&KTable>, bool, &str)> = vec![
+            (inputs(None, None), Some(&t), false, "missing_qoe"),
+            (inputs(Some(b"x"), None), Some(&t), false, "garbled_qoe"),
+            (inputs(Some(b"NaN"), None), Some(&t), false, "nan_qoe"),
+            (inputs(Some(b"-1"), None), Some(&t), false, "negative_qoe"),
+            (
+                inputs(Some(b"7"), None),
+                Some(&t),
+                false,
+                "out_of_range_qoe",
+            ),
+            (
+                inputs(Some(b"0.5"), Some(b"zz")),
+                Some(&t),
+                false,
+                "unknown_scenario",
+            ),
+            (inputs(Some(b"0.5"), None), None, false, "no_ktable"),
+            (inputs(Some(b"0.5"), None), Some(&t), true, "stale_ktable"),
+        ];
+        for (i, kt, stale, reason) in cases {
+            let d = f.decide(Group::Treatment, &i, kt, stale);
+            assert_eq!(d.strategy, 1, "{reason}");
+            assert_eq!(d.fallback.map(Fallback::reason), Some(reason));
+            assert!(Fallback::ALL_REASONS.contains(&reason));
+        }
+    }
+}

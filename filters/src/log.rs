@@ -1,0 +1,113 @@
+//! The decision log record: one JSON object per line (Listing 1 of the Hydrus paper, plus what
+//! the solver needs). The field names are an interface: `hydrus solve`, dashboards and users'
+//! own pipelines read them. Add fields; never rename or remove one.
+
+use serde::{Deserialize, Serialize};
+
+/// One strategy's estimated QoE and resource cost for one request (the paper's `ValueInfo`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValueInfo {
+    pub strategy: String,
+    pub cost: f64,
+    pub qoe: f64,
+}
+
+/// One proxied request (the paper's `LogInfo`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogRecord {
+    /// Unix time in milliseconds when the request arrived.
+    pub ts_ms: u64,
+    pub request_id: String,
+    pub user_id: String,
+    pub device_id: String,
+    pub scenario: String,
+    /// `hydrus` (treatment) or `control`.
+    pub group: String,
+    /// The strategy applied.
+    pub chosen: String,
+    /// `k_t` of the request's scenario and window, when the k-table had one.
+    pub k: Option<f64>,
+    /// Every candidate strategy's cost and QoE; empty when the QoE header was unusable.
+    pub value_info: Vec<ValueInfo>,
+    /// The status sent to the client (0 when none was sent).
+    pub status: u16,
+    /// Time from sending the request upstream to its response header, in milliseconds.
+    pub upstream_ms: Option<f64>,
+    /// Why a treatment request fell back to the default strategy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
+    /// The upstream cluster the request went to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// Whole-request time in the proxy, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_ms: Option<f64>,
+}
+
+impl LogRecord {
+    /// Append this record as one JSON line.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        // Serializing plain strings and numbers into a Vec cannot fail; NaN would become null.
+        if serde_json::to_writer(&mut *out, self).is_ok() {
+            out.push(b'\n');
+        }
+    }
+
+    /// The cost of the chosen strategy, when it is among `value_info`.
+    pub fn chosen_cost(&self) -> Option<f64> {
+        self.value_info
+            .iter()
+            .find(|v| v.strategy == self.chosen)
+            .map(|v| v.cost)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_the_documented_fields() {
+        let r = LogRecord {
+            ts_ms: 1_700_000_000_000,
+            request_id: "r1".into(),
+            user_id: "u\"1".into(),
+            device_id: "d".into(),
+            scenario: "default".into(),
+            group: "hydrus".into(),
+            chosen: "s20".into(),
+            k: Some(0.0004),
+            value_info: vec![ValueInfo {
+                strategy: "s20".into(),
+                cost: 10.0,
+                qoe: 0.35,
+            }],
+            status: 200,
+            upstream_ms: Some(12.5),
+            fallback: None,
+            cluster: None,
+            total_ms: None,
+        };
+        let mut out = Vec::new();
+        r.encode_into(&mut out);
+        let text = String::from_utf8(out).expect("utf8");
+        assert!(text.ends_with('\n'));
+        assert_eq!(text.lines().count(), 1);
+        for field in [
+            "\"ts_ms\":1700000000000",
+            "\"request_id\":\"r1\"",
+            "\"user_id\":\"u\\\"1\"",
+            "\"group\":\"hydrus\"",
+            "\"chosen\":\"s20\"",
+            "\"k\":0.0004",
+            "\"value_info\":[{\"strategy\":\"s20\",\"cost\":10.0,\"qoe\":0.35}]",
+            "\"status\":200",
+            "\"upstream_ms\":12.5",
+        ] {
+            assert!(text.contains(field), "{field} in {text}");
+        }
+        let back: LogRecord = serde_json::from_str(text.trim()).expect("parses");
+        assert_eq!(back, r);
+        assert_eq!(back.chosen_cost(), Some(10.0));
+    }
+}

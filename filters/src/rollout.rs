@@ -1,0 +1,113 @@
+//! The rollout split: a stable hash of the user id puts each user in treatment (hydrus decides)
+//! or control (the default strategy). Raising `percent` only moves control users into treatment,
+//! so a gradual rollout never flips a treated user back and forth.
+
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+
+/// Buckets per 100%: percent has four decimal places of resolution.
+pub const BUCKETS: u64 = 1_000_000;
+
+/// Which arm of the experiment a request is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Group {
+    /// hydrus chooses the strategy.
+    Treatment,
+    /// The default strategy, as before hydrus.
+    Control,
+}
+
+impl Group {
+    /// The value of `x-hydrus-group` and of the log record's `group`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Group::Treatment => "hydrus",
+            Group::Control => "control",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        match self {
+            Group::Treatment => 0,
+            Group::Control => 1,
+        }
+    }
+}
+
+/// Why a rollout setting was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("percent {0} must be a number from 0 to 100")]
+pub struct PercentError(pub f64);
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rollout {
+    threshold: u64,
+    seed: u64,
+}
+
+impl Rollout {
+    /// `percent` of users (0-100, fractions allowed) in treatment; `salt` reshuffles who.
+    pub fn new(percent: f64, salt: &str) -> Result<Self, PercentError> {
+        if !(0.0..=100.0).contains(&percent) {
+            return Err(PercentError(percent));
+        }
+        Ok(Self {
+            threshold: (percent / 100.0 * BUCKETS as f64).round() as u64,
+            seed: xxh3_64(salt.as_bytes()),
+        })
+    }
+
+    /// The user's bucket in `0..BUCKETS`: the same for the same user and salt on every proxy.
+    pub fn bucket(&self, user_id: &[u8]) -> u64 {
+        xxh3_64_with_seed(user_id, self.seed) % BUCKETS
+    }
+
+    /// The group of a request; no user id means control.
+    pub fn assign(&self, user_id: Option<&[u8]>) -> Group {
+        match user_id {
+            Some(id) if !id.is_empty() && self.bucket(id) < self.threshold => Group::Treatment,
+            _ => Group::Control,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn share_is_close_to_percent() {
+        let r = Rollout::new(20.0, "hydrus").expect("valid");
+        let n = 100_000;
+        let treated = (0..n)
+            .filter(|i| r.assign(Some(format!("user-{i}").as_bytes())) == Group::Treatment)
+            .count();
+        let share = treated as f64 / n as f64;
+        assert!((share - 0.20).abs() < 0.01, "{share}");
+    }
+
+    #[test]
+    fn edges() {
+        assert!(Rollout::new(-1.0, "").is_err());
+        assert!(Rollout::new(100.5, "").is_err());
+        assert!(Rollout::new(f64::NAN, "").is_err());
+        let all = Rollout::new(100.0, "s").expect("valid");
+        let none = Rollout::new(0.0, "s").expect("valid");
+        assert_eq!(all.assign(Some(b"u")), Group::Treatment);
+        assert_eq!(none.assign(Some(b"u")), Group::Control);
+        assert_eq!(all.assign(None), Group::Control);
+        assert_eq!(all.assign(Some(b"")), Group::Control);
+    }
+
+    proptest! {
+        /// Raising the percentage never moves a user out of treatment.
+        #[test]
+        fn monotone_in_percent(id in ".{1,40}", p in 0.0f64..100.0, dp in 0.0f64..50.0) {
+            let lo = Rollout::new(p, "salt").expect("valid");
+            let hi = Rollout::new((p + dp).min(100.0), "salt").expect("valid");
+            if lo.assign(Some(id.as_bytes())) == Group::Treatment {
+                prop_assert_eq!(hi.assign(Some(id.as_bytes())), Group::Treatment);
+            }
+        }
+    }
+}

@@ -1,0 +1,981 @@
+//! The YAML configuration: what users write (`Config`), how it is checked, and the compiled form
+//! the proxy runs on (`Running`), swapped whole on every reload.
+//!
+//! Every error names the file, line and column, and the path of the field at fault, as
+//! `envoy --mode validate` does. Unknown fields are errors.
+
+use crate::locate::Locator;
+use http::{HeaderName, HeaderValue};
+use hydrus_filters::{HydrusFilter, QoeRange, Rollout, Strategy, StrategySet};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The configuration file as written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the proxy listens, `IP:PORT`.
+    pub listen: String,
+    /// Worker threads of the proxy; default: the number of CPUs.
+    #[serde(default)]
+    pub threads: Option<usize>,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// A built-in demo ranking service, so that a fresh checkout answers curl at once.
+    #[serde(default)]
+    pub demo_upstream: Option<DemoConfig>,
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+    /// Upstream clusters by name.
+    pub clusters: BTreeMap<String, ClusterConfig>,
+    /// Where requests go when no filter says otherwise.
+    pub route: RouteConfig,
+    #[serde(default)]
+    pub headers: HeaderNames,
+    /// The filter chain, in order: each entry a one-key map, `- rollout: {...}`.
+    #[serde(default, with = "serde_yaml::with::singleton_map_recursive")]
+    pub filters: Vec<FilterConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `/metrics`, `/ready`, `/config`, `/ktable`. Loopback by default: it shows the config.
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:9901".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoConfig {
+    pub listen: String,
+    /// Simulated ranking time per candidate.
+    #[serde(default, with = "humantime_serde")]
+    pub per_candidate: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// After SIGTERM or SIGQUIT, how long in-flight requests get to finish (whole seconds).
+    #[serde(default = "default_grace", with = "humantime_serde")]
+    pub grace_period: Duration,
+    /// Then, how long the runtimes get to stop (whole seconds).
+    #[serde(default = "default_stop_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// The socket a new binary takes the listeners over from (`hydrus serve --upgrade`).
+    #[serde(default = "default_upgrade_sock")]
+    pub upgrade_sock: String,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            grace_period: default_grace(),
+            timeout: default_stop_timeout(),
+            upgrade_sock: default_upgrade_sock(),
+        }
+    }
+}
+
+fn default_grace() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_stop_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_upgrade_sock() -> String {
+    "/tmp/hydrus_upgrade.sock".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `HOST:PORT` of each endpoint; requests are spread round-robin.
+    pub endpoints: Vec<String>,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Longest wait for each read from the upstream.
+    #[serde(default = "default_read_timeout", with = "humantime_serde")]
+    pub read_timeout: Duration,
+    /// How long an idle upstream connection is kept for reuse.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub cluster: String,
+}
+
+/// Names of the request headers hydrus reads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeaderNames {
+    pub user_id: String,
+    pub device_id: String,
+    pub request_id: String,
+    pub qoe: String,
+    pub scenario: String,
+}
+
+impl Default for HeaderNames {
+    fn default() -> Self {
+        Self {
+            user_id: "x-user-id".into(),
+            device_id: "x-device-id".into(),
+            request_id: "x-request-id".into(),
+            qoe: "x-qoe-score".into(),
+            scenario: "x-scenario".into(),
+        }
+    }
+}
+
+/// One entry of the filter chain.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum FilterConfig {
+    Rollout(RolloutConfig),
+    Hydrus(HydrusConfig),
+    Log(LogConfig),
+}
+
+impl FilterConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FilterConfig::Rollout(_) => "rollout",
+            FilterConfig::Hydrus(_) => "hydrus",
+            FilterConfig::Log(_) => "log",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutConfig {
+    /// Share of users in treatment, 0-100; fractions allowed.
+    pub percent: f64,
+    /// Changing the salt reshuffles which users are in treatment.
+    #[serde(default = "default_salt")]
+    pub salt: String,
+}
+
+fn default_salt() -> String {
+    "hydrus".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HydrusConfig {
+    /// What control traffic and every fallback gets.
+    pub default_strategy: String,
+    /// `[min, max]` a QoE value must lie in; default `[0, 1]`.
+    #[serde(default)]
+    pub qoe_range: Option<[f64; 2]>,
+    pub ktable: KTableSourceConfig,
+    pub strategies: Vec<StrategyConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KTableSourceConfig {
+    /// A k-table file, reloaded when it changes (relative to this config file).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Or an `http://` URL, polled with `If-None-Match`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// How often the URL (or, as a backstop to file events, the file) is checked.
+    #[serde(default = "default_poll", with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// A table older than this (by its `generated_at_ms`, else the file's or response's
+    /// modification time) is stale: requests fall back to the default strategy.
+    #[serde(default, with = "humantime_serde")]
+    pub max_age: Option<Duration>,
+}
+
+fn default_poll() -> Duration {
+    Duration::from_secs(1)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StrategyConfig {
+    pub name: String,
+    /// Resource cost per request, in the unit the budget is in (e.g. ms of ranking time).
+    pub cost: f64,
+    /// QoE under this strategy relative to the default strategy's (the paper's coefficient).
+    #[serde(default = "default_scale")]
+    pub qoe_scale: f64,
+    /// The upstream cluster; default: `route.cluster`.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// Request headers set (replaced) upstream.
+    #[serde(default)]
+    pub set_headers: BTreeMap<String, String>,
+    /// Query parameters set (replaced) upstream, e.g. the candidate count.
+    #[serde(default)]
+    pub set_query: BTreeMap<String, String>,
+}
+
+fn default_scale() -> f64 {
+    1.0
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Records waiting for the sink; when full, new records are dropped and counted.
+    #[serde(default = "default_queue")]
+    pub queue_capacity: usize,
+    #[serde(default)]
+    pub file: Option<FileSinkConfig>,
+    #[serde(default)]
+    pub kafka: Option<KafkaSinkConfig>,
+}
+
+fn default_queue() -> usize {
+    65_536
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkConfig {
+    /// Directory of JSON-lines files, one per window (relative to this config file).
+    pub dir: PathBuf,
+    /// Window length for file rotation; matches the k-table's windows.
+    #[serde(default = "default_window", with = "humantime_serde")]
+    pub window: Duration,
+    /// Also rotate when a file reaches this many bytes.
+    #[serde(default = "default_rotate_bytes")]
+    pub rotate_bytes: u64,
+    /// Buffered records are written at least this often.
+    #[serde(default = "default_flush", with = "humantime_serde")]
+    pub flush_interval: Duration,
+}
+
+fn default_window() -> Duration {
+    Duration::from_secs(900)
+}
+
+fn default_rotate_bytes() -> u64 {
+    256 << 20
+}
+
+fn default_flush() -> Duration {
+    Duration::from_secs(1)
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSinkConfig {
+    /// `host:port,host:port`.
+    pub brokers: String,
+    pub topic: String,
+    /// Extra librdkafka producer properties.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    /// The field at fault, e.g. `filters[1].hydrus.strategies[0].cluster`.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(col) = self.column {
+                write!(f, ":{col}")?;
+            }
+        }
+        write!(f, ": ")?;
+        if let Some(field) = &self.field {
+            write!(f, "{field}: ")?;
+        }
+        write!(f, "{}", self.message)
+    }
+}
+
+/// All problems found in a config file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// An upstream cluster, compiled.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub name: String,
+    pub endpoints: Vec<SocketAddr>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// What applying a strategy does to the upstream request.
+#[derive(Debug, Clone)]
+pub struct StrategyAction {
+    pub cluster: usize,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub query: Vec<(String, String)>,
+    /// The strategy's name as a header value, for `x-hydrus-strategy`.
+    pub name_value: HeaderValue,
+}
+
+/// Header names, compiled.
+#[derive(Debug, Clone)]
+pub struct Headers {
+    pub user_id: HeaderName,
+    pub device_id: HeaderName,
+    pub request_id: HeaderName,
+    pub qoe: HeaderName,
+    pub scenario: HeaderName,
+}
+
+/// The hydrus filter, compiled.
+#[derive(Debug, Clone)]
+pub struct HydrusRuntime {
+    pub filter: HydrusFilter,
+    pub actions: Vec<StrategyAction>,
+    pub ktable: KTableSource,
+}
+
+/// Where the k-table comes from, with relative paths resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KTableSource {
+    pub path: Option<PathBuf>,
+    pub url: Option<String>,
+    pub poll_interval: Duration,
+    pub max_age: Option<Duration>,
+}
+
+/// The log filter, compiled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogRuntime {
+    pub queue_capacity: usize,
+    pub sink: SinkConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SinkConfig {
+    File(FileSinkConfig),
+    Kafka(KafkaSinkConfig),
+}
+
+/// The running configuration: everything a request needs, checked and compiled once.
+#[derive(Debug, Clone)]
+pub struct Running {
+    pub file: PathBuf,
+    pub source: Config,
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub threads: usize,
+    pub clusters: Vec<Cluster>,
+    pub default_cluster: usize,
+    pub headers: Headers,
+    pub rollout: Option<Rollout>,
+    pub rollout_percent: Option<f64>,
+    pub hydrus: Option<HydrusRuntime>,
+    pub log: Option<LogRuntime>,
+}
+
+impl Running {
+    pub fn cluster_index(&self, name: &str) -> Option<usize> {
+        self.clusters.iter().position(|c| c.name == name)
+    }
+}
+
+struct Checker<'a> {
+    file: &'a Path,
+    locator: Locator,
+    errors: Vec<ConfigError>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        let field = field.into();
+        let at = self.locator.find(&field);
+        self.errors.push(ConfigError {
+            file: self.file.to_path_buf(),
+            line: at.map(|a| a.0),
+            column: at.map(|a| a.1),
+            field: Some(field),
+            message: message.into(),
+        });
+    }
+
+    fn socket(&mut self, field: &str, text: &str) -> Option<SocketAddr> {
+        match text.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.error(field, format!("`{text}` is not an IP:PORT address"));
+                None
+            }
+        }
+    }
+
+    fn resolve(&mut self, field: &str, text: &str) -> Option<SocketAddr> {
+        if let Ok(a) = text.parse::<SocketAddr>() {
+            return Some(a);
+        }
+        match text.to_socket_addrs().map(|mut it| it.next()) {
+            Ok(Some(a)) => Some(a),
+            _ => {
+                self.error(field, format!("`{text}` is not a HOST:PORT that resolves"));
+                None
+            }
+        }
+    }
+
+    fn header_name(&mut self, field: &str, text: &str) -> Option<HeaderName> {
+        match HeaderName::from_bytes(text.as_bytes()) {
+            Ok(h) => Some(h),
+            Err(_) => {
+                self.error(field, format!("`{text}` is not a valid header name"));
+                None
+            }
+        }
+    }
+
+    fn duration_positive(&mut self, field: &str, d: Duration) {
+        if d.is_zero() {
+            self.error(field, "must be longer than 0");
+        }
+    }
+}
+
+/// Resolve `p` against the directory of the config file.
+fn relative_to(file: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        return p.to_path_buf();
+    }
+    match file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join(p),
+        _ => p.to_path_buf(),
+    }
+}
+
+fn query_text_ok(s: &str, is_key: bool) -> bool {
+    !s.bytes().any(|b| {
+        b.is_ascii_control() || b == b' ' || b == b'&' || b == b'#' || (is_key && b == b'=')
+    })
+}
+
+/// Read, parse, check and compile a config file.
+pub fn load(file: &Path) -> Result<Running, ConfigErrors> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: file.to_path_buf(),
+            line: None,
+            column: None,
+            field: None,
+            message: format!("cannot read: {e}"),
+        }])
+    })?;
+    load_str(file, &text)
+}
+
+/// Parse, check and compile config text; `file` names it in errors and anchors relative paths.
+pub fn load_str(file: &Path, text: &str) -> Result<Running, ConfigErrors> {
+    let source: Config = serde_yaml::from_str(text).map_err(|e| {
+        let loc = e.location();
+        // serde_yaml appends " at line L column C" to the message; the prefix says it already.
+        let msg = e.to_string();
+        let msg = match msg.find(" at line ") {
+            Some(i) if loc.is_some() => msg[..i].to_string(),
+            _ => msg,
+        };
+        ConfigErrors(vec![ConfigError {
+            file: file.to_path_buf(),
+            line: loc.as_ref().map(|l| l.line()),
+            column: loc.as_ref().map(|l| l.column()),
+            field: None,
+            message: msg,
+        }])
+    })?;
+    compile(file, text, source)
+}
+
+fn compile(file: &Path, text: &str, source: Config) -> Result<Running, ConfigErrors> {
+    let mut c = Checker {
+        file,
+        locator: Locator::new(text),
+        errors: Vec::new(),
+    };
+    let listen = c.socket("listen", &source.listen);
+    let admin_listen = c.socket("admin.listen", &source.admin.listen);
+    if let Some(demo) = &source.demo_upstream {
+        c.socket("demo_upstream.listen", &demo.listen);
+    }
+    let threads = match source.threads {
+        Some(0) => {
+            c.error("threads", "must be at least 1");
+            1
+        }
+        Some(n) if n > 1024 => {
+            c.error("threads", "must be at most 1024");
+            1
+        }
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    if source.shutdown.upgrade_sock.is_empty() {
+        c.error("shutdown.upgrade_sock", "must not be empty");
+    }
+
+    let mut clusters = Vec::new();
+    if source.clusters.is_empty() {
+        c.error("clusters", "at least one cluster is needed");
+    }
+    for (name, cc) in &source.clusters {
+        let field = format!("clusters.{name}");
+        if cc.endpoints.is_empty() {
+            c.error(
+                format!("{field}.endpoints"),
+                "at least one endpoint is needed",
+            );
+        }
+        let mut endpoints = Vec::new();
+        for (i, e) in cc.endpoints.iter().enumerate() {
+            if let Some(a) = c.resolve(&format!("{field}.endpoints[{i}]"), e) {
+                endpoints.push(a);
+            }
+        }
+        c.duration_positive(&format!("{field}.connect_timeout"), cc.connect_timeout);
+        c.duration_positive(&format!("{field}.read_timeout"), cc.read_timeout);
+        clusters.push(Cluster {
+            name: name.clone(),
+            endpoints,
+            connect_timeout: cc.connect_timeout,
+            read_timeout: cc.read_timeout,
+            idle_timeout: cc.idle_timeout,
+        });
+    }
+    let cluster_index = |name: &str| clusters.iter().position(|cl| cl.name == name);
+    let default_cluster = cluster_index(&source.route.cluster).unwrap_or_else(|| {
+        c.error(
+            "route.cluster",
+            format!("no cluster named `{}`", source.route.cluster),
+        );
+        0
+    });
+
+    let h = &source.headers;
+    let headers = Headers {
+        user_id: c
+            .header_name("headers.user_id", &h.user_id)
+            .unwrap_or(HeaderName::from_static("x-user-id")),
+        device_id: c
+            .header_name("headers.device_id", &h.device_id)
+            .unwrap_or(HeaderName::from_static("x-device-id")),
+        request_id: c
+            .header_name("headers.request_id", &h.request_id)
+            .unwrap_or(HeaderName::from_static("x-request-id")),
+        qoe: c
+            .header_name("headers.qoe", &h.qoe)
+            .unwrap_or(HeaderName::from_static("x-qoe-score")),
+        scenario: c
+            .header_name("headers.scenario", &h.scenario)
+            .unwrap_or(HeaderName::from_static("x-scenario")),
+    };
+
+    let mut rollout = None;
+    let mut rollout_percent = None;
+    let mut hydrus = None;
+    let mut log = None;
+    let mut seen: Vec<&'static str> = Vec::new();
+    for (i, f) in source.filters.iter().enumerate() {
+        let field = format!("filters[{i}].{}", f.kind());
+        if seen.contains(&f.kind()) {
+            c.error(
+                &field,
+                format!("a second `{}` filter; each may appear once", f.kind()),
+            );
+            continue;
+        }
+        seen.push(f.kind());
+        match f {
+            FilterConfig::Rollout(r) => {
+                if seen.contains(&"hydrus") {
+                    c.error(&field, "rollout must come before hydrus in the chain");
+                }
+                match Rollout::new(r.percent, &r.salt) {
+                    Ok(ro) => {
+                        rollout = Some(ro);
+                        rollout_percent = Some(r.percent);
+                    }
+                    Err(e) => c.error(format!("{field}.percent"), e.to_string()),
+                }
+            }
+            FilterConfig::Hydrus(hc) => {
+                hydrus = compile_hydrus(&mut c, file, &field, hc, &cluster_index, default_cluster);
+            }
+            FilterConfig::Log(lc) => {
+                let sink = match (&lc.file, &lc.kafka) {
+                    (Some(f), None) => {
+                        c.duration_positive(&format!("{field}.file.window"), f.window);
+                        c.duration_positive(
+                            &format!("{field}.file.flush_interval"),
+                            f.flush_interval,
+                        );
+                        if f.window.as_secs() == 0 || 86_400 % f.window.as_secs() != 0 {
+                            c.error(
+                                format!("{field}.file.window"),
+                                "must be whole seconds that divide a day",
+                            );
+                        }
+                        if f.rotate_bytes < 4096 {
+                            c.error(
+                                format!("{field}.file.rotate_bytes"),
+                                "must be at least 4096",
+                            );
+                        }
+                        let mut f = f.clone();
+                        f.dir = relative_to(file, &f.dir);
+                        Some(SinkConfig::File(f))
+                    }
+                    (None, Some(k)) => {
+                        if k.brokers.trim().is_empty() {
+                            c.error(format!("{field}.kafka.brokers"), "must not be empty");
+                        }
+                        if k.topic.trim().is_empty() {
+                            c.error(format!("{field}.kafka.topic"), "must not be empty");
+                        }
+                        if !cfg!(feature = "kafka") {
+                            c.error(
+                                format!("{field}.kafka"),
+                                "this hydrus was built without the `kafka` feature",
+                            );
+                        }
+                        Some(SinkConfig::Kafka(k.clone()))
+                    }
+                    _ => {
+                        c.error(&field, "name exactly one sink: `file` or `kafka`");
+                        None
+                    }
+                };
+                if lc.queue_capacity == 0 {
+                    c.error(format!("{field}.queue_capacity"), "must be at least 1");
+                }
+                log = sink.map(|sink| LogRuntime {
+                    queue_capacity: lc.queue_capacity.max(1),
+                    sink,
+                });
+            }
+        }
+    }
+
+    if !c.errors.is_empty() {
+        return Err(ConfigErrors(c.errors));
+    }
+    // Every field checked above; the fallbacks are unreachable on success.
+    let (Some(listen), Some(admin_listen)) = (listen, admin_listen) else {
+        return Err(ConfigErrors(vec![]));
+    };
+    Ok(Running {
+        file: file.to_path_buf(),
+        source,
+        listen,
+        admin_listen,
+        threads,
+        clusters,
+        default_cluster,
+        headers,
+        rollout,
+        rollout_percent,
+        hydrus,
+        log,
+    })
+}
+
+fn compile_hydrus(
+    c: &mut Checker<'_>,
+    file: &Path,
+    field: &str,
+    hc: &HydrusConfig,
+    cluster_index: &dyn Fn(&str) -> Option<usize>,
+    default_cluster: usize,
+) -> Option<HydrusRuntime> {
+    let errors_before = c.errors.len();
+    let strategies: Vec<Strategy> = hc
+        .strategies
+        .iter()
+        .map(|s| Strategy {
+            name: s.name.clone(),
+            cost: s.cost,
+            qoe_scale: s.qoe_scale,
+        })
+        .collect();
+    let set = match StrategySet::new(strategies, &hc.default_strategy) {
+        Ok(set) => Some(set),
+        Err(e) => {
+            use hydrus_filters::StrategyError as E;
+            let at = |name: &str| {
+                hc.strategies
+                    .iter()
+                    .rposition(|s| s.name == name)
+                    .map_or(format!("{field}.strategies"), |i| {
+                        format!("{field}.strategies[{i}]")
+                    })
+            };
+            let place = match &e {
+                E::Duplicate(n) | E::BadName(n) => at(n),
+                E::BadCost { name, .. } => format!("{}.cost", at(name)),
+                E::BadScale { name, .. } => format!("{}.qoe_scale", at(name)),
+                E::UnknownDefault(_) => format!("{field}.default_strategy"),
+                E::Empty | E::TooMany(_) => format!("{field}.strategies"),
+            };
+            c.error(place, e.to_string());
+            None
+        }
+    };
+    let mut actions = Vec::new();
+    for (i, s) in hc.strategies.iter().enumerate() {
+        let sf = format!("{field}.strategies[{i}]");
+        let cluster = match &s.cluster {
+            None => default_cluster,
+            Some(name) => cluster_index(name).unwrap_or_else(|| {
+                c.error(
+                    format!("{sf}.cluster"),
+                    format!("no cluster named `{name}`"),
+                );
+                default_cluster
+            }),
+        };
+        let mut headers = Vec::new();
+        for (name, value) in &s.set_headers {
+            let hf = format!("{sf}.set_headers.{name}");
+            let Some(hn) = c.header_name(&hf, name) else {
+                continue;
+            };
+            if hn.as_str().starts_with("x-hydrus-") {
+                c.error(&hf, "x-hydrus-* headers are set by hydrus itself");
+                continue;
+            }
+            match HeaderValue::from_str(value) {
+                Ok(hv) => headers.push((hn, hv)),
+                Err(_) => c.error(&hf, format!("`{value}` is not a valid header value")),
+            }
+        }
+        let mut query = Vec::new();
+        for (k, v) in &s.set_query {
+            let qf = format!("{sf}.set_query.{k}");
+            if k.is_empty() || !query_text_ok(k, true) {
+                c.error(&qf, format!("`{k}` is not a plain query parameter name"));
+            } else if !query_text_ok(v, false) {
+                c.error(
+                    &qf,
+                    format!("`{v}` is not a plain query value (percent-encode it)"),
+                );
+            } else {
+                query.push((k.clone(), v.clone()));
+            }
+        }
+        actions.push(StrategyAction {
+            cluster,
+            headers,
+            query,
+            name_value: HeaderValue::from_str(&s.name)
+                .unwrap_or(HeaderValue::from_static("invalid")),
+        });
+    }
+    let qoe_range = match hc.qoe_range {
+        None => QoeRange::default(),
+        Some([min, max]) => {
+            if !(min.is_finite() && max.is_finite() && min < max) {
+                c.error(
+                    format!("{field}.qoe_range"),
+                    "must be [min, max] with min < max",
+                );
+            }
+            QoeRange { min, max }
+        }
+    };
+    let kt = &hc.ktable;
+    let kf = format!("{field}.ktable");
+    match (&kt.path, &kt.url) {
+        (Some(_), None) => {}
+        (None, Some(u)) => {
+            if !u.starts_with("http://") {
+                c.error(format!("{kf}.url"), "only http:// URLs are supported");
+            }
+        }
+        _ => c.error(&kf, "name exactly one of `path` or `url`"),
+    }
+    c.duration_positive(&format!("{kf}.poll_interval"), kt.poll_interval);
+    if let Some(a) = kt.max_age {
+        c.duration_positive(&format!("{kf}.max_age"), a);
+    }
+    if c.errors.len() > errors_before {
+        return None;
+    }
+    Some(HydrusRuntime {
+        filter: HydrusFilter::new(set?, qoe_range),
+        actions,
+        ktable: KTableSource {
+            path: kt.path.as_ref().map(|p| relative_to(file, p)),
+            url: kt.url.clone(),
+            poll_interval: kt.poll_interval,
+            max_age: kt.max_age,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+listen: 127.0.0.1:8080
+clusters:
+  small:
+    endpoints: ["127.0.0.1:9000"]
+  big:
+    endpoints: ["127.0.0.1:9001", "localhost:9002"]
+route:
+  cluster: small
+filters:
+  - rollout:
+      percent: 12.5
+  - hydrus:
+      default_strategy: s20
+      ktable:
+        path: k.yaml
+        max_age: 1h
+      strategies:
+        - name: s10
+          cost: 6
+          qoe_scale: 0.9
+          set_query: { candidates: "10" }
+        - name: s20
+          cost: 10
+          cluster: big
+          set_headers: { x-model: large }
+  - log:
+      file:
+        dir: logs
+"#;
+
+    #[test]
+    fn compiles_a_good_config() {
+        let r = load_str(Path::new("/etc/hydrus/h.yaml"), GOOD).expect("valid");
+        assert_eq!(r.listen.port(), 8080);
+        assert_eq!(r.clusters.len(), 2);
+        assert_eq!(r.clusters[r.default_cluster].name, "small");
+        let h = r.hydrus.expect("hydrus");
+        assert_eq!(h.actions[1].cluster, 0, "big sorts first");
+        assert_eq!(h.ktable.path, Some(PathBuf::from("/etc/hydrus/k.yaml")));
+        assert_eq!(r.rollout_percent, Some(12.5));
+        match r.log.expect("log").sink {
+            SinkConfig::File(f) => assert_eq!(f.dir, PathBuf::from("/etc/hydrus/logs")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        match load_str(Path::new("h.yaml"), text) {
+            Ok(_) => vec![],
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn unknown_field_names_line() {
+        let text = GOOD.replace("          qoe_scale: 0.9\n", "          qoe_scael: 0.9\n");
+        let e = errors(&text);
+        assert_eq!(e.len(), 1);
+        assert!(e[0].starts_with("h.yaml:21:11: "), "{}", e[0]);
+        assert!(e[0].contains("unknown field `qoe_scael`"), "{}", e[0]);
+    }
+
+    #[test]
+    fn semantic_errors_name_line_and_field() {
+        let text = GOOD.replace("cluster: big", "cluster: huge");
+        let e = errors(&text);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("h.yaml:25:11: ")
+                && e[0].contains("strategies[1].cluster: no cluster named `huge`"),
+            "{}",
+            e[0]
+        );
+        let text = GOOD.replace("percent: 12.5", "percent: 120");
+        let e = errors(&text);
+        assert!(
+            e[0].starts_with("h.yaml:12:7: ") && e[0].contains("percent"),
+            "{e:?}"
+        );
+        let text = GOOD.replace("default_strategy: s20", "default_strategy: s99");
+        let e = errors(&text);
+        assert!(
+            e[0].starts_with("h.yaml:14:7: ") && e[0].contains("s99"),
+            "{e:?}"
+        );
+        let text = GOOD.replace("127.0.0.1:9000", "nowhere");
+        let e = errors(&text);
+        assert!(
+            e[0].starts_with("h.yaml:5:17: ") && e[0].contains("nowhere"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn syntax_error_names_line() {
+        let text = GOOD.replace("route:\n  cluster: small", "route:\n  cluster: [small");
+        let e = errors(&text);
+        assert_eq!(e.len(), 1);
+        assert!(e[0].starts_with("h.yaml:"), "{}", e[0]);
+    }
+}

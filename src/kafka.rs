@@ -1,0 +1,115 @@
+//! The Kafka log sink: records as JSON values keyed by user id, through librdkafka's own queue.
+//! `message.timeout.ms` is 0 (retry until delivered), so a record librdkafka took is not lost
+//! while the broker is away; when its queue is full the sink thread holds the record and the
+//! proxy's queue fills, dropping (and counting) new records instead.
+
+use crate::config::KafkaSinkConfig;
+use crate::logsink::{Sink, SinkError};
+use crate::metrics::Metrics;
+use hydrus_filters::LogRecord;
+use prometheus::IntCounter;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Counts deliveries as librdkafka reports them.
+pub struct DeliveryCounter {
+    written: IntCounter,
+    failed: IntCounter,
+}
+
+impl ClientContext for DeliveryCounter {}
+
+impl ProducerContext for DeliveryCounter {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => self.written.inc(),
+            Err((e, _)) => {
+                log::error!("kafka delivery failed: {e}");
+                self.failed.inc();
+            }
+        }
+    }
+}
+
+pub struct KafkaSink {
+    producer: ThreadedProducer<DeliveryCounter>,
+    topic: String,
+    buf: Vec<u8>,
+    dropped: IntCounter,
+}
+
+impl KafkaSink {
+    pub fn new(cfg: &KafkaSinkConfig, metrics: &Arc<Metrics>) -> Result<Self, String> {
+        let mut cc = ClientConfig::new();
+        cc.set("bootstrap.servers", &cfg.brokers)
+            .set("message.timeout.ms", "0")
+            .set("linger.ms", "20")
+            .set("queue.buffering.max.messages", "100000")
+            .set("compression.type", "lz4")
+            .set("enable.idempotence", "false");
+        for (k, v) in &cfg.properties {
+            cc.set(k, v);
+        }
+        let ctx = DeliveryCounter {
+            written: metrics.log_records.with_label_values(&["written"]),
+            failed: metrics.log_sink_errors.with_label_values(&["delivery"]),
+        };
+        let producer: ThreadedProducer<DeliveryCounter> = cc
+            .create_with_context(ctx)
+            .map_err(|e| format!("kafka producer for {}: {e}", cfg.brokers))?;
+        Ok(Self {
+            producer,
+            topic: cfg.topic.clone(),
+            buf: Vec::with_capacity(1024),
+            dropped: metrics.log_records.with_label_values(&["dropped"]),
+        })
+    }
+}
+
+impl Sink for KafkaSink {
+    #[allow(clippy::result_large_err)]
+    fn accept(&mut self, record: LogRecord) -> Result<(), (LogRecord, SinkError)> {
+        self.buf.clear();
+        record.encode_into(&mut self.buf);
+        let payload = self.buf.strip_suffix(b"\n").unwrap_or(&self.buf);
+        let sent = self.producer.send(
+            BaseRecord::<[u8], [u8]>::to(&self.topic)
+                .key(record.user_id.as_bytes())
+                .payload(payload),
+        );
+        match sent {
+            Ok(()) => Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                Err((record, SinkError("librdkafka queue full".into())))
+            }
+            Err((e, _)) => {
+                // Not transient (e.g. a record over message.max.bytes): retrying cannot help.
+                log::error!("kafka refused record {}: {e}", record.request_id);
+                self.dropped.inc();
+                Ok(())
+            }
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    fn has_buffered(&self) -> bool {
+        false
+    }
+
+    fn close(&mut self) -> Result<(), SinkError> {
+        let left = self.producer.in_flight_count();
+        self.producer
+            .flush(Duration::from_secs(30))
+            .map_err(|e| SinkError(format!("kafka flush with {left} records in flight: {e}")))
+    }
+}

@@ -1,0 +1,19 @@
+//! hydrus: a reverse proxy on pingora that decides, per request, how much a ranking service
+//! spends on each user, so that total QoE is highest within a resource budget.
+//!
+//! The per-request decision logic is plain Rust in the `hydrus-filters` crate (`filters/`);
+//! this crate is the edge around it: the pingora server, CLI, admin endpoint, hot reload, log
+//! sinks, the offline solver and the simulator.
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+#[cfg(feature = "kafka")]
+pub mod kafka;
+pub mod locate;
+pub mod logsink;
+pub mod metrics;
+pub mod proxy;
+pub mod reload;
+pub mod serve;
+pub mod state;

@@ -1,0 +1,475 @@
+//! Decision log publishing (section 4.2 of the Hydrus paper): the request path hands each record
+//! to a bounded queue and never waits; one background thread moves records to the sink.
+//!
+//! - Queue full: the record is dropped and counted (`hydrus_log_records_total{result="dropped"}`).
+//! - Sink failing (directory gone, broker down): the thread holds the record it could not write
+//!   and retries; the queue fills and further records are dropped and counted. Nothing the
+//!   queue accepted is lost: it is written once the sink is back.
+//! - Shutdown drains the queue, then flushes and fsyncs (file) or flushes the producer (Kafka).
+
+use crate::config::{FileSinkConfig, LogRuntime, SinkConfig};
+use crate::metrics::Metrics;
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use hydrus_filters::LogRecord;
+use prometheus::{IntCounter, IntGauge};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The request path's end of the queue.
+pub struct LogQueue {
+    tx: Sender<LogRecord>,
+    accepted: IntCounter,
+    dropped: IntCounter,
+    depth: IntGauge,
+}
+
+impl LogQueue {
+    /// Hand a record over without waiting; a full queue drops it, counted.
+    pub fn push(&self, record: LogRecord) {
+        match self.tx.try_send(record) {
+            Ok(()) => {
+                self.accepted.inc();
+                self.depth.set(self.tx.len() as i64);
+            }
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.dropped.inc(),
+        }
+    }
+}
+
+/// The sink thread; [`LogSink::shutdown`] drains and closes it.
+pub struct LogSink {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl LogSink {
+    /// Stop taking new records, write everything queued, close the sink. Returns when done or
+    /// after `timeout` (then what is left is reported in the log).
+    pub fn shutdown(mut self, timeout: Duration) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let deadline = Instant::now() + timeout;
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                log::error!("log sink did not drain within {timeout:?}; records may be lost");
+            }
+        }
+    }
+}
+
+/// Why a sink could not take a record now.
+#[derive(Debug)]
+pub struct SinkError(pub String);
+
+/// A destination for records. `accept` may buffer; `flush` pushes buffered records out.
+pub trait Sink: Send {
+    /// Take a record, or give it back with why (then it is retried later). The record comes
+    /// back by value: boxing it would allocate on every refusal while the sink is down.
+    #[allow(clippy::result_large_err)]
+    fn accept(&mut self, record: LogRecord) -> Result<(), (LogRecord, SinkError)>;
+    /// Write what is buffered.
+    fn flush(&mut self) -> Result<(), SinkError>;
+    /// Whether records are buffered and not yet written.
+    fn has_buffered(&self) -> bool;
+    /// Flush, make durable, release.
+    fn close(&mut self) -> Result<(), SinkError>;
+    /// Called every loop turn: time-based flushing.
+    fn tick(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+struct Counters {
+    written: IntCounter,
+    depth: IntGauge,
+    errors: IntCounter,
+}
+
+/// Start the sink thread for `cfg`.
+pub fn start(cfg: &LogRuntime, metrics: &Arc<Metrics>) -> Result<(LogQueue, LogSink), String> {
+    let (tx, rx) = bounded(cfg.queue_capacity);
+    let counters = Counters {
+        written: metrics.log_records.with_label_values(&["written"]),
+        depth: metrics.log_queue_depth.clone(),
+        errors: metrics.log_sink_errors.with_label_values(&["write"]),
+    };
+    let sink: Box<dyn Sink> = match &cfg.sink {
+        SinkConfig::File(f) => Box::new(FileSink::new(f.clone(), counters.written.clone())),
+        #[cfg(feature = "kafka")]
+        SinkConfig::Kafka(k) => Box::new(crate::kafka::KafkaSink::new(k, metrics)?),
+        #[cfg(not(feature = "kafka"))]
+        SinkConfig::Kafka(_) => return Err("built without the `kafka` feature".into()),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread = {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("hydrus-log-sink".into())
+            .spawn(move || run(sink, rx, stop, counters))
+            .map_err(|e| format!("cannot start the log sink thread: {e}"))?
+    };
+    let queue = LogQueue {
+        tx,
+        accepted: metrics.log_records.with_label_values(&["accepted"]),
+        dropped: metrics.log_records.with_label_values(&["dropped"]),
+        depth: metrics.log_queue_depth.clone(),
+    };
+    Ok((
+        queue,
+        LogSink {
+            stop,
+            thread: Some(thread),
+        },
+    ))
+}
+
+const TICK: Duration = Duration::from_millis(100);
+const BACKOFF: Duration = Duration::from_millis(200);
+
+fn run(mut sink: Box<dyn Sink>, rx: Receiver<LogRecord>, stop: Arc<AtomicBool>, c: Counters) {
+    let mut held: Option<LogRecord> = None;
+    let mut failing = false;
+    let note = |failing: &mut bool, e: SinkError| {
+        if !*failing {
+            log::error!("log sink failing, holding records and retrying: {}", e.0);
+        }
+        *failing = true;
+        c.errors.inc();
+        std::thread::sleep(BACKOFF);
+    };
+    loop {
+        let next = match held.take() {
+            Some(r) => Some(r),
+            None => match rx.recv_timeout(TICK) {
+                Ok(r) => Some(r),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    if !sink.has_buffered() {
+                        break;
+                    }
+                    None
+                }
+            },
+        };
+        c.depth.set(rx.len() as i64);
+        if let Some(r) = next {
+            if let Err((r, e)) = sink.accept(r) {
+                held = Some(r);
+                note(&mut failing, e);
+                continue;
+            }
+        }
+        if let Err(e) = sink.tick() {
+            note(&mut failing, e);
+            continue;
+        }
+        if failing {
+            log::info!("log sink recovered");
+            failing = false;
+        }
+        if stop.load(Ordering::SeqCst) && held.is_none() && rx.is_empty() {
+            match sink.flush() {
+                Ok(()) if !sink.has_buffered() => break,
+                Ok(()) => {}
+                Err(e) => note(&mut failing, e),
+            }
+        }
+    }
+    c.depth.set(0);
+    if let Err(e) = sink.close() {
+        log::error!("log sink close failed: {}", e.0);
+    }
+}
+
+/// JSON-lines files under a directory, one per window of the day (and per `rotate_bytes`).
+/// A file's name says its window's start (UTC), the process and a sequence number:
+/// `hydrus-20261122T1845Z-p4242-0003.jsonl`. Only whole lines are ever written.
+pub struct FileSink {
+    cfg: FileSinkConfig,
+    window_ms: u64,
+    current: Option<OpenFile>,
+    buf: Vec<u8>,
+    /// Lines in `buf`, counted as written when they reach the file.
+    last_flush: Instant,
+    seq: u64,
+    written: IntCounter,
+}
+
+struct OpenFile {
+    file: File,
+    path: PathBuf,
+    window_start_ms: u64,
+    bytes: u64,
+}
+
+/// Write `buf` to `file`, keeping what did not get out; returns the lines that did.
+fn write_some(file: &mut File, buf: &mut Vec<u8>) -> io::Result<u64> {
+    let mut done = 0;
+    let result = loop {
+        if done == buf.len() {
+            break Ok(());
+        }
+        match file.write(&buf[done..]) {
+            Ok(0) => break Err(io::Error::new(io::ErrorKind::WriteZero, "wrote 0 bytes")),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => break Err(e),
+        }
+    };
+    let lines = buf[..done].iter().filter(|&&b| b == b'\n').count() as u64;
+    buf.drain(..done);
+    result.map(|()| lines)
+}
+
+/// `20261122T1845Z` for a Unix time in ms.
+fn stamp(ms: u64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms);
+    let s = humantime::format_rfc3339_seconds(t).to_string(); // 2026-11-22T18:45:00Z
+    let d: String = s
+        .chars()
+        .filter(|c| c.is_ascii_digit() || *c == 'T')
+        .collect();
+    // 20261122T184500 -> 20261122T1845Z
+    format!("{}Z", &d[..d.len().saturating_sub(2)])
+}
+
+const FLUSH_BYTES: usize = 256 << 10;
+
+impl FileSink {
+    pub fn new(cfg: FileSinkConfig, written: IntCounter) -> Self {
+        let window_ms = cfg.window.as_millis().max(1000) as u64;
+        Self {
+            cfg,
+            window_ms,
+            current: None,
+            buf: Vec::with_capacity(FLUSH_BYTES),
+            last_flush: Instant::now(),
+            seq: 0,
+            written,
+        }
+    }
+
+    fn write_buf(&mut self) -> Result<(), SinkError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let Some(cur) = self.current.as_mut() else {
+            return Err(SinkError("no open file".into()));
+        };
+        let before = self.buf.len();
+        let r = write_some(&mut cur.file, &mut self.buf);
+        cur.bytes += (before - self.buf.len()) as u64;
+        match r {
+            Ok(lines) => {
+                self.written.inc_by(lines);
+                self.last_flush = Instant::now();
+                Ok(())
+            }
+            Err(e) => Err(SinkError(format!("{}: {e}", cur.path.display()))),
+        }
+    }
+
+    /// Write out and fsync the current file, then forget it.
+    fn close_current(&mut self) -> Result<(), SinkError> {
+        self.write_buf()?;
+        if let Some(cur) = self.current.take() {
+            if let Err(e) = cur.file.sync_all() {
+                // The data is written; durability is what failed. Say so, move on.
+                log::error!("fsync {}: {e}", cur.path.display());
+            }
+        }
+        Ok(())
+    }
+
+    fn open(&mut self, window_start_ms: u64) -> Result<(), SinkError> {
+        std::fs::create_dir_all(&self.cfg.dir)
+            .map_err(|e| SinkError(format!("{}: {e}", self.cfg.dir.display())))?;
+        loop {
+            self.seq += 1;
+            let name = format!(
+                "hydrus-{}-p{}-{:04}.jsonl",
+                stamp(window_start_ms),
+                std::process::id(),
+                self.seq
+            );
+            let path = self.cfg.dir.join(name);
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(file) => {
+                    self.current = Some(OpenFile {
+                        file,
+                        path,
+                        window_start_ms,
+                        bytes: 0,
+                    });
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(SinkError(format!("{}: {e}", path.display()))),
+            }
+        }
+    }
+}
+
+impl Sink for FileSink {
+    #[allow(clippy::result_large_err)]
+    fn accept(&mut self, record: LogRecord) -> Result<(), (LogRecord, SinkError)> {
+        let window_start = record.ts_ms - record.ts_ms % self.window_ms;
+        let rotate = match &self.current {
+            None => true,
+            Some(cur) => {
+                cur.window_start_ms != window_start
+                    || cur.bytes + self.buf.len() as u64 >= self.cfg.rotate_bytes
+            }
+        };
+        if rotate {
+            if let Err(e) = self.close_current() {
+                return Err((record, e));
+            }
+            if let Err(e) = self.open(window_start) {
+                return Err((record, e));
+            }
+        }
+        record.encode_into(&mut self.buf);
+        if self.buf.len() >= FLUSH_BYTES {
+            // A failure here keeps the bytes; tick() retries them.
+            let _ = self.write_buf();
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), SinkError> {
+        self.write_buf()
+    }
+
+    fn has_buffered(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    fn tick(&mut self) -> Result<(), SinkError> {
+        if !self.buf.is_empty() && self.last_flush.elapsed() >= self.cfg.flush_interval {
+            self.write_buf()?;
+        }
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<(), SinkError> {
+        self.close_current()
+    }
+}
+
+/// Unix time in ms of a `SystemTime`, for records.
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(ts_ms: u64, id: u32) -> LogRecord {
+        LogRecord {
+            ts_ms,
+            request_id: format!("r{id}"),
+            user_id: "u".into(),
+            device_id: "d".into(),
+            scenario: "default".into(),
+            group: "hydrus".into(),
+            chosen: "s".into(),
+            k: None,
+            value_info: vec![],
+            status: 200,
+            upstream_ms: Some(1.0),
+            fallback: None,
+            cluster: None,
+            total_ms: None,
+        }
+    }
+
+    #[test]
+    fn stamps_window_start() {
+        assert_eq!(stamp(0), "19700101T0000Z");
+        assert_eq!(stamp(1_763_837_100_000), "20251122T1845Z");
+    }
+
+    fn read_all(dir: &std::path::Path) -> Vec<String> {
+        let mut names: Vec<_> = std::fs::read_dir(dir)
+            .expect("dir")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        names.sort();
+        names
+            .iter()
+            .flat_map(|p| {
+                std::fs::read_to_string(p)
+                    .expect("read")
+                    .lines()
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rotates_per_window_and_size_and_loses_nothing() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let m = Metrics::new();
+        let written = m.log_records.with_label_values(&["written"]);
+        let cfg = FileSinkConfig {
+            dir: dir.path().join("logs"),
+            window: Duration::from_secs(900),
+            rotate_bytes: 4096,
+            flush_interval: Duration::from_secs(1),
+        };
+        let mut s = FileSink::new(cfg, written.clone());
+        for i in 0..200 {
+            // two windows: 100 records each
+            let ts = if i < 100 { 1_000 } else { 900_000 + 1_000 };
+            s.accept(record(ts, i))
+                .map_err(|(_, e)| e.0)
+                .expect("accept");
+        }
+        s.close().map_err(|e| e.0).expect("close");
+        let lines = read_all(&dir.path().join("logs"));
+        assert_eq!(lines.len(), 200);
+        assert_eq!(written.get(), 200);
+        let files = std::fs::read_dir(dir.path().join("logs"))
+            .expect("dir")
+            .count();
+        assert!(files > 2, "size rotation made {files} files");
+        for (i, l) in lines.iter().enumerate() {
+            let r: LogRecord = serde_json::from_str(l).expect("json line");
+            assert_eq!(r.request_id, format!("r{i}"));
+        }
+    }
+
+    #[test]
+    fn holds_records_while_the_directory_is_unusable() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let logs = dir.path().join("logs");
+        // A regular file where the directory should be: creating files fails, even as root.
+        std::fs::write(&logs, b"not a dir").expect("file");
+        let m = Metrics::new();
+        let cfg = FileSinkConfig {
+            dir: logs.clone(),
+            window: Duration::from_secs(900),
+            rotate_bytes: 1 << 20,
+            flush_interval: Duration::from_secs(1),
+        };
+        let mut s = FileSink::new(cfg, m.log_records.with_label_values(&["written"]));
+        let (r, _) = s.accept(record(1, 1)).expect_err("cannot open");
+        std::fs::remove_file(&logs).expect("rm");
+        s.accept(r).map_err(|(_, e)| e.0).expect("recovered");
+        s.close().map_err(|e| e.0).expect("close");
+        assert_eq!(read_all(&logs).len(), 1);
+    }
+}

@@ -1,0 +1,328 @@
+//! Prometheus metrics. The request path uses handles resolved once per config or k-table
+//! generation ([`Handles`]), so it never hashes label values or takes the registry's locks.
+
+use hydrus_filters::{Fallback, Group};
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// Every metric hydrus exports.
+pub struct Metrics {
+    pub registry: Registry,
+    pub decision_seconds: Histogram,
+    pub requests: IntCounterVec,
+    pub fallbacks: IntCounterVec,
+    pub k: GaugeVec,
+    pub ktable_age: Gauge,
+    pub ktable_loaded: IntGauge,
+    pub config_reloads: IntCounterVec,
+    pub ktable_reloads: IntCounterVec,
+    pub upstream_seconds: HistogramVec,
+    pub request_seconds: HistogramVec,
+    pub upstream_errors: IntCounterVec,
+    pub rollout_percent: Gauge,
+    pub log_records: IntCounterVec,
+    pub log_queue_depth: IntGauge,
+    pub log_sink_errors: IntCounterVec,
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
+    // Names are unique constants below; registration can only fail on a duplicate.
+    if let Err(e) = r.register(Box::new(m.clone())) {
+        log::error!("metric registration failed: {e}");
+    }
+    m
+}
+
+/// Latency buckets (seconds) for the proxy and upstream: 0.1 ms to 10 s.
+const LATENCY: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Decision-time buckets (seconds): 100 ns to 1 ms; the goal is under 1 us.
+const DECISION: &[f64] = &[
+    1e-7, 2.5e-7, 5e-7, 1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 1e-3,
+];
+
+impl Metrics {
+    #[allow(clippy::expect_used)] // constant, valid metric definitions: checked by tests
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let hist = |name: &str, help: &str, buckets: &[f64]| {
+            HistogramOpts::new(name, help).buckets(buckets.to_vec())
+        };
+        let m = Self {
+            decision_seconds: register(
+                &r,
+                Histogram::with_opts(hist(
+                    "hydrus_decision_seconds",
+                    "Time the filter chain spends deciding one request (its own overhead).",
+                    DECISION,
+                ))
+                .expect("metric"),
+            ),
+            requests: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("hydrus_requests_total", "Requests by applied strategy, group and k-table scenario."),
+                    &["strategy", "group", "scenario"],
+                )
+                .expect("metric"),
+            ),
+            fallbacks: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("hydrus_fallback_total", "Requests that got the default strategy because of bad input or a missing or stale k-table, and control requests without a user id."),
+                    &["reason"],
+                )
+                .expect("metric"),
+            ),
+            k: register(
+                &r,
+                GaugeVec::new(
+                    Opts::new("hydrus_k", "k_t in use for the current window, per scenario."),
+                    &["scenario"],
+                )
+                .expect("metric"),
+            ),
+            ktable_age: register(
+                &r,
+                Gauge::new("hydrus_ktable_age_seconds", "Age of the running k-table.").expect("metric"),
+            ),
+            ktable_loaded: register(
+                &r,
+                IntGauge::new("hydrus_ktable_loaded", "1 when a k-table is loaded.").expect("metric"),
+            ),
+            config_reloads: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("hydrus_config_reloads_total", "Config reloads by result."),
+                    &["result"],
+                )
+                .expect("metric"),
+            ),
+            ktable_reloads: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("hydrus_ktable_reloads_total", "k-table loads by result."),
+                    &["result"],
+                )
+                .expect("metric"),
+            ),
+            upstream_seconds: register(
+                &r,
+                HistogramVec::new(
+                    hist("hydrus_upstream_seconds", "Upstream response-header time by strategy.", LATENCY),
+                    &["strategy"],
+                )
+                .expect("metric"),
+            ),
+            request_seconds: register(
+                &r,
+                HistogramVec::new(
+                    hist("hydrus_request_seconds", "Whole-request time in the proxy by group.", LATENCY),
+                    &["group"],
+                )
+                .expect("metric"),
+            ),
+            upstream_errors: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("hydrus_upstream_errors_total", "Failed upstream attempts by cluster and kind."),
+                    &["cluster", "kind"],
+                )
+                .expect("metric"),
+            ),
+            rollout_percent: register(
+                &r,
+                Gauge::new("hydrus_rollout_percent", "Configured share of users in treatment.").expect("metric"),
+            ),
+            log_records: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("hydrus_log_records_total", "Decision log records: accepted into the queue, written by the sink, dropped (queue full)."),
+                    &["result"],
+                )
+                .expect("metric"),
+            ),
+            log_queue_depth: register(
+                &r,
+                IntGauge::new("hydrus_log_queue_depth", "Records waiting for the log sink.").expect("metric"),
+            ),
+            log_sink_errors: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("hydrus_log_sink_errors_total", "Log sink failures (write, delivery) by kind."),
+                    &["kind"],
+                )
+                .expect("metric"),
+            ),
+            registry: r,
+        };
+        // Export every series at 0 from the start, so rates and alerts have a baseline.
+        for reason in Fallback::ALL_REASONS.iter().chain(&["missing_user_id"]) {
+            m.fallbacks.with_label_values(&[reason]);
+        }
+        for result in ["ok", "error"] {
+            m.config_reloads.with_label_values(&[result]);
+            m.ktable_reloads.with_label_values(&[result]);
+        }
+        for result in ["accepted", "written", "dropped"] {
+            m.log_records.with_label_values(&[result]);
+        }
+        m
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            log::error!("metrics encoding failed: {e}");
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Pre-resolved per-request metric handles for one (config, k-table) generation.
+pub struct Handles {
+    /// `[strategy][group][scenario slot]`, flattened.
+    requests: Vec<IntCounter>,
+    groups: usize,
+    slots: usize,
+    rows: usize,
+    default_slot: usize,
+    other_slot: usize,
+    /// The default strategy, for chains without a hydrus filter.
+    pub upstream_by_strategy: Vec<Histogram>,
+    pub request_by_group: [Histogram; 2],
+    fallbacks: Vec<IntCounter>,
+    pub missing_user_id: IntCounter,
+}
+
+/// The scenario label of a request whose scenario has no row in the k-table.
+pub const SCENARIO_DEFAULT: &str = "default";
+pub const SCENARIO_OTHER: &str = "other";
+
+impl Handles {
+    /// `strategies`: strategy names (or the route's pseudo strategy); `scenarios`: k-table rows.
+    pub fn new(m: &Metrics, strategies: &[String], scenarios: &[String]) -> Self {
+        let mut labels: Vec<&str> = scenarios.iter().map(|s| s.as_str()).collect();
+        let default_slot = match labels.iter().position(|l| *l == SCENARIO_DEFAULT) {
+            Some(i) => i,
+            None => {
+                labels.push(SCENARIO_DEFAULT);
+                labels.len() - 1
+            }
+        };
+        let other_slot = match labels.iter().position(|l| *l == SCENARIO_OTHER) {
+            Some(i) => i,
+            None => {
+                labels.push(SCENARIO_OTHER);
+                labels.len() - 1
+            }
+        };
+        let groups = [Group::Treatment, Group::Control];
+        let mut requests = Vec::new();
+        for s in strategies {
+            for g in groups {
+                for l in &labels {
+                    requests.push(m.requests.with_label_values(&[s.as_str(), g.as_str(), l]));
+                }
+            }
+        }
+        Self {
+            requests,
+            groups: groups.len(),
+            slots: labels.len(),
+            rows: scenarios.len(),
+            default_slot,
+            other_slot,
+            upstream_by_strategy: strategies
+                .iter()
+                .map(|s| m.upstream_seconds.with_label_values(&[s.as_str()]))
+                .collect(),
+            request_by_group: groups.map(|g| m.request_seconds.with_label_values(&[g.as_str()])),
+            fallbacks: Fallback::ALL_REASONS
+                .iter()
+                .map(|r| m.fallbacks.with_label_values(&[r]))
+                .collect(),
+            missing_user_id: m.fallbacks.with_label_values(&["missing_user_id"]),
+        }
+    }
+
+    /// Count a request. `scenario` is its k-table row; `None` with `named` false is a request
+    /// without a scenario header (label `default`), with `named` true one the table lacks.
+    pub fn request(&self, strategy: usize, group: Group, scenario: Option<usize>, named: bool) {
+        let slot = match scenario {
+            Some(s) if s < self.rows => s,
+            _ if !named => self.default_slot,
+            _ => self.other_slot,
+        };
+        let i = (strategy * self.groups + group.index()) * self.slots + slot;
+        if let Some(c) = self.requests.get(i) {
+            c.inc();
+        }
+    }
+
+    pub fn fallback(&self, f: Fallback) {
+        if let Some(i) = Fallback::ALL_REASONS.iter().position(|r| *r == f.reason()) {
+            self.fallbacks[i].inc();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family() {
+        let m = Metrics::new();
+        let h = Handles::new(
+            &m,
+            &["s1".into(), "s2".into()],
+            &["default".into(), "feed".into()],
+        );
+        h.request(1, Group::Treatment, Some(1), true);
+        h.request(0, Group::Control, None, false);
+        h.request(0, Group::Control, None, true);
+        m.decision_seconds.observe(1e-6);
+        let text = String::from_utf8(m.render()).expect("utf8");
+        assert!(
+            text.contains(
+                r#"hydrus_requests_total{group="hydrus",scenario="feed",strategy="s2"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            r#"hydrus_requests_total{group="control",scenario="default",strategy="s1"} 1"#
+        ));
+        assert!(text.contains(
+            r#"hydrus_requests_total{group="control",scenario="other",strategy="s1"} 1"#
+        ));
+        assert!(text.contains(r#"hydrus_fallback_total{reason="stale_ktable"} 0"#));
+        assert!(text.contains("hydrus_decision_seconds_count 1"));
+    }
+
+    #[test]
+    fn default_slot_when_table_lacks_default() {
+        let m = Metrics::new();
+        let h = Handles::new(&m, &["s".into()], &["feed".into()]);
+        h.request(0, Group::Treatment, None, false);
+        let text = String::from_utf8(m.render()).expect("utf8");
+        assert!(
+            text.contains(
+                r#"hydrus_requests_total{group="hydrus",scenario="default",strategy="s"} 1"#
+            ),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,315 @@
+//! The pingora edge: `ProxyHttp` hooks that read headers into the plain filters of
+//! `hydrus-filters` and apply their decision (cluster, headers, query) to the upstream request.
+//!
+//! No hook returns an error because of what a client sent: bad input falls back to the default
+//! strategy and is counted. Errors only come from the upstream (502/504, as any proxy).
+
+use crate::config::Running;
+use crate::metrics::Handles;
+use crate::state::{now_ms, KTableState, State};
+use async_trait::async_trait;
+use http::header::HeaderValue;
+use http::HeaderName;
+use hydrus_filters::query::set_query;
+use hydrus_filters::{Decision, Group, LogRecord, RequestInputs, ValueInfo};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub const HEADER_STRATEGY: &str = "x-hydrus-strategy";
+pub const HEADER_GROUP: &str = "x-hydrus-group";
+
+pub struct Proxy {
+    pub state: Arc<State>,
+}
+
+/// Per-request state, from the first hook to logging.
+pub struct Ctx {
+    start: Instant,
+    ts_ms: u64,
+    running: Option<Arc<Running>>,
+    handles: Option<Arc<Handles>>,
+    group: Group,
+    decision: Option<Decision>,
+    /// Whether the request named a scenario (for the metric label of unknown ones).
+    scenario_named: bool,
+    cluster: usize,
+    first_endpoint: usize,
+    tries: usize,
+    /// Set when hydrus made up the request id, to pass it upstream.
+    generated_request_id: Option<String>,
+    upstream_sent: Option<Instant>,
+    upstream_ms: Option<f64>,
+}
+
+fn header<'a>(req: &'a RequestHeader, name: &HeaderName) -> Option<&'a [u8]> {
+    req.headers.get(name).map(HeaderValue::as_bytes)
+}
+
+fn text(v: Option<&[u8]>) -> String {
+    v.map(|b| String::from_utf8_lossy(b).into_owned())
+        .unwrap_or_default()
+}
+
+impl Proxy {
+    fn decide(&self, session: &Session, ctx: &mut Ctx) {
+        let running = self.state.config.load_full();
+        let ktable: Option<Arc<KTableState>> = self.state.ktable.load_full();
+        let handles = self.state.handles.load_full();
+        let req = session.req_header();
+        let h = &running.headers;
+        let user = header(req, &h.user_id).filter(|u| !u.is_empty());
+        ctx.group = match &running.rollout {
+            Some(r) => {
+                if user.is_none() {
+                    handles.missing_user_id.inc();
+                }
+                r.assign(user)
+            }
+            None => Group::Treatment,
+        };
+        ctx.cluster = running.default_cluster;
+        if header(req, &h.request_id).is_none() {
+            ctx.generated_request_id = Some(format!("{:032x}", rand::random::<u128>()));
+        }
+        if let Some(hy) = &running.hydrus {
+            let scenario = header(req, &h.scenario);
+            ctx.scenario_named = scenario.is_some();
+            let inputs = RequestInputs {
+                qoe: header(req, &h.qoe),
+                scenario,
+                now_ms: ctx.ts_ms,
+            };
+            let stale = ktable
+                .as_ref()
+                .is_some_and(|k| State::ktable_stale(&running, k, ctx.ts_ms));
+            let d = hy
+                .filter
+                .decide(ctx.group, &inputs, ktable.as_ref().map(|k| &k.table), stale);
+            if let Some(f) = d.fallback {
+                handles.fallback(f);
+            }
+            if let Some(a) = hy.actions.get(d.strategy) {
+                ctx.cluster = a.cluster;
+            }
+            ctx.decision = Some(d);
+        }
+        ctx.running = Some(running);
+        ctx.handles = Some(handles);
+    }
+
+    fn record(&self, session: &Session, ctx: &Ctx, running: &Running, status: u16) -> LogRecord {
+        let req = session.req_header();
+        let h = &running.headers;
+        let hydrus = running.hydrus.as_ref();
+        let strategies = hydrus.map(|hy| &hy.filter.strategies);
+        let d = ctx.decision.as_ref();
+        let value_info = match (strategies, d.and_then(|d| d.qoe.as_ref())) {
+            (Some(set), Some(q)) => set
+                .strategies()
+                .iter()
+                .enumerate()
+                .filter_map(|(j, s)| {
+                    q.get(j).map(|qoe| ValueInfo {
+                        strategy: s.name.clone(),
+                        cost: s.cost,
+                        qoe,
+                    })
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let chosen = match (strategies, d) {
+            (Some(set), Some(d)) => set
+                .get(d.strategy)
+                .map(|s| s.name.clone())
+                .unwrap_or_default(),
+            _ => "default".into(),
+        };
+        let request_id = match &ctx.generated_request_id {
+            Some(id) => id.clone(),
+            None => text(header(req, &h.request_id)),
+        };
+        let scenario = header(req, &h.scenario).map_or_else(
+            || hydrus_filters::ktable::DEFAULT_SCENARIO.to_string(),
+            |s| text(Some(s)),
+        );
+        LogRecord {
+            ts_ms: ctx.ts_ms,
+            request_id,
+            user_id: text(header(req, &h.user_id)),
+            device_id: text(header(req, &h.device_id)),
+            scenario,
+            group: ctx.group.as_str().into(),
+            chosen,
+            k: d.and_then(|d| d.k),
+            value_info,
+            status,
+            upstream_ms: ctx.upstream_ms,
+            fallback: d.and_then(|d| d.fallback).map(|f| f.reason().to_string()),
+            cluster: running.clusters.get(ctx.cluster).map(|c| c.name.clone()),
+            total_ms: Some(ctx.start.elapsed().as_secs_f64() * 1000.0),
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            start: Instant::now(),
+            ts_ms: now_ms(),
+            running: None,
+            handles: None,
+            group: Group::Treatment,
+            decision: None,
+            scenario_named: false,
+            cluster: 0,
+            first_endpoint: 0,
+            tries: 0,
+            generated_request_id: None,
+            upstream_sent: None,
+            upstream_ms: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // Keepalive connections reuse the ctx creation time of their first request.
+        ctx.start = Instant::now();
+        ctx.ts_ms = now_ms();
+        let t0 = Instant::now();
+        self.decide(session, ctx);
+        self.state
+            .metrics
+            .decision_seconds
+            .observe(t0.elapsed().as_secs_f64());
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let running = match &ctx.running {
+            Some(r) => r.clone(),
+            None => self.state.config.load_full(),
+        };
+        let cluster = running
+            .clusters
+            .get(ctx.cluster)
+            .or_else(|| running.clusters.get(running.default_cluster))
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream cluster"))?;
+        let n = cluster.endpoints.len();
+        if n == 0 {
+            return Error::e_explain(ErrorType::InternalError, "cluster without endpoints");
+        }
+        if ctx.tries == 0 {
+            ctx.first_endpoint = self.state.next_rr() % n;
+        }
+        let addr = cluster.endpoints[(ctx.first_endpoint + ctx.tries) % n];
+        ctx.tries += 1;
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(cluster.connect_timeout);
+        peer.options.total_connection_timeout = Some(cluster.connect_timeout);
+        peer.options.read_timeout = Some(cluster.read_timeout);
+        peer.options.write_timeout = Some(cluster.read_timeout);
+        peer.options.idle_timeout = Some(cluster.idle_timeout);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(r) = &ctx.running {
+            if let Some(c) = r.clusters.get(ctx.cluster) {
+                self.state
+                    .metrics
+                    .upstream_errors
+                    .with_label_values(&[c.name.as_str(), "connect"])
+                    .inc();
+                // Try the cluster's other endpoints before giving up.
+                if ctx.tries < c.endpoints.len() {
+                    e.set_retry(true);
+                }
+            }
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // Headers hydrus sets are never trusted from the client.
+        let spoofed: Vec<HeaderName> = upstream
+            .headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("x-hydrus-"))
+            .cloned()
+            .collect();
+        for k in spoofed {
+            upstream.remove_header(&k);
+        }
+        upstream.insert_header(HEADER_GROUP, ctx.group.as_str())?;
+        if let Some(id) = &ctx.generated_request_id {
+            if let Some(r) = &ctx.running {
+                upstream.insert_header(r.headers.request_id.clone(), id.as_str())?;
+            }
+        }
+        let action = match (&ctx.running, &ctx.decision) {
+            (Some(r), Some(d)) => r.hydrus.as_ref().and_then(|h| h.actions.get(d.strategy)),
+            _ => None,
+        };
+        if let Some(a) = action {
+            upstream.insert_header(HEADER_STRATEGY, a.name_value.clone())?;
+            for (name, value) in &a.headers {
+                upstream.insert_header(name.clone(), value.clone())?;
+            }
+            if let Some(target) = set_query(upstream.uri.path(), upstream.uri.query(), &a.query) {
+                match http::Uri::try_from(target) {
+                    Ok(uri) => upstream.set_uri(uri),
+                    Err(e) => log::warn!("query rewrite produced a bad URI: {e}"),
+                }
+            }
+        }
+        ctx.upstream_sent = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(t) = ctx.upstream_sent {
+            ctx.upstream_ms = Some(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let (Some(running), Some(handles)) = (ctx.running.clone(), ctx.handles.clone()) else {
+            return;
+        };
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let strategy = ctx.decision.as_ref().map_or(0, |d| d.strategy);
+        let scenario = ctx.decision.as_ref().and_then(|d| d.scenario);
+        handles.request(strategy, ctx.group, scenario, ctx.scenario_named);
+        if let Some(h) = handles.request_by_group.get(ctx.group.index()) {
+            h.observe(ctx.start.elapsed().as_secs_f64());
+        }
+        if let (Some(ms), Some(h)) = (ctx.upstream_ms, handles.upstream_by_strategy.get(strategy)) {
+            h.observe(ms / 1000.0);
+        }
+        if let Some(q) = &self.state.log {
+            q.push(self.record(session, ctx, &running, status));
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! `hydrus serve`: put the proxy, the admin listener, the optional demo upstream, the reloader
+//! and the log sink together on a pingora server, and take them down in order.
+
+use crate::admin::Admin;
+use crate::config::{self, Running};
+use crate::demo::DemoRanker;
+use crate::logsink;
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+use crate::reload::{self, Trigger};
+use crate::state::State;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{ExecutionPhase, RunArgs, Server};
+use pingora::services::listening::Service;
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct ServeOptions {
+    /// Take the listening sockets over from a running hydrus (pingora's graceful upgrade).
+    pub upgrade: bool,
+    pub daemon: bool,
+}
+
+/// Fail fast, with the address, when a listener cannot bind: pingora would panic in a worker.
+fn can_bind(what: &str, addr: SocketAddr) -> Result<(), String> {
+    TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|e| format!("{what} {addr}: cannot listen: {e}"))
+}
+
+fn secs_ceil(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
+    let running: Running = config::load(config_path).map_err(|e| e.to_string())?;
+    if !opts.upgrade {
+        can_bind("listen", running.listen)?;
+        can_bind("admin.listen", running.admin_listen)?;
+        if let Some(d) = &running.source.demo_upstream {
+            if let Ok(a) = d.listen.parse() {
+                can_bind("demo_upstream.listen", a)?;
+            }
+        }
+    }
+    let metrics = Arc::new(Metrics::new());
+    let (queue, sink) = match &running.log {
+        Some(l) => {
+            let (q, s) = logsink::start(l, &metrics)?;
+            (Some(q), Some(s))
+        }
+        None => (None, None),
+    };
+    let shutdown = running.source.shutdown.clone();
+    let state = Arc::new(State::new(running.clone(), metrics, queue));
+    let reload_tx = reload::spawn(state.clone(), config_path.to_path_buf())?;
+
+    let mut conf = ServerConf {
+        threads: running.threads,
+        grace_period_seconds: Some(secs_ceil(shutdown.grace_period)),
+        graceful_shutdown_timeout_seconds: Some(secs_ceil(shutdown.timeout)),
+        upgrade_sock: shutdown.upgrade_sock.clone(),
+        ..ServerConf::default()
+    };
+    conf.pid_file = format!("/tmp/hydrus-{}.pid", running.listen.port());
+    let opt = Opt {
+        upgrade: opts.upgrade,
+        daemon: opts.daemon,
+        nocapture: false,
+        test: false,
+        conf: None,
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Proxy {
+            state: state.clone(),
+        },
+        "hydrus proxy",
+    );
+    proxy.add_tcp(&running.listen.to_string());
+    server.add_service(proxy);
+
+    let mut admin = Service::new(
+        "hydrus admin".into(),
+        Admin {
+            state: state.clone(),
+        },
+    );
+    admin.add_tcp(&running.admin_listen.to_string());
+    admin.threads = Some(1);
+    server.add_service(admin);
+
+    if let Some(d) = &running.source.demo_upstream {
+        let mut demo = Service::new(
+            "hydrus demo ranker".into(),
+            DemoRanker {
+                per_candidate: d.per_candidate,
+            },
+        );
+        demo.add_tcp(&d.listen);
+        demo.threads = Some(1);
+        server.add_service(demo);
+    }
+
+    // /ready: up once the server runs, down as soon as shutdown or upgrade begins.
+    let mut phases = server.watch_execution_phase();
+    let ready_state = state.clone();
+    std::thread::Builder::new()
+        .name("hydrus-phase".into())
+        .spawn(move || {
+            while let Ok(p) = phases.blocking_recv() {
+                let ready = matches!(p, ExecutionPhase::Running);
+                ready_state.ready.store(ready, Ordering::SeqCst);
+                if !ready
+                    && !matches!(
+                        p,
+                        ExecutionPhase::Bootstrap
+                            | ExecutionPhase::BootstrapComplete
+                            | ExecutionPhase::Setup
+                    )
+                {
+                    log::info!("shutdown phase: {p:?}");
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start the phase thread: {e}"))?;
+
+    log::info!(
+        "hydrus listening on {} (admin {}), {} threads",
+        running.listen,
+        running.admin_listen,
+        running.threads
+    );
+    server.run(RunArgs::default());
+
+    // The runtimes are down: no request is in flight. Drain what was logged.
+    state.ready.store(false, Ordering::SeqCst);
+    let _ = reload_tx.send(Trigger::Stop);
+    if let Some(s) = sink {
+        s.shutdown(Duration::from_secs(60));
+    }
+    log::info!("hydrus stopped");
+    Ok(())
+}

@@ -1,0 +1,152 @@
+//! The running state every request reads: the config and the k-table, each in an `ArcSwap` and
+//! replaced whole on reload, so a request sees one consistent snapshot and never waits on a lock.
+
+use crate::config::Running;
+use crate::logsink::LogQueue;
+use crate::metrics::{Handles, Metrics};
+use arc_swap::{ArcSwap, ArcSwapOption};
+use hydrus_filters::KTable;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A loaded k-table and what is known of its age.
+#[derive(Debug)]
+pub struct KTableState {
+    pub table: KTable,
+    /// Where it came from: a path or URL.
+    pub source: String,
+    /// When this proxy loaded it (Unix ms).
+    pub loaded_at_ms: u64,
+    /// When it was made (Unix ms): its `generated_at_ms`, else the file's modification time or
+    /// the response's `Last-Modified`, else when it was loaded.
+    pub made_at_ms: u64,
+}
+
+impl KTableState {
+    pub fn age(&self, now_ms: u64) -> Duration {
+        Duration::from_millis(now_ms.saturating_sub(self.made_at_ms))
+    }
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+pub fn system_time_ms(t: SystemTime) -> Option<u64> {
+    t.duration_since(UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_millis() as u64)
+}
+
+pub struct State {
+    pub config: ArcSwap<Running>,
+    pub ktable: ArcSwapOption<KTableState>,
+    pub handles: ArcSwap<Handles>,
+    pub metrics: Arc<Metrics>,
+    pub log: Option<LogQueue>,
+    /// Round-robin position, shared by every cluster.
+    pub rr: AtomicUsize,
+    /// False once shutdown began: `/ready` answers 503 so load balancers stop sending.
+    pub ready: AtomicBool,
+}
+
+/// The strategy names that label metrics: the hydrus filter's, or `default` without one.
+pub fn strategy_labels(r: &Running) -> Vec<String> {
+    match &r.hydrus {
+        Some(h) => h
+            .filter
+            .strategies
+            .strategies()
+            .iter()
+            .map(|s| s.name.clone())
+            .collect(),
+        None => vec!["default".into()],
+    }
+}
+
+impl State {
+    pub fn new(running: Running, metrics: Arc<Metrics>, log: Option<LogQueue>) -> Self {
+        let handles = Handles::new(&metrics, &strategy_labels(&running), &[]);
+        if let Some(p) = running.rollout_percent {
+            metrics.rollout_percent.set(p);
+        } else {
+            metrics.rollout_percent.set(100.0);
+        }
+        Self {
+            config: ArcSwap::from_pointee(running),
+            ktable: ArcSwapOption::empty(),
+            handles: ArcSwap::from_pointee(handles),
+            metrics,
+            log,
+            rr: AtomicUsize::new(0),
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    /// Rebuild the metric handles after the config or the k-table changed.
+    pub fn rebuild_handles(&self) {
+        let running = self.config.load();
+        let scenarios = self
+            .ktable
+            .load()
+            .as_ref()
+            .map(|k| k.table.scenario_names().to_vec())
+            .unwrap_or_default();
+        self.handles.store(Arc::new(Handles::new(
+            &self.metrics,
+            &strategy_labels(&running),
+            &scenarios,
+        )));
+    }
+
+    pub fn set_config(&self, running: Running) {
+        self.metrics
+            .rollout_percent
+            .set(running.rollout_percent.unwrap_or(100.0));
+        self.config.store(Arc::new(running));
+        self.rebuild_handles();
+    }
+
+    pub fn set_ktable(&self, k: Option<KTableState>) {
+        self.ktable.store(k.map(Arc::new));
+        self.rebuild_handles();
+        self.refresh_gauges();
+    }
+
+    /// Whether the running k-table is older than the configured `max_age`.
+    pub fn ktable_stale(running: &Running, k: &KTableState, now_ms: u64) -> bool {
+        match running.hydrus.as_ref().and_then(|h| h.ktable.max_age) {
+            Some(max) => k.age(now_ms) > max,
+            None => false,
+        }
+    }
+
+    /// Update the k-table gauges: age, and `k` of the current window per scenario.
+    pub fn refresh_gauges(&self) {
+        let now = now_ms();
+        match self.ktable.load().as_ref() {
+            Some(k) => {
+                self.metrics.ktable_loaded.set(1);
+                self.metrics.ktable_age.set(k.age(now).as_secs_f64());
+                let w = k.table.window_of(now);
+                for (i, name) in k.table.scenario_names().iter().enumerate() {
+                    if let Some(v) = k.table.k(i, w) {
+                        self.metrics.k.with_label_values(&[name.as_str()]).set(v);
+                    }
+                }
+            }
+            None => {
+                self.metrics.ktable_loaded.set(0);
+                self.metrics.ktable_age.set(0.0);
+            }
+        }
+    }
+
+    pub fn next_rr(&self) -> usize {
+        self.rr.fetch_add(1, Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,442 @@
+//! Test harness: real loopback upstreams that record what they receive, the real `hydrus`
+//! binary started on a config, and a small HTTP client. Every wait is bounded.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A free loopback port (bound and released; good enough for tests on one machine).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One request as an upstream saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub upstream: String,
+    pub method: String,
+    pub path: String,
+    pub query: BTreeMap<String, Vec<String>>,
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|s| s.as_str())
+    }
+    pub fn query_one(&self, name: &str) -> Option<&str> {
+        self.query
+            .get(name)
+            .and_then(|v| v.first())
+            .map(|s| s.as_str())
+    }
+}
+
+/// A loopback HTTP upstream that records every request and answers 200 with its name.
+pub struct Upstream {
+    pub name: String,
+    pub addr: SocketAddr,
+    server: Arc<tiny_http::Server>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    pub delay_ms: Arc<AtomicU64>,
+}
+
+impl Upstream {
+    pub fn start(name: &str) -> Self {
+        Self::start_on(name, "127.0.0.1:0")
+    }
+
+    pub fn start_on(name: &str, addr: &str) -> Self {
+        let server = Arc::new(tiny_http::Server::http(addr).unwrap());
+        let addr = server.server_addr().to_ip().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let mut threads = Vec::new();
+        for _ in 0..8 {
+            let (server, seen, stop, name, delay) = (
+                server.clone(),
+                seen.clone(),
+                stop.clone(),
+                name.to_string(),
+                delay_ms.clone(),
+            );
+            threads.push(std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let Ok(Some(mut req)) = server.recv_timeout(Duration::from_millis(50)) else {
+                        continue;
+                    };
+                    let url = req.url().to_string();
+                    let (path, q) = url.split_once('?').unwrap_or((&url, ""));
+                    let mut query: BTreeMap<String, Vec<String>> = BTreeMap::new();
+                    for p in q.split('&').filter(|p| !p.is_empty()) {
+                        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                        query.entry(k.into()).or_default().push(v.into());
+                    }
+                    let headers = req
+                        .headers()
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.field.as_str().as_str().to_ascii_lowercase(),
+                                h.value.as_str().to_string(),
+                            )
+                        })
+                        .collect();
+                    let mut body = Vec::new();
+                    let _ = req.as_reader().read_to_end(&mut body);
+                    seen.lock().unwrap().push(Seen {
+                        upstream: name.clone(),
+                        method: req.method().as_str().to_string(),
+                        path: path.to_string(),
+                        query,
+                        headers,
+                    });
+                    let d = delay.load(Ordering::SeqCst);
+                    if d > 0 {
+                        std::thread::sleep(Duration::from_millis(d));
+                    }
+                    let echo = |h: &'static str| {
+                        req.headers()
+                            .iter()
+                            .find(|x| x.field.equiv(h))
+                            .map(|x| x.value.as_str().to_string())
+                            .unwrap_or_default()
+                    };
+                    let body = format!(
+                        "{{\"upstream\":\"{name}\",\"strategy\":\"{}\",\"group\":\"{}\"}}",
+                        echo("x-hydrus-strategy"),
+                        echo("x-hydrus-group")
+                    );
+                    let resp = tiny_http::Response::from_string(body).with_header(
+                        "content-type: application/json"
+                            .parse::<tiny_http::Header>()
+                            .unwrap(),
+                    );
+                    let _ = req.respond(resp);
+                }
+            }));
+        }
+        Self {
+            name: name.to_string(),
+            addr,
+            server,
+            seen,
+            stop,
+            threads,
+            delay_ms,
+        }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn take(&self) -> Vec<Seen> {
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    /// Stop answering and close the listener.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.server.unblock();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// A running `hydrus serve`.
+pub struct Hydrus {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub port: u16,
+    pub admin_port: u16,
+    pub child: Option<Child>,
+    pub log_path: PathBuf,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_hydrus")
+}
+
+/// Fill `{port}`, `{admin}` and `{dir}` in a config template.
+pub fn render(template: &str, port: u16, admin: u16, dir: &Path) -> String {
+    template
+        .replace("{port}", &port.to_string())
+        .replace("{admin}", &admin.to_string())
+        .replace("{dir}", &dir.display().to_string())
+}
+
+/// Write a file atomically (temp + rename), as `hydrus solve` and careful operators do.
+pub fn write_atomic(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp-write");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A k-table with one constant k per scenario.
+pub fn ktable(scenarios: &[(&str, f64)], generated_at_ms: Option<u64>) -> String {
+    let mut s = String::from("window_secs: 900\n");
+    if let Some(g) = generated_at_ms {
+        s.push_str(&format!("generated_at_ms: {g}\n"));
+    }
+    s.push_str("scenarios:\n");
+    for (name, k) in scenarios {
+        let row = vec![format!("{k}"); 96].join(", ");
+        s.push_str(&format!("  {name}: [{row}]\n"));
+    }
+    s
+}
+
+impl Hydrus {
+    /// Start hydrus on a config template (see [`render`]) and wait until `/ready`.
+    pub fn start(template: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, template)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, template: &str) -> Self {
+        let port = free_port();
+        let admin_port = free_port();
+        let config_path = dir.path().join("hydrus.yaml");
+        std::fs::write(&config_path, render(template, port, admin_port, dir.path())).unwrap();
+        let log_path = dir.path().join("hydrus.log");
+        let mut h = Self {
+            dir,
+            config_path,
+            port,
+            admin_port,
+            child: None,
+            log_path,
+        };
+        h.spawn(false);
+        h.wait_ready();
+        h
+    }
+
+    pub fn spawn(&mut self, upgrade: bool) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.arg("serve").arg("--config").arg(&self.config_path);
+        if upgrade {
+            cmd.arg("--upgrade");
+        }
+        let child = cmd
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    panic!("hydrus exited early ({status}):\n{}", self.log());
+                }
+            }
+            if let Ok((200, _)) = get(&format!("{}/ready", self.admin())) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hydrus not ready:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    pub fn admin(&self) -> String {
+        format!("http://127.0.0.1:{}", self.admin_port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The value of a metric series, e.g. `hydrus_fallback_total{reason="nan_qoe"}`.
+    pub fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.metrics(), series).unwrap_or(0.0)
+    }
+
+    pub fn metrics(&self) -> String {
+        get(&format!("{}/metrics", self.admin())).unwrap().1
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig}");
+    }
+
+    /// SIGTERM and wait for the exit (bounded).
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        self.wait_exit(Duration::from_secs(60))
+    }
+
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        let child = self.child.as_mut().unwrap();
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                self.child = None;
+                return s;
+            }
+            assert!(Instant::now() < deadline, "hydrus did not exit");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Rewrite the config from a template (atomically).
+    pub fn rewrite_config(&self, template: &str) {
+        write_atomic(
+            &self.config_path,
+            &render(template, self.port, self.admin_port, self.dir.path()),
+        );
+    }
+}
+
+impl Drop for Hydrus {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Parse one series' value from Prometheus text.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l[series.len()..].trim().parse().ok())
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into()
+}
+
+thread_local! {
+    static AGENT: ureq::Agent = agent();
+}
+
+/// GET with headers; (status, body).
+pub fn get_with(url: &str, headers: &[(&str, &str)]) -> Result<(u16, String), String> {
+    AGENT.with(|a| {
+        let mut req = a.get(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let mut resp = req.call().map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| e.to_string())?;
+        Ok((status, body))
+    })
+}
+
+pub fn get(url: &str) -> Result<(u16, String), String> {
+    get_with(url, &[])
+}
+
+/// Poll `f` until it returns true or `limit` passes; returns whether it did.
+pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Send raw bytes on a new connection and read the answer until the server closes or 5 s pass.
+pub fn raw_request(port: u16, bytes: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                // One response is enough: stop at the end of a Content-Length body.
+                let text = String::from_utf8_lossy(&out);
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len = head.lines().find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                    });
+                    if len.is_some_and(|l| body.len() >= l) {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
