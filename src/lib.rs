@@ -16,4 +16,5 @@ pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod serve;
+pub mod solve;
 pub mod state;

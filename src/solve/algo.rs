@@ -1,0 +1,651 @@
+//! The parameter solver of the Hydrus paper (section 4.1), on plain data.
+//!
+//! The problem: records `i` each choose one option `(cost, qoe)`; maximize total QoE with total
+//! cost at most `I`. The live rule, `argmax_j q_ij - k * c_ij` with ties to the cheaper, can only
+//! produce "threshold" allocations, so the solver's job is the `k` whose threshold allocation is
+//! best within `I`.
+//!
+//! - [`solve_exact`]: the exact Lagrange multiplier. Per record, drop dominated options and take
+//!   the upper concave hull of (cost, qoe); the hull's edges are increments with decreasing
+//!   efficiency `dq/dc`. Walking all increments by efficiency until the budget runs out gives
+//!   `k`, the efficiency of the first increment that does not fit (found by a weighted
+//!   quickselect, linear time, not a sort). The live rule at that `k` takes exactly the
+//!   increments above it; `k` is nudged so floating-point rounding cannot take the marginal one.
+//! - [`solve_bisection`]: Algorithm 2 as published (bisection on `k`), for comparison.
+//! - [`solve_quadratic`]: Algorithm 1 for smooth concave QoE models: equal marginal utility in
+//!   closed form, with the box constraints of the strategy range.
+
+/// Records and their options, stored flat: record `i` has options `offsets[i]..offsets[i+1]`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Instance {
+    pub cost: Vec<f64>,
+    pub qoe: Vec<f64>,
+    pub offsets: Vec<usize>,
+    /// The logged choice of each record (an option index within the record), if known.
+    pub chosen: Vec<Option<u32>>,
+}
+
+impl Instance {
+    pub fn new() -> Self {
+        Self {
+            offsets: vec![0],
+            ..Default::default()
+        }
+    }
+
+    /// Add a record with options `(cost, qoe)`; `chosen` indexes them.
+    pub fn push(&mut self, options: &[(f64, f64)], chosen: Option<u32>) {
+        for &(c, q) in options {
+            self.cost.push(c);
+            self.qoe.push(q);
+        }
+        self.offsets.push(self.cost.len());
+        self.chosen.push(chosen);
+    }
+
+    pub fn len(&self) -> usize {
+        self.offsets.len().saturating_sub(1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn options(&self, i: usize) -> (&[f64], &[f64]) {
+        let r = self.offsets[i]..self.offsets[i + 1];
+        (&self.cost[r.clone()], &self.qoe[r])
+    }
+
+    /// The paper's budget: the cost of what was logged.
+    pub fn logged_budget(&self) -> f64 {
+        self.logged().0
+    }
+
+    /// (cost, QoE) of the logged allocation.
+    pub fn logged(&self) -> (f64, f64) {
+        let mut cost = 0.0;
+        let mut qoe = 0.0;
+        for i in 0..self.len() {
+            if let Some(j) = self.chosen[i] {
+                let k = self.offsets[i] + j as usize;
+                cost += self.cost[k];
+                qoe += self.qoe[k];
+            }
+        }
+        (cost, qoe)
+    }
+
+    /// The live rule for one record: the option maximizing `q - k c`, ties to the cheaper, then
+    /// the earlier. Mirrors `hydrus_filters::decide`.
+    pub fn live_choice(&self, i: usize, k: f64) -> usize {
+        let (c, q) = self.options(i);
+        let mut best = 0;
+        let mut best_v = f64::NEG_INFINITY;
+        let mut best_c = f64::INFINITY;
+        for j in 0..c.len() {
+            let v = q[j] - k * c[j];
+            if v > best_v || (v == best_v && c[j] < best_c) {
+                best = j;
+                best_v = v;
+                best_c = c[j];
+            }
+        }
+        best
+    }
+
+    /// (cost, QoE) of the live rule's allocation at `k`.
+    pub fn live(&self, k: f64) -> (f64, f64) {
+        let mut cost = 0.0;
+        let mut qoe = 0.0;
+        for i in 0..self.len() {
+            let j = self.offsets[i] + self.live_choice(i, k);
+            cost += self.cost[j];
+            qoe += self.qoe[j];
+        }
+        (cost, qoe)
+    }
+}
+
+/// What a solve found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Solution {
+    /// The multiplier for the live rule.
+    pub k: f64,
+    /// Cost and QoE of the live rule's allocation at `k`.
+    pub cost: f64,
+    pub qoe: f64,
+    /// The LP relaxation's optimum: no allocation within the budget has more QoE.
+    pub lp_bound: f64,
+    /// False when even the cheapest option of every record exceeds the budget.
+    pub feasible: bool,
+    /// Bisection steps (0 for the exact method).
+    pub iterations: u32,
+}
+
+/// One hull edge of one record.
+#[derive(Debug, Clone, Copy)]
+struct Increment {
+    eff: f64,
+    dc: f64,
+    dq: f64,
+}
+
+/// The upper concave hull of one record's options, from its cheapest option: pushes the hull's
+/// increments to `out` and returns the base (cost, qoe). `scratch` is reused across records.
+fn hull(
+    cost: &[f64],
+    qoe: &[f64],
+    scratch: &mut Vec<(f64, f64)>,
+    out: &mut Vec<Increment>,
+) -> (f64, f64) {
+    scratch.clear();
+    scratch.extend(cost.iter().copied().zip(qoe.iter().copied()));
+    // Cheapest first; at equal cost the best QoE first.
+    scratch.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(b.1.total_cmp(&a.1)));
+    // Drop dominated options (no more QoE for more cost), then keep a concave chain.
+    let mut n = 0;
+    for idx in 0..scratch.len() {
+        let p = scratch[idx];
+        if n > 0 && p.1 <= scratch[n - 1].1 {
+            continue;
+        }
+        // Pop the last point while it is on or below the segment from the one before it to p.
+        while n >= 2 {
+            let (a, b) = (scratch[n - 2], scratch[n - 1]);
+            let cross = (b.0 - a.0) * (p.1 - a.1) - (b.1 - a.1) * (p.0 - a.0);
+            if cross >= 0.0 {
+                n -= 1;
+            } else {
+                break;
+            }
+        }
+        scratch[n] = p;
+        n += 1;
+    }
+    for w in scratch[..n].windows(2) {
+        let (dc, dq) = (w[1].0 - w[0].0, w[1].1 - w[0].1);
+        out.push(Increment {
+            eff: dq / dc,
+            dc,
+            dq,
+        });
+    }
+    scratch[0]
+}
+
+/// All records' hulls: base cost and QoE, and every increment.
+fn hulls(inst: &Instance) -> (f64, f64, Vec<Increment>) {
+    let mut incs = Vec::with_capacity(inst.cost.len());
+    let mut scratch = Vec::with_capacity(16);
+    let (mut base_c, mut base_q) = (0.0, 0.0);
+    for i in 0..inst.len() {
+        let (c, q) = inst.options(i);
+        if c.is_empty() {
+            continue;
+        }
+        let (bc, bq) = hull(c, q, &mut scratch, &mut incs);
+        base_c += bc;
+        base_q += bq;
+    }
+    (base_c, base_q, incs)
+}
+
+/// Split `items` around a pivot efficiency: `[> pivot | == pivot | < pivot]`; returns the two
+/// boundaries. (Dutch national flag partition.)
+fn partition3(items: &mut [Increment], pivot: f64) -> (usize, usize) {
+    let (mut lt, mut i, mut gt) = (0, 0, items.len());
+    // Invariant: [0,lt) > pivot, [lt,i) == pivot, [gt,len) < pivot.
+    while i < gt {
+        let e = items[i].eff;
+        if e > pivot {
+            items.swap(lt, i);
+            lt += 1;
+            i += 1;
+        } else if e < pivot {
+            gt -= 1;
+            items.swap(i, gt);
+        } else {
+            i += 1;
+        }
+    }
+    (lt, gt)
+}
+
+/// Weighted selection: the efficiency `k` of the first increment, by decreasing efficiency, whose
+/// inclusion exceeds `budget`, and the cost and QoE of all increments above `k`. `None` for `k`
+/// when everything fits.
+fn threshold(items: &mut [Increment], mut budget: f64) -> (Option<f64>, f64, f64, f64) {
+    let (mut taken_c, mut taken_q) = (0.0, 0.0);
+    let mut lo = 0;
+    let mut hi = items.len();
+    let mut rng: u64 = 0x9E37_79B9_7F4A_7C15;
+    // The smallest efficiency taken so far, for nudging k without crossing it.
+    let mut floor_taken = f64::INFINITY;
+    while lo < hi {
+        let slice = &mut items[lo..hi];
+        // A pseudo-random pivot: median of three random picks, robust to sorted input.
+        let mut pick = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            slice[(rng % slice.len() as u64) as usize].eff
+        };
+        let (a, b, c) = (pick(), pick(), pick());
+        let pivot = a.max(b.min(c)).min(b.max(c));
+        let (gt_end, eq_end) = partition3(slice, pivot);
+        let sum_gt_c: f64 = slice[..gt_end].iter().map(|x| x.dc).sum();
+        if sum_gt_c > budget {
+            hi = lo + gt_end;
+            continue;
+        }
+        let sum_eq_c: f64 = slice[gt_end..eq_end].iter().map(|x| x.dc).sum();
+        let sum_gt_q: f64 = slice[..gt_end].iter().map(|x| x.dq).sum();
+        if gt_end > 0 {
+            floor_taken = slice[..gt_end]
+                .iter()
+                .map(|x| x.eff)
+                .fold(floor_taken, f64::min);
+        }
+        if sum_gt_c + sum_eq_c > budget {
+            return (
+                Some(pivot),
+                taken_c + sum_gt_c,
+                taken_q + sum_gt_q,
+                floor_taken,
+            );
+        }
+        let sum_eq_q: f64 = slice[gt_end..eq_end].iter().map(|x| x.dq).sum();
+        budget -= sum_gt_c + sum_eq_c;
+        taken_c += sum_gt_c + sum_eq_c;
+        taken_q += sum_gt_q + sum_eq_q;
+        floor_taken = floor_taken.min(pivot);
+        lo += eq_end;
+    }
+    (None, taken_c, taken_q, floor_taken)
+}
+
+/// Raise `k` a hair above the marginal efficiency so that rounding in `q - k c` cannot make the
+/// live rule take the marginal increment; never up to the lowest efficiency that is taken.
+fn nudge(k: f64, floor_taken: f64) -> f64 {
+    let up = k + (k.abs() * 1e-9).max(1e-12);
+    if floor_taken.is_finite() {
+        up.min(k + (floor_taken - k) / 2.0)
+    } else {
+        up
+    }
+}
+
+/// The exact multiplier for budget `budget` (see the module docs).
+pub fn solve_exact(inst: &Instance, budget: f64) -> Solution {
+    let (base_c, base_q, mut incs) = hulls(inst);
+    if base_c > budget {
+        // Even the cheapest options overspend: a k above every efficiency gives them all.
+        let max_eff = incs.iter().map(|x| x.eff).fold(0.0, f64::max);
+        let k = nudge(max_eff, f64::INFINITY);
+        let (cost, qoe) = inst.live(k);
+        return Solution {
+            k,
+            cost,
+            qoe,
+            lp_bound: base_q,
+            feasible: false,
+            iterations: 0,
+        };
+    }
+    let remaining = budget - base_c;
+    let (marginal, taken_c, taken_q, floor_taken) = threshold(&mut incs, remaining);
+    let (k, lp_bound) = match marginal {
+        None => (0.0, base_q + taken_q),
+        // The LP fills what is left with increments of efficiency k.
+        Some(k) => (k, base_q + taken_q + k * (remaining - taken_c)),
+    };
+    let mut k = if marginal.is_some() {
+        nudge(k, floor_taken)
+    } else {
+        k
+    };
+    let (mut cost, mut qoe) = inst.live(k);
+    // Belt and braces: should rounding still overspend, step k up towards the next taken one.
+    let mut guard = 0;
+    while cost > budget && guard < 60 && floor_taken.is_finite() {
+        k += (floor_taken - k) / 2.0;
+        (cost, qoe) = inst.live(k);
+        guard += 1;
+    }
+    Solution {
+        k,
+        cost,
+        qoe,
+        lp_bound,
+        feasible: true,
+        iterations: 0,
+    }
+}
+
+/// Equation (8) of the paper: `max_i q_i(c(s_1)) / c(s_1)`, with `s_1` each record's cheapest
+/// option.
+pub fn k_max(inst: &Instance) -> f64 {
+    let mut best: f64 = 0.0;
+    for i in 0..inst.len() {
+        let (c, q) = inst.options(i);
+        if let Some(j) = (0..c.len()).min_by(|&a, &b| c[a].total_cmp(&c[b])) {
+            if c[j] > 0.0 {
+                best = best.max(q[j] / c[j]);
+            }
+        }
+    }
+    best
+}
+
+/// Algorithm 2 of the paper: bisection on `k` in `[0, k_max]`.
+///
+/// As published, the loop tests `|sum c - I| <= epsilon` (which discrete costs may never meet,
+/// and its `gap` starts at minus infinity so the loop would not run) and returns the midpoint,
+/// which may overspend. Here the bracket is halved until it is narrower than `epsilon` and its
+/// upper (within-budget) end is returned; `k_max` is doubled first if it does not bring the cost
+/// within the budget.
+pub fn solve_bisection(inst: &Instance, budget: f64, epsilon: f64) -> Solution {
+    let mut k_l = 0.0;
+    let mut k_r = k_max(inst).max(1e-12);
+    let mut iterations = 0;
+    let max_eff = {
+        let (_, _, incs) = hulls(inst);
+        incs.iter().map(|x| x.eff).fold(0.0, f64::max)
+    };
+    while inst.live(k_r).0 > budget && k_r <= max_eff {
+        k_r *= 2.0;
+        iterations += 1;
+    }
+    let feasible = inst.live(k_r).0 <= budget;
+    if inst.live(0.0).0 <= budget {
+        k_r = 0.0;
+    }
+    let epsilon = epsilon.max(f64::EPSILON * k_r.max(1e-300));
+    while k_r - k_l > epsilon && iterations < 10_000 {
+        let k_m = (k_l + k_r) / 2.0;
+        if inst.live(k_m).0 <= budget {
+            k_r = k_m;
+        } else {
+            k_l = k_m;
+        }
+        iterations += 1;
+    }
+    let (cost, qoe) = inst.live(k_r);
+    Solution {
+        k: k_r,
+        cost,
+        qoe,
+        lp_bound: f64::NAN,
+        feasible,
+        iterations,
+    }
+}
+
+/// A smooth QoE model `q(c) = a + b c - d c^2` (`d > 0`), as in the paper's section 3.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quadratic {
+    pub a: f64,
+    pub b: f64,
+    pub d: f64,
+}
+
+impl Quadratic {
+    pub fn value(&self, c: f64) -> f64 {
+        self.a + self.b * c - self.d * c * c
+    }
+}
+
+/// Algorithm 1: costs `c_i` in `[lo, hi]` with equal marginal utility `q_i'(c_i) = lambda`
+/// (clipped at the bounds) and `sum c_i = budget`; `lambda >= 0`, so a budget larger than every
+/// user's peak leaves each at its peak. Returns `(lambda, costs)`; `None` when the users are
+/// not strictly concave or the bounds are wrong.
+pub fn solve_quadratic(
+    users: &[Quadratic],
+    lo: f64,
+    hi: f64,
+    budget: f64,
+) -> Option<(f64, Vec<f64>)> {
+    if !(lo <= hi) || users.iter().any(|u| !(u.d > 0.0) || !u.b.is_finite()) {
+        return None;
+    }
+    let cost_at = |lambda: f64| -> Vec<f64> {
+        users
+            .iter()
+            .map(|u| ((u.b - lambda) / (2.0 * u.d)).clamp(lo, hi))
+            .collect()
+    };
+    let total = |lambda: f64| -> f64 {
+        users
+            .iter()
+            .map(|u| ((u.b - lambda) / (2.0 * u.d)).clamp(lo, hi))
+            .sum()
+    };
+    if total(0.0) <= budget {
+        return Some((0.0, cost_at(0.0)));
+    }
+    // sum c(lambda) is piecewise linear and non-increasing; its breakpoints are where a user
+    // hits a bound: lambda = b - 2 d hi (below it, c = hi) and b - 2 d lo (above it, c = lo).
+    let mut points: Vec<f64> = users
+        .iter()
+        .flat_map(|u| [u.b - 2.0 * u.d * hi, u.b - 2.0 * u.d * lo])
+        .filter(|&l| l > 0.0)
+        .collect();
+    points.push(0.0);
+    points.sort_by(f64::total_cmp);
+    points.dedup();
+    if total(*points.last().unwrap_or(&0.0)) > budget {
+        // Every user at `lo` still overspends: the budget cannot be met.
+        let top = *points.last().unwrap_or(&0.0);
+        return Some((top, cost_at(top)));
+    }
+    // Find the segment [p0, p1] with total(p0) > budget >= total(p1); interpolate (linear there).
+    let idx = points.partition_point(|&l| total(l) > budget);
+    let (p0, p1) = (points[idx.saturating_sub(1)], points[idx]);
+    let (t0, t1) = (total(p0), total(p1));
+    let lambda = if t0 == t1 {
+        p1
+    } else {
+        p0 + (t0 - budget) * (p1 - p0) / (t0 - t1)
+    };
+    Some((lambda, cost_at(lambda)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The best total QoE within `budget`, over every allocation.
+    fn brute_force(inst: &Instance, budget: f64) -> Option<f64> {
+        let n = inst.len();
+        let mut best: Option<f64> = None;
+        let mut idx = vec![0usize; n];
+        loop {
+            let (mut c, mut q) = (0.0, 0.0);
+            for (i, &j) in idx.iter().enumerate() {
+                let (cs, qs) = inst.options(i);
+                c += cs[j];
+                q += qs[j];
+            }
+            if c <= budget + 1e-9 {
+                best = Some(best.map_or(q, |b: f64| b.max(q)));
+            }
+            let mut i = 0;
+            loop {
+                if i == n {
+                    return best;
+                }
+                idx[i] += 1;
+                if idx[i] < inst.options(i).0.len() {
+                    break;
+                }
+                idx[i] = 0;
+                i += 1;
+            }
+        }
+    }
+
+    fn instance() -> impl Strategy<Value = Instance> {
+        // 1-6 records, 1-4 options each, arbitrary (so non-concave and dominated) points.
+        proptest::collection::vec(
+            proptest::collection::vec((1.0f64..50.0, 0.0f64..1.0), 1..5),
+            1..7,
+        )
+        .prop_map(|records| {
+            let mut inst = Instance::new();
+            for r in records {
+                inst.push(&r, Some(0));
+            }
+            inst
+        })
+    }
+
+    /// The largest single increment's QoE, over all records' hulls.
+    fn max_increment(inst: &Instance) -> f64 {
+        let (_, _, incs) = hulls(inst);
+        incs.iter().map(|x| x.dq).fold(0.0, f64::max)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        #[test]
+        fn exact_is_feasible_and_within_one_increment_of_the_bound(
+            inst in instance(), share in 0.0f64..1.2,
+        ) {
+            let (min_c, max_c): (f64, f64) = (0..inst.len())
+                .map(|i| {
+                    let c = inst.options(i).0;
+                    (c.iter().copied().fold(f64::INFINITY, f64::min), c.iter().copied().fold(0.0, f64::max))
+                })
+                .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+            let budget = min_c + share * (max_c - min_c);
+            let s = solve_exact(&inst, budget);
+            let opt = brute_force(&inst, budget);
+            match opt {
+                None => prop_assert!(!s.feasible),
+                Some(opt) => {
+                    prop_assert!(s.feasible);
+                    prop_assert!(s.cost <= budget + 1e-9, "cost {} > budget {}", s.cost, budget);
+                    prop_assert!(s.qoe <= opt + 1e-9);
+                    prop_assert!(opt <= s.lp_bound + 1e-9, "opt {} > bound {}", opt, s.lp_bound);
+                    prop_assert!(s.lp_bound - s.qoe <= max_increment(&inst) + 1e-9);
+                }
+            }
+        }
+
+        #[test]
+        fn bisection_agrees_with_exact_within_epsilon(inst in instance(), share in 0.05f64..0.95) {
+            let (lo, hi): (f64, f64) = (0..inst.len())
+                .map(|i| {
+                    let c = inst.options(i).0;
+                    (c.iter().copied().fold(f64::INFINITY, f64::min), c.iter().copied().fold(0.0, f64::max))
+                })
+                .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+            let budget = lo + share * (hi - lo);
+            let eps = 1e-9;
+            let e = solve_exact(&inst, budget);
+            let b = solve_bisection(&inst, budget, eps);
+            prop_assert!(b.cost <= budget + 1e-9);
+            // Both are the least k within budget, up to the nudge and epsilon.
+            prop_assert!((e.k - b.k).abs() <= eps + e.k * 1e-8 + 1e-12, "exact {} bisection {}", e.k, b.k);
+            prop_assert!(b.qoe <= e.qoe + 1e-9);
+        }
+
+        #[test]
+        fn k_falls_as_the_budget_grows(inst in instance(), a in 0.0f64..1.0, b in 0.0f64..1.0) {
+            let (lo, hi): (f64, f64) = (0..inst.len())
+                .map(|i| {
+                    let c = inst.options(i).0;
+                    (c.iter().copied().fold(f64::INFINITY, f64::min), c.iter().copied().fold(0.0, f64::max))
+                })
+                .fold((0.0, 0.0), |x, y| (x.0 + y.0, x.1 + y.1));
+            let (small, large) = (lo + a.min(b) * (hi - lo), lo + a.max(b) * (hi - lo));
+            let ks = solve_exact(&inst, small);
+            let kl = solve_exact(&inst, large);
+            prop_assert!(kl.k <= ks.k, "k {} at {} but {} at {}", ks.k, small, kl.k, large);
+            prop_assert!(kl.qoe >= ks.qoe - 1e-12);
+        }
+    }
+
+    #[test]
+    fn hand_example() {
+        // Two users, strategies cost 1, 2, 4.
+        //  A: 0.2, 0.5, 0.6  -> hull increments 0.3/1 (0.30), 0.1/2 (0.05)
+        //  B: 0.1, 0.2, 0.5  -> (1,0.1) (2,0.2) (4,0.5): (2,0.2) is under the chord: 0.4/3 (0.133)
+        let mut inst = Instance::new();
+        inst.push(&[(1.0, 0.2), (2.0, 0.5), (4.0, 0.6)], Some(1));
+        inst.push(&[(1.0, 0.1), (2.0, 0.2), (4.0, 0.5)], Some(1));
+        // Budget 4 (the logged allocation): base 2, then A's 0.30 (cost 1) fits, B's 0.133
+        // (cost 3) does not: k = 0.133.., allocation A=2, B=1, QoE 0.6.
+        let s = solve_exact(&inst, inst.logged_budget());
+        assert!((s.k - 0.4 / 3.0).abs() < 1e-6, "{}", s.k);
+        assert_eq!((s.cost, s.qoe), (3.0, 0.6));
+        assert!((s.lp_bound - (0.6 + 0.4 / 3.0)).abs() < 1e-9);
+        // Budget 6: B's increment fits too; A's 0.05 does not.
+        let s = solve_exact(&inst, 6.0);
+        assert!((s.k - 0.05).abs() < 1e-6);
+        assert!((s.qoe - 1.0).abs() < 1e-12);
+        // Budget 1: infeasible.
+        assert!(!solve_exact(&inst, 1.0).feasible);
+        // Everything fits: k = 0.
+        assert_eq!(solve_exact(&inst, 100.0).k, 0.0);
+    }
+
+    #[test]
+    fn quadratic_equal_marginal_utility() {
+        let users = [
+            Quadratic { a: 0.1, b: 0.04, d: 0.001 },  // peak at c = 20
+            Quadratic { a: 0.2, b: 0.02, d: 0.0005 }, // peak at 20
+            Quadratic { a: 0.0, b: 0.06, d: 0.002 },  // peak at 15
+        ];
+        let (lambda, c) = solve_quadratic(&users, 5.0, 30.0, 30.0).expect("solvable");
+        assert!((c.iter().sum::<f64>() - 30.0).abs() < 1e-9);
+        // Interior users have marginal utility lambda.
+        for (u, ci) in users.iter().zip(&c) {
+            if *ci > 5.0 && *ci < 30.0 {
+                assert!((u.b - 2.0 * u.d * ci - lambda).abs() < 1e-9);
+            }
+        }
+        // Optimality: no small transfer between two interior users gains.
+        let total = |c: &[f64]| users.iter().zip(c).map(|(u, x)| u.value(*x)).sum::<f64>();
+        let base = total(&c);
+        for i in 0..3 {
+            for j in 0..3 {
+                if i != j {
+                    let mut t = c.clone();
+                    t[i] += 0.01;
+                    t[j] -= 0.01;
+                    if t.iter().all(|x| (5.0..=30.0).contains(x)) {
+                        assert!(total(&t) <= base + 1e-12);
+                    }
+                }
+            }
+        }
+        // A budget above the peaks leaves everyone at the peak.
+        let (l, c) = solve_quadratic(&users, 5.0, 30.0, 100.0).expect("solvable");
+        assert_eq!(l, 0.0);
+        assert!((c[0] - 20.0).abs() < 1e-9 && (c[2] - 15.0).abs() < 1e-9);
+        assert!(solve_quadratic(&[Quadratic { a: 0.0, b: 1.0, d: 0.0 }], 0.0, 1.0, 1.0).is_none());
+    }
+
+    proptest! {
+        #[test]
+        fn quadratic_meets_the_budget(
+            users in proptest::collection::vec((0.0f64..0.5, 0.0f64..0.1, 0.0001f64..0.01), 1..20),
+            share in 0.0f64..1.0,
+        ) {
+            let users: Vec<Quadratic> = users.into_iter().map(|(a, b, d)| Quadratic { a, b, d }).collect();
+            let (lo, hi) = (1.0, 50.0);
+            let budget = users.len() as f64 * (lo + share * (hi - lo));
+            let (lambda, c) = solve_quadratic(&users, lo, hi, budget).expect("ok");
+            let sum: f64 = c.iter().sum();
+            prop_assert!(lambda >= 0.0);
+            if lambda > 0.0 {
+                prop_assert!((sum - budget).abs() < 1e-6 * budget.max(1.0), "sum {} budget {}", sum, budget);
+            } else {
+                prop_assert!(sum <= budget + 1e-9);
+            }
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! `hydrus solve --follow`: keep reading new records and, each time a window closes, solve it
+//! and rewrite its slot of the k-table (the paper's "update the parameters every 15 minutes").
+//!
+//! Records are grouped by absolute window (day and window), so each occurrence is solved on its
+//! own records; its `k` replaces that window-of-day's slot. A window is closed once the clock is
+//! `lateness` past its end, so records still in proxies' queues make it in.
+
+use super::input::{list_inputs, open, Collector, Keying};
+use super::{print_table, report, table_from_rows, write_ktable, SolveOptions};
+use crate::state::now_ms;
+use hydrus_filters::KTable;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where new records come from.
+pub trait FollowSource {
+    /// Read whatever is new into the collector; `stop` is set when the source is exhausted for
+    /// good (never, for files and topics).
+    fn poll(&mut self, c: &mut Collector) -> Result<(), String>;
+    /// The table was written with every window except `open` (absolute indices) solved: the
+    /// source may record its progress (Kafka commits offsets).
+    fn written(&mut self, _open: &BTreeSet<usize>) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// New lines of the `*.jsonl` files of a directory (or one file).
+pub struct FileFollower {
+    path: PathBuf,
+    /// Per file: bytes and lines consumed so far.
+    offsets: HashMap<PathBuf, (u64, u64)>,
+}
+
+impl FileFollower {
+    pub fn new(path: &Path) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            offsets: HashMap::new(),
+        }
+    }
+}
+
+impl FollowSource for FileFollower {
+    fn poll(&mut self, c: &mut Collector) -> Result<(), String> {
+        for f in list_inputs(&self.path)? {
+            let len = std::fs::metadata(&f).map(|m| m.len()).unwrap_or(0);
+            let (mut offset, mut lines) = self.offsets.get(&f).copied().unwrap_or((0, 0));
+            let gz = f.extension().is_some_and(|e| e == "gz");
+            if gz && self.offsets.contains_key(&f) {
+                continue; // compressed files are read once, whole
+            }
+            if len < offset {
+                // Truncated and rewritten: start over.
+                (offset, lines) = (0, 0);
+            }
+            if len == offset && !gz {
+                continue;
+            }
+            let mut r = if gz {
+                open(&f)?
+            } else {
+                let mut file =
+                    std::fs::File::open(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+                file.seek(SeekFrom::Start(offset))
+                    .map_err(|e| format!("{}: {e}", f.display()))?;
+                Box::new(std::io::BufReader::new(file))
+            };
+            let (bytes, n) = c.read(&mut *r, &f.display().to_string(), lines, None)?;
+            self.offsets.insert(f, (offset + bytes, lines + n));
+        }
+        Ok(())
+    }
+}
+
+pub struct FollowOptions {
+    pub out: PathBuf,
+    pub lateness: Duration,
+    pub poll: Duration,
+    pub json: bool,
+}
+
+/// The k-table being maintained: rows by scenario.
+fn base_rows(out: &Path, window_secs: u32) -> BTreeMap<String, Vec<f64>> {
+    match std::fs::read_to_string(out).ok().map(|t| KTable::parse(&t)) {
+        Some(Ok(t)) if t.window_secs() == window_secs => t.to_file().scenarios,
+        Some(Ok(_)) => {
+            log::warn!(
+                "{}: a different window length; starting a new table",
+                out.display()
+            );
+            BTreeMap::new()
+        }
+        Some(Err(e)) => {
+            log::warn!("{}: {e}; starting a new table", out.display());
+            BTreeMap::new()
+        }
+        None => BTreeMap::new(),
+    }
+}
+
+/// Run until the source fails.
+pub fn run(
+    source: &mut dyn FollowSource,
+    opts: &SolveOptions,
+    fo: &FollowOptions,
+) -> Result<(), String> {
+    let windows = (86_400 / opts.window_secs) as usize;
+    let window_ms = u64::from(opts.window_secs) * 1000;
+    let mut rows = base_rows(&fo.out, opts.window_secs);
+    let mut c = Collector::new(opts.window_secs, Keying::Absolute);
+    loop {
+        source.poll(&mut c)?;
+        let now = now_ms();
+        let closed: Vec<(String, usize)> = c
+            .pools
+            .keys()
+            .filter(|(_, w)| (*w as u64 + 1) * window_ms + fo.lateness.as_millis() as u64 <= now)
+            .cloned()
+            .collect();
+        if !closed.is_empty() {
+            let mut reports = Vec::new();
+            for key in &closed {
+                let Some(inst) = c.pools.remove(key) else {
+                    continue;
+                };
+                let (scenario, abs) = key;
+                let slot = abs % windows;
+                let r = report(scenario, slot, &inst, opts);
+                let row = rows
+                    .entry(scenario.clone())
+                    .or_insert_with(|| vec![r.k; windows]);
+                row[slot] = r.k;
+                reports.push(r);
+            }
+            let table = table_from_rows(opts.window_secs, rows.clone())?;
+            write_ktable(&fo.out, &table)?;
+            let open: BTreeSet<usize> = c.pools.keys().map(|(_, w)| *w).collect();
+            source.written(&open)?;
+            if fo.json {
+                for r in &reports {
+                    println!("{}", serde_json::to_string(r).unwrap_or_default());
+                }
+            } else {
+                let mut out = std::io::stdout();
+                let _ = print_table(&reports, &mut out);
+            }
+            log::info!(
+                "wrote {} ({} window(s) closed; {} records read, {} malformed)",
+                fo.out.display(),
+                reports.len(),
+                c.stats.records,
+                c.stats.malformed
+            );
+        }
+        std::thread::sleep(fo.poll);
+    }
+}

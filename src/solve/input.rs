@@ -1,0 +1,278 @@
+//! Reading decision logs: JSON lines from a file, a directory of `*.jsonl` (gzip too), or a
+//! stream. Malformed lines are counted and skipped, the first few named by file and line; a last
+//! line without its newline is a record still being written, counted as incomplete.
+
+use super::algo::Instance;
+use super::Pools;
+use flate2::read::MultiGzDecoder;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+/// The fields of a log record the solver uses; the rest are skipped unparsed.
+#[derive(Deserialize)]
+struct LightValue<'a> {
+    #[serde(borrow)]
+    strategy: Cow<'a, str>,
+    cost: f64,
+    qoe: f64,
+}
+
+#[derive(Deserialize)]
+struct LightRecord<'a> {
+    ts_ms: u64,
+    #[serde(borrow, default)]
+    scenario: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    chosen: Cow<'a, str>,
+    #[serde(borrow)]
+    value_info: Vec<LightValue<'a>>,
+}
+
+/// What reading found.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ReadStats {
+    pub files: usize,
+    pub lines: u64,
+    pub records: u64,
+    pub malformed: u64,
+    /// `file:line: why` of the first few malformed lines.
+    pub malformed_examples: Vec<String>,
+    pub incomplete: u64,
+    /// Records without usable values (no value_info, or the chosen strategy not among them).
+    pub unusable: u64,
+}
+
+const EXAMPLES: usize = 5;
+
+/// How records are grouped: by window of the day (batch: days pooled), or by absolute window
+/// (follow: each occurrence on its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keying {
+    OfDay,
+    Absolute,
+}
+
+/// Turns lines into per-(scenario, window) instances.
+pub struct Collector {
+    pub window_secs: u32,
+    pub keying: Keying,
+    pub pools: Pools,
+    pub stats: ReadStats,
+    scratch: Vec<(f64, f64)>,
+}
+
+impl Collector {
+    pub fn new(window_secs: u32, keying: Keying) -> Self {
+        Self {
+            window_secs,
+            keying,
+            pools: BTreeMap::new(),
+            stats: ReadStats::default(),
+            scratch: Vec::with_capacity(16),
+        }
+    }
+
+    fn malformed(&mut self, place: impl FnOnce() -> String, why: &str) {
+        self.stats.malformed += 1;
+        if self.stats.malformed_examples.len() < EXAMPLES {
+            self.stats.malformed_examples.push(format!("{}: {why}", place()));
+        }
+    }
+
+    /// One line (without its newline). `place` names it in error examples. Returns the
+    /// record's window key when it was usable.
+    pub fn add_line(&mut self, line: &[u8], place: impl FnOnce() -> String) -> Option<usize> {
+        self.stats.lines += 1;
+        let line = line.trim_ascii();
+        if line.is_empty() {
+            return None;
+        }
+        let rec: LightRecord = match serde_json::from_slice(line) {
+            Ok(r) => r,
+            Err(e) => {
+                self.malformed(place, &e.to_string());
+                return None;
+            }
+        };
+        self.stats.records += 1;
+        self.scratch.clear();
+        let mut chosen = None;
+        for (j, v) in rec.value_info.iter().enumerate() {
+            if !(v.cost.is_finite() && v.cost >= 0.0 && v.qoe.is_finite()) {
+                self.stats.unusable += 1;
+                return None;
+            }
+            if v.strategy == rec.chosen {
+                chosen = Some(j as u32);
+            }
+            self.scratch.push((v.cost, v.qoe));
+        }
+        if self.scratch.is_empty() || chosen.is_none() {
+            self.stats.unusable += 1;
+            return None;
+        }
+        let window = match self.keying {
+            Keying::OfDay => hydrus_filters::ktable::window_of(rec.ts_ms, self.window_secs),
+            Keying::Absolute => (rec.ts_ms / 1000 / u64::from(self.window_secs)) as usize,
+        };
+        let scenario = rec
+            .scenario
+            .unwrap_or(Cow::Borrowed(hydrus_filters::ktable::DEFAULT_SCENARIO));
+        // Look up without allocating the key for the common case.
+        let key = (scenario.into_owned(), window);
+        self.pools
+            .entry(key)
+            .or_insert_with(Instance::new)
+            .push(&self.scratch, chosen);
+        Some(window)
+    }
+
+    /// Read lines from `r` to its end. Returns the bytes and lines consumed up to the last
+    /// complete line (a trailing partial line is left for later and counted as incomplete).
+    pub fn read(
+        &mut self,
+        r: &mut dyn BufRead,
+        name: &str,
+        first_line: u64,
+        progress: Option<&ProgressBar>,
+    ) -> Result<(u64, u64), String> {
+        let mut buf = Vec::with_capacity(1024);
+        let mut line_no = first_line;
+        let mut consumed = 0u64;
+        loop {
+            buf.clear();
+            let n = r
+                .read_until(b'\n', &mut buf)
+                .map_err(|e| format!("{name}: {e}"))?;
+            if n == 0 {
+                return Ok((consumed, line_no - first_line));
+            }
+            if buf.last() != Some(&b'\n') {
+                self.stats.incomplete += 1;
+                return Ok((consumed, line_no - first_line));
+            }
+            line_no += 1;
+            consumed += n as u64;
+            let ln = line_no;
+            self.add_line(&buf[..n - 1], || format!("{name}:{ln}"));
+            if let Some(p) = progress {
+                p.inc(n as u64);
+            }
+        }
+    }
+}
+
+fn is_log_file(p: &Path) -> bool {
+    let name = p.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    name.ends_with(".jsonl") || name.ends_with(".jsonl.gz") || name.ends_with(".json.gz")
+}
+
+/// The files `--logs PATH` names: the file itself, or a directory's `*.jsonl[.gz]`, sorted.
+pub fn list_inputs(path: &Path) -> Result<Vec<PathBuf>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if meta.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && is_log_file(p))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+pub fn open(path: &Path) -> Result<Box<dyn BufRead>, String> {
+    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let gz = path.extension().is_some_and(|e| e == "gz");
+    let r: Box<dyn Read> = if gz {
+        Box::new(MultiGzDecoder::new(f))
+    } else {
+        Box::new(f)
+    };
+    Ok(Box::new(BufReader::with_capacity(256 << 10, r)))
+}
+
+/// A progress bar on stderr for inputs over 64 MiB (hidden when stderr is not a terminal).
+pub fn progress(total_bytes: u64) -> Option<ProgressBar> {
+    if total_bytes < 64 << 20 {
+        return None;
+    }
+    let p = ProgressBar::new(total_bytes);
+    p.set_style(
+        ProgressStyle::with_template("{spinner} reading logs {bytes}/{total_bytes} [{bar:30}] {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    Some(p)
+}
+
+/// Read every file of `--logs PATH` into `c`.
+pub fn read_path(path: &Path, c: &mut Collector) -> Result<(), String> {
+    let files = list_inputs(path)?;
+    let total: u64 = files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum();
+    let bar = progress(total);
+    for f in &files {
+        let mut r = open(f)?;
+        c.read(&mut *r, &f.display().to_string(), 0, bar.as_ref())?;
+        c.stats.files += 1;
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    const GOOD: &str = r#"{"ts_ms":1000,"request_id":"r","user_id":"u","device_id":"","scenario":"default","group":"hydrus","chosen":"b","k":0.1,"value_info":[{"strategy":"a","cost":1.0,"qoe":0.1},{"strategy":"b","cost":2.0,"qoe":0.3}],"status":200,"upstream_ms":1.0}"#;
+
+    #[test]
+    fn counts_malformed_incomplete_and_unusable() {
+        let text = format!(
+            "{GOOD}\nnot json\n{}\n{GOOD}\n{{\"ts_ms\":1,\"chosen\":\"x\",\"value_info\":[]}}\n{GOOD}",
+            r#"{"ts_ms": "#
+        );
+        let mut c = Collector::new(900, Keying::OfDay);
+        let (consumed, lines) = c
+            .read(&mut text.as_bytes(), "f.jsonl", 0, None)
+            .expect("reads");
+        assert_eq!(lines, 5);
+        assert_eq!(c.stats.records, 3);
+        assert_eq!(c.stats.malformed, 2);
+        assert_eq!(c.stats.unusable, 1);
+        assert_eq!(c.stats.incomplete, 1);
+        assert!(c.stats.malformed_examples[0].starts_with("f.jsonl:2: "), "{:?}", c.stats.malformed_examples);
+        assert!(c.stats.malformed_examples[1].starts_with("f.jsonl:3: "));
+        assert_eq!(consumed as usize, text.rfind('\n').expect("nl") + 1);
+        let inst = &c.pools[&("default".to_string(), 0)];
+        assert_eq!(inst.len(), 2);
+        assert_eq!(inst.logged(), (4.0, 0.6));
+    }
+
+    #[test]
+    fn reads_gzip_and_directories() {
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::write(dir.path().join("a.jsonl"), format!("{GOOD}\n")).expect("write");
+        let mut gz = flate2::write::GzEncoder::new(
+            std::fs::File::create(dir.path().join("b.jsonl.gz")).expect("create"),
+            flate2::Compression::fast(),
+        );
+        gz.write_all(format!("{GOOD}\n{GOOD}\n").as_bytes()).expect("gz");
+        gz.finish().expect("finish");
+        std::fs::write(dir.path().join("ignored.txt"), "x").expect("write");
+        let mut c = Collector::new(900, Keying::OfDay);
+        read_path(dir.path(), &mut c).expect("reads");
+        assert_eq!((c.stats.files, c.stats.records), (2, 3));
+    }
+}
