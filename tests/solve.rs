@@ -11,7 +11,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-const STRATEGIES: [(&str, f64, f64); 3] = [("s10", 6.0, 0.9), ("s20", 10.0, 1.0), ("s40", 18.0, 1.08)];
+const STRATEGIES: [(&str, f64, f64); 3] =
+    [("s10", 6.0, 0.9), ("s20", 10.0, 1.0), ("s40", 18.0, 1.08)];
 
 fn record(ts_ms: u64, i: u64, scenario: &str, q: f64, chosen: &str) -> LogRecord {
     LogRecord {
@@ -55,7 +56,11 @@ fn write_lines(path: &Path, records: &[LogRecord], extra: &str) {
 }
 
 fn solve(args: &[&str]) -> std::process::Output {
-    Command::new(bin()).arg("solve").args(args).output().unwrap()
+    Command::new(bin())
+        .arg("solve")
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 /// The instance the solver should build from `records`.
@@ -63,7 +68,11 @@ fn instance(records: &[LogRecord]) -> Instance {
     let mut inst = Instance::new();
     for r in records {
         let opts: Vec<(f64, f64)> = r.value_info.iter().map(|v| (v.cost, v.qoe)).collect();
-        let chosen = r.value_info.iter().position(|v| v.strategy == r.chosen).map(|j| j as u32);
+        let chosen = r
+            .value_info
+            .iter()
+            .position(|v| v.strategy == r.chosen)
+            .map(|j| j as u32);
         inst.push(&opts, chosen);
     }
     inst
@@ -77,7 +86,9 @@ fn solves_each_window_fills_the_rest_and_reports() {
     // Window 4 (01:00-01:15 UTC) of two days, default scenario, all logged on s20.
     let day = 86_400_000u64;
     let w4 = 4 * 900_000u64;
-    let a: Vec<LogRecord> = (0..300).map(|i| record(w4 + i * 10, i, "default", q(i), "s20")).collect();
+    let a: Vec<LogRecord> = (0..300)
+        .map(|i| record(w4 + i * 10, i, "default", q(i), "s20"))
+        .collect();
     let b: Vec<LogRecord> = (300..500)
         .map(|i| record(day + w4 + i * 10, i, "default", q(i), "s20"))
         .collect();
@@ -85,7 +96,11 @@ fn solves_each_window_fills_the_rest_and_reports() {
     let f: Vec<LogRecord> = (0..100)
         .map(|i| record(50 * 900_000 + i, i, "feed", q(i + 17), "s10"))
         .collect();
-    write_lines(&logs.join("a.jsonl"), &a, "this is not json\n{\"ts_ms\": 5\n");
+    write_lines(
+        &logs.join("a.jsonl"),
+        &a,
+        "this is not json\n{\"ts_ms\": 5\n",
+    );
     // gzip'd, with a partial last line still being written
     let mut gz = flate2::write::GzEncoder::new(
         std::fs::File::create(logs.join("b.jsonl.gz")).unwrap(),
@@ -113,8 +128,14 @@ fn solves_each_window_fills_the_rest_and_reports() {
     assert_eq!(report["read"]["malformed"], 2);
     assert_eq!(report["read"]["incomplete"], 1);
     let examples = report["read"]["malformed_examples"].as_array().unwrap();
-    assert!(examples[0].as_str().unwrap().contains("a.jsonl:301: "), "{examples:?}");
-    assert!(examples[1].as_str().unwrap().contains("a.jsonl:302: "), "{examples:?}");
+    assert!(
+        examples[0].as_str().unwrap().contains("a.jsonl:301: "),
+        "{examples:?}"
+    );
+    assert!(
+        examples[1].as_str().unwrap().contains("a.jsonl:302: "),
+        "{examples:?}"
+    );
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(stderr.contains("2 malformed"), "{stderr}");
 
@@ -132,7 +153,10 @@ fn solves_each_window_fills_the_rest_and_reports() {
     assert!(table.row(d).unwrap().iter().all(|&k| k == want.k));
     let feed = table.scenario_index(b"feed").unwrap();
     let finst = instance(&f);
-    assert_eq!(table.k(feed, 50), Some(solve_exact(&finst, finst.logged_budget()).k));
+    assert_eq!(
+        table.k(feed, 50),
+        Some(solve_exact(&finst, finst.logged_budget()).k)
+    );
 
     let windows = report["windows"].as_array().unwrap();
     assert_eq!(windows.len(), 192);
@@ -151,26 +175,49 @@ fn solves_each_window_fills_the_rest_and_reports() {
     assert_eq!(filled, 95);
 
     // The people's table says the same.
-    let o = solve(&["--logs", logs.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let o = solve(&[
+        "--logs",
+        logs.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success());
     let text = String::from_utf8_lossy(&o.stdout);
-    assert!(text.contains("QoE/bound") && text.contains("no records: k of window 4"), "{text}");
+    assert!(
+        text.contains("QoE/bound") && text.contains("no records: k of window 4"),
+        "{text}"
+    );
 }
 
 #[test]
 fn budgets_and_methods() {
     let dir = tempfile::tempdir().unwrap();
     let logs = dir.path().join("l.jsonl");
-    let recs: Vec<LogRecord> = (0..400).map(|i| record(1000 + i, i, "default", q(i), "s20")).collect();
+    let recs: Vec<LogRecord> = (0..400)
+        .map(|i| record(1000 + i, i, "default", q(i), "s20"))
+        .collect();
     write_lines(&logs, &recs, "");
     let out = dir.path().join("k.yaml");
     let k_for = |extra: &[&str]| -> f64 {
-        let mut args = vec!["--logs", logs.to_str().unwrap(), "--out", out.to_str().unwrap(), "--format", "json"];
+        let mut args = vec![
+            "--logs",
+            logs.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--format",
+            "json",
+        ];
         args.extend_from_slice(extra);
         let o = solve(&args);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        let w = v["windows"].as_array().unwrap().iter().find(|w| w["records"] == 400).unwrap().clone();
+        let w = v["windows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["records"] == 400)
+            .unwrap()
+            .clone();
         assert!(w["cost"].as_f64().unwrap() <= w["budget"].as_f64().unwrap() + 1e-6);
         w["k"].as_f64().unwrap()
     };
@@ -178,12 +225,22 @@ fn budgets_and_methods() {
     let mean_low = k_for(&["--budget-mean", "8"]);
     let mean_high = k_for(&["--budget-mean", "14"]);
     let total = k_for(&["--budget-total", "4000"]); // = mean 10 = the logged budget
-    assert!(mean_low > logged && logged > mean_high, "{mean_low} {logged} {mean_high}");
+    assert!(
+        mean_low > logged && logged > mean_high,
+        "{mean_low} {logged} {mean_high}"
+    );
     assert!((total - logged).abs() < 1e-12);
     let bisect = k_for(&["--method", "bisection", "--epsilon", "1e-9"]);
     assert!((bisect - logged).abs() < 1e-8, "{bisect} vs {logged}");
     // Bad arguments are refused with a reason.
-    let o = solve(&["--logs", logs.to_str().unwrap(), "--out", out.to_str().unwrap(), "--window", "7s"]);
+    let o = solve(&[
+        "--logs",
+        logs.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--window",
+        "7s",
+    ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("divide a day"));
 }
@@ -194,10 +251,18 @@ fn no_usable_record_is_an_error() {
     let logs = dir.path().join("l.jsonl");
     std::fs::write(&logs, "garbage\n{\"also\": \"not a record\"}\n").unwrap();
     let out = dir.path().join("k.yaml");
-    let o = solve(&["--logs", logs.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let o = solve(&[
+        "--logs",
+        logs.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("no usable record") && err.contains("l.jsonl:1: "), "{err}");
+    assert!(
+        err.contains("no usable record") && err.contains("l.jsonl:1: "),
+        "{err}"
+    );
     assert!(!out.exists());
     let o = solve(&["--logs", "/nonexistent/dir", "--out", out.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
@@ -242,7 +307,11 @@ filters:
     let n = 600;
     for i in 0..n {
         let qv = format!("{:.3}", q(i));
-        let (status, _) = get_with(&h.url("/rank"), &[("x-user-id", &format!("u{i}")), ("x-qoe-score", &qv)]).unwrap();
+        let (status, _) = get_with(
+            &h.url("/rank"),
+            &[("x-user-id", &format!("u{i}")), ("x-qoe-score", &qv)],
+        )
+        .unwrap();
         assert_eq!(status, 200);
     }
     assert!(eventually(Duration::from_secs(10), || {
@@ -258,7 +327,10 @@ filters:
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let table = KTable::parse(&std::fs::read_to_string(h.path("ktable.yaml")).unwrap()).unwrap();
     let now_window = table.window_of(
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64,
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64,
     );
     let k = table.k(0, now_window).unwrap();
     assert!(k > 0.0);
@@ -275,13 +347,28 @@ fn follow_rewrites_the_table_as_windows_close() {
     let logs = dir.path().join("logs");
     std::fs::create_dir(&logs).unwrap();
     let out = dir.path().join("k.yaml");
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
     // 2-second windows: one closed long ago, logged on s20.
     let old = (now - 60_000) / 2000 * 2000 + 100;
-    let first: Vec<LogRecord> = (0..200).map(|i| record(old + (i % 100), i, "default", q(i), "s20")).collect();
+    let first: Vec<LogRecord> = (0..200)
+        .map(|i| record(old + (i % 100), i, "default", q(i), "s20"))
+        .collect();
     write_lines(&logs.join("a.jsonl"), &first, "");
     let mut child = Command::new(bin())
-        .args(["solve", "--follow", "--window", "2s", "--lateness", "200ms", "--format", "json", "--logs"])
+        .args([
+            "solve",
+            "--follow",
+            "--window",
+            "2s",
+            "--lateness",
+            "200ms",
+            "--format",
+            "json",
+            "--logs",
+        ])
         .arg(&logs)
         .arg("--out")
         .arg(&out)
@@ -298,17 +385,23 @@ fn follow_rewrites_the_table_as_windows_close() {
         let i = instance(&first);
         solve_exact(&i, i.logged_budget()).k
     };
-    let ok = eventually(Duration::from_secs(10), || table_k(slot_old) == Some(want_old));
+    let ok = eventually(Duration::from_secs(10), || {
+        table_k(slot_old) == Some(want_old)
+    });
     // A newer window with a smaller budget (logged on s10): its slot is rewritten once it closes.
     let start = (now / 2000 + 1) * 2000 + 100;
-    let second: Vec<LogRecord> = (0..200).map(|i| record(start + (i % 50), i, "default", q(i), "s10")).collect();
+    let second: Vec<LogRecord> = (0..200)
+        .map(|i| record(start + (i % 50), i, "default", q(i), "s10"))
+        .collect();
     write_lines(&logs.join("b.jsonl"), &second, "");
     let slot_new = hydrus_filters::ktable::window_of(start, 2);
     let want_new = {
         let i = instance(&second);
         solve_exact(&i, i.logged_budget()).k
     };
-    let ok_new = eventually(Duration::from_secs(15), || table_k(slot_new) == Some(want_new));
+    let ok_new = eventually(Duration::from_secs(15), || {
+        table_k(slot_new) == Some(want_new)
+    });
     let _ = child.kill();
     let _ = child.wait();
     assert!(ok, "the closed window was solved");

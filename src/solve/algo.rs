@@ -16,7 +16,7 @@
 //!   closed form, with the box constraints of the strategy range.
 
 /// Records and their options, stored flat: record `i` has options `offsets[i]..offsets[i+1]`.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Instance {
     pub cost: Vec<f64>,
     pub qoe: Vec<f64>,
@@ -25,11 +25,19 @@ pub struct Instance {
     pub chosen: Vec<Option<u32>>,
 }
 
+impl Default for Instance {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Instance {
     pub fn new() -> Self {
         Self {
+            cost: Vec::new(),
+            qoe: Vec::new(),
             offsets: vec![0],
-            ..Default::default()
+            chosen: Vec::new(),
         }
     }
 
@@ -405,7 +413,8 @@ pub fn solve_quadratic(
     hi: f64,
     budget: f64,
 ) -> Option<(f64, Vec<f64>)> {
-    if !(lo <= hi) || users.iter().any(|u| !(u.d > 0.0) || !u.b.is_finite()) {
+    let bad_user = |u: &Quadratic| u.d.is_nan() || u.d <= 0.0 || !u.b.is_finite();
+    if lo.is_nan() || hi.is_nan() || lo > hi || users.iter().any(bad_user) {
         return None;
     }
     let cost_at = |lambda: f64| -> Vec<f64> {
@@ -595,9 +604,21 @@ mod tests {
     #[test]
     fn quadratic_equal_marginal_utility() {
         let users = [
-            Quadratic { a: 0.1, b: 0.04, d: 0.001 },  // peak at c = 20
-            Quadratic { a: 0.2, b: 0.02, d: 0.0005 }, // peak at 20
-            Quadratic { a: 0.0, b: 0.06, d: 0.002 },  // peak at 15
+            Quadratic {
+                a: 0.1,
+                b: 0.04,
+                d: 0.001,
+            }, // peak at c = 20
+            Quadratic {
+                a: 0.2,
+                b: 0.02,
+                d: 0.0005,
+            }, // peak at 20
+            Quadratic {
+                a: 0.0,
+                b: 0.06,
+                d: 0.002,
+            }, // peak at 15
         ];
         let (lambda, c) = solve_quadratic(&users, 5.0, 30.0, 30.0).expect("solvable");
         assert!((c.iter().sum::<f64>() - 30.0).abs() < 1e-9);
@@ -626,7 +647,17 @@ mod tests {
         let (l, c) = solve_quadratic(&users, 5.0, 30.0, 100.0).expect("solvable");
         assert_eq!(l, 0.0);
         assert!((c[0] - 20.0).abs() < 1e-9 && (c[2] - 15.0).abs() < 1e-9);
-        assert!(solve_quadratic(&[Quadratic { a: 0.0, b: 1.0, d: 0.0 }], 0.0, 1.0, 1.0).is_none());
+        assert!(solve_quadratic(
+            &[Quadratic {
+                a: 0.0,
+                b: 1.0,
+                d: 0.0
+            }],
+            0.0,
+            1.0,
+            1.0
+        )
+        .is_none());
     }
 
     proptest! {

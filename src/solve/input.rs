@@ -2,7 +2,6 @@
 //! stream. Malformed lines are counted and skipped, the first few named by file and line; a last
 //! line without its newline is a record still being written, counted as incomplete.
 
-use super::algo::Instance;
 use super::Pools;
 use flate2::read::MultiGzDecoder;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -79,7 +78,9 @@ impl Collector {
     fn malformed(&mut self, place: impl FnOnce() -> String, why: &str) {
         self.stats.malformed += 1;
         if self.stats.malformed_examples.len() < EXAMPLES {
-            self.stats.malformed_examples.push(format!("{}: {why}", place()));
+            self.stats
+                .malformed_examples
+                .push(format!("{}: {why}", place()));
         }
     }
 
@@ -126,7 +127,7 @@ impl Collector {
         let key = (scenario.into_owned(), window);
         self.pools
             .entry(key)
-            .or_insert_with(Instance::new)
+            .or_default()
             .push(&self.scratch, chosen);
         Some(window)
     }
@@ -167,7 +168,10 @@ impl Collector {
 }
 
 fn is_log_file(p: &Path) -> bool {
-    let name = p.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     name.ends_with(".jsonl") || name.ends_with(".jsonl.gz") || name.ends_with(".json.gz")
 }
 
@@ -204,8 +208,10 @@ pub fn progress(total_bytes: u64) -> Option<ProgressBar> {
     }
     let p = ProgressBar::new(total_bytes);
     p.set_style(
-        ProgressStyle::with_template("{spinner} reading logs {bytes}/{total_bytes} [{bar:30}] {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{spinner} reading logs {bytes}/{total_bytes} [{bar:30}] {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     Some(p)
 }
@@ -252,7 +258,11 @@ mod tests {
         assert_eq!(c.stats.malformed, 2);
         assert_eq!(c.stats.unusable, 1);
         assert_eq!(c.stats.incomplete, 1);
-        assert!(c.stats.malformed_examples[0].starts_with("f.jsonl:2: "), "{:?}", c.stats.malformed_examples);
+        assert!(
+            c.stats.malformed_examples[0].starts_with("f.jsonl:2: "),
+            "{:?}",
+            c.stats.malformed_examples
+        );
         assert!(c.stats.malformed_examples[1].starts_with("f.jsonl:3: "));
         assert_eq!(consumed as usize, text.rfind('\n').expect("nl") + 1);
         let inst = &c.pools[&("default".to_string(), 0)];
@@ -268,7 +278,8 @@ mod tests {
             std::fs::File::create(dir.path().join("b.jsonl.gz")).expect("create"),
             flate2::Compression::fast(),
         );
-        gz.write_all(format!("{GOOD}\n{GOOD}\n").as_bytes()).expect("gz");
+        gz.write_all(format!("{GOOD}\n{GOOD}\n").as_bytes())
+            .expect("gz");
         gz.finish().expect("finish");
         std::fs::write(dir.path().join("ignored.txt"), "x").expect("write");
         let mut c = Collector::new(900, Keying::OfDay);

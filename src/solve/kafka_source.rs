@@ -103,7 +103,11 @@ impl KafkaSource {
             if let Some(payload) = m.payload() {
                 let topic = &self.topic;
                 if let Some(w) = c.add_line(payload, || format!("{topic}[{p}]@{o}")) {
-                    self.window_first.entry(w).or_default().entry(p).or_insert(o);
+                    self.window_first
+                        .entry(w)
+                        .or_default()
+                        .entry(p)
+                        .or_insert(o);
                 }
             }
             self.next.insert(p, o + 1);

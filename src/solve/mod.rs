@@ -121,7 +121,11 @@ pub fn report(scenario: &str, window: usize, inst: &Instance, opts: &SolveOption
         cost_over_budget: if budget > 0.0 { s.cost / budget } else { 0.0 },
         qoe: s.qoe,
         lp_bound,
-        qoe_over_bound: if lp_bound > 0.0 { s.qoe / lp_bound } else { 1.0 },
+        qoe_over_bound: if lp_bound > 0.0 {
+            s.qoe / lp_bound
+        } else {
+            1.0
+        },
         logged_qoe,
         gain: if logged_qoe > 0.0 {
             s.qoe / logged_qoe - 1.0
@@ -155,13 +159,13 @@ pub fn solve_pools(
     let mut reports = Vec::new();
     for (scenario, slots) in solved {
         let mut row = vec![0.0; windows];
-        for w in 0..windows {
+        for (w, slot) in row.iter_mut().enumerate() {
             let source = (0..=windows / 2)
                 .flat_map(|d| [(w + windows - d) % windows, (w + d) % windows])
                 .find(|&s| slots[s].is_some());
             let Some(src) = source else { continue };
             let Some(r) = &slots[src] else { continue };
-            row[w] = r.k;
+            *slot = r.k;
             if src == w {
                 reports.push(r.clone());
             } else {
@@ -310,8 +314,14 @@ mod tests {
         let row = &rows["default"];
         assert_eq!(row.len(), 4);
         assert!(row.iter().all(|&k| k == row[1]));
-        assert_eq!(reports.iter().filter(|r| r.filled_from == Some(1)).count(), 3);
-        assert_eq!(reports.iter().find(|r| r.window == 1).map(|r| r.records), Some(2));
+        assert_eq!(
+            reports.iter().filter(|r| r.filled_from == Some(1)).count(),
+            3
+        );
+        assert_eq!(
+            reports.iter().find(|r| r.window == 1).map(|r| r.records),
+            Some(2)
+        );
         let mut out = Vec::new();
         print_table(&reports, &mut out).expect("print");
         let text = String::from_utf8(out).expect("utf8");

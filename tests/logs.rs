@@ -1,0 +1,405 @@
+//! Decision logs end to end: every proxied request becomes exactly one record, in files or in
+//! Kafka; a stalled sink never fails a request, drops are counted, and nothing the queue
+//! accepted is lost, including across SIGTERM.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use hydrus_filters::LogRecord;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn template(upstream: &Upstream, log: &str) -> String {
+    format!(
+        r#"
+listen: 127.0.0.1:{{port}}
+threads: 2
+admin:
+  listen: 127.0.0.1:{{admin}}
+shutdown:
+  grace_period: 1s
+  timeout: 5s
+  upgrade_sock: {{dir}}/upgrade.sock
+clusters:
+  ranker:
+    endpoints: ["{}"]
+route:
+  cluster: ranker
+filters:
+  - rollout:
+      percent: 50
+  - hydrus:
+      default_strategy: s20
+      ktable:
+        path: {{dir}}/ktable.yaml
+      strategies:
+        - {{ name: s10, cost: 6, qoe_scale: 0.9 }}
+        - {{ name: s20, cost: 10 }}
+        - {{ name: s40, cost: 18, qoe_scale: 1.08 }}
+  - log:
+{log}
+"#,
+        upstream.addr
+    )
+}
+
+fn start(upstream: &Upstream, log: &str) -> Hydrus {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("ktable.yaml"),
+        ktable(&[("default", 0.004)], None),
+    )
+    .unwrap();
+    Hydrus::start_in(dir, &template(upstream, log))
+}
+
+/// Send `n` requests from `threads` threads with request ids `{prefix}-{i}`; returns each
+/// request's status and latency.
+fn send_n(h: &Hydrus, prefix: &str, n: usize, threads: usize) -> Vec<(u16, Duration)> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let url = h.url("/rank");
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (next, url, prefix) = (next.clone(), url.clone(), prefix.to_string());
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                let deadline = Instant::now() + Duration::from_secs(120);
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= n || Instant::now() > deadline {
+                        return out;
+                    }
+                    let id = format!("{prefix}-{i}");
+                    let user = format!("user-{}", i % 997);
+                    let qoe = format!("{:.3}", (i % 100) as f64 / 100.0);
+                    let t = Instant::now();
+                    let status = get_with(
+                        &url,
+                        &[
+                            ("x-request-id", &id),
+                            ("x-user-id", &user),
+                            ("x-device-id", "d1"),
+                            ("x-qoe-score", &qoe),
+                        ],
+                    )
+                    .map_or(0, |r| r.0);
+                    out.push((status, t.elapsed()));
+                }
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect()
+}
+
+fn percentile(results: &[(u16, Duration)], p: f64) -> Duration {
+    let mut lat: Vec<Duration> = results.iter().map(|r| r.1).collect();
+    lat.sort();
+    lat[((lat.len() as f64 - 1.0) * p) as usize]
+}
+
+/// Each record matches what the upstream saw for its request id.
+fn assert_records_match(records: &[LogRecord], upstream: &Upstream, n: usize) {
+    let seen: HashMap<String, Seen> = upstream
+        .seen()
+        .into_iter()
+        .map(|s| (s.header("x-request-id").unwrap().to_string(), s))
+        .collect();
+    assert_eq!(seen.len(), n, "the upstream saw every request once");
+    let mut ids = std::collections::HashSet::new();
+    for r in records {
+        assert!(
+            ids.insert(r.request_id.clone()),
+            "duplicate record {}",
+            r.request_id
+        );
+        let s = seen
+            .get(&r.request_id)
+            .unwrap_or_else(|| panic!("no request {}", r.request_id));
+        assert_eq!(
+            Some(r.chosen.as_str()),
+            s.header("x-hydrus-strategy"),
+            "{}",
+            r.request_id
+        );
+        assert_eq!(Some(r.group.as_str()), s.header("x-hydrus-group"));
+        assert_eq!(Some(r.user_id.as_str()), s.header("x-user-id"));
+        assert_eq!(r.device_id, "d1");
+        assert_eq!(r.status, 200);
+        assert!(r.upstream_ms.is_some());
+        assert_eq!(r.value_info.len(), 3, "{r:?}");
+        assert_eq!(r.k, Some(0.004));
+    }
+    assert_eq!(records.len(), n, "exactly one record per request");
+}
+
+#[test]
+fn file_sink_has_exactly_one_matching_record_per_request() {
+    let up = Upstream::start("ranker");
+    let h = start(&up, "      file:\n        dir: {dir}/logs\n        flush_interval: 200ms\n        rotate_bytes: 1048576");
+    let n = 20_000;
+    let results = send_n(&h, "req", n, 4);
+    assert!(results.iter().all(|r| r.0 == 200));
+    assert!(eventually(Duration::from_secs(30), || {
+        h.metric(r#"hydrus_log_records_total{result="written"}"#) == n as f64
+    }));
+    assert_eq!(
+        h.metric(r#"hydrus_log_records_total{result="dropped"}"#),
+        0.0
+    );
+    let records = read_records(&h.path("logs"));
+    assert_records_match(&records, &up, n);
+    // Size rotation made several files, each a whole number of lines.
+    let files = std::fs::read_dir(h.path("logs")).unwrap().count();
+    assert!(files >= 3, "{files} files");
+}
+
+#[test]
+fn a_stalled_file_sink_drops_and_counts_and_loses_nothing_it_accepted() {
+    let up = Upstream::start("ranker");
+    let h = start(
+        &up,
+        "      queue_capacity: 300\n      file:\n        dir: {dir}/logs\n        flush_interval: 100ms\n        rotate_bytes: 4096",
+    );
+    let normal = send_n(&h, "before", 500, 2);
+    assert!(eventually(Duration::from_secs(10), || {
+        h.metric(r#"hydrus_log_records_total{result="written"}"#) == 500.0
+    }));
+    // Stall the sink: the directory is moved away and a plain file takes its place, so the next
+    // rotation cannot create a file (this works even as root, unlike a read-only directory).
+    std::fs::rename(h.path("logs"), h.path("logs.moved")).unwrap();
+    std::fs::write(h.path("logs"), b"in the way").unwrap();
+    let stalled = send_n(&h, "stalled", 3000, 2);
+    assert!(
+        stalled.iter().all(|r| r.0 == 200),
+        "every request served while the sink is stalled"
+    );
+    let dropped = h.metric(r#"hydrus_log_records_total{result="dropped"}"#);
+    assert!(dropped > 0.0, "drops counted");
+    assert!(h.metric(r#"hydrus_log_sink_errors_total{kind="write"}"#) > 0.0);
+    eprintln!(
+        "latency p50/p99: normal {:?}/{:?}, sink stalled {:?}/{:?}",
+        percentile(&normal, 0.5),
+        percentile(&normal, 0.99),
+        percentile(&stalled, 0.5),
+        percentile(&stalled, 0.99)
+    );
+    // The sink is back: everything accepted is written, then new records flow again.
+    std::fs::remove_file(h.path("logs")).unwrap();
+    std::fs::create_dir(h.path("logs")).unwrap();
+    let accepted = h.metric(r#"hydrus_log_records_total{result="accepted"}"#);
+    assert_eq!(accepted + dropped, 3500.0);
+    assert!(eventually(Duration::from_secs(10), || {
+        h.metric(r#"hydrus_log_records_total{result="written"}"#) == accepted
+    }));
+    let after = send_n(&h, "after", 200, 2);
+    assert!(after.iter().all(|r| r.0 == 200));
+    let accepted = accepted + 200.0;
+    assert!(eventually(Duration::from_secs(10), || {
+        h.metric(r#"hydrus_log_records_total{result="written"}"#) == accepted
+    }));
+    assert_eq!(
+        h.metric(r#"hydrus_log_records_total{result="dropped"}"#),
+        dropped
+    );
+    let mut records = read_records(&h.path("logs"));
+    records.extend(read_records(&h.path("logs.moved")));
+    assert_eq!(records.len() as f64, accepted, "nothing accepted was lost");
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r.request_id.starts_with("after-"))
+            .count(),
+        200
+    );
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r.request_id.starts_with("before-"))
+            .count(),
+        500
+    );
+}
+
+#[test]
+fn sigterm_drains_the_queue_before_exit() {
+    let up = Upstream::start("ranker");
+    // A long flush interval: records wait in the sink's buffer until shutdown.
+    let mut h = start(
+        &up,
+        "      file:\n        dir: {dir}/logs\n        flush_interval: 1h",
+    );
+    let n = 3000;
+    let results = send_n(&h, "req", n, 3);
+    assert!(results.iter().all(|r| r.0 == 200));
+    let written_before = h.metric(r#"hydrus_log_records_total{result="written"}"#);
+    assert!(
+        written_before < n as f64,
+        "records are still buffered ({written_before})"
+    );
+    let status = h.terminate();
+    assert!(status.success(), "clean exit: {status}\n{}", h.log());
+    let records = read_records(&h.path("logs"));
+    assert_records_match(&records, &up, n);
+}
+
+mod kafka {
+    use super::*;
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+
+    /// Read every message of `topic` from the start, until `want` or 30 s.
+    fn consume(brokers: &str, topic: &str, want: usize) -> Vec<(String, LogRecord)> {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", format!("test-{}", free_port()))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        c.subscribe(&[topic]).unwrap();
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while out.len() < want && Instant::now() < deadline {
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+                let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+                let rec: LogRecord = serde_json::from_slice(m.payload().unwrap()).unwrap();
+                out.push((key, rec));
+            }
+        }
+        // Anything beyond `want` would be a duplicate: look a little longer.
+        let settle = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < settle {
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+                let rec: LogRecord = serde_json::from_slice(m.payload().unwrap()).unwrap();
+                out.push((String::new(), rec));
+            }
+        }
+        out
+    }
+
+    fn kafka_log(b: &Broker, extra: &str) -> String {
+        format!(
+            "      queue_capacity: 300\n      kafka:\n        brokers: {}\n        topic: hydrus-logs\n        properties:\n          reconnect.backoff.max.ms: \"500\"\n{extra}",
+            b.url()
+        )
+    }
+
+    #[test]
+    fn kafka_sink_has_exactly_one_matching_record_per_request() {
+        let b = Broker::start();
+        b.create_topic("hydrus-logs", 3);
+        let up = Upstream::start("ranker");
+        let h = start(&up, &kafka_log(&b, ""));
+        let n = 10_000;
+        let results = send_n(&h, "req", n, 4);
+        assert!(results.iter().all(|r| r.0 == 200));
+        assert!(eventually(Duration::from_secs(30), || {
+            h.metric(r#"hydrus_log_records_total{result="written"}"#) == n as f64
+        }));
+        let got = consume(&b.url(), "hydrus-logs", n);
+        for (key, r) in &got {
+            assert!(key.is_empty() || *key == r.user_id, "keyed by user id");
+        }
+        let records: Vec<LogRecord> = got.into_iter().map(|(_, r)| r).collect();
+        assert_records_match(&records, &up, n);
+    }
+
+    #[test]
+    fn a_stopped_broker_drops_and_counts_and_a_restarted_one_gets_what_was_accepted() {
+        let mut b = Broker::start();
+        b.create_topic("hydrus-logs", 1);
+        let up = Upstream::start("ranker");
+        let h = start(
+            &up,
+            &kafka_log(&b, "          queue.buffering.max.messages: \"500\"\n"),
+        );
+        let first = send_n(&h, "first", 300, 2);
+        assert!(first.iter().all(|r| r.0 == 200));
+        assert!(eventually(Duration::from_secs(20), || {
+            h.metric(r#"hydrus_log_records_total{result="written"}"#) == 300.0
+        }));
+        b.stop();
+        let stalled = send_n(&h, "stalled", 3000, 2);
+        assert!(
+            stalled.iter().all(|r| r.0 == 200),
+            "served while the broker is down"
+        );
+        let dropped = h.metric(r#"hydrus_log_records_total{result="dropped"}"#);
+        assert!(dropped > 0.0, "drops counted");
+        eprintln!(
+            "latency with the broker down p50/p99: {:?}/{:?}",
+            percentile(&stalled, 0.5),
+            percentile(&stalled, 0.99)
+        );
+        // The broker comes back (empty: its storage was in memory).
+        b.restart();
+        b.create_topic("hydrus-logs", 1);
+        let accepted = h.metric(r#"hydrus_log_records_total{result="accepted"}"#);
+        assert_eq!(accepted + dropped, 3300.0);
+        assert!(
+            eventually(Duration::from_secs(60), || {
+                h.metric(r#"hydrus_log_records_total{result="written"}"#) == accepted
+            }),
+            "written {} of {accepted}",
+            h.metric(r#"hydrus_log_records_total{result="written"}"#)
+        );
+        let after = send_n(&h, "after", 100, 2);
+        assert!(after.iter().all(|r| r.0 == 200));
+        let want = (accepted - 300.0) as usize + 100;
+        let got = consume(&b.url(), "hydrus-logs", want);
+        assert_eq!(
+            got.len(),
+            want,
+            "everything accepted after the first 300 reached the new broker"
+        );
+        assert_eq!(
+            got.iter()
+                .filter(|(_, r)| r.request_id.starts_with("after-"))
+                .count(),
+            100
+        );
+    }
+
+    #[test]
+    fn solve_reads_the_topic_and_resumes_from_committed_offsets() {
+        let b = Broker::start();
+        b.create_topic("hydrus-logs", 2);
+        let up = Upstream::start("ranker");
+        let h = start(&up, &kafka_log(&b, ""));
+        assert!(send_n(&h, "a", 400, 2).iter().all(|r| r.0 == 200));
+        assert!(eventually(Duration::from_secs(20), || {
+            h.metric(r#"hydrus_log_records_total{result="written"}"#) == 400.0
+        }));
+        let out = h.path("solved.yaml");
+        let solve = || {
+            std::process::Command::new(bin())
+                .args(["solve", "--format", "json", "--group", "solver-a", "--logs"])
+                .arg(format!("kafka://{}/hydrus-logs", b.url()))
+                .arg("--out")
+                .arg(&out)
+                .output()
+                .unwrap()
+        };
+        let o = solve();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["read"]["records"], 400);
+        assert!(hydrus_filters::KTable::parse(&std::fs::read_to_string(&out).unwrap()).is_ok());
+        // New records: a second run reads only those.
+        assert!(send_n(&h, "b", 150, 2).iter().all(|r| r.0 == 200));
+        assert!(eventually(Duration::from_secs(20), || {
+            h.metric(r#"hydrus_log_records_total{result="written"}"#) == 550.0
+        }));
+        let o = solve();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["read"]["records"], 150);
+    }
+}
