@@ -82,6 +82,9 @@ pub struct ShutdownConfig {
     /// The socket a new binary takes the listeners over from (`hydrus serve --upgrade`).
     #[serde(default = "default_upgrade_sock")]
     pub upgrade_sock: String,
+    /// The pid of the serving process (default `/tmp/hydrus-PORT.pid`, PORT of `listen`).
+    #[serde(default)]
+    pub pid_file: Option<PathBuf>,
 }
 
 impl Default for ShutdownConfig {
@@ -90,6 +93,7 @@ impl Default for ShutdownConfig {
             grace_period: default_grace(),
             timeout: default_stop_timeout(),
             upgrade_sock: default_upgrade_sock(),
+            pid_file: None,
         }
     }
 }
@@ -429,6 +433,7 @@ pub struct Running {
     pub rollout_percent: Option<f64>,
     pub hydrus: Option<HydrusRuntime>,
     pub log: Option<LogRuntime>,
+    pub pid_file: PathBuf,
 }
 
 impl Running {
@@ -724,7 +729,12 @@ fn compile(file: &Path, text: &str, source: Config) -> Result<Running, ConfigErr
     let (Some(listen), Some(admin_listen)) = (listen, admin_listen) else {
         return Err(ConfigErrors(vec![]));
     };
+    let pid_file = match &source.shutdown.pid_file {
+        Some(p) => relative_to(file, p),
+        None => PathBuf::from(format!("/tmp/hydrus-{}.pid", listen.port())),
+    };
     Ok(Running {
+        pid_file,
         file: file.to_path_buf(),
         source,
         listen,

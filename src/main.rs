@@ -21,9 +21,6 @@ enum Command {
         /// new binary with this flag, then send SIGQUIT to the old one.
         #[arg(short, long)]
         upgrade: bool,
-        /// Run in the background.
-        #[arg(short, long)]
-        daemon: bool,
     },
     /// Solve k_t per scenario and window of the day from decision logs; write the k-table.
     Solve(hydrus::solve::SolveArgs),
@@ -40,17 +37,15 @@ fn main() -> ExitCode {
         .format_timestamp_millis()
         .init();
     match cli.command {
-        Command::Serve {
-            config,
-            upgrade,
-            daemon,
-        } => match hydrus::serve::serve(&config, hydrus::serve::ServeOptions { upgrade, daemon }) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
+        Command::Serve { config, upgrade } => {
+            match hydrus::serve::serve(&config, hydrus::serve::ServeOptions { upgrade }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
         Command::Solve(args) => match hydrus::solve::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

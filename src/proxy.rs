@@ -14,6 +14,8 @@ use hydrus_filters::query::set_query;
 use hydrus_filters::{Decision, Group, LogRecord, RequestInputs, ValueInfo};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
+use pingora::proxy::FailToProxy;
+use pingora::{ErrorSource, ErrorType};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -238,6 +240,58 @@ impl ProxyHttp for Proxy {
             }
         }
         e
+    }
+
+    /// Like pingora's default, but an upstream timeout is a 504 (as in Envoy), and final upstream
+    /// failures are counted by kind.
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let timeout = matches!(
+            e.etype(),
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout | ErrorType::ConnectTimedout
+        );
+        let code = match (e.etype(), e.esource()) {
+            (ErrorType::HTTPStatus(code), _) => *code,
+            (_, ErrorSource::Upstream) if timeout => 504,
+            (_, ErrorSource::Upstream) => 502,
+            (
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
+                ErrorSource::Downstream,
+            ) => 0, // the client is gone
+            (_, ErrorSource::Downstream) => 400,
+            _ => 500,
+        };
+        if *e.esource() == ErrorSource::Upstream {
+            let connect = matches!(
+                e.etype(),
+                ErrorType::ConnectTimedout
+                    | ErrorType::ConnectRefused
+                    | ErrorType::ConnectNoRoute
+                    | ErrorType::ConnectError
+            );
+            // Failed connects were counted per attempt in fail_to_connect.
+            if !connect {
+                let cluster = ctx
+                    .running
+                    .as_ref()
+                    .and_then(|r| r.clusters.get(ctx.cluster))
+                    .map_or("", |c| c.name.as_str());
+                let kind = if timeout { "timeout" } else { "response" };
+                self.state
+                    .metrics
+                    .upstream_errors
+                    .with_label_values(&[cluster, kind])
+                    .inc();
+            }
+        }
+        if code > 0 {
+            if let Err(err) = session.respond_error(code).await {
+                log::debug!("could not send the error response: {err}");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 
     async fn upstream_request_filter(

@@ -21,7 +21,6 @@ use std::time::Duration;
 pub struct ServeOptions {
     /// Take the listening sockets over from a running hydrus (pingora's graceful upgrade).
     pub upgrade: bool,
-    pub daemon: bool,
 }
 
 /// Fail fast, with the address, when a listener cannot bind: pingora would panic in a worker.
@@ -55,20 +54,23 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
         None => (None, None),
     };
     let shutdown = running.source.shutdown.clone();
+    let pid_file = running.pid_file.clone();
     let state = Arc::new(State::new(running.clone(), metrics, queue));
     let reload_tx = reload::spawn(state.clone(), config_path.to_path_buf())?;
 
-    let mut conf = ServerConf {
+    let conf = ServerConf {
         threads: running.threads,
         grace_period_seconds: Some(secs_ceil(shutdown.grace_period)),
         graceful_shutdown_timeout_seconds: Some(secs_ceil(shutdown.timeout)),
         upgrade_sock: shutdown.upgrade_sock.clone(),
+        pid_file: pid_file.display().to_string(),
+        // A new binary started with --upgrade waits this many seconds for the old one's SIGQUIT.
+        upgrade_sock_connect_accept_max_retries: Some(30),
         ..ServerConf::default()
     };
-    conf.pid_file = format!("/tmp/hydrus-{}.pid", running.listen.port());
     let opt = Opt {
         upgrade: opts.upgrade,
-        daemon: opts.daemon,
+        daemon: false,
         nocapture: false,
         test: false,
         conf: None,
@@ -117,6 +119,12 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
             while let Ok(p) = phases.blocking_recv() {
                 let ready = matches!(p, ExecutionPhase::Running);
                 ready_state.ready.store(ready, Ordering::SeqCst);
+                if ready {
+                    // The pid of the process now serving, for `kill -QUIT $(cat pid_file)`.
+                    if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
+                        log::warn!("pid file {}: {e}", pid_file.display());
+                    }
+                }
                 if !ready
                     && !matches!(
                         p,

@@ -76,14 +76,27 @@ impl State {
         } else {
             metrics.rollout_percent.set(100.0);
         }
-        Self {
-            config: ArcSwap::from_pointee(running),
+        let state = Self {
+            config: ArcSwap::from_pointee(running.clone()),
             ktable: ArcSwapOption::empty(),
             handles: ArcSwap::from_pointee(handles),
             metrics,
             log,
             rr: AtomicUsize::new(0),
             ready: AtomicBool::new(false),
+        };
+        state.touch_cluster_series(&running);
+        state
+    }
+
+    /// Export every cluster's error series at 0, so rates and alerts have a baseline.
+    fn touch_cluster_series(&self, running: &Running) {
+        for c in &running.clusters {
+            for kind in ["connect", "timeout", "response"] {
+                self.metrics
+                    .upstream_errors
+                    .with_label_values(&[c.name.as_str(), kind]);
+            }
         }
     }
 
@@ -104,6 +117,7 @@ impl State {
     }
 
     pub fn set_config(&self, running: Running) {
+        self.touch_cluster_series(&running);
         self.metrics
             .rollout_percent
             .set(running.rollout_percent.unwrap_or(100.0));

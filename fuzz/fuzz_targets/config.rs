@@ -1,0 +1,13 @@
+//! The config loader on arbitrary text: an error with a location or a config, never a panic.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    if let Err(errors) = hydrus::config::load_str(std::path::Path::new("fuzz.yaml"), text) {
+        for e in &errors.0 {
+            let _ = e.to_string();
+        }
+    }
+});

@@ -1,0 +1,21 @@
+//! The QoE header parser and the decision on whatever it accepts: never a panic, and every
+//! accepted value is in range.
+#![no_main]
+
+use hydrus_filters::{decide, qoe, QoeRange, Strategy, StrategySet};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let strategies = vec![
+        Strategy { name: "s10".into(), cost: 6.0, qoe_scale: 0.9 },
+        Strategy { name: "s20".into(), cost: 10.0, qoe_scale: 1.0 },
+        Strategy { name: "s40".into(), cost: 18.0, qoe_scale: 1.08 },
+    ];
+    let Ok(set) = StrategySet::new(strategies, "s20") else { return };
+    let range = QoeRange::default();
+    if let Ok(v) = qoe::parse(data, &set, range) {
+        assert!(!v.is_empty());
+        let j = decide(&set, &v, 0.004).expect("a candidate");
+        assert!(v.get(j).is_some());
+    }
+});
