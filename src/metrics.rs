@@ -43,7 +43,8 @@ const LATENCY: &[f64] = &[
 
 /// Decision-time buckets (seconds): 100 ns to 1 ms; the goal is under 1 us.
 const DECISION: &[f64] = &[
-    1e-7, 2.5e-7, 5e-7, 1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 1e-3,
+    1e-7, 2e-7, 3e-7, 4e-7, 5e-7, 7.5e-7, 1e-6, 1.5e-6, 2e-6, 3e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4,
+    1e-3,
 ];
 
 impl Metrics {

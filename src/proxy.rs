@@ -49,6 +49,16 @@ fn header<'a>(req: &'a RequestHeader, name: &HeaderName) -> Option<&'a [u8]> {
     req.headers.get(name).map(HeaderValue::as_bytes)
 }
 
+/// 32 lowercase hex digits, without the formatting machinery (this runs per request).
+fn hex_id(v: u128) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(32);
+    for i in (0..32).rev() {
+        s.push(HEX[((v >> (i * 4)) & 0xf) as usize] as char);
+    }
+    s
+}
+
 fn text(v: Option<&[u8]>) -> String {
     v.map(|b| String::from_utf8_lossy(b).into_owned())
         .unwrap_or_default()
@@ -73,7 +83,7 @@ impl Proxy {
         };
         ctx.cluster = running.default_cluster;
         if header(req, &h.request_id).is_none() {
-            ctx.generated_request_id = Some(format!("{:032x}", rand::random::<u128>()));
+            ctx.generated_request_id = Some(hex_id(rand::random::<u128>()));
         }
         if let Some(hy) = &running.hydrus {
             let scenario = header(req, &h.scenario);
@@ -153,6 +163,15 @@ impl Proxy {
             cluster: running.clusters.get(ctx.cluster).map(|c| c.name.clone()),
             total_ms: Some(ctx.start.elapsed().as_secs_f64() * 1000.0),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hex_ids() {
+        assert_eq!(super::hex_id(0xabc), format!("{:032x}", 0xabc));
+        assert_eq!(super::hex_id(u128::MAX), "f".repeat(32));
     }
 }
 
@@ -240,6 +259,15 @@ impl ProxyHttp for Proxy {
             }
         }
         e
+    }
+
+    /// A client that went away is not an error worth a log line per request.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, e: &Error) -> bool {
+        *e.esource() == ErrorSource::Downstream
+            && matches!(
+                e.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            )
     }
 
     /// Like pingora's default, but an upstream timeout is a 504 (as in Envoy), and final upstream
