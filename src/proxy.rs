@@ -166,15 +166,6 @@ impl Proxy {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn hex_ids() {
-        assert_eq!(super::hex_id(0xabc), format!("{:032x}", 0xabc));
-        assert_eq!(super::hex_id(u128::MAX), "f".repeat(32));
-    }
-}
-
 #[async_trait]
 impl ProxyHttp for Proxy {
     type CTX = Ctx;
@@ -393,5 +384,14 @@ impl ProxyHttp for Proxy {
         if let Some(q) = &self.state.log {
             q.push(self.record(session, ctx, &running, status));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hex_ids() {
+        assert_eq!(super::hex_id(0xabc), format!("{:032x}", 0xabc));
+        assert_eq!(super::hex_id(u128::MAX), "f".repeat(32));
     }
 }
