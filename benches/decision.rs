@@ -2,11 +2,12 @@
 //! argmax; for 4, 8 and 32 strategies. And the log record's JSON encoding.
 #![allow(clippy::unwrap_used)]
 
-use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use hydrus_filters::{
     Group, HydrusFilter, KTable, LogRecord, QoeRange, RequestInputs, Rollout, Strategy,
     StrategySet, ValueInfo,
 };
+use std::hint::black_box;
 
 fn filter(m: usize) -> HydrusFilter {
     let strategies = (0..m)
