@@ -16,5 +16,6 @@ pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod serve;
+pub mod simulate;
 pub mod solve;
 pub mod state;

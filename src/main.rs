@@ -24,6 +24,8 @@ enum Command {
     },
     /// Solve k_t per scenario and window of the day from decision logs; write the k-table.
     Solve(hydrus::solve::SolveArgs),
+    /// Trace-driven evaluation: the paper's comparisons and figures on a seeded population.
+    Simulate(hydrus::simulate::SimulateArgs),
     /// Check a config file as `serve` would, print OK or every problem with its line, and exit.
     Check {
         #[arg(short, long, default_value = "config/hydrus.yaml")]
@@ -46,6 +48,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Simulate(args) => match hydrus::simulate::main(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Solve(args) => match hydrus::solve::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -1,0 +1,190 @@
+//! The paper's figures as SVG (plotters): QoE CDF (Fig. 5), QoE per run (Fig. 7), QoE and latency
+//! against k (Fig. 8), QoE against load (Fig. 10).
+
+use super::Results;
+use plotters::prelude::*;
+use std::path::Path;
+
+type Series<'a> = (&'a str, Vec<(f64, f64)>, RGBColor);
+
+fn lines(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series<'_>],
+) -> Result<(), String> {
+    let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let root = SVGBackend::new(path, (720, 440)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    draw(&root, title, x_label, y_label, series)?;
+    root.present().map_err(|e| err(&e))
+}
+
+fn bounds(series: &[Series<'_>]) -> (f64, f64, f64, f64) {
+    let pts = series.iter().flat_map(|s| s.1.iter());
+    let (mut x0, mut x1, mut y0, mut y1) = (
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+    );
+    for &(x, y) in pts {
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    if !x0.is_finite() {
+        return (0.0, 1.0, 0.0, 1.0);
+    }
+    let pad = ((y1 - y0) * 0.08).max(1e-9);
+    (x0, x1.max(x0 + 1e-9), y0 - pad, y1 + pad)
+}
+
+fn draw<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series<'_>],
+) -> Result<(), String> {
+    let err = |e: &dyn std::fmt::Debug| format!("{title}: {e:?}");
+    let (x0, x1, y0, y1) = bounds(series);
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(56)
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .draw()
+        .map_err(|e| err(&e))?;
+    for (name, pts, color) in series {
+        let c = *color;
+        chart
+            .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
+            .map_err(|e| err(&e))?
+            .label(*name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(&e))?;
+    Ok(())
+}
+
+const DEFAULT: RGBColor = RGBColor(120, 120, 120);
+const GREEDY: RGBColor = RGBColor(230, 140, 20);
+const HYDRUS: RGBColor = RGBColor(30, 90, 200);
+
+fn cdf(v: &[f64]) -> Vec<(f64, f64)> {
+    let n = v.len().max(1) as f64;
+    v.iter()
+        .enumerate()
+        .map(|(i, &q)| (q, (i + 1) as f64 / n))
+        .collect()
+}
+
+pub fn all(r: &Results, dir: &Path) -> Result<(), String> {
+    lines(
+        &dir.join("fig5_cdf.svg"),
+        "Per-user QoE, CDF (Fig. 5)",
+        "QoE",
+        "fraction of users",
+        &[
+            ("default", cdf(&r.cdf_default), DEFAULT),
+            ("greedy", cdf(&r.cdf_greedy), GREEDY),
+            ("Hydrus", cdf(&r.cdf_hydrus), HYDRUS),
+        ],
+    )?;
+    let run = |f: fn(&super::RunPoint) -> f64| -> Vec<(f64, f64)> {
+        r.runs.iter().map(|p| (p.run as f64, f(p))).collect()
+    };
+    lines(
+        &dir.join("fig7_runs.svg"),
+        "Mean QoE per experiment (Fig. 7)",
+        "experiment",
+        "mean QoE",
+        &[
+            ("default", run(|p| p.default_qoe), DEFAULT),
+            ("greedy", run(|p| p.greedy_qoe), GREEDY),
+            ("Hydrus", run(|p| p.hydrus_qoe), HYDRUS),
+        ],
+    )?;
+    let path = dir.join("fig8_k_sweep.svg");
+    {
+        let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+        let root = SVGBackend::new(&path, (1000, 420)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let (left, right) = root.split_horizontally(500);
+        let default_q = r.equal_cost.first().map_or(0.0, |p| p.mean_qoe);
+        let default_l = r.equal_cost.first().map_or(0.0, |p| p.mean_latency_ms);
+        let ks: Vec<f64> = r.k_sweep.iter().map(|p| p.k * 1e3).collect();
+        let flat = |v: f64| ks.iter().map(|&k| (k, v)).collect::<Vec<_>>();
+        draw(
+            &left,
+            "Mean QoE against k (Fig. 8)",
+            "k (x 1e-3)",
+            "mean QoE",
+            &[
+                (
+                    "Hydrus",
+                    r.k_sweep.iter().map(|p| (p.k * 1e3, p.mean_qoe)).collect(),
+                    HYDRUS,
+                ),
+                ("default", flat(default_q), DEFAULT),
+            ],
+        )?;
+        draw(
+            &right,
+            "Mean latency against k",
+            "k (x 1e-3)",
+            "mean latency (ms)",
+            &[
+                (
+                    "Hydrus",
+                    r.k_sweep
+                        .iter()
+                        .map(|p| (p.k * 1e3, p.mean_latency_ms))
+                        .collect(),
+                    HYDRUS,
+                ),
+                ("default", flat(default_l), DEFAULT),
+            ],
+        )?;
+        root.present().map_err(|e| err(&e))?;
+    }
+    lines(
+        &dir.join("fig10_load.svg"),
+        "Mean QoE against load, fixed latency limit (Fig. 10)",
+        "requests",
+        "mean QoE",
+        &[
+            (
+                "default",
+                r.load
+                    .iter()
+                    .map(|p| (p.load as f64, p.default_qoe))
+                    .collect(),
+                DEFAULT,
+            ),
+            (
+                "Hydrus",
+                r.load
+                    .iter()
+                    .map(|p| (p.load as f64, p.hydrus_qoe))
+                    .collect(),
+                HYDRUS,
+            ),
+        ],
+    )?;
+    Ok(())
+}

@@ -1,0 +1,130 @@
+//! `hydrus simulate`: its invariants, and the README's results being what its command prints.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::bin;
+use std::process::Command;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn simulate(args: &[&str]) -> (String, serde_json::Value, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(bin())
+        .arg("simulate")
+        .args(args)
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let md = String::from_utf8(out.stdout).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("results.json")).unwrap())
+            .unwrap();
+    (md, json, dir)
+}
+
+#[test]
+fn the_readme_table_is_what_its_command_prints() {
+    // The README shows: cargo run --release -- simulate --seed 42 --out benches/results/simulate
+    let (md, _, dir) = simulate(&["--seed", "42"]);
+    let readme = std::fs::read_to_string(format!("{ROOT}/README.md")).unwrap();
+    assert!(readme.contains("simulate --seed 42 --out benches/results/simulate"));
+    assert!(
+        readme.contains(md.trim()),
+        "README results differ from the command's output:\n{md}"
+    );
+    let committed =
+        std::fs::read_to_string(format!("{ROOT}/benches/results/simulate/results.md")).unwrap();
+    assert_eq!(
+        committed,
+        std::fs::read_to_string(dir.path().join("results.md")).unwrap()
+    );
+}
+
+#[test]
+fn invariants_hold_and_figures_are_drawn() {
+    let (_, r, dir) = simulate(&["--seed", "7", "--users", "600", "--runs", "8"]);
+    let rows = r["equal_cost"].as_array().unwrap();
+    let row = |name: &str| {
+        rows.iter()
+            .find(|p| p["policy"].as_str().unwrap().starts_with(name))
+            .unwrap()
+    };
+    let bound = row("optimum")["mean_qoe"].as_f64().unwrap();
+    for name in ["greedy", "DCAF", "Hydrus, bisection", "Hydrus, exact"] {
+        let c = row(name)["cost_over_default"].as_f64().unwrap();
+        assert!(
+            (0.999..=1.0 + 1e-12).contains(&c),
+            "{name}: cost / default = {c}, not equal within 0.1%"
+        );
+        assert!(
+            row(name)["mean_qoe"].as_f64().unwrap() <= bound + 1e-12,
+            "the optimum bounds {name}"
+        );
+    }
+    assert!(row("default")["mean_qoe"].as_f64().unwrap() <= bound);
+    assert!(
+        row("Hydrus, exact")["mean_qoe"].as_f64().unwrap()
+            >= row("Hydrus, bisection")["mean_qoe"].as_f64().unwrap() - 1e-12
+    );
+    assert_eq!(r["runs"].as_array().unwrap().len(), 8);
+    for run in r["runs"].as_array().unwrap() {
+        assert!(run["hydrus_qoe"].as_f64().unwrap() >= run["greedy_qoe"].as_f64().unwrap());
+    }
+    // Larger k, less latency (Fig. 8).
+    let sweep = r["k_sweep"].as_array().unwrap();
+    for w in sweep.windows(2) {
+        assert!(
+            w[1]["mean_latency_ms"].as_f64().unwrap()
+                <= w[0]["mean_latency_ms"].as_f64().unwrap() + 1e-9
+        );
+    }
+    for f in [
+        "fig5_cdf.svg",
+        "fig7_runs.svg",
+        "fig8_k_sweep.svg",
+        "fig10_load.svg",
+    ] {
+        let svg = std::fs::read_to_string(dir.path().join(f)).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.matches("<polyline").count() >= 2,
+            "{f}"
+        );
+    }
+    // Same seed, same results.
+    let (_, again, _) = simulate(&["--seed", "7", "--users", "600", "--runs", "8"]);
+    assert_eq!(r, again);
+}
+
+#[test]
+fn a_population_from_decision_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::new();
+    for i in 0..300u64 {
+        let q = (i * 37 % 100) as f64 / 100.0;
+        let chosen = ["s10", "s20", "s40"][(i % 3) as usize];
+        text.push_str(&format!(
+            "{{\"ts_ms\":{},\"chosen\":\"{chosen}\",\"value_info\":[{{\"strategy\":\"s10\",\"cost\":6.0,\"qoe\":{}}},{{\"strategy\":\"s20\",\"cost\":10.0,\"qoe\":{}}},{{\"strategy\":\"s40\",\"cost\":18.0,\"qoe\":{}}}]}}\n",
+            i * 1000,
+            q * 0.9,
+            q,
+            q * (1.3 - q * 0.5),
+        ));
+    }
+    let logs = dir.path().join("l.jsonl");
+    std::fs::write(&logs, text).unwrap();
+    let (md, r, _) = simulate(&["--from-logs", logs.to_str().unwrap(), "--runs", "2"]);
+    assert_eq!(r["users"], 300);
+    assert!(md.contains("decision logs"), "{md}");
+    let gain = r["qoe_gain_equal_cost"].as_f64().unwrap();
+    assert!(
+        gain > 0.0,
+        "reallocating the logged budget gains QoE: {gain}"
+    );
+}
