@@ -172,6 +172,7 @@ impl Default for HeaderNames {
 pub enum FilterConfig {
     Rollout(RolloutConfig),
     Hydrus(HydrusConfig),
+    E2e(E2eConfig),
     Log(LogConfig),
 }
 
@@ -180,6 +181,7 @@ impl FilterConfig {
         match self {
             FilterConfig::Rollout(_) => "rollout",
             FilterConfig::Hydrus(_) => "hydrus",
+            FilterConfig::E2e(_) => "e2e",
             FilterConfig::Log(_) => "log",
         }
     }
@@ -255,6 +257,55 @@ pub struct StrategyConfig {
 
 fn default_scale() -> f64 {
     1.0
+}
+
+/// The E2E filter: route by external delay among replica groups.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct E2eConfig {
+    /// The header the front end tags the external delay in (milliseconds).
+    #[serde(default = "default_e2e_header")]
+    pub header: String,
+    /// Clusters that are replicas of each other; the default policy balances across them.
+    pub groups: Vec<String>,
+    /// The decision table written by `hydrus solve --policy e2e` (same fields as `ktable`).
+    pub table: KTableSourceConfig,
+    /// A request header set to the bucket's priority, when the table gives one.
+    #[serde(default)]
+    pub priority_header: Option<String>,
+    /// The QoE model the controller optimizes: `max / (1 + exp((delay - d50) / width))`.
+    #[serde(default)]
+    pub qoe_model: QoeModelConfig,
+}
+
+fn default_e2e_header() -> String {
+    "x-external-delay-ms".into()
+}
+
+/// A sigmoid QoE-vs-total-delay curve (E2E, Appendix B).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QoeModelConfig {
+    pub d50_ms: f64,
+    pub width_ms: f64,
+    #[serde(default = "default_scale")]
+    pub max: f64,
+}
+
+impl Default for QoeModelConfig {
+    fn default() -> Self {
+        Self {
+            d50_ms: 2000.0,
+            width_ms: 400.0,
+            max: 1.0,
+        }
+    }
+}
+
+impl QoeModelConfig {
+    pub fn qoe(&self, delay_ms: f64) -> f64 {
+        self.max / (1.0 + ((delay_ms - self.d50_ms) / self.width_ms).exp())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -405,6 +456,18 @@ pub struct KTableSource {
     pub max_age: Option<Duration>,
 }
 
+/// The e2e filter, compiled.
+#[derive(Debug, Clone)]
+pub struct E2eRuntime {
+    pub header: HeaderName,
+    /// Cluster indices of the groups, in config order (the table's `groups` must match).
+    pub groups: Vec<usize>,
+    pub group_names: Vec<String>,
+    pub table: KTableSource,
+    pub priority_header: Option<HeaderName>,
+    pub qoe_model: QoeModelConfig,
+}
+
 /// The log filter, compiled.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogRuntime {
@@ -432,8 +495,11 @@ pub struct Running {
     pub rollout: Option<Rollout>,
     pub rollout_percent: Option<f64>,
     pub hydrus: Option<HydrusRuntime>,
+    pub e2e: Option<E2eRuntime>,
     pub log: Option<LogRuntime>,
     pub pid_file: PathBuf,
+    /// Requests in flight per cluster (this config generation's requests).
+    pub inflight: std::sync::Arc<Vec<std::sync::atomic::AtomicUsize>>,
 }
 
 impl Running {
@@ -639,6 +705,7 @@ fn compile(file: &Path, text: &str, source: Config) -> Result<Running, ConfigErr
     let mut rollout = None;
     let mut rollout_percent = None;
     let mut hydrus = None;
+    let mut e2e = None;
     let mut log = None;
     let mut seen: Vec<&'static str> = Vec::new();
     for (i, f) in source.filters.iter().enumerate() {
@@ -665,7 +732,13 @@ fn compile(file: &Path, text: &str, source: Config) -> Result<Running, ConfigErr
                 }
             }
             FilterConfig::Hydrus(hc) => {
+                if seen.contains(&"e2e") {
+                    c.error(&field, "hydrus must come before e2e in the chain (e2e picks the replica last)");
+                }
                 hydrus = compile_hydrus(&mut c, file, &field, hc, &cluster_index, default_cluster);
+            }
+            FilterConfig::E2e(ec) => {
+                e2e = compile_e2e(&mut c, file, &field, ec, &cluster_index);
             }
             FilterConfig::Log(lc) => {
                 let sink = match (&lc.file, &lc.kafka) {
@@ -733,8 +806,15 @@ fn compile(file: &Path, text: &str, source: Config) -> Result<Running, ConfigErr
         Some(p) => relative_to(file, p),
         None => PathBuf::from(format!("/tmp/hydrus-{}.pid", listen.port())),
     };
+    let inflight = std::sync::Arc::new(
+        (0..clusters.len())
+            .map(|_| std::sync::atomic::AtomicUsize::new(0))
+            .collect(),
+    );
     Ok(Running {
         pid_file,
+        e2e,
+        inflight,
         file: file.to_path_buf(),
         source,
         listen,
@@ -747,6 +827,76 @@ fn compile(file: &Path, text: &str, source: Config) -> Result<Running, ConfigErr
         rollout_percent,
         hydrus,
         log,
+    })
+}
+
+fn table_source(c: &mut Checker<'_>, file: &Path, field: &str, kt: &KTableSourceConfig) -> KTableSource {
+    match (&kt.path, &kt.url) {
+        (Some(_), None) => {}
+        (None, Some(u)) => {
+            if !u.starts_with("http://") {
+                c.error(format!("{field}.url"), "only http:// URLs are supported");
+            }
+        }
+        _ => c.error(field, "name exactly one of `path` or `url`"),
+    }
+    c.duration_positive(&format!("{field}.poll_interval"), kt.poll_interval);
+    if let Some(a) = kt.max_age {
+        c.duration_positive(&format!("{field}.max_age"), a);
+    }
+    KTableSource {
+        path: kt.path.as_ref().map(|p| relative_to(file, p)),
+        url: kt.url.clone(),
+        poll_interval: kt.poll_interval,
+        max_age: kt.max_age,
+    }
+}
+
+fn compile_e2e(
+    c: &mut Checker<'_>,
+    file: &Path,
+    field: &str,
+    ec: &E2eConfig,
+    cluster_index: &dyn Fn(&str) -> Option<usize>,
+) -> Option<E2eRuntime> {
+    let before = c.errors.len();
+    let header = c.header_name(&format!("{field}.header"), &ec.header);
+    if ec.groups.is_empty() {
+        c.error(format!("{field}.groups"), "at least one group (cluster) is needed");
+    }
+    let mut groups = Vec::new();
+    for (i, g) in ec.groups.iter().enumerate() {
+        match cluster_index(g) {
+            Some(ci) if !groups.contains(&ci) => groups.push(ci),
+            Some(_) => c.error(format!("{field}.groups[{i}]"), format!("`{g}` is listed twice")),
+            None => c.error(format!("{field}.groups[{i}]"), format!("no cluster named `{g}`")),
+        }
+    }
+    let priority_header = match &ec.priority_header {
+        None => None,
+        Some(h) => {
+            let hn = c.header_name(&format!("{field}.priority_header"), h);
+            if hn.as_ref().is_some_and(|n| n.as_str().starts_with("x-hydrus-")) {
+                c.error(format!("{field}.priority_header"), "x-hydrus-* headers are set by hydrus itself");
+            }
+            hn
+        }
+    };
+    let q = ec.qoe_model;
+    if !(q.width_ms.is_finite() && q.width_ms > 0.0 && q.d50_ms.is_finite() && q.max.is_finite() && q.max > 0.0) {
+        c.error(format!("{field}.qoe_model"), "d50_ms, width_ms > 0 and max > 0 must be finite numbers");
+    }
+    let table = table_source(c, file, &format!("{field}.table"), &ec.table);
+    if c.errors.len() > before {
+        return None;
+    }
+    Some(E2eRuntime {
+        header: header?,
+        groups,
+        group_names: ec.groups.clone(),
+        table,
+        priority_header,
+        qoe_model: q,
     })
 }
 
@@ -853,33 +1003,14 @@ fn compile_hydrus(
             QoeRange { min, max }
         }
     };
-    let kt = &hc.ktable;
-    let kf = format!("{field}.ktable");
-    match (&kt.path, &kt.url) {
-        (Some(_), None) => {}
-        (None, Some(u)) => {
-            if !u.starts_with("http://") {
-                c.error(format!("{kf}.url"), "only http:// URLs are supported");
-            }
-        }
-        _ => c.error(&kf, "name exactly one of `path` or `url`"),
-    }
-    c.duration_positive(&format!("{kf}.poll_interval"), kt.poll_interval);
-    if let Some(a) = kt.max_age {
-        c.duration_positive(&format!("{kf}.max_age"), a);
-    }
+    let ktable = table_source(c, file, &format!("{field}.ktable"), &hc.ktable);
     if c.errors.len() > errors_before {
         return None;
     }
     Some(HydrusRuntime {
         filter: HydrusFilter::new(set?, qoe_range),
         actions,
-        ktable: KTableSource {
-            path: kt.path.as_ref().map(|p| relative_to(file, p)),
-            url: kt.url.clone(),
-            poll_interval: kt.poll_interval,
-            max_age: kt.max_age,
-        },
+        ktable,
     })
 }
 

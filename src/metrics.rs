@@ -25,6 +25,10 @@ pub struct Metrics {
     pub log_records: IntCounterVec,
     pub log_queue_depth: IntGauge,
     pub log_sink_errors: IntCounterVec,
+    pub e2e_decisions: IntCounterVec,
+    pub e2e_reloads: IntCounterVec,
+    pub e2e_age: Gauge,
+    pub e2e_loaded: IntGauge,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -160,6 +164,30 @@ impl Metrics {
                 )
                 .expect("metric"),
             ),
+            e2e_decisions: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("hydrus_e2e_decisions_total", "E2E routing decisions by external-delay bucket and replica group (bucket `none`: the default policy)."),
+                    &["bucket", "group"],
+                )
+                .expect("metric"),
+            ),
+            e2e_reloads: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("hydrus_e2e_table_reloads_total", "E2E decision table loads by result."),
+                    &["result"],
+                )
+                .expect("metric"),
+            ),
+            e2e_age: register(
+                &r,
+                Gauge::new("hydrus_e2e_table_age_seconds", "Age of the running E2E decision table.").expect("metric"),
+            ),
+            e2e_loaded: register(
+                &r,
+                IntGauge::new("hydrus_e2e_table_loaded", "1 when an E2E decision table is loaded.").expect("metric"),
+            ),
             registry: r,
         };
         // Export every series at 0 from the start, so rates and alerts have a baseline.
@@ -169,6 +197,10 @@ impl Metrics {
         for result in ["ok", "error"] {
             m.config_reloads.with_label_values(&[result]);
             m.ktable_reloads.with_label_values(&[result]);
+            m.e2e_reloads.with_label_values(&[result]);
+        }
+        for reason in hydrus_filters::e2e::E2eFallback::ALL_REASONS {
+            m.fallbacks.with_label_values(&[reason]);
         }
         for result in ["accepted", "written", "dropped"] {
             m.log_records.with_label_values(&[result]);

@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use http::header::HeaderValue;
 use http::HeaderName;
 use hydrus_filters::query::set_query;
+use hydrus_filters::e2e::{self, E2eDecision, MAX_BUCKETS};
 use hydrus_filters::{Decision, Group, LogRecord, RequestInputs, ValueInfo};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
@@ -21,6 +22,10 @@ use std::time::Instant;
 
 pub const HEADER_STRATEGY: &str = "x-hydrus-strategy";
 pub const HEADER_GROUP: &str = "x-hydrus-group";
+
+/// `hydrus_e2e_decisions_total`'s bucket labels, made once.
+static BUCKET_LABELS: std::sync::LazyLock<Vec<String>> =
+    std::sync::LazyLock::new(|| (0..MAX_BUCKETS).map(|b| b.to_string()).collect());
 
 pub struct Proxy {
     pub state: Arc<State>,
@@ -43,6 +48,11 @@ pub struct Ctx {
     generated_request_id: Option<String>,
     upstream_sent: Option<Instant>,
     upstream_ms: Option<f64>,
+    e2e: Option<E2eDecision>,
+    /// The e2e table the decision was made on (its bucket's priority is applied upstream).
+    e2e_table: Option<Arc<crate::state::E2eState>>,
+    /// Requests in flight to the cluster when this one was sent (it included), once counted.
+    cluster_load: Option<u32>,
 }
 
 fn header<'a>(req: &'a RequestHeader, name: &HeaderName) -> Option<&'a [u8]> {
@@ -107,6 +117,38 @@ impl Proxy {
             }
             ctx.decision = Some(d);
         }
+        if let Some(e) = &running.e2e {
+            // E2E picks the replica group last: it overrides the strategy's cluster.
+            let table = self.state.e2e.load_full();
+            let stale = table
+                .as_ref()
+                .is_some_and(|t| State::e2e_stale(&running, t, ctx.ts_ms));
+            let d = e2e::decide(
+                header(req, &e.header),
+                table.as_ref().map(|t| &t.table),
+                stale,
+                rand::random::<f64>(),
+            );
+            let m = &self.state.metrics;
+            let group = match (d.group, d.fallback) {
+                (Some(g), _) => g,
+                (None, fallback) => {
+                    if let Some(f) = fallback {
+                        m.fallbacks.with_label_values(&[f.reason()]).inc();
+                    }
+                    // The default policy: balance across the groups.
+                    self.state.next_rr() % e.groups.len().max(1)
+                }
+            };
+            if let Some(&c) = e.groups.get(group) {
+                ctx.cluster = c;
+            }
+            let bucket = d.bucket.map_or("none", |b| BUCKET_LABELS.get(b).map_or("none", |s| s.as_str()));
+            let gname = e.group_names.get(group).map_or("", |s| s.as_str());
+            m.e2e_decisions.with_label_values(&[bucket, gname]).inc();
+            ctx.e2e = Some(d);
+            ctx.e2e_table = table;
+        }
         ctx.running = Some(running);
         ctx.handles = Some(handles);
     }
@@ -159,9 +201,16 @@ impl Proxy {
             value_info,
             status,
             upstream_ms: ctx.upstream_ms,
-            fallback: d.and_then(|d| d.fallback).map(|f| f.reason().to_string()),
+            fallback: d
+                .and_then(|d| d.fallback)
+                .map(|f| f.reason())
+                .or_else(|| ctx.e2e.and_then(|e| e.fallback).map(|f| f.reason()))
+                .map(str::to_string),
             cluster: running.clusters.get(ctx.cluster).map(|c| c.name.clone()),
             total_ms: Some(ctx.start.elapsed().as_secs_f64() * 1000.0),
+            external_delay_ms: ctx.e2e.and_then(|e| e.external_ms),
+            cluster_load: ctx.cluster_load,
+            e2e_bucket: ctx.e2e.and_then(|e| e.bucket).map(|b| b as u32),
         }
     }
 }
@@ -185,6 +234,9 @@ impl ProxyHttp for Proxy {
             generated_request_id: None,
             upstream_sent: None,
             upstream_ms: None,
+            e2e: None,
+            e2e_table: None,
+            cluster_load: None,
         }
     }
 
@@ -217,6 +269,10 @@ impl ProxyHttp for Proxy {
         }
         if ctx.tries == 0 {
             ctx.first_endpoint = self.state.next_rr() % n;
+            if let Some(c) = running.inflight.get(ctx.cluster) {
+                let load = c.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                ctx.cluster_load = Some(load as u32);
+            }
         }
         let addr = cluster.endpoints[(ctx.first_endpoint + ctx.tries) % n];
         ctx.tries += 1;
@@ -339,6 +395,13 @@ impl ProxyHttp for Proxy {
             (Some(r), Some(d)) => r.hydrus.as_ref().and_then(|h| h.actions.get(d.strategy)),
             _ => None,
         };
+        if let (Some(r), Some(bucket)) = (&ctx.running, ctx.e2e.and_then(|e| e.bucket)) {
+            let priority = r.e2e.as_ref().and_then(|e| e.priority_header.as_ref());
+            let table = ctx.e2e_table.as_ref();
+            if let (Some(h), Some(p)) = (priority, table.and_then(|t| t.table.priority(bucket))) {
+                upstream.insert_header(h.clone(), p)?;
+            }
+        }
         if let Some(a) = action {
             upstream.insert_header(HEADER_STRATEGY, a.name_value.clone())?;
             for (name, value) in &a.headers {
@@ -371,6 +434,11 @@ impl ProxyHttp for Proxy {
         let (Some(running), Some(handles)) = (ctx.running.clone(), ctx.handles.clone()) else {
             return;
         };
+        if ctx.cluster_load.is_some() {
+            if let Some(c) = running.inflight.get(ctx.cluster) {
+                c.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let strategy = ctx.decision.as_ref().map_or(0, |d| d.strategy);
         let scenario = ctx.decision.as_ref().and_then(|d| d.scenario);

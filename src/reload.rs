@@ -4,8 +4,9 @@
 //! counted (`hydrus_config_reloads_total{result="error"}`, `hydrus_ktable_reloads_total{...}`).
 
 use crate::config::{self, KTableSource, Running};
-use crate::state::{now_ms, system_time_ms, KTableState, State};
+use crate::state::{now_ms, system_time_ms, E2eState, KTableState, Loaded, State};
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
+use hydrus_filters::e2e::E2eTable;
 use hydrus_filters::KTable;
 use notify::{RecursiveMode, Watcher};
 use std::path::{Path, PathBuf};
@@ -22,12 +23,6 @@ pub enum Trigger {
     Stop,
 }
 
-/// The result of looking at a k-table source.
-enum Fetched {
-    Unchanged,
-    New(Box<KTableState>),
-}
-
 /// The bytes and modification time last loaded from a file, to see whether it changed.
 #[derive(Debug, Clone, PartialEq, Default)]
 struct Seen {
@@ -42,73 +37,172 @@ fn modified_ms(path: &Path) -> Option<u64> {
         .and_then(system_time_ms)
 }
 
-/// Load a k-table file.
-pub fn load_ktable_file(path: &Path) -> Result<KTableState, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let table = KTable::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    let now = now_ms();
-    let made = table
-        .generated_at_ms()
-        .or_else(|| modified_ms(path))
-        .unwrap_or(now);
-    Ok(KTableState {
-        table,
-        source: path.display().to_string(),
-        loaded_at_ms: now,
-        made_at_ms: made,
-    })
+/// What looking at a table source found.
+enum Change {
+    Unchanged,
+    /// New content: its text, where it came from, and the file's or response's modification time.
+    New {
+        text: String,
+        source: String,
+        modified_ms: Option<u64>,
+    },
+    Failed(String),
 }
 
-/// GET a k-table URL; `etag` from the last good answer makes it conditional.
-fn fetch_ktable(
-    agent: &ureq::Agent,
-    url: &str,
-    etag: &mut Option<String>,
-    last_body: &mut Vec<u8>,
-) -> Result<Fetched, String> {
+/// One table source (a file or an http URL) being watched for new content.
+#[derive(Default)]
+struct Watched {
+    source: Option<KTableSource>,
+    seen: Seen,
+    etag: Option<String>,
+    next_poll: Option<Instant>,
+    /// The last failure, so that a persisting one is logged and counted once.
+    error: Option<String>,
+}
+
+impl Watched {
+    /// Point at a (possibly) new source; true when it changed.
+    fn set_source(&mut self, source: Option<KTableSource>) -> bool {
+        if source == self.source {
+            return false;
+        }
+        *self = Watched {
+            source,
+            ..Watched::default()
+        };
+        true
+    }
+
+    fn path(&self) -> Option<&Path> {
+        self.source.as_ref().and_then(|s| s.path.as_deref())
+    }
+
+    fn check(&mut self, agent: &ureq::Agent, force: bool) -> Change {
+        let Some(source) = self.source.clone() else {
+            return Change::Unchanged;
+        };
+        if let Some(path) = &source.path {
+            let seen = match std::fs::read(path) {
+                Ok(bytes) => Seen {
+                    bytes,
+                    modified_ms: modified_ms(path),
+                },
+                Err(e) => return Change::Failed(format!("{}: {e}", path.display())),
+            };
+            if !force && seen == self.seen {
+                return Change::Unchanged;
+            }
+            self.seen = seen;
+            return match String::from_utf8(self.seen.bytes.clone()) {
+                Ok(text) => Change::New {
+                    text,
+                    source: path.display().to_string(),
+                    modified_ms: self.seen.modified_ms,
+                },
+                Err(_) => Change::Failed(format!("{}: not UTF-8", path.display())),
+            };
+        }
+        let Some(url) = &source.url else {
+            return Change::Unchanged;
+        };
+        if !force && self.next_poll.is_some_and(|t| Instant::now() < t) {
+            return Change::Unchanged;
+        }
+        self.next_poll = Some(Instant::now() + source.poll_interval);
+        if force {
+            self.etag = None;
+        }
+        match fetch(agent, url, self.etag.as_deref()) {
+            Err(e) => Change::Failed(e),
+            Ok(None) => Change::Unchanged,
+            Ok(Some((body, etag, last_modified))) => {
+                self.etag = etag;
+                if !force && body == self.seen.bytes {
+                    return Change::Unchanged;
+                }
+                self.seen = Seen {
+                    bytes: body,
+                    modified_ms: last_modified,
+                };
+                match String::from_utf8(self.seen.bytes.clone()) {
+                    Ok(text) => Change::New {
+                        text,
+                        source: url.clone(),
+                        modified_ms: last_modified,
+                    },
+                    Err(_) => Change::Failed(format!("{url}: not UTF-8")),
+                }
+            }
+        }
+    }
+}
+
+/// GET a URL, conditional on `etag`: `None` for 304, else (body, ETag, Last-Modified).
+type Fetched = Option<(Vec<u8>, Option<String>, Option<u64>)>;
+
+fn fetch(agent: &ureq::Agent, url: &str, etag: Option<&str>) -> Result<Fetched, String> {
     let mut req = agent.get(url);
-    if let Some(tag) = etag.as_deref() {
+    if let Some(tag) = etag {
         req = req.header("if-none-match", tag);
     }
     let mut resp = req.call().map_err(|e| format!("{url}: {e}"))?;
-    let status = resp.status().as_u16();
-    if status == 304 {
-        return Ok(Fetched::Unchanged);
+    match resp.status().as_u16() {
+        304 => return Ok(None),
+        200 => {}
+        status => return Err(format!("{url}: HTTP {status}")),
     }
-    if status != 200 {
-        return Err(format!("{url}: HTTP {status}"));
-    }
-    let new_tag = resp
-        .headers()
-        .get("etag")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let last_modified = resp
-        .headers()
-        .get("last-modified")
-        .and_then(|v| v.to_str().ok())
-        .and_then(httpdate_ms);
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let new_tag = header("etag");
+    let last_modified = header("last-modified").and_then(|v| httpdate_ms(&v));
     let body = resp
         .body_mut()
         .with_config()
         .limit(16 << 20)
         .read_to_vec()
         .map_err(|e| format!("{url}: {e}"))?;
-    if body == *last_body {
-        *etag = new_tag;
-        return Ok(Fetched::Unchanged);
-    }
-    let text = String::from_utf8(body.clone()).map_err(|_| format!("{url}: not UTF-8"))?;
-    let table = KTable::parse(&text).map_err(|e| format!("{url}: {e}"))?;
-    *etag = new_tag;
-    *last_body = body;
+    Ok(Some((body, new_tag, last_modified)))
+}
+
+/// Load a k-table file.
+pub fn load_ktable_file(path: &Path) -> Result<KTableState, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    ktable_state(&text, path.display().to_string(), modified_ms(path))
+}
+
+fn ktable_state(text: &str, source: String, modified: Option<u64>) -> Result<KTableState, String> {
+    let table = KTable::parse(text).map_err(|e| format!("{source}: {e}"))?;
     let now = now_ms();
-    Ok(Fetched::New(Box::new(KTableState {
-        made_at_ms: table.generated_at_ms().or(last_modified).unwrap_or(now),
+    Ok(Loaded {
+        made_at_ms: table.generated_at_ms().or(modified).unwrap_or(now),
         table,
-        source: url.to_string(),
+        source,
         loaded_at_ms: now,
-    })))
+    })
+}
+
+fn e2e_state(text: &str, source: String, modified: Option<u64>, running: &Running) -> Result<E2eState, String> {
+    let table = E2eTable::parse(text).map_err(|e| format!("{source}: {e}"))?;
+    if let Some(e) = &running.e2e {
+        if table.groups() != e.group_names.as_slice() {
+            return Err(format!(
+                "{source}: groups {:?} are not the e2e filter's groups {:?}",
+                table.groups(),
+                e.group_names
+            ));
+        }
+    }
+    let now = now_ms();
+    Ok(Loaded {
+        made_at_ms: table.generated_at_ms().or(modified).unwrap_or(now),
+        table,
+        source,
+        loaded_at_ms: now,
+    })
 }
 
 fn httpdate_ms(v: &str) -> Option<u64> {
@@ -143,12 +237,8 @@ pub struct Reloader {
     state: Arc<State>,
     config_path: PathBuf,
     config_seen: Seen,
-    ktable_source: Option<KTableSource>,
-    ktable_seen: Seen,
-    ktable_error: Option<String>,
-    url_etag: Option<String>,
-    url_body: Vec<u8>,
-    url_next_poll: Instant,
+    ktable: Watched,
+    e2e: Watched,
     agent: ureq::Agent,
     watcher: Option<notify::RecommendedWatcher>,
     watched: Vec<PathBuf>,
@@ -156,7 +246,7 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// Load the k-table the config names (at start), and get ready to watch both files.
+    /// Load the tables the config names (at start), and get ready to watch the files.
     pub fn new(state: Arc<State>, config_path: PathBuf, tx: Sender<Trigger>) -> Self {
         let config_seen = Seen {
             bytes: std::fs::read(&config_path).unwrap_or_default(),
@@ -171,30 +261,22 @@ impl Reloader {
             state,
             config_path,
             config_seen,
-            ktable_source: None,
-            ktable_seen: Seen::default(),
-            ktable_error: None,
-            url_etag: None,
-            url_body: Vec::new(),
-            url_next_poll: Instant::now(),
+            ktable: Watched::default(),
+            e2e: Watched::default(),
             agent,
             watcher: None,
             watched: Vec::new(),
             tx,
         };
-        r.check_ktable(true);
+        r.check_tables(true);
         r
     }
 
-    fn ktable_source_of(running: &Running) -> Option<KTableSource> {
-        running.hydrus.as_ref().map(|h| h.ktable.clone())
-    }
-
-    /// Watch the directories of the config file and of the k-table file: editors and
+    /// Watch the directories of the config file and the table files: editors and
     /// `hydrus solve` replace files by rename, which a watch on the file itself would miss.
     fn rewatch(&mut self) {
         let mut dirs = vec![parent_dir(&self.config_path)];
-        if let Some(p) = self.ktable_source.as_ref().and_then(|s| s.path.as_ref()) {
+        for p in [self.ktable.path(), self.e2e.path()].into_iter().flatten() {
             dirs.push(parent_dir(p));
         }
         dirs.sort();
@@ -259,7 +341,6 @@ impl Reloader {
             Ok(new) => {
                 let old = self.state.config.load_full();
                 warn_restart_only(&old, &new);
-                let source_changed = Self::ktable_source_of(&new) != self.ktable_source;
                 self.state.set_config(new);
                 self.state
                     .metrics
@@ -267,88 +348,52 @@ impl Reloader {
                     .with_label_values(&["ok"])
                     .inc();
                 log::info!("config reloaded from {}", self.config_path.display());
-                if source_changed {
-                    self.check_ktable(true);
-                }
             }
         }
     }
 
-    fn ktable_failed(&mut self, why: String) {
-        if self.ktable_error.as_deref() != Some(why.as_str()) {
-            log::error!("k-table not loaded, keeping the running one: {why}");
-            self.state
-                .metrics
-                .ktable_reloads
-                .with_label_values(&["error"])
-                .inc();
-            self.ktable_error = Some(why);
-        }
-    }
-
-    fn ktable_loaded(&mut self, k: KTableState) {
-        log::info!(
-            "k-table loaded from {} ({} scenarios)",
-            k.source,
-            k.table.scenario_names().len()
-        );
-        self.state.set_ktable(Some(k));
-        self.state
-            .metrics
-            .ktable_reloads
-            .with_label_values(&["ok"])
-            .inc();
-        self.ktable_error = None;
-    }
-
-    fn check_ktable(&mut self, force: bool) {
+    /// Look at both table sources (pointing them at what the running config names first).
+    fn check_tables(&mut self, force: bool) {
         let running = self.state.config.load_full();
-        let source = Self::ktable_source_of(&running);
-        if source != self.ktable_source {
+        let metrics = self.state.metrics.clone();
+        if self.ktable.set_source(running.hydrus.as_ref().map(|h| h.ktable.clone())) {
             // A different source: what was loaded from the old one no longer applies.
-            self.ktable_source = source.clone();
-            self.ktable_seen = Seen::default();
-            self.url_etag = None;
-            self.url_body.clear();
-            self.url_next_poll = Instant::now();
-            self.ktable_error = None;
             self.state.set_ktable(None);
         }
-        let Some(source) = source else {
-            return;
-        };
-        if let Some(path) = &source.path {
-            let seen = match std::fs::read(path) {
-                Ok(bytes) => Seen {
-                    bytes,
-                    modified_ms: modified_ms(path),
-                },
-                Err(e) => {
-                    return self.ktable_failed(format!("{}: {e}", path.display()));
+        let kt_force = force || self.state.ktable.load().is_none();
+        match self.ktable.check(&self.agent, kt_force) {
+            Change::Unchanged => {}
+            Change::New { text, source, modified_ms } => {
+                match ktable_state(&text, source, modified_ms) {
+                    Ok(k) => {
+                        log::info!("k-table loaded from {} ({} scenarios)", k.source, k.table.scenario_names().len());
+                        self.state.set_ktable(Some(k));
+                        metrics.ktable_reloads.with_label_values(&["ok"]).inc();
+                        self.ktable.error = None;
+                    }
+                    Err(e) => failed(&mut self.ktable, e, "k-table", &metrics.ktable_reloads),
                 }
-            };
-            if !force && seen == self.ktable_seen {
-                return;
             }
-            self.ktable_seen = seen;
-            match load_ktable_file(path) {
-                Ok(k) => self.ktable_loaded(k),
-                Err(e) => self.ktable_failed(e),
+            Change::Failed(e) => failed(&mut self.ktable, e, "k-table", &metrics.ktable_reloads),
+        }
+        if self.e2e.set_source(running.e2e.as_ref().map(|e| e.table.clone())) {
+            self.state.set_e2e(None);
+        }
+        let e2e_force = force || self.state.e2e.load().is_none();
+        match self.e2e.check(&self.agent, e2e_force) {
+            Change::Unchanged => {}
+            Change::New { text, source, modified_ms } => {
+                match e2e_state(&text, source, modified_ms, &running) {
+                    Ok(t) => {
+                        log::info!("e2e table loaded from {} ({} buckets)", t.source, t.table.buckets());
+                        self.state.set_e2e(Some(t));
+                        metrics.e2e_reloads.with_label_values(&["ok"]).inc();
+                        self.e2e.error = None;
+                    }
+                    Err(e) => failed(&mut self.e2e, e, "e2e table", &metrics.e2e_reloads),
+                }
             }
-        } else if let Some(url) = &source.url {
-            if !force && Instant::now() < self.url_next_poll {
-                return;
-            }
-            self.url_next_poll = Instant::now() + source.poll_interval;
-            if force {
-                self.url_etag = None;
-                self.url_body.clear();
-            }
-            match fetch_ktable(&self.agent, url, &mut self.url_etag, &mut self.url_body) {
-                Ok(Fetched::Unchanged) => self.ktable_error = None,
-                Ok(Fetched::New(k)) => self.ktable_loaded(*k),
-                Err(e) => self.ktable_failed(e),
-            }
+            Change::Failed(e) => failed(&mut self.e2e, e, "e2e table", &metrics.e2e_reloads),
         }
     }
 
@@ -356,11 +401,10 @@ impl Reloader {
     pub fn run(mut self, rx: Receiver<Trigger>) {
         self.rewatch();
         loop {
-            let poll = self
-                .ktable_source
-                .as_ref()
-                .map_or(Duration::from_secs(1), |s| s.poll_interval)
-                .min(Duration::from_secs(1));
+            let poll = [&self.ktable, &self.e2e]
+                .iter()
+                .filter_map(|w| w.source.as_ref().map(|s| s.poll_interval))
+                .fold(Duration::from_secs(1), Duration::min);
             let mut force = match rx.recv_timeout(poll) {
                 Ok(Trigger::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                 Ok(Trigger::Force) => true,
@@ -376,13 +420,23 @@ impl Reloader {
                 }
             }
             if force {
-                log::info!("SIGHUP: reloading config and k-table");
+                log::info!("SIGHUP: reloading the config and the tables");
             }
             self.check_config(force);
-            self.check_ktable(force);
+            self.check_tables(force);
             self.rewatch();
             self.state.refresh_gauges();
         }
+    }
+}
+
+/// A table that did not load: the running one stays. Logged and counted once per distinct
+/// failure, not at every poll.
+fn failed(w: &mut Watched, why: String, what: &str, counter: &prometheus::IntCounterVec) {
+    if w.error.as_deref() != Some(why.as_str()) {
+        log::error!("{what} not loaded, keeping the running one: {why}");
+        counter.with_label_values(&["error"]).inc();
+        w.error = Some(why);
     }
 }
 

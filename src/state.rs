@@ -5,15 +5,16 @@ use crate::config::Running;
 use crate::logsink::LogQueue;
 use crate::metrics::{Handles, Metrics};
 use arc_swap::{ArcSwap, ArcSwapOption};
+use hydrus_filters::e2e::E2eTable;
 use hydrus_filters::KTable;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// A loaded k-table and what is known of its age.
+/// A loaded table (k-table or e2e table) and what is known of its age.
 #[derive(Debug)]
-pub struct KTableState {
-    pub table: KTable,
+pub struct Loaded<T> {
+    pub table: T,
     /// Where it came from: a path or URL.
     pub source: String,
     /// When this proxy loaded it (Unix ms).
@@ -23,7 +24,10 @@ pub struct KTableState {
     pub made_at_ms: u64,
 }
 
-impl KTableState {
+pub type KTableState = Loaded<KTable>;
+pub type E2eState = Loaded<E2eTable>;
+
+impl<T> Loaded<T> {
     pub fn age(&self, now_ms: u64) -> Duration {
         Duration::from_millis(now_ms.saturating_sub(self.made_at_ms))
     }
@@ -45,6 +49,7 @@ pub fn system_time_ms(t: SystemTime) -> Option<u64> {
 pub struct State {
     pub config: ArcSwap<Running>,
     pub ktable: ArcSwapOption<KTableState>,
+    pub e2e: ArcSwapOption<E2eState>,
     pub handles: ArcSwap<Handles>,
     pub metrics: Arc<Metrics>,
     pub log: Option<LogQueue>,
@@ -79,6 +84,7 @@ impl State {
         let state = Self {
             config: ArcSwap::from_pointee(running.clone()),
             ktable: ArcSwapOption::empty(),
+            e2e: ArcSwapOption::empty(),
             handles: ArcSwap::from_pointee(handles),
             metrics,
             log,
@@ -131,10 +137,23 @@ impl State {
         self.refresh_gauges();
     }
 
+    pub fn set_e2e(&self, t: Option<E2eState>) {
+        self.e2e.store(t.map(Arc::new));
+        self.refresh_gauges();
+    }
+
     /// Whether the running k-table is older than the configured `max_age`.
     pub fn ktable_stale(running: &Running, k: &KTableState, now_ms: u64) -> bool {
         match running.hydrus.as_ref().and_then(|h| h.ktable.max_age) {
             Some(max) => k.age(now_ms) > max,
+            None => false,
+        }
+    }
+
+    /// Whether the running e2e table is older than the configured `max_age`.
+    pub fn e2e_stale(running: &Running, t: &E2eState, now_ms: u64) -> bool {
+        match running.e2e.as_ref().and_then(|e| e.table.max_age) {
+            Some(max) => t.age(now_ms) > max,
             None => false,
         }
     }
@@ -156,6 +175,16 @@ impl State {
             None => {
                 self.metrics.ktable_loaded.set(0);
                 self.metrics.ktable_age.set(0.0);
+            }
+        }
+        match self.e2e.load().as_ref() {
+            Some(t) => {
+                self.metrics.e2e_loaded.set(1);
+                self.metrics.e2e_age.set(t.age(now).as_secs_f64());
+            }
+            None => {
+                self.metrics.e2e_loaded.set(0);
+                self.metrics.e2e_age.set(0.0);
             }
         }
     }

@@ -37,6 +37,9 @@ fn record(ts_ms: u64, i: u64, scenario: &str, q: f64, chosen: &str) -> LogRecord
         fallback: None,
         cluster: None,
         total_ms: None,
+        external_delay_ms: None,
+        cluster_load: None,
+        e2e_bucket: None,
     }
 }
 

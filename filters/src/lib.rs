@@ -10,9 +10,11 @@
 //! - [`ktable`]: the per-window k-table written by `hydrus solve`.
 //! - [`rollout`]: the stable user-id split into treatment and control.
 //! - [`hydrus`]: the hydrus filter: all of the above for one request, with its fallbacks.
+//! - [`e2e`]: E2E's external-delay buckets and decision table.
 //! - [`log`]: the decision log record (Listing 1 of the Hydrus paper, plus what the solver needs).
 
 pub mod decide;
+pub mod e2e;
 pub mod hydrus;
 pub mod ktable;
 pub mod log;

@@ -42,6 +42,16 @@ pub struct LogRecord {
     /// Whole-request time in the proxy, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_ms: Option<f64>,
+    /// The request's external delay (E2E), when the front end tagged one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_delay_ms: Option<f64>,
+    /// Requests in flight to the chosen cluster when this one was sent, itself included: the
+    /// load that the E2E controller's server-side delay model is fitted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_load: Option<u32>,
+    /// The E2E bucket of the external delay, when the e2e filter routed the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e2e_bucket: Option<u32>,
 }
 
 impl LogRecord {
@@ -87,6 +97,9 @@ mod tests {
             fallback: None,
             cluster: None,
             total_ms: None,
+            external_delay_ms: None,
+            cluster_load: None,
+            e2e_bucket: None,
         };
         let mut out = Vec::new();
         r.encode_into(&mut out);
