@@ -77,6 +77,31 @@ fn bench(c: &mut Criterion) {
         pct(0.999)
     );
 
+    // E2E: parse the external delay, find its bucket, draw the replica group.
+    let mut buckets = String::new();
+    for b in 0..16 {
+        buckets.push_str(&format!(
+            "  - {{ max_ms: {}, route: [0.7, 0.3] }}\n",
+            (b + 1) * 100
+        ));
+    }
+    buckets.push_str("  - { route: [0.5, 0.5] }\n");
+    let e2e_table =
+        hydrus_filters::e2e::E2eTable::parse(&format!("groups: [fast, slow]\nbuckets:\n{buckets}"))
+            .unwrap();
+    c.bench_function("e2e_decision/17_buckets", |b| {
+        let mut u = 0.0f64;
+        b.iter(|| {
+            u = (u + 0.618_033_988_7) % 1.0;
+            hydrus_filters::e2e::decide(
+                Some(black_box(b"412.5".as_slice())),
+                Some(&e2e_table),
+                false,
+                u,
+            )
+        })
+    });
+
     let record = LogRecord {
         ts_ms: 1_795_374_637_211,
         request_id: "17aeaac3aceba0fb8b2876aa24ad9b65".into(),
@@ -98,6 +123,9 @@ fn bench(c: &mut Criterion) {
         fallback: None,
         cluster: Some("ranking-large".into()),
         total_ms: Some(3.995905),
+        external_delay_ms: Some(412.0),
+        cluster_load: Some(7),
+        e2e_bucket: Some(3),
     };
     let mut buf = Vec::with_capacity(1024);
     c.bench_function("log_record_encode/8", |b| {

@@ -733,7 +733,10 @@ fn compile(file: &Path, text: &str, source: Config) -> Result<Running, ConfigErr
             }
             FilterConfig::Hydrus(hc) => {
                 if seen.contains(&"e2e") {
-                    c.error(&field, "hydrus must come before e2e in the chain (e2e picks the replica last)");
+                    c.error(
+                        &field,
+                        "hydrus must come before e2e in the chain (e2e picks the replica last)",
+                    );
                 }
                 hydrus = compile_hydrus(&mut c, file, &field, hc, &cluster_index, default_cluster);
             }
@@ -830,7 +833,12 @@ fn compile(file: &Path, text: &str, source: Config) -> Result<Running, ConfigErr
     })
 }
 
-fn table_source(c: &mut Checker<'_>, file: &Path, field: &str, kt: &KTableSourceConfig) -> KTableSource {
+fn table_source(
+    c: &mut Checker<'_>,
+    file: &Path,
+    field: &str,
+    kt: &KTableSourceConfig,
+) -> KTableSource {
     match (&kt.path, &kt.url) {
         (Some(_), None) => {}
         (None, Some(u)) => {
@@ -862,29 +870,52 @@ fn compile_e2e(
     let before = c.errors.len();
     let header = c.header_name(&format!("{field}.header"), &ec.header);
     if ec.groups.is_empty() {
-        c.error(format!("{field}.groups"), "at least one group (cluster) is needed");
+        c.error(
+            format!("{field}.groups"),
+            "at least one group (cluster) is needed",
+        );
     }
     let mut groups = Vec::new();
     for (i, g) in ec.groups.iter().enumerate() {
         match cluster_index(g) {
             Some(ci) if !groups.contains(&ci) => groups.push(ci),
-            Some(_) => c.error(format!("{field}.groups[{i}]"), format!("`{g}` is listed twice")),
-            None => c.error(format!("{field}.groups[{i}]"), format!("no cluster named `{g}`")),
+            Some(_) => c.error(
+                format!("{field}.groups[{i}]"),
+                format!("`{g}` is listed twice"),
+            ),
+            None => c.error(
+                format!("{field}.groups[{i}]"),
+                format!("no cluster named `{g}`"),
+            ),
         }
     }
     let priority_header = match &ec.priority_header {
         None => None,
         Some(h) => {
             let hn = c.header_name(&format!("{field}.priority_header"), h);
-            if hn.as_ref().is_some_and(|n| n.as_str().starts_with("x-hydrus-")) {
-                c.error(format!("{field}.priority_header"), "x-hydrus-* headers are set by hydrus itself");
+            if hn
+                .as_ref()
+                .is_some_and(|n| n.as_str().starts_with("x-hydrus-"))
+            {
+                c.error(
+                    format!("{field}.priority_header"),
+                    "x-hydrus-* headers are set by hydrus itself",
+                );
             }
             hn
         }
     };
     let q = ec.qoe_model;
-    if !(q.width_ms.is_finite() && q.width_ms > 0.0 && q.d50_ms.is_finite() && q.max.is_finite() && q.max > 0.0) {
-        c.error(format!("{field}.qoe_model"), "d50_ms, width_ms > 0 and max > 0 must be finite numbers");
+    if !(q.width_ms.is_finite()
+        && q.width_ms > 0.0
+        && q.d50_ms.is_finite()
+        && q.max.is_finite()
+        && q.max > 0.0)
+    {
+        c.error(
+            format!("{field}.qoe_model"),
+            "d50_ms, width_ms > 0 and max > 0 must be finite numbers",
+        );
     }
     let table = table_source(c, file, &format!("{field}.table"), &ec.table);
     if c.errors.len() > before {

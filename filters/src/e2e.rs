@@ -160,9 +160,7 @@ impl E2eTable {
     /// The group for a bucket, drawn with `u` uniform in `[0, 1)`.
     pub fn group(&self, bucket: usize, u: f64) -> usize {
         let cum = &self.cumulative[bucket.min(self.cumulative.len() - 1)];
-        cum.iter()
-            .position(|&c| u < c)
-            .unwrap_or(cum.len() - 1)
+        cum.iter().position(|&c| u < c).unwrap_or(cum.len() - 1)
     }
 
     pub fn priority(&self, bucket: usize) -> Option<&str> {
@@ -255,7 +253,15 @@ mod tests {
     #[test]
     fn buckets_and_draws() {
         let t = E2eTable::parse(TABLE).expect("valid");
-        assert_eq!((t.bucket(0.0), t.bucket(100.0), t.bucket(100.5), t.bucket(9e9)), (0, 0, 1, 2));
+        assert_eq!(
+            (
+                t.bucket(0.0),
+                t.bucket(100.0),
+                t.bucket(100.5),
+                t.bucket(9e9)
+            ),
+            (0, 0, 1, 2)
+        );
         assert_eq!(t.group(0, 0.0), 1);
         assert_eq!(t.group(1, 0.74), 0);
         assert_eq!(t.group(1, 0.76), 1);
@@ -284,14 +290,35 @@ mod tests {
     #[test]
     fn fallbacks() {
         let t = E2eTable::parse(TABLE).expect("valid");
-        assert_eq!(decide(None, Some(&t), false, 0.5).fallback, Some(E2eFallback::MissingDelay));
-        assert_eq!(decide(Some(b"abc"), Some(&t), false, 0.5).fallback, Some(E2eFallback::BadDelay));
-        assert_eq!(decide(Some(b"-3"), Some(&t), false, 0.5).fallback, Some(E2eFallback::BadDelay));
-        assert_eq!(decide(Some(b"NaN"), Some(&t), false, 0.5).fallback, Some(E2eFallback::BadDelay));
-        assert_eq!(decide(Some(b"30"), None, false, 0.5).fallback, Some(E2eFallback::NoTable));
-        assert_eq!(decide(Some(b"30"), Some(&t), true, 0.5).fallback, Some(E2eFallback::StaleTable));
+        assert_eq!(
+            decide(None, Some(&t), false, 0.5).fallback,
+            Some(E2eFallback::MissingDelay)
+        );
+        assert_eq!(
+            decide(Some(b"abc"), Some(&t), false, 0.5).fallback,
+            Some(E2eFallback::BadDelay)
+        );
+        assert_eq!(
+            decide(Some(b"-3"), Some(&t), false, 0.5).fallback,
+            Some(E2eFallback::BadDelay)
+        );
+        assert_eq!(
+            decide(Some(b"NaN"), Some(&t), false, 0.5).fallback,
+            Some(E2eFallback::BadDelay)
+        );
+        assert_eq!(
+            decide(Some(b"30"), None, false, 0.5).fallback,
+            Some(E2eFallback::NoTable)
+        );
+        assert_eq!(
+            decide(Some(b"30"), Some(&t), true, 0.5).fallback,
+            Some(E2eFallback::StaleTable)
+        );
         let d = decide(Some(b" 300 "), Some(&t), false, 0.1);
-        assert_eq!((d.bucket, d.group, d.external_ms), (Some(1), Some(0), Some(300.0)));
+        assert_eq!(
+            (d.bucket, d.group, d.external_ms),
+            (Some(1), Some(0), Some(300.0))
+        );
     }
 
     proptest! {

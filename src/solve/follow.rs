@@ -5,7 +5,7 @@
 //! own records; its `k` replaces that window-of-day's slot. A window is closed once the clock is
 //! `lateness` past its end, so records still in proxies' queues make it in.
 
-use super::input::{list_inputs, open, Collector, Keying};
+use super::input::{list_inputs, open, read_lines, Collector, Keying, LineSink};
 use super::{print_table, report, table_from_rows, write_ktable, SolveOptions};
 use crate::state::now_ms;
 use hydrus_filters::KTable;
@@ -16,9 +16,8 @@ use std::time::Duration;
 
 /// Where new records come from.
 pub trait FollowSource {
-    /// Read whatever is new into the collector; `stop` is set when the source is exhausted for
-    /// good (never, for files and topics).
-    fn poll(&mut self, c: &mut Collector) -> Result<(), String>;
+    /// Read whatever is new into `sink`.
+    fn poll(&mut self, sink: &mut dyn LineSink) -> Result<(), String>;
     /// The table was written with every window except `open` (absolute indices) solved: the
     /// source may record its progress (Kafka commits offsets).
     fn written(&mut self, _open: &BTreeSet<usize>) -> Result<(), String> {
@@ -43,7 +42,7 @@ impl FileFollower {
 }
 
 impl FollowSource for FileFollower {
-    fn poll(&mut self, c: &mut Collector) -> Result<(), String> {
+    fn poll(&mut self, c: &mut dyn LineSink) -> Result<(), String> {
         for f in list_inputs(&self.path)? {
             let len = std::fs::metadata(&f).map(|m| m.len()).unwrap_or(0);
             let (mut offset, mut lines) = self.offsets.get(&f).copied().unwrap_or((0, 0));
@@ -67,7 +66,7 @@ impl FollowSource for FileFollower {
                     .map_err(|e| format!("{}: {e}", f.display()))?;
                 Box::new(std::io::BufReader::new(file))
             };
-            let (bytes, n) = c.read(&mut *r, &f.display().to_string(), lines, None)?;
+            let (bytes, n) = read_lines(&mut *r, &f.display().to_string(), lines, None, c)?;
             self.offsets.insert(f, (offset + bytes, lines + n));
         }
         Ok(())

@@ -75,7 +75,7 @@ impl Collector {
         }
     }
 
-    fn malformed(&mut self, place: impl FnOnce() -> String, why: &str) {
+    fn malformed(&mut self, place: &dyn Fn() -> String, why: &str) {
         self.stats.malformed += 1;
         if self.stats.malformed_examples.len() < EXAMPLES {
             self.stats
@@ -86,7 +86,7 @@ impl Collector {
 
     /// One line (without its newline). `place` names it in error examples. Returns the
     /// record's window key when it was usable.
-    pub fn add_line(&mut self, line: &[u8], place: impl FnOnce() -> String) -> Option<usize> {
+    pub fn add_line(&mut self, line: &[u8], place: &dyn Fn() -> String) -> Option<usize> {
         self.stats.lines += 1;
         let line = line.trim_ascii();
         if line.is_empty() {
@@ -131,38 +131,57 @@ impl Collector {
             .push(&self.scratch, chosen);
         Some(window)
     }
+}
 
-    /// Read lines from `r` to its end. Returns the bytes and lines consumed up to the last
-    /// complete line (a trailing partial line is left for later and counted as incomplete).
-    pub fn read(
-        &mut self,
-        r: &mut dyn BufRead,
-        name: &str,
-        first_line: u64,
-        progress: Option<&ProgressBar>,
-    ) -> Result<(u64, u64), String> {
-        let mut buf = Vec::with_capacity(1024);
-        let mut line_no = first_line;
-        let mut consumed = 0u64;
-        loop {
-            buf.clear();
-            let n = r
-                .read_until(b'\n', &mut buf)
-                .map_err(|e| format!("{name}: {e}"))?;
-            if n == 0 {
-                return Ok((consumed, line_no - first_line));
-            }
-            if buf.last() != Some(&b'\n') {
-                self.stats.incomplete += 1;
-                return Ok((consumed, line_no - first_line));
-            }
-            line_no += 1;
-            consumed += n as u64;
-            let ln = line_no;
-            self.add_line(&buf[..n - 1], || format!("{name}:{ln}"));
-            if let Some(p) = progress {
-                p.inc(n as u64);
-            }
+/// Something that takes log lines: the k solver's [`Collector`], the E2E controller's.
+pub trait LineSink {
+    /// One line (without its newline); `place` names it. Returns the record's window key
+    /// when it was usable and windowed.
+    fn line(&mut self, line: &[u8], place: &dyn Fn() -> String) -> Option<usize>;
+    /// A last line without its newline was seen (still being written).
+    fn incomplete(&mut self);
+}
+
+impl LineSink for Collector {
+    fn line(&mut self, line: &[u8], place: &dyn Fn() -> String) -> Option<usize> {
+        self.add_line(line, place)
+    }
+
+    fn incomplete(&mut self) {
+        self.stats.incomplete += 1;
+    }
+}
+
+/// Read lines from `r` to its end into `sink`. Returns the bytes and lines consumed up to the
+/// last complete line (a trailing partial line is left for later and reported as incomplete).
+pub fn read_lines(
+    r: &mut dyn BufRead,
+    name: &str,
+    first_line: u64,
+    progress: Option<&ProgressBar>,
+    sink: &mut dyn LineSink,
+) -> Result<(u64, u64), String> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut line_no = first_line;
+    let mut consumed = 0u64;
+    loop {
+        buf.clear();
+        let n = r
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| format!("{name}: {e}"))?;
+        if n == 0 {
+            return Ok((consumed, line_no - first_line));
+        }
+        if buf.last() != Some(&b'\n') {
+            sink.incomplete();
+            return Ok((consumed, line_no - first_line));
+        }
+        line_no += 1;
+        consumed += n as u64;
+        let ln = line_no;
+        sink.line(&buf[..n - 1], &|| format!("{name}:{ln}"));
+        if let Some(p) = progress {
+            p.inc(n as u64);
         }
     }
 }
@@ -216,8 +235,8 @@ pub fn progress(total_bytes: u64) -> Option<ProgressBar> {
     Some(p)
 }
 
-/// Read every file of `--logs PATH` into `c`.
-pub fn read_path(path: &Path, c: &mut Collector) -> Result<(), String> {
+/// Read every file of `--logs PATH` into `c`; returns how many files.
+pub fn read_path(path: &Path, c: &mut dyn LineSink) -> Result<usize, String> {
     let files = list_inputs(path)?;
     let total: u64 = files
         .iter()
@@ -227,13 +246,12 @@ pub fn read_path(path: &Path, c: &mut Collector) -> Result<(), String> {
     let bar = progress(total);
     for f in &files {
         let mut r = open(f)?;
-        c.read(&mut *r, &f.display().to_string(), 0, bar.as_ref())?;
-        c.stats.files += 1;
+        read_lines(&mut *r, &f.display().to_string(), 0, bar.as_ref(), c)?;
     }
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    Ok(())
+    Ok(files.len())
 }
 
 #[cfg(test)]
@@ -250,9 +268,8 @@ mod tests {
             r#"{"ts_ms": "#
         );
         let mut c = Collector::new(900, Keying::OfDay);
-        let (consumed, lines) = c
-            .read(&mut text.as_bytes(), "f.jsonl", 0, None)
-            .expect("reads");
+        let (consumed, lines) =
+            read_lines(&mut text.as_bytes(), "f.jsonl", 0, None, &mut c).expect("reads");
         assert_eq!(lines, 5);
         assert_eq!(c.stats.records, 3);
         assert_eq!(c.stats.malformed, 2);
@@ -283,7 +300,7 @@ mod tests {
         gz.finish().expect("finish");
         std::fs::write(dir.path().join("ignored.txt"), "x").expect("write");
         let mut c = Collector::new(900, Keying::OfDay);
-        read_path(dir.path(), &mut c).expect("reads");
-        assert_eq!((c.stats.files, c.stats.records), (2, 3));
+        let files = read_path(dir.path(), &mut c).expect("reads");
+        assert_eq!((files, c.stats.records), (2, 3));
     }
 }

@@ -6,7 +6,7 @@
 //! table is written; in follow mode up to the first record of a window still open.
 
 use super::follow::FollowSource;
-use super::input::Collector;
+use super::input::LineSink;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
@@ -93,7 +93,7 @@ impl KafkaSource {
         })
     }
 
-    fn take(&mut self, c: &mut Collector, timeout: Duration) -> Result<usize, String> {
+    fn take(&mut self, c: &mut dyn LineSink, timeout: Duration) -> Result<usize, String> {
         let mut n = 0;
         let mut wait = timeout;
         while let Some(m) = self.consumer.poll(wait) {
@@ -102,7 +102,7 @@ impl KafkaSource {
             let (p, o) = (m.partition(), m.offset());
             if let Some(payload) = m.payload() {
                 let topic = &self.topic;
-                if let Some(w) = c.add_line(payload, || format!("{topic}[{p}]@{o}")) {
+                if let Some(w) = c.line(payload, &|| format!("{topic}[{p}]@{o}")) {
                     self.window_first
                         .entry(w)
                         .or_default()
@@ -120,7 +120,7 @@ impl KafkaSource {
     }
 
     /// Read until every partition is at the high watermark it had when this was called.
-    pub fn read_to_end(&mut self, c: &mut Collector) -> Result<(), String> {
+    pub fn read_to_end(&mut self, c: &mut dyn LineSink) -> Result<(), String> {
         let mut high = BTreeMap::new();
         for p in &self.partitions {
             let (_, h) = self
@@ -166,7 +166,7 @@ impl KafkaSource {
 }
 
 impl FollowSource for KafkaSource {
-    fn poll(&mut self, c: &mut Collector) -> Result<(), String> {
+    fn poll(&mut self, c: &mut dyn LineSink) -> Result<(), String> {
         while self.take(c, Duration::from_millis(100))? > 0 {}
         Ok(())
     }

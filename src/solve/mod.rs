@@ -2,6 +2,7 @@
 //! best, from decision logs; written as a k-table that `hydrus serve` hot-reloads.
 
 pub mod algo;
+pub mod e2e;
 pub mod follow;
 pub mod input;
 #[cfg(feature = "kafka")]
@@ -22,6 +23,14 @@ pub enum Method {
     Exact,
     /// The paper's Algorithm 2: bisection on k to within --epsilon.
     Bisection,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Policy {
+    /// The Hydrus k-table (per scenario and window of the day).
+    Hydrus,
+    /// The E2E decision table (routing by external delay); needs --config.
+    E2e,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -192,35 +201,15 @@ pub fn solve_pools(
     (rows, reports)
 }
 
-/// Write a k-table atomically: a temp file in the same directory, fsynced, renamed over `out`.
+/// Write a k-table atomically (see [`write_atomic`]).
 pub fn write_ktable(out: &Path, table: &KTable) -> Result<(), String> {
-    let dir = match out.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "ktable.yaml".into());
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let text = format!(
         "# written by `hydrus solve` ({} windows of {} s per scenario)\n{}",
         table.windows(),
         table.window_secs(),
         table.to_yaml()
     );
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, out)?;
-        Ok(())
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        format!("{}: {e}", out.display())
-    })
+    write_atomic(out, &text)
 }
 
 pub fn table_from_rows(
@@ -378,6 +367,31 @@ pub struct SolveArgs {
     /// Kafka consumer group (its committed offsets say where to resume).
     #[arg(long, default_value = "hydrus-solver")]
     pub group: String,
+    /// What to solve: the Hydrus k-table or the E2E decision table.
+    #[arg(long, value_enum, default_value = "hydrus")]
+    pub policy: Policy,
+    /// E2E: the proxy's config, for the e2e filter's groups, QoE model and priority header.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// E2E: buckets of equal population (before splitting wide ones).
+    #[arg(long, default_value_t = 10)]
+    pub buckets: usize,
+    /// E2E: the widest a bucket may be, in ms of external delay.
+    #[arg(long, default_value_t = 500.0)]
+    pub delta_ms: f64,
+    /// E2E: request units (and slots) in the bipartite matching.
+    #[arg(long, default_value_t = 60)]
+    pub units: usize,
+    /// E2E: rewrite the table only when the inputs moved by more than this Jensen-Shannon
+    /// divergence (0-1) since it was solved.
+    #[arg(long, default_value_t = 0.05)]
+    pub js_threshold: f64,
+    /// E2E: rewrite the table even when the inputs did not move.
+    #[arg(long)]
+    pub force: bool,
+    /// E2E with --follow: re-solve this often, on the records of the last interval.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
 }
 
 fn stats_line(s: &input::ReadStats) -> String {
@@ -393,6 +407,9 @@ fn stats_line(s: &input::ReadStats) -> String {
 
 /// Run `hydrus solve`.
 pub fn run(args: &SolveArgs) -> Result<(), String> {
+    if args.policy == Policy::E2e {
+        return run_e2e(args);
+    }
     let budget = match (args.budget_mean, args.budget_total) {
         (Some(c), _) if c.is_finite() && c >= 0.0 => Budget::Mean(c),
         (_, Some(i)) if i.is_finite() && i >= 0.0 => Budget::Total(i),
@@ -443,7 +460,7 @@ pub fn run(args: &SolveArgs) -> Result<(), String> {
         #[cfg(not(feature = "kafka"))]
         return Err("this hydrus was built without the `kafka` feature".into());
     } else {
-        input::read_path(Path::new(&args.logs), &mut c)?;
+        c.stats.files = input::read_path(Path::new(&args.logs), &mut c)?;
     }
     let read_time = started.elapsed();
     eprintln!("{}", stats_line(&c.stats));
@@ -488,4 +505,169 @@ pub fn run(args: &SolveArgs) -> Result<(), String> {
         opts.method
     );
     Ok(())
+}
+
+fn e2e_setup(args: &SolveArgs) -> Result<(crate::config::E2eRuntime, e2e::E2eOptions), String> {
+    let cfg = args
+        .config
+        .as_ref()
+        .ok_or("--policy e2e needs --config (the proxy's config, with an e2e filter)")?;
+    let running = crate::config::load(cfg).map_err(|e| e.to_string())?;
+    let e = running
+        .e2e
+        .ok_or_else(|| format!("{}: has no e2e filter", cfg.display()))?;
+    if !(args.js_threshold >= 0.0 && args.js_threshold <= 1.0) {
+        return Err("--js-threshold must be within 0 and 1".into());
+    }
+    let opts = e2e::E2eOptions {
+        buckets: args.buckets,
+        delta_ms: args.delta_ms,
+        units: args.units,
+        qoe: e.qoe_model,
+        priorities: e.priority_header.is_some(),
+    };
+    Ok((e, opts))
+}
+
+/// Solve, compare with the table at `out`, write when the inputs moved (or forced). Returns
+/// whether it wrote.
+fn e2e_solve_and_write(
+    inputs: &e2e::E2eInputs,
+    opts: &e2e::E2eOptions,
+    args: &SolveArgs,
+) -> Result<bool, String> {
+    let (file, report) = e2e::solve(inputs, opts)?;
+    let old = std::fs::read_to_string(&args.out)
+        .ok()
+        .and_then(|t| serde_yaml::from_str::<hydrus_filters::e2e::E2eTableFile>(&t).ok());
+    let moved = old.as_ref().map_or(1.0, |o| e2e::inputs_moved(o, &file));
+    let write = args.force || moved > args.js_threshold;
+    if write {
+        let text = format!(
+            "# written by `hydrus solve --policy e2e`\n{}",
+            serde_yaml::to_string(&file).map_err(|e| e.to_string())?
+        );
+        write_atomic(&args.out, &text)?;
+    }
+    match args.format {
+        Format::Json => {
+            let v =
+                serde_json::json!({"report": report, "inputs_moved_js": moved, "written": write});
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+        Format::Table => {
+            println!(
+                "{:>6} {:>10} {:>10} {:>7}  route ({})  priority",
+                "bucket",
+                "from ms",
+                "to ms",
+                "share",
+                report.groups.join(", ")
+            );
+            for b in &report.buckets {
+                let route: Vec<String> = b.route.iter().map(|p| format!("{p:.2}")).collect();
+                println!(
+                    "{:>6} {:>10.1} {:>10} {:>6.1}%  [{}]  {}",
+                    b.bucket,
+                    b.from_ms,
+                    b.to_ms.map_or("-".into(), |t| format!("{t:.1}")),
+                    b.share * 100.0,
+                    route.join(", "),
+                    b.priority.as_deref().unwrap_or("")
+                );
+            }
+            println!(
+                "QoE by the models: load balanced {:.4}, E2E {:.4} ({:+.1}%); split {:?}",
+                report.default_qoe,
+                report.e2e_qoe,
+                report.gain * 100.0,
+                report
+                    .split
+                    .iter()
+                    .map(|f| (f * 100.0).round() / 100.0)
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
+    eprintln!(
+        "{} {}: inputs moved by JS divergence {moved:.4} (threshold {})",
+        if write { "wrote" } else { "kept" },
+        args.out.display(),
+        args.js_threshold
+    );
+    Ok(write)
+}
+
+/// Write a file atomically: a temp file in the same directory, fsynced, renamed over `out`, so
+/// that a proxy reloading it never sees half a table.
+pub fn write_atomic(out: &Path, text: &str) -> Result<(), String> {
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "table.yaml".into());
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let res = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, out)
+    })();
+    res.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("{}: {e}", out.display())
+    })
+}
+
+fn run_e2e(args: &SolveArgs) -> Result<(), String> {
+    let (e, opts) = e2e_setup(args)?;
+    let kafka = args.logs.starts_with("kafka://");
+    let mut source: Box<dyn follow::FollowSource> = if kafka {
+        #[cfg(feature = "kafka")]
+        {
+            Box::new(kafka_source::KafkaSource::new(&args.logs, &args.group)?)
+        }
+        #[cfg(not(feature = "kafka"))]
+        return Err("this hydrus was built without the `kafka` feature".into());
+    } else {
+        Box::new(follow::FileFollower::new(Path::new(&args.logs)))
+    };
+    if !args.follow {
+        let mut inputs = e2e::E2eInputs::new(e.group_names.clone());
+        source.poll(&mut inputs)?;
+        eprintln!(
+            "read {} records ({} with an external delay); {} malformed",
+            inputs.records,
+            inputs.external.len(),
+            inputs.malformed
+        );
+        for ex in &inputs.malformed_examples {
+            eprintln!("  malformed: {ex}");
+        }
+        e2e_solve_and_write(&inputs, &opts, args)?;
+        return source.written(&std::collections::BTreeSet::new());
+    }
+    loop {
+        let mut inputs = e2e::E2eInputs::new(e.group_names.clone());
+        let until = std::time::Instant::now() + args.interval;
+        while std::time::Instant::now() < until {
+            source.poll(&mut inputs)?;
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        if inputs.external.len() < 50 {
+            log::info!(
+                "{} records with an external delay this interval: not enough to re-solve",
+                inputs.external.len()
+            );
+            continue;
+        }
+        match e2e_solve_and_write(&inputs, &opts, args) {
+            Ok(_) => source.written(&std::collections::BTreeSet::new())?,
+            Err(e) => log::warn!("e2e solve skipped: {e}"),
+        }
+    }
 }

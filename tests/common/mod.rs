@@ -41,15 +41,125 @@ impl Seen {
     }
 }
 
-/// A loopback HTTP upstream that records every request and answers 200 with its name.
+/// A loopback HTTP/1.1 upstream that records every request and answers 200 with a small JSON
+/// body naming itself and echoing hydrus's headers. One thread per connection, keep-alive: a
+/// real server's behaviour without a pool that could queue a connection behind others.
 pub struct Upstream {
     pub name: String,
     pub addr: SocketAddr,
-    server: Arc<tiny_http::Server>,
     seen: Arc<Mutex<Vec<Seen>>>,
     stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
+    acceptor: Option<std::thread::JoinHandle<()>>,
     pub delay_ms: Arc<AtomicU64>,
+    /// Extra delay per request in flight (this one included): a load-dependent service time.
+    pub per_inflight_ms: Arc<AtomicU64>,
+}
+
+struct Shared {
+    name: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Arc<AtomicBool>,
+    delay: Arc<AtomicU64>,
+    per: Arc<AtomicU64>,
+    inflight: AtomicU64,
+}
+
+/// Serve one connection until it closes or the upstream stops.
+fn serve_connection(stream: std::net::TcpStream, sh: Arc<Shared>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+    let _ = stream.set_nodelay(true);
+    let mut writer = match stream.try_clone() {
+        Ok(w) => w,
+        Err(_) => return,
+    };
+    let mut reader = BufReader::new(stream);
+    loop {
+        // Request line and headers.
+        let mut head: Vec<String> = Vec::new();
+        let mut line = String::new();
+        loop {
+            // A read timeout may leave part of a line in `line`: keep it, read on.
+            match reader.read_line(&mut line) {
+                Ok(0) => return,
+                Ok(_) => {
+                    let l = line.trim_end_matches(['\r', '\n']).to_string();
+                    line.clear();
+                    if l.is_empty() {
+                        if head.is_empty() {
+                            continue;
+                        }
+                        break;
+                    }
+                    head.push(l);
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if sh.stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+        let mut parts = head[0].split_whitespace();
+        let method = parts.next().unwrap_or("").to_string();
+        let url = parts.next().unwrap_or("/").to_string();
+        let headers: BTreeMap<String, String> = head[1..]
+            .iter()
+            .filter_map(|h| h.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        if let Some(len) = headers
+            .get("content-length")
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            let mut body = vec![0u8; len as usize];
+            let _ = reader.read_exact(&mut body);
+        }
+        let (path, q) = url.split_once('?').unwrap_or((&url, ""));
+        let mut query: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for p in q.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            query.entry(k.into()).or_default().push(v.into());
+        }
+        let echo = |h: &str| headers.get(h).cloned().unwrap_or_default();
+        let body = format!(
+            "{{\"upstream\":\"{}\",\"strategy\":\"{}\",\"group\":\"{}\"}}",
+            sh.name,
+            echo("x-hydrus-strategy"),
+            echo("x-hydrus-group")
+        );
+        let close = headers
+            .get("connection")
+            .is_some_and(|c| c.eq_ignore_ascii_case("close"));
+        sh.seen.lock().unwrap().push(Seen {
+            upstream: sh.name.clone(),
+            method,
+            path: path.to_string(),
+            query,
+            headers,
+        });
+        let now_in = sh.inflight.fetch_add(1, Ordering::SeqCst) + 1;
+        let d = sh.delay.load(Ordering::SeqCst) + sh.per.load(Ordering::SeqCst) * now_in;
+        if d > 0 {
+            std::thread::sleep(Duration::from_millis(d));
+        }
+        sh.inflight.fetch_sub(1, Ordering::SeqCst);
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{}\r\n{}",
+            body.len(),
+            if close { "connection: close\r\n" } else { "" },
+            body
+        );
+        if writer.write_all(resp.as_bytes()).is_err() || close {
+            return;
+        }
+    }
 }
 
 impl Upstream {
@@ -58,84 +168,46 @@ impl Upstream {
     }
 
     pub fn start_on(name: &str, addr: &str) -> Self {
-        let server = Arc::new(tiny_http::Server::http(addr).unwrap());
-        let addr = server.server_addr().to_ip().unwrap();
+        let listener = TcpListener::bind(addr).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let delay_ms = Arc::new(AtomicU64::new(0));
-        let mut threads = Vec::new();
-        for _ in 0..8 {
-            let (server, seen, stop, name, delay) = (
-                server.clone(),
-                seen.clone(),
-                stop.clone(),
-                name.to_string(),
-                delay_ms.clone(),
-            );
-            threads.push(std::thread::spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    let Ok(Some(mut req)) = server.recv_timeout(Duration::from_millis(50)) else {
-                        continue;
-                    };
-                    let url = req.url().to_string();
-                    let (path, q) = url.split_once('?').unwrap_or((&url, ""));
-                    let mut query: BTreeMap<String, Vec<String>> = BTreeMap::new();
-                    for p in q.split('&').filter(|p| !p.is_empty()) {
-                        let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                        query.entry(k.into()).or_default().push(v.into());
+        let per_inflight_ms = Arc::new(AtomicU64::new(0));
+        let shared = Arc::new(Shared {
+            name: name.to_string(),
+            seen: seen.clone(),
+            stop: stop.clone(),
+            delay: delay_ms.clone(),
+            per: per_inflight_ms.clone(),
+            inflight: AtomicU64::new(0),
+        });
+        let acceptor = std::thread::spawn(move || {
+            let mut conns = Vec::new();
+            while !shared.stop.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        let _ = s.set_nonblocking(false);
+                        let sh = shared.clone();
+                        conns.push(std::thread::spawn(move || serve_connection(s, sh)));
                     }
-                    let headers = req
-                        .headers()
-                        .iter()
-                        .map(|h| {
-                            (
-                                h.field.as_str().as_str().to_ascii_lowercase(),
-                                h.value.as_str().to_string(),
-                            )
-                        })
-                        .collect();
-                    let mut body = Vec::new();
-                    let _ = req.as_reader().read_to_end(&mut body);
-                    seen.lock().unwrap().push(Seen {
-                        upstream: name.clone(),
-                        method: req.method().as_str().to_string(),
-                        path: path.to_string(),
-                        query,
-                        headers,
-                    });
-                    let d = delay.load(Ordering::SeqCst);
-                    if d > 0 {
-                        std::thread::sleep(Duration::from_millis(d));
-                    }
-                    let echo = |h: &'static str| {
-                        req.headers()
-                            .iter()
-                            .find(|x| x.field.equiv(h))
-                            .map(|x| x.value.as_str().to_string())
-                            .unwrap_or_default()
-                    };
-                    let body = format!(
-                        "{{\"upstream\":\"{name}\",\"strategy\":\"{}\",\"group\":\"{}\"}}",
-                        echo("x-hydrus-strategy"),
-                        echo("x-hydrus-group")
-                    );
-                    let resp = tiny_http::Response::from_string(body).with_header(
-                        "content-type: application/json"
-                            .parse::<tiny_http::Header>()
-                            .unwrap(),
-                    );
-                    let _ = req.respond(resp);
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
                 }
-            }));
-        }
+            }
+            drop(listener);
+            for c in conns {
+                let _ = c.join();
+            }
+        });
         Self {
             name: name.to_string(),
             addr,
-            server,
             seen,
             stop,
-            threads,
+            acceptor: Some(acceptor),
             delay_ms,
+            per_inflight_ms,
         }
     }
 
@@ -151,15 +223,14 @@ impl Upstream {
         self.seen.lock().unwrap().len()
     }
 
-    /// Stop answering and close the listener.
+    /// Stop answering: close the listener and every connection.
     pub fn stop(mut self) {
         self.shutdown();
     }
 
     fn shutdown(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        self.server.unblock();
-        for t in self.threads.drain(..) {
+        if let Some(t) = self.acceptor.take() {
             let _ = t.join();
         }
     }
