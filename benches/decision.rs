@@ -126,6 +126,7 @@ fn bench(c: &mut Criterion) {
         external_delay_ms: Some(412.0),
         cluster_load: Some(7),
         e2e_bucket: Some(3),
+        hedge: None,
     };
     let mut buf = Vec::with_capacity(1024);
     c.bench_function("log_record_encode/8", |b| {

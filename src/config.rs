@@ -173,6 +173,7 @@ pub enum FilterConfig {
     Rollout(RolloutConfig),
     Hydrus(HydrusConfig),
     E2e(E2eConfig),
+    Hedge(HedgeConfig),
     Log(LogConfig),
 }
 
@@ -182,6 +183,7 @@ impl FilterConfig {
             FilterConfig::Rollout(_) => "rollout",
             FilterConfig::Hydrus(_) => "hydrus",
             FilterConfig::E2e(_) => "e2e",
+            FilterConfig::Hedge(_) => "hedge",
             FilterConfig::Log(_) => "log",
         }
     }
@@ -280,6 +282,36 @@ pub struct E2eConfig {
 
 fn default_e2e_header() -> String {
     "x-external-delay-ms".into()
+}
+
+/// The hedge filter: reissue slow idempotent requests within a budget (Kwiken).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HedgeConfig {
+    /// Per-route reissue timeouts, written by `hydrus solve --policy hedge` (fields as `ktable`).
+    pub table: KTableSourceConfig,
+    /// Hedged responses are buffered whole; larger ones fail the attempt.
+    #[serde(default = "default_hedge_body")]
+    pub max_body_bytes: usize,
+    /// Reissue tokens that may be saved up for a burst.
+    #[serde(default = "default_hedge_burst")]
+    pub burst: f64,
+}
+
+fn default_hedge_body() -> usize {
+    4 << 20
+}
+
+fn default_hedge_burst() -> f64 {
+    10.0
+}
+
+/// The hedge filter, compiled.
+#[derive(Debug, Clone)]
+pub struct HedgeRuntime {
+    pub table: KTableSource,
+    pub max_body_bytes: usize,
+    pub burst: f64,
 }
 
 /// A sigmoid QoE-vs-total-delay curve (E2E, Appendix B).
@@ -496,6 +528,7 @@ pub struct Running {
     pub rollout_percent: Option<f64>,
     pub hydrus: Option<HydrusRuntime>,
     pub e2e: Option<E2eRuntime>,
+    pub hedge: Option<HedgeRuntime>,
     pub log: Option<LogRuntime>,
     pub pid_file: PathBuf,
     /// Requests in flight per cluster (this config generation's requests).
@@ -706,6 +739,7 @@ fn compile(file: &Path, text: &str, source: Config) -> Result<Running, ConfigErr
     let mut rollout_percent = None;
     let mut hydrus = None;
     let mut e2e = None;
+    let mut hedge = None;
     let mut log = None;
     let mut seen: Vec<&'static str> = Vec::new();
     for (i, f) in source.filters.iter().enumerate() {
@@ -742,6 +776,23 @@ fn compile(file: &Path, text: &str, source: Config) -> Result<Running, ConfigErr
             }
             FilterConfig::E2e(ec) => {
                 e2e = compile_e2e(&mut c, file, &field, ec, &cluster_index);
+            }
+            FilterConfig::Hedge(hc) => {
+                let before = c.errors.len();
+                let table = table_source(&mut c, file, &format!("{field}.table"), &hc.table);
+                if hc.max_body_bytes == 0 {
+                    c.error(format!("{field}.max_body_bytes"), "must be at least 1");
+                }
+                if !(hc.burst.is_finite() && hc.burst >= 1.0) {
+                    c.error(format!("{field}.burst"), "must be a number >= 1");
+                }
+                if c.errors.len() == before {
+                    hedge = Some(HedgeRuntime {
+                        table,
+                        max_body_bytes: hc.max_body_bytes,
+                        burst: hc.burst,
+                    });
+                }
             }
             FilterConfig::Log(lc) => {
                 let sink = match (&lc.file, &lc.kafka) {
@@ -817,6 +868,7 @@ fn compile(file: &Path, text: &str, source: Config) -> Result<Running, ConfigErr
     Ok(Running {
         pid_file,
         e2e,
+        hedge,
         inflight,
         file: file.to_path_buf(),
         source,

@@ -395,6 +395,7 @@ mod tests {
             external_delay_ms: None,
             cluster_load: None,
             e2e_bucket: None,
+            hedge: None,
         }
     }
 

@@ -29,6 +29,9 @@ pub struct Metrics {
     pub e2e_reloads: IntCounterVec,
     pub e2e_age: Gauge,
     pub e2e_loaded: IntGauge,
+    pub hedges: IntCounterVec,
+    pub hedge_reloads: IntCounterVec,
+    pub hedge_loaded: IntGauge,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -188,6 +191,26 @@ impl Metrics {
                 &r,
                 IntGauge::new("hydrus_e2e_table_loaded", "1 when an E2E decision table is loaded.").expect("metric"),
             ),
+            hedges: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("hydrus_hedges_total", "Hedging by route: `sent` reissues, `won` (the reissue answered first), `lost` (the first attempt still did), `denied` (past the timeout but out of budget)."),
+                    &["route", "result"],
+                )
+                .expect("metric"),
+            ),
+            hedge_reloads: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("hydrus_hedge_table_reloads_total", "Hedge table loads by result."),
+                    &["result"],
+                )
+                .expect("metric"),
+            ),
+            hedge_loaded: register(
+                &r,
+                IntGauge::new("hydrus_hedge_table_loaded", "1 when a hedge table is loaded.").expect("metric"),
+            ),
             registry: r,
         };
         // Export every series at 0 from the start, so rates and alerts have a baseline.
@@ -198,6 +221,7 @@ impl Metrics {
             m.config_reloads.with_label_values(&[result]);
             m.ktable_reloads.with_label_values(&[result]);
             m.e2e_reloads.with_label_values(&[result]);
+            m.hedge_reloads.with_label_values(&[result]);
         }
         for reason in hydrus_filters::e2e::E2eFallback::ALL_REASONS {
             m.fallbacks.with_label_values(&[reason]);

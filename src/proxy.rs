@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use http::header::HeaderValue;
 use http::HeaderName;
 use hydrus_filters::e2e::{self, E2eDecision, MAX_BUCKETS};
+use hydrus_filters::hedge::{race, Winner};
 use hydrus_filters::query::set_query;
 use hydrus_filters::{Decision, Group, LogRecord, RequestInputs, ValueInfo};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -29,6 +30,31 @@ static BUCKET_LABELS: std::sync::LazyLock<Vec<String>> =
 
 pub struct Proxy {
     pub state: Arc<State>,
+    /// Upstream connections for hedged requests (the proxy's own path uses pingora's).
+    pub connector: pingora::connectors::http::Connector,
+}
+
+impl Proxy {
+    pub fn new(state: Arc<State>) -> Self {
+        Self {
+            state,
+            connector: pingora::connectors::http::Connector::new(None),
+        }
+    }
+}
+
+/// The route a hedge timeout is looked up by: the strategy, else the cluster.
+fn route_name<'a>(running: &'a Running, ctx: &Ctx) -> Option<&'a str> {
+    match (&running.hydrus, &ctx.decision) {
+        (Some(h), Some(d)) => h.filter.strategies.get(d.strategy).map(|s| s.name.as_str()),
+        _ => running.clusters.get(ctx.cluster).map(|c| c.name.as_str()),
+    }
+}
+
+fn upstream_error(e: Box<Error>) -> Box<Error> {
+    let mut e = e;
+    e.as_up();
+    e
 }
 
 /// Per-request state, from the first hook to logging.
@@ -53,6 +79,8 @@ pub struct Ctx {
     e2e_table: Option<Arc<crate::state::E2eState>>,
     /// Requests in flight to the cluster when this one was sent (it included), once counted.
     cluster_load: Option<u32>,
+    /// Set when the hedge filter sent a reissue: which attempt answered.
+    hedge: Option<Winner>,
 }
 
 fn header<'a>(req: &'a RequestHeader, name: &HeaderName) -> Option<&'a [u8]> {
@@ -158,6 +186,51 @@ impl Proxy {
         ctx.handles = Some(handles);
     }
 
+    /// Everything the chain does to the upstream request: hydrus's headers (never trusted from
+    /// the client), the request id, the strategy's headers and query, E2E's priority.
+    fn prepare_upstream(&self, upstream: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
+        // Headers hydrus sets are never trusted from the client.
+        let spoofed: Vec<HeaderName> = upstream
+            .headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("x-hydrus-"))
+            .cloned()
+            .collect();
+        for k in spoofed {
+            upstream.remove_header(&k);
+        }
+        upstream.insert_header(HEADER_GROUP, ctx.group.as_str())?;
+        if let Some(id) = &ctx.generated_request_id {
+            if let Some(r) = &ctx.running {
+                upstream.insert_header(r.headers.request_id.clone(), id.as_str())?;
+            }
+        }
+        let action = match (&ctx.running, &ctx.decision) {
+            (Some(r), Some(d)) => r.hydrus.as_ref().and_then(|h| h.actions.get(d.strategy)),
+            _ => None,
+        };
+        if let (Some(r), Some(bucket)) = (&ctx.running, ctx.e2e.and_then(|e| e.bucket)) {
+            let priority = r.e2e.as_ref().and_then(|e| e.priority_header.as_ref());
+            let table = ctx.e2e_table.as_ref();
+            if let (Some(h), Some(p)) = (priority, table.and_then(|t| t.table.priority(bucket))) {
+                upstream.insert_header(h.clone(), p)?;
+            }
+        }
+        if let Some(a) = action {
+            upstream.insert_header(HEADER_STRATEGY, a.name_value.clone())?;
+            for (name, value) in &a.headers {
+                upstream.insert_header(name.clone(), value.clone())?;
+            }
+            if let Some(target) = set_query(upstream.uri.path(), upstream.uri.query(), &a.query) {
+                match http::Uri::try_from(target) {
+                    Ok(uri) => upstream.set_uri(uri),
+                    Err(e) => log::warn!("query rewrite produced a bad URI: {e}"),
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn record(&self, session: &Session, ctx: &Ctx, running: &Running, status: u16) -> LogRecord {
         let req = session.req_header();
         let h = &running.headers;
@@ -216,7 +289,153 @@ impl Proxy {
             external_delay_ms: ctx.e2e.and_then(|e| e.external_ms),
             cluster_load: ctx.cluster_load,
             e2e_bucket: ctx.e2e.and_then(|e| e.bucket).map(|b| b as u32),
+            hedge: ctx.hedge.map(|w| match w {
+                Winner::Hedge => "hedge".to_string(),
+                Winner::Primary | Winner::PrimaryAfterHedge => "primary".to_string(),
+            }),
         }
+    }
+}
+
+impl Proxy {
+    /// One attempt of a hedged request to `addr`: the whole response, buffered.
+    async fn attempt(
+        &self,
+        addr: std::net::SocketAddr,
+        cluster: &crate::config::Cluster,
+        req: RequestHeader,
+        max_body: usize,
+    ) -> Result<(ResponseHeader, bytes::Bytes)> {
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(cluster.connect_timeout);
+        peer.options.total_connection_timeout = Some(cluster.connect_timeout);
+        peer.options.read_timeout = Some(cluster.read_timeout);
+        peer.options.write_timeout = Some(cluster.read_timeout);
+        peer.options.idle_timeout = Some(cluster.idle_timeout);
+        let (mut s, _reused) = self
+            .connector
+            .get_http_session(&peer)
+            .await
+            .map_err(upstream_error)?;
+        s.set_read_timeout(Some(cluster.read_timeout));
+        s.write_request_header(Box::new(req))
+            .await
+            .map_err(upstream_error)?;
+        s.finish_request_body().await.map_err(upstream_error)?;
+        s.read_response_header().await.map_err(upstream_error)?;
+        let header = s
+            .response_header()
+            .cloned()
+            .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "no response header"))
+            .map_err(upstream_error)?;
+        let mut body = bytes::BytesMut::new();
+        while let Some(chunk) = s.read_response_body().await.map_err(upstream_error)? {
+            body.extend_from_slice(&chunk);
+            if body.len() > max_body {
+                return Err(upstream_error(Error::explain(
+                    ErrorType::InternalError,
+                    "hedged response larger than max_body_bytes",
+                )));
+            }
+        }
+        self.connector
+            .release_http_session(s, &peer, Some(cluster.idle_timeout))
+            .await;
+        Ok((header, body.freeze()))
+    }
+
+    /// The hedge filter: for an idempotent request without a body on a route with a reissue
+    /// timeout, make the upstream calls here (racing a reissue against a slow first attempt)
+    /// and answer the client. Returns whether the response was sent; otherwise pingora proxies.
+    async fn hedged(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let Some(running) = ctx.running.clone() else {
+            return Ok(false);
+        };
+        let Some(h) = &running.hedge else {
+            return Ok(false);
+        };
+        self.state.hedge_budget.earn();
+        let table = self.state.hedge.load_full();
+        let Some(table) = table.filter(|t| !State::hedge_stale(&running, t, ctx.ts_ms)) else {
+            return Ok(false);
+        };
+        let Some(route) = route_name(&running, ctx) else {
+            return Ok(false);
+        };
+        let Some(timeout) = table.table.timeout(route) else {
+            return Ok(false);
+        };
+        let req = session.req_header();
+        let idempotent = matches!(req.method, http::Method::GET | http::Method::HEAD);
+        let no_body = req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_none_or(|v| v.as_bytes() == b"0")
+            && req.headers.get(http::header::TRANSFER_ENCODING).is_none();
+        let Some(cluster) = running.clusters.get(ctx.cluster) else {
+            return Ok(false);
+        };
+        if !idempotent || !no_body || cluster.endpoints.is_empty() {
+            return Ok(false);
+        }
+        let mut upstream = req.clone();
+        self.prepare_upstream(&mut upstream, ctx)?;
+        // The attempts go to different endpoints when the cluster has several.
+        let n = cluster.endpoints.len();
+        let first = self.state.next_rr() % n;
+        let (a, b) = (cluster.endpoints[first], cluster.endpoints[(first + 1) % n]);
+        if let Some(c) = running.inflight.get(ctx.cluster) {
+            let load = c.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            ctx.cluster_load = Some(load as u32);
+        }
+        let sent = Instant::now();
+        let max = h.max_body_bytes;
+        let (mut result, winner) = race(
+            self.attempt(a, cluster, upstream.clone(), max),
+            || self.attempt(b, cluster, upstream.clone(), max),
+            Some(timeout),
+            &self.state.hedge_budget,
+        )
+        .await;
+        let m = &self.state.metrics;
+        match winner {
+            Winner::Primary => {
+                if sent.elapsed() >= timeout {
+                    m.hedges.with_label_values(&[route, "denied"]).inc();
+                }
+            }
+            Winner::Hedge | Winner::PrimaryAfterHedge => {
+                m.hedges.with_label_values(&[route, "sent"]).inc();
+                let r = if winner == Winner::Hedge {
+                    "won"
+                } else {
+                    "lost"
+                };
+                m.hedges.with_label_values(&[route, r]).inc();
+                ctx.hedge = Some(winner);
+            }
+        }
+        if result.is_err() && winner == Winner::Primary && n > 1 {
+            // The first attempt failed outright (e.g. refused): one more, elsewhere.
+            m.upstream_errors
+                .with_label_values(&[cluster.name.as_str(), "connect"])
+                .inc();
+            result = self.attempt(b, cluster, upstream, max).await;
+        }
+        let (mut header, body) = result?;
+        ctx.upstream_ms = Some(sent.elapsed().as_secs_f64() * 1000.0);
+        // The body is whole: say its length, drop framing and hop-by-hop headers.
+        header.remove_header(&http::header::TRANSFER_ENCODING);
+        header.remove_header(&http::header::CONNECTION);
+        header.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+        let empty = body.is_empty();
+        session
+            .write_response_header(Box::new(header), empty)
+            .await?;
+        if !empty {
+            session.write_response_body(Some(body), true).await?;
+        }
+        Ok(true)
     }
 }
 
@@ -242,6 +461,7 @@ impl ProxyHttp for Proxy {
             e2e: None,
             e2e_table: None,
             cluster_load: None,
+            hedge: None,
         }
     }
 
@@ -255,7 +475,7 @@ impl ProxyHttp for Proxy {
             .metrics
             .decision_seconds
             .observe(t0.elapsed().as_secs_f64());
-        Ok(false)
+        self.hedged(session, ctx).await
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -380,45 +600,7 @@ impl ProxyHttp for Proxy {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        // Headers hydrus sets are never trusted from the client.
-        let spoofed: Vec<HeaderName> = upstream
-            .headers
-            .keys()
-            .filter(|k| k.as_str().starts_with("x-hydrus-"))
-            .cloned()
-            .collect();
-        for k in spoofed {
-            upstream.remove_header(&k);
-        }
-        upstream.insert_header(HEADER_GROUP, ctx.group.as_str())?;
-        if let Some(id) = &ctx.generated_request_id {
-            if let Some(r) = &ctx.running {
-                upstream.insert_header(r.headers.request_id.clone(), id.as_str())?;
-            }
-        }
-        let action = match (&ctx.running, &ctx.decision) {
-            (Some(r), Some(d)) => r.hydrus.as_ref().and_then(|h| h.actions.get(d.strategy)),
-            _ => None,
-        };
-        if let (Some(r), Some(bucket)) = (&ctx.running, ctx.e2e.and_then(|e| e.bucket)) {
-            let priority = r.e2e.as_ref().and_then(|e| e.priority_header.as_ref());
-            let table = ctx.e2e_table.as_ref();
-            if let (Some(h), Some(p)) = (priority, table.and_then(|t| t.table.priority(bucket))) {
-                upstream.insert_header(h.clone(), p)?;
-            }
-        }
-        if let Some(a) = action {
-            upstream.insert_header(HEADER_STRATEGY, a.name_value.clone())?;
-            for (name, value) in &a.headers {
-                upstream.insert_header(name.clone(), value.clone())?;
-            }
-            if let Some(target) = set_query(upstream.uri.path(), upstream.uri.query(), &a.query) {
-                match http::Uri::try_from(target) {
-                    Ok(uri) => upstream.set_uri(uri),
-                    Err(e) => log::warn!("query rewrite produced a bad URI: {e}"),
-                }
-            }
-        }
+        self.prepare_upstream(upstream, ctx)?;
         ctx.upstream_sent = Some(Instant::now());
         Ok(())
     }

@@ -4,9 +4,10 @@
 //! counted (`hydrus_config_reloads_total{result="error"}`, `hydrus_ktable_reloads_total{...}`).
 
 use crate::config::{self, KTableSource, Running};
-use crate::state::{now_ms, system_time_ms, E2eState, KTableState, Loaded, State};
+use crate::state::{now_ms, system_time_ms, E2eState, HedgeState, KTableState, Loaded, State};
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use hydrus_filters::e2e::E2eTable;
+use hydrus_filters::hedge::HedgeTable;
 use hydrus_filters::KTable;
 use notify::{RecursiveMode, Watcher};
 use std::path::{Path, PathBuf};
@@ -185,6 +186,17 @@ fn ktable_state(text: &str, source: String, modified: Option<u64>) -> Result<KTa
     })
 }
 
+fn hedge_state(text: &str, source: String, modified: Option<u64>) -> Result<HedgeState, String> {
+    let table = HedgeTable::parse(text).map_err(|e| format!("{source}: {e}"))?;
+    let now = now_ms();
+    Ok(Loaded {
+        made_at_ms: table.generated_at_ms().or(modified).unwrap_or(now),
+        table,
+        source,
+        loaded_at_ms: now,
+    })
+}
+
 fn e2e_state(
     text: &str,
     source: String,
@@ -244,6 +256,7 @@ pub struct Reloader {
     config_seen: Seen,
     ktable: Watched,
     e2e: Watched,
+    hedge: Watched,
     agent: ureq::Agent,
     watcher: Option<notify::RecommendedWatcher>,
     watched: Vec<PathBuf>,
@@ -268,6 +281,7 @@ impl Reloader {
             config_seen,
             ktable: Watched::default(),
             e2e: Watched::default(),
+            hedge: Watched::default(),
             agent,
             watcher: None,
             watched: Vec::new(),
@@ -281,7 +295,10 @@ impl Reloader {
     /// `hydrus solve` replace files by rename, which a watch on the file itself would miss.
     fn rewatch(&mut self) {
         let mut dirs = vec![parent_dir(&self.config_path)];
-        for p in [self.ktable.path(), self.e2e.path()].into_iter().flatten() {
+        for p in [self.ktable.path(), self.e2e.path(), self.hedge.path()]
+            .into_iter()
+            .flatten()
+        {
             dirs.push(parent_dir(p));
         }
         dirs.sort();
@@ -418,13 +435,41 @@ impl Reloader {
             },
             Change::Failed(e) => failed(&mut self.e2e, e, "e2e table", &metrics.e2e_reloads),
         }
+        if self
+            .hedge
+            .set_source(running.hedge.as_ref().map(|h| h.table.clone()))
+        {
+            self.state.set_hedge(None);
+        }
+        let hedge_force = force || self.state.hedge.load().is_none();
+        match self.hedge.check(&self.agent, hedge_force) {
+            Change::Unchanged => {}
+            Change::New {
+                text,
+                source,
+                modified_ms,
+            } => match hedge_state(&text, source, modified_ms) {
+                Ok(t) => {
+                    log::info!(
+                        "hedge table loaded from {} (budget {})",
+                        t.source,
+                        t.table.budget()
+                    );
+                    self.state.set_hedge(Some(t));
+                    metrics.hedge_reloads.with_label_values(&["ok"]).inc();
+                    self.hedge.error = None;
+                }
+                Err(e) => failed(&mut self.hedge, e, "hedge table", &metrics.hedge_reloads),
+            },
+            Change::Failed(e) => failed(&mut self.hedge, e, "hedge table", &metrics.hedge_reloads),
+        }
     }
 
     /// Run until a `Stop` trigger arrives or every sender is gone.
     pub fn run(mut self, rx: Receiver<Trigger>) {
         self.rewatch();
         loop {
-            let poll = [&self.ktable, &self.e2e]
+            let poll = [&self.ktable, &self.e2e, &self.hedge]
                 .iter()
                 .filter_map(|w| w.source.as_ref().map(|s| s.poll_interval))
                 .fold(Duration::from_secs(1), Duration::min);

@@ -80,9 +80,7 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Proxy {
-            state: state.clone(),
-        },
+        Proxy::new(state.clone()),
         "hydrus proxy",
     );
     proxy.add_tcp(&running.listen.to_string());

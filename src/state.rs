@@ -6,6 +6,7 @@ use crate::logsink::LogQueue;
 use crate::metrics::{Handles, Metrics};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use hydrus_filters::e2e::E2eTable;
+use hydrus_filters::hedge::{Budget, HedgeTable};
 use hydrus_filters::KTable;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -26,6 +27,7 @@ pub struct Loaded<T> {
 
 pub type KTableState = Loaded<KTable>;
 pub type E2eState = Loaded<E2eTable>;
+pub type HedgeState = Loaded<HedgeTable>;
 
 impl<T> Loaded<T> {
     pub fn age(&self, now_ms: u64) -> Duration {
@@ -50,6 +52,9 @@ pub struct State {
     pub config: ArcSwap<Running>,
     pub ktable: ArcSwapOption<KTableState>,
     pub e2e: ArcSwapOption<E2eState>,
+    pub hedge: ArcSwapOption<HedgeState>,
+    /// The reissue budget: earns the hedge table's share per request, spent per reissue.
+    pub hedge_budget: Budget,
     pub handles: ArcSwap<Handles>,
     pub metrics: Arc<Metrics>,
     pub log: Option<LogQueue>,
@@ -88,6 +93,8 @@ impl State {
             config: ArcSwap::from_pointee(running.clone()),
             ktable: ArcSwapOption::empty(),
             e2e: ArcSwapOption::empty(),
+            hedge: ArcSwapOption::empty(),
+            hedge_budget: Budget::new(0.0, running.hedge.as_ref().map_or(10.0, |h| h.burst)),
             handles: ArcSwap::from_pointee(handles),
             metrics,
             log,
@@ -141,6 +148,21 @@ impl State {
         self.refresh_gauges();
     }
 
+    pub fn set_hedge(&self, t: Option<HedgeState>) {
+        self.hedge_budget
+            .set_rate(t.as_ref().map_or(0.0, |t| t.table.budget()));
+        self.hedge.store(t.map(Arc::new));
+        self.refresh_gauges();
+    }
+
+    /// Whether the running hedge table is older than the configured `max_age`.
+    pub fn hedge_stale(running: &Running, t: &HedgeState, now_ms: u64) -> bool {
+        match running.hedge.as_ref().and_then(|h| h.table.max_age) {
+            Some(max) => t.age(now_ms) > max,
+            None => false,
+        }
+    }
+
     pub fn set_e2e(&self, t: Option<E2eState>) {
         self.e2e.store(t.map(Arc::new));
         self.refresh_gauges();
@@ -181,6 +203,9 @@ impl State {
                 self.metrics.ktable_age.set(0.0);
             }
         }
+        self.metrics
+            .hedge_loaded
+            .set(i64::from(self.hedge.load().is_some()));
         match self.e2e.load().as_ref() {
             Some(t) => {
                 self.metrics.e2e_loaded.set(1);

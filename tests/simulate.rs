@@ -128,3 +128,46 @@ fn a_population_from_decision_logs() {
         "reallocating the logged budget gains QoE: {gain}"
     );
 }
+
+#[test]
+fn the_readme_hedging_table_is_what_its_command_prints() {
+    // The README shows: cargo run --release -- simulate --hedge --seed 42 --out benches/results/simulate
+    let (md, _, dir) = {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(bin())
+            .args(["simulate", "--hedge", "--seed", "42", "--out"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (String::from_utf8(out.stdout).unwrap(), (), dir)
+    };
+    let readme = std::fs::read_to_string(format!("{ROOT}/README.md")).unwrap();
+    assert!(readme.contains("simulate --hedge --seed 42 --out benches/results/simulate"));
+    assert!(
+        readme.contains(md.trim()),
+        "README hedging results differ:\n{md}"
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("hedge.json")).unwrap())
+            .unwrap();
+    let points = r["points"].as_array().unwrap();
+    let mut last = -1.0;
+    for p in points {
+        // Extra load within the budget (sampling noise aside), and more budget never hurts.
+        assert!(p["extra_load"].as_f64().unwrap() <= p["budget"].as_f64().unwrap() * 1.05 + 0.002);
+        let red = p["p99_reduction"].as_f64().unwrap();
+        assert!(
+            red >= last - 1e-9,
+            "p99 reduction falls with more budget: {points:?}"
+        );
+        last = red;
+    }
+    assert!(std::fs::read_to_string(dir.path().join("fig_hedge.svg"))
+        .unwrap()
+        .contains("<polyline"));
+}

@@ -40,6 +40,7 @@ fn record(ts_ms: u64, i: u64, scenario: &str, q: f64, chosen: &str) -> LogRecord
         external_delay_ms: None,
         cluster_load: None,
         e2e_bucket: None,
+        hedge: None,
     }
 }
 

@@ -11,10 +11,12 @@
 //! - [`rollout`]: the stable user-id split into treatment and control.
 //! - [`hydrus`]: the hydrus filter: all of the above for one request, with its fallbacks.
 //! - [`e2e`]: E2E's external-delay buckets and decision table.
+//! - [`hedge`]: Kwiken-style reissues: the race, the budget, the timeout table.
 //! - [`log`]: the decision log record (Listing 1 of the Hydrus paper, plus what the solver needs).
 
 pub mod decide;
 pub mod e2e;
+pub mod hedge;
 pub mod hydrus;
 pub mod ktable;
 pub mod log;

@@ -52,6 +52,10 @@ pub struct LogRecord {
     /// The E2E bucket of the external delay, when the e2e filter routed the request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub e2e_bucket: Option<u32>,
+    /// When the hedge filter reissued the request: which attempt answered (`hedge` or
+    /// `primary`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hedge: Option<String>,
 }
 
 impl LogRecord {
@@ -100,6 +104,7 @@ mod tests {
             external_delay_ms: None,
             cluster_load: None,
             e2e_bucket: None,
+            hedge: None,
         };
         let mut out = Vec::new();
         r.encode_into(&mut out);

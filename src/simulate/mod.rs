@@ -1,6 +1,7 @@
 //! `hydrus simulate`: a trace-driven evaluation that reproduces the Hydrus paper's Figures 5, 7, 8
 //! and 10 on data anyone can regenerate (seeded), or on a population read from decision logs.
 
+pub mod hedge;
 pub mod plots;
 pub mod policies;
 pub mod population;
@@ -32,6 +33,13 @@ pub struct SimulateArgs {
     /// Where to write results.json, results.md and the SVG figures.
     #[arg(long, default_value = "benches/results/simulate")]
     pub out: PathBuf,
+    /// Hedging mode: Kwiken's p99 reduction against the reissue budget, instead of the Hydrus
+    /// experiments (writes hedge.json, hedge.md and fig_hedge.svg).
+    #[arg(long)]
+    pub hedge: bool,
+    /// Hedging mode: requests per (train, test) sample.
+    #[arg(long, default_value_t = 100_000)]
+    pub requests: usize,
 }
 
 /// One policy at the default policy's cost.
@@ -445,8 +453,25 @@ pub fn markdown(r: &Results) -> String {
 
 /// `hydrus simulate`: run, write results.json, results.md and the figures, print the table.
 pub fn main(args: &SimulateArgs) -> Result<(), String> {
-    let r = run(args)?;
     std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
+    if args.hedge {
+        let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
+        let r = hedge::run(args.seed, args.requests.max(100), &mut rng);
+        let md = hedge::markdown(&r);
+        let json = serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?;
+        for (name, text) in [("hedge.json", json.as_str()), ("hedge.md", md.as_str())] {
+            let p = args.out.join(name);
+            std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))?;
+        }
+        plots::hedge(&r, &args.out)?;
+        print!("{md}");
+        eprintln!(
+            "wrote {}/hedge.json, hedge.md, fig_hedge.svg",
+            args.out.display()
+        );
+        return Ok(());
+    }
+    let r = run(args)?;
     let json = serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?;
     let write = |name: &str, text: &str| -> Result<(), String> {
         let p = args.out.join(name);

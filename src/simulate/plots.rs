@@ -188,3 +188,24 @@ pub fn all(r: &Results, dir: &Path) -> Result<(), String> {
     )?;
     Ok(())
 }
+
+/// Kwiken's Figure 11: latency reduction against the reissue budget.
+pub fn hedge(r: &super::hedge::HedgeResults, dir: &Path) -> Result<(), String> {
+    let line = |f: fn(&super::hedge::HedgePoint) -> f64| -> Vec<(f64, f64)> {
+        r.points
+            .iter()
+            .map(|p| (p.budget * 100.0, f(p) * 100.0))
+            .collect()
+    };
+    lines(
+        &dir.join("fig_hedge.svg"),
+        "Latency reduction against the reissue budget (Kwiken Fig. 11)",
+        "reissue budget (% extra requests)",
+        "reduction (%)",
+        &[
+            ("p99", line(|p| p.p99_reduction), HYDRUS),
+            ("p90", line(|p| p.p90_reduction), GREEDY),
+            ("p50", line(|p| p.p50_reduction), DEFAULT),
+        ],
+    )
+}

@@ -4,6 +4,7 @@
 pub mod algo;
 pub mod e2e;
 pub mod follow;
+pub mod hedge;
 pub mod input;
 #[cfg(feature = "kafka")]
 pub mod kafka_source;
@@ -31,6 +32,8 @@ pub enum Policy {
     Hydrus,
     /// The E2E decision table (routing by external delay); needs --config.
     E2e,
+    /// The hedge table (per-route reissue timeouts, Kwiken's SumVar); see --reissue-budget.
+    Hedge,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -389,6 +392,9 @@ pub struct SolveArgs {
     /// E2E: rewrite the table even when the inputs did not move.
     #[arg(long)]
     pub force: bool,
+    /// Hedge: extra requests allowed for reissues, as a share of all requests.
+    #[arg(long, default_value_t = 0.05)]
+    pub reissue_budget: f64,
     /// E2E with --follow: re-solve this often, on the records of the last interval.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub interval: Duration,
@@ -407,8 +413,10 @@ fn stats_line(s: &input::ReadStats) -> String {
 
 /// Run `hydrus solve`.
 pub fn run(args: &SolveArgs) -> Result<(), String> {
-    if args.policy == Policy::E2e {
-        return run_e2e(args);
+    match args.policy {
+        Policy::E2e => return run_e2e(args),
+        Policy::Hedge => return run_hedge(args),
+        Policy::Hydrus => {}
     }
     let budget = match (args.budget_mean, args.budget_total) {
         (Some(c), _) if c.is_finite() && c >= 0.0 => Budget::Mean(c),
@@ -623,10 +631,9 @@ pub fn write_atomic(out: &Path, text: &str) -> Result<(), String> {
     })
 }
 
-fn run_e2e(args: &SolveArgs) -> Result<(), String> {
-    let (e, opts) = e2e_setup(args)?;
-    let kafka = args.logs.starts_with("kafka://");
-    let mut source: Box<dyn follow::FollowSource> = if kafka {
+/// The logs as a [`follow::FollowSource`]: files or a Kafka topic.
+fn follow_source(args: &SolveArgs) -> Result<Box<dyn follow::FollowSource>, String> {
+    Ok(if args.logs.starts_with("kafka://") {
         #[cfg(feature = "kafka")]
         {
             Box::new(kafka_source::KafkaSource::new(&args.logs, &args.group)?)
@@ -635,7 +642,66 @@ fn run_e2e(args: &SolveArgs) -> Result<(), String> {
         return Err("this hydrus was built without the `kafka` feature".into());
     } else {
         Box::new(follow::FileFollower::new(Path::new(&args.logs)))
-    };
+    })
+}
+
+fn run_hedge(args: &SolveArgs) -> Result<(), String> {
+    if !(0.0..=1.0).contains(&args.reissue_budget) {
+        return Err("--reissue-budget must be a share within 0 and 1".into());
+    }
+    let mut source = follow_source(args)?;
+    let mut inputs = hedge::HedgeInputs::default();
+    source.poll(&mut inputs)?;
+    eprintln!(
+        "read {} records ({} already hedged, left out); {} malformed",
+        inputs.records, inputs.hedged, inputs.malformed
+    );
+    let (file, report) = hedge::solve(&inputs, args.reissue_budget)?;
+    let text = format!(
+        "# written by `hydrus solve --policy hedge`\n{}",
+        serde_yaml::to_string(&file).map_err(|e| e.to_string())?
+    );
+    write_atomic(&args.out, &text)?;
+    source.written(&std::collections::BTreeSet::new())?;
+    match args.format {
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        ),
+        Format::Table => {
+            println!(
+                "{:<14} {:>7} {:>9} {:>9} {:>12} {:>9} {:>14}",
+                "route", "share", "p50 ms", "p99 ms", "timeout ms", "reissued", "p99 hedged ms"
+            );
+            for r in &report.routes {
+                println!(
+                    "{:<14} {:>6.1}% {:>9.1} {:>9.1} {:>12} {:>8.1}% {:>14.1}",
+                    r.route,
+                    r.share * 100.0,
+                    r.p50_ms,
+                    r.p99_ms,
+                    r.timeout_ms.map_or("-".into(), |t| format!("{t:.1}")),
+                    r.reissue_rate * 100.0,
+                    r.p99_with_reissue_ms
+                );
+            }
+            println!(
+                "extra load {:.2}% of budget {:.2}%; p99 {:.1} ms -> {:.1} ms ({:.1}% lower)",
+                report.extra_load * 100.0,
+                report.budget * 100.0,
+                report.p99_ms,
+                report.p99_with_reissue_ms,
+                report.p99_reduction * 100.0
+            );
+        }
+    }
+    eprintln!("wrote {}", args.out.display());
+    Ok(())
+}
+
+fn run_e2e(args: &SolveArgs) -> Result<(), String> {
+    let (e, opts) = e2e_setup(args)?;
+    let mut source = follow_source(args)?;
     if !args.follow {
         let mut inputs = e2e::E2eInputs::new(e.group_names.clone());
         source.poll(&mut inputs)?;

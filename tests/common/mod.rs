@@ -10,13 +10,36 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// A free loopback port (bound and released; good enough for tests on one machine).
+/// A free loopback port for a process a test starts. Taken from 20000-29999, below Linux's
+/// ephemeral range (so no `bind(0)` or outgoing connection gets it meanwhile), and reserved with
+/// a marker file, so that tests running in parallel processes never pick the same one.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
+    let dir = std::env::temp_dir().join("hydrus-test-ports");
+    let _ = std::fs::create_dir_all(&dir);
+    let mut x = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+        .as_nanos() as u64
+        ^ (u64::from(std::process::id()) << 32);
+    loop {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = 20_000 + (x % 10_000) as u16;
+        let mark = dir.join(port.to_string());
+        // A reservation older than an hour is left over from an earlier run.
+        if let Ok(m) = std::fs::metadata(&mark) {
+            if m.modified().ok().and_then(|t| t.elapsed().ok()).is_some_and(|a| a > Duration::from_secs(3600)) {
+                let _ = std::fs::remove_file(&mark);
+            }
+        }
+        if std::fs::OpenOptions::new().write(true).create_new(true).open(&mark).is_err() {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// One request as an upstream saw it.
@@ -53,6 +76,9 @@ pub struct Upstream {
     pub delay_ms: Arc<AtomicU64>,
     /// Extra delay per request in flight (this one included): a load-dependent service time.
     pub per_inflight_ms: Arc<AtomicU64>,
+    /// Every `tail_every`-th request (0: none) takes `tail_ms` longer: a slow tail.
+    pub tail_every: Arc<AtomicU64>,
+    pub tail_ms: Arc<AtomicU64>,
 }
 
 struct Shared {
@@ -62,6 +88,9 @@ struct Shared {
     delay: Arc<AtomicU64>,
     per: Arc<AtomicU64>,
     inflight: AtomicU64,
+    tail_every: Arc<AtomicU64>,
+    tail_ms: Arc<AtomicU64>,
+    served: AtomicU64,
 }
 
 /// Serve one connection until it closes or the upstream stops.
@@ -145,7 +174,14 @@ fn serve_connection(stream: std::net::TcpStream, sh: Arc<Shared>) {
             headers,
         });
         let now_in = sh.inflight.fetch_add(1, Ordering::SeqCst) + 1;
-        let d = sh.delay.load(Ordering::SeqCst) + sh.per.load(Ordering::SeqCst) * now_in;
+        let nth = sh.served.fetch_add(1, Ordering::SeqCst) + 1;
+        let every = sh.tail_every.load(Ordering::SeqCst);
+        let tail = if every > 0 && nth % every == 0 {
+            sh.tail_ms.load(Ordering::SeqCst)
+        } else {
+            0
+        };
+        let d = sh.delay.load(Ordering::SeqCst) + sh.per.load(Ordering::SeqCst) * now_in + tail;
         if d > 0 {
             std::thread::sleep(Duration::from_millis(d));
         }
@@ -175,7 +211,12 @@ impl Upstream {
         let stop = Arc::new(AtomicBool::new(false));
         let delay_ms = Arc::new(AtomicU64::new(0));
         let per_inflight_ms = Arc::new(AtomicU64::new(0));
+        let tail_every = Arc::new(AtomicU64::new(0));
+        let tail_ms = Arc::new(AtomicU64::new(0));
         let shared = Arc::new(Shared {
+            tail_every: tail_every.clone(),
+            tail_ms: tail_ms.clone(),
+            served: AtomicU64::new(0),
             name: name.to_string(),
             seen: seen.clone(),
             stop: stop.clone(),
@@ -208,6 +249,8 @@ impl Upstream {
             acceptor: Some(acceptor),
             delay_ms,
             per_inflight_ms,
+            tail_every,
+            tail_ms,
         }
     }
 

@@ -1,0 +1,341 @@
+//! Kwiken-style hedging (SIGCOMM'13): when a request has not been answered within its route's
+//! reissue timeout, send one more attempt and take whichever answers first, cancelling the other.
+//! A budget (extra requests as a share of all requests, enforced by a token bucket) caps the
+//! reissues; the timeouts come from the solver (SumVar), in a hot-reloaded table:
+//!
+//! ```yaml
+//! budget: 0.05                    # the share of extra requests the timeouts were solved for
+//! generated_at_ms: 1795374637211
+//! routes:                         # by strategy (or cluster, without a hydrus filter)
+//!   s20: { timeout_ms: 85.0 }
+//!   s40: {}                       # never reissued
+//! ```
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteHedge {
+    /// Reissue after this long without an answer; none: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<f64>,
+    /// The share of this route's requests expected to be reissued (informational).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reissue_rate: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HedgeTableFile {
+    pub budget: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generated_at_ms: Option<u64>,
+    pub routes: BTreeMap<String, RouteHedge>,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum HedgeTableError {
+    #[error("{0}")]
+    Yaml(String),
+    #[error("budget {0} must be a share within 0 and 1")]
+    Budget(f64),
+    #[error("route `{0}`: timeout_ms must be a finite number > 0")]
+    Timeout(String),
+}
+
+/// A validated hedge table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HedgeTable {
+    file: HedgeTableFile,
+}
+
+impl HedgeTable {
+    pub fn new(file: HedgeTableFile) -> Result<Self, HedgeTableError> {
+        if !(0.0..=1.0).contains(&file.budget) {
+            return Err(HedgeTableError::Budget(file.budget));
+        }
+        for (name, r) in &file.routes {
+            if let Some(t) = r.timeout_ms {
+                if !(t.is_finite() && t > 0.0) {
+                    return Err(HedgeTableError::Timeout(name.clone()));
+                }
+            }
+        }
+        Ok(Self { file })
+    }
+
+    pub fn parse(text: &str) -> Result<Self, HedgeTableError> {
+        let file: HedgeTableFile =
+            serde_yaml::from_str(text).map_err(|e| HedgeTableError::Yaml(e.to_string()))?;
+        Self::new(file)
+    }
+
+    pub fn file(&self) -> &HedgeTableFile {
+        &self.file
+    }
+
+    pub fn budget(&self) -> f64 {
+        self.file.budget
+    }
+
+    pub fn generated_at_ms(&self) -> Option<u64> {
+        self.file.generated_at_ms
+    }
+
+    /// The reissue timeout of a route, if it is hedged.
+    pub fn timeout(&self, route: &str) -> Option<Duration> {
+        self.file
+            .routes
+            .get(route)
+            .and_then(|r| r.timeout_ms)
+            .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+    }
+}
+
+/// The reissue budget: every request earns `rate` of a token, a reissue spends one; at most
+/// `burst` tokens are kept. So reissues never exceed `rate * requests + burst`.
+#[derive(Debug)]
+pub struct Budget {
+    /// Tokens, in millionths.
+    micro: AtomicU64,
+    rate_micro: AtomicU64,
+    burst_micro: u64,
+}
+
+const MICRO: f64 = 1_000_000.0;
+
+impl Budget {
+    pub fn new(rate: f64, burst: f64) -> Self {
+        Self {
+            micro: AtomicU64::new(0),
+            rate_micro: AtomicU64::new((rate.clamp(0.0, 1.0) * MICRO) as u64),
+            burst_micro: (burst.max(1.0) * MICRO) as u64,
+        }
+    }
+
+    pub fn set_rate(&self, rate: f64) {
+        self.rate_micro
+            .store((rate.clamp(0.0, 1.0) * MICRO) as u64, Ordering::Relaxed);
+    }
+
+    /// A request arrived: earn its share.
+    pub fn earn(&self) {
+        let rate = self.rate_micro.load(Ordering::Relaxed);
+        let _ = self
+            .micro
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                Some((t + rate).min(self.burst_micro))
+            });
+    }
+
+    /// Spend a token for a reissue, if there is one.
+    pub fn try_spend(&self) -> bool {
+        self.micro
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                t.checked_sub(MICRO as u64)
+            })
+            .is_ok()
+    }
+}
+
+/// Which attempt answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Winner {
+    /// The first attempt, without a reissue.
+    Primary,
+    /// The first attempt, after a reissue was sent (the reissue was cancelled).
+    PrimaryAfterHedge,
+    /// The reissue (the first attempt was cancelled).
+    Hedge,
+}
+
+/// Run `primary`; if it has not finished after `timeout` and the budget allows, start
+/// `hedge()` too and return whichever finishes first. The other is dropped: cancelled.
+/// Without a timeout, or with the budget spent, this is just `primary`.
+pub async fn race<T, P, H, F>(
+    primary: P,
+    hedge: H,
+    timeout: Option<Duration>,
+    budget: &Budget,
+) -> (T, Winner)
+where
+    P: Future<Output = T>,
+    H: FnOnce() -> F,
+    F: Future<Output = T>,
+{
+    tokio::pin!(primary);
+    let Some(timeout) = timeout else {
+        return (primary.await, Winner::Primary);
+    };
+    tokio::select! {
+        biased;
+        v = &mut primary => return (v, Winner::Primary),
+        _ = tokio::time::sleep(timeout) => {}
+    }
+    if !budget.try_spend() {
+        return (primary.await, Winner::Primary);
+    }
+    let second = hedge();
+    tokio::pin!(second);
+    tokio::select! {
+        biased;
+        v = &mut primary => (v, Winner::PrimaryAfterHedge),
+        v = &mut second => (v, Winner::Hedge),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    use tokio::time::{sleep, Instant};
+
+    /// A future that answers `v` after `ms`, and records whether it was dropped unfinished.
+    fn attempt(
+        ms: u64,
+        v: &'static str,
+        cancelled: Arc<AtomicBool>,
+    ) -> impl Future<Output = &'static str> {
+        struct OnDrop(Arc<AtomicBool>, bool);
+        impl Drop for OnDrop {
+            fn drop(&mut self) {
+                if !self.1 {
+                    self.0.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+        async move {
+            let mut guard = OnDrop(cancelled, false);
+            sleep(Duration::from_millis(ms)).await;
+            guard.1 = true;
+            v
+        }
+    }
+
+    fn flags() -> (Arc<AtomicBool>, Arc<AtomicBool>) {
+        (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        )
+    }
+
+    fn funded() -> Budget {
+        let b = Budget::new(1.0, 10.0);
+        for _ in 0..10 {
+            b.earn();
+        }
+        b
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_primary_is_hedged_and_cancelled() {
+        let (p, h) = flags();
+        let t0 = Instant::now();
+        let started = Arc::new(AtomicBool::new(false));
+        let s = started.clone();
+        let (v, w) = race(
+            attempt(100, "primary", p.clone()),
+            move || {
+                s.store(true, Ordering::SeqCst);
+                attempt(10, "hedge", h.clone())
+            },
+            Some(Duration::from_millis(20)),
+            &funded(),
+        )
+        .await;
+        assert_eq!((v, w), ("hedge", Winner::Hedge));
+        // 20 ms timeout + 10 ms hedge, to the millisecond: the clock is paused.
+        assert_eq!(t0.elapsed(), Duration::from_millis(30));
+        assert!(started.load(Ordering::SeqCst));
+        assert!(p.load(Ordering::SeqCst), "the primary was cancelled");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fast_primary_is_not_hedged() {
+        let (p, h) = flags();
+        let t0 = Instant::now();
+        let (v, w) = race(
+            attempt(15, "primary", p.clone()),
+            || -> std::pin::Pin<Box<dyn Future<Output = &'static str>>> {
+                panic!("no hedge expected")
+            },
+            Some(Duration::from_millis(20)),
+            &funded(),
+        )
+        .await;
+        assert_eq!((v, w), ("primary", Winner::Primary));
+        assert_eq!(t0.elapsed(), Duration::from_millis(15));
+        assert!(!p.load(Ordering::SeqCst) && !h.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_primary_that_still_wins_cancels_the_hedge() {
+        let (p, h) = flags();
+        let t0 = Instant::now();
+        let hc = h.clone();
+        let (v, w) = race(
+            attempt(50, "primary", p.clone()),
+            move || attempt(100, "hedge", hc),
+            Some(Duration::from_millis(20)),
+            &funded(),
+        )
+        .await;
+        assert_eq!((v, w), ("primary", Winner::PrimaryAfterHedge));
+        assert_eq!(t0.elapsed(), Duration::from_millis(50));
+        assert!(h.load(Ordering::SeqCst), "the hedge was cancelled");
+        assert!(!p.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_budget_no_hedge() {
+        let (p, _) = flags();
+        let empty = Budget::new(0.0, 1.0);
+        let t0 = Instant::now();
+        let (v, w) = race(
+            attempt(100, "primary", p),
+            || -> std::pin::Pin<Box<dyn Future<Output = &'static str>>> { panic!("no budget") },
+            Some(Duration::from_millis(20)),
+            &empty,
+        )
+        .await;
+        assert_eq!((v, w), ("primary", Winner::Primary));
+        assert_eq!(t0.elapsed(), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn the_budget_caps_reissues() {
+        let b = Budget::new(0.05, 2.0);
+        let mut spent = 0;
+        for _ in 0..1000 {
+            b.earn();
+            if b.try_spend() {
+                spent += 1;
+            }
+        }
+        assert!(spent <= 50 + 2, "{spent}");
+        assert!(spent >= 49, "{spent}");
+        // Tokens do not pile up beyond the burst.
+        let idle = Budget::new(0.5, 2.0);
+        for _ in 0..100 {
+            idle.earn();
+        }
+        assert!(idle.try_spend() && idle.try_spend() && !idle.try_spend());
+    }
+
+    #[test]
+    fn tables() {
+        let t = HedgeTable::parse("budget: 0.05\nroutes:\n  s20: { timeout_ms: 85 }\n  s40: {}\n")
+            .expect("valid");
+        assert_eq!(t.timeout("s20"), Some(Duration::from_millis(85)));
+        assert_eq!(t.timeout("s40"), None);
+        assert_eq!(t.timeout("nope"), None);
+        assert!(HedgeTable::parse("budget: 2\nroutes: {}\n").is_err());
+        assert!(HedgeTable::parse("budget: 0.1\nroutes:\n  a: { timeout_ms: -1 }\n").is_err());
+        assert!(HedgeTable::parse("budget: 0.1\nroutes: {}\nextra: 1\n").is_err());
+    }
+}
