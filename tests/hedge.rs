@@ -124,7 +124,11 @@ filters:
     let extra = a.count() + b.count() - before - n;
     let (p_off, p_on) = (p99(&off), p99(&on));
     eprintln!("p99 without hedging {p_off:.1} ms, with {p_on:.1} ms; {extra} reissues for {n} requests (timeout {timeout:.1} ms)");
-    assert!(p_on < p_off * 0.5, "p99 {p_off:.1} -> {p_on:.1} ms; {extra} reissues; {}", h.metrics());
+    assert!(
+        p_on < p_off * 0.5,
+        "p99 {p_off:.1} -> {p_on:.1} ms; {extra} reissues; {}",
+        h.metrics()
+    );
     // The budget: 10% of requests, plus the 5 tokens of burst.
     assert!(extra as f64 <= 0.1 * n as f64 + 5.0, "{extra} reissues");
     let sent = h.metric(r#"hydrus_hedges_total{result="sent",route="pool"}"#);

@@ -29,11 +29,20 @@ pub fn free_port() -> u16 {
         let mark = dir.join(port.to_string());
         // A reservation older than an hour is left over from an earlier run.
         if let Ok(m) = std::fs::metadata(&mark) {
-            if m.modified().ok().and_then(|t| t.elapsed().ok()).is_some_and(|a| a > Duration::from_secs(3600)) {
+            if m.modified()
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|a| a > Duration::from_secs(3600))
+            {
                 let _ = std::fs::remove_file(&mark);
             }
         }
-        if std::fs::OpenOptions::new().write(true).create_new(true).open(&mark).is_err() {
+        if std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&mark)
+            .is_err()
+        {
             continue;
         }
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
