@@ -51,6 +51,17 @@ fn route_name<'a>(running: &'a Running, ctx: &Ctx) -> Option<&'a str> {
     }
 }
 
+/// An upstream endpoint with its cluster's timeouts.
+fn peer(addr: std::net::SocketAddr, cluster: &crate::config::Cluster) -> HttpPeer {
+    let mut peer = HttpPeer::new(addr, false, String::new());
+    peer.options.connection_timeout = Some(cluster.connect_timeout);
+    peer.options.total_connection_timeout = Some(cluster.connect_timeout);
+    peer.options.read_timeout = Some(cluster.read_timeout);
+    peer.options.write_timeout = Some(cluster.read_timeout);
+    peer.options.idle_timeout = Some(cluster.idle_timeout);
+    peer
+}
+
 fn upstream_error(e: Box<Error>) -> Box<Error> {
     let mut e = e;
     e.as_up();
@@ -306,12 +317,7 @@ impl Proxy {
         req: RequestHeader,
         max_body: usize,
     ) -> Result<(ResponseHeader, bytes::Bytes)> {
-        let mut peer = HttpPeer::new(addr, false, String::new());
-        peer.options.connection_timeout = Some(cluster.connect_timeout);
-        peer.options.total_connection_timeout = Some(cluster.connect_timeout);
-        peer.options.read_timeout = Some(cluster.read_timeout);
-        peer.options.write_timeout = Some(cluster.read_timeout);
-        peer.options.idle_timeout = Some(cluster.idle_timeout);
+        let peer = peer(addr, cluster);
         let (mut s, _reused) = self
             .connector
             .get_http_session(&peer)
@@ -501,13 +507,7 @@ impl ProxyHttp for Proxy {
         }
         let addr = cluster.endpoints[(ctx.first_endpoint + ctx.tries) % n];
         ctx.tries += 1;
-        let mut peer = HttpPeer::new(addr, false, String::new());
-        peer.options.connection_timeout = Some(cluster.connect_timeout);
-        peer.options.total_connection_timeout = Some(cluster.connect_timeout);
-        peer.options.read_timeout = Some(cluster.read_timeout);
-        peer.options.write_timeout = Some(cluster.read_timeout);
-        peer.options.idle_timeout = Some(cluster.idle_timeout);
-        Ok(Box::new(peer))
+        Ok(Box::new(peer(addr, cluster)))
     }
 
     fn fail_to_connect(

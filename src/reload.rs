@@ -4,7 +4,7 @@
 //! counted (`hydrus_config_reloads_total{result="error"}`, `hydrus_ktable_reloads_total{...}`).
 
 use crate::config::{self, KTableSource, Running};
-use crate::state::{now_ms, system_time_ms, E2eState, HedgeState, KTableState, Loaded, State};
+use crate::state::{now_ms, system_time_ms, KTableState, Loaded, State};
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use hydrus_filters::e2e::E2eTable;
 use hydrus_filters::hedge::HedgeTable;
@@ -169,66 +169,12 @@ fn fetch(agent: &ureq::Agent, url: &str, etag: Option<&str>) -> Result<Fetched, 
     Ok(Some((body, new_tag, last_modified)))
 }
 
-/// Load a k-table file.
-pub fn load_ktable_file(path: &Path) -> Result<KTableState, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    ktable_state(&text, path.display().to_string(), modified_ms(path))
-}
-
-fn ktable_state(text: &str, source: String, modified: Option<u64>) -> Result<KTableState, String> {
-    let table = KTable::parse(text).map_err(|e| format!("{source}: {e}"))?;
-    let now = now_ms();
-    Ok(Loaded {
-        made_at_ms: table.generated_at_ms().or(modified).unwrap_or(now),
-        table,
-        source,
-        loaded_at_ms: now,
-    })
-}
-
-fn hedge_state(text: &str, source: String, modified: Option<u64>) -> Result<HedgeState, String> {
-    let table = HedgeTable::parse(text).map_err(|e| format!("{source}: {e}"))?;
-    let now = now_ms();
-    Ok(Loaded {
-        made_at_ms: table.generated_at_ms().or(modified).unwrap_or(now),
-        table,
-        source,
-        loaded_at_ms: now,
-    })
-}
-
-fn e2e_state(
-    text: &str,
-    source: String,
-    modified: Option<u64>,
-    running: &Running,
-) -> Result<E2eState, String> {
-    let table = E2eTable::parse(text).map_err(|e| format!("{source}: {e}"))?;
-    if let Some(e) = &running.e2e {
-        if table.groups() != e.group_names.as_slice() {
-            return Err(format!(
-                "{source}: groups {:?} are not the e2e filter's groups {:?}",
-                table.groups(),
-                e.group_names
-            ));
-        }
-    }
-    let now = now_ms();
-    Ok(Loaded {
-        made_at_ms: table.generated_at_ms().or(modified).unwrap_or(now),
-        table,
-        source,
-        loaded_at_ms: now,
-    })
-}
-
 fn httpdate_ms(v: &str) -> Option<u64> {
     humantime::parse_rfc3339_weak(v)
         .ok()
         .or_else(|| parse_imf_fixdate(v))
         .and_then(system_time_ms)
 }
-
 /// `Sun, 06 Nov 1994 08:49:37 GMT`, the HTTP date format.
 fn parse_imf_fixdate(v: &str) -> Option<SystemTime> {
     let parts: Vec<&str> = v.split_whitespace().collect();
@@ -247,6 +193,95 @@ fn parse_imf_fixdate(v: &str) -> Option<SystemTime> {
         parts[4]
     );
     humantime::parse_rfc3339(&text).ok()
+}
+
+/// A table and what is known of its age: its own `generated_at_ms`, else the file's or the
+/// response's modification time, else now.
+fn loaded<T>(table: T, generated: Option<u64>, source: String, modified: Option<u64>) -> Loaded<T> {
+    let now = now_ms();
+    Loaded {
+        made_at_ms: generated.or(modified).unwrap_or(now),
+        table,
+        source,
+        loaded_at_ms: now,
+    }
+}
+
+/// Load a k-table file.
+pub fn load_ktable_file(path: &Path) -> Result<KTableState, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let table = KTable::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let generated = table.generated_at_ms();
+    Ok(loaded(
+        table,
+        generated,
+        path.display().to_string(),
+        modified_ms(path),
+    ))
+}
+
+/// Check that an e2e table names the e2e filter's groups, in order.
+fn e2e_groups_match(table: &E2eTable, running: &Running) -> Result<(), String> {
+    match &running.e2e {
+        Some(e) if table.groups() != e.group_names.as_slice() => Err(format!(
+            "groups {:?} are not the e2e filter's groups {:?}",
+            table.groups(),
+            e.group_names
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A parsed and checked table with its `generated_at_ms`, or why not.
+type Parsed<T> = Result<(T, Option<u64>), String>;
+
+/// How one kind of table is parsed, described and installed.
+struct TableKind<'a, T> {
+    what: &'a str,
+    counter: &'a prometheus::IntCounterVec,
+    /// Parse and check the text; the table and its `generated_at_ms`.
+    parse: &'a dyn Fn(&str) -> Parsed<T>,
+    describe: &'a dyn Fn(&T) -> String,
+    install: &'a dyn Fn(Option<Loaded<T>>),
+}
+
+/// Point `w` at `source`, look at it, and install what loads; a table that does not load
+/// leaves the running one in place.
+fn refresh<T>(
+    w: &mut Watched,
+    agent: &ureq::Agent,
+    source: Option<KTableSource>,
+    force: bool,
+    installed: bool,
+    kind: TableKind<'_, T>,
+) {
+    let mut installed = installed;
+    if w.set_source(source) {
+        // A different source: what was loaded from the old one no longer applies.
+        (kind.install)(None);
+        installed = false;
+    }
+    match w.check(agent, force || !installed) {
+        Change::Unchanged => {}
+        Change::New {
+            text,
+            source,
+            modified_ms,
+        } => match (kind.parse)(&text) {
+            Ok((table, generated)) => {
+                log::info!(
+                    "{} loaded from {source} ({})",
+                    kind.what,
+                    (kind.describe)(&table)
+                );
+                (kind.install)(Some(loaded(table, generated, source, modified_ms)));
+                kind.counter.with_label_values(&["ok"]).inc();
+                w.error = None;
+            }
+            Err(e) => failed(w, format!("{source}: {e}"), kind.what, kind.counter),
+        },
+        Change::Failed(e) => failed(w, e, kind.what, kind.counter),
+    }
 }
 
 /// The reloader thread's state.
@@ -374,95 +409,65 @@ impl Reloader {
         }
     }
 
-    /// Look at both table sources (pointing them at what the running config names first).
+    /// Look at every table source (pointed at what the running config names first).
     fn check_tables(&mut self, force: bool) {
         let running = self.state.config.load_full();
-        let metrics = self.state.metrics.clone();
-        if self
-            .ktable
-            .set_source(running.hydrus.as_ref().map(|h| h.ktable.clone()))
-        {
-            // A different source: what was loaded from the old one no longer applies.
-            self.state.set_ktable(None);
-        }
-        let kt_force = force || self.state.ktable.load().is_none();
-        match self.ktable.check(&self.agent, kt_force) {
-            Change::Unchanged => {}
-            Change::New {
-                text,
-                source,
-                modified_ms,
-            } => match ktable_state(&text, source, modified_ms) {
-                Ok(k) => {
-                    log::info!(
-                        "k-table loaded from {} ({} scenarios)",
-                        k.source,
-                        k.table.scenario_names().len()
-                    );
-                    self.state.set_ktable(Some(k));
-                    metrics.ktable_reloads.with_label_values(&["ok"]).inc();
-                    self.ktable.error = None;
-                }
-                Err(e) => failed(&mut self.ktable, e, "k-table", &metrics.ktable_reloads),
+        let (state, metrics) = (self.state.clone(), self.state.metrics.clone());
+        refresh(
+            &mut self.ktable,
+            &self.agent,
+            running.hydrus.as_ref().map(|h| h.ktable.clone()),
+            force,
+            state.ktable.load().is_some(),
+            TableKind {
+                what: "k-table",
+                counter: &metrics.ktable_reloads,
+                parse: &|text| {
+                    let t = KTable::parse(text).map_err(|e| e.to_string())?;
+                    let g = t.generated_at_ms();
+                    Ok((t, g))
+                },
+                describe: &|t: &KTable| format!("{} scenarios", t.scenario_names().len()),
+                install: &|t| state.set_ktable(t),
             },
-            Change::Failed(e) => failed(&mut self.ktable, e, "k-table", &metrics.ktable_reloads),
-        }
-        if self
-            .e2e
-            .set_source(running.e2e.as_ref().map(|e| e.table.clone()))
-        {
-            self.state.set_e2e(None);
-        }
-        let e2e_force = force || self.state.e2e.load().is_none();
-        match self.e2e.check(&self.agent, e2e_force) {
-            Change::Unchanged => {}
-            Change::New {
-                text,
-                source,
-                modified_ms,
-            } => match e2e_state(&text, source, modified_ms, &running) {
-                Ok(t) => {
-                    log::info!(
-                        "e2e table loaded from {} ({} buckets)",
-                        t.source,
-                        t.table.buckets()
-                    );
-                    self.state.set_e2e(Some(t));
-                    metrics.e2e_reloads.with_label_values(&["ok"]).inc();
-                    self.e2e.error = None;
-                }
-                Err(e) => failed(&mut self.e2e, e, "e2e table", &metrics.e2e_reloads),
+        );
+        refresh(
+            &mut self.e2e,
+            &self.agent,
+            running.e2e.as_ref().map(|e| e.table.clone()),
+            force,
+            state.e2e.load().is_some(),
+            TableKind {
+                what: "e2e table",
+                counter: &metrics.e2e_reloads,
+                parse: &|text| {
+                    let t = E2eTable::parse(text).map_err(|e| e.to_string())?;
+                    e2e_groups_match(&t, &running)?;
+                    let g = t.generated_at_ms();
+                    Ok((t, g))
+                },
+                describe: &|t: &E2eTable| format!("{} buckets", t.buckets()),
+                install: &|t| state.set_e2e(t),
             },
-            Change::Failed(e) => failed(&mut self.e2e, e, "e2e table", &metrics.e2e_reloads),
-        }
-        if self
-            .hedge
-            .set_source(running.hedge.as_ref().map(|h| h.table.clone()))
-        {
-            self.state.set_hedge(None);
-        }
-        let hedge_force = force || self.state.hedge.load().is_none();
-        match self.hedge.check(&self.agent, hedge_force) {
-            Change::Unchanged => {}
-            Change::New {
-                text,
-                source,
-                modified_ms,
-            } => match hedge_state(&text, source, modified_ms) {
-                Ok(t) => {
-                    log::info!(
-                        "hedge table loaded from {} (budget {})",
-                        t.source,
-                        t.table.budget()
-                    );
-                    self.state.set_hedge(Some(t));
-                    metrics.hedge_reloads.with_label_values(&["ok"]).inc();
-                    self.hedge.error = None;
-                }
-                Err(e) => failed(&mut self.hedge, e, "hedge table", &metrics.hedge_reloads),
+        );
+        refresh(
+            &mut self.hedge,
+            &self.agent,
+            running.hedge.as_ref().map(|h| h.table.clone()),
+            force,
+            state.hedge.load().is_some(),
+            TableKind {
+                what: "hedge table",
+                counter: &metrics.hedge_reloads,
+                parse: &|text| {
+                    let t = HedgeTable::parse(text).map_err(|e| e.to_string())?;
+                    let g = t.generated_at_ms();
+                    Ok((t, g))
+                },
+                describe: &|t: &HedgeTable| format!("budget {}", t.budget()),
+                install: &|t| state.set_hedge(t),
             },
-            Change::Failed(e) => failed(&mut self.hedge, e, "hedge table", &metrics.hedge_reloads),
-        }
+        );
     }
 
     /// Run until a `Stop` trigger arrives or every sender is gone.

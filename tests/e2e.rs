@@ -5,9 +5,8 @@
 mod common;
 
 use common::*;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 /// QoE of a total delay, as in the config below.
 fn qoe(total_ms: f64) -> f64 {
@@ -26,45 +25,15 @@ fn external(i: usize) -> f64 {
 
 /// `n` requests from 6 threads; returns (external delay, client-measured ms, status).
 fn load(h: &Hydrus, n: usize) -> Vec<(f64, f64, u16)> {
-    let next = Arc::new(AtomicUsize::new(0));
-    let out = Arc::new(Mutex::new(Vec::new()));
-    let threads: Vec<_> = (0..6)
-        .map(|_| {
-            let (next, out, url) = (next.clone(), out.clone(), h.url("/page"));
-            std::thread::spawn(move || {
-                let deadline = Instant::now() + Duration::from_secs(120);
-                loop {
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    if i >= n || Instant::now() > deadline {
-                        return;
-                    }
-                    let ext = external(i);
-                    let t = Instant::now();
-                    let status = get_with(
-                        &url,
-                        &[
-                            ("x-user-id", &format!("u{i}")),
-                            ("x-external-delay-ms", &format!("{ext}")),
-                        ],
-                    )
-                    .map_or_else(
-                        |e| {
-                            eprintln!("request failed: {e}");
-                            0
-                        },
-                        |r| r.0,
-                    );
-                    out.lock()
-                        .unwrap()
-                        .push((ext, t.elapsed().as_secs_f64() * 1000.0, status));
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
-    Arc::try_unwrap(out).unwrap().into_inner().unwrap()
+    requests(&h.url("/page"), n, 6, |i| {
+        vec![
+            ("x-user-id", format!("u{i}")),
+            ("x-external-delay-ms", format!("{}", external(i))),
+        ]
+    })
+    .into_iter()
+    .map(|s| (external(s.i), s.ms(), s.status))
+    .collect()
 }
 
 fn mean_qoe(r: &[(f64, f64, u16)]) -> f64 {

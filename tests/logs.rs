@@ -8,8 +8,6 @@ mod common;
 use common::*;
 use hydrus_filters::LogRecord;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn template(upstream: &Upstream, log: &str) -> String {
@@ -59,42 +57,18 @@ fn start(upstream: &Upstream, log: &str) -> Hydrus {
 /// Send `n` requests from `threads` threads with request ids `{prefix}-{i}`; returns each
 /// request's status and latency.
 fn send_n(h: &Hydrus, prefix: &str, n: usize, threads: usize) -> Vec<(u16, Duration)> {
-    let next = Arc::new(AtomicUsize::new(0));
-    let url = h.url("/rank");
-    let handles: Vec<_> = (0..threads)
-        .map(|_| {
-            let (next, url, prefix) = (next.clone(), url.clone(), prefix.to_string());
-            std::thread::spawn(move || {
-                let mut out = Vec::new();
-                let deadline = Instant::now() + Duration::from_secs(120);
-                loop {
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    if i >= n || Instant::now() > deadline {
-                        return out;
-                    }
-                    let id = format!("{prefix}-{i}");
-                    let user = format!("user-{}", i % 997);
-                    let qoe = format!("{:.3}", (i % 100) as f64 / 100.0);
-                    let t = Instant::now();
-                    let status = get_with(
-                        &url,
-                        &[
-                            ("x-request-id", &id),
-                            ("x-user-id", &user),
-                            ("x-device-id", "d1"),
-                            ("x-qoe-score", &qoe),
-                        ],
-                    )
-                    .map_or(0, |r| r.0);
-                    out.push((status, t.elapsed()));
-                }
-            })
-        })
-        .collect();
-    handles
-        .into_iter()
-        .flat_map(|t| t.join().unwrap())
-        .collect()
+    let prefix = prefix.to_string();
+    requests(&h.url("/rank"), n, threads, move |i| {
+        vec![
+            ("x-request-id", format!("{prefix}-{i}")),
+            ("x-user-id", format!("user-{}", i % 997)),
+            ("x-device-id", "d1".to_string()),
+            ("x-qoe-score", format!("{:.3}", (i % 100) as f64 / 100.0)),
+        ]
+    })
+    .into_iter()
+    .map(|s| (s.status, s.latency))
+    .collect()
 }
 
 fn percentile(results: &[(u16, Duration)], p: f64) -> Duration {

@@ -691,3 +691,63 @@ pub fn read_records(dir: &Path) -> Vec<hydrus_filters::LogRecord> {
     }
     out
 }
+
+/// One request of [`requests`]: its index, status (0 when it failed) and client-side latency.
+#[derive(Debug, Clone, Copy)]
+pub struct Sent {
+    pub i: usize,
+    pub status: u16,
+    pub latency: Duration,
+}
+
+impl Sent {
+    pub fn ms(&self) -> f64 {
+        self.latency.as_secs_f64() * 1000.0
+    }
+}
+
+/// `n` GETs of `url` from `threads` threads, request `i` with the headers `headers(i)`;
+/// bounded to two minutes. Results in completion order.
+pub fn requests(
+    url: &str,
+    n: usize,
+    threads: usize,
+    headers: impl Fn(usize) -> Vec<(&'static str, String)> + Send + Sync + 'static,
+) -> Vec<Sent> {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let headers = Arc::new(headers);
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (next, url, headers) = (next.clone(), url.to_string(), headers.clone());
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                let deadline = Instant::now() + Duration::from_secs(120);
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= n || Instant::now() > deadline {
+                        return out;
+                    }
+                    let h = headers(i);
+                    let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                    let t = Instant::now();
+                    let status = get_with(&url, &h).map_or_else(
+                        |e| {
+                            eprintln!("request {i} failed: {e}");
+                            0
+                        },
+                        |r| r.0,
+                    );
+                    out.push(Sent {
+                        i,
+                        status,
+                        latency: t.elapsed(),
+                    });
+                }
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect()
+}
