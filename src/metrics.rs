@@ -257,7 +257,7 @@ pub struct Handles {
     rows: usize,
     default_slot: usize,
     other_slot: usize,
-    /// The default strategy, for chains without a hydrus filter.
+    /// Upstream time by strategy (one `default` entry for chains without a hydrus filter).
     pub upstream_by_strategy: Vec<Histogram>,
     pub request_by_group: [Histogram; 2],
     fallbacks: Vec<IntCounter>,
