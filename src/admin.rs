@@ -47,7 +47,7 @@ impl Admin {
             "loaded_at_ms": k.loaded_at_ms,
             "made_at_ms": k.made_at_ms,
             "age_seconds": k.age(now).as_secs_f64(),
-            "stale": State::ktable_stale(&running, &k, now),
+            "stale": k.stale(running.hydrus.as_ref().and_then(|h| h.ktable.max_age), now),
             "window_secs": k.table.window_secs(),
             "current_window": window,
             "current_k": current,

@@ -144,7 +144,7 @@ impl Proxy {
             };
             let stale = ktable
                 .as_ref()
-                .is_some_and(|k| State::ktable_stale(&running, k, ctx.ts_ms));
+                .is_some_and(|k| k.stale(hy.ktable.max_age, ctx.ts_ms));
             let d = hy
                 .filter
                 .decide(ctx.group, &inputs, ktable.as_ref().map(|k| &k.table), stale);
@@ -161,7 +161,7 @@ impl Proxy {
             let table = self.state.e2e.load_full();
             let stale = table
                 .as_ref()
-                .is_some_and(|t| State::e2e_stale(&running, t, ctx.ts_ms));
+                .is_some_and(|t| t.stale(e.table.max_age, ctx.ts_ms));
             let d = e2e::decide(
                 header(req, &e.header),
                 table.as_ref().map(|t| &t.table),
@@ -362,7 +362,7 @@ impl Proxy {
         };
         self.state.hedge_budget.earn();
         let table = self.state.hedge.load_full();
-        let Some(table) = table.filter(|t| !State::hedge_stale(&running, t, ctx.ts_ms)) else {
+        let Some(table) = table.filter(|t| !t.stale(h.table.max_age, ctx.ts_ms)) else {
             return Ok(false);
         };
         let Some(route) = route_name(&running, ctx) else {

@@ -30,6 +30,11 @@ pub type E2eState = Loaded<E2eTable>;
 pub type HedgeState = Loaded<HedgeTable>;
 
 impl<T> Loaded<T> {
+    /// Whether it is older than `max_age` (never, without one).
+    pub fn stale(&self, max_age: Option<Duration>, now_ms: u64) -> bool {
+        max_age.is_some_and(|max| self.age(now_ms) > max)
+    }
+
     pub fn age(&self, now_ms: u64) -> Duration {
         Duration::from_millis(now_ms.saturating_sub(self.made_at_ms))
     }
@@ -155,33 +160,9 @@ impl State {
         self.refresh_gauges();
     }
 
-    /// Whether the running hedge table is older than the configured `max_age`.
-    pub fn hedge_stale(running: &Running, t: &HedgeState, now_ms: u64) -> bool {
-        match running.hedge.as_ref().and_then(|h| h.table.max_age) {
-            Some(max) => t.age(now_ms) > max,
-            None => false,
-        }
-    }
-
     pub fn set_e2e(&self, t: Option<E2eState>) {
         self.e2e.store(t.map(Arc::new));
         self.refresh_gauges();
-    }
-
-    /// Whether the running k-table is older than the configured `max_age`.
-    pub fn ktable_stale(running: &Running, k: &KTableState, now_ms: u64) -> bool {
-        match running.hydrus.as_ref().and_then(|h| h.ktable.max_age) {
-            Some(max) => k.age(now_ms) > max,
-            None => false,
-        }
-    }
-
-    /// Whether the running e2e table is older than the configured `max_age`.
-    pub fn e2e_stale(running: &Running, t: &E2eState, now_ms: u64) -> bool {
-        match running.e2e.as_ref().and_then(|e| e.table.max_age) {
-            Some(max) => t.age(now_ms) > max,
-            None => false,
-        }
     }
 
     /// Update the k-table gauges: age, and `k` of the current window per scenario.
