@@ -127,6 +127,8 @@ fn bench(c: &mut Criterion) {
         cluster_load: Some(7),
         e2e_bucket: Some(3),
         hedge: None,
+        scenario_raw: None,
+        error: None,
     };
     let mut buf = Vec::with_capacity(1024);
     c.bench_function("log_record_encode/8", |b| {

@@ -56,10 +56,54 @@ impl Admin {
     }
 }
 
+/// Whether a librdkafka property may hold a secret (its value is not shown by `/config`).
+fn secret_property(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["password", "secret", "token", "jaas", "key", "credential"]
+        .iter()
+        .any(|w| k.contains(w))
+}
+
+const REDACTED: &str = "<redacted>";
+
+/// The running config as `/config` shows it: secrets and the rollout salt (which would let a
+/// client pick user ids that land in treatment) replaced.
+pub fn redacted_config(config: &crate::config::Config) -> serde_json::Value {
+    let mut v = serde_json::to_value(config).unwrap_or_default();
+    if let Some(filters) = v.get_mut("filters").and_then(|f| f.as_array_mut()) {
+        for f in filters {
+            if let Some(salt) = f.pointer_mut("/rollout/salt") {
+                *salt = json!(REDACTED);
+            }
+            if let Some(props) = f
+                .pointer_mut("/log/kafka/properties")
+                .and_then(|p| p.as_object_mut())
+            {
+                for (k, val) in props.iter_mut() {
+                    if secret_property(k) {
+                        *val = json!(REDACTED);
+                    }
+                }
+            }
+        }
+    }
+    v
+}
+
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let path = session.req_header().uri.path().to_string();
+        let req = session.req_header();
+        if !matches!(req.method, http::Method::GET | http::Method::HEAD) {
+            let mut r = json_reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                json!({"error": "only GET and HEAD are allowed"}),
+            );
+            r.headers_mut()
+                .insert("allow", http::HeaderValue::from_static("GET, HEAD"));
+            return r;
+        }
+        let path = req.uri.path().to_string();
         match path.as_str() {
             "/metrics" => {
                 self.state.refresh_gauges();
@@ -84,7 +128,7 @@ impl ServeHttp for Admin {
                 let r = self.state.config.load();
                 json_reply(
                     StatusCode::OK,
-                    json!({"file": r.file, "threads": r.threads, "config": r.source}),
+                    json!({"file": r.file, "threads": r.threads, "config": redacted_config(&r.source)}),
                 )
             }
             "/ktable" => match self.ktable_json() {
@@ -99,5 +143,39 @@ impl ServeHttp for Admin {
                 json!({"error": "not found", "endpoints": ["/metrics", "/ready", "/config", "/ktable"]}),
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_and_the_salt_are_redacted() {
+        let text = r#"
+listen: 127.0.0.1:8080
+clusters:
+  a:
+    endpoints: ["127.0.0.1:1"]
+route:
+  cluster: a
+filters:
+  - rollout: { percent: 5, salt: pepper }
+  - log:
+      kafka:
+        brokers: 127.0.0.1:9092
+        topic: t
+        properties:
+          sasl.password: hunter2
+          sasl.oauthbearer.client.secret: s2
+          acks: all
+"#;
+        let r = crate::config::load_str(std::path::Path::new("h.yaml"), text).expect("valid");
+        let v = redacted_config(&r.source).to_string();
+        for secret in ["pepper", "hunter2", "s2\""] {
+            assert!(!v.contains(secret), "{secret} in {v}");
+        }
+        assert!(v.contains(r#""acks":"all""#), "{v}");
+        assert!(v.contains(REDACTED));
     }
 }

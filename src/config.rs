@@ -4,6 +4,7 @@
 //! Every error names the file, line and column, and the path of the field at fault, as
 //! `envoy --mode validate` does. Unknown fields are errors.
 
+pub use crate::cluster::{Cluster, ClusterConfig};
 use crate::locate::Locator;
 use http::{HeaderName, HeaderValue};
 use hydrus_filters::{HydrusFilter, QoeRange, Rollout, Strategy, StrategySet};
@@ -13,6 +14,9 @@ use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// Most scenarios a config may declare (each labels metric series).
+pub const MAX_SCENARIOS: usize = 256;
 
 /// The configuration file as written.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -30,6 +34,9 @@ pub struct Config {
     pub demo_upstream: Option<DemoConfig>,
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// Protection of the proxy's listener: connections, idle and header deadlines, sizes.
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// Upstream clusters by name.
     pub clusters: BTreeMap<String, ClusterConfig>,
     /// Where requests go when no filter says otherwise.
@@ -110,31 +117,33 @@ fn default_upgrade_sock() -> String {
     "/tmp/hydrus_upgrade.sock".into()
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClusterConfig {
-    /// `HOST:PORT` of each endpoint; requests are spread round-robin.
-    pub endpoints: Vec<String>,
-    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
-    pub connect_timeout: Duration,
-    /// Longest wait for each read from the upstream.
-    #[serde(default = "default_read_timeout", with = "humantime_serde")]
-    pub read_timeout: Duration,
-    /// How long an idle upstream connection is kept for reuse.
-    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Open client connections at most; default: from the open-file limit (half of what is left
+    /// after a reserve for upstream, admin and log files). At the cap, the longest-idle
+    /// keep-alive connections are closed to admit new ones; with none idle, new ones are refused.
+    pub max_connections: Option<usize>,
+    /// A keep-alive connection with no request for this long is closed.
+    #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// A request header must arrive whole within this long of its first byte (of the
+    /// connection's opening, for the first request).
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Larger request headers (request line and fields) are answered 431.
+    pub max_request_header_bytes: usize,
 }
 
-fn default_connect_timeout() -> Duration {
-    Duration::from_secs(1)
-}
-
-fn default_read_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-
-fn default_idle_timeout() -> Duration {
-    Duration::from_secs(60)
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: None,
+            idle_timeout: Duration::from_secs(60),
+            header_timeout: Duration::from_secs(10),
+            max_request_header_bytes: 64 << 10,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -211,6 +220,10 @@ pub struct HydrusConfig {
     /// `[min, max]` a QoE value must lie in; default `[0, 1]`.
     #[serde(default)]
     pub qoe_range: Option<[f64; 2]>,
+    /// The scenarios a request may name in the scenario header (besides `default`); without
+    /// this list, the k-table's rows. Other values are never used as a key.
+    #[serde(default)]
+    pub scenarios: Option<Vec<String>>,
     pub ktable: KTableSourceConfig,
     pub strategies: Vec<StrategyConfig>,
 }
@@ -350,6 +363,13 @@ pub struct LogConfig {
     pub file: Option<FileSinkConfig>,
     #[serde(default)]
     pub kafka: Option<KafkaSinkConfig>,
+    /// At shutdown, how long the sink may take to write what is queued.
+    #[serde(default = "default_drain", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+fn default_drain() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_queue() -> usize {
@@ -441,16 +461,6 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
-/// An upstream cluster, compiled.
-#[derive(Debug, Clone)]
-pub struct Cluster {
-    pub name: String,
-    pub endpoints: Vec<SocketAddr>,
-    pub connect_timeout: Duration,
-    pub read_timeout: Duration,
-    pub idle_timeout: Duration,
-}
-
 /// What applying a strategy does to the upstream request.
 #[derive(Debug, Clone)]
 pub struct StrategyAction {
@@ -471,12 +481,39 @@ pub struct Headers {
     pub scenario: HeaderName,
 }
 
+impl Headers {
+    /// The headers hydrus reads and forwards exactly as it read them.
+    pub fn all(&self) -> [&HeaderName; 5] {
+        [
+            &self.user_id,
+            &self.device_id,
+            &self.request_id,
+            &self.qoe,
+            &self.scenario,
+        ]
+    }
+}
+
+/// A header name as servers that fold `_` into `-` (CGI, WSGI, some proxies) see it.
+pub fn normalized(name: &HeaderName) -> std::borrow::Cow<'_, str> {
+    let s = name.as_str();
+    if s.contains('_') {
+        std::borrow::Cow::Owned(s.replace('_', "-"))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
 /// The hydrus filter, compiled.
 #[derive(Debug, Clone)]
 pub struct HydrusRuntime {
     pub filter: HydrusFilter,
     pub actions: Vec<StrategyAction>,
     pub ktable: KTableSource,
+    /// Every header any strategy sets: removed from what the client sent on every request.
+    pub owned_headers: Vec<HeaderName>,
+    /// Every query key any strategy sets: likewise.
+    pub owned_query: Vec<String>,
 }
 
 /// Where the k-table comes from, with relative paths resolved.
@@ -505,6 +542,7 @@ pub struct E2eRuntime {
 pub struct LogRuntime {
     pub queue_capacity: usize,
     pub sink: SinkConfig,
+    pub drain_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -521,7 +559,7 @@ pub struct Running {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub threads: usize,
-    pub clusters: Vec<Cluster>,
+    pub clusters: Vec<std::sync::Arc<Cluster>>,
     pub default_cluster: usize,
     pub headers: Headers,
     pub rollout: Option<Rollout>,
@@ -531,8 +569,9 @@ pub struct Running {
     pub hedge: Option<HedgeRuntime>,
     pub log: Option<LogRuntime>,
     pub pid_file: PathBuf,
-    /// Requests in flight per cluster (this config generation's requests).
-    pub inflight: std::sync::Arc<Vec<std::sync::atomic::AtomicUsize>>,
+    pub limits: LimitsConfig,
+    /// Warnings that do not stop the config from loading (`hydrus check` prints them).
+    pub warnings: Vec<ConfigError>,
 }
 
 impl Running {
@@ -545,19 +584,29 @@ struct Checker<'a> {
     file: &'a Path,
     locator: Locator,
     errors: Vec<ConfigError>,
+    warnings: Vec<ConfigError>,
 }
 
 impl Checker<'_> {
-    fn error(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        let field = field.into();
+    fn at(&self, field: String, message: String) -> ConfigError {
         let at = self.locator.find(&field);
-        self.errors.push(ConfigError {
+        ConfigError {
             file: self.file.to_path_buf(),
             line: at.map(|a| a.0),
             column: at.map(|a| a.1),
             field: Some(field),
-            message: message.into(),
-        });
+            message,
+        }
+    }
+
+    fn error(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        let e = self.at(field.into(), message.into());
+        self.errors.push(e);
+    }
+
+    fn warn(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        let w = self.at(field.into(), message.into());
+        self.warnings.push(w);
     }
 
     fn socket(&mut self, field: &str, text: &str) -> Option<SocketAddr> {
@@ -657,9 +706,25 @@ fn compile(file: &Path, text: &str, source: Config) -> Result<Running, ConfigErr
         file,
         locator: Locator::new(text),
         errors: Vec::new(),
+        warnings: Vec::new(),
     };
     let listen = c.socket("listen", &source.listen);
     let admin_listen = c.socket("admin.listen", &source.admin.listen);
+    if admin_listen.is_some_and(|a| !a.ip().is_loopback()) {
+        c.warn(
+            "admin.listen",
+            "not a loopback address: /config, /metrics and /ktable are open to the network",
+        );
+    }
+    let l = &source.limits;
+    if l.max_connections == Some(0) {
+        c.error("limits.max_connections", "must be at least 1");
+    }
+    c.duration_positive("limits.idle_timeout", l.idle_timeout);
+    c.duration_positive("limits.header_timeout", l.header_timeout);
+    if l.max_request_header_bytes < 1024 {
+        c.error("limits.max_request_header_bytes", "must be at least 1024");
+    }
     if let Some(demo) = &source.demo_upstream {
         c.socket("demo_upstream.listen", &demo.listen);
     }
@@ -684,28 +749,9 @@ fn compile(file: &Path, text: &str, source: Config) -> Result<Running, ConfigErr
         c.error("clusters", "at least one cluster is needed");
     }
     for (name, cc) in &source.clusters {
-        let field = format!("clusters.{name}");
-        if cc.endpoints.is_empty() {
-            c.error(
-                format!("{field}.endpoints"),
-                "at least one endpoint is needed",
-            );
+        if let Some(cluster) = compile_cluster(&mut c, name, cc) {
+            clusters.push(std::sync::Arc::new(cluster));
         }
-        let mut endpoints = Vec::new();
-        for (i, e) in cc.endpoints.iter().enumerate() {
-            if let Some(a) = c.resolve(&format!("{field}.endpoints[{i}]"), e) {
-                endpoints.push(a);
-            }
-        }
-        c.duration_positive(&format!("{field}.connect_timeout"), cc.connect_timeout);
-        c.duration_positive(&format!("{field}.read_timeout"), cc.read_timeout);
-        clusters.push(Cluster {
-            name: name.clone(),
-            endpoints,
-            connect_timeout: cc.connect_timeout,
-            read_timeout: cc.read_timeout,
-            idle_timeout: cc.idle_timeout,
-        });
     }
     let cluster_index = |name: &str| clusters.iter().position(|cl| cl.name == name);
     let default_cluster = cluster_index(&source.route.cluster).unwrap_or_else(|| {
@@ -772,7 +818,15 @@ fn compile(file: &Path, text: &str, source: Config) -> Result<Running, ConfigErr
                         "hydrus must come before e2e in the chain (e2e picks the replica last)",
                     );
                 }
-                hydrus = compile_hydrus(&mut c, file, &field, hc, &cluster_index, default_cluster);
+                hydrus = compile_hydrus(
+                    &mut c,
+                    file,
+                    &field,
+                    hc,
+                    &cluster_index,
+                    default_cluster,
+                    &headers,
+                );
             }
             FilterConfig::E2e(ec) => {
                 e2e = compile_e2e(&mut c, file, &field, ec, &cluster_index);
@@ -841,9 +895,11 @@ fn compile(file: &Path, text: &str, source: Config) -> Result<Running, ConfigErr
                 if lc.queue_capacity == 0 {
                     c.error(format!("{field}.queue_capacity"), "must be at least 1");
                 }
+                c.duration_positive(&format!("{field}.drain_timeout"), lc.drain_timeout);
                 log = sink.map(|sink| LogRuntime {
                     queue_capacity: lc.queue_capacity.max(1),
                     sink,
+                    drain_timeout: lc.drain_timeout,
                 });
             }
         }
@@ -860,16 +916,13 @@ fn compile(file: &Path, text: &str, source: Config) -> Result<Running, ConfigErr
         Some(p) => relative_to(file, p),
         None => PathBuf::from(format!("/tmp/hydrus-{}.pid", listen.port())),
     };
-    let inflight = std::sync::Arc::new(
-        (0..clusters.len())
-            .map(|_| std::sync::atomic::AtomicUsize::new(0))
-            .collect(),
-    );
+    let warnings = std::mem::take(&mut c.warnings);
     Ok(Running {
         pid_file,
         e2e,
         hedge,
-        inflight,
+        limits: source.limits.clone(),
+        warnings,
         file: file.to_path_buf(),
         source,
         listen,
@@ -883,6 +936,93 @@ fn compile(file: &Path, text: &str, source: Config) -> Result<Running, ConfigErr
         hydrus,
         log,
     })
+}
+
+fn compile_cluster(c: &mut Checker<'_>, name: &str, cc: &ClusterConfig) -> Option<Cluster> {
+    let before = c.errors.len();
+    let field = format!("clusters.{name}");
+    if cc.endpoints.is_empty() {
+        c.error(
+            format!("{field}.endpoints"),
+            "at least one endpoint is needed",
+        );
+    }
+    let mut endpoints: Vec<SocketAddr> = Vec::new();
+    for (i, e) in cc.endpoints.iter().enumerate() {
+        let f = format!("{field}.endpoints[{i}]");
+        if let Some(a) = c.resolve(&f, e) {
+            if endpoints.contains(&a) {
+                c.error(f, format!("`{e}` ({a}) is listed twice"));
+            } else {
+                endpoints.push(a);
+            }
+        }
+    }
+    if endpoints.len() > u16::MAX as usize {
+        c.error(format!("{field}.endpoints"), "at most 65535 endpoints");
+    }
+    c.duration_positive(&format!("{field}.connect_timeout"), cc.connect_timeout);
+    c.duration_positive(&format!("{field}.read_timeout"), cc.read_timeout);
+    if let Some(hc) = &cc.health_check {
+        let f = format!("{field}.health_check");
+        c.duration_positive(&format!("{f}.interval"), hc.interval);
+        c.duration_positive(&format!("{f}.timeout"), hc.timeout);
+        if hc.healthy_threshold == 0 {
+            c.error(format!("{f}.healthy_threshold"), "must be at least 1");
+        }
+        if hc.unhealthy_threshold == 0 {
+            c.error(format!("{f}.unhealthy_threshold"), "must be at least 1");
+        }
+        if let Some(p) = &hc.path {
+            if !p.starts_with('/') || http::uri::PathAndQuery::try_from(p.as_str()).is_err() {
+                c.error(
+                    format!("{f}.path"),
+                    format!("`{p}` is not an absolute request path"),
+                );
+            }
+        }
+        if let Some(h) = &hc.host {
+            if HeaderValue::from_str(h).is_err() {
+                c.error(
+                    format!("{f}.host"),
+                    format!("`{h}` is not a valid Host value"),
+                );
+            }
+        }
+    }
+    let o = &cc.outlier;
+    if o.max_ejection_percent > 100 {
+        c.error(
+            format!("{field}.outlier.max_ejection_percent"),
+            "must be 0-100",
+        );
+    }
+    if o.consecutive_failures > 0 {
+        c.duration_positive(
+            &format!("{field}.outlier.base_ejection_time"),
+            o.base_ejection_time,
+        );
+        if o.max_ejection_time < o.base_ejection_time {
+            c.error(
+                format!("{field}.outlier.max_ejection_time"),
+                "must be at least base_ejection_time",
+            );
+        }
+    }
+    let r = &cc.retry;
+    if r.attempts > crate::cluster::MAX_RETRIES {
+        c.error(
+            format!("{field}.retry.attempts"),
+            format!("at most {}", crate::cluster::MAX_RETRIES),
+        );
+    }
+    if !(r.budget_percent.is_finite() && (0.0..=100.0).contains(&r.budget_percent)) {
+        c.error(format!("{field}.retry.budget_percent"), "must be 0-100");
+    }
+    if c.errors.len() > before {
+        return None;
+    }
+    Some(Cluster::new(name, cc.clone(), endpoints))
 }
 
 fn table_source(
@@ -990,6 +1130,7 @@ fn compile_hydrus(
     hc: &HydrusConfig,
     cluster_index: &dyn Fn(&str) -> Option<usize>,
     default_cluster: usize,
+    identity: &Headers,
 ) -> Option<HydrusRuntime> {
     let errors_before = c.errors.len();
     let strategies: Vec<Strategy> = hc
@@ -1043,8 +1184,19 @@ fn compile_hydrus(
             let Some(hn) = c.header_name(&hf, name) else {
                 continue;
             };
-            if hn.as_str().starts_with("x-hydrus-") {
+            if normalized(&hn).starts_with("x-hydrus-") {
                 c.error(&hf, "x-hydrus-* headers are set by hydrus itself");
+                continue;
+            }
+            if identity
+                .all()
+                .iter()
+                .any(|h| normalized(h) == normalized(&hn))
+            {
+                c.error(
+                    &hf,
+                    "a header hydrus reads (user id, device id, request id, QoE, scenario) cannot be set by a strategy",
+                );
                 continue;
             }
             match HeaderValue::from_str(value) {
@@ -1086,14 +1238,56 @@ fn compile_hydrus(
             QoeRange { min, max }
         }
     };
+    if let Some(list) = &hc.scenarios {
+        for (i, name) in list.iter().enumerate() {
+            let f = format!("{field}.scenarios[{i}]");
+            if name.is_empty()
+                || name.len() > 64
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+            {
+                c.error(
+                    f,
+                    format!("`{name}`: use 1-64 letters, digits, `_`, `-` or `.`"),
+                );
+            } else if name == crate::metrics::SCENARIO_OTHER {
+                c.error(f, "`other` is reserved: it labels undeclared scenarios");
+            } else if list[..i].contains(name) {
+                c.error(f, format!("`{name}` is listed twice"));
+            }
+        }
+        if list.len() > MAX_SCENARIOS {
+            c.error(
+                format!("{field}.scenarios"),
+                format!("at most {MAX_SCENARIOS} scenarios"),
+            );
+        }
+    }
     let ktable = table_source(c, file, &format!("{field}.ktable"), &hc.ktable);
     if c.errors.len() > errors_before {
         return None;
     }
+    let mut owned_headers: Vec<HeaderName> = Vec::new();
+    let mut owned_query: Vec<String> = Vec::new();
+    for a in &actions {
+        for (name, _) in &a.headers {
+            if !owned_headers.contains(name) {
+                owned_headers.push(name.clone());
+            }
+        }
+        for (k, _) in &a.query {
+            if !owned_query.contains(k) {
+                owned_query.push(k.clone());
+            }
+        }
+    }
     Some(HydrusRuntime {
-        filter: HydrusFilter::new(set?, qoe_range),
+        filter: HydrusFilter::new(set?, qoe_range).with_scenarios(hc.scenarios.clone()),
         actions,
         ktable,
+        owned_headers,
+        owned_query,
     })
 }
 

@@ -106,6 +106,10 @@ impl Sink for KafkaSink {
         false
     }
 
+    fn buffered(&self) -> usize {
+        self.producer.in_flight_count().max(0) as usize
+    }
+
     fn close(&mut self) -> Result<(), SinkError> {
         let left = self.producer.in_flight_count();
         self.producer

@@ -6,8 +6,12 @@
 //! sinks, the offline solver and the simulator.
 
 pub mod admin;
+pub mod clock;
+pub mod cluster;
 pub mod config;
+pub mod conns;
 pub mod demo;
+pub mod health;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod locate;

@@ -41,27 +41,59 @@ impl LogQueue {
     }
 }
 
+/// What the request path and [`LogSink::shutdown`] tell the sink thread.
+#[derive(Default)]
+struct Control {
+    /// Drain what is queued, then close.
+    stop: AtomicBool,
+    /// The drain ran out of time: count what is left, say so, and end.
+    abandon: AtomicBool,
+    /// Records left unwritten when abandoned, and the sink's last error.
+    left: std::sync::Mutex<Option<(usize, String)>>,
+}
+
 /// The sink thread; [`LogSink::shutdown`] drains and closes it.
 pub struct LogSink {
-    stop: Arc<AtomicBool>,
+    control: Arc<Control>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl LogSink {
     /// Stop taking new records, write everything queued, close the sink. Returns when done or
-    /// after `timeout` (then what is left is reported in the log).
+    /// after `timeout`; then the records that could not be written are counted in the log.
     pub fn shutdown(mut self, timeout: Duration) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let deadline = Instant::now() + timeout;
+        self.control.stop.store(true, Ordering::SeqCst);
+        let Some(t) = self.thread.take() else {
+            return;
+        };
+        let wait = |limit: Duration| {
+            let deadline = Instant::now() + limit;
             while !t.is_finished() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
             }
-            if t.is_finished() {
+        };
+        wait(timeout);
+        if !t.is_finished() {
+            self.control.abandon.store(true, Ordering::SeqCst);
+            // The thread notices within one backoff, unless a write blocks it.
+            wait(Duration::from_secs(1));
+        }
+        let left = self
+            .control
+            .left
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        match (t.is_finished(), left) {
+            (true, None) => {
                 let _ = t.join();
-            } else {
-                log::error!("log sink did not drain within {timeout:?}; records may be lost");
             }
+            (_, Some((n, why))) => log::error!(
+                "log sink did not drain within {timeout:?}: {n} accepted record(s) not written ({why})"
+            ),
+            (false, None) => log::error!(
+                "log sink did not drain within {timeout:?} and is stuck in a write; queued records are lost"
+            ),
         }
     }
 }
@@ -80,6 +112,8 @@ pub trait Sink: Send {
     fn flush(&mut self) -> Result<(), SinkError>;
     /// Whether records are buffered and not yet written.
     fn has_buffered(&self) -> bool;
+    /// How many records are buffered and not yet written (or not yet delivered).
+    fn buffered(&self) -> usize;
     /// Flush, make durable, release.
     fn close(&mut self) -> Result<(), SinkError>;
     /// Called every loop turn: time-based flushing.
@@ -103,18 +137,22 @@ pub fn start(cfg: &LogRuntime, metrics: &Arc<Metrics>) -> Result<(LogQueue, LogS
         errors: metrics.log_sink_errors.with_label_values(&["write"]),
     };
     let sink: Box<dyn Sink> = match &cfg.sink {
-        SinkConfig::File(f) => Box::new(FileSink::new(f.clone(), counters.written.clone())),
+        SinkConfig::File(f) => Box::new(FileSink::new(
+            f.clone(),
+            counters.written.clone(),
+            cfg.queue_capacity,
+        )),
         #[cfg(feature = "kafka")]
         SinkConfig::Kafka(k) => Box::new(crate::kafka::KafkaSink::new(k, metrics)?),
         #[cfg(not(feature = "kafka"))]
         SinkConfig::Kafka(_) => return Err("built without the `kafka` feature".into()),
     };
-    let stop = Arc::new(AtomicBool::new(false));
+    let control = Arc::new(Control::default());
     let thread = {
-        let stop = stop.clone();
+        let control = control.clone();
         std::thread::Builder::new()
             .name("hydrus-log-sink".into())
-            .spawn(move || run(sink, rx, stop, counters))
+            .spawn(move || run(sink, rx, &control, counters))
             .map_err(|e| format!("cannot start the log sink thread: {e}"))?
     };
     let queue = LogQueue {
@@ -126,7 +164,7 @@ pub fn start(cfg: &LogRuntime, metrics: &Arc<Metrics>) -> Result<(LogQueue, LogS
     Ok((
         queue,
         LogSink {
-            stop,
+            control,
             thread: Some(thread),
         },
     ))
@@ -135,18 +173,28 @@ pub fn start(cfg: &LogRuntime, metrics: &Arc<Metrics>) -> Result<(LogQueue, LogS
 const TICK: Duration = Duration::from_millis(100);
 const BACKOFF: Duration = Duration::from_millis(200);
 
-fn run(mut sink: Box<dyn Sink>, rx: Receiver<LogRecord>, stop: Arc<AtomicBool>, c: Counters) {
+fn run(mut sink: Box<dyn Sink>, rx: Receiver<LogRecord>, control: &Control, c: Counters) {
     let mut held: Option<LogRecord> = None;
     let mut failing = false;
-    let note = |failing: &mut bool, e: SinkError| {
+    let mut last_error = String::new();
+    let mut note = |failing: &mut bool, e: SinkError| {
         if !*failing {
             log::error!("log sink failing, holding records and retrying: {}", e.0);
         }
         *failing = true;
         c.errors.inc();
+        last_error = e.0;
         std::thread::sleep(BACKOFF);
     };
     loop {
+        if control.abandon.load(Ordering::SeqCst) {
+            let left = rx.len() + usize::from(held.is_some()) + sink.buffered();
+            *control
+                .left
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((left, last_error));
+            return;
+        }
         let next = match held.take() {
             Some(r) => Some(r),
             None => match rx.recv_timeout(TICK) {
@@ -176,7 +224,7 @@ fn run(mut sink: Box<dyn Sink>, rx: Receiver<LogRecord>, stop: Arc<AtomicBool>, 
             log::info!("log sink recovered");
             failing = false;
         }
-        if stop.load(Ordering::SeqCst) && held.is_none() && rx.is_empty() {
+        if control.stop.load(Ordering::SeqCst) && held.is_none() && rx.is_empty() {
             match sink.flush() {
                 Ok(()) if !sink.has_buffered() => break,
                 Ok(()) => {}
@@ -202,6 +250,10 @@ pub struct FileSink {
     last_flush: Instant,
     seq: u64,
     written: IntCounter,
+    /// Records in `buf`; at most `max_buffered` (the queue's capacity), so records held here
+    /// while the disk fails are bounded like those in the queue.
+    buffered: usize,
+    max_buffered: usize,
 }
 
 struct OpenFile {
@@ -211,8 +263,9 @@ struct OpenFile {
     bytes: u64,
 }
 
-/// Write `buf` to `file`, keeping what did not get out; returns the lines that did.
-fn write_some(file: &mut File, buf: &mut Vec<u8>) -> io::Result<u64> {
+/// Write `buf` to `file`, keeping what did not get out; returns the lines that did get out
+/// (also when a later write failed) and how it ended.
+fn write_some(file: &mut File, buf: &mut Vec<u8>) -> (u64, io::Result<()>) {
     let mut done = 0;
     let result = loop {
         if done == buf.len() {
@@ -227,7 +280,7 @@ fn write_some(file: &mut File, buf: &mut Vec<u8>) -> io::Result<u64> {
     };
     let lines = buf[..done].iter().filter(|&&b| b == b'\n').count() as u64;
     buf.drain(..done);
-    result.map(|()| lines)
+    (lines, result)
 }
 
 /// `20261122T1845Z` for a Unix time in ms.
@@ -245,7 +298,7 @@ fn stamp(ms: u64) -> String {
 const FLUSH_BYTES: usize = 256 << 10;
 
 impl FileSink {
-    pub fn new(cfg: FileSinkConfig, written: IntCounter) -> Self {
+    pub fn new(cfg: FileSinkConfig, written: IntCounter, max_buffered: usize) -> Self {
         let window_ms = cfg.window.as_millis().max(1000) as u64;
         Self {
             cfg,
@@ -255,6 +308,8 @@ impl FileSink {
             last_flush: Instant::now(),
             seq: 0,
             written,
+            buffered: 0,
+            max_buffered: max_buffered.max(1),
         }
     }
 
@@ -266,11 +321,12 @@ impl FileSink {
             return Err(SinkError("no open file".into()));
         };
         let before = self.buf.len();
-        let r = write_some(&mut cur.file, &mut self.buf);
+        let (lines, r) = write_some(&mut cur.file, &mut self.buf);
         cur.bytes += (before - self.buf.len()) as u64;
+        self.written.inc_by(lines);
+        self.buffered = self.buffered.saturating_sub(lines as usize);
         match r {
-            Ok(lines) => {
-                self.written.inc_by(lines);
+            Ok(()) => {
                 self.last_flush = Instant::now();
                 Ok(())
             }
@@ -338,11 +394,14 @@ impl Sink for FileSink {
                 return Err((record, e));
             }
         }
-        record.encode_into(&mut self.buf);
-        if self.buf.len() >= FLUSH_BYTES {
-            // A failure here keeps the bytes; tick() retries them.
-            let _ = self.write_buf();
+        if self.buf.len() >= FLUSH_BYTES || self.buffered >= self.max_buffered {
+            // Full: what is buffered must get out before this record is taken.
+            if let Err(e) = self.write_buf() {
+                return Err((record, e));
+            }
         }
+        record.encode_into(&mut self.buf);
+        self.buffered += 1;
         Ok(())
     }
 
@@ -352,6 +411,10 @@ impl Sink for FileSink {
 
     fn has_buffered(&self) -> bool {
         !self.buf.is_empty()
+    }
+
+    fn buffered(&self) -> usize {
+        self.buffered
     }
 
     fn tick(&mut self) -> Result<(), SinkError> {
@@ -396,6 +459,8 @@ mod tests {
             cluster_load: None,
             e2e_bucket: None,
             hedge: None,
+            scenario_raw: None,
+            error: None,
         }
     }
 
@@ -434,7 +499,7 @@ mod tests {
             rotate_bytes: 4096,
             flush_interval: Duration::from_secs(1),
         };
-        let mut s = FileSink::new(cfg, written.clone());
+        let mut s = FileSink::new(cfg, written.clone(), 1000);
         for i in 0..200 {
             // two windows: 100 records each
             let ts = if i < 100 { 1_000 } else { 900_000 + 1_000 };
@@ -469,7 +534,7 @@ mod tests {
             rotate_bytes: 1 << 20,
             flush_interval: Duration::from_secs(1),
         };
-        let mut s = FileSink::new(cfg, m.log_records.with_label_values(&["written"]));
+        let mut s = FileSink::new(cfg, m.log_records.with_label_values(&["written"]), 1000);
         let (r, _) = s.accept(record(1, 1)).expect_err("cannot open");
         std::fs::remove_file(&logs).expect("rm");
         s.accept(r).map_err(|(_, e)| e.0).expect("recovered");

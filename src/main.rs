@@ -64,6 +64,9 @@ fn main() -> ExitCode {
         },
         Command::Check { config } => match hydrus::config::load(&config) {
             Ok(r) => {
+                for w in &r.warnings {
+                    eprintln!("warning: {w}");
+                }
                 if let Some(p) = r.hydrus.as_ref().and_then(|h| h.ktable.path.as_ref()) {
                     if let Err(e) = hydrus::reload::load_ktable_file(p) {
                         // Not fatal: serve starts and falls back until a table loads.

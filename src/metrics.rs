@@ -4,7 +4,7 @@
 use hydrus_filters::{Fallback, Group};
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, Opts, Registry, TextEncoder,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric hydrus exports.
@@ -32,6 +32,15 @@ pub struct Metrics {
     pub hedges: IntCounterVec,
     pub hedge_reloads: IntCounterVec,
     pub hedge_loaded: IntGauge,
+    pub upstream_retries: IntCounterVec,
+    pub outlier_ejections: IntCounterVec,
+    pub endpoint_healthy: IntGaugeVec,
+    pub endpoint_ejected: IntGaugeVec,
+    pub downstream_connections: IntGauge,
+    pub downstream_closed: IntCounterVec,
+    pub requests_rejected: IntCounterVec,
+    pub log_fields_truncated: IntCounterVec,
+    pub config_dropped: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -41,6 +50,9 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T
     }
     m
 }
+
+/// Why hydrus closed a client connection (`hydrus_downstream_connections_closed_total`).
+pub const CLOSE_REASONS: [&str; 4] = ["idle_timeout", "header_timeout", "evicted", "refused"];
 
 /// Latency buckets (seconds) for the proxy and upstream: 0.1 ms to 10 s.
 const LATENCY: &[f64] = &[
@@ -211,8 +223,83 @@ impl Metrics {
                 &r,
                 IntGauge::new("hydrus_hedge_table_loaded", "1 when a hedge table is loaded.").expect("metric"),
             ),
+            upstream_retries: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("hydrus_upstream_retries_total", "Retries of idempotent requests on another endpoint: `sent`, or `budget_exhausted` (the retry budget said no)."),
+                    &["cluster", "result"],
+                )
+                .expect("metric"),
+            ),
+            outlier_ejections: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("hydrus_outlier_ejections_total", "Endpoints ejected by passive health (consecutive failures)."),
+                    &["cluster", "endpoint"],
+                )
+                .expect("metric"),
+            ),
+            endpoint_healthy: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("hydrus_endpoint_healthy", "1 when the endpoint passes its active health check (always 1 without one)."),
+                    &["cluster", "endpoint"],
+                )
+                .expect("metric"),
+            ),
+            endpoint_ejected: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("hydrus_endpoint_ejected", "1 while passive health sets the endpoint aside (ejected, or holding requests without answering)."),
+                    &["cluster", "endpoint"],
+                )
+                .expect("metric"),
+            ),
+            downstream_connections: register(
+                &r,
+                IntGauge::new("hydrus_downstream_connections", "Open client connections on the proxy listener.").expect("metric"),
+            ),
+            downstream_closed: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("hydrus_downstream_connections_closed_total", "Client connections hydrus closed or refused: `idle_timeout`, `header_timeout`, `evicted` (idle, to admit a new one at the cap), `refused` (at the cap, none idle)."),
+                    &["reason"],
+                )
+                .expect("metric"),
+            ),
+            requests_rejected: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("hydrus_requests_rejected_total", "Requests answered by hydrus itself without proxying: `header_too_large` (431)."),
+                    &["reason"],
+                )
+                .expect("metric"),
+            ),
+            log_fields_truncated: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("hydrus_log_fields_truncated_total", "Request header values cut to fit a log record."),
+                    &["field"],
+                )
+                .expect("metric"),
+            ),
+            config_dropped: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("hydrus_config_reload_dropped_total", "Reloads that removed a filter that was running, by filter kind."),
+                    &["kind"],
+                )
+                .expect("metric"),
+            ),
             registry: r,
         };
+        for reason in CLOSE_REASONS {
+            m.downstream_closed.with_label_values(&[reason]);
+        }
+        m.requests_rejected.with_label_values(&["header_too_large"]);
+        for kind in ["rollout", "hydrus", "e2e", "hedge", "log"] {
+            m.config_dropped.with_label_values(&[kind]);
+        }
         // Export every series at 0 from the start, so rates and alerts have a baseline.
         for reason in Fallback::ALL_REASONS.iter().chain(&["missing_user_id"]) {
             m.fallbacks.with_label_values(&[reason]);
@@ -254,7 +341,8 @@ pub struct Handles {
     requests: Vec<IntCounter>,
     groups: usize,
     slots: usize,
-    rows: usize,
+    /// The scenario labels, by slot: the declared scenarios, `default` and `other`.
+    labels: Vec<String>,
     default_slot: usize,
     other_slot: usize,
     /// Upstream time by strategy (one `default` entry for chains without a hydrus filter).
@@ -269,7 +357,8 @@ pub const SCENARIO_DEFAULT: &str = "default";
 pub const SCENARIO_OTHER: &str = "other";
 
 impl Handles {
-    /// `strategies`: strategy names (or the route's pseudo strategy); `scenarios`: k-table rows.
+    /// `strategies`: strategy names (or the route's pseudo strategy); `scenarios`: the declared
+    /// scenarios (the config's list, else the k-table's rows).
     pub fn new(m: &Metrics, strategies: &[String], scenarios: &[String]) -> Self {
         let mut labels: Vec<&str> = scenarios.iter().map(|s| s.as_str()).collect();
         let default_slot = match labels.iter().position(|l| *l == SCENARIO_DEFAULT) {
@@ -299,7 +388,7 @@ impl Handles {
             requests,
             groups: groups.len(),
             slots: labels.len(),
-            rows: scenarios.len(),
+            labels: labels.iter().map(|l| l.to_string()).collect(),
             default_slot,
             other_slot,
             upstream_by_strategy: strategies
@@ -315,13 +404,17 @@ impl Handles {
         }
     }
 
-    /// Count a request. `scenario` is its k-table row; `None` with `named` false is a request
-    /// without a scenario header (label `default`), with `named` true one the table lacks.
-    pub fn request(&self, strategy: usize, group: Group, scenario: Option<usize>, named: bool) {
+    /// Count a request. `scenario`: the scenario header's value (none: `default`); an
+    /// undeclared one counts as `other`, so the label set stays bounded whatever clients send.
+    pub fn request(&self, strategy: usize, group: Group, scenario: Option<&[u8]>, declared: bool) {
         let slot = match scenario {
-            Some(s) if s < self.rows => s,
-            _ if !named => self.default_slot,
-            _ => self.other_slot,
+            None => self.default_slot,
+            Some(_) if !declared => self.other_slot,
+            Some(name) => self
+                .labels
+                .iter()
+                .position(|l| l.as_bytes() == name)
+                .unwrap_or(self.other_slot),
         };
         let i = (strategy * self.groups + group.index()) * self.slots + slot;
         if let Some(c) = self.requests.get(i) {
@@ -348,9 +441,9 @@ mod tests {
             &["s1".into(), "s2".into()],
             &["default".into(), "feed".into()],
         );
-        h.request(1, Group::Treatment, Some(1), true);
-        h.request(0, Group::Control, None, false);
+        h.request(1, Group::Treatment, Some(b"feed"), true);
         h.request(0, Group::Control, None, true);
+        h.request(0, Group::Control, Some(b"made-up"), false);
         m.decision_seconds.observe(1e-6);
         let text = String::from_utf8(m.render()).expect("utf8");
         assert!(
@@ -373,7 +466,7 @@ mod tests {
     fn default_slot_when_table_lacks_default() {
         let m = Metrics::new();
         let h = Handles::new(&m, &["s".into()], &["feed".into()]);
-        h.request(0, Group::Treatment, None, false);
+        h.request(0, Group::Treatment, None, true);
         let text = String::from_utf8(m.render()).expect("utf8");
         assert!(
             text.contains(

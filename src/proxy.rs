@@ -4,7 +4,9 @@
 //! No hook returns an error because of what a client sent: bad input falls back to the default
 //! strategy and is counted. Errors only come from the upstream (502/504, as any proxy).
 
-use crate::config::Running;
+use crate::cluster::{Cluster, Tried};
+use crate::config::{normalized, Running};
+use crate::conns::Slot;
 use crate::metrics::Handles;
 use crate::state::{now_ms, KTableState, State};
 use async_trait::async_trait;
@@ -12,6 +14,8 @@ use http::header::HeaderValue;
 use http::HeaderName;
 use hydrus_filters::e2e::{self, E2eDecision, MAX_BUCKETS};
 use hydrus_filters::hedge::{race, Winner};
+use hydrus_filters::log::capped_text;
+use hydrus_filters::outlier::Outcome;
 use hydrus_filters::query::set_query;
 use hydrus_filters::{Decision, Group, LogRecord, RequestInputs, ValueInfo};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -52,14 +56,78 @@ fn route_name<'a>(running: &'a Running, ctx: &Ctx) -> Option<&'a str> {
 }
 
 /// An upstream endpoint with its cluster's timeouts.
-fn peer(addr: std::net::SocketAddr, cluster: &crate::config::Cluster) -> HttpPeer {
+fn peer(addr: std::net::SocketAddr, cluster: &Cluster) -> HttpPeer {
     let mut peer = HttpPeer::new(addr, false, String::new());
-    peer.options.connection_timeout = Some(cluster.connect_timeout);
-    peer.options.total_connection_timeout = Some(cluster.connect_timeout);
-    peer.options.read_timeout = Some(cluster.read_timeout);
-    peer.options.write_timeout = Some(cluster.read_timeout);
-    peer.options.idle_timeout = Some(cluster.idle_timeout);
+    peer.options.connection_timeout = Some(cluster.source.connect_timeout);
+    peer.options.total_connection_timeout = Some(cluster.source.connect_timeout);
+    peer.options.read_timeout = Some(cluster.source.read_timeout);
+    peer.options.write_timeout = Some(cluster.source.read_timeout);
+    peer.options.idle_timeout = Some(cluster.source.idle_timeout);
     peer
+}
+
+/// An attempt on an endpoint, recorded in the cluster's passive health when it ends; one
+/// dropped unfinished (a cancelled hedge) counts as neither success nor failure.
+struct Attempt<'a> {
+    cluster: &'a Cluster,
+    endpoint: usize,
+    done: bool,
+}
+
+impl<'a> Attempt<'a> {
+    fn start(cluster: &'a Cluster, endpoint: usize) -> Self {
+        cluster.outliers.started(endpoint, crate::clock::now_ms());
+        Self {
+            cluster,
+            endpoint,
+            done: false,
+        }
+    }
+
+    fn end(mut self, outcome: Outcome, state: &State) {
+        self.done = true;
+        record_outcome(state, self.cluster, self.endpoint, outcome);
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.cluster.outliers.abandoned(self.endpoint);
+        }
+    }
+}
+
+/// Count an attempt's outcome on its endpoint; log and count an ejection.
+fn record_outcome(state: &State, cluster: &Cluster, endpoint: usize, outcome: Outcome) {
+    use hydrus_filters::outlier::Recorded;
+    let now = crate::clock::now_ms();
+    if let Recorded::Ejected { until_ms } = cluster.outliers.record(endpoint, outcome, now) {
+        let addr = cluster
+            .endpoints
+            .get(endpoint)
+            .map_or_else(String::new, |a| a.to_string());
+        log::warn!(
+            "cluster {}: endpoint {addr} ejected for {} ms after {} failures in a row",
+            cluster.name,
+            until_ms.saturating_sub(now),
+            cluster.outliers.config().consecutive_failures
+        );
+        state
+            .metrics
+            .outlier_ejections
+            .with_label_values(&[cluster.name.as_str(), addr.as_str()])
+            .inc();
+    }
+}
+
+/// Whether an upstream response status counts against the endpoint (Envoy's consecutive 5xx).
+fn outcome_of(status: u16) -> Outcome {
+    if status >= 500 {
+        Outcome::Failure
+    } else {
+        Outcome::Success
+    }
 }
 
 fn upstream_error(e: Box<Error>) -> Box<Error> {
@@ -76,11 +144,17 @@ pub struct Ctx {
     handles: Option<Arc<Handles>>,
     group: Group,
     decision: Option<Decision>,
-    /// Whether the request named a scenario (for the metric label of unknown ones).
-    scenario_named: bool,
     cluster: usize,
-    first_endpoint: usize,
-    tries: usize,
+    /// The endpoint of the attempt in flight, until its outcome is recorded.
+    endpoint: Option<usize>,
+    tried: Tried,
+    /// Retry-budget slots this request holds.
+    retries: u32,
+    /// Whether the request is counted in its cluster's requests in flight.
+    counted: bool,
+    /// The identity headers as decided on (user id, device id, request id, QoE, scenario: the
+    /// first value of each); exactly these reach the upstream.
+    ids: [Option<HeaderValue>; 5],
     /// Set when hydrus made up the request id, to pass it upstream.
     generated_request_id: Option<String>,
     upstream_sent: Option<Instant>,
@@ -108,11 +182,6 @@ fn hex_id(v: u128) -> String {
     s
 }
 
-fn text(v: Option<&[u8]>) -> String {
-    v.map(|b| String::from_utf8_lossy(b).into_owned())
-        .unwrap_or_default()
-}
-
 impl Proxy {
     fn decide(&self, session: &Session, ctx: &mut Ctx) {
         let running = self.state.config.load_full();
@@ -120,6 +189,9 @@ impl Proxy {
         let handles = self.state.handles.load_full();
         let req = session.req_header();
         let h = &running.headers;
+        for (slot, name) in ctx.ids.iter_mut().zip(h.all()) {
+            *slot = req.headers.get(name).cloned();
+        }
         let user = header(req, &h.user_id).filter(|u| !u.is_empty());
         ctx.group = match &running.rollout {
             Some(r) => {
@@ -136,7 +208,6 @@ impl Proxy {
         }
         if let Some(hy) = &running.hydrus {
             let scenario = header(req, &h.scenario);
-            ctx.scenario_named = scenario.is_some();
             let inputs = RequestInputs {
                 qoe: header(req, &h.qoe),
                 scenario,
@@ -197,31 +268,49 @@ impl Proxy {
         ctx.handles = Some(handles);
     }
 
-    /// Everything the chain does to the upstream request: hydrus's headers (never trusted from
-    /// the client), the request id, the strategy's headers and query, E2E's priority.
+    /// Everything the chain does to the upstream request. What hydrus owns is never taken
+    /// from the client: `x-hydrus-*`, every header and query key any strategy sets, and the
+    /// identity headers, which reach the upstream exactly once with the values decided on
+    /// (whatever the client's `Connection` header nominated, and however it spelled `_` for `-`).
     fn prepare_upstream(&self, upstream: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
-        // Headers hydrus sets are never trusted from the client.
-        let spoofed: Vec<HeaderName> = upstream
+        let Some(running) = ctx.running.as_deref() else {
+            return Ok(());
+        };
+        let h = &running.headers;
+        let hydrus = running.hydrus.as_ref();
+        let owned: &[HeaderName] = hydrus.map_or(&[], |hy| hy.owned_headers.as_slice());
+        let strip: Vec<HeaderName> = upstream
             .headers
             .keys()
-            .filter(|k| k.as_str().starts_with("x-hydrus-"))
+            .filter(|k| {
+                let n = normalized(k);
+                n.starts_with("x-hydrus-")
+                    || owned.iter().any(|o| normalized(o) == n)
+                    || h.all().iter().any(|i| normalized(i) == n)
+            })
             .cloned()
             .collect();
-        for k in spoofed {
+        for k in strip {
             upstream.remove_header(&k);
+        }
+        for (name, value) in h.all().into_iter().zip(&ctx.ids) {
+            if let Some(v) = value {
+                upstream.insert_header(name.clone(), v.clone())?;
+            }
         }
         upstream.insert_header(HEADER_GROUP, ctx.group.as_str())?;
         if let Some(id) = &ctx.generated_request_id {
-            if let Some(r) = &ctx.running {
-                upstream.insert_header(r.headers.request_id.clone(), id.as_str())?;
-            }
+            upstream.insert_header(h.request_id.clone(), id.as_str())?;
         }
-        let action = match (&ctx.running, &ctx.decision) {
-            (Some(r), Some(d)) => r.hydrus.as_ref().and_then(|h| h.actions.get(d.strategy)),
+        let action = match (hydrus, &ctx.decision) {
+            (Some(hy), Some(d)) => hy.actions.get(d.strategy),
             _ => None,
         };
-        if let (Some(r), Some(bucket)) = (&ctx.running, ctx.e2e.and_then(|e| e.bucket)) {
-            let priority = r.e2e.as_ref().and_then(|e| e.priority_header.as_ref());
+        if let Some(bucket) = ctx.e2e.and_then(|e| e.bucket) {
+            let priority = running
+                .e2e
+                .as_ref()
+                .and_then(|e| e.priority_header.as_ref());
             let table = ctx.e2e_table.as_ref();
             if let (Some(h), Some(p)) = (priority, table.and_then(|t| t.table.priority(bucket))) {
                 upstream.insert_header(h.clone(), p)?;
@@ -232,7 +321,15 @@ impl Proxy {
             for (name, value) in &a.headers {
                 upstream.insert_header(name.clone(), value.clone())?;
             }
-            if let Some(target) = set_query(upstream.uri.path(), upstream.uri.query(), &a.query) {
+        }
+        if let Some(hy) = hydrus {
+            let set = action.map_or(&[][..], |a| a.query.as_slice());
+            if let Some(target) = set_query(
+                upstream.uri.path(),
+                upstream.uri.query(),
+                set,
+                &hy.owned_query,
+            ) {
                 match http::Uri::try_from(target) {
                     Ok(uri) => upstream.set_uri(uri),
                     Err(e) => log::warn!("query rewrite produced a bad URI: {e}"),
@@ -242,9 +339,20 @@ impl Proxy {
         Ok(())
     }
 
-    fn record(&self, session: &Session, ctx: &Ctx, running: &Running, status: u16) -> LogRecord {
-        let req = session.req_header();
-        let h = &running.headers;
+    /// A header value for the log record, capped in length (counted when cut).
+    fn field(&self, raw: Option<&[u8]>, name: &str) -> String {
+        let (text, cut) = capped_text(raw.unwrap_or_default());
+        if cut {
+            self.state
+                .metrics
+                .log_fields_truncated
+                .with_label_values(&[name])
+                .inc();
+        }
+        text
+    }
+
+    fn record(&self, ctx: &Ctx, running: &Running, status: u16, error: Option<&str>) -> LogRecord {
         let hydrus = running.hydrus.as_ref();
         let strategies = hydrus.map(|hy| &hy.filter.strategies);
         let d = ctx.decision.as_ref();
@@ -270,19 +378,25 @@ impl Proxy {
                 .unwrap_or_default(),
             _ => "default".into(),
         };
+        let id = |i: usize| ctx.ids[i].as_ref().map(HeaderValue::as_bytes);
         let request_id = match &ctx.generated_request_id {
-            Some(id) => id.clone(),
-            None => text(header(req, &h.request_id)),
+            Some(g) => g.clone(),
+            None => self.field(id(2), "request_id"),
         };
-        let scenario = header(req, &h.scenario).map_or_else(
-            || hydrus_filters::ktable::DEFAULT_SCENARIO.to_string(),
-            |s| text(Some(s)),
-        );
+        let declared = d.is_none_or(|d| d.scenario_declared);
+        let (scenario, scenario_raw) = match id(4) {
+            None => (hydrus_filters::ktable::DEFAULT_SCENARIO.to_string(), None),
+            Some(raw) if declared => (self.field(Some(raw), "scenario"), None),
+            Some(raw) => (
+                crate::metrics::SCENARIO_OTHER.to_string(),
+                Some(self.field(Some(raw), "scenario")),
+            ),
+        };
         LogRecord {
             ts_ms: ctx.ts_ms,
             request_id,
-            user_id: text(header(req, &h.user_id)),
-            device_id: text(header(req, &h.device_id)),
+            user_id: self.field(id(0), "user_id"),
+            device_id: self.field(id(1), "device_id"),
             scenario,
             group: ctx.group.as_str().into(),
             chosen,
@@ -304,16 +418,80 @@ impl Proxy {
                 Winner::Hedge => "hedge".to_string(),
                 Winner::Primary | Winner::PrimaryAfterHedge => "primary".to_string(),
             }),
+            scenario_raw,
+            error: error.map(str::to_string),
         }
+    }
+
+    /// Whether this request may be tried again on another endpoint of `cluster` after its
+    /// attempt on `failed` failed, taking a retry-budget slot if so (counted either way). A
+    /// retry away from an endpoint that passive health has set aside (ejected, or hung) is not
+    /// charged to the budget: the failure is that endpoint's, it gets no new requests, and at
+    /// most `max_ejection_percent` of a cluster can be set aside, so this cannot multiply the
+    /// load of a cluster failing as a whole.
+    fn take_retry(&self, ctx: &mut Ctx, cluster: &Cluster, failed: Option<usize>) -> bool {
+        let attempts = ctx.tried.len() as u32;
+        if attempts > cluster.retry.attempts || ctx.tried.len() >= cluster.endpoints.len() {
+            return false;
+        }
+        let now = crate::clock::now_ms();
+        let set_aside = failed.is_some_and(|i| !cluster.outliers.available(i, now));
+        if set_aside {
+            self.state
+                .metrics
+                .upstream_retries
+                .with_label_values(&[cluster.name.as_str(), "sent"])
+                .inc();
+            return true;
+        }
+        let ok = cluster.budget.try_retry(&cluster.retry);
+        let result = if ok { "sent" } else { "budget_exhausted" };
+        self.state
+            .metrics
+            .upstream_retries
+            .with_label_values(&[cluster.name.as_str(), result])
+            .inc();
+        if ok {
+            ctx.retries += 1;
+        }
+        ok
+    }
+
+    /// The request's size on the wire, roughly: request line and header fields.
+    fn header_bytes(req: &RequestHeader) -> usize {
+        let line = req.method.as_str().len() + req.raw_path().len() + 12;
+        req.headers
+            .iter()
+            .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
     }
 }
 
 impl Proxy {
-    /// One attempt of a hedged request to `addr`: the whole response, buffered.
+    /// One attempt of a hedged request: the whole response, buffered.
     async fn attempt(
         &self,
+        cluster: &Cluster,
+        endpoint: usize,
+        req: RequestHeader,
+        max_body: usize,
+    ) -> Result<(ResponseHeader, bytes::Bytes)> {
+        let Some(&addr) = cluster.endpoints.get(endpoint) else {
+            return Error::e_explain(ErrorType::InternalError, "no such endpoint");
+        };
+        let guard = Attempt::start(cluster, endpoint);
+        let result = self.exchange(addr, cluster, req, max_body).await;
+        let outcome = match &result {
+            Ok((h, _)) => outcome_of(h.status.as_u16()),
+            Err(_) => Outcome::Failure,
+        };
+        guard.end(outcome, &self.state);
+        result
+    }
+
+    async fn exchange(
+        &self,
         addr: std::net::SocketAddr,
-        cluster: &crate::config::Cluster,
+        cluster: &Cluster,
         req: RequestHeader,
         max_body: usize,
     ) -> Result<(ResponseHeader, bytes::Bytes)> {
@@ -323,7 +501,7 @@ impl Proxy {
             .get_http_session(&peer)
             .await
             .map_err(upstream_error)?;
-        s.set_read_timeout(Some(cluster.read_timeout));
+        s.set_read_timeout(Some(cluster.source.read_timeout));
         s.write_request_header(Box::new(req))
             .await
             .map_err(upstream_error)?;
@@ -345,7 +523,7 @@ impl Proxy {
             }
         }
         self.connector
-            .release_http_session(s, &peer, Some(cluster.idle_timeout))
+            .release_http_session(s, &peer, Some(cluster.source.idle_timeout))
             .await;
         Ok((header, body.freeze()))
     }
@@ -387,18 +565,21 @@ impl Proxy {
         let mut upstream = req.clone();
         self.prepare_upstream(&mut upstream, ctx)?;
         // The attempts go to different endpoints when the cluster has several.
-        let n = cluster.endpoints.len();
-        let first = self.state.next_rr() % n;
-        let (a, b) = (cluster.endpoints[first], cluster.endpoints[(first + 1) % n]);
-        if let Some(c) = running.inflight.get(ctx.cluster) {
-            let load = c.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            ctx.cluster_load = Some(load as u32);
-        }
+        let now = crate::clock::now_ms();
+        let key = ctx.ids[0].as_ref().map(HeaderValue::as_bytes);
+        let Some(a) = cluster.select(key, &ctx.tried, now) else {
+            return Ok(false);
+        };
+        ctx.tried.push(a);
+        let b = cluster.select(key, &ctx.tried, now).unwrap_or(a);
+        cluster.budget.request_started();
+        ctx.counted = true;
+        ctx.cluster_load = Some(cluster.budget.in_flight().0);
         let sent = Instant::now();
         let max = h.max_body_bytes;
         let (mut result, winner) = race(
-            self.attempt(a, cluster, upstream.clone(), max),
-            || self.attempt(b, cluster, upstream.clone(), max),
+            self.attempt(cluster, a, upstream.clone(), max),
+            || self.attempt(cluster, b, upstream.clone(), max),
             Some(timeout),
             &self.state.hedge_budget,
         )
@@ -411,6 +592,7 @@ impl Proxy {
                 }
             }
             Winner::Hedge | Winner::PrimaryAfterHedge => {
+                ctx.tried.push(b);
                 m.hedges.with_label_values(&[route, "sent"]).inc();
                 let r = if winner == Winner::Hedge {
                     "won"
@@ -421,12 +603,13 @@ impl Proxy {
                 ctx.hedge = Some(winner);
             }
         }
-        if result.is_err() && winner == Winner::Primary && n > 1 {
+        if result.is_err() && winner == Winner::Primary && b != a {
             // The first attempt failed outright (e.g. refused): one more, elsewhere.
             m.upstream_errors
                 .with_label_values(&[cluster.name.as_str(), "connect"])
                 .inc();
-            result = self.attempt(b, cluster, upstream, max).await;
+            ctx.tried.push(b);
+            result = self.attempt(cluster, b, upstream, max).await;
         }
         let (mut header, body) = result?;
         ctx.upstream_ms = Some(sent.elapsed().as_secs_f64() * 1000.0);
@@ -457,10 +640,12 @@ impl ProxyHttp for Proxy {
             handles: None,
             group: Group::Treatment,
             decision: None,
-            scenario_named: false,
             cluster: 0,
-            first_endpoint: 0,
-            tries: 0,
+            endpoint: None,
+            tried: Tried::default(),
+            retries: 0,
+            counted: false,
+            ids: Default::default(),
             generated_request_id: None,
             upstream_sent: None,
             upstream_ms: None,
@@ -471,20 +656,47 @@ impl ProxyHttp for Proxy {
         }
     }
 
+    /// The connection guard's handle: the request header has been read, its deadline is over.
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Ctx,
+        prev: Box<dyn std::any::Any + Send + Sync>,
+    ) {
+        if let Ok(slot) = prev.downcast::<Arc<Slot>>() {
+            slot.header_read();
+        }
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         // Keepalive connections reuse the ctx creation time of their first request.
         ctx.start = Instant::now();
         ctx.ts_ms = now_ms();
+        let limit = self.state.config.load().limits.max_request_header_bytes;
+        if Self::header_bytes(session.req_header()) > limit {
+            self.state
+                .metrics
+                .requests_rejected
+                .with_label_values(&["header_too_large"])
+                .inc();
+            session.set_keepalive(None);
+            session.respond_error(431).await?;
+            return Ok(true);
+        }
         let t0 = Instant::now();
         self.decide(session, ctx);
         self.state
             .metrics
             .decision_seconds
             .observe(t0.elapsed().as_secs_f64());
+        if session.req_header().method.is_idempotent() {
+            // Lets a failed attempt's request body be sent again to another endpoint.
+            session.enable_retry_buffering();
+        }
         self.hedged(session, ctx).await
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let running = match &ctx.running {
             Some(r) => r.clone(),
             None => self.state.config.load_full(),
@@ -494,20 +706,21 @@ impl ProxyHttp for Proxy {
             .get(ctx.cluster)
             .or_else(|| running.clusters.get(running.default_cluster))
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream cluster"))?;
-        let n = cluster.endpoints.len();
-        if n == 0 {
-            return Error::e_explain(ErrorType::InternalError, "cluster without endpoints");
+        if !ctx.counted {
+            cluster.budget.request_started();
+            ctx.counted = true;
+            ctx.cluster_load = Some(cluster.budget.in_flight().0);
         }
-        if ctx.tries == 0 {
-            ctx.first_endpoint = self.state.next_rr() % n;
-            if let Some(c) = running.inflight.get(ctx.cluster) {
-                let load = c.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                ctx.cluster_load = Some(load as u32);
-            }
-        }
-        let addr = cluster.endpoints[(ctx.first_endpoint + ctx.tries) % n];
-        ctx.tries += 1;
-        Ok(Box::new(peer(addr, cluster)))
+        let key = ctx.ids[0].as_ref().map(HeaderValue::as_bytes);
+        let _ = session;
+        let now = crate::clock::now_ms();
+        let Some(i) = cluster.select(key, &ctx.tried, now) else {
+            return Error::e_explain(ErrorType::InternalError, "no endpoint left to try");
+        };
+        ctx.tried.push(i);
+        cluster.outliers.started(i, now);
+        ctx.endpoint = Some(i);
+        Ok(Box::new(peer(cluster.endpoints[i], cluster)))
     }
 
     fn fail_to_connect(
@@ -517,19 +730,58 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(r) = &ctx.running {
-            if let Some(c) = r.clusters.get(ctx.cluster) {
-                self.state
-                    .metrics
-                    .upstream_errors
-                    .with_label_values(&[c.name.as_str(), "connect"])
-                    .inc();
-                // Try the cluster's other endpoints before giving up.
-                if ctx.tries < c.endpoints.len() {
-                    e.set_retry(true);
-                }
+        let Some(running) = ctx.running.clone() else {
+            return e;
+        };
+        if let Some(c) = running.clusters.get(ctx.cluster) {
+            self.state
+                .metrics
+                .upstream_errors
+                .with_label_values(&[c.name.as_str(), "connect"])
+                .inc();
+            let failed = ctx.endpoint.take();
+            if let Some(i) = failed {
+                record_outcome(&self.state, c, i, Outcome::Failure);
+            }
+            // Nothing was sent: any request may go to another endpoint.
+            e.set_retry(self.take_retry(ctx, c, failed));
+        }
+        e
+    }
+
+    /// An attempt failed after connecting. An idempotent request whose response has not begun
+    /// is tried again on another endpoint, within the retry budget.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let Some(running) = ctx.running.clone() else {
+            e.set_retry(false);
+            return e;
+        };
+        let Some(c) = running.clusters.get(ctx.cluster) else {
+            e.set_retry(false);
+            return e;
+        };
+        let failed = ctx.endpoint.take();
+        if let Some(i) = failed {
+            if *e.esource() == ErrorSource::Downstream {
+                c.outliers.abandoned(i);
+            } else {
+                record_outcome(&self.state, c, i, Outcome::Failure);
             }
         }
+        let retry = *e.esource() != ErrorSource::Downstream
+            && session.req_header().method.is_idempotent()
+            && session.response_written().is_none()
+            && !session.as_ref().retry_buffer_truncated()
+            && self.take_retry(ctx, c, failed);
+        e.set_retry(retry);
         e
     }
 
@@ -583,6 +835,11 @@ impl ProxyHttp for Proxy {
                     .inc();
             }
         }
+        let code = if session.response_written().is_some() {
+            0 // the response began: the client sees it cut short
+        } else {
+            code
+        };
         if code > 0 {
             if let Err(err) = session.respond_error(code).await {
                 log::debug!("could not send the error response: {err}");
@@ -608,28 +865,60 @@ impl ProxyHttp for Proxy {
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
-        _upstream_response: &mut ResponseHeader,
+        upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
         if let Some(t) = ctx.upstream_sent {
             ctx.upstream_ms = Some(t.elapsed().as_secs_f64() * 1000.0);
         }
+        if let (Some(r), Some(i)) = (&ctx.running, ctx.endpoint.take()) {
+            if let Some(c) = r.clusters.get(ctx.cluster) {
+                record_outcome(
+                    &self.state,
+                    c,
+                    i,
+                    outcome_of(upstream_response.status.as_u16()),
+                );
+            }
+        }
         Ok(())
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let (Some(running), Some(handles)) = (ctx.running.clone(), ctx.handles.clone()) else {
             return;
         };
-        if ctx.cluster_load.is_some() {
-            if let Some(c) = running.inflight.get(ctx.cluster) {
-                c.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(c) = running.clusters.get(ctx.cluster) {
+            if let Some(i) = ctx.endpoint.take() {
+                match e {
+                    Some(e) if *e.esource() == ErrorSource::Upstream => {
+                        record_outcome(&self.state, c, i, Outcome::Failure)
+                    }
+                    _ => c.outliers.abandoned(i),
+                }
+            }
+            for _ in 0..ctx.retries {
+                c.budget.retry_finished();
+            }
+            if ctx.counted {
+                c.budget.request_finished();
             }
         }
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let written = session.response_written();
+        let status = written.map_or(0, |r| r.status.as_u16());
+        // A response that began and then failed: the client got it cut short.
+        let error = match e {
+            Some(e) if written.is_some() => Some(if *e.esource() == ErrorSource::Upstream {
+                "upstream_body"
+            } else {
+                "downstream"
+            }),
+            _ => None,
+        };
         let strategy = ctx.decision.as_ref().map_or(0, |d| d.strategy);
-        let scenario = ctx.decision.as_ref().and_then(|d| d.scenario);
-        handles.request(strategy, ctx.group, scenario, ctx.scenario_named);
+        let declared = ctx.decision.as_ref().is_none_or(|d| d.scenario_declared);
+        let scenario = ctx.ids[4].as_ref().map(HeaderValue::as_bytes);
+        handles.request(strategy, ctx.group, scenario, declared);
         if let Some(h) = handles.request_by_group.get(ctx.group.index()) {
             h.observe(ctx.start.elapsed().as_secs_f64());
         }
@@ -637,7 +926,7 @@ impl ProxyHttp for Proxy {
             h.observe(ms / 1000.0);
         }
         if let Some(q) = &self.state.log {
-            q.push(self.record(session, ctx, &running, status));
+            q.push(self.record(ctx, &running, status, error));
         }
     }
 }

@@ -31,6 +31,42 @@ struct Seen {
     modified_ms: Option<u64>,
 }
 
+/// A changed file is loaded only once it has stopped changing for this long: editors and
+/// config-management tools may write a file in several chunks, and its first half must not go
+/// live. (A file replaced by rename is whole, and waits at most this long.)
+pub const SETTLE: Duration = Duration::from_millis(250);
+
+/// A file's new content that has not settled yet: its bytes and when they were first read.
+#[derive(Debug, Default)]
+struct Settling {
+    pending: Option<(Vec<u8>, Instant)>,
+}
+
+impl Settling {
+    /// Whether `bytes` (read now, from a file last modified at `modified_ms`) have settled;
+    /// if not, when to look again.
+    fn settled(&mut self, bytes: &[u8], modified_ms: Option<u64>) -> Result<(), Instant> {
+        let now = Instant::now();
+        let quiet = modified_ms
+            .map(|m| now_ms().saturating_sub(m))
+            .is_some_and(|age| age >= SETTLE.as_millis() as u64);
+        match &self.pending {
+            _ if quiet => {}
+            Some((b, since)) if b.as_slice() == bytes => {
+                if since.elapsed() < SETTLE {
+                    return Err(*since + SETTLE);
+                }
+            }
+            _ => {
+                self.pending = Some((bytes.to_vec(), now));
+                return Err(now + SETTLE);
+            }
+        }
+        self.pending = None;
+        Ok(())
+    }
+}
+
 fn modified_ms(path: &Path) -> Option<u64> {
     std::fs::metadata(path)
         .and_then(|m| m.modified())
@@ -48,6 +84,8 @@ enum Change {
         modified_ms: Option<u64>,
     },
     Failed(String),
+    /// New content that is still changing: look again at this time.
+    Settling(Instant),
 }
 
 /// One table source (a file or an http URL) being watched for new content.
@@ -59,6 +97,7 @@ struct Watched {
     next_poll: Option<Instant>,
     /// The last failure, so that a persisting one is logged and counted once.
     error: Option<String>,
+    settling: Settling,
 }
 
 impl Watched {
@@ -91,7 +130,13 @@ impl Watched {
                 Err(e) => return Change::Failed(format!("{}: {e}", path.display())),
             };
             if !force && seen == self.seen {
+                self.settling = Settling::default();
                 return Change::Unchanged;
+            }
+            if !force {
+                if let Err(at) = self.settling.settled(&seen.bytes, seen.modified_ms) {
+                    return Change::Settling(at);
+                }
             }
             self.seen = seen;
             return match String::from_utf8(self.seen.bytes.clone()) {
@@ -254,7 +299,7 @@ fn refresh<T>(
     force: bool,
     installed: bool,
     kind: TableKind<'_, T>,
-) {
+) -> Option<Instant> {
     let mut installed = installed;
     if w.set_source(source) {
         // A different source: what was loaded from the old one no longer applies.
@@ -281,7 +326,9 @@ fn refresh<T>(
             Err(e) => failed(w, format!("{source}: {e}"), kind.what, kind.counter),
         },
         Change::Failed(e) => failed(w, e, kind.what, kind.counter),
+        Change::Settling(at) => return Some(at),
     }
+    None
 }
 
 /// The reloader thread's state.
@@ -289,6 +336,9 @@ pub struct Reloader {
     state: Arc<State>,
     config_path: PathBuf,
     config_seen: Seen,
+    config_settling: Settling,
+    /// When a settling file is to be looked at again.
+    wake_at: Option<Instant>,
     ktable: Watched,
     e2e: Watched,
     hedge: Watched,
@@ -314,6 +364,8 @@ impl Reloader {
             state,
             config_path,
             config_seen,
+            config_settling: Settling::default(),
+            wake_at: None,
             ktable: Watched::default(),
             e2e: Watched::default(),
             hedge: Watched::default(),
@@ -380,7 +432,14 @@ impl Reloader {
             modified_ms: modified_ms(&self.config_path),
         };
         if !force && seen.bytes == self.config_seen.bytes {
+            self.config_settling = Settling::default();
             return;
+        }
+        if !force {
+            if let Err(at) = self.config_settling.settled(&seen.bytes, seen.modified_ms) {
+                self.wake(at);
+                return;
+            }
         }
         self.config_seen = seen;
         let text = String::from_utf8_lossy(&self.config_seen.bytes).into_owned();
@@ -398,6 +457,17 @@ impl Reloader {
             Ok(new) => {
                 let old = self.state.config.load_full();
                 warn_restart_only(&old, &new);
+                for kind in dropped_filters(&old, &new) {
+                    log::warn!(
+                        "config reloaded from {}: the `{kind}` filter that was running is gone from it",
+                        self.config_path.display()
+                    );
+                    self.state
+                        .metrics
+                        .config_dropped
+                        .with_label_values(&[kind])
+                        .inc();
+                }
                 self.state.set_config(new);
                 self.state
                     .metrics
@@ -413,7 +483,8 @@ impl Reloader {
     fn check_tables(&mut self, force: bool) {
         let running = self.state.config.load_full();
         let (state, metrics) = (self.state.clone(), self.state.metrics.clone());
-        refresh(
+        let mut wakes = Vec::new();
+        wakes.push(refresh(
             &mut self.ktable,
             &self.agent,
             running.hydrus.as_ref().map(|h| h.ktable.clone()),
@@ -430,8 +501,8 @@ impl Reloader {
                 describe: &|t: &KTable| format!("{} scenarios", t.scenario_names().len()),
                 install: &|t| state.set_ktable(t),
             },
-        );
-        refresh(
+        ));
+        wakes.push(refresh(
             &mut self.e2e,
             &self.agent,
             running.e2e.as_ref().map(|e| e.table.clone()),
@@ -449,8 +520,8 @@ impl Reloader {
                 describe: &|t: &E2eTable| format!("{} buckets", t.buckets()),
                 install: &|t| state.set_e2e(t),
             },
-        );
-        refresh(
+        ));
+        wakes.push(refresh(
             &mut self.hedge,
             &self.agent,
             running.hedge.as_ref().map(|h| h.table.clone()),
@@ -467,17 +538,27 @@ impl Reloader {
                 describe: &|t: &HedgeTable| format!("budget {}", t.budget()),
                 install: &|t| state.set_hedge(t),
             },
-        );
+        ));
+        for at in wakes.into_iter().flatten() {
+            self.wake(at);
+        }
+    }
+
+    fn wake(&mut self, at: Instant) {
+        self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
     }
 
     /// Run until a `Stop` trigger arrives or every sender is gone.
     pub fn run(mut self, rx: Receiver<Trigger>) {
         self.rewatch();
         loop {
-            let poll = [&self.ktable, &self.e2e, &self.hedge]
+            let mut poll = [&self.ktable, &self.e2e, &self.hedge]
                 .iter()
                 .filter_map(|w| w.source.as_ref().map(|s| s.poll_interval))
                 .fold(Duration::from_secs(1), Duration::min);
+            if let Some(at) = self.wake_at.take() {
+                poll = poll.min(at.saturating_duration_since(Instant::now()));
+            }
             let mut force = match rx.recv_timeout(poll) {
                 Ok(Trigger::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                 Ok(Trigger::Force) => true,
@@ -518,6 +599,17 @@ fn parent_dir(p: &Path) -> PathBuf {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     }
+}
+
+/// The filter kinds the old config ran that the new one does not.
+fn dropped_filters(old: &Running, new: &Running) -> Vec<&'static str> {
+    let kinds =
+        |r: &Running| -> Vec<&'static str> { r.source.filters.iter().map(|f| f.kind()).collect() };
+    let now = kinds(new);
+    kinds(old)
+        .into_iter()
+        .filter(|k| !now.contains(k))
+        .collect()
 }
 
 /// Settings that only take effect at start: say so rather than pretend.

@@ -3,6 +3,7 @@
 
 use crate::admin::Admin;
 use crate::config::{self, Running};
+use crate::conns::{Connections, Edge};
 use crate::demo::DemoRanker;
 use crate::logsink;
 use crate::metrics::Metrics;
@@ -45,6 +46,10 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
             }
         }
     }
+    // Every client connection holds a file descriptor: raise the soft limit to the hard one
+    // and derive the connection cap from it (unless the config sets one).
+    let nofile = crate::conns::raise_fd_limit();
+    let auto_cap = crate::conns::cap_for_fd_limit(nofile);
     let metrics = Arc::new(Metrics::new());
     let (queue, sink) = match &running.log {
         Some(l) => {
@@ -57,6 +62,10 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
     let pid_file = running.pid_file.clone();
     let state = Arc::new(State::new(running.clone(), metrics, queue));
     let reload_tx = reload::spawn(state.clone(), config_path.to_path_buf())?;
+    let _health = crate::health::spawn(state.clone())?;
+    for w in &running.warnings {
+        log::warn!("{w}");
+    }
 
     let conf = ServerConf {
         threads: running.threads,
@@ -78,11 +87,15 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Proxy::new(state.clone()),
-        "hydrus proxy",
-    );
+    let edge = Edge {
+        proxy: Arc::new(pingora::proxy::http_proxy(
+            &server.configuration,
+            Proxy::new(state.clone()),
+        )),
+        state: state.clone(),
+        conns: Arc::new(Connections::new(auto_cap, &state.metrics)),
+    };
+    let mut proxy = Service::new("hydrus proxy".into(), edge);
     proxy.add_tcp(&running.listen.to_string());
     server.add_service(proxy);
 
@@ -138,10 +151,11 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
         .map_err(|e| format!("cannot start the phase thread: {e}"))?;
 
     log::info!(
-        "hydrus listening on {} (admin {}), {} threads",
+        "hydrus listening on {} (admin {}), {} threads, at most {} client connections (open-file limit {nofile})",
         running.listen,
         running.admin_listen,
-        running.threads
+        running.threads,
+        running.limits.max_connections.unwrap_or(auto_cap),
     );
     server.run(RunArgs::default());
 
@@ -149,7 +163,11 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
     state.ready.store(false, Ordering::SeqCst);
     let _ = reload_tx.send(Trigger::Stop);
     if let Some(s) = sink {
-        s.shutdown(Duration::from_secs(60));
+        let drain = running
+            .log
+            .as_ref()
+            .map_or(Duration::from_secs(10), |l| l.drain_timeout);
+        s.shutdown(drain);
     }
     log::info!("hydrus stopped");
     Ok(())

@@ -8,7 +8,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use hydrus_filters::e2e::E2eTable;
 use hydrus_filters::hedge::{Budget, HedgeTable};
 use hydrus_filters::KTable;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -63,11 +63,10 @@ pub struct State {
     pub handles: ArcSwap<Handles>,
     pub metrics: Arc<Metrics>,
     pub log: Option<LogQueue>,
-    /// Round-robin position over endpoints, shared by every cluster.
-    pub rr: AtomicUsize,
-    /// Round-robin position over E2E's replica groups (the default policy), apart from `rr` so
-    /// that the two do not move in lockstep.
+    /// Round-robin position over E2E's replica groups (its default policy).
     pub rr_groups: AtomicUsize,
+    /// The (cluster, endpoint) label pairs of the endpoint gauges, to drop those a reload removes.
+    endpoint_series: std::sync::Mutex<Vec<(String, String)>>,
     /// False once shutdown began: `/ready` answers 503 so load balancers stop sending.
     pub ready: AtomicBool,
 }
@@ -103,8 +102,8 @@ impl State {
             handles: ArcSwap::from_pointee(handles),
             metrics,
             log,
-            rr: AtomicUsize::new(0),
             rr_groups: AtomicUsize::new(0),
+            endpoint_series: std::sync::Mutex::new(Vec::new()),
             ready: AtomicBool::new(false),
         };
         state.touch_cluster_series(&running);
@@ -119,18 +118,33 @@ impl State {
                     .upstream_errors
                     .with_label_values(&[c.name.as_str(), kind]);
             }
+            for result in ["sent", "budget_exhausted"] {
+                self.metrics
+                    .upstream_retries
+                    .with_label_values(&[c.name.as_str(), result]);
+            }
+            for e in &c.endpoints {
+                self.metrics
+                    .outlier_ejections
+                    .with_label_values(&[c.name.as_str(), &e.to_string()]);
+            }
         }
     }
 
     /// Rebuild the metric handles after the config or the k-table changed.
     pub fn rebuild_handles(&self) {
         let running = self.config.load();
-        let scenarios = self
-            .ktable
-            .load()
+        let declared = running
+            .hydrus
             .as_ref()
-            .map(|k| k.table.scenario_names().to_vec())
-            .unwrap_or_default();
+            .and_then(|h| h.filter.scenarios.clone());
+        let scenarios = declared.unwrap_or_else(|| {
+            self.ktable
+                .load()
+                .as_ref()
+                .map(|k| k.table.scenario_names().to_vec())
+                .unwrap_or_default()
+        });
         self.handles.store(Arc::new(Handles::new(
             &self.metrics,
             &strategy_labels(&running),
@@ -138,7 +152,19 @@ impl State {
         )));
     }
 
-    pub fn set_config(&self, running: Running) {
+    pub fn set_config(&self, mut running: Running) {
+        // A cluster whose section is unchanged keeps running: its health, ejections and
+        // requests in flight carry over.
+        let old = self.config.load();
+        for c in running.clusters.iter_mut() {
+            if let Some(o) = old
+                .clusters
+                .iter()
+                .find(|o| o.name == c.name && o.same_as(&c.source, &c.endpoints))
+            {
+                *c = o.clone();
+            }
+        }
         self.touch_cluster_series(&running);
         self.metrics
             .rollout_percent
@@ -167,6 +193,7 @@ impl State {
 
     /// Update the k-table gauges: age, and `k` of the current window per scenario.
     pub fn refresh_gauges(&self) {
+        self.refresh_endpoint_gauges();
         let now = now_ms();
         match self.ktable.load().as_ref() {
             Some(k) => {
@@ -199,7 +226,34 @@ impl State {
         }
     }
 
-    pub fn next_rr(&self) -> usize {
-        self.rr.fetch_add(1, Ordering::Relaxed)
+    /// Update the per-endpoint gauges (active health, passive ejection), dropping the series
+    /// of endpoints no longer configured.
+    pub fn refresh_endpoint_gauges(&self) {
+        let running = self.config.load();
+        let now = crate::clock::now_ms();
+        let mut current = Vec::new();
+        for c in &running.clusters {
+            for (i, addr) in c.endpoints.iter().enumerate() {
+                let labels = (c.name.clone(), addr.to_string());
+                let l = [labels.0.as_str(), labels.1.as_str()];
+                let m = &self.metrics;
+                m.endpoint_healthy
+                    .with_label_values(&l)
+                    .set(i64::from(c.healthy(i)));
+                m.endpoint_ejected
+                    .with_label_values(&l)
+                    .set(i64::from(!c.outliers.available(i, now)));
+                current.push(labels);
+            }
+        }
+        let mut series = self
+            .endpoint_series
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (c, e) in series.iter().filter(|s| !current.contains(s)) {
+            let _ = self.metrics.endpoint_healthy.remove_label_values(&[c, e]);
+            let _ = self.metrics.endpoint_ejected.remove_label_values(&[c, e]);
+        }
+        *series = current;
     }
 }

@@ -34,6 +34,7 @@ clusters:
   pool:
     endpoints: [{}]
     connect_timeout: 300ms
+    outlier: {{ base_ejection_time: 300ms, max_ejection_time: 1s }}
 {extra_cluster}
 route:
   cluster: pool
@@ -302,7 +303,7 @@ fn prometheus_scrapes_hydrus_and_every_dashboard_query_answers() {
     assert_eq!(status, 200);
     let rules: serde_json::Value = serde_json::from_str(&body).unwrap();
     let list = rules["data"]["groups"][0]["rules"].as_array().unwrap();
-    assert_eq!(list.len(), 8);
+    assert_eq!(list.len(), 12);
     let _ = prom.kill();
     let _ = prom.wait();
 }
@@ -328,6 +329,7 @@ fn graceful_upgrade_under_load_has_no_failed_request() {
         admin_port: old.admin_port,
         child: None,
         log_path: old.path("new.log"),
+        nofile: None,
     };
     new.spawn(true);
     std::thread::sleep(Duration::from_millis(1000));
@@ -447,12 +449,21 @@ fn faults_are_survived_and_counted() {
         assert_eq!(send("0.5"), 200);
     }
     assert!(h.metric(r#"hydrus_upstream_errors_total{cluster="pool",kind="connect"}"#) >= 1.0);
-    // ...and comes back on the same address: it gets traffic again.
+    // It failed five times in a row: ejected (for 300 ms here), retried elsewhere meanwhile.
+    assert!(
+        h.metric(&format!(
+            "hydrus_outlier_ejections_total{{cluster=\"pool\",endpoint=\"{a_addr}\"}}"
+        )) >= 1.0
+    );
+    // ...and comes back on the same address: once its ejection ends, it gets traffic again.
     let a = Upstream::start_on("a", &a_addr.to_string());
-    for _ in 0..20 {
-        assert_eq!(send("0.5"), 200);
-    }
-    assert!(a.count() > 0, "the restarted endpoint is used again");
+    assert!(
+        eventually(Duration::from_secs(3), || {
+            assert_eq!(send("0.5"), 200);
+            a.count() > 0
+        }),
+        "the restarted endpoint is used again"
+    );
 
     // An upstream slower than its read timeout: 504, counted; others unaffected.
     assert_eq!(send("heavy=0.9"), 504);

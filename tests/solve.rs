@@ -41,6 +41,8 @@ fn record(ts_ms: u64, i: u64, scenario: &str, q: f64, chosen: &str) -> LogRecord
         cluster_load: None,
         e2e_bucket: None,
         hedge: None,
+        scenario_raw: None,
+        error: None,
     }
 }
 

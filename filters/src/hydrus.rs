@@ -70,6 +70,9 @@ pub struct Decision {
     pub qoe: Option<QoeVector>,
     /// The scenario's row in the k-table, when it has one.
     pub scenario: Option<usize>,
+    /// Whether the scenario is declared (missing means `default`, which always is). An
+    /// undeclared value is never a key: it gets no row, no metric label and no solver row.
+    pub scenario_declared: bool,
 }
 
 /// The hydrus filter's settings.
@@ -77,6 +80,8 @@ pub struct Decision {
 pub struct HydrusFilter {
     pub strategies: StrategySet,
     pub qoe_range: QoeRange,
+    /// The declared scenarios; without a list, the k-table's rows are the declared ones.
+    pub scenarios: Option<Vec<String>>,
 }
 
 impl HydrusFilter {
@@ -84,7 +89,23 @@ impl HydrusFilter {
         Self {
             strategies,
             qoe_range,
+            scenarios: None,
         }
+    }
+
+    /// Declare the scenarios requests may name (beyond `default`).
+    pub fn with_scenarios(mut self, scenarios: Option<Vec<String>>) -> Self {
+        self.scenarios = scenarios;
+        self
+    }
+
+    /// Whether a scenario header value names a declared scenario.
+    pub fn declared(&self, name: &[u8], ktable: Option<&KTable>) -> bool {
+        name == DEFAULT_SCENARIO.as_bytes()
+            || match &self.scenarios {
+                Some(list) => list.iter().any(|s| s.as_bytes() == name),
+                None => ktable.is_some_and(|t| t.scenario_index(name).is_some()),
+            }
     }
 
     /// Decide for one request. `ktable` is the running table, `stale` whether it is older than
@@ -102,7 +123,10 @@ impl HydrusFilter {
             Some(raw) => qoe::parse(raw, &self.strategies, self.qoe_range).map_err(Fallback::Qoe),
         };
         let scenario_name = inputs.scenario.unwrap_or(DEFAULT_SCENARIO.as_bytes());
-        let scenario = ktable.and_then(|t| t.scenario_index(scenario_name));
+        let scenario_declared = self.declared(scenario_name, ktable);
+        let scenario = ktable
+            .filter(|_| scenario_declared)
+            .and_then(|t| t.scenario_index(scenario_name));
         let k = match (ktable, scenario) {
             (Some(t), Some(s)) => t.k(s, t.window_of(inputs.now_ms)),
             _ => None,
@@ -113,6 +137,7 @@ impl HydrusFilter {
             fallback: None,
             qoe: qoe.ok(),
             scenario,
+            scenario_declared,
         };
         if group == Group::Control {
             return decision;
@@ -194,6 +219,48 @@ mod tests {
         assert_eq!((d.strategy, d.fallback), (1, None));
         assert_eq!(d.qoe.and_then(|q| q.get(2)), Some(0.5 * 1.1));
         assert_eq!(d.k, Some(0.001));
+    }
+
+    #[test]
+    fn only_declared_scenarios_are_keys() {
+        let t = KTable::constant(900, &[("default", 0.001), ("feed", 0.1)]).expect("valid");
+        let f = filter();
+        // Without a list, the k-table's rows are declared.
+        let d = f.decide(
+            Group::Control,
+            &inputs(Some(b"0.5"), Some(b"feed")),
+            Some(&t),
+            false,
+        );
+        assert!(d.scenario_declared && d.scenario == Some(1));
+        let d = f.decide(
+            Group::Control,
+            &inputs(Some(b"0.5"), Some(b"x9")),
+            Some(&t),
+            false,
+        );
+        assert!(!d.scenario_declared && d.scenario.is_none() && d.k.is_none());
+        // A declared list: `search` is declared though the table lacks it (the solver may make
+        // its row); `feed` is in the table but not declared, so it is not used.
+        let f = filter().with_scenarios(Some(vec!["search".into()]));
+        let d = f.decide(
+            Group::Treatment,
+            &inputs(Some(b"0.5"), Some(b"search")),
+            Some(&t),
+            false,
+        );
+        assert!(d.scenario_declared);
+        assert_eq!(d.fallback, Some(Fallback::UnknownScenario));
+        let d = f.decide(
+            Group::Treatment,
+            &inputs(Some(b"0.5"), Some(b"feed")),
+            Some(&t),
+            false,
+        );
+        assert!(!d.scenario_declared);
+        assert_eq!(d.fallback, Some(Fallback::UnknownScenario));
+        let d = f.decide(Group::Treatment, &inputs(Some(b"0.5"), None), None, false);
+        assert!(d.scenario_declared, "default always is");
     }
 
     #[test]

@@ -13,6 +13,9 @@
 //! - [`e2e`]: E2E's external-delay buckets and decision table.
 //! - [`hedge`]: Kwiken-style reissues: the race, the budget, the timeout table.
 //! - [`log`]: the decision log record (Listing 1 of the Hydrus paper, plus what the solver needs).
+//! - [`outlier`]: passive health of a cluster's endpoints (consecutive failures, hung endpoints).
+//! - [`retry`]: the retry budget (retries as a share of requests in flight).
+//! - [`query`]: the query parameters hydrus owns, stripped from what the client sent.
 
 pub mod decide;
 pub mod e2e;
@@ -20,8 +23,10 @@ pub mod hedge;
 pub mod hydrus;
 pub mod ktable;
 pub mod log;
+pub mod outlier;
 pub mod qoe;
 pub mod query;
+pub mod retry;
 pub mod rollout;
 pub mod strategy;
 

@@ -56,6 +56,33 @@ pub struct LogRecord {
     /// `primary`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hedge: Option<String>,
+    /// The scenario header as sent, when it named no declared scenario (then `scenario` is
+    /// `other`): for forensics only; the solver never makes a k-table row of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scenario_raw: Option<String>,
+    /// Set when the exchange failed after the response began (e.g. `upstream_body`: the
+    /// upstream closed mid-body, so the client got a truncated response with this `status`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Longest value hydrus copies from a request header into a record; longer ones are cut (at a
+/// character boundary) and counted, so a client cannot make records arbitrarily large.
+pub const MAX_FIELD_BYTES: usize = 256;
+
+/// `raw` as text for a record, cut to [`MAX_FIELD_BYTES`]; the flag says whether it was cut.
+pub fn capped_text(raw: &[u8]) -> (String, bool) {
+    let cut = raw.len() > MAX_FIELD_BYTES;
+    let mut raw = &raw[..raw.len().min(MAX_FIELD_BYTES)];
+    if cut {
+        // The cut may split a character: drop its remains rather than show U+FFFD.
+        if let Err(e) = std::str::from_utf8(raw) {
+            if e.error_len().is_none() {
+                raw = &raw[..e.valid_up_to()];
+            }
+        }
+    }
+    (String::from_utf8_lossy(raw).into_owned(), cut)
 }
 
 impl LogRecord {
@@ -105,6 +132,8 @@ mod tests {
             cluster_load: None,
             e2e_bucket: None,
             hedge: None,
+            scenario_raw: None,
+            error: None,
         };
         let mut out = Vec::new();
         r.encode_into(&mut out);
@@ -127,5 +156,17 @@ mod tests {
         let back: LogRecord = serde_json::from_str(text.trim()).expect("parses");
         assert_eq!(back, r);
         assert_eq!(back.chosen_cost(), Some(10.0));
+    }
+
+    #[test]
+    fn header_fields_are_capped() {
+        let (s, cut) = capped_text(b"alice");
+        assert_eq!((s.as_str(), cut), ("alice", false));
+        let long = "é".repeat(MAX_FIELD_BYTES); // two bytes each
+        let (s, cut) = capped_text(long.as_bytes());
+        assert!(cut && s.len() <= MAX_FIELD_BYTES && s.chars().all(|c| c == 'é'));
+        let odd = format!("a{long}");
+        let (s, cut) = capped_text(odd.as_bytes());
+        assert!(cut && s.starts_with('a') && !s.ends_with('\u{fffd}'), "{s}");
     }
 }

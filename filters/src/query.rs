@@ -1,20 +1,85 @@
-//! Setting query parameters on a request target: `set` replaces every existing pair with the same
-//! name and appends the new value; other pairs keep their order and bytes.
+//! The query parameters hydrus owns: every key that any strategy sets is removed from what the
+//! client sent (compared after percent-decoding and ignoring ASCII case, and with `;` taken as a
+//! separator too, as some servers do), then the chosen strategy's values are appended. Other
+//! pairs keep their order and bytes.
 
-/// The new `path?query` text, or `None` when nothing is to be set.
-pub fn set_query(path: &str, query: Option<&str>, set: &[(String, String)]) -> Option<String> {
-    if set.is_empty() {
+/// Whether `raw` (a query key as sent) names `key` once decoded.
+fn key_is(raw: &[u8], key: &str) -> bool {
+    let key = key.as_bytes();
+    let mut i = 0;
+    let mut k = 0;
+    while i < raw.len() {
+        let b = match raw[i] {
+            b'%' if i + 2 < raw.len() => match (hex(raw[i + 1]), hex(raw[i + 2])) {
+                (Some(h), Some(l)) => {
+                    i += 2;
+                    h << 4 | l
+                }
+                _ => b'%',
+            },
+            b'+' => b' ',
+            b => b,
+        };
+        i += 1;
+        if k >= key.len() || !key[k].eq_ignore_ascii_case(&b) {
+            return false;
+        }
+        k += 1;
+    }
+    k == key.len()
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn owned(part: &str, keys: &[String]) -> bool {
+    let name = part.split('=').next().unwrap_or(part);
+    keys.iter().any(|k| key_is(name.as_bytes(), k))
+}
+
+/// The new `path?query` text: the client's pairs without any key in `owned`, then `set`.
+/// `None` when nothing changes (no owned key present and nothing to set).
+pub fn set_query(
+    path: &str,
+    query: Option<&str>,
+    set: &[(String, String)],
+    owned_keys: &[String],
+) -> Option<String> {
+    let q = query.unwrap_or("");
+    let touched = q
+        .split(['&', ';'])
+        .any(|p| !p.is_empty() && owned(p, owned_keys));
+    if set.is_empty() && !touched {
         return None;
     }
-    let mut out = String::with_capacity(path.len() + query.map_or(0, str::len) + 32);
+    let mut out = String::with_capacity(path.len() + q.len() + 32);
     out.push_str(path);
     let mut sep = '?';
-    for pair in query.unwrap_or("").split('&') {
+    for pair in q.split('&') {
         if pair.is_empty() {
             continue;
         }
-        let name = pair.split('=').next().unwrap_or(pair);
-        if set.iter().any(|(k, _)| k == name) {
+        if pair.contains(';') {
+            // `a=1;candidates=9`: keep the parts that are not owned, as they were written.
+            let mut first = true;
+            for part in pair
+                .split(';')
+                .filter(|p| !p.is_empty() && !owned(p, owned_keys))
+            {
+                out.push(if first { sep } else { ';' });
+                out.push_str(part);
+                first = false;
+                sep = '&';
+            }
+            continue;
+        }
+        if owned(pair, owned_keys) {
             continue;
         }
         out.push(sep);
@@ -43,25 +108,64 @@ mod tests {
             .collect()
     }
 
+    fn keys(k: &[&str]) -> Vec<String> {
+        k.iter().map(|s| s.to_string()).collect()
+    }
+
     #[test]
     fn replaces_and_appends() {
         let s = set(&[("candidates", "10")]);
+        let own = keys(&["candidates"]);
         assert_eq!(
-            set_query("/rank", Some("a=1&candidates=50&b"), &s).as_deref(),
+            set_query("/rank", Some("a=1&candidates=50&b"), &s, &own).as_deref(),
             Some("/rank?a=1&b&candidates=10")
         );
         assert_eq!(
-            set_query("/rank", None, &s).as_deref(),
+            set_query("/rank", None, &s, &own).as_deref(),
             Some("/rank?candidates=10")
         );
         assert_eq!(
-            set_query("/", Some(""), &s).as_deref(),
+            set_query("/", Some(""), &s, &own).as_deref(),
             Some("/?candidates=10")
         );
-        assert_eq!(set_query("/", Some("x=1"), &[]), None);
+        assert_eq!(set_query("/", Some("x=1"), &[], &own), None);
         assert_eq!(
-            set_query("/", Some("candidates=1&candidates=2"), &s).as_deref(),
+            set_query("/", Some("candidates=1&candidates=2"), &s, &own).as_deref(),
             Some("/?candidates=10")
+        );
+    }
+
+    #[test]
+    fn owned_keys_are_removed_however_they_are_spelled() {
+        let own = keys(&["candidates", "model"]);
+        let s = set(&[("candidates", "10")]);
+        for q in [
+            "candidat%65s=777",
+            "candidat%65S=777",
+            "CANDIDATES=777",
+            "%63andidates=777",
+            "model=big",
+        ] {
+            assert_eq!(
+                set_query("/r", Some(q), &s, &own).as_deref(),
+                Some("/r?candidates=10"),
+                "{q}"
+            );
+        }
+        // Separated by `;`, as some servers split.
+        assert_eq!(
+            set_query("/r", Some("a=1;candidates=777;b=2&c=3"), &s, &own).as_deref(),
+            Some("/r?a=1;b=2&c=3&candidates=10")
+        );
+        // A strategy that sets nothing still strips what another one owns.
+        assert_eq!(
+            set_query("/r", Some("x=1&candidates=777"), &[], &own).as_deref(),
+            Some("/r?x=1")
+        );
+        // Near misses are kept.
+        assert_eq!(
+            set_query("/r", Some("candidatesx=1&candidate=2&%zz=3&%6"), &[], &own),
+            None
         );
     }
 
@@ -72,12 +176,23 @@ mod tests {
             let q: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
             let q = q.join("&");
             let s = set(&[("a", "X")]);
-            let out = set_query("/p", Some(&q), &s).expect("some");
+            let out = set_query("/p", Some(&q), &s, &keys(&["a"])).expect("some");
             let (_, query) = out.split_once('?').expect("has query");
             let got: Vec<&str> = query.split('&').collect();
             let kept: Vec<String> = pairs.iter().filter(|(k, _)| k != "a").map(|(k, v)| format!("{k}={v}")).collect();
             prop_assert_eq!(&got[..got.len() - 1], &kept.iter().map(|s| s.as_str()).collect::<Vec<_>>()[..]);
             prop_assert_eq!(*got.last().expect("last"), "a=X");
+        }
+
+        /// Whatever the client wrote, no pair that decodes to an owned key survives.
+        #[test]
+        fn no_owned_key_survives(q in "[a-cA-C%0-9=&;+]{0,40}") {
+            let own = keys(&["ab"]);
+            let out = set_query("/p", Some(&q), &[], &own).unwrap_or_else(|| format!("/p?{q}"));
+            let query = out.split_once('?').map_or("", |x| x.1);
+            for part in query.split(['&', ';']).filter(|p| !p.is_empty()) {
+                prop_assert!(!owned(part, &own), "{part} in {out}");
+            }
         }
     }
 }

@@ -25,6 +25,9 @@ struct LightRecord<'a> {
     ts_ms: u64,
     #[serde(borrow, default)]
     scenario: Option<Cow<'a, str>>,
+    /// Present when the proxy did not recognise the scenario header: never a row.
+    #[serde(default)]
+    scenario_raw: Option<serde::de::IgnoredAny>,
     #[serde(borrow)]
     chosen: Cow<'a, str>,
     #[serde(borrow)]
@@ -43,7 +46,15 @@ pub struct ReadStats {
     pub incomplete: u64,
     /// Records without usable values (no value_info, or the chosen strategy not among them).
     pub unusable: u64,
+    /// Records whose scenario the proxy did not recognise (`scenario_raw`), or beyond the
+    /// first [`MAX_SCENARIOS`] distinct scenarios: skipped, never made a row.
+    #[serde(default)]
+    pub undeclared_scenario: u64,
 }
+
+/// Most distinct scenarios the solver keeps: a k-table row each. Logs written before scenarios
+/// were declared may name any value a client sent.
+pub const MAX_SCENARIOS: usize = 1024;
 
 const EXAMPLES: usize = 5;
 
@@ -62,6 +73,7 @@ pub struct Collector {
     pub pools: Pools,
     pub stats: ReadStats,
     scratch: Vec<(f64, f64)>,
+    scenarios: std::collections::BTreeSet<String>,
 }
 
 impl Collector {
@@ -72,6 +84,7 @@ impl Collector {
             pools: BTreeMap::new(),
             stats: ReadStats::default(),
             scratch: Vec::with_capacity(16),
+            scenarios: std::collections::BTreeSet::new(),
         }
     }
 
@@ -100,6 +113,10 @@ impl Collector {
             }
         };
         self.stats.records += 1;
+        if rec.scenario_raw.is_some() {
+            self.stats.undeclared_scenario += 1;
+            return None;
+        }
         self.scratch.clear();
         let mut chosen = None;
         for (j, v) in rec.value_info.iter().enumerate() {
@@ -123,7 +140,13 @@ impl Collector {
         let scenario = rec
             .scenario
             .unwrap_or(Cow::Borrowed(hydrus_filters::ktable::DEFAULT_SCENARIO));
-        // Look up without allocating the key for the common case.
+        if !self.scenarios.contains(scenario.as_ref()) {
+            if self.scenarios.len() >= MAX_SCENARIOS {
+                self.stats.undeclared_scenario += 1;
+                return None;
+            }
+            self.scenarios.insert(scenario.to_string());
+        }
         let key = (scenario.into_owned(), window);
         self.pools
             .entry(key)

@@ -405,6 +405,12 @@ fn stats_line(s: &input::ReadStats) -> String {
         "read {} records ({} lines, {} files); {} malformed, {} unusable, {} incomplete",
         s.records, s.lines, s.files, s.malformed, s.unusable, s.incomplete
     );
+    if s.undeclared_scenario > 0 {
+        line.push_str(&format!(
+            "; {} with an undeclared scenario (skipped)",
+            s.undeclared_scenario
+        ));
+    }
     for e in &s.malformed_examples {
         line.push_str(&format!("\n  malformed: {e}"));
     }

@@ -58,12 +58,23 @@ pub struct Seen {
     pub method: String,
     pub path: String,
     pub query: BTreeMap<String, Vec<String>>,
+    /// The query as received.
+    pub raw_query: String,
     pub headers: BTreeMap<String, String>,
+    /// Every header line as received, in order, duplicates included.
+    pub raw_headers: Vec<(String, String)>,
 }
 
 impl Seen {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).map(|s| s.as_str())
+    }
+    /// How many header lines named `name` (case-insensitive) arrived.
+    pub fn header_count(&self, name: &str) -> usize {
+        self.raw_headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .count()
     }
     pub fn query_one(&self, name: &str) -> Option<&str> {
         self.query
@@ -88,6 +99,8 @@ pub struct Upstream {
     /// Every `tail_every`-th request (0: none) takes `tail_ms` longer: a slow tail.
     pub tail_every: Arc<AtomicU64>,
     pub tail_ms: Arc<AtomicU64>,
+    /// The status `/healthz` answers (200 by default).
+    pub health_status: Arc<AtomicU64>,
 }
 
 struct Shared {
@@ -100,6 +113,7 @@ struct Shared {
     tail_every: Arc<AtomicU64>,
     tail_ms: Arc<AtomicU64>,
     served: AtomicU64,
+    health: Arc<AtomicU64>,
 }
 
 /// Serve one connection until it closes or the upstream stops.
@@ -147,11 +161,12 @@ fn serve_connection(stream: std::net::TcpStream, sh: Arc<Shared>) {
         let mut parts = head[0].split_whitespace();
         let method = parts.next().unwrap_or("").to_string();
         let url = parts.next().unwrap_or("/").to_string();
-        let headers: BTreeMap<String, String> = head[1..]
+        let raw_headers: Vec<(String, String)> = head[1..]
             .iter()
             .filter_map(|h| h.split_once(':'))
             .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
             .collect();
+        let headers: BTreeMap<String, String> = raw_headers.iter().cloned().collect();
         if let Some(len) = headers
             .get("content-length")
             .and_then(|v| v.parse::<u64>().ok())
@@ -160,6 +175,15 @@ fn serve_connection(stream: std::net::TcpStream, sh: Arc<Shared>) {
             let _ = reader.read_exact(&mut body);
         }
         let (path, q) = url.split_once('?').unwrap_or((&url, ""));
+        if path == "/healthz" {
+            // Health checks are answered, not recorded.
+            let status = sh.health.load(Ordering::SeqCst);
+            let resp = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n");
+            if writer.write_all(resp.as_bytes()).is_err() {
+                return;
+            }
+            continue;
+        }
         let mut query: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for p in q.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
@@ -180,7 +204,9 @@ fn serve_connection(stream: std::net::TcpStream, sh: Arc<Shared>) {
             method,
             path: path.to_string(),
             query,
+            raw_query: q.to_string(),
             headers,
+            raw_headers,
         });
         let now_in = sh.inflight.fetch_add(1, Ordering::SeqCst) + 1;
         let nth = sh.served.fetch_add(1, Ordering::SeqCst) + 1;
@@ -222,7 +248,9 @@ impl Upstream {
         let per_inflight_ms = Arc::new(AtomicU64::new(0));
         let tail_every = Arc::new(AtomicU64::new(0));
         let tail_ms = Arc::new(AtomicU64::new(0));
+        let health_status = Arc::new(AtomicU64::new(200));
         let shared = Arc::new(Shared {
+            health: health_status.clone(),
             tail_every: tail_every.clone(),
             tail_ms: tail_ms.clone(),
             served: AtomicU64::new(0),
@@ -260,6 +288,7 @@ impl Upstream {
             per_inflight_ms,
             tail_every,
             tail_ms,
+            health_status,
         }
     }
 
@@ -302,6 +331,8 @@ pub struct Hydrus {
     pub admin_port: u16,
     pub child: Option<Child>,
     pub log_path: PathBuf,
+    /// An open-file limit to start hydrus under (soft and hard), when set.
+    pub nofile: Option<u64>,
 }
 
 pub fn bin() -> &'static str {
@@ -345,6 +376,11 @@ impl Hydrus {
     }
 
     pub fn start_in(dir: tempfile::TempDir, template: &str) -> Self {
+        Self::start_limited(dir, template, None)
+    }
+
+    /// Start under an open-file limit (`prlimit --nofile`).
+    pub fn start_limited(dir: tempfile::TempDir, template: &str, nofile: Option<u64>) -> Self {
         let port = free_port();
         let admin_port = free_port();
         let config_path = dir.path().join("hydrus.yaml");
@@ -357,6 +393,7 @@ impl Hydrus {
             admin_port,
             child: None,
             log_path,
+            nofile,
         };
         h.spawn(false);
         h.wait_ready();
@@ -369,7 +406,15 @@ impl Hydrus {
             .append(true)
             .open(&self.log_path)
             .unwrap();
-        let mut cmd = Command::new(bin());
+        let mut cmd = match self.nofile {
+            // prlimit execs the command: the child's pid is hydrus's.
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
         cmd.arg("serve").arg("--config").arg(&self.config_path);
         if upgrade {
             cmd.arg("--upgrade");

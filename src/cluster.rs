@@ -1,0 +1,493 @@
+//! Upstream clusters: the `clusters.NAME` section, and the running cluster that picks an
+//! endpoint for each attempt.
+//!
+//! Endpoints are picked by `pingora-load-balancing` (round robin, or Ketama consistent hashing
+//! of the user id so that a user's requests land on the same replica), among those that pass the
+//! active health check (TCP connect or an HTTP path, run by [`crate::health`]) and are not set
+//! aside by passive outlier detection ([`hydrus_filters::outlier`]). If every endpoint is out,
+//! requests go to all of them (Envoy's panic routing) rather than failing.
+//!
+//! A running cluster is shared across config reloads while its section is unchanged, so health
+//! and ejections survive a reload that touches something else.
+
+use hydrus_filters::outlier::{OutlierConfig, Outliers};
+use hydrus_filters::retry::{RetryBudget, RetryConfig};
+use pingora::lb::discovery::Static;
+use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
+use pingora::lb::selection::{Consistent, RoundRobin};
+use pingora::lb::{Backend, Backends, LoadBalancer};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// `clusters.NAME` as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `HOST:PORT` of each endpoint.
+    pub endpoints: Vec<String>,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Longest wait for each read from the upstream.
+    #[serde(default = "default_read_timeout", with = "humantime_serde")]
+    pub read_timeout: Duration,
+    /// How long an idle upstream connection is kept for reuse.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// How an endpoint is picked.
+    #[serde(default)]
+    pub lb: LbPolicy,
+    /// Active health checks; none by default.
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+    /// Passive health: ejecting endpoints that fail.
+    #[serde(default)]
+    pub outlier: OutlierSection,
+    /// Retries of idempotent requests on another endpoint.
+    #[serde(default)]
+    pub retry: RetrySection,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LbPolicy {
+    #[default]
+    RoundRobin,
+    /// Ketama hashing of the user id header: a user's requests go to the same endpoint while it
+    /// is available. Requests without a user id are spread round robin.
+    ConsistentHash,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// `GET` this path and expect a 200; without it, a TCP connect is the check.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// The `Host` header of the HTTP check (default: the endpoint's address).
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default = "default_hc_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(default = "default_hc_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Passing checks in a row that bring an unhealthy endpoint back.
+    #[serde(default = "default_healthy")]
+    pub healthy_threshold: usize,
+    /// Failing checks in a row that take an endpoint out.
+    #[serde(default = "default_unhealthy")]
+    pub unhealthy_threshold: usize,
+}
+
+fn default_hc_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_hc_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_healthy() -> usize {
+    2
+}
+
+fn default_unhealthy() -> usize {
+    3
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutlierSection {
+    /// Failed attempts in a row that eject an endpoint; 0: never eject.
+    pub consecutive_failures: u32,
+    #[serde(with = "humantime_serde")]
+    pub base_ejection_time: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_ejection_time: Duration,
+    pub max_ejection_percent: u32,
+    /// An endpoint holding requests without answering any for this long gets no new ones until
+    /// it answers; 0s: off.
+    #[serde(with = "humantime_serde")]
+    pub stall_after: Duration,
+}
+
+impl Default for OutlierSection {
+    fn default() -> Self {
+        let d = OutlierConfig::default();
+        Self {
+            consecutive_failures: d.consecutive_failures,
+            base_ejection_time: Duration::from_millis(d.base_ejection_ms),
+            max_ejection_time: Duration::from_millis(d.max_ejection_ms),
+            max_ejection_percent: d.max_ejection_percent,
+            stall_after: Duration::from_millis(d.stall_after_ms),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySection {
+    /// Retries after the first attempt, each on another endpoint; 0: none.
+    pub attempts: u32,
+    /// Retries in flight as a share (percent) of the cluster's requests in flight.
+    pub budget_percent: f64,
+    /// Retries in flight always allowed.
+    pub min_concurrency: u32,
+}
+
+impl Default for RetrySection {
+    fn default() -> Self {
+        let d = RetryConfig::default();
+        Self {
+            attempts: d.attempts,
+            budget_percent: d.budget_percent,
+            min_concurrency: d.min_concurrency,
+        }
+    }
+}
+
+/// Most retries of one request.
+pub const MAX_RETRIES: u32 = 3;
+
+/// The endpoints one request has tried (at most `1 + MAX_RETRIES`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tried {
+    slots: [usize; 1 + MAX_RETRIES as usize],
+    len: usize,
+}
+
+impl Tried {
+    pub fn contains(&self, i: usize) -> bool {
+        self.slots[..self.len].contains(&i)
+    }
+
+    pub fn push(&mut self, i: usize) {
+        if self.len < self.slots.len() {
+            self.slots[self.len] = i;
+            self.len += 1;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// An endpoint's position in its cluster, carried in the `Backend` the balancer returns.
+#[derive(Debug, Clone, Copy)]
+struct EndpointIndex(usize);
+
+enum Balancer {
+    RoundRobin(LoadBalancer<RoundRobin>),
+    Hash(LoadBalancer<Consistent>),
+}
+
+/// A running cluster.
+pub struct Cluster {
+    pub name: String,
+    pub source: ClusterConfig,
+    pub endpoints: Vec<SocketAddr>,
+    backends: Vec<Backend>,
+    balancer: Balancer,
+    pub outliers: Outliers,
+    pub retry: RetryConfig,
+    /// Requests in flight to this cluster and the retries among them.
+    pub budget: RetryBudget,
+    /// Round-robin position for hashed clusters' requests without a key.
+    unkeyed: AtomicUsize,
+    /// When the next active health check is due (ms since start of the process), and whether
+    /// one is running.
+    next_check_ms: AtomicU64,
+    checking: AtomicBool,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("name", &self.name)
+            .field("endpoints", &self.endpoints)
+            .finish_non_exhaustive()
+    }
+}
+
+fn health_check(hc: &HealthCheckConfig) -> Box<dyn HealthCheck + Send + Sync> {
+    match &hc.path {
+        None => {
+            let mut tcp = TcpHealthCheck::new();
+            tcp.consecutive_success = hc.healthy_threshold;
+            tcp.consecutive_failure = hc.unhealthy_threshold;
+            tcp.peer_template.options.connection_timeout = Some(hc.timeout);
+            tcp
+        }
+        Some(path) => {
+            let host = hc.host.as_deref().unwrap_or("localhost");
+            let mut http = HttpHealthCheck::new(host, false);
+            if let Ok(mut req) = pingora::http::RequestHeader::build("GET", path.as_bytes(), None) {
+                let _ = req.insert_header("host", host);
+                let _ = req.insert_header("user-agent", "hydrus-health-check");
+                http.req = req;
+            }
+            http.consecutive_success = hc.healthy_threshold;
+            http.consecutive_failure = hc.unhealthy_threshold;
+            http.peer_template.options.connection_timeout = Some(hc.timeout);
+            http.peer_template.options.total_connection_timeout = Some(hc.timeout);
+            http.peer_template.options.read_timeout = Some(hc.timeout);
+            http.peer_template.options.write_timeout = Some(hc.timeout);
+            Box::new(http)
+        }
+    }
+}
+
+fn balancer<S>(backends: &[Backend], hc: Option<&HealthCheckConfig>) -> LoadBalancer<S>
+where
+    S: pingora::lb::selection::BackendSelection + 'static,
+    S::Iter: pingora::lb::selection::BackendIter,
+{
+    let set: BTreeSet<Backend> = backends.iter().cloned().collect();
+    let mut lb = LoadBalancer::<S>::from_backends(Backends::new(Static::new(set)));
+    if let Some(hc) = hc {
+        lb.set_health_check(health_check(hc));
+    }
+    // Static discovery answers at once: the balancer is built before this returns.
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let polled = {
+        let mut update = std::pin::pin!(lb.update());
+        update.as_mut().poll(&mut cx)
+    };
+    match polled {
+        std::task::Poll::Ready(Ok(())) => {}
+        std::task::Poll::Ready(Err(e)) => log::error!("load balancer: {e}"),
+        std::task::Poll::Pending => log::error!("load balancer: static discovery did not answer"),
+    }
+    lb
+}
+
+impl Cluster {
+    /// Build a running cluster from its checked section and resolved endpoints (distinct).
+    pub fn new(name: &str, source: ClusterConfig, endpoints: Vec<SocketAddr>) -> Self {
+        let backends: Vec<Backend> = endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let mut b = Backend {
+                    addr: pingora::protocols::l4::socket::SocketAddr::Inet(*a),
+                    weight: 1,
+                    ext: Default::default(),
+                };
+                b.ext.insert(EndpointIndex(i));
+                b
+            })
+            .collect();
+        let hc = source.health_check.as_ref();
+        let balancer = match source.lb {
+            LbPolicy::RoundRobin => Balancer::RoundRobin(balancer(&backends, hc)),
+            LbPolicy::ConsistentHash => Balancer::Hash(balancer(&backends, hc)),
+        };
+        let o = &source.outlier;
+        let outliers = Outliers::new(
+            OutlierConfig {
+                consecutive_failures: o.consecutive_failures,
+                base_ejection_ms: o.base_ejection_time.as_millis() as u64,
+                max_ejection_ms: o.max_ejection_time.as_millis() as u64,
+                max_ejection_percent: o.max_ejection_percent,
+                stall_after_ms: o.stall_after.as_millis() as u64,
+            },
+            endpoints.len(),
+        );
+        let r = &source.retry;
+        Self {
+            name: name.to_string(),
+            retry: RetryConfig {
+                attempts: r.attempts.min(MAX_RETRIES),
+                budget_percent: r.budget_percent,
+                min_concurrency: r.min_concurrency,
+            },
+            source,
+            endpoints,
+            backends,
+            balancer,
+            outliers,
+            budget: RetryBudget::default(),
+            unkeyed: AtomicUsize::new(0),
+            next_check_ms: AtomicU64::new(0),
+            checking: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether this running cluster can serve `source` with `endpoints` (a reload keeps it).
+    pub fn same_as(&self, source: &ClusterConfig, endpoints: &[SocketAddr]) -> bool {
+        self.source == *source && self.endpoints == endpoints
+    }
+
+    fn select_with(&self, key: &[u8], accept: impl Fn(usize, bool) -> bool) -> Option<usize> {
+        let n = self.backends.len();
+        let iterations = 4 * n + 8;
+        let f = |b: &Backend, healthy: bool| {
+            b.ext
+                .get::<EndpointIndex>()
+                .is_some_and(|i| accept(i.0, healthy))
+        };
+        let picked = match &self.balancer {
+            Balancer::RoundRobin(lb) => lb.select_with(key, iterations, f),
+            Balancer::Hash(lb) => lb.select_with(key, iterations, f),
+        };
+        picked.and_then(|b| b.ext.get::<EndpointIndex>().map(|i| i.0))
+    }
+
+    /// The endpoint for the next attempt of a request: one it has not tried, healthy and not set
+    /// aside if there is one; else any it has not tried (panic routing). `key`: the user id, for
+    /// consistent hashing.
+    pub fn select(&self, key: Option<&[u8]>, tried: &Tried, now_ms: u64) -> Option<usize> {
+        let counter;
+        let key: &[u8] = match (&self.balancer, key) {
+            (Balancer::Hash(_), Some(k)) if !k.is_empty() => k,
+            (Balancer::Hash(_), _) => {
+                counter = self.unkeyed.fetch_add(1, Ordering::Relaxed).to_le_bytes();
+                &counter
+            }
+            _ => b"",
+        };
+        self.select_with(key, |i, healthy| {
+            healthy && !tried.contains(i) && self.outliers.available(i, now_ms)
+        })
+        .or_else(|| self.rotate(|i| self.healthy(i) && !tried.contains(i)))
+        .or_else(|| self.rotate(|i| !tried.contains(i)))
+    }
+
+    /// The next endpoint in turn that `ok` accepts: the fallback when the balancer finds none
+    /// both healthy and available (then requests spread over what is left, Envoy's panic mode).
+    fn rotate(&self, ok: impl Fn(usize) -> bool) -> Option<usize> {
+        let n = self.endpoints.len();
+        let start = self.unkeyed.fetch_add(1, Ordering::Relaxed);
+        (0..n).map(|k| (start + k) % n).find(|&i| ok(i))
+    }
+
+    /// Whether the active health check passes (always, without one).
+    pub fn healthy(&self, i: usize) -> bool {
+        let Some(b) = self.backends.get(i) else {
+            return false;
+        };
+        match &self.balancer {
+            Balancer::RoundRobin(lb) => lb.backends().ready(b),
+            Balancer::Hash(lb) => lb.backends().ready(b),
+        }
+    }
+
+    /// Start an active health check pass if one is due: returns whether the caller should run
+    /// [`Self::run_health_checks`] now.
+    pub fn health_check_due(&self, now_ms: u64) -> bool {
+        let Some(hc) = &self.source.health_check else {
+            return false;
+        };
+        if now_ms < self.next_check_ms.load(Ordering::Relaxed)
+            || self.checking.swap(true, Ordering::AcqRel)
+        {
+            return false;
+        }
+        self.next_check_ms
+            .store(now_ms + hc.interval.as_millis() as u64, Ordering::Relaxed);
+        true
+    }
+
+    /// One pass of active health checks over every endpoint, in parallel.
+    pub async fn run_health_checks(&self) {
+        match &self.balancer {
+            Balancer::RoundRobin(lb) => lb.backends().run_health_check(true).await,
+            Balancer::Hash(lb) => lb.backends().run_health_check(true).await,
+        }
+        self.checking.store(false, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hydrus_filters::outlier::Outcome;
+
+    fn cluster(lb: LbPolicy, n: u16) -> Cluster {
+        let endpoints: Vec<SocketAddr> = (0..n)
+            .map(|i| SocketAddr::from(([127, 0, 0, 1], 9000 + i)))
+            .collect();
+        let source = ClusterConfig {
+            endpoints: endpoints.iter().map(|a| a.to_string()).collect(),
+            connect_timeout: default_connect_timeout(),
+            read_timeout: default_read_timeout(),
+            idle_timeout: default_idle_timeout(),
+            lb,
+            health_check: None,
+            outlier: OutlierSection::default(),
+            retry: RetrySection::default(),
+        };
+        Cluster::new("c", source, endpoints)
+    }
+
+    #[test]
+    fn round_robin_spreads_and_skips_what_was_tried() {
+        let c = cluster(LbPolicy::RoundRobin, 3);
+        let mut counts = [0; 3];
+        for _ in 0..300 {
+            let i = c.select(None, &Tried::default(), 0).expect("one");
+            counts[i] += 1;
+        }
+        assert_eq!(counts, [100, 100, 100]);
+        let mut tried = Tried::default();
+        for _ in 0..3 {
+            let i = c.select(None, &tried, 0).expect("untried left");
+            assert!(!tried.contains(i));
+            tried.push(i);
+        }
+        assert_eq!(c.select(None, &tried, 0), None);
+    }
+
+    #[test]
+    fn consistent_hash_keeps_a_user_on_one_endpoint_until_it_is_ejected() {
+        let c = cluster(LbPolicy::ConsistentHash, 4);
+        let first = c.select(Some(b"alice"), &Tried::default(), 0).expect("one");
+        for _ in 0..20 {
+            assert_eq!(c.select(Some(b"alice"), &Tried::default(), 0), Some(first));
+        }
+        let users: BTreeSet<usize> = (0..200)
+            .filter_map(|u| c.select(Some(format!("u{u}").as_bytes()), &Tried::default(), 0))
+            .collect();
+        assert_eq!(users.len(), 4, "users spread over every endpoint");
+        for _ in 0..5 {
+            c.outliers.started(first, 0);
+            c.outliers.record(first, Outcome::Failure, 0);
+        }
+        let moved = c.select(Some(b"alice"), &Tried::default(), 1).expect("one");
+        assert_ne!(moved, first, "an ejected endpoint's users go elsewhere");
+        assert_eq!(c.select(Some(b"alice"), &Tried::default(), 1), Some(moved));
+    }
+
+    #[test]
+    fn everything_out_means_everything_in() {
+        let c = cluster(LbPolicy::RoundRobin, 2);
+        c.outliers.started(0, 0);
+        c.outliers.started(1, 0);
+        // Both hung for longer than stall_after: neither is available, both are still used.
+        let now = 10_000;
+        let picked: BTreeSet<usize> = (0..10)
+            .filter_map(|_| c.select(None, &Tried::default(), now))
+            .collect();
+        assert_eq!(picked.len(), 2);
+    }
+}
