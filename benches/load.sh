@@ -6,17 +6,24 @@
 #   pingora-bare wrk -> a bare pingora proxy (examples/bare_proxy.rs): the floor under hydrus
 #   nginx       wrk -> nginx reverse proxy (keepalive upstream) -> upstream
 #   haproxy     wrk -> HAProxy -> upstream
-# Reports requests/s and p50/p99 latency (median of the rounds), the ratios hydrus/nginx and
-# full/empty chain, and the decision-time p99 from hydrus's own histogram. Writes
+# For every target, per round: a loaded run (wrk -c CONNECTIONS) giving requests/s, p50/p99 and
+# the proxy's CPU time per request (utime+stime of its processes from /proc over the run,
+# divided by the requests served), then a serial run (one connection) giving p50/p99. Medians of
+# the rounds; ratios to nginx; hydrus's own decision and overhead histograms. Writes
 # benches/results/load.json and benches/results/load.md.
 #
 # Usage: benches/load.sh [SECONDS per run, default 10] [ROUNDS, default 3] [CONNECTIONS, default 32]
+# Env: HYDRUS_BENCH_THREADS (proxy threads/processes, default 2), SERIAL_SECS (default 4),
+#      HYDRUS_BIN / BARE_BIN (binaries to measure instead of the ones built here),
+#      COMPARE="NAME=BINARY ..." (more hydrus binaries run on the full chain in the same rounds,
+#      e.g. COMPARE="before=/tmp/hydrus-old" to measure a change before and after in one run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
 rounds=${2:-3}
 conns=${3:-32}
 threads=${HYDRUS_BENCH_THREADS:-2}
+serial_secs=${SERIAL_SECS:-4}
 
 for p in nginx haproxy wrk cmake; do
   dpkg -s "$p" >/dev/null 2>&1 || need="${need:-} $p"
@@ -25,6 +32,8 @@ if [ -n "${need:-}" ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need >/dev/null
 fi
 cargo build --release --quiet --bin hydrus --example bare_proxy
+HYDRUS_BIN=${HYDRUS_BIN:-./target/release/hydrus}
+BARE_BIN=${BARE_BIN:-./target/release/examples/bare_proxy}
 
 work=$(mktemp -d)
 pids=()
@@ -71,7 +80,7 @@ http {
   }
 }
 CONF
-nginx -c "$work/nginx-rp/nginx.conf" -p "$work/nginx-rp" -g 'daemon off;' & pids+=($!)
+nginx -c "$work/nginx-rp/nginx.conf" -p "$work/nginx-rp" -g 'daemon off;' & pids+=($!); ngx_master=$!
 
 cat > "$work/haproxy.cfg" <<CONF
 global
@@ -90,7 +99,7 @@ backend be
   http-reuse always
   server up 127.0.0.1:$UP
 CONF
-haproxy -f "$work/haproxy.cfg" -db & pids+=($!)
+haproxy -f "$work/haproxy.cfg" -db & pids+=($!); hap_pid=$!
 
 common="threads: $threads
 shutdown: { grace_period: 0s, timeout: 1s, upgrade_sock: $work/up.sock }
@@ -121,9 +130,20 @@ admin: { listen: "127.0.0.1:$ADME" }
 $common
 filters: []
 CONF
-RUST_LOG=warn ./target/release/hydrus serve --config "$work/full.yaml" & pids+=($!)
-RUST_LOG=warn ./target/release/hydrus serve --config "$work/empty.yaml" & pids+=($!)
-RUST_LOG=warn ./target/release/examples/bare_proxy 127.0.0.1:$BARE 127.0.0.1:$UP "$threads" & pids+=($!)
+RUST_LOG=warn "$HYDRUS_BIN" serve --config "$work/full.yaml" & pids+=($!); full_pid=$!
+RUST_LOG=warn "$HYDRUS_BIN" serve --config "$work/empty.yaml" & pids+=($!); empty_pid=$!
+RUST_LOG=warn "$BARE_BIN" 127.0.0.1:$BARE 127.0.0.1:$UP "$threads" & pids+=($!); bare_pid=$!
+
+# More hydrus binaries on the full chain, for before/after comparisons in one run.
+extra_names=(); extra_ports=(); declare -A extra_pid
+port=18200
+for spec in ${COMPARE:-}; do
+  name=hydrus-${spec%%=*}; bin=${spec#*=}
+  sed -e "s/127.0.0.1:$FULL/127.0.0.1:$port/" -e "s/127.0.0.1:$ADMF/127.0.0.1:$((port + 1))/" \
+    -e "s#$work/logs#$work/logs-$name#" "$work/full.yaml" > "$work/$name.yaml"
+  RUST_LOG=warn "$bin" serve --config "$work/$name.yaml" & pids+=($!); extra_pid[$name]=$!
+  extra_names+=("$name"); extra_ports+=("$port"); port=$((port + 2))
+done
 
 # Requests carry a user id (varying) and a QoE score, as a front end would send them.
 cat > "$work/req.lua" <<'LUA'
@@ -135,83 +155,133 @@ request = function()
 end
 LUA
 
-for port in $UP $FULL $EMPTY $BARE $NGX $HAP; do
+for port in $UP $FULL $EMPTY $BARE $NGX $HAP ${extra_ports[@]+"${extra_ports[@]}"}; do
   for _ in $(seq 100); do curl -s -o /dev/null "127.0.0.1:$port/" && break; sleep 0.1; done
 done
 
-# Returns "rps p50_ms p99_ms" for one wrk run.
+# The processes of each target, for their CPU time.
+procs() {
+  case $1 in
+    direct) echo "$(pgrep -f "nginx-up/nginx.conf" | tr '\n' ' ')" ;;
+    hydrus) echo "$full_pid" ;;
+    hydrus-empty) echo "$empty_pid" ;;
+    pingora-bare) echo "$bare_pid" ;;
+    nginx) echo "$ngx_master $(pgrep -P "$ngx_master" | tr '\n' ' ')" ;;
+    haproxy) echo "$hap_pid" ;;
+    *) echo "${extra_pid[$1]}" ;;
+  esac
+}
+# utime+stime of the given pids, in clock ticks (all threads of each process).
+ticks() {
+  local t=0 p
+  for p in "$@"; do
+    [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$p/stat")))
+  done
+  echo $t
+}
+HZ=$(getconf CLK_TCK)
+
+# Returns "rps p50_ms p99_ms cpu_us_per_request" for one loaded wrk run on target $1 / port $2.
 run() {
-  local out
-  out=$(wrk -t1 -c"$conns" -d"${secs}s" --latency -s "$work/req.lua" "http://127.0.0.1:$1/rank" 2>&1)
-  local rps p50 p99 errs
+  local out p t0 t1 rps req p50 p99 errs cpu
+  p=$(procs "$1")
+  t0=$(ticks $p)
+  out=$(wrk -t1 -c"$conns" -d"${secs}s" --latency -s "$work/req.lua" "http://127.0.0.1:$2/rank" 2>&1)
+  t1=$(ticks $p)
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  req=$(awk '/requests in/ {print $1}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
   errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out")
-  [ -z "$errs" ] || echo "warning: $errs" >&2
-  echo "$rps $(to_ms "$p50") $(to_ms "$p99")"
+  [ -z "$errs" ] || echo "warning: $1: $errs" >&2
+  cpu=$(awk -v d=$((t1 - t0)) -v hz="$HZ" -v n="$req" 'BEGIN { printf "%.2f", d * 1e6 / hz / n }')
+  echo "$rps $(to_ms "$p50") $(to_ms "$p99") $cpu"
+}
+# Returns "p50_ms p99_ms" for one serial (one connection) run.
+serial() {
+  local out
+  out=$(wrk -t1 -c1 -d"${serial_secs}s" --latency -s "$work/req.lua" "http://127.0.0.1:$1/rank" 2>&1)
+  echo "$(to_ms "$(awk '$1=="50%" {print $2}' <<<"$out")") $(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")"
 }
 to_ms() { # wrk prints 812.00us / 1.23ms / 1.02s
   awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) n/=1000; else if (v ~ /ms$/) n=n; else if (v ~ /s$/) n*=1000; printf "%.3f", n }'
 }
 
-names=(direct hydrus hydrus-empty pingora-bare nginx haproxy)
-ports=($UP $FULL $EMPTY $BARE $NGX $HAP)
-declare -A res
+names=(direct hydrus hydrus-empty pingora-bare nginx haproxy ${extra_names[@]+"${extra_names[@]}"})
+ports=($UP $FULL $EMPTY $BARE $NGX $HAP ${extra_ports[@]+"${extra_ports[@]}"})
+declare -A res ser
 for r in $(seq "$rounds"); do
   for i in "${!names[@]}"; do
-    res[${names[$i]},$r]=$(run "${ports[$i]}")
-    echo "round $r ${names[$i]}: ${res[${names[$i]},$r]}" >&2
+    res[${names[$i]},$r]=$(run "${names[$i]}" "${ports[$i]}")
+    ser[${names[$i]},$r]=$(serial "${ports[$i]}")
+    echo "round $r ${names[$i]}: ${res[${names[$i]},$r]} serial ${ser[${names[$i]},$r]}" >&2
   done
 done
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-declare -A rps p50 p99
+col() { for r in $(seq "$rounds"); do echo "$1" | tr ';' '\n' | sed -n "${r}p" | awk -v c="$2" '{print $c}'; done | median; }
+declare -A rps p50 p99 cpu s50 s99
 for n in "${names[@]}"; do
-  rps[$n]=$(for r in $(seq "$rounds"); do echo "${res[$n,$r]}" | awk '{print $1}'; done | median)
-  p50[$n]=$(for r in $(seq "$rounds"); do echo "${res[$n,$r]}" | awk '{print $2}'; done | median)
-  p99[$n]=$(for r in $(seq "$rounds"); do echo "${res[$n,$r]}" | awk '{print $3}'; done | median)
+  all=""; sall=""
+  for r in $(seq "$rounds"); do all+="${res[$n,$r]};"; sall+="${ser[$n,$r]};"; done
+  rps[$n]=$(col "$all" 1); p50[$n]=$(col "$all" 2); p99[$n]=$(col "$all" 3); cpu[$n]=$(col "$all" 4)
+  s50[$n]=$(col "$sall" 1); s99[$n]=$(col "$sall" 2)
 done
 
-# Decision-time p99 from hydrus's own histogram (upper bound of the bucket holding the 99th %).
+# hydrus's own histograms (upper bound of the bucket holding the quantile).
+quantile() { # metric-name quantile
+  awk -v name="$1" -v q="$2" '
+    $0 ~ "^"name"_bucket" { match($0, /le="[^"]+"/); le=substr($0, RSTART+4, RLENGTH-5); b[le]+=$2; if (!(le in seen)) { seen[le]=1; order[++n]=le } }
+    $0 ~ "^"name"_count" { total+=$2 }
+    END { for (i=1;i<=n;i++) if (b[order[i]] >= q*total) { print order[i]; exit } }' <<<"$metrics"
+}
 metrics=$(curl -s "127.0.0.1:$ADMF/metrics")
-decision_p99=$(awk '
-  /^hydrus_decision_seconds_bucket/ { match($0, /le="[^"]+"/); le=substr($0, RSTART+4, RLENGTH-5); b[++n]=le; c[n]=$2 }
-  /^hydrus_decision_seconds_count/ { total=$2 }
-  END { for (i=1;i<=n;i++) if (c[i] >= 0.99*total) { print b[i]; exit } }' <<<"$metrics")
+decision_p99=$(quantile hydrus_decision_seconds 0.99)
+overhead_p50=$(quantile hydrus_proxy_overhead_seconds 0.5)
+overhead_p99=$(quantile hydrus_proxy_overhead_seconds 0.99)
 records=$(awk '/^hydrus_log_records_total\{result="written"\}/ {print $2}' <<<"$metrics")
 dropped=$(awk '/^hydrus_log_records_total\{result="dropped"\}/ {print $2}' <<<"$metrics")
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a/b }'; }
+minus() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a-b }'; }
+added() { minus "${s50[$1]}" "${s50[direct]}"; }
 hy_ngx=$(ratio "${rps[hydrus]}" "${rps[nginx]}")
 hy_empty_ngx=$(ratio "${rps[hydrus-empty]}" "${rps[nginx]}")
 full_empty=$(ratio "${rps[hydrus]}" "${rps[hydrus-empty]}")
 hy_hap=$(ratio "${rps[hydrus]}" "${rps[haproxy]}")
 empty_bare=$(ratio "${rps[hydrus-empty]}" "${rps[pingora-bare]}")
 bare_ngx=$(ratio "${rps[pingora-bare]}" "${rps[nginx]}")
+cpu_hy_ngx=$(ratio "${cpu[hydrus]}" "${cpu[nginx]}")
+cpu_bare_ngx=$(ratio "${cpu[pingora-bare]}" "${cpu[nginx]}")
+cpu_hy_bare=$(minus "${cpu[hydrus]}" "${cpu[pingora-bare]}")
+added_ratio=$(ratio "$(added hydrus)" "$(added nginx)")
 
 mkdir -p benches/results
 {
   echo "{"
-  echo "  \"date\": \"$(date -u +%FT%TZ)\", \"cpus\": $(nproc), \"seconds\": $secs, \"rounds\": $rounds, \"connections\": $conns, \"proxy_threads\": $threads,"
+  echo "  \"date\": \"$(date -u +%FT%TZ)\", \"cpus\": $(nproc), \"seconds\": $secs, \"serial_seconds\": $serial_secs, \"rounds\": $rounds, \"connections\": $conns, \"proxy_threads\": $threads,"
   echo "  \"results\": {"
   for i in "${!names[@]}"; do
     n=${names[$i]}; sep=","; [ "$i" -eq $((${#names[@]}-1)) ] && sep=""
-    echo "    \"$n\": {\"rps\": ${rps[$n]}, \"p50_ms\": ${p50[$n]}, \"p99_ms\": ${p99[$n]}}$sep"
+    echo "    \"$n\": {\"rps\": ${rps[$n]}, \"p50_ms\": ${p50[$n]}, \"p99_ms\": ${p99[$n]}, \"cpu_us_per_request\": ${cpu[$n]}, \"serial_p50_ms\": ${s50[$n]}, \"serial_p99_ms\": ${s99[$n]}}$sep"
   done
   echo "  },"
-  echo "  \"ratios\": {\"hydrus_over_nginx\": $hy_ngx, \"hydrus_empty_over_nginx\": $hy_empty_ngx, \"full_over_empty_chain\": $full_empty, \"hydrus_over_haproxy\": $hy_hap, \"hydrus_empty_over_pingora_bare\": $empty_bare, \"pingora_bare_over_nginx\": $bare_ngx},"
-  echo "  \"decision_p99_seconds_bucket\": \"${decision_p99:-n/a}\", \"log_records_written\": ${records:-0}, \"log_records_dropped\": ${dropped:-0}"
+  echo "  \"ratios\": {\"hydrus_over_nginx\": $hy_ngx, \"hydrus_empty_over_nginx\": $hy_empty_ngx, \"full_over_empty_chain\": $full_empty, \"hydrus_over_haproxy\": $hy_hap, \"hydrus_empty_over_pingora_bare\": $empty_bare, \"pingora_bare_over_nginx\": $bare_ngx, \"cpu_hydrus_over_nginx\": $cpu_hy_ngx, \"cpu_pingora_bare_over_nginx\": $cpu_bare_ngx, \"cpu_us_hydrus_minus_bare\": $cpu_hy_bare, \"serial_added_hydrus_over_nginx\": $added_ratio},"
+  echo "  \"decision_p99_seconds_bucket\": \"${decision_p99:-n/a}\", \"overhead_p50_seconds_bucket\": \"${overhead_p50:-n/a}\", \"overhead_p99_seconds_bucket\": \"${overhead_p99:-n/a}\", \"log_records_written\": ${records:-0}, \"log_records_dropped\": ${dropped:-0}"
   echo "}"
 } > benches/results/load.json
 {
-  echo "| target | requests/s | p50 ms | p99 ms |"
-  echo "|---|---|---|---|"
-  for n in "${names[@]}"; do echo "| $n | ${rps[$n]} | ${p50[$n]} | ${p99[$n]} |"; done
+  echo "| target | requests/s | CPU us / request | p50 ms | p99 ms | serial p50 ms | serial p99 ms | serial p50 added over direct, ms |"
+  echo "|---|---|---|---|---|---|---|---|"
+  for n in "${names[@]}"; do
+    a="$(added "$n")"; [ "$n" = direct ] && a="-"
+    echo "| $n | ${rps[$n]} | ${cpu[$n]} | ${p50[$n]} | ${p99[$n]} | ${s50[$n]} | ${s99[$n]} | $a |"
+  done
   echo
-  echo "hydrus (full chain) / nginx: **$hy_ngx**; hydrus (empty chain) / nginx: **$hy_empty_ngx**; full / empty chain: **$full_empty**; hydrus / HAProxy: **$hy_hap**; hydrus (empty chain) / bare pingora: **$empty_bare**; bare pingora / nginx: **$bare_ngx**."
-  echo "Decision time p99 (hydrus_decision_seconds): under **${decision_p99:-n/a} s**. Log records written: ${records:-0}, dropped: ${dropped:-0}."
+  echo "Requests/s: hydrus (full chain) / nginx **$hy_ngx**; hydrus (empty chain) / nginx $hy_empty_ngx; full / empty chain $full_empty; hydrus / HAProxy $hy_hap; hydrus (empty) / bare pingora $empty_bare; bare pingora / nginx $bare_ngx."
+  echo "CPU per request: hydrus / nginx **$cpu_hy_ngx**; bare pingora / nginx $cpu_bare_ngx; hydrus minus bare pingora **$cpu_hy_bare us**. Serial latency added over direct: hydrus / nginx **$added_ratio**."
+  echo "hydrus's own histograms (bucket bounds): decision p99 under ${decision_p99:-n/a} s; latency added p50 under ${overhead_p50:-n/a} s, p99 under ${overhead_p99:-n/a} s. Log records written: ${records:-0}, dropped: ${dropped:-0}."
   echo
-  echo "$(nproc) CPUs, $threads proxy threads/processes each, wrk -t1 -c$conns, ${secs}s x $rounds interleaved rounds (medians), $(date -u +%F)."
+  echo "$(nproc) CPUs shared by wrk, the upstream and the proxies; $threads proxy threads/processes each; wrk -t1 -c$conns -d${secs}s (loaded) and -c1 -d${serial_secs}s (serial), $rounds interleaved rounds (medians), $(date -u +%F). Command: \`bash benches/load.sh $secs $rounds $conns\`."
 } > benches/results/load.md
 cat benches/results/load.md

@@ -57,7 +57,7 @@ impl Admin {
 }
 
 /// Whether a librdkafka property may hold a secret (its value is not shown by `/config`).
-fn secret_property(key: &str) -> bool {
+pub(crate) fn secret_property(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
     ["password", "secret", "token", "jaas", "key", "credential"]
         .iter()
@@ -66,10 +66,28 @@ fn secret_property(key: &str) -> bool {
 
 const REDACTED: &str = "<redacted>";
 
+/// Replace the `user:password@` of every `http://` URL in the config with `<redacted>@`.
+fn redact_url_credentials(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::String(s) => {
+            if let Some(rest) = s.strip_prefix("http://") {
+                let authority_end = rest.find('/').unwrap_or(rest.len());
+                if let Some(at) = rest[..authority_end].rfind('@') {
+                    *s = format!("http://{REDACTED}@{}", &rest[at + 1..]);
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(redact_url_credentials),
+        serde_json::Value::Object(o) => o.values_mut().for_each(redact_url_credentials),
+        _ => {}
+    }
+}
+
 /// The running config as `/config` shows it: secrets and the rollout salt (which would let a
 /// client pick user ids that land in treatment) replaced.
 pub fn redacted_config(config: &crate::config::Config) -> serde_json::Value {
     let mut v = serde_json::to_value(config).unwrap_or_default();
+    redact_url_credentials(&mut v);
     if let Some(filters) = v.get_mut("filters").and_then(|f| f.as_array_mut()) {
         for f in filters {
             if let Some(salt) = f.pointer_mut("/rollout/salt") {
@@ -161,6 +179,10 @@ route:
   cluster: a
 filters:
   - rollout: { percent: 5, salt: pepper }
+  - hydrus:
+      default_strategy: a
+      ktable: { url: "http://ops:tablepass@127.0.0.1:1/k.yaml" }
+      strategies: [{ name: a, cost: 1 }]
   - log:
       kafka:
         brokers: 127.0.0.1:9092
@@ -172,10 +194,11 @@ filters:
 "#;
         let r = crate::config::load_str(std::path::Path::new("h.yaml"), text).expect("valid");
         let v = redacted_config(&r.source).to_string();
-        for secret in ["pepper", "hunter2", "s2\""] {
+        for secret in ["pepper", "hunter2", "s2\"", "tablepass"] {
             assert!(!v.contains(secret), "{secret} in {v}");
         }
         assert!(v.contains(r#""acks":"all""#), "{v}");
         assert!(v.contains(REDACTED));
+        assert!(v.contains("http://<redacted>@127.0.0.1:1/k.yaml"), "{v}");
     }
 }

@@ -121,9 +121,9 @@ pub struct OutlierSection {
     pub max_ejection_time: Duration,
     pub max_ejection_percent: u32,
     /// An endpoint holding requests without answering any for this long gets no new ones until
-    /// it answers; 0s: off.
+    /// it answers; 0s: off. Default: half the cluster's `read_timeout`.
     #[serde(with = "humantime_serde")]
-    pub stall_after: Duration,
+    pub stall_after: Option<Duration>,
 }
 
 impl Default for OutlierSection {
@@ -134,7 +134,7 @@ impl Default for OutlierSection {
             base_ejection_time: Duration::from_millis(d.base_ejection_ms),
             max_ejection_time: Duration::from_millis(d.max_ejection_ms),
             max_ejection_percent: d.max_ejection_percent,
-            stall_after: Duration::from_millis(d.stall_after_ms),
+            stall_after: None,
         }
     }
 }
@@ -229,7 +229,42 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
+/// A health check bounded as a whole by its timeout: pingora's checks bound each read, so an
+/// endpoint trickling its answer would hold a pass (and every later one) forever.
+struct Bounded {
+    check: Box<dyn HealthCheck + Send + Sync>,
+    timeout: Duration,
+}
+
+#[async_trait::async_trait]
+impl HealthCheck for Bounded {
+    async fn check(&self, target: &Backend) -> pingora::Result<()> {
+        match tokio::time::timeout(self.timeout, self.check.check(target)).await {
+            Ok(r) => r,
+            Err(_) => pingora::Error::e_explain(
+                pingora::ErrorType::ReadTimedout,
+                "health check took longer than its timeout",
+            ),
+        }
+    }
+
+    async fn health_status_change(&self, target: &Backend, healthy: bool) {
+        self.check.health_status_change(target, healthy).await;
+    }
+
+    fn health_threshold(&self, success: bool) -> usize {
+        self.check.health_threshold(success)
+    }
+}
+
 fn health_check(hc: &HealthCheckConfig) -> Box<dyn HealthCheck + Send + Sync> {
+    Box::new(Bounded {
+        check: unbounded_check(hc),
+        timeout: hc.timeout,
+    })
+}
+
+fn unbounded_check(hc: &HealthCheckConfig) -> Box<dyn HealthCheck + Send + Sync> {
     match &hc.path {
         None => {
             let mut tcp = TcpHealthCheck::new();
@@ -309,7 +344,7 @@ impl Cluster {
                 base_ejection_ms: o.base_ejection_time.as_millis() as u64,
                 max_ejection_ms: o.max_ejection_time.as_millis() as u64,
                 max_ejection_percent: o.max_ejection_percent,
-                stall_after_ms: o.stall_after.as_millis() as u64,
+                stall_after_ms: o.stall_after.unwrap_or(source.read_timeout / 2).as_millis() as u64,
             },
             endpoints.len(),
         );
@@ -410,11 +445,23 @@ impl Cluster {
 
     /// One pass of active health checks over every endpoint, in parallel.
     pub async fn run_health_checks(&self) {
+        struct Done<'a>(&'a AtomicBool);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _done = Done(&self.checking);
         match &self.balancer {
             Balancer::RoundRobin(lb) => lb.backends().run_health_check(true).await,
             Balancer::Hash(lb) => lb.backends().run_health_check(true).await,
         }
-        self.checking.store(false, Ordering::Release);
+    }
+
+    /// Whether an endpoint other than `i` may take new requests (healthy, not set aside).
+    pub fn others_available(&self, i: usize, now_ms: u64) -> bool {
+        (0..self.endpoints.len())
+            .any(|j| j != i && self.healthy(j) && self.outliers.available(j, now_ms))
     }
 }
 

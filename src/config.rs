@@ -15,6 +15,10 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// The longest duration a setting may have: longer ones are mistakes (and could overflow clocks).
+const DAY: Duration = Duration::from_secs(86_400);
+const YEAR: Duration = Duration::from_secs(365 * 86_400);
+
 /// Most scenarios a config may declare (each labels metric series).
 pub const MAX_SCENARIOS: usize = 256;
 
@@ -131,6 +135,9 @@ pub struct LimitsConfig {
     /// connection's opening, for the first request).
     #[serde(with = "humantime_serde")]
     pub header_timeout: Duration,
+    /// A request body must arrive whole within this long of its header.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
     /// Larger request headers (request line and fields) are answered 431.
     pub max_request_header_bytes: usize,
 }
@@ -141,6 +148,7 @@ impl Default for LimitsConfig {
             max_connections: None,
             idle_timeout: Duration::from_secs(60),
             header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
             max_request_header_bytes: 64 << 10,
         }
     }
@@ -494,6 +502,22 @@ impl Headers {
     }
 }
 
+/// Headers that frame a message or concern one hop: never set by a strategy (they would also
+/// become "owned" and be stripped from every client request).
+const HOP_OR_FRAMING: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "http2-settings",
+    "expect",
+];
+
 /// A header name as servers that fold `_` into `-` (CGI, WSGI, some proxies) see it.
 pub fn normalized(name: &HeaderName) -> std::borrow::Cow<'_, str> {
     let s = name.as_str();
@@ -642,9 +666,20 @@ impl Checker<'_> {
         }
     }
 
+    /// Longer than zero, and at most a year (longer is a mistake, and could overflow clocks).
     fn duration_positive(&mut self, field: &str, d: Duration) {
         if d.is_zero() {
             self.error(field, "must be longer than 0");
+        }
+        self.duration_at_most(field, d, YEAR);
+    }
+
+    fn duration_at_most(&mut self, field: &str, d: Duration, max: Duration) {
+        if d > max {
+            self.error(
+                field,
+                format!("must be at most {}", humantime::format_duration(max)),
+            );
         }
     }
 }
@@ -722,6 +757,14 @@ fn compile(file: &Path, text: &str, source: Config) -> Result<Running, ConfigErr
     }
     c.duration_positive("limits.idle_timeout", l.idle_timeout);
     c.duration_positive("limits.header_timeout", l.header_timeout);
+    c.duration_positive("limits.body_timeout", l.body_timeout);
+    for (f, d) in [
+        ("limits.idle_timeout", l.idle_timeout),
+        ("limits.header_timeout", l.header_timeout),
+        ("limits.body_timeout", l.body_timeout),
+    ] {
+        c.duration_at_most(f, d, DAY);
+    }
     if l.max_request_header_bytes < 1024 {
         c.error("limits.max_request_header_bytes", "must be at least 1024");
     }
@@ -740,6 +783,8 @@ fn compile(file: &Path, text: &str, source: Config) -> Result<Running, ConfigErr
         Some(n) => n,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
+    c.duration_at_most("shutdown.grace_period", source.shutdown.grace_period, DAY);
+    c.duration_at_most("shutdown.timeout", source.shutdown.timeout, DAY);
     if source.shutdown.upgrade_sock.is_empty() {
         c.error("shutdown.upgrade_sock", "must not be empty");
     }
@@ -963,6 +1008,16 @@ fn compile_cluster(c: &mut Checker<'_>, name: &str, cc: &ClusterConfig) -> Optio
     }
     c.duration_positive(&format!("{field}.connect_timeout"), cc.connect_timeout);
     c.duration_positive(&format!("{field}.read_timeout"), cc.read_timeout);
+    c.duration_at_most(&format!("{field}.idle_timeout"), cc.idle_timeout, YEAR);
+    for (f, d) in [
+        ("base_ejection_time", cc.outlier.base_ejection_time),
+        ("max_ejection_time", cc.outlier.max_ejection_time),
+    ] {
+        c.duration_at_most(&format!("{field}.outlier.{f}"), d, YEAR);
+    }
+    if let Some(d) = cc.outlier.stall_after {
+        c.duration_at_most(&format!("{field}.outlier.stall_after"), d, YEAR);
+    }
     if let Some(hc) = &cc.health_check {
         let f = format!("{field}.health_check");
         c.duration_positive(&format!("{f}.interval"), hc.interval);
@@ -1186,6 +1241,13 @@ fn compile_hydrus(
             };
             if normalized(&hn).starts_with("x-hydrus-") {
                 c.error(&hf, "x-hydrus-* headers are set by hydrus itself");
+                continue;
+            }
+            if HOP_OR_FRAMING.contains(&normalized(&hn).as_ref()) {
+                c.error(
+                    &hf,
+                    "a framing or hop-by-hop header cannot be set by a strategy",
+                );
                 continue;
             }
             if identity

@@ -1,12 +1,13 @@
 //! The proxy listener's connections, as nginx and Envoy guard theirs: a cap on open client
-//! connections (at the cap the longest-idle keep-alive connections are closed to admit new
-//! ones; with none idle, new ones are refused), an idle timeout between keep-alive requests,
-//! and a deadline for a whole request header, so that neither idle clients nor slow ones
-//! (slowloris) can hold the proxy's file descriptors.
+//! connections (at the cap, connections that are not being served make room: first those that
+//! never sent a byte, then those still sending a request header, then idle keep-alive ones,
+//! oldest first; with none, new ones are refused), an idle timeout between keep-alive requests,
+//! a deadline for a whole request header and one for a whole request body, so that neither idle
+//! clients nor slow ones (slowloris, slow bodies) can hold the proxy's file descriptors.
 //!
 //! [`Edge`] wraps pingora's HTTP proxy as the listening service's application: it runs the
 //! HTTP/1 keep-alive loop itself, so it knows when a connection is idle (waiting for the first
-//! byte of a request) and when a request header is late.
+//! byte of a request), when a request header is late, and when its body is.
 
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
@@ -19,10 +20,11 @@ use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use prometheus::{IntCounter, IntGauge};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 /// File descriptors kept for everything but client connections (upstream pool, admin, log
 /// files, health checks) when the connection cap is derived from the open-file limit.
@@ -45,20 +47,60 @@ pub fn raise_fd_limit() -> u64 {
     }
 }
 
+/// What a connection is doing, for eviction: the lower, the sooner it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+enum Phase {
+    /// Opened, nothing sent yet.
+    Fresh = 0,
+    /// A request header is arriving.
+    Header = 1,
+    /// Served a request; waiting for the next.
+    KeepAlive = 2,
+    /// A request is being served: never evicted.
+    Busy = 3,
+}
+
 /// One open client connection.
 pub struct Slot {
-    /// When it became idle (clock ms + 1); 0 while a request is being read or served.
-    idle_since: AtomicU64,
+    phase: AtomicU8,
+    /// When the current phase began (clock ms).
+    since: AtomicU64,
     evict: Notify,
     evicted: AtomicBool,
-    /// Set by the proxy once the current request's header has been read.
+    /// Wakes the connection's loop when the header or the body has been read.
+    progress: Notify,
+    /// Set by the proxy once the current request's header has been read, and once its body has.
     header_read: AtomicBool,
+    body_read: AtomicBool,
 }
 
 impl Slot {
+    fn set_phase(&self, p: Phase) {
+        self.since.store(crate::clock::now_ms(), Ordering::Release);
+        self.phase.store(p as u8, Ordering::Release);
+    }
+
+    fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Acquire) {
+            0 => Phase::Fresh,
+            1 => Phase::Header,
+            2 => Phase::KeepAlive,
+            _ => Phase::Busy,
+        }
+    }
+
     /// The proxy read this request's header: its deadline no longer applies.
     pub fn header_read(&self) {
+        self.set_phase(Phase::Busy);
         self.header_read.store(true, Ordering::Release);
+        self.progress.notify_one();
+    }
+
+    /// The proxy read this request's whole body (or it has none).
+    pub fn body_read(&self) {
+        self.body_read.store(true, Ordering::Release);
+        self.progress.notify_one();
     }
 }
 
@@ -66,6 +108,7 @@ struct Handles {
     open: IntGauge,
     idle_timeout: IntCounter,
     header_timeout: IntCounter,
+    body_timeout: IntCounter,
     evicted: IntCounter,
     refused: IntCounter,
 }
@@ -82,7 +125,7 @@ pub struct Connections {
     m: Handles,
 }
 
-/// How many idle connections one admission at the cap closes at most (nginx closes up to 32).
+/// How many connections one admission at the cap closes at most (nginx closes up to 32).
 const EVICT_BATCH: usize = 8;
 
 /// A connection counted against the cap; dropping it closes the count.
@@ -104,8 +147,8 @@ impl Drop for Admitted {
         if self.slot.evicted.load(Ordering::Acquire) {
             self.conns.evicting.fetch_sub(1, Ordering::AcqRel);
         }
-        let open = self.conns.open.fetch_sub(1, Ordering::AcqRel) - 1;
-        self.conns.m.open.set(open as i64);
+        self.conns.open.fetch_sub(1, Ordering::AcqRel);
+        self.conns.m.open.dec();
     }
 }
 
@@ -122,6 +165,7 @@ impl Connections {
                 open: metrics.downstream_connections.clone(),
                 idle_timeout: closed("idle_timeout"),
                 header_timeout: closed("header_timeout"),
+                body_timeout: closed("body_timeout"),
                 evicted: closed("evicted"),
                 refused: closed("refused"),
             },
@@ -132,22 +176,25 @@ impl Connections {
         self.auto_cap
     }
 
-    /// Count a new connection in, closing idle ones if the cap is reached; `None`: refused.
+    /// Count a new connection in, closing others if the cap is reached; `None`: refused.
     pub fn admit(self: &Arc<Self>, cap: Option<usize>) -> Option<Admitted> {
         let cap = cap.unwrap_or(self.auto_cap);
         let open = self.open.fetch_add(1, Ordering::AcqRel) + 1;
         let over = open.saturating_sub(self.evicting.load(Ordering::Acquire));
-        if over > cap && self.evict_idle(over - cap) == 0 {
+        if over > cap && self.evict(over - cap) == 0 {
             self.open.fetch_sub(1, Ordering::AcqRel);
             self.m.refused.inc();
             return None;
         }
-        self.m.open.set(open as i64);
+        self.m.open.inc();
         let slot = Arc::new(Slot {
-            idle_since: AtomicU64::new(0),
+            phase: AtomicU8::new(Phase::Fresh as u8),
+            since: AtomicU64::new(crate::clock::now_ms()),
             evict: Notify::new(),
             evicted: AtomicBool::new(false),
+            progress: Notify::new(),
             header_read: AtomicBool::new(false),
+            body_read: AtomicBool::new(false),
         });
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.slots
@@ -161,22 +208,23 @@ impl Connections {
         })
     }
 
-    /// Close the `need` longest-idle connections (a few more if many are idle); returns how many.
-    fn evict_idle(&self, need: usize) -> usize {
+    /// Close `need` connections not being served (a few more if many are), the least useful
+    /// first: never used, then mid-header, then idle keep-alive; oldest first. Returns how many.
+    fn evict(&self, need: usize) -> usize {
         let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut idle: Vec<(u64, &Arc<Slot>)> = slots
+        let mut idle: Vec<((Phase, u64), &Arc<Slot>)> = slots
             .values()
             .filter(|s| !s.evicted.load(Ordering::Acquire))
-            .filter_map(|s| match s.idle_since.load(Ordering::Acquire) {
-                0 => None,
-                t => Some((t, s)),
+            .filter_map(|s| match s.phase() {
+                Phase::Busy => None,
+                p => Some(((p, s.since.load(Ordering::Acquire)), s)),
             })
             .collect();
         let n = need.max(EVICT_BATCH.min(idle.len())).min(idle.len());
         if n == 0 {
             return 0;
         }
-        idle.select_nth_unstable_by_key(n - 1, |(t, _)| *t);
+        idle.select_nth_unstable_by_key(n - 1, |(k, _)| *k);
         for (_, s) in &idle[..n] {
             s.evicted.store(true, Ordering::Release);
             self.evicting.fetch_add(1, Ordering::AcqRel);
@@ -203,6 +251,13 @@ enum Wait {
     Shutdown,
 }
 
+/// `now + d`, or far in the future when that does not fit.
+fn after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365))
+}
+
 /// pingora's HTTP proxy behind the connection guard.
 pub struct Edge {
     pub proxy: Arc<HttpProxy<Proxy>>,
@@ -215,16 +270,19 @@ impl Edge {
         &self,
         stream: &mut Stream,
         slot: &Slot,
+        phase: Phase,
         limit: Duration,
         shutdown: &ShutdownWatch,
     ) -> Wait {
         if *shutdown.borrow() {
             return Wait::Shutdown;
         }
-        slot.idle_since
-            .store(crate::clock::now_ms() + 1, Ordering::Release);
+        if slot.evicted.load(Ordering::Acquire) {
+            return Wait::Evicted;
+        }
+        slot.set_phase(phase);
         let mut sd = shutdown.clone();
-        let w = tokio::select! {
+        tokio::select! {
             biased;
             r = first_byte(stream) => match r {
                 Ok(_) => Wait::Request,
@@ -232,10 +290,8 @@ impl Edge {
             },
             _ = slot.evict.notified() => Wait::Evicted,
             _ = sd.wait_for(|down| *down) => Wait::Shutdown,
-            _ = tokio::time::sleep(limit) => Wait::Idle,
-        };
-        slot.idle_since.store(0, Ordering::Release);
-        w
+            _ = tokio::time::sleep_until(after(limit)) => Wait::Idle,
+        }
     }
 }
 
@@ -249,7 +305,7 @@ impl ServerApp for Edge {
         let limits = self.state.config.load().limits.clone();
         let admitted = self.conns.admit(limits.max_connections)?;
         let slot = admitted.slot.clone();
-        let accepted = tokio::time::Instant::now();
+        let accepted = Instant::now();
         let mut stream = stream;
         let mut settings = None;
         let mut first = true;
@@ -258,13 +314,13 @@ impl ServerApp for Edge {
             // (HTTP/1.1 pipelining stays off, pingora's default: no request is ever buffered
             // ahead, so the next one starts with a byte on the stream.)
             // The first request's wait counts against its header deadline.
-            let wait = if first {
-                limits.header_timeout
+            let (phase, wait) = if first {
+                (Phase::Fresh, limits.header_timeout)
             } else {
-                limits.idle_timeout
+                (Phase::KeepAlive, limits.idle_timeout)
             };
             match self
-                .wait_for_request(&mut stream, &slot, wait, shutdown)
+                .wait_for_request(&mut stream, &slot, phase, wait, shutdown)
                 .await
             {
                 Wait::Request => {}
@@ -278,12 +334,15 @@ impl ServerApp for Edge {
                     return None;
                 }
             }
-            let deadline = if first {
-                accepted + limits.header_timeout
+            let header_deadline = if first {
+                accepted
+                    .checked_add(limits.header_timeout)
+                    .unwrap_or_else(|| after(limits.header_timeout))
             } else {
-                tokio::time::Instant::now() + limits.header_timeout
+                after(limits.header_timeout)
             };
             first = false;
+            slot.set_phase(Phase::Header);
             let mut session = ServerSession::new_http1(stream);
             match settings.take() {
                 Some(s) => pingora::apps::HttpPersistentSettings::apply_to_session(s, &mut session),
@@ -298,15 +357,58 @@ impl ServerApp for Edge {
                 session.set_keepalive(None);
             }
             slot.header_read.store(false, Ordering::Release);
+            slot.body_read.store(false, Ordering::Release);
             session.set_connection_user_context(Some(Box::new(slot.clone())));
             let serve = self.proxy.process_new_http(session, shutdown);
             tokio::pin!(serve);
-            let reused = match tokio::time::timeout_at(deadline, &mut serve).await {
-                Ok(r) => r,
-                Err(_) if slot.header_read.load(Ordering::Acquire) => serve.await,
-                Err(_) => {
-                    self.conns.m.header_timeout.inc();
-                    return None;
+            // Until its header is read, a request may be evicted or run out of time; then its
+            // body has its own deadline; then it runs to the end.
+            let mut body_deadline = None;
+            let reused = loop {
+                let header = slot.header_read.load(Ordering::Acquire);
+                let body = slot.body_read.load(Ordering::Acquire);
+                let deadline = match (header, body) {
+                    (false, _) => Some(header_deadline),
+                    (true, false) => Some(*body_deadline.get_or_insert_with(|| {
+                        // From when the header was read (the Busy phase began).
+                        let read_ms = slot.since.load(Ordering::Acquire);
+                        let spent = crate::clock::now_ms().saturating_sub(read_ms);
+                        after(
+                            limits
+                                .body_timeout
+                                .saturating_sub(Duration::from_millis(spent)),
+                        )
+                    })),
+                    (true, true) => None,
+                };
+                tokio::select! {
+                    biased;
+                    r = &mut serve => break r,
+                    _ = slot.progress.notified(), if deadline.is_some() => {}
+                    _ = slot.evict.notified(), if !header => {
+                        if !slot.header_read.load(Ordering::Acquire) {
+                            return None;
+                        }
+                    }
+                    _ = async {
+                        match deadline {
+                            Some(d) => tokio::time::sleep_until(d).await,
+                            None => std::future::pending().await,
+                        }
+                    } => {
+                        match (slot.header_read.load(Ordering::Acquire), slot.body_read.load(Ordering::Acquire)) {
+                            (false, _) => {
+                                self.conns.m.header_timeout.inc();
+                                return None;
+                            }
+                            (true, false) if body_deadline.is_some_and(|d| Instant::now() >= d) => {
+                                // The request's hold on its upstream is given back as it drops.
+                                self.conns.m.body_timeout.inc();
+                                return None;
+                            }
+                            _ => {}
+                        }
+                    }
                 }
             };
             let (s, p) = reused?.consume();
@@ -329,28 +431,49 @@ mod tests {
     }
 
     #[test]
-    fn the_cap_closes_the_longest_idle_then_refuses() {
-        let c = conns(3);
-        let a: Vec<Admitted> = (0..3)
+    fn the_cap_closes_the_least_useful_then_refuses() {
+        let c = conns(4);
+        let a: Vec<Admitted> = (0..4)
             .map(|_| c.admit(None).expect("under the cap"))
             .collect();
-        // None idle: refused.
+        for s in &a {
+            s.slot.set_phase(Phase::Busy);
+        }
+        // None evictable: refused.
         assert!(c.admit(None).is_none());
         assert_eq!(c.m.refused.get(), 1);
-        a[1].slot.idle_since.store(10, Ordering::Release);
-        a[2].slot.idle_since.store(20, Ordering::Release);
-        let d = c.admit(None).expect("an idle one makes room");
-        assert!(
-            a[1].slot.evicted.load(Ordering::Acquire),
-            "the longest idle goes"
-        );
-        assert_eq!(c.m.evicted.get(), 2, "a small batch: both idle ones");
-        // Evicted ones no longer count: the next admission needs no more room.
+        a[1].slot.set_phase(Phase::KeepAlive);
+        a[2].slot.set_phase(Phase::Header);
+        a[3].slot.set_phase(Phase::Fresh);
+        // The batch takes every evictable one when few are; the fresh one goes first.
+        let _d = c.admit(None).expect("room is made");
+        assert!(a[3].slot.evicted.load(Ordering::Acquire));
+        assert_eq!(c.m.evicted.get(), 3);
+        // Evicted ones no longer count against the cap.
         let e = c.admit(None).expect("room left by the batch");
-        assert_eq!(c.m.evicted.get(), 2);
-        drop((a, d, e));
-        assert_eq!(c.open.load(Ordering::Acquire), 0);
+        drop((a, e));
         assert_eq!(c.evicting.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn eviction_order_is_fresh_then_header_then_keep_alive() {
+        let c = conns(100);
+        let a: Vec<Admitted> = (0..30).map(|_| c.admit(None).expect("room")).collect();
+        for (i, s) in a.iter().enumerate() {
+            s.slot.set_phase(match i % 3 {
+                0 => Phase::KeepAlive,
+                1 => Phase::Header,
+                _ => Phase::Fresh,
+            });
+        }
+        assert_eq!(c.evict(12), 12);
+        let gone = |p: usize| {
+            a.iter()
+                .enumerate()
+                .filter(|(i, s)| i % 3 == p && s.slot.evicted.load(Ordering::Acquire))
+                .count()
+        };
+        assert_eq!((gone(2), gone(1), gone(0)), (10, 2, 0));
     }
 
     #[test]

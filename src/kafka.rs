@@ -4,9 +4,9 @@
 //! proxy's queue fills, dropping (and counting) new records instead.
 
 use crate::config::KafkaSinkConfig;
-use crate::logsink::{Sink, SinkError};
+use crate::logsink::{Encoder, Sink, SinkError};
 use crate::metrics::Metrics;
-use hydrus_filters::LogRecord;
+use crate::record::Pending;
 use prometheus::IntCounter;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -61,9 +61,17 @@ impl KafkaSink {
             written: metrics.log_records.with_label_values(&["written"]),
             failed: metrics.log_sink_errors.with_label_values(&["delivery"]),
         };
-        let producer: ThreadedProducer<DeliveryCounter> = cc
-            .create_with_context(ctx)
-            .map_err(|e| format!("kafka producer for {}: {e}", cfg.brokers))?;
+        let producer: ThreadedProducer<DeliveryCounter> =
+            cc.create_with_context(ctx).map_err(|e| {
+                // librdkafka quotes bad property values in its errors: keep secrets out of logs.
+                let mut why = e.to_string();
+                for (k, v) in &cfg.properties {
+                    if crate::admin::secret_property(k) && !v.is_empty() {
+                        why = why.replace(v.as_str(), "<redacted>");
+                    }
+                }
+                format!("kafka producer for {}: {why}", cfg.brokers)
+            })?;
         Ok(Self {
             producer,
             topic: cfg.topic.clone(),
@@ -74,24 +82,23 @@ impl KafkaSink {
 }
 
 impl Sink for KafkaSink {
-    #[allow(clippy::result_large_err)]
-    fn accept(&mut self, record: LogRecord) -> Result<(), (LogRecord, SinkError)> {
+    fn accept(&mut self, record: &Pending, enc: &mut Encoder) -> Result<(), SinkError> {
         self.buf.clear();
-        record.encode_into(&mut self.buf);
+        enc.encode(record, &mut self.buf);
         let payload = self.buf.strip_suffix(b"\n").unwrap_or(&self.buf);
         let sent = self.producer.send(
             BaseRecord::<[u8], [u8]>::to(&self.topic)
-                .key(record.user_id.as_bytes())
+                .key(record.key())
                 .payload(payload),
         );
         match sent {
             Ok(()) => Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                Err((record, SinkError("librdkafka queue full".into())))
+                Err(SinkError("librdkafka queue full".into()))
             }
             Err((e, _)) => {
                 // Not transient (e.g. a record over message.max.bytes): retrying cannot help.
-                log::error!("kafka refused record {}: {e}", record.request_id);
+                log::error!("kafka refused a record of {} bytes: {e}", payload.len());
                 self.dropped.inc();
                 Ok(())
             }
@@ -110,10 +117,9 @@ impl Sink for KafkaSink {
         self.producer.in_flight_count().max(0) as usize
     }
 
-    fn close(&mut self) -> Result<(), SinkError> {
-        let left = self.producer.in_flight_count();
+    fn close(&mut self, within: Duration) -> Result<(), SinkError> {
         self.producer
-            .flush(Duration::from_secs(30))
-            .map_err(|e| SinkError(format!("kafka flush with {left} records in flight: {e}")))
+            .flush(within)
+            .map_err(|e| SinkError(format!("kafka flush: {e}")))
     }
 }

@@ -18,6 +18,7 @@ pub mod locate;
 pub mod logsink;
 pub mod metrics;
 pub mod proxy;
+pub mod record;
 pub mod reload;
 pub mod serve;
 pub mod simulate;

@@ -1,5 +1,7 @@
 //! Decision log publishing (section 4.2 of the Hydrus paper): the request path hands each record
-//! to a bounded queue and never waits; one background thread moves records to the sink.
+//! to a bounded lock-free queue and never waits nor wakes anyone; one background thread drains
+//! the queue in batches on its own timer (sleeping while it is empty), encodes the records and
+//! moves them to the sink.
 //!
 //! - Queue full: the record is dropped and counted (`hydrus_log_records_total{result="dropped"}`).
 //! - Sink failing (directory gone, broker down): the thread holds the record it could not write
@@ -9,8 +11,8 @@
 
 use crate::config::{FileSinkConfig, LogRuntime, SinkConfig};
 use crate::metrics::Metrics;
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
-use hydrus_filters::LogRecord;
+use crate::record::{Pending, Truncations};
+use crossbeam_queue::ArrayQueue;
 use prometheus::{IntCounter, IntGauge};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -18,25 +20,25 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+/// The queue between the request path and the sink thread.
+type Queue = ArrayQueue<Box<Pending>>;
 
 /// The request path's end of the queue.
 pub struct LogQueue {
-    tx: Sender<LogRecord>,
+    queue: Arc<Queue>,
     accepted: IntCounter,
     dropped: IntCounter,
-    depth: IntGauge,
 }
 
 impl LogQueue {
-    /// Hand a record over without waiting; a full queue drops it, counted.
-    pub fn push(&self, record: LogRecord) {
-        match self.tx.try_send(record) {
-            Ok(()) => {
-                self.accepted.inc();
-                self.depth.set(self.tx.len() as i64);
-            }
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.dropped.inc(),
+    /// Hand a record over without waiting (and without waking the sink thread, which drains on
+    /// its own timer); a full queue drops it, counted.
+    pub fn push(&self, record: Box<Pending>) {
+        match self.queue.push(record) {
+            Ok(()) => self.accepted.inc(),
+            Err(_) => self.dropped.inc(),
         }
     }
 }
@@ -50,6 +52,8 @@ struct Control {
     abandon: AtomicBool,
     /// Records left unwritten when abandoned, and the sink's last error.
     left: std::sync::Mutex<Option<(usize, String)>>,
+    /// When the drain must be over.
+    deadline: std::sync::Mutex<Option<Instant>>,
 }
 
 /// The sink thread; [`LogSink::shutdown`] drains and closes it.
@@ -62,10 +66,16 @@ impl LogSink {
     /// Stop taking new records, write everything queued, close the sink. Returns when done or
     /// after `timeout`; then the records that could not be written are counted in the log.
     pub fn shutdown(mut self, timeout: Duration) {
+        *self
+            .control
+            .deadline
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now() + timeout);
         self.control.stop.store(true, Ordering::SeqCst);
         let Some(t) = self.thread.take() else {
             return;
         };
+        t.thread().unpark();
         let wait = |limit: Duration| {
             let deadline = Instant::now() + limit;
             while !t.is_finished() && Instant::now() < deadline {
@@ -75,6 +85,7 @@ impl LogSink {
         wait(timeout);
         if !t.is_finished() {
             self.control.abandon.store(true, Ordering::SeqCst);
+            t.thread().unpark();
             // The thread notices within one backoff, unless a write blocks it.
             wait(Duration::from_secs(1));
         }
@@ -104,18 +115,17 @@ pub struct SinkError(pub String);
 
 /// A destination for records. `accept` may buffer; `flush` pushes buffered records out.
 pub trait Sink: Send {
-    /// Take a record, or give it back with why (then it is retried later). The record comes
-    /// back by value: boxing it would allocate on every refusal while the sink is down.
-    #[allow(clippy::result_large_err)]
-    fn accept(&mut self, record: LogRecord) -> Result<(), (LogRecord, SinkError)>;
+    /// Take a record (encode it and buffer or send it), or say why not: then the caller keeps
+    /// it and offers it again later.
+    fn accept(&mut self, record: &Pending, enc: &mut Encoder) -> Result<(), SinkError>;
     /// Write what is buffered.
     fn flush(&mut self) -> Result<(), SinkError>;
     /// Whether records are buffered and not yet written.
     fn has_buffered(&self) -> bool;
     /// How many records are buffered and not yet written (or not yet delivered).
     fn buffered(&self) -> usize;
-    /// Flush, make durable, release.
-    fn close(&mut self) -> Result<(), SinkError>;
+    /// Flush, make durable, release; give up after `within`.
+    fn close(&mut self, within: Duration) -> Result<(), SinkError>;
     /// Called every loop turn: time-based flushing.
     fn tick(&mut self) -> Result<(), SinkError> {
         Ok(())
@@ -128,9 +138,26 @@ struct Counters {
     errors: IntCounter,
 }
 
+/// What a sink needs to turn records into JSON lines: the truncation counters.
+pub struct Encoder {
+    pub truncations: Truncations,
+}
+
+impl Encoder {
+    pub fn new(m: &Metrics) -> Self {
+        Self {
+            truncations: Truncations::new(m),
+        }
+    }
+
+    pub fn encode(&self, r: &Pending, out: &mut Vec<u8>) {
+        r.encode_into(out, &self.truncations);
+    }
+}
+
 /// Start the sink thread for `cfg`.
 pub fn start(cfg: &LogRuntime, metrics: &Arc<Metrics>) -> Result<(LogQueue, LogSink), String> {
-    let (tx, rx) = bounded(cfg.queue_capacity);
+    let queue = Arc::new(ArrayQueue::new(cfg.queue_capacity.max(1)));
     let counters = Counters {
         written: metrics.log_records.with_label_values(&["written"]),
         depth: metrics.log_queue_depth.clone(),
@@ -150,16 +177,17 @@ pub fn start(cfg: &LogRuntime, metrics: &Arc<Metrics>) -> Result<(LogQueue, LogS
     let control = Arc::new(Control::default());
     let thread = {
         let control = control.clone();
+        let queue = queue.clone();
+        let enc = Encoder::new(metrics);
         std::thread::Builder::new()
             .name("hydrus-log-sink".into())
-            .spawn(move || run(sink, rx, &control, counters))
+            .spawn(move || run(sink, &queue, &control, counters, enc))
             .map_err(|e| format!("cannot start the log sink thread: {e}"))?
     };
     let queue = LogQueue {
-        tx,
+        queue,
         accepted: metrics.log_records.with_label_values(&["accepted"]),
         dropped: metrics.log_records.with_label_values(&["dropped"]),
-        depth: metrics.log_queue_depth.clone(),
     };
     Ok((
         queue,
@@ -170,11 +198,12 @@ pub fn start(cfg: &LogRuntime, metrics: &Arc<Metrics>) -> Result<(LogQueue, LogS
     ))
 }
 
-const TICK: Duration = Duration::from_millis(100);
+/// How often the sink thread looks at the queue when it found it empty.
+const TICK: Duration = Duration::from_millis(20);
 const BACKOFF: Duration = Duration::from_millis(200);
 
-fn run(mut sink: Box<dyn Sink>, rx: Receiver<LogRecord>, control: &Control, c: Counters) {
-    let mut held: Option<LogRecord> = None;
+fn run(mut sink: Box<dyn Sink>, queue: &Queue, control: &Control, c: Counters, mut enc: Encoder) {
+    let mut held: Option<Box<Pending>> = None;
     let mut failing = false;
     let mut last_error = String::new();
     let mut note = |failing: &mut bool, e: SinkError| {
@@ -184,37 +213,32 @@ fn run(mut sink: Box<dyn Sink>, rx: Receiver<LogRecord>, control: &Control, c: C
         *failing = true;
         c.errors.inc();
         last_error = e.0;
-        std::thread::sleep(BACKOFF);
+        std::thread::park_timeout(BACKOFF);
     };
     loop {
         if control.abandon.load(Ordering::SeqCst) {
-            let left = rx.len() + usize::from(held.is_some()) + sink.buffered();
+            let left = queue.len() + usize::from(held.is_some()) + sink.buffered();
             *control
                 .left
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((left, last_error));
             return;
         }
-        let next = match held.take() {
-            Some(r) => Some(r),
-            None => match rx.recv_timeout(TICK) {
-                Ok(r) => Some(r),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => {
-                    if !sink.has_buffered() {
-                        break;
-                    }
-                    None
-                }
-            },
-        };
-        c.depth.set(rx.len() as i64);
-        if let Some(r) = next {
-            if let Err((r, e)) = sink.accept(r) {
+        // Drain what is there, in one go.
+        let mut took = 0usize;
+        let mut refused = None;
+        while let Some(r) = held.take().or_else(|| queue.pop()) {
+            if let Err(e) = sink.accept(&r, &mut enc) {
                 held = Some(r);
-                note(&mut failing, e);
-                continue;
+                refused = Some(e);
+                break;
             }
+            took += 1;
+        }
+        c.depth.set(queue.len() as i64);
+        if let Some(e) = refused {
+            note(&mut failing, e);
+            continue;
         }
         if let Err(e) = sink.tick() {
             note(&mut failing, e);
@@ -224,17 +248,32 @@ fn run(mut sink: Box<dyn Sink>, rx: Receiver<LogRecord>, control: &Control, c: C
             log::info!("log sink recovered");
             failing = false;
         }
-        if control.stop.load(Ordering::SeqCst) && held.is_none() && rx.is_empty() {
+        if control.stop.load(Ordering::SeqCst) && held.is_none() && queue.is_empty() {
             match sink.flush() {
                 Ok(()) if !sink.has_buffered() => break,
                 Ok(()) => {}
                 Err(e) => note(&mut failing, e),
             }
+            continue;
+        }
+        if took == 0 {
+            // Nothing came: sleep until the next tick (or shutdown's unpark).
+            std::thread::park_timeout(TICK);
         }
     }
     c.depth.set(0);
-    if let Err(e) = sink.close() {
-        log::error!("log sink close failed: {}", e.0);
+    let deadline = *control
+        .deadline
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let within = deadline.map_or(Duration::from_secs(30), |d| {
+        d.saturating_duration_since(Instant::now())
+    });
+    if let Err(e) = sink.close(within) {
+        *control
+            .left
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((sink.buffered(), e.0));
     }
 }
 
@@ -376,8 +415,7 @@ impl FileSink {
 }
 
 impl Sink for FileSink {
-    #[allow(clippy::result_large_err)]
-    fn accept(&mut self, record: LogRecord) -> Result<(), (LogRecord, SinkError)> {
+    fn accept(&mut self, record: &Pending, enc: &mut Encoder) -> Result<(), SinkError> {
         let window_start = record.ts_ms - record.ts_ms % self.window_ms;
         let rotate = match &self.current {
             None => true,
@@ -387,20 +425,14 @@ impl Sink for FileSink {
             }
         };
         if rotate {
-            if let Err(e) = self.close_current() {
-                return Err((record, e));
-            }
-            if let Err(e) = self.open(window_start) {
-                return Err((record, e));
-            }
+            self.close_current()?;
+            self.open(window_start)?;
         }
         if self.buf.len() >= FLUSH_BYTES || self.buffered >= self.max_buffered {
             // Full: what is buffered must get out before this record is taken.
-            if let Err(e) = self.write_buf() {
-                return Err((record, e));
-            }
+            self.write_buf()?;
         }
-        record.encode_into(&mut self.buf);
+        enc.encode(record, &mut self.buf);
         self.buffered += 1;
         Ok(())
     }
@@ -424,42 +456,41 @@ impl Sink for FileSink {
         Ok(())
     }
 
-    fn close(&mut self) -> Result<(), SinkError> {
+    fn close(&mut self, _within: Duration) -> Result<(), SinkError> {
         self.close_current()
     }
-}
-
-/// Unix time in ms of a `SystemTime`, for records.
-pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn record(ts_ms: u64, id: u32) -> LogRecord {
-        LogRecord {
+    fn running() -> Arc<crate::config::Running> {
+        let text = "listen: 127.0.0.1:1\nclusters:\n  c:\n    endpoints: [\"127.0.0.1:2\"]\nroute:\n  cluster: c\n";
+        Arc::new(crate::config::load_str(std::path::Path::new("t.yaml"), text).expect("valid"))
+    }
+
+    fn record(running: &Arc<crate::config::Running>, ts_ms: u64, id: u32) -> Pending {
+        Pending {
+            running: running.clone(),
             ts_ms,
-            request_id: format!("r{id}"),
-            user_id: "u".into(),
-            device_id: "d".into(),
-            scenario: "default".into(),
-            group: "hydrus".into(),
-            chosen: "s".into(),
-            k: None,
-            value_info: vec![],
+            ids: [
+                Some(http::HeaderValue::from_static("u")),
+                None,
+                http::HeaderValue::from_str(&format!("r{id}")).ok(),
+                None,
+                None,
+            ],
+            generated_id: None,
+            group: hydrus_filters::Group::Treatment,
+            decision: None,
             status: 200,
             upstream_ms: Some(1.0),
-            fallback: None,
-            cluster: None,
-            total_ms: None,
-            external_delay_ms: None,
+            total_ms: 2.0,
+            cluster: 0,
+            e2e: None,
             cluster_load: None,
-            e2e_bucket: None,
             hedge: None,
-            scenario_raw: None,
             error: None,
         }
     }
@@ -500,14 +531,18 @@ mod tests {
             flush_interval: Duration::from_secs(1),
         };
         let mut s = FileSink::new(cfg, written.clone(), 1000);
+        let mut enc = Encoder::new(&m);
+        let r = running();
         for i in 0..200 {
             // two windows: 100 records each
             let ts = if i < 100 { 1_000 } else { 900_000 + 1_000 };
-            s.accept(record(ts, i))
-                .map_err(|(_, e)| e.0)
+            s.accept(&record(&r, ts, i), &mut enc)
+                .map_err(|e| e.0)
                 .expect("accept");
         }
-        s.close().map_err(|e| e.0).expect("close");
+        s.close(Duration::from_secs(1))
+            .map_err(|e| e.0)
+            .expect("close");
         let lines = read_all(&dir.path().join("logs"));
         assert_eq!(lines.len(), 200);
         assert_eq!(written.get(), 200);
@@ -516,7 +551,7 @@ mod tests {
             .count();
         assert!(files > 2, "size rotation made {files} files");
         for (i, l) in lines.iter().enumerate() {
-            let r: LogRecord = serde_json::from_str(l).expect("json line");
+            let r: hydrus_filters::LogRecord = serde_json::from_str(l).expect("json line");
             assert_eq!(r.request_id, format!("r{i}"));
         }
     }
@@ -535,10 +570,14 @@ mod tests {
             flush_interval: Duration::from_secs(1),
         };
         let mut s = FileSink::new(cfg, m.log_records.with_label_values(&["written"]), 1000);
-        let (r, _) = s.accept(record(1, 1)).expect_err("cannot open");
+        let mut enc = Encoder::new(&m);
+        let r = record(&running(), 1, 1);
+        assert!(s.accept(&r, &mut enc).is_err(), "cannot open");
         std::fs::remove_file(&logs).expect("rm");
-        s.accept(r).map_err(|(_, e)| e.0).expect("recovered");
-        s.close().map_err(|e| e.0).expect("close");
+        s.accept(&r, &mut enc).map_err(|e| e.0).expect("recovered");
+        s.close(Duration::from_secs(1))
+            .map_err(|e| e.0)
+            .expect("close");
         assert_eq!(read_all(&logs).len(), 1);
     }
 }

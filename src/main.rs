@@ -33,7 +33,23 @@ enum Command {
     },
 }
 
+#[cfg(all(feature = "alloc-stats", not(feature = "jemalloc")))]
+#[global_allocator]
+static GLOBAL: stats_alloc::StatsAlloc<std::alloc::System> =
+    stats_alloc::StatsAlloc::new(std::alloc::System);
+
+#[cfg(all(feature = "alloc-stats", feature = "jemalloc"))]
+#[global_allocator]
+static GLOBAL: stats_alloc::StatsAlloc<tikv_jemallocator::Jemalloc> =
+    stats_alloc::StatsAlloc::new(tikv_jemallocator::Jemalloc);
+
+#[cfg(all(feature = "jemalloc", not(feature = "alloc-stats")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
+    #[cfg(feature = "alloc-stats")]
+    let _ = hydrus::metrics::ALLOCATIONS.set(|| GLOBAL.stats().allocations as u64);
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()

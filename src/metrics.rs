@@ -20,6 +20,7 @@ pub struct Metrics {
     pub ktable_reloads: IntCounterVec,
     pub upstream_seconds: HistogramVec,
     pub request_seconds: HistogramVec,
+    pub overhead_seconds: HistogramVec,
     pub upstream_errors: IntCounterVec,
     pub rollout_percent: Gauge,
     pub log_records: IntCounterVec,
@@ -41,7 +42,11 @@ pub struct Metrics {
     pub requests_rejected: IntCounterVec,
     pub log_fields_truncated: IntCounterVec,
     pub config_dropped: IntCounterVec,
+    pub allocations: IntCounter,
 }
+
+/// Set by a binary built with the `alloc-stats` feature: heap allocations so far.
+pub static ALLOCATIONS: std::sync::OnceLock<fn() -> u64> = std::sync::OnceLock::new();
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
     // Names are unique constants below; registration can only fail on a duplicate.
@@ -52,12 +57,24 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T
 }
 
 /// Why hydrus closed a client connection (`hydrus_downstream_connections_closed_total`).
-pub const CLOSE_REASONS: [&str; 4] = ["idle_timeout", "header_timeout", "evicted", "refused"];
+pub const CLOSE_REASONS: [&str; 5] = [
+    "idle_timeout",
+    "header_timeout",
+    "body_timeout",
+    "evicted",
+    "refused",
+];
 
 /// Latency buckets (seconds) for the proxy and upstream: 0.1 ms to 10 s.
 const LATENCY: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
+];
+
+/// Proxy-overhead buckets (seconds): 5 us to 100 ms.
+const OVERHEAD: &[f64] = &[
+    5e-6, 1e-5, 2e-5, 3e-5, 5e-5, 7.5e-5, 1e-4, 1.5e-4, 2e-4, 3e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2,
+    1e-1,
 ];
 
 /// Decision-time buckets (seconds): 100 ns to 1 ms; the goal is under 1 us.
@@ -143,6 +160,14 @@ impl Metrics {
                 &r,
                 HistogramVec::new(
                     hist("hydrus_request_seconds", "Whole-request time in the proxy by group.", LATENCY),
+                    &["group"],
+                )
+                .expect("metric"),
+            ),
+            overhead_seconds: register(
+                &r,
+                HistogramVec::new(
+                    hist("hydrus_proxy_overhead_seconds", "Latency the proxy adds per request: its whole time minus the wait for the upstream's response header, by group.", OVERHEAD),
                     &["group"],
                 )
                 .expect("metric"),
@@ -262,7 +287,7 @@ impl Metrics {
             downstream_closed: register(
                 &r,
                 IntCounterVec::new(
-                    Opts::new("hydrus_downstream_connections_closed_total", "Client connections hydrus closed or refused: `idle_timeout`, `header_timeout`, `evicted` (idle, to admit a new one at the cap), `refused` (at the cap, none idle)."),
+                    Opts::new("hydrus_downstream_connections_closed_total", "Client connections hydrus closed or refused: `idle_timeout`, `header_timeout`, `body_timeout`, `evicted` (not being served, to admit a new one at the cap), `refused` (at the cap, none evictable)."),
                     &["reason"],
                 )
                 .expect("metric"),
@@ -290,6 +315,10 @@ impl Metrics {
                     &["kind"],
                 )
                 .expect("metric"),
+            ),
+            allocations: register(
+                &r,
+                IntCounter::new("hydrus_process_allocations_total", "Heap allocations by the process (0 unless built with the alloc-stats feature).").expect("metric"),
             ),
             registry: r,
         };
@@ -321,6 +350,10 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> Vec<u8> {
+        if let Some(count) = ALLOCATIONS.get() {
+            let (now, seen) = (count(), self.allocations.get());
+            self.allocations.inc_by(now.saturating_sub(seen));
+        }
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             log::error!("metrics encoding failed: {e}");
@@ -348,9 +381,15 @@ pub struct Handles {
     /// Upstream time by strategy (one `default` entry for chains without a hydrus filter).
     pub upstream_by_strategy: Vec<Histogram>,
     pub request_by_group: [Histogram; 2],
+    pub overhead_by_group: [Histogram; 2],
     fallbacks: Vec<IntCounter>,
     pub missing_user_id: IntCounter,
+    /// `hydrus_e2e_decisions_total` by (bucket + 1, or 0 for none) x group, resolved at first use.
+    e2e: Vec<std::sync::OnceLock<IntCounter>>,
 }
+
+/// E2E replica groups whose decision counters are kept resolved (more are looked up).
+const E2E_GROUPS: usize = 8;
 
 /// The scenario label of a request whose scenario has no row in the k-table.
 pub const SCENARIO_DEFAULT: &str = "default";
@@ -396,11 +435,29 @@ impl Handles {
                 .map(|s| m.upstream_seconds.with_label_values(&[s.as_str()]))
                 .collect(),
             request_by_group: groups.map(|g| m.request_seconds.with_label_values(&[g.as_str()])),
+            overhead_by_group: groups.map(|g| m.overhead_seconds.with_label_values(&[g.as_str()])),
             fallbacks: Fallback::ALL_REASONS
                 .iter()
                 .map(|r| m.fallbacks.with_label_values(&[r]))
                 .collect(),
             missing_user_id: m.fallbacks.with_label_values(&["missing_user_id"]),
+            e2e: (0..(hydrus_filters::e2e::MAX_BUCKETS + 1) * E2E_GROUPS)
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
+        }
+    }
+
+    /// Count an E2E routing decision (`bucket` none: the default policy).
+    pub fn e2e_decision(&self, m: &Metrics, bucket: Option<usize>, group: usize, names: &[String]) {
+        let resolve = || {
+            let b = bucket.map_or_else(|| "none".to_string(), |b| b.to_string());
+            let g = names.get(group).map_or("", |s| s.as_str());
+            m.e2e_decisions.with_label_values(&[b.as_str(), g])
+        };
+        let slot = bucket.map_or(0, |b| b + 1) * E2E_GROUPS + group;
+        match self.e2e.get(slot) {
+            Some(c) if group < E2E_GROUPS => c.get_or_init(resolve).inc(),
+            _ => resolve().inc(),
         }
     }
 

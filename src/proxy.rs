@@ -8,16 +8,16 @@ use crate::cluster::{Cluster, Tried};
 use crate::config::{normalized, Running};
 use crate::conns::Slot;
 use crate::metrics::Handles;
+use crate::record::{hex_id, Pending, RequestId};
 use crate::state::{now_ms, KTableState, State};
 use async_trait::async_trait;
 use http::header::HeaderValue;
 use http::HeaderName;
-use hydrus_filters::e2e::{self, E2eDecision, MAX_BUCKETS};
+use hydrus_filters::e2e::{self, E2eDecision};
 use hydrus_filters::hedge::{race, Winner};
-use hydrus_filters::log::capped_text;
 use hydrus_filters::outlier::Outcome;
 use hydrus_filters::query::set_query;
-use hydrus_filters::{Decision, Group, LogRecord, RequestInputs, ValueInfo};
+use hydrus_filters::{Decision, Group, RequestInputs};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
@@ -25,12 +25,13 @@ use pingora::{ErrorSource, ErrorType};
 use std::sync::Arc;
 use std::time::Instant;
 
-pub const HEADER_STRATEGY: &str = "x-hydrus-strategy";
-pub const HEADER_GROUP: &str = "x-hydrus-group";
+pub const HEADER_STRATEGY: HeaderName = HeaderName::from_static("x-hydrus-strategy");
+pub const HEADER_GROUP: HeaderName = HeaderName::from_static("x-hydrus-group");
 
-/// `hydrus_e2e_decisions_total`'s bucket labels, made once.
-static BUCKET_LABELS: std::sync::LazyLock<Vec<String>> =
-    std::sync::LazyLock::new(|| (0..MAX_BUCKETS).map(|b| b.to_string()).collect());
+/// Set a header on the upstream request, replacing any.
+fn set_header(req: &mut RequestHeader, name: &HeaderName, value: HeaderValue) -> Result<()> {
+    req.insert_header(name, value)
+}
 
 pub struct Proxy {
     pub state: Arc<State>,
@@ -121,12 +122,105 @@ fn record_outcome(state: &State, cluster: &Cluster, endpoint: usize, outcome: Ou
     }
 }
 
-/// Whether an upstream response status counts against the endpoint (Envoy's consecutive 5xx).
+/// Whether an upstream response status counts against the endpoint: gateway errors (502, 503,
+/// 504: Envoy's consecutive gateway failures) do; a 500 is often the request's own fault, which
+/// a client could otherwise use to get healthy endpoints ejected.
 fn outcome_of(status: u16) -> Outcome {
-    if status >= 500 {
+    if matches!(status, 502..=504) {
         Outcome::Failure
     } else {
         Outcome::Success
+    }
+}
+
+/// The `kind` label of `hydrus_upstream_errors_total` for an upstream error.
+fn error_kind(e: &Error) -> &'static str {
+    match e.etype() {
+        ErrorType::ConnectTimedout
+        | ErrorType::ConnectRefused
+        | ErrorType::ConnectNoRoute
+        | ErrorType::ConnectError => "connect",
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout => "timeout",
+        _ => "response",
+    }
+}
+
+/// Remove the hop-by-hop fields of a request (RFC 9110 7.6.1): `Connection` and what it
+/// nominates, and the standard ones. pingora does this on its own path; the hedge path writes
+/// requests itself.
+fn strip_hop_by_hop(req: &mut RequestHeader) {
+    let nominated: Vec<HeaderName> = req
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| *n != http::header::HOST)
+        .collect();
+    for n in nominated {
+        req.remove_header(&n);
+    }
+    for n in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "http2-settings",
+        "proxy-authorization",
+        "proxy-authenticate",
+    ] {
+        req.remove_header(n);
+    }
+}
+
+/// A request's hold on its cluster: counted among its requests in flight, the retry-budget
+/// slots it took, the attempt in flight. Dropped when the request ends, however it ends
+/// (finished, failed, or cancelled by a connection deadline), it gives all of that back.
+struct Hold {
+    cluster: Arc<Cluster>,
+    retries: u32,
+    /// The endpoint of the attempt in flight, until its outcome is recorded.
+    endpoint: Option<usize>,
+    /// Retries of an attempt on a stale pooled connection, to the same endpoint.
+    reuse_retries: u32,
+}
+
+impl Hold {
+    fn new(cluster: Arc<Cluster>) -> Self {
+        cluster.budget.request_started();
+        Self {
+            cluster,
+            retries: 0,
+            endpoint: None,
+            reuse_retries: 0,
+        }
+    }
+
+    /// The attempt in flight ended with `outcome`, or (`None`) for a reason that is not the
+    /// endpoint's.
+    fn end_attempt(&mut self, state: &State, outcome: Option<Outcome>) -> Option<usize> {
+        let i = self.endpoint.take()?;
+        match outcome {
+            Some(o) => record_outcome(state, &self.cluster, i, o),
+            None => self.cluster.outliers.abandoned(i),
+        }
+        Some(i)
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if let Some(i) = self.endpoint.take() {
+            self.cluster.outliers.abandoned(i);
+        }
+        for _ in 0..self.retries {
+            self.cluster.budget.retry_finished();
+        }
+        self.cluster.budget.request_finished();
     }
 }
 
@@ -145,18 +239,20 @@ pub struct Ctx {
     group: Group,
     decision: Option<Decision>,
     cluster: usize,
-    /// The endpoint of the attempt in flight, until its outcome is recorded.
-    endpoint: Option<usize>,
+    /// The request's hold on its cluster, from its first attempt.
+    hold: Option<Hold>,
     tried: Tried,
-    /// Retry-budget slots this request holds.
-    retries: u32,
-    /// Whether the request is counted in its cluster's requests in flight.
-    counted: bool,
+    /// Retry the next attempt on this endpoint (its pooled connection was stale).
+    retry_same: Option<usize>,
+    /// The upstream's response status, once its header arrived.
+    upstream_status: Option<u16>,
+    /// The connection guard's slot, to say when the request body has been read.
+    slot: Option<Arc<Slot>>,
     /// The identity headers as decided on (user id, device id, request id, QoE, scenario: the
     /// first value of each); exactly these reach the upstream.
     ids: [Option<HeaderValue>; 5],
     /// Set when hydrus made up the request id, to pass it upstream.
-    generated_request_id: Option<String>,
+    generated_request_id: Option<RequestId>,
     upstream_sent: Option<Instant>,
     upstream_ms: Option<f64>,
     e2e: Option<E2eDecision>,
@@ -170,16 +266,6 @@ pub struct Ctx {
 
 fn header<'a>(req: &'a RequestHeader, name: &HeaderName) -> Option<&'a [u8]> {
     req.headers.get(name).map(HeaderValue::as_bytes)
-}
-
-/// 32 lowercase hex digits, without the formatting machinery (this runs per request).
-fn hex_id(v: u128) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(32);
-    for i in (0..32).rev() {
-        s.push(HEX[((v >> (i * 4)) & 0xf) as usize] as char);
-    }
-    s
 }
 
 impl Proxy {
@@ -256,11 +342,7 @@ impl Proxy {
             if let Some(&c) = e.groups.get(group) {
                 ctx.cluster = c;
             }
-            let bucket = d.bucket.map_or("none", |b| {
-                BUCKET_LABELS.get(b).map_or("none", |s| s.as_str())
-            });
-            let gname = e.group_names.get(group).map_or("", |s| s.as_str());
-            m.e2e_decisions.with_label_values(&[bucket, gname]).inc();
+            handles.e2e_decision(m, d.bucket, group, &e.group_names);
             ctx.e2e = Some(d);
             ctx.e2e_table = table;
         }
@@ -279,28 +361,50 @@ impl Proxy {
         let h = &running.headers;
         let hydrus = running.hydrus.as_ref();
         let owned: &[HeaderName] = hydrus.map_or(&[], |hy| hy.owned_headers.as_slice());
+        let priority = running
+            .e2e
+            .as_ref()
+            .and_then(|e| e.priority_header.as_ref());
+        let ids = h.all();
+        // Exact identity names are handled below (kept when already right); every other owned
+        // name, and every spelling of an identity name that is not the exact one, goes.
         let strip: Vec<HeaderName> = upstream
             .headers
             .keys()
             .filter(|k| {
                 let n = normalized(k);
                 n.starts_with("x-hydrus-")
-                    || owned.iter().any(|o| normalized(o) == n)
-                    || h.all().iter().any(|i| normalized(i) == n)
+                    || owned.iter().chain(priority).any(|o| normalized(o) == n)
+                    || ids.iter().any(|i| *i != *k && normalized(i) == n)
             })
             .cloned()
             .collect();
         for k in strip {
             upstream.remove_header(&k);
         }
-        for (name, value) in h.all().into_iter().zip(&ctx.ids) {
-            if let Some(v) = value {
-                upstream.insert_header(name.clone(), v.clone())?;
+        for (name, value) in ids.into_iter().zip(&ctx.ids) {
+            let mut sent = upstream.headers.get_all(name).iter();
+            let exact = match (value, sent.next(), sent.next()) {
+                (Some(v), Some(first), None) => first == v,
+                (None, None, _) => true,
+                _ => false,
+            };
+            if !exact {
+                upstream.remove_header(name);
+                if let Some(v) = value {
+                    set_header(upstream, name, v.clone())?;
+                }
             }
         }
-        upstream.insert_header(HEADER_GROUP, ctx.group.as_str())?;
+        set_header(
+            upstream,
+            &HEADER_GROUP,
+            HeaderValue::from_static(ctx.group.as_str()),
+        )?;
         if let Some(id) = &ctx.generated_request_id {
-            upstream.insert_header(h.request_id.clone(), id.as_str())?;
+            if let Ok(v) = HeaderValue::from_bytes(id) {
+                set_header(upstream, &h.request_id, v)?;
+            }
         }
         let action = match (hydrus, &ctx.decision) {
             (Some(hy), Some(d)) => hy.actions.get(d.strategy),
@@ -313,13 +417,15 @@ impl Proxy {
                 .and_then(|e| e.priority_header.as_ref());
             let table = ctx.e2e_table.as_ref();
             if let (Some(h), Some(p)) = (priority, table.and_then(|t| t.table.priority(bucket))) {
-                upstream.insert_header(h.clone(), p)?;
+                if let Ok(v) = HeaderValue::from_str(p) {
+                    set_header(upstream, h, v)?;
+                }
             }
         }
         if let Some(a) = action {
-            upstream.insert_header(HEADER_STRATEGY, a.name_value.clone())?;
+            set_header(upstream, &HEADER_STRATEGY, a.name_value.clone())?;
             for (name, value) in &a.headers {
-                upstream.insert_header(name.clone(), value.clone())?;
+                set_header(upstream, name, value.clone())?;
             }
         }
         if let Some(hy) = hydrus {
@@ -339,122 +445,42 @@ impl Proxy {
         Ok(())
     }
 
-    /// A header value for the log record, capped in length (counted when cut).
-    fn field(&self, raw: Option<&[u8]>, name: &str) -> String {
-        let (text, cut) = capped_text(raw.unwrap_or_default());
-        if cut {
-            self.state
-                .metrics
-                .log_fields_truncated
-                .with_label_values(&[name])
-                .inc();
-        }
-        text
-    }
-
-    fn record(&self, ctx: &Ctx, running: &Running, status: u16, error: Option<&str>) -> LogRecord {
-        let hydrus = running.hydrus.as_ref();
-        let strategies = hydrus.map(|hy| &hy.filter.strategies);
-        let d = ctx.decision.as_ref();
-        let value_info = match (strategies, d.and_then(|d| d.qoe.as_ref())) {
-            (Some(set), Some(q)) => set
-                .strategies()
-                .iter()
-                .enumerate()
-                .filter_map(|(j, s)| {
-                    q.get(j).map(|qoe| ValueInfo {
-                        strategy: s.name.clone(),
-                        cost: s.cost,
-                        qoe,
-                    })
-                })
-                .collect(),
-            _ => Vec::new(),
+    /// Whether this request may be tried again on another endpoint after its attempt on
+    /// `failed` failed, taking a retry-budget slot if so (counted either way). A retry away
+    /// from an endpoint that passive health has set aside while others are still available is
+    /// not charged to the budget: the failure is that endpoint's and it gets no new requests.
+    /// When the cluster fails as a whole (nothing else available), the budget applies.
+    fn take_retry(&self, ctx: &mut Ctx, failed: Option<usize>) -> bool {
+        let Some(hold) = ctx.hold.as_mut() else {
+            return false;
         };
-        let chosen = match (strategies, d) {
-            (Some(set), Some(d)) => set
-                .get(d.strategy)
-                .map(|s| s.name.clone())
-                .unwrap_or_default(),
-            _ => "default".into(),
-        };
-        let id = |i: usize| ctx.ids[i].as_ref().map(HeaderValue::as_bytes);
-        let request_id = match &ctx.generated_request_id {
-            Some(g) => g.clone(),
-            None => self.field(id(2), "request_id"),
-        };
-        let declared = d.is_none_or(|d| d.scenario_declared);
-        let (scenario, scenario_raw) = match id(4) {
-            None => (hydrus_filters::ktable::DEFAULT_SCENARIO.to_string(), None),
-            Some(raw) if declared => (self.field(Some(raw), "scenario"), None),
-            Some(raw) => (
-                crate::metrics::SCENARIO_OTHER.to_string(),
-                Some(self.field(Some(raw), "scenario")),
-            ),
-        };
-        LogRecord {
-            ts_ms: ctx.ts_ms,
-            request_id,
-            user_id: self.field(id(0), "user_id"),
-            device_id: self.field(id(1), "device_id"),
-            scenario,
-            group: ctx.group.as_str().into(),
-            chosen,
-            k: d.and_then(|d| d.k),
-            value_info,
-            status,
-            upstream_ms: ctx.upstream_ms,
-            fallback: d
-                .and_then(|d| d.fallback)
-                .map(|f| f.reason())
-                .or_else(|| ctx.e2e.and_then(|e| e.fallback).map(|f| f.reason()))
-                .map(str::to_string),
-            cluster: running.clusters.get(ctx.cluster).map(|c| c.name.clone()),
-            total_ms: Some(ctx.start.elapsed().as_secs_f64() * 1000.0),
-            external_delay_ms: ctx.e2e.and_then(|e| e.external_ms),
-            cluster_load: ctx.cluster_load,
-            e2e_bucket: ctx.e2e.and_then(|e| e.bucket).map(|b| b as u32),
-            hedge: ctx.hedge.map(|w| match w {
-                Winner::Hedge => "hedge".to_string(),
-                Winner::Primary | Winner::PrimaryAfterHedge => "primary".to_string(),
-            }),
-            scenario_raw,
-            error: error.map(str::to_string),
-        }
-    }
-
-    /// Whether this request may be tried again on another endpoint of `cluster` after its
-    /// attempt on `failed` failed, taking a retry-budget slot if so (counted either way). A
-    /// retry away from an endpoint that passive health has set aside (ejected, or hung) is not
-    /// charged to the budget: the failure is that endpoint's, it gets no new requests, and at
-    /// most `max_ejection_percent` of a cluster can be set aside, so this cannot multiply the
-    /// load of a cluster failing as a whole.
-    fn take_retry(&self, ctx: &mut Ctx, cluster: &Cluster, failed: Option<usize>) -> bool {
+        let cluster = &hold.cluster;
         let attempts = ctx.tried.len() as u32;
         if attempts > cluster.retry.attempts || ctx.tried.len() >= cluster.endpoints.len() {
             return false;
         }
         let now = crate::clock::now_ms();
-        let set_aside = failed.is_some_and(|i| !cluster.outliers.available(i, now));
-        if set_aside {
-            self.state
-                .metrics
-                .upstream_retries
-                .with_label_values(&[cluster.name.as_str(), "sent"])
-                .inc();
-            return true;
-        }
-        let ok = cluster.budget.try_retry(&cluster.retry);
+        let isolated = failed.is_some_and(|i| {
+            !cluster.outliers.available(i, now) && cluster.others_available(i, now)
+        });
+        let ok = isolated || cluster.budget.try_retry(&cluster.retry);
         let result = if ok { "sent" } else { "budget_exhausted" };
         self.state
             .metrics
             .upstream_retries
             .with_label_values(&[cluster.name.as_str(), result])
             .inc();
-        if ok {
-            ctx.retries += 1;
+        if ok && !isolated {
+            hold.retries += 1;
         }
         ok
+    }
+
+    /// Whether the request target is one whose query hydrus can see: origin-form (`/path?q`),
+    /// absolute-form, or `*` alone. Anything else could carry query keys past it.
+    fn target_ok(req: &RequestHeader) -> bool {
+        let raw = req.raw_path();
+        raw.starts_with(b"/") || raw == b"*" || req.uri.scheme().is_some()
     }
 
     /// The request's size on the wire, roughly: request line and header fields.
@@ -556,14 +582,18 @@ impl Proxy {
             .get(http::header::CONTENT_LENGTH)
             .is_none_or(|v| v.as_bytes() == b"0")
             && req.headers.get(http::header::TRANSFER_ENCODING).is_none();
-        let Some(cluster) = running.clusters.get(ctx.cluster) else {
+        let Some(cluster) = running.clusters.get(ctx.cluster).cloned() else {
             return Ok(false);
         };
-        if !idempotent || !no_body || cluster.endpoints.is_empty() {
+        // (An upgrade, e.g. a WebSocket GET, is a tunnel, not a response to buffer.)
+        if !idempotent || !no_body || cluster.endpoints.is_empty() || session.is_upgrade_req() {
             return Ok(false);
         }
         let mut upstream = req.clone();
+        // This path writes the request itself: drop what pingora's path drops for a hop.
+        strip_hop_by_hop(&mut upstream);
         self.prepare_upstream(&mut upstream, ctx)?;
+        let cluster = &*cluster;
         // The attempts go to different endpoints when the cluster has several.
         let now = crate::clock::now_ms();
         let key = ctx.ids[0].as_ref().map(HeaderValue::as_bytes);
@@ -572,8 +602,9 @@ impl Proxy {
         };
         ctx.tried.push(a);
         let b = cluster.select(key, &ctx.tried, now).unwrap_or(a);
-        cluster.budget.request_started();
-        ctx.counted = true;
+        if let Some(c) = running.clusters.get(ctx.cluster) {
+            ctx.hold = Some(Hold::new(c.clone()));
+        }
         ctx.cluster_load = Some(cluster.budget.in_flight().0);
         let sent = Instant::now();
         let max = h.max_body_bytes;
@@ -603,13 +634,15 @@ impl Proxy {
                 ctx.hedge = Some(winner);
             }
         }
-        if result.is_err() && winner == Winner::Primary && b != a {
-            // The first attempt failed outright (e.g. refused): one more, elsewhere.
+        if let Err(e) = &result {
             m.upstream_errors
-                .with_label_values(&[cluster.name.as_str(), "connect"])
+                .with_label_values(&[cluster.name.as_str(), error_kind(e)])
                 .inc();
-            ctx.tried.push(b);
-            result = self.attempt(cluster, b, upstream, max).await;
+            // The first attempt failed before any answer: one more elsewhere, as any retry.
+            if winner == Winner::Primary && b != a && self.take_retry(ctx, Some(a)) {
+                ctx.tried.push(b);
+                result = self.attempt(cluster, b, upstream, max).await;
+            }
         }
         let (mut header, body) = result?;
         ctx.upstream_ms = Some(sent.elapsed().as_secs_f64() * 1000.0);
@@ -641,10 +674,11 @@ impl ProxyHttp for Proxy {
             group: Group::Treatment,
             decision: None,
             cluster: 0,
-            endpoint: None,
+            hold: None,
             tried: Tried::default(),
-            retries: 0,
-            counted: false,
+            retry_same: None,
+            upstream_status: None,
+            slot: None,
             ids: Default::default(),
             generated_request_id: None,
             upstream_sent: None,
@@ -660,11 +694,12 @@ impl ProxyHttp for Proxy {
     fn on_connection_reuse(
         &self,
         _session: &mut Session,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
         prev: Box<dyn std::any::Any + Send + Sync>,
     ) {
         if let Ok(slot) = prev.downcast::<Arc<Slot>>() {
             slot.header_read();
+            ctx.slot = Some(*slot);
         }
     }
 
@@ -673,15 +708,34 @@ impl ProxyHttp for Proxy {
         ctx.start = Instant::now();
         ctx.ts_ms = now_ms();
         let limit = self.state.config.load().limits.max_request_header_bytes;
-        if Self::header_bytes(session.req_header()) > limit {
+        let req = session.req_header();
+        let refusal = if Self::header_bytes(req) > limit {
+            Some(("header_too_large", 431))
+        } else if !Self::target_ok(req) {
+            Some(("bad_target", 400))
+        } else {
+            None
+        };
+        if let Some((reason, status)) = refusal {
             self.state
                 .metrics
                 .requests_rejected
-                .with_label_values(&["header_too_large"])
+                .with_label_values(&[reason])
                 .inc();
             session.set_keepalive(None);
-            session.respond_error(431).await?;
+            session.respond_error(status).await?;
             return Ok(true);
+        }
+        if let Some(slot) = &ctx.slot {
+            let req = session.req_header();
+            let bodyless = req.headers.get(http::header::TRANSFER_ENCODING).is_none()
+                && req
+                    .headers
+                    .get(http::header::CONTENT_LENGTH)
+                    .is_none_or(|v| v.as_bytes() == b"0");
+            if bodyless {
+                slot.body_read();
+            }
         }
         let t0 = Instant::now();
         self.decide(session, ctx);
@@ -696,30 +750,53 @@ impl ProxyHttp for Proxy {
         self.hedged(session, ctx).await
     }
 
-    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if end_of_stream {
+            if let Some(slot) = &ctx.slot {
+                slot.body_read();
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let running = match &ctx.running {
             Some(r) => r.clone(),
             None => self.state.config.load_full(),
         };
+        let index = if running.clusters.get(ctx.cluster).is_some() {
+            ctx.cluster
+        } else {
+            running.default_cluster
+        };
         let cluster = running
             .clusters
-            .get(ctx.cluster)
-            .or_else(|| running.clusters.get(running.default_cluster))
+            .get(index)
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream cluster"))?;
-        if !ctx.counted {
-            cluster.budget.request_started();
-            ctx.counted = true;
+        let hold = ctx.hold.get_or_insert_with(|| Hold::new(cluster.clone()));
+        if ctx.cluster_load.is_none() {
             ctx.cluster_load = Some(cluster.budget.in_flight().0);
         }
-        let key = ctx.ids[0].as_ref().map(HeaderValue::as_bytes);
-        let _ = session;
         let now = crate::clock::now_ms();
-        let Some(i) = cluster.select(key, &ctx.tried, now) else {
-            return Error::e_explain(ErrorType::InternalError, "no endpoint left to try");
+        let i = match ctx.retry_same.take() {
+            Some(i) => i,
+            None => {
+                let key = ctx.ids[0].as_ref().map(HeaderValue::as_bytes);
+                let Some(i) = cluster.select(key, &ctx.tried, now) else {
+                    return Error::e_explain(ErrorType::InternalError, "no endpoint left to try");
+                };
+                ctx.tried.push(i);
+                i
+            }
         };
-        ctx.tried.push(i);
         cluster.outliers.started(i, now);
-        ctx.endpoint = Some(i);
+        hold.endpoint = Some(i);
         Ok(Box::new(peer(cluster.endpoints[i], cluster)))
     }
 
@@ -730,57 +807,60 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        let Some(running) = ctx.running.clone() else {
+        let Some(hold) = ctx.hold.as_mut() else {
             return e;
         };
-        if let Some(c) = running.clusters.get(ctx.cluster) {
-            self.state
-                .metrics
-                .upstream_errors
-                .with_label_values(&[c.name.as_str(), "connect"])
-                .inc();
-            let failed = ctx.endpoint.take();
-            if let Some(i) = failed {
-                record_outcome(&self.state, c, i, Outcome::Failure);
-            }
-            // Nothing was sent: any request may go to another endpoint.
-            e.set_retry(self.take_retry(ctx, c, failed));
-        }
+        self.state
+            .metrics
+            .upstream_errors
+            .with_label_values(&[hold.cluster.name.as_str(), "connect"])
+            .inc();
+        let failed = hold.end_attempt(&self.state, Some(Outcome::Failure));
+        // Nothing was sent: any request may go to another endpoint.
+        e.set_retry(self.take_retry(ctx, failed));
         e
     }
 
     /// An attempt failed after connecting. An idempotent request whose response has not begun
-    /// is tried again on another endpoint, within the retry budget.
+    /// is tried again on another endpoint, within the retry budget; one that failed on a stale
+    /// pooled connection, on the same endpoint with a new one (as pingora does). A failure
+    /// while the client was still sending its body is the client's, not the endpoint's.
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,
         session: &mut Session,
         e: Box<Error>,
         ctx: &mut Ctx,
-        _client_reused: bool,
+        client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
-        let Some(running) = ctx.running.clone() else {
+        let Some(hold) = ctx.hold.as_mut() else {
             e.set_retry(false);
             return e;
         };
-        let Some(c) = running.clusters.get(ctx.cluster) else {
+        let body_done = session.as_mut().is_body_done();
+        let responded = session.response_written().is_some();
+        let retryable = session.req_header().method.is_idempotent()
+            && !responded
+            && !session.as_ref().retry_buffer_truncated();
+        let stale = client_reused
+            && matches!(e.retry, pingora::RetryType::ReusedOnly)
+            && !responded
+            && hold.reuse_retries < 2;
+        if *e.esource() == ErrorSource::Downstream || !body_done {
+            hold.end_attempt(&self.state, None);
             e.set_retry(false);
             return e;
-        };
-        let failed = ctx.endpoint.take();
-        if let Some(i) = failed {
-            if *e.esource() == ErrorSource::Downstream {
-                c.outliers.abandoned(i);
-            } else {
-                record_outcome(&self.state, c, i, Outcome::Failure);
-            }
         }
-        let retry = *e.esource() != ErrorSource::Downstream
-            && session.req_header().method.is_idempotent()
-            && session.response_written().is_none()
-            && !session.as_ref().retry_buffer_truncated()
-            && self.take_retry(ctx, c, failed);
+        if stale && retryable {
+            // The upstream closed a kept-alive connection: not a failure of the endpoint.
+            hold.reuse_retries += 1;
+            ctx.retry_same = hold.end_attempt(&self.state, None);
+            e.set_retry(true);
+            return e;
+        }
+        let failed = hold.end_attempt(&self.state, Some(Outcome::Failure));
+        let retry = retryable && self.take_retry(ctx, failed);
         e.set_retry(retry);
         e
     }
@@ -868,17 +948,18 @@ impl ProxyHttp for Proxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        let status = upstream_response.status.as_u16();
+        if status < 200 {
+            return Ok(()); // an interim response (100 Continue): the answer is still to come
+        }
         if let Some(t) = ctx.upstream_sent {
             ctx.upstream_ms = Some(t.elapsed().as_secs_f64() * 1000.0);
         }
-        if let (Some(r), Some(i)) = (&ctx.running, ctx.endpoint.take()) {
-            if let Some(c) = r.clusters.get(ctx.cluster) {
-                record_outcome(
-                    &self.state,
-                    c,
-                    i,
-                    outcome_of(upstream_response.status.as_u16()),
-                );
+        ctx.upstream_status = Some(status);
+        // It answered: not hung. Whether the exchange succeeded is known at its end.
+        if let Some(h) = &ctx.hold {
+            if let Some(i) = h.endpoint {
+                h.cluster.outliers.progress(i, crate::clock::now_ms());
             }
         }
         Ok(())
@@ -888,22 +969,16 @@ impl ProxyHttp for Proxy {
         let (Some(running), Some(handles)) = (ctx.running.clone(), ctx.handles.clone()) else {
             return;
         };
-        if let Some(c) = running.clusters.get(ctx.cluster) {
-            if let Some(i) = ctx.endpoint.take() {
-                match e {
-                    Some(e) if *e.esource() == ErrorSource::Upstream => {
-                        record_outcome(&self.state, c, i, Outcome::Failure)
-                    }
-                    _ => c.outliers.abandoned(i),
-                }
-            }
-            for _ in 0..ctx.retries {
-                c.budget.retry_finished();
-            }
-            if ctx.counted {
-                c.budget.request_finished();
-            }
+        if let Some(hold) = ctx.hold.as_mut() {
+            let outcome = match (e, ctx.upstream_status) {
+                (Some(e), _) if *e.esource() == ErrorSource::Upstream => Some(Outcome::Failure),
+                (Some(_), _) => None,
+                (None, status) => status.map(outcome_of),
+            };
+            hold.end_attempt(&self.state, outcome);
         }
+        // The hold itself is given back when the context drops.
+        ctx.hold = None;
         let written = session.response_written();
         let status = written.map_or(0, |r| r.status.as_u16());
         // A response that began and then failed: the client got it cut short.
@@ -919,23 +994,34 @@ impl ProxyHttp for Proxy {
         let declared = ctx.decision.as_ref().is_none_or(|d| d.scenario_declared);
         let scenario = ctx.ids[4].as_ref().map(HeaderValue::as_bytes);
         handles.request(strategy, ctx.group, scenario, declared);
+        let total = ctx.start.elapsed().as_secs_f64();
         if let Some(h) = handles.request_by_group.get(ctx.group.index()) {
-            h.observe(ctx.start.elapsed().as_secs_f64());
+            h.observe(total);
+        }
+        if let Some(h) = handles.overhead_by_group.get(ctx.group.index()) {
+            // What the proxy added: everything but the wait for the upstream's answer.
+            h.observe((total - ctx.upstream_ms.unwrap_or(0.0) / 1000.0).max(0.0));
         }
         if let (Some(ms), Some(h)) = (ctx.upstream_ms, handles.upstream_by_strategy.get(strategy)) {
             h.observe(ms / 1000.0);
         }
         if let Some(q) = &self.state.log {
-            q.push(self.record(ctx, &running, status, error));
+            q.push(Box::new(Pending {
+                running,
+                ts_ms: ctx.ts_ms,
+                ids: std::mem::take(&mut ctx.ids),
+                generated_id: ctx.generated_request_id,
+                group: ctx.group,
+                decision: ctx.decision,
+                status,
+                upstream_ms: ctx.upstream_ms,
+                total_ms: ctx.start.elapsed().as_secs_f64() * 1000.0,
+                cluster: ctx.cluster,
+                e2e: ctx.e2e,
+                cluster_load: ctx.cluster_load,
+                hedge: ctx.hedge,
+                error,
+            }));
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn hex_ids() {
-        assert_eq!(super::hex_id(0xabc), format!("{:032x}", 0xabc));
-        assert_eq!(super::hex_id(u128::MAX), "f".repeat(32));
     }
 }

@@ -368,9 +368,12 @@ fn a_flood_of_idle_connections_never_locks_out_clients_or_admin() {
             flood.push(s);
         }
     }
-    // Some idle ones sent a request and stay open.
+    // Some sent a request and stay open (keep-alive idle); some sent one byte of a header.
     for s in flood.iter_mut().take(10) {
         let _ = s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n");
+    }
+    for s in flood.iter_mut().skip(380) {
+        let _ = s.write_all(b"G");
     }
     for i in 0..30 {
         let (status, _) = get_with(&h.url("/rank"), &[("x-user-id", &format!("n{i}"))])
@@ -444,7 +447,7 @@ fn a_client_cannot_forge_or_strip_what_hydrus_owns() {
     let h = start_strategies(&up, "0", "", &[("default", 0.004)]);
     let answer = raw_request(
         h.port,
-        b"GET /rank?candidat%65s=777&CANDIDATES=5&a=1;candidates=9 HTTP/1.1\r\n\
+        b"GET /rank?candidat%65s=777&CANDIDATES=5&a=1;candidates=9&candidates[]=7&%2563andidates=6 HTTP/1.1\r\n\
 host: x\r\n\
 x-user-id: alice\r\n\
 x-user-id: mallory\r\n\
@@ -484,6 +487,27 @@ connection: x-user-id, x-qoe-score\r\n\r\n",
         s.raw_query
     );
     assert!(s.raw_query.starts_with("a=1"), "{}", s.raw_query);
+    assert_eq!(
+        s.raw_query, "a=1&candidates=20",
+        "only what hydrus owns was touched"
+    );
+    // A request target whose query hydrus could not see is refused.
+    for target in ["r?candidates=777", "*?candidates=777"] {
+        let answer = raw_request(
+            h.port,
+            format!("GET {target} HTTP/1.1\r\nhost: x\r\nx-user-id: a\r\n\r\n").as_bytes(),
+        );
+        assert!(answer.starts_with("HTTP/1.1 400"), "{target}: {answer}");
+    }
+    assert!(up.take().is_empty());
+    assert_eq!(
+        metric_of(
+            &h,
+            "hydrus_requests_rejected_total",
+            &[("reason", "bad_target")]
+        ),
+        2.0
+    );
 }
 
 #[test]
@@ -719,14 +743,12 @@ fn oversized_headers_are_refused_and_long_values_capped_in_the_log() {
         Some(1000),
         "forwarded whole"
     );
-    assert_eq!(
-        metric_of(
-            &h,
-            "hydrus_log_fields_truncated_total",
-            &[("field", "user_id")]
-        ),
-        1.0
-    );
+    // Counted when the sink thread writes the record.
+    assert!(eventually(Duration::from_secs(5), || metric_of(
+        &h,
+        "hydrus_log_fields_truncated_total",
+        &[("field", "user_id")]
+    ) == 1.0));
     h.terminate();
     let records = read_records(&h.path("logs"));
     assert_eq!(records.len(), 1, "no record of the refused request");
@@ -800,4 +822,219 @@ fn an_upstream_dying_mid_body_is_logged_as_an_upstream_error() {
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].status, 200);
     assert_eq!(records[0].error.as_deref(), Some("upstream_body"));
+}
+
+/// An upstream that answers one request per connection with a keep-alive response, then closes
+/// the connection a moment later without saying so: every pooled connection goes stale.
+fn one_shot_upstream() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicBool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let (served, stop) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (sv, st) = (served.clone(), stop.clone());
+    std::thread::spawn(move || {
+        while !st.load(Ordering::SeqCst) {
+            let Ok((mut s, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(2));
+                continue;
+            };
+            s.set_nonblocking(false).unwrap();
+            let mut b = [0u8; 4096];
+            if s.read(&mut b).unwrap_or(0) > 0 {
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+                sv.fetch_add(1, Ordering::SeqCst);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    (addr, served, stop)
+}
+
+#[test]
+fn a_stale_pooled_connection_is_retried_on_the_same_endpoint() {
+    let (addr, served, stop) = one_shot_upstream();
+    let h = Hydrus::start(&pool_template(&[addr], "", ""));
+    for i in 0..10 {
+        let (status, body) = get(&h.url("/x")).unwrap();
+        assert_eq!((status, body.as_str()), (200, "ok"), "request {i}");
+        std::thread::sleep(Duration::from_millis(60));
+    }
+    assert_eq!(served.load(Ordering::SeqCst), 10);
+    let ejected = metric_of(
+        &h,
+        "hydrus_outlier_ejections_total",
+        &[("cluster", "pool"), ("endpoint", &addr.to_string())],
+    );
+    assert_eq!(
+        ejected, 0.0,
+        "a stale kept-alive connection is not the endpoint's failure"
+    );
+    stop.store(true, Ordering::SeqCst);
+}
+
+/// An upstream that starts a response and resets the connection mid-body.
+fn mid_body_reset_upstream() -> (SocketAddr, Arc<AtomicBool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let st = stop.clone();
+    std::thread::spawn(move || {
+        while !st.load(Ordering::SeqCst) {
+            let Ok((mut s, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(2));
+                continue;
+            };
+            s.set_nonblocking(false).unwrap();
+            let mut b = [0u8; 4096];
+            let _ = s.read(&mut b);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nabc");
+        }
+    });
+    (addr, stop)
+}
+
+#[test]
+fn an_endpoint_failing_mid_body_is_ejected_and_a_slow_client_body_is_not_its_fault() {
+    let good = Upstream::start("good");
+    let (bad, stop) = mid_body_reset_upstream();
+    let h = Hydrus::start(&pool_template(
+        &[good.addr, bad],
+        "    read_timeout: 500ms\n",
+        "limits:\n  body_timeout: 1s\n",
+    ));
+    for _ in 0..30 {
+        let _ = raw_request(
+            h.port,
+            b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        );
+    }
+    let ejected = |a: &SocketAddr| {
+        metric_of(
+            &h,
+            "hydrus_outlier_ejections_total",
+            &[("cluster", "pool"), ("endpoint", &a.to_string())],
+        )
+    };
+    assert!(
+        ejected(&bad) >= 1.0,
+        "responses cut short count against the endpoint"
+    );
+    stop.store(true, Ordering::SeqCst);
+    // Clients that send half a body and stall: the upstream times out waiting for the rest,
+    // which is not the upstream's failure; the body deadline closes such connections.
+    let before = good.count();
+    let mut slow = Vec::new();
+    for _ in 0..8 {
+        let mut s = TcpStream::connect(("127.0.0.1", h.port)).unwrap();
+        s.write_all(b"POST /order HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\nabc")
+            .unwrap();
+        slow.push(s);
+    }
+    for s in &mut slow {
+        assert!(
+            closed_within(s, Duration::from_secs(5)).is_some(),
+            "closed by a deadline"
+        );
+    }
+    assert_eq!(ejected(&good.addr), 0.0, "{}", h.log());
+    assert!(good.count() >= before, "the good endpoint still serves");
+    assert_eq!(get(&h.url("/")).unwrap().0, 200);
+}
+
+/// An endpoint whose health check answer trickles in forever.
+fn trickling_health_endpoint() -> (SocketAddr, Arc<AtomicBool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let st = stop.clone();
+    std::thread::spawn(move || {
+        let mut conns: Vec<TcpStream> = Vec::new();
+        while !st.load(Ordering::SeqCst) {
+            if let Ok((mut s, _)) = listener.accept() {
+                s.set_nonblocking(false).unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(100)))
+                    .unwrap();
+                let mut b = [0u8; 4096];
+                let _ = s.read(&mut b);
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n");
+                conns.push(s);
+            }
+            conns.retain_mut(|s| s.write_all(b"x").is_ok());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    (addr, stop)
+}
+
+#[test]
+fn a_trickling_health_endpoint_does_not_freeze_the_checks() {
+    let a = Upstream::start("a");
+    let (slow, stop) = trickling_health_endpoint();
+    let h = Hydrus::start(&pool_template(
+        &[a.addr, slow],
+        "    health_check: { path: /healthz, interval: 100ms, timeout: 300ms, healthy_threshold: 1, unhealthy_threshold: 1 }\n",
+        "",
+    ));
+    let healthy = |addr: &SocketAddr| {
+        metric_of(
+            &h,
+            "hydrus_endpoint_healthy",
+            &[("cluster", "pool"), ("endpoint", &addr.to_string())],
+        )
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || healthy(&slow) == 0.0),
+        "a check that does not finish within its timeout fails"
+    );
+    a.health_status.store(503, Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(5), || healthy(&a.addr) == 0.0),
+        "later passes still run"
+    );
+    stop.store(true, Ordering::SeqCst);
+}
+
+#[test]
+fn the_hedge_path_forwards_no_hop_by_hop_header() {
+    let up = Upstream::start("a");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("hedge.yaml"),
+        "budget: 0.5\nroutes:\n  pool: { timeout_ms: 1000 }\n",
+    )
+    .unwrap();
+    let h = Hydrus::start_in(
+        dir,
+        &pool_template(
+            &[up.addr],
+            "",
+            "filters:\n  - hedge:\n      table: { path: \"{dir}/hedge.yaml\" }\n",
+        ),
+    );
+    assert!(eventually(Duration::from_secs(5), || h
+        .metric("hydrus_hedge_table_loaded")
+        == 1.0));
+    let answer = raw_request(
+        h.port,
+        b"GET /x HTTP/1.1\r\nhost: x\r\nx-user-id: alice\r\nx-extra: 1\r\nkeep-alive: timeout=5\r\nte: trailers\r\nproxy-connection: keep-alive\r\nconnection: x-extra, keep-alive\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = up.take();
+    assert_eq!(seen.len(), 1);
+    let s = &seen[0];
+    for hop in [
+        "connection",
+        "keep-alive",
+        "te",
+        "proxy-connection",
+        "x-extra",
+    ] {
+        assert_eq!(s.header_count(hop), 0, "{hop}: {:?}", s.raw_headers);
+    }
+    assert_eq!(s.header("x-user-id"), Some("alice"));
 }

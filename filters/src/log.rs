@@ -2,7 +2,11 @@
 //! the solver needs). The field names are an interface: `hydrus solve`, dashboards and users'
 //! own pipelines read them. Add fields; never rename or remove one.
 
-use serde::{Deserialize, Serialize};
+use crate::qoe::QoeVector;
+use crate::strategy::StrategySet;
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Deserialize, Serialize, Serializer};
+use std::borrow::Cow;
 
 /// One strategy's estimated QoE and resource cost for one request (the paper's `ValueInfo`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,7 +75,8 @@ pub struct LogRecord {
 pub const MAX_FIELD_BYTES: usize = 256;
 
 /// `raw` as text for a record, cut to [`MAX_FIELD_BYTES`]; the flag says whether it was cut.
-pub fn capped_text(raw: &[u8]) -> (String, bool) {
+/// Borrowed when it is short UTF-8 (the common case: no copy).
+pub fn capped_text(raw: &[u8]) -> (Cow<'_, str>, bool) {
     let cut = raw.len() > MAX_FIELD_BYTES;
     let mut raw = &raw[..raw.len().min(MAX_FIELD_BYTES)];
     if cut {
@@ -82,7 +87,100 @@ pub fn capped_text(raw: &[u8]) -> (String, bool) {
             }
         }
     }
-    (String::from_utf8_lossy(raw).into_owned(), cut)
+    (String::from_utf8_lossy(raw), cut)
+}
+
+/// The `value_info` of a record, serialized straight from the strategy set and the request's
+/// QoE vector (no per-strategy copies).
+#[derive(Debug, Clone, Copy)]
+pub struct ValueInfoRef<'a> {
+    pub strategies: Option<&'a StrategySet>,
+    pub qoe: Option<&'a QoeVector>,
+}
+
+impl Serialize for ValueInfoRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (Some(set), Some(q)) = (self.strategies, self.qoe) else {
+            return s.serialize_seq(Some(0))?.end();
+        };
+        let mut seq = s.serialize_seq(Some(q.count()))?;
+        for (j, st) in set.strategies().iter().enumerate() {
+            if let Some(qoe) = q.get(j) {
+                seq.serialize_element(&OneValue {
+                    strategy: &st.name,
+                    cost: st.cost,
+                    qoe,
+                })?;
+            }
+        }
+        seq.end()
+    }
+}
+
+struct OneValue<'a> {
+    strategy: &'a str,
+    cost: f64,
+    qoe: f64,
+}
+
+impl Serialize for OneValue<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(3))?;
+        m.serialize_entry("strategy", self.strategy)?;
+        m.serialize_entry("cost", &self.cost)?;
+        m.serialize_entry("qoe", &self.qoe)?;
+        m.end()
+    }
+}
+
+/// A record as the proxy writes it: the same fields as [`LogRecord`], borrowed from what the
+/// request left behind, so that building it on the sink thread copies nothing.
+#[derive(Debug, Serialize)]
+pub struct RecordRef<'a> {
+    pub ts_ms: u64,
+    pub request_id: &'a str,
+    pub user_id: &'a str,
+    pub device_id: &'a str,
+    pub scenario: &'a str,
+    pub group: &'a str,
+    pub chosen: &'a str,
+    pub k: Option<f64>,
+    #[serde(serialize_with = "serialize_values")]
+    pub value_info: ValueInfoRef<'a>,
+    pub status: u16,
+    pub upstream_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_delay_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_load: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub e2e_bucket: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hedge: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scenario_raw: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'a str>,
+}
+
+fn serialize_values<S: Serializer>(v: &ValueInfoRef<'_>, s: S) -> Result<S::Ok, S::Error> {
+    v.serialize(s)
+}
+
+impl RecordRef<'_> {
+    /// Append this record as one JSON line.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        // Plain strings and numbers into a Vec cannot fail; NaN would become null.
+        if serde_json::to_writer(&mut *out, self).is_ok() {
+            out.push(b'\n');
+        }
+    }
 }
 
 impl LogRecord {
@@ -159,9 +257,92 @@ mod tests {
     }
 
     #[test]
+    fn a_borrowed_record_writes_what_a_record_reads() {
+        use crate::strategy::Strategy;
+        let set = StrategySet::new(
+            vec![
+                Strategy {
+                    name: "s10".into(),
+                    cost: 6.0,
+                    qoe_scale: 0.5,
+                },
+                Strategy {
+                    name: "s20".into(),
+                    cost: 10.0,
+                    qoe_scale: 1.0,
+                },
+            ],
+            "s20",
+        )
+        .expect("valid");
+        let q = QoeVector::scaled(&set, 0.5);
+        let r = RecordRef {
+            ts_ms: 7,
+            request_id: "r\"1",
+            user_id: "u",
+            device_id: "",
+            scenario: "other",
+            group: "control",
+            chosen: "s20",
+            k: Some(0.25),
+            value_info: ValueInfoRef {
+                strategies: Some(&set),
+                qoe: Some(&q),
+            },
+            status: 200,
+            upstream_ms: None,
+            fallback: None,
+            cluster: Some("c"),
+            total_ms: Some(1.5),
+            external_delay_ms: None,
+            cluster_load: Some(3),
+            e2e_bucket: None,
+            hedge: None,
+            scenario_raw: Some("x\n"),
+            error: None,
+        };
+        let mut out = Vec::new();
+        r.encode_into(&mut out);
+        let back: LogRecord = serde_json::from_slice(&out).expect("one record");
+        assert_eq!(back.request_id, "r\"1");
+        assert_eq!(back.scenario_raw.as_deref(), Some("x\n"));
+        assert_eq!(back.value_info.len(), 2);
+        assert_eq!(
+            back.value_info[0],
+            ValueInfo {
+                strategy: "s10".into(),
+                cost: 6.0,
+                qoe: 0.25
+            }
+        );
+        assert_eq!(back.chosen_cost(), Some(10.0));
+        assert_eq!(
+            (back.cluster_load, back.total_ms, back.upstream_ms),
+            (Some(3), Some(1.5), None)
+        );
+        // Encoded back, the owned record is byte for byte the borrowed one.
+        let mut again = Vec::new();
+        back.encode_into(&mut again);
+        assert_eq!(
+            String::from_utf8_lossy(&again),
+            String::from_utf8_lossy(&out)
+        );
+        let none = RecordRef {
+            value_info: ValueInfoRef {
+                strategies: Some(&set),
+                qoe: None,
+            },
+            ..r
+        };
+        let mut out = Vec::new();
+        none.encode_into(&mut out);
+        assert!(String::from_utf8_lossy(&out).contains("\"value_info\":[]"));
+    }
+
+    #[test]
     fn header_fields_are_capped() {
         let (s, cut) = capped_text(b"alice");
-        assert_eq!((s.as_str(), cut), ("alice", false));
+        assert_eq!((s.as_ref(), cut), ("alice", false));
         let long = "é".repeat(MAX_FIELD_BYTES); // two bytes each
         let (s, cut) = capped_text(long.as_bytes());
         assert!(cut && s.len() <= MAX_FIELD_BYTES && s.chars().all(|c| c == 'é'));

@@ -149,6 +149,14 @@ impl Outliers {
         }
     }
 
+    /// Endpoint `i` answered something (a response header): it is not hung, whatever the
+    /// outcome of the exchange turns out to be.
+    pub fn progress(&self, i: usize, now_ms: u64) {
+        if let Some(e) = self.endpoints.get(i) {
+            e.progress_ms.store(now_ms, Relaxed);
+        }
+    }
+
     pub fn abandoned(&self, i: usize) {
         if let Some(e) = self.endpoints.get(i) {
             e.abandoned();

@@ -3,30 +3,52 @@
 //! separator too, as some servers do), then the chosen strategy's values are appended. Other
 //! pairs keep their order and bytes.
 
-/// Whether `raw` (a query key as sent) names `key` once decoded.
-fn key_is(raw: &[u8], key: &str) -> bool {
-    let key = key.as_bytes();
+/// Percent-decode once (`+` as a space).
+fn decode_once(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
-    let mut k = 0;
     while i < raw.len() {
-        let b = match raw[i] {
+        match raw[i] {
             b'%' if i + 2 < raw.len() => match (hex(raw[i + 1]), hex(raw[i + 2])) {
                 (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
                     i += 2;
-                    h << 4 | l
                 }
-                _ => b'%',
+                _ => out.push(b'%'),
             },
-            b'+' => b' ',
-            b => b,
-        };
-        i += 1;
-        if k >= key.len() || !key[k].eq_ignore_ascii_case(&b) {
-            return false;
+            b'+' => out.push(b' '),
+            b => out.push(b),
         }
-        k += 1;
+        i += 1;
     }
-    k == key.len()
+    out
+}
+
+/// Whether `raw` (a query key as sent) names `key` as some server would read it: decoded
+/// (repeatedly: some decode twice), cut at a NUL (C strings) or a `[` (`key[]`, `key[0]`: an
+/// array of `key` in PHP, Rails and Express), trailing spaces dropped, ASCII case ignored.
+fn key_is(raw: &[u8], key: &str) -> bool {
+    let plain = !raw
+        .iter()
+        .any(|b| matches!(b, b'%' | b'+' | b'[' | b'\0' | b' '));
+    if plain {
+        return raw.eq_ignore_ascii_case(key.as_bytes());
+    }
+    let mut name = raw.to_vec();
+    for _ in 0..3 {
+        let next = decode_once(&name);
+        if next == name {
+            break;
+        }
+        name = next;
+    }
+    let end = name
+        .iter()
+        .position(|b| matches!(b, b'\0' | b'['))
+        .unwrap_or(name.len());
+    name[..end]
+        .trim_ascii_end()
+        .eq_ignore_ascii_case(key.as_bytes())
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -144,6 +166,12 @@ mod tests {
             "candidat%65S=777",
             "CANDIDATES=777",
             "%63andidates=777",
+            "%2563andidates=777",
+            "candidates[]=777",
+            "candidates[0]=777",
+            "candidates%5B%5D=777",
+            "candidates+=777",
+            "candidates%00x=777",
             "model=big",
         ] {
             assert_eq!(
@@ -164,7 +192,12 @@ mod tests {
         );
         // Near misses are kept.
         assert_eq!(
-            set_query("/r", Some("candidatesx=1&candidate=2&%zz=3&%6"), &[], &own),
+            set_query(
+                "/r",
+                Some("candidatesx=1&candidate=2&%zz=3&%6&candidates.x=4"),
+                &[],
+                &own
+            ),
             None
         );
     }
