@@ -3,9 +3,9 @@
 #![allow(clippy::unwrap_used)]
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use hydrus_filters::log::{RecordRef, ValueInfoRef};
 use hydrus_filters::{
-    Group, HydrusFilter, KTable, LogRecord, QoeRange, RequestInputs, Rollout, Strategy,
-    StrategySet, ValueInfo,
+    Group, HydrusFilter, KTable, QoeRange, RequestInputs, Rollout, Strategy, StrategySet,
 };
 use std::hint::black_box;
 
@@ -102,26 +102,26 @@ fn bench(c: &mut Criterion) {
         })
     });
 
-    let record = LogRecord {
+    // The record as the sink thread encodes it: borrowed from what the request left.
+    let set8 = filter(8);
+    let qoe = hydrus_filters::QoeVector::scaled(&set8.strategies, 0.5);
+    let record = RecordRef {
         ts_ms: 1_795_374_637_211,
-        request_id: "17aeaac3aceba0fb8b2876aa24ad9b65".into(),
-        user_id: "user-123456".into(),
-        device_id: "device-42".into(),
-        scenario: "default".into(),
-        group: "hydrus".into(),
-        chosen: "s40".into(),
+        request_id: "17aeaac3aceba0fb8b2876aa24ad9b65",
+        user_id: "user-123456",
+        device_id: "device-42",
+        scenario: "default",
+        group: "hydrus",
+        chosen: "s40",
         k: Some(0.004),
-        value_info: (0..8)
-            .map(|j| ValueInfo {
-                strategy: format!("s{}", (j + 1) * 10),
-                cost: 4.0 + 2.0 * j as f64,
-                qoe: 0.3 + j as f64 * 0.01,
-            })
-            .collect(),
+        value_info: ValueInfoRef {
+            strategies: Some(&set8.strategies),
+            qoe: Some(&qoe),
+        },
         status: 200,
         upstream_ms: Some(2.764463),
         fallback: None,
-        cluster: Some("ranking-large".into()),
+        cluster: Some("ranking-large"),
         total_ms: Some(3.995905),
         external_delay_ms: Some(412.0),
         cluster_load: Some(7),

@@ -138,9 +138,12 @@ RUST_LOG=warn "$BARE_BIN" 127.0.0.1:$BARE 127.0.0.1:$UP "$threads" & pids+=($!);
 extra_names=(); extra_ports=(); declare -A extra_pid
 port=18200
 for spec in ${COMPARE:-}; do
-  name=hydrus-${spec%%=*}; bin=${spec#*=}
+  # NAME=BINARY, or NAME=BINARY+SNIPPET (YAML lines added to the full chain's config)
+  name=hydrus-${spec%%=*}; bin=${spec#*=}; snippet=""
+  case $bin in *+*) snippet=${bin#*+}; bin=${bin%%+*} ;; esac
   sed -e "s/127.0.0.1:$FULL/127.0.0.1:$port/" -e "s/127.0.0.1:$ADMF/127.0.0.1:$((port + 1))/" \
     -e "s#$work/logs#$work/logs-$name#" "$work/full.yaml" > "$work/$name.yaml"
+  [ -z "$snippet" ] || cat "$snippet" >> "$work/$name.yaml"
   RUST_LOG=warn "$bin" serve --config "$work/$name.yaml" & pids+=($!); extra_pid[$name]=$!
   extra_names+=("$name"); extra_ports+=("$port"); port=$((port + 2))
 done
@@ -162,7 +165,7 @@ done
 # The processes of each target, for their CPU time.
 procs() {
   case $1 in
-    direct) echo "$(pgrep -f "nginx-up/nginx.conf" | tr '\n' ' ')" ;;
+    direct) local m; m=$(cat "$work/nginx-up/nginx.pid"); echo "$m $(pgrep -P "$m" | tr '\n' ' ')" ;;
     hydrus) echo "$full_pid" ;;
     hydrus-empty) echo "$empty_pid" ;;
     pingora-bare) echo "$bare_pid" ;;
@@ -282,6 +285,6 @@ mkdir -p benches/results
   echo "CPU per request: hydrus / nginx **$cpu_hy_ngx**; bare pingora / nginx $cpu_bare_ngx; hydrus minus bare pingora **$cpu_hy_bare us**. Serial latency added over direct: hydrus / nginx **$added_ratio**."
   echo "hydrus's own histograms (bucket bounds): decision p99 under ${decision_p99:-n/a} s; latency added p50 under ${overhead_p50:-n/a} s, p99 under ${overhead_p99:-n/a} s. Log records written: ${records:-0}, dropped: ${dropped:-0}."
   echo
-  echo "$(nproc) CPUs shared by wrk, the upstream and the proxies; $threads proxy threads/processes each; wrk -t1 -c$conns -d${secs}s (loaded) and -c1 -d${serial_secs}s (serial), $rounds interleaved rounds (medians), $(date -u +%F). Command: \`bash benches/load.sh $secs $rounds $conns\`."
+  echo "$(nproc) CPUs shared by wrk, the upstream and the proxies; $threads proxy threads/processes each; wrk -t1 -c$conns -d${secs}s (loaded) and -c1 -d${serial_secs}s (serial), $rounds interleaved rounds (medians), $(date -u +%F). Command: \`${COMPARE:+COMPARE=\"$COMPARE\" }bash benches/load.sh $secs $rounds $conns\`."
 } > benches/results/load.md
 cat benches/results/load.md

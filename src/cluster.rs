@@ -192,10 +192,6 @@ impl Tried {
     }
 }
 
-/// An endpoint's position in its cluster, carried in the `Backend` the balancer returns.
-#[derive(Debug, Clone, Copy)]
-struct EndpointIndex(usize);
-
 enum Balancer {
     RoundRobin(LoadBalancer<RoundRobin>),
     Hash(LoadBalancer<Consistent>),
@@ -206,6 +202,8 @@ pub struct Cluster {
     pub name: String,
     pub source: ClusterConfig,
     pub endpoints: Vec<SocketAddr>,
+    /// The endpoints sorted by address, with their positions.
+    by_addr: Vec<(SocketAddr, usize)>,
     backends: Vec<Backend>,
     balancer: Balancer,
     pub outliers: Outliers,
@@ -321,15 +319,12 @@ impl Cluster {
     pub fn new(name: &str, source: ClusterConfig, endpoints: Vec<SocketAddr>) -> Self {
         let backends: Vec<Backend> = endpoints
             .iter()
-            .enumerate()
-            .map(|(i, a)| {
-                let mut b = Backend {
-                    addr: pingora::protocols::l4::socket::SocketAddr::Inet(*a),
-                    weight: 1,
-                    ext: Default::default(),
-                };
-                b.ext.insert(EndpointIndex(i));
-                b
+            .map(|a| Backend {
+                addr: pingora::protocols::l4::socket::SocketAddr::Inet(*a),
+                weight: 1,
+                // Empty: cloning a Backend with extensions allocates, and the balancer clones
+                // the ones it returns (the index is found from the address instead).
+                ext: Default::default(),
             })
             .collect();
         let hc = source.health_check.as_ref();
@@ -349,7 +344,11 @@ impl Cluster {
             endpoints.len(),
         );
         let r = &source.retry;
+        let mut by_addr: Vec<(SocketAddr, usize)> =
+            endpoints.iter().enumerate().map(|(i, a)| (*a, i)).collect();
+        by_addr.sort();
         Self {
+            by_addr,
             name: name.to_string(),
             retry: RetryConfig {
                 attempts: r.attempts.min(MAX_RETRIES),
@@ -376,16 +375,27 @@ impl Cluster {
     fn select_with(&self, key: &[u8], accept: impl Fn(usize, bool) -> bool) -> Option<usize> {
         let n = self.backends.len();
         let iterations = 4 * n + 8;
-        let f = |b: &Backend, healthy: bool| {
-            b.ext
-                .get::<EndpointIndex>()
-                .is_some_and(|i| accept(i.0, healthy))
-        };
+        let f = |b: &Backend, healthy: bool| self.index_of(b).is_some_and(|i| accept(i, healthy));
         let picked = match &self.balancer {
             Balancer::RoundRobin(lb) => lb.select_with(key, iterations, f),
             Balancer::Hash(lb) => lb.select_with(key, iterations, f),
         };
-        picked.and_then(|b| b.ext.get::<EndpointIndex>().map(|i| i.0))
+        picked.and_then(|b| self.index_of(&b))
+    }
+
+    /// The position of a backend among the endpoints (a short scan: clusters are small; a
+    /// binary search over the sorted addresses for large ones).
+    fn index_of(&self, b: &Backend) -> Option<usize> {
+        let pingora::protocols::l4::socket::SocketAddr::Inet(addr) = b.addr else {
+            return None;
+        };
+        if self.endpoints.len() <= 16 {
+            return self.endpoints.iter().position(|e| *e == addr);
+        }
+        self.by_addr
+            .binary_search_by(|(a, _)| a.cmp(&addr))
+            .ok()
+            .map(|k| self.by_addr[k].1)
     }
 
     /// The endpoint for the next attempt of a request: one it has not tried, healthy and not set

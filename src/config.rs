@@ -41,6 +41,9 @@ pub struct Config {
     /// Protection of the proxy's listener: connections, idle and header deadlines, sizes.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// pingora's runtime settings (start-only).
+    #[serde(default)]
+    pub server: ServerSettings,
     /// Upstream clusters by name.
     pub clusters: BTreeMap<String, ClusterConfig>,
     /// Where requests go when no filter says otherwise.
@@ -119,6 +122,29 @@ fn default_stop_timeout() -> Duration {
 
 fn default_upgrade_sock() -> String {
     "/tmp/hydrus_upgrade.sock".into()
+}
+
+/// pingora's server settings that change what a request costs (measured in `benches/load.sh`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// One multi-threaded runtime whose threads steal each other's tasks (true), or one runtime
+    /// per thread.
+    pub work_stealing: bool,
+    /// Accept tasks per listening socket.
+    pub listener_tasks_per_fd: usize,
+    /// Idle upstream connections kept for reuse, across clusters.
+    pub upstream_keepalive_pool_size: usize,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            work_stealing: true,
+            listener_tasks_per_fd: 1,
+            upstream_keepalive_pool_size: 128,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -764,6 +790,16 @@ fn compile(file: &Path, text: &str, source: Config) -> Result<Running, ConfigErr
         ("limits.body_timeout", l.body_timeout),
     ] {
         c.duration_at_most(f, d, DAY);
+    }
+    let sv = &source.server;
+    if !(1..=64).contains(&sv.listener_tasks_per_fd) {
+        c.error("server.listener_tasks_per_fd", "must be 1-64");
+    }
+    if sv.upstream_keepalive_pool_size > 1_000_000 {
+        c.error(
+            "server.upstream_keepalive_pool_size",
+            "must be at most 1000000",
+        );
     }
     if l.max_request_header_bytes < 1024 {
         c.error("limits.max_request_header_bytes", "must be at least 1024");

@@ -24,7 +24,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::Notify;
-use tokio::time::Instant;
 
 /// File descriptors kept for everything but client connections (upstream pool, admin, log
 /// files, health checks) when the connection cap is derived from the open-file limit.
@@ -66,10 +65,14 @@ pub struct Slot {
     phase: AtomicU8,
     /// When the current phase began (clock ms).
     since: AtomicU64,
-    evict: Notify,
+    /// When the current phase runs out (clock ms; 0: never). The reaper wakes the connection
+    /// then: no timer per request.
+    deadline: AtomicU64,
+    /// The body deadline's length, set when the header arrives.
+    body_timeout_ms: AtomicU64,
+    /// Wakes the connection: evicted, or its deadline passed.
+    kick: Notify,
     evicted: AtomicBool,
-    /// Wakes the connection's loop when the header or the body has been read.
-    progress: Notify,
     /// Set by the proxy once the current request's header has been read, and once its body has.
     header_read: AtomicBool,
     body_read: AtomicBool,
@@ -81,6 +84,16 @@ impl Slot {
         self.phase.store(p as u8, Ordering::Release);
     }
 
+    fn set_deadline(&self, at_ms: u64) {
+        self.deadline.store(at_ms, Ordering::Release);
+    }
+
+    /// Whether the current deadline has passed.
+    fn expired(&self, now_ms: u64) -> bool {
+        let d = self.deadline.load(Ordering::Acquire);
+        d != 0 && now_ms >= d
+    }
+
     fn phase(&self) -> Phase {
         match self.phase.load(Ordering::Acquire) {
             0 => Phase::Fresh,
@@ -90,17 +103,21 @@ impl Slot {
         }
     }
 
-    /// The proxy read this request's header: its deadline no longer applies.
+    /// The proxy read this request's header: its deadline no longer applies; the body's does,
+    /// until [`Self::body_read`].
     pub fn header_read(&self) {
         self.set_phase(Phase::Busy);
         self.header_read.store(true, Ordering::Release);
-        self.progress.notify_one();
+        if !self.body_read.load(Ordering::Acquire) {
+            let body = self.body_timeout_ms.load(Ordering::Acquire);
+            self.set_deadline(crate::clock::now_ms().saturating_add(body));
+        }
     }
 
     /// The proxy read this request's whole body (or it has none).
     pub fn body_read(&self) {
         self.body_read.store(true, Ordering::Release);
-        self.progress.notify_one();
+        self.set_deadline(0);
     }
 }
 
@@ -190,9 +207,10 @@ impl Connections {
         let slot = Arc::new(Slot {
             phase: AtomicU8::new(Phase::Fresh as u8),
             since: AtomicU64::new(crate::clock::now_ms()),
-            evict: Notify::new(),
+            deadline: AtomicU64::new(0),
+            body_timeout_ms: AtomicU64::new(0),
+            kick: Notify::new(),
             evicted: AtomicBool::new(false),
-            progress: Notify::new(),
             header_read: AtomicBool::new(false),
             body_read: AtomicBool::new(false),
         });
@@ -228,12 +246,42 @@ impl Connections {
         for (_, s) in &idle[..n] {
             s.evicted.store(true, Ordering::Release);
             self.evicting.fetch_add(1, Ordering::AcqRel);
-            s.evict.notify_one();
+            s.kick.notify_one();
         }
         self.m.evicted.inc_by(n as u64);
         n
     }
 }
+
+impl Connections {
+    /// Wake every connection whose deadline has passed (its loop then closes it and counts
+    /// why). One scan for all connections, instead of a timer per request.
+    pub fn reap(&self) {
+        let now = crate::clock::now_ms();
+        let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        for s in slots.values().filter(|s| s.expired(now)) {
+            s.kick.notify_one();
+        }
+    }
+
+    /// Reap every `period` on a thread of its own, until `conns` is the last reference.
+    pub fn spawn_reaper(conns: &Arc<Self>, period: Duration) -> std::io::Result<()> {
+        let weak = Arc::downgrade(conns);
+        std::thread::Builder::new()
+            .name("hydrus-reaper".into())
+            .spawn(move || {
+                while let Some(c) = weak.upgrade() {
+                    c.reap();
+                    drop(c);
+                    std::thread::sleep(period);
+                }
+            })
+            .map(drop)
+    }
+}
+
+/// How often the reaper looks for connections past their deadline: the deadlines' resolution.
+pub const REAP_PERIOD: Duration = Duration::from_millis(50);
 
 /// Wait for the first byte of a request on `stream`: `Ok(true)` when one arrived, `Ok(false)`
 /// when the stream cannot be peeked (then there is nothing to wait for here).
@@ -251,11 +299,9 @@ enum Wait {
     Shutdown,
 }
 
-/// `now + d`, or far in the future when that does not fit.
-fn after(d: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(d)
-        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365))
+/// The clock time `d` from `from_ms` (clock ms), saturating.
+fn at(from_ms: u64, d: Duration) -> u64 {
+    from_ms.saturating_add(d.as_millis().min(u128::from(u64::MAX)) as u64)
 }
 
 /// pingora's HTTP proxy behind the connection guard.
@@ -271,26 +317,31 @@ impl Edge {
         stream: &mut Stream,
         slot: &Slot,
         phase: Phase,
-        limit: Duration,
+        deadline_ms: u64,
         shutdown: &ShutdownWatch,
     ) -> Wait {
         if *shutdown.borrow() {
             return Wait::Shutdown;
         }
-        if slot.evicted.load(Ordering::Acquire) {
-            return Wait::Evicted;
-        }
         slot.set_phase(phase);
+        slot.set_deadline(deadline_ms);
         let mut sd = shutdown.clone();
-        tokio::select! {
-            biased;
-            r = first_byte(stream) => match r {
-                Ok(_) => Wait::Request,
-                Err(_) => Wait::Closed,
-            },
-            _ = slot.evict.notified() => Wait::Evicted,
-            _ = sd.wait_for(|down| *down) => Wait::Shutdown,
-            _ = tokio::time::sleep_until(after(limit)) => Wait::Idle,
+        loop {
+            if slot.evicted.load(Ordering::Acquire) {
+                return Wait::Evicted;
+            }
+            if slot.expired(crate::clock::now_ms()) {
+                return Wait::Idle;
+            }
+            tokio::select! {
+                biased;
+                r = first_byte(stream) => return match r {
+                    Ok(_) => Wait::Request,
+                    Err(_) => Wait::Closed,
+                },
+                _ = slot.kick.notified() => {}
+                _ = sd.wait_for(|down| *down) => return Wait::Shutdown,
+            }
         }
     }
 }
@@ -305,7 +356,7 @@ impl ServerApp for Edge {
         let limits = self.state.config.load().limits.clone();
         let admitted = self.conns.admit(limits.max_connections)?;
         let slot = admitted.slot.clone();
-        let accepted = Instant::now();
+        let accepted_ms = crate::clock::now_ms();
         let mut stream = stream;
         let mut settings = None;
         let mut first = true;
@@ -314,13 +365,17 @@ impl ServerApp for Edge {
             // (HTTP/1.1 pipelining stays off, pingora's default: no request is ever buffered
             // ahead, so the next one starts with a byte on the stream.)
             // The first request's wait counts against its header deadline.
-            let (phase, wait) = if first {
-                (Phase::Fresh, limits.header_timeout)
+            let first_deadline = at(accepted_ms, limits.header_timeout);
+            let (phase, deadline) = if first {
+                (Phase::Fresh, first_deadline)
             } else {
-                (Phase::KeepAlive, limits.idle_timeout)
+                (
+                    Phase::KeepAlive,
+                    at(crate::clock::now_ms(), limits.idle_timeout),
+                )
             };
             match self
-                .wait_for_request(&mut stream, &slot, phase, wait, shutdown)
+                .wait_for_request(&mut stream, &slot, phase, deadline, shutdown)
                 .await
             {
                 Wait::Request => {}
@@ -334,15 +389,17 @@ impl ServerApp for Edge {
                     return None;
                 }
             }
-            let header_deadline = if first {
-                accepted
-                    .checked_add(limits.header_timeout)
-                    .unwrap_or_else(|| after(limits.header_timeout))
-            } else {
-                after(limits.header_timeout)
-            };
-            first = false;
             slot.set_phase(Phase::Header);
+            slot.set_deadline(if first {
+                first_deadline
+            } else {
+                at(crate::clock::now_ms(), limits.header_timeout)
+            });
+            slot.body_timeout_ms.store(
+                limits.body_timeout.as_millis().min(u128::from(u64::MAX)) as u64,
+                Ordering::Release,
+            );
+            first = false;
             let mut session = ServerSession::new_http1(stream);
             match settings.take() {
                 Some(s) => pingora::apps::HttpPersistentSettings::apply_to_session(s, &mut session),
@@ -362,55 +419,29 @@ impl ServerApp for Edge {
             let serve = self.proxy.process_new_http(session, shutdown);
             tokio::pin!(serve);
             // Until its header is read, a request may be evicted or run out of time; then its
-            // body has its own deadline; then it runs to the end.
-            let mut body_deadline = None;
+            // body may run out of time; then it runs to the end. The reaper kicks.
             let reused = loop {
-                let header = slot.header_read.load(Ordering::Acquire);
-                let body = slot.body_read.load(Ordering::Acquire);
-                let deadline = match (header, body) {
-                    (false, _) => Some(header_deadline),
-                    (true, false) => Some(*body_deadline.get_or_insert_with(|| {
-                        // From when the header was read (the Busy phase began).
-                        let read_ms = slot.since.load(Ordering::Acquire);
-                        let spent = crate::clock::now_ms().saturating_sub(read_ms);
-                        after(
-                            limits
-                                .body_timeout
-                                .saturating_sub(Duration::from_millis(spent)),
-                        )
-                    })),
-                    (true, true) => None,
-                };
                 tokio::select! {
                     biased;
                     r = &mut serve => break r,
-                    _ = slot.progress.notified(), if deadline.is_some() => {}
-                    _ = slot.evict.notified(), if !header => {
-                        if !slot.header_read.load(Ordering::Acquire) {
+                    _ = slot.kick.notified() => {
+                        let header = slot.header_read.load(Ordering::Acquire);
+                        if !header && slot.evicted.load(Ordering::Acquire) {
                             return None;
                         }
-                    }
-                    _ = async {
-                        match deadline {
-                            Some(d) => tokio::time::sleep_until(d).await,
-                            None => std::future::pending().await,
-                        }
-                    } => {
-                        match (slot.header_read.load(Ordering::Acquire), slot.body_read.load(Ordering::Acquire)) {
-                            (false, _) => {
-                                self.conns.m.header_timeout.inc();
-                                return None;
-                            }
-                            (true, false) if body_deadline.is_some_and(|d| Instant::now() >= d) => {
-                                // The request's hold on its upstream is given back as it drops.
+                        if slot.expired(crate::clock::now_ms()) {
+                            // The request's hold on its upstream is given back as it drops.
+                            if header {
                                 self.conns.m.body_timeout.inc();
-                                return None;
+                            } else {
+                                self.conns.m.header_timeout.inc();
                             }
-                            _ => {}
+                            return None;
                         }
                     }
                 }
             };
+            slot.set_deadline(0);
             let (s, p) = reused?.consume();
             stream = s;
             settings = p;

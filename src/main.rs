@@ -33,15 +33,10 @@ enum Command {
     },
 }
 
-#[cfg(all(feature = "alloc-stats", not(feature = "jemalloc")))]
+/// Counting allocations (allocation counts do not depend on the allocator underneath).
+#[cfg(feature = "alloc-stats")]
 #[global_allocator]
-static GLOBAL: stats_alloc::StatsAlloc<std::alloc::System> =
-    stats_alloc::StatsAlloc::new(std::alloc::System);
-
-#[cfg(all(feature = "alloc-stats", feature = "jemalloc"))]
-#[global_allocator]
-static GLOBAL: stats_alloc::StatsAlloc<tikv_jemallocator::Jemalloc> =
-    stats_alloc::StatsAlloc::new(tikv_jemallocator::Jemalloc);
+static GLOBAL: &stats_alloc::StatsAlloc<std::alloc::System> = &stats_alloc::INSTRUMENTED_SYSTEM;
 
 #[cfg(all(feature = "jemalloc", not(feature = "alloc-stats")))]
 #[global_allocator]

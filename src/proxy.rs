@@ -704,9 +704,8 @@ impl ProxyHttp for Proxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        // Keepalive connections reuse the ctx creation time of their first request.
-        ctx.start = Instant::now();
-        ctx.ts_ms = now_ms();
+        // (The context is made per request, after its header was read: `start` and `ts_ms`
+        // are the request's.)
         let limit = self.state.config.load().limits.max_request_header_bytes;
         let req = session.req_header();
         let refusal = if Self::header_bytes(req) > limit {

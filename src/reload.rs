@@ -624,6 +624,9 @@ fn warn_restart_only(old: &Running, new: &Running) {
     if old.threads != new.threads {
         changed.push("threads");
     }
+    if old.source.server != new.source.server {
+        changed.push("server.*");
+    }
     if old.log != new.log {
         changed.push("the log filter's sink and queue");
     }

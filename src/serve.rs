@@ -75,6 +75,9 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
         pid_file: pid_file.display().to_string(),
         // A new binary started with --upgrade waits this many seconds for the old one's SIGQUIT.
         upgrade_sock_connect_accept_max_retries: Some(30),
+        work_stealing: running.source.server.work_stealing,
+        listener_tasks_per_fd: running.source.server.listener_tasks_per_fd,
+        upstream_keepalive_pool_size: running.source.server.upstream_keepalive_pool_size,
         ..ServerConf::default()
     };
     let opt = Opt {
@@ -87,13 +90,16 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
+    let conns = Arc::new(Connections::new(auto_cap, &state.metrics));
+    Connections::spawn_reaper(&conns, crate::conns::REAP_PERIOD)
+        .map_err(|e| format!("cannot start the connection reaper: {e}"))?;
     let edge = Edge {
         proxy: Arc::new(pingora::proxy::http_proxy(
             &server.configuration,
             Proxy::new(state.clone()),
         )),
         state: state.clone(),
-        conns: Arc::new(Connections::new(auto_cap, &state.metrics)),
+        conns,
     };
     let mut proxy = Service::new("hydrus proxy".into(), edge);
     proxy.add_tcp(&running.listen.to_string());
