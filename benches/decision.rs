@@ -129,6 +129,8 @@ fn bench(c: &mut Criterion) {
         hedge: None,
         scenario_raw: None,
         error: None,
+        would_choose: None,
+        strategy_set: None,
     };
     let mut buf = Vec::with_capacity(1024);
     c.bench_function("log_record_encode/8", |b| {

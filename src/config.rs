@@ -94,8 +94,9 @@ pub struct ShutdownConfig {
     #[serde(default = "default_stop_timeout", with = "humantime_serde")]
     pub timeout: Duration,
     /// The socket a new binary takes the listeners over from (`hydrus serve --upgrade`).
-    #[serde(default = "default_upgrade_sock")]
-    pub upgrade_sock: String,
+    /// Default `/tmp/hydrus-upgrade-PORT.sock` (PORT of `listen`): one per proxy on a host.
+    #[serde(default)]
+    pub upgrade_sock: Option<String>,
     /// The pid of the serving process (default `/tmp/hydrus-PORT.pid`, PORT of `listen`).
     #[serde(default)]
     pub pid_file: Option<PathBuf>,
@@ -106,7 +107,7 @@ impl Default for ShutdownConfig {
         Self {
             grace_period: default_grace(),
             timeout: default_stop_timeout(),
-            upgrade_sock: default_upgrade_sock(),
+            upgrade_sock: None,
             pid_file: None,
         }
     }
@@ -118,10 +119,6 @@ fn default_grace() -> Duration {
 
 fn default_stop_timeout() -> Duration {
     Duration::from_secs(5)
-}
-
-fn default_upgrade_sock() -> String {
-    "/tmp/hydrus_upgrade.sock".into()
 }
 
 /// pingora's server settings that change what a request costs (measured in `benches/load.sh`).
@@ -619,6 +616,7 @@ pub struct Running {
     pub hedge: Option<HedgeRuntime>,
     pub log: Option<LogRuntime>,
     pub pid_file: PathBuf,
+    pub upgrade_sock: String,
     pub limits: LimitsConfig,
     /// Warnings that do not stop the config from loading (`hydrus check` prints them).
     pub warnings: Vec<ConfigError>,
@@ -747,10 +745,23 @@ pub fn load_str(file: &Path, text: &str) -> Result<Running, ConfigErrors> {
         let loc = e.location();
         // serde_yaml appends " at line L column C" to the message; the prefix says it already.
         let msg = e.to_string();
-        let msg = match msg.find(" at line ") {
+        let mut msg = match msg.find(" at line ") {
             Some(i) if loc.is_some() => msg[..i].to_string(),
             _ => msg,
         };
+        // humantime's complaints: say what a duration looks like.
+        if [
+            "expected a duration",
+            "expected number",
+            "unknown time unit",
+            "time unit needed",
+            "number is too large",
+        ]
+        .iter()
+        .any(|p| msg.contains(p))
+        {
+            msg.push_str(" (durations are written like 500ms, 2s, 15m, 1h, 1h30m)");
+        }
         ConfigErrors(vec![ConfigError {
             file: file.to_path_buf(),
             line: loc.as_ref().map(|l| l.line()),
@@ -821,8 +832,22 @@ fn compile(file: &Path, text: &str, source: Config) -> Result<Running, ConfigErr
     };
     c.duration_at_most("shutdown.grace_period", source.shutdown.grace_period, DAY);
     c.duration_at_most("shutdown.timeout", source.shutdown.timeout, DAY);
-    if source.shutdown.upgrade_sock.is_empty() {
+    if source.shutdown.upgrade_sock.as_deref() == Some("") {
         c.error("shutdown.upgrade_sock", "must not be empty");
+    }
+    for (f, d) in [
+        ("shutdown.grace_period", source.shutdown.grace_period),
+        ("shutdown.timeout", source.shutdown.timeout),
+    ] {
+        if d.subsec_nanos() != 0 {
+            c.error(
+                f,
+                format!(
+                    "`{}` is not whole seconds: pingora counts its shutdown in seconds (write e.g. `2s`)",
+                    humantime::format_duration(d)
+                ),
+            );
+        }
     }
 
     let mut clusters = Vec::new();
@@ -993,6 +1018,11 @@ fn compile(file: &Path, text: &str, source: Config) -> Result<Running, ConfigErr
     let (Some(listen), Some(admin_listen)) = (listen, admin_listen) else {
         return Err(ConfigErrors(vec![]));
     };
+    let upgrade_sock = source
+        .shutdown
+        .upgrade_sock
+        .clone()
+        .unwrap_or_else(|| format!("/tmp/hydrus-upgrade-{}.sock", listen.port()));
     let pid_file = match &source.shutdown.pid_file {
         Some(p) => relative_to(file, p),
         None => PathBuf::from(format!("/tmp/hydrus-{}.pid", listen.port())),
@@ -1000,6 +1030,7 @@ fn compile(file: &Path, text: &str, source: Config) -> Result<Running, ConfigErr
     let warnings = std::mem::take(&mut c.warnings);
     Ok(Running {
         pid_file,
+        upgrade_sock,
         e2e,
         hedge,
         limits: source.limits.clone(),

@@ -309,6 +309,12 @@ pub struct Edge {
     pub proxy: Arc<HttpProxy<Proxy>>,
     pub state: Arc<State>,
     pub conns: Arc<Connections>,
+    /// How long keep-alive connections are drained once shutdown (or an upgrade's hand-over)
+    /// begins: their next request is served with `Connection: close` instead of the
+    /// connection being closed while idle, which a client could be sending on at that instant.
+    pub drain: Duration,
+    /// When draining ends (clock ms), fixed when shutdown is first seen.
+    pub drain_until: std::sync::OnceLock<u64>,
 }
 
 impl Edge {
@@ -320,18 +326,23 @@ impl Edge {
         deadline_ms: u64,
         shutdown: &ShutdownWatch,
     ) -> Wait {
-        if *shutdown.borrow() {
-            return Wait::Shutdown;
-        }
         slot.set_phase(phase);
         slot.set_deadline(deadline_ms);
         let mut sd = shutdown.clone();
+        let mut draining = false;
         loop {
+            if !draining && *shutdown.borrow() {
+                draining = true;
+                let until = *self
+                    .drain_until
+                    .get_or_init(|| at(crate::clock::now_ms(), self.drain));
+                slot.set_deadline(deadline_ms.min(until));
+            }
             if slot.evicted.load(Ordering::Acquire) {
                 return Wait::Evicted;
             }
             if slot.expired(crate::clock::now_ms()) {
-                return Wait::Idle;
+                return if draining { Wait::Shutdown } else { Wait::Idle };
             }
             tokio::select! {
                 biased;
@@ -340,7 +351,7 @@ impl Edge {
                     Err(_) => Wait::Closed,
                 },
                 _ = slot.kick.notified() => {}
-                _ = sd.wait_for(|down| *down) => return Wait::Shutdown,
+                _ = sd.wait_for(|down| *down), if !draining => {}
             }
         }
     }
@@ -448,9 +459,10 @@ impl ServerApp for Edge {
         }
     }
 
-    async fn cleanup(&self) {
-        self.proxy.http_cleanup().await;
-    }
+    /// Nothing to do when the listener closes: connections drain on their own (see
+    /// [`Edge::drain`]). pingora's own cleanup would make every request that arrives during the
+    /// drain be dropped unread.
+    async fn cleanup(&self) {}
 }
 
 #[cfg(test)]

@@ -54,6 +54,8 @@ struct Control {
     left: std::sync::Mutex<Option<(usize, String)>>,
     /// When the drain must be over.
     deadline: std::sync::Mutex<Option<Instant>>,
+    /// SIGUSR1 arrived: reopen the log file.
+    reopen: Arc<AtomicBool>,
 }
 
 /// The sink thread; [`LogSink::shutdown`] drains and closes it.
@@ -126,6 +128,10 @@ pub trait Sink: Send {
     fn buffered(&self) -> usize;
     /// Flush, make durable, release; give up after `within`.
     fn close(&mut self, within: Duration) -> Result<(), SinkError>;
+    /// Start writing to a new file (SIGUSR1, as nginx reopens its logs).
+    fn reopen(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
     /// Called every loop turn: time-based flushing.
     fn tick(&mut self) -> Result<(), SinkError> {
         Ok(())
@@ -175,6 +181,8 @@ pub fn start(cfg: &LogRuntime, metrics: &Arc<Metrics>) -> Result<(LogQueue, LogS
         SinkConfig::Kafka(_) => return Err("built without the `kafka` feature".into()),
     };
     let control = Arc::new(Control::default());
+    signal_hook::flag::register(signal_hook::consts::SIGUSR1, control.reopen.clone())
+        .map_err(|e| format!("cannot listen for SIGUSR1: {e}"))?;
     let thread = {
         let control = control.clone();
         let queue = queue.clone();
@@ -223,6 +231,13 @@ fn run(mut sink: Box<dyn Sink>, queue: &Queue, control: &Control, c: Counters, m
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((left, last_error));
             return;
+        }
+        if control.reopen.swap(false, Ordering::SeqCst) {
+            log::info!("SIGUSR1: reopening the log file");
+            if let Err(e) = sink.flush().and_then(|()| sink.reopen()) {
+                note(&mut failing, e);
+                continue;
+            }
         }
         // Drain what is there, in one go.
         let mut took = 0usize;
@@ -352,9 +367,53 @@ impl FileSink {
         }
     }
 
+    /// Whether the open file is still the one at its path (not deleted, not renamed away by
+    /// logrotate or an operator): lines written to a file no longer in the directory would be
+    /// counted as written and never read.
+    fn still_linked(cur: &OpenFile) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (std::fs::metadata(&cur.path), cur.file.metadata()) {
+            (Ok(at_path), Ok(open)) => at_path.ino() == open.ino() && at_path.dev() == open.dev(),
+            _ => false,
+        }
+    }
+
+    /// Close the open file (it was moved, or SIGUSR1 asked) and open a new one for its window.
+    /// (Until a new file opens, the old one stays: a failed open is tried again next time.)
+    pub fn reopen(&mut self) -> Result<(), SinkError> {
+        let Some(old) = self.current.take() else {
+            return Ok(());
+        };
+        match self.open(old.window_start_ms) {
+            Ok(()) => {
+                if let Err(e) = old.file.sync_all() {
+                    log::error!("fsync {}: {e}", old.path.display());
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.current = Some(old);
+                Err(e)
+            }
+        }
+    }
+
     fn write_buf(&mut self) -> Result<(), SinkError> {
         if self.buf.is_empty() {
             return Ok(());
+        }
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|c| !Self::still_linked(c))
+        {
+            if let Some(c) = &self.current {
+                log::warn!(
+                    "log file {} was moved or deleted: writing to a new one",
+                    c.path.display()
+                );
+            }
+            self.reopen()?;
         }
         let Some(cur) = self.current.as_mut() else {
             return Err(SinkError("no open file".into()));
@@ -458,6 +517,10 @@ impl Sink for FileSink {
 
     fn close(&mut self, _within: Duration) -> Result<(), SinkError> {
         self.close_current()
+    }
+
+    fn reopen(&mut self) -> Result<(), SinkError> {
+        FileSink::reopen(self)
     }
 }
 

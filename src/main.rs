@@ -1,10 +1,10 @@
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// hydrus: QoE-aware strategy allocation in front of a ranking service.
 #[derive(Parser)]
-#[command(name = "hydrus", version, about)]
+#[command(name = "hydrus", version, about, disable_help_subcommand = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -31,6 +31,11 @@ enum Command {
         #[arg(short, long, default_value = "config/hydrus.yaml")]
         config: PathBuf,
     },
+    /// Print the help of hydrus, or of one of its commands.
+    Help {
+        /// The command (serve, check, solve, simulate).
+        command: Option<String>,
+    },
 }
 
 /// Counting allocations (allocation counts do not depend on the allocator underneath).
@@ -42,14 +47,73 @@ static GLOBAL: &stats_alloc::StatsAlloc<std::alloc::System> = &stats_alloc::INST
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// The log, with one message of pingora's said as what it is: a process started with
+/// `--upgrade` waiting for the old one's listeners logs "No incoming socket transfer" as an
+/// error every second until the old one gets SIGQUIT, the documented next step.
+struct Upgrading(env_logger::Logger);
+
+impl log::Log for Upgrading {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        self.0.enabled(m)
+    }
+
+    fn log(&self, r: &log::Record<'_>) {
+        let waiting = r.target() == "pingora_core::server::transfer_fd"
+            && r.args()
+                .as_str()
+                .map_or_else(|| r.args().to_string(), str::to_string)
+                .starts_with("No incoming socket transfer");
+        if waiting {
+            self.0.log(
+                &log::Record::builder()
+                    .level(log::Level::Info)
+                    .target("hydrus::upgrade")
+                    .args(format_args!(
+                        "waiting for the running hydrus to hand over its listeners (send it SIGQUIT)"
+                    ))
+                    .build(),
+            );
+        } else {
+            self.0.log(r);
+        }
+    }
+
+    fn flush(&self) {
+        self.0.flush();
+    }
+}
+
 fn main() -> ExitCode {
     #[cfg(feature = "alloc-stats")]
     let _ = hydrus::metrics::ALLOCATIONS.set(|| GLOBAL.stats().allocations as u64);
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
+    let logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+            .format_timestamp_millis()
+            .build();
+    let level = logger.filter();
+    if log::set_boxed_logger(Box::new(Upgrading(logger))).is_ok() {
+        log::set_max_level(level);
+    }
     match cli.command {
+        Command::Help { command } => {
+            let mut cli = Cli::command();
+            cli.build();
+            let printed = match &command {
+                None => cli.print_help(),
+                Some(name) => match cli.find_subcommand_mut(name) {
+                    Some(sub) => sub.print_help(),
+                    None => {
+                        eprintln!("error: no command `{name}`; see `hydrus help`");
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            match printed {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(_) => ExitCode::FAILURE,
+            }
+        }
         Command::Serve { config, upgrade } => {
             match hydrus::serve::serve(&config, hydrus::serve::ServeOptions { upgrade }) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -78,10 +142,25 @@ fn main() -> ExitCode {
                 for w in &r.warnings {
                     eprintln!("warning: {w}");
                 }
-                if let Some(p) = r.hydrus.as_ref().and_then(|h| h.ktable.path.as_ref()) {
-                    if let Err(e) = hydrus::reload::load_ktable_file(p) {
-                        // Not fatal: serve starts and falls back until a table loads.
-                        eprintln!("warning: k-table: {e} (requests get the default strategy until it loads)");
+                if let Some(h) = r.hydrus.as_ref() {
+                    if let Some(p) = h.ktable.path.as_ref() {
+                        match hydrus::reload::load_ktable_file(p) {
+                            // Not fatal: serve starts and falls back until a table loads.
+                            Err(e) => eprintln!("warning: k-table: {e} (requests get the default strategy until it loads)"),
+                            Ok(k) => match k.table.strategy_set() {
+                                Some(fp) if fp != h.filter.fingerprint => eprintln!(
+                                    "warning: k-table {}: solved for strategy set {fp}, but this config's is {}: treatment requests fall back (ktable_mismatch) until `hydrus solve` writes a table from logs of these strategies",
+                                    p.display(),
+                                    h.filter.fingerprint
+                                ),
+                                Some(_) => {}
+                                None => eprintln!(
+                                    "warning: k-table {}: does not say which strategy set it was solved for (strategy_set); it is used as if it were this config's ({})",
+                                    p.display(),
+                                    h.filter.fingerprint
+                                ),
+                            },
+                        }
                     }
                 }
                 println!("OK: {}", config.display());

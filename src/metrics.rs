@@ -3,8 +3,8 @@
 
 use hydrus_filters::{Fallback, Group};
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Counter, CounterVec, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec,
+    IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric hydrus exports.
@@ -43,6 +43,10 @@ pub struct Metrics {
     pub log_fields_truncated: IntCounterVec,
     pub config_dropped: IntCounterVec,
     pub allocations: IntCounter,
+    pub cost: CounterVec,
+    pub predicted_qoe: CounterVec,
+    pub predicted_qoe_requests: IntCounterVec,
+    pub shadow_requests: IntCounterVec,
 }
 
 /// Set by a binary built with the `alloc-stats` feature: heap allocations so far.
@@ -320,8 +324,48 @@ impl Metrics {
                 &r,
                 IntCounter::new("hydrus_process_allocations_total", "Heap allocations by the process (0 unless built with the alloc-stats feature).").expect("metric"),
             ),
+            cost: register(
+                &r,
+                CounterVec::new(
+                    Opts::new("hydrus_cost_total", "Sum of the cost of the strategy applied (`decision=applied`), and for control requests of the one treatment would have chosen (`decision=shadow`), by group and scenario."),
+                    &["group", "scenario", "decision"],
+                )
+                .expect("metric"),
+            ),
+            predicted_qoe: register(
+                &r,
+                CounterVec::new(
+                    Opts::new("hydrus_predicted_qoe_total", "Sum of the QoE predicted for the strategy applied (or, `decision=shadow`, the one treatment would have chosen), over requests with a QoE header."),
+                    &["group", "scenario", "decision"],
+                )
+                .expect("metric"),
+            ),
+            predicted_qoe_requests: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("hydrus_predicted_qoe_requests_total", "Requests counted in hydrus_predicted_qoe_total."),
+                    &["group", "scenario", "decision"],
+                )
+                .expect("metric"),
+            ),
+            shadow_requests: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("hydrus_shadow_requests_total", "Control requests by the strategy treatment would have chosen (shadow mode)."),
+                    &["strategy"],
+                )
+                .expect("metric"),
+            ),
             registry: r,
         };
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds,
+        // process_max_fds, ...: the process as the kernel sees it.
+        #[cfg(target_os = "linux")]
+        if let Err(e) = m.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        )) {
+            log::error!("process metrics: {e}");
+        }
         for reason in CLOSE_REASONS {
             m.downstream_closed.with_label_values(&[reason]);
         }
@@ -368,6 +412,30 @@ impl Default for Metrics {
     }
 }
 
+/// One request's spend: its strategy's cost, and the QoE predicted for it when known.
+#[derive(Debug, Clone, Copy)]
+pub struct Spend {
+    pub cost: f64,
+    pub qoe: Option<f64>,
+}
+
+/// The spend counters of one (group, scenario, decision).
+struct SpendCounters {
+    cost: Counter,
+    qoe: Counter,
+    qoe_requests: IntCounter,
+}
+
+impl SpendCounters {
+    fn add(&self, s: Spend) {
+        self.cost.inc_by(s.cost);
+        if let Some(q) = s.qoe {
+            self.qoe.inc_by(q);
+            self.qoe_requests.inc();
+        }
+    }
+}
+
 /// Pre-resolved per-request metric handles for one (config, k-table) generation.
 pub struct Handles {
     /// `[strategy][group][scenario slot]`, flattened.
@@ -386,6 +454,10 @@ pub struct Handles {
     pub missing_user_id: IntCounter,
     /// `hydrus_e2e_decisions_total` by (bucket + 1, or 0 for none) x group, resolved at first use.
     e2e: Vec<std::sync::OnceLock<IntCounter>>,
+    /// `[group][scenario slot][applied, shadow]`, flattened.
+    spend: Vec<SpendCounters>,
+    /// Control requests by the strategy treatment would have chosen.
+    shadow_requests: Vec<IntCounter>,
 }
 
 /// E2E replica groups whose decision counters are kept resolved (more are looked up).
@@ -444,6 +516,24 @@ impl Handles {
             e2e: (0..(hydrus_filters::e2e::MAX_BUCKETS + 1) * E2E_GROUPS)
                 .map(|_| std::sync::OnceLock::new())
                 .collect(),
+            spend: groups
+                .iter()
+                .flat_map(|g| labels.iter().map(move |l| (g, l)))
+                .flat_map(|(g, l)| {
+                    ["applied", "shadow"].map(|d| {
+                        let v = [g.as_str(), *l, d];
+                        SpendCounters {
+                            cost: m.cost.with_label_values(&v),
+                            qoe: m.predicted_qoe.with_label_values(&v),
+                            qoe_requests: m.predicted_qoe_requests.with_label_values(&v),
+                        }
+                    })
+                })
+                .collect(),
+            shadow_requests: strategies
+                .iter()
+                .map(|s| m.shadow_requests.with_label_values(&[s.as_str()]))
+                .collect(),
         }
     }
 
@@ -461,10 +551,10 @@ impl Handles {
         }
     }
 
-    /// Count a request. `scenario`: the scenario header's value (none: `default`); an
-    /// undeclared one counts as `other`, so the label set stays bounded whatever clients send.
-    pub fn request(&self, strategy: usize, group: Group, scenario: Option<&[u8]>, declared: bool) {
-        let slot = match scenario {
+    /// The label slot of a scenario header's value (none: `default`); an undeclared one is
+    /// `other`, so the label set stays bounded whatever clients send.
+    pub fn scenario_slot(&self, scenario: Option<&[u8]>, declared: bool) -> usize {
+        match scenario {
             None => self.default_slot,
             Some(_) if !declared => self.other_slot,
             Some(name) => self
@@ -472,10 +562,31 @@ impl Handles {
                 .iter()
                 .position(|l| l.as_bytes() == name)
                 .unwrap_or(self.other_slot),
-        };
+        }
+    }
+
+    /// Count a request of a scenario slot.
+    pub fn request(&self, strategy: usize, group: Group, slot: usize) {
         let i = (strategy * self.groups + group.index()) * self.slots + slot;
         if let Some(c) = self.requests.get(i) {
             c.inc();
+        }
+    }
+
+    /// Add a request's spend: the cost and predicted QoE of the strategy applied, and for a
+    /// control request those of the one treatment would have chosen (`shadow`).
+    pub fn spend(&self, group: Group, slot: usize, applied: Spend, shadow: Option<(usize, Spend)>) {
+        let at = |decision: usize| (group.index() * self.slots + slot) * 2 + decision;
+        if let Some(s) = self.spend.get(at(0)) {
+            s.add(applied);
+        }
+        if let Some((strategy, sp)) = shadow {
+            if let Some(s) = self.spend.get(at(1)) {
+                s.add(sp);
+            }
+            if let Some(c) = self.shadow_requests.get(strategy) {
+                c.inc();
+            }
         }
     }
 
@@ -498,9 +609,9 @@ mod tests {
             &["s1".into(), "s2".into()],
             &["default".into(), "feed".into()],
         );
-        h.request(1, Group::Treatment, Some(b"feed"), true);
-        h.request(0, Group::Control, None, true);
-        h.request(0, Group::Control, Some(b"made-up"), false);
+        h.request(1, Group::Treatment, h.scenario_slot(Some(b"feed"), true));
+        h.request(0, Group::Control, h.scenario_slot(None, true));
+        h.request(0, Group::Control, h.scenario_slot(Some(b"made-up"), false));
         m.decision_seconds.observe(1e-6);
         let text = String::from_utf8(m.render()).expect("utf8");
         assert!(
@@ -523,7 +634,7 @@ mod tests {
     fn default_slot_when_table_lacks_default() {
         let m = Metrics::new();
         let h = Handles::new(&m, &["s".into()], &["feed".into()]);
-        h.request(0, Group::Treatment, None, true);
+        h.request(0, Group::Treatment, h.scenario_slot(None, true));
         let text = String::from_utf8(m.render()).expect("utf8");
         assert!(
             text.contains(

@@ -7,7 +7,7 @@
 use crate::cluster::{Cluster, Tried};
 use crate::config::{normalized, Running};
 use crate::conns::Slot;
-use crate::metrics::Handles;
+use crate::metrics::{Handles, Spend};
 use crate::record::{hex_id, Pending, RequestId};
 use crate::state::{now_ms, KTableState, State};
 use async_trait::async_trait;
@@ -572,7 +572,7 @@ impl Proxy {
         let Some(route) = route_name(&running, ctx) else {
             return Ok(false);
         };
-        let Some(timeout) = table.table.timeout(route) else {
+        let Some(timeout) = table.table.timeout(route, rand::random::<f64>()) else {
             return Ok(false);
         };
         let req = session.req_header();
@@ -992,7 +992,21 @@ impl ProxyHttp for Proxy {
         let strategy = ctx.decision.as_ref().map_or(0, |d| d.strategy);
         let declared = ctx.decision.as_ref().is_none_or(|d| d.scenario_declared);
         let scenario = ctx.ids[4].as_ref().map(HeaderValue::as_bytes);
-        handles.request(strategy, ctx.group, scenario, declared);
+        let slot = handles.scenario_slot(scenario, declared);
+        handles.request(strategy, ctx.group, slot);
+        if let (Some(hy), Some(d)) = (running.hydrus.as_ref(), ctx.decision.as_ref()) {
+            let set = &hy.filter.strategies;
+            let spend = |j: usize| Spend {
+                cost: set.get(j).map_or(0.0, |s| s.cost),
+                qoe: d.qoe.as_ref().and_then(|q| q.get(j)),
+            };
+            handles.spend(
+                ctx.group,
+                slot,
+                spend(d.strategy),
+                d.would_choose.map(|j| (j, spend(j))),
+            );
+        }
         let total = ctx.start.elapsed().as_secs_f64();
         if let Some(h) = handles.request_by_group.get(ctx.group.index()) {
             h.observe(total);

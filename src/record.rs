@@ -145,6 +145,14 @@ impl Pending {
             }),
             scenario_raw: scenario_raw.as_deref(),
             error: self.error,
+            would_choose: match (strategies, d.and_then(|d| d.would_choose)) {
+                (Some(set), Some(j)) => set.get(j).map(|s| s.name.as_str()),
+                _ => None,
+            },
+            strategy_set: running
+                .hydrus
+                .as_ref()
+                .map(|h| h.filter.fingerprint.as_str()),
         }
         .encode_into(out);
     }

@@ -31,10 +31,6 @@ fn can_bind(what: &str, addr: SocketAddr) -> Result<(), String> {
         .map_err(|e| format!("{what} {addr}: cannot listen: {e}"))
 }
 
-fn secs_ceil(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
-}
-
 pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
     let running: Running = config::load(config_path).map_err(|e| e.to_string())?;
     if !opts.upgrade {
@@ -69,9 +65,10 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
 
     let conf = ServerConf {
         threads: running.threads,
-        grace_period_seconds: Some(secs_ceil(shutdown.grace_period)),
-        graceful_shutdown_timeout_seconds: Some(secs_ceil(shutdown.timeout)),
-        upgrade_sock: shutdown.upgrade_sock.clone(),
+        // Whole seconds: the config check refuses anything else.
+        grace_period_seconds: Some(shutdown.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(shutdown.timeout.as_secs()),
+        upgrade_sock: running.upgrade_sock.clone(),
         pid_file: pid_file.display().to_string(),
         // A new binary started with --upgrade waits this many seconds for the old one's SIGQUIT.
         upgrade_sock_connect_accept_max_retries: Some(30),
@@ -100,6 +97,11 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
         )),
         state: state.clone(),
         conns,
+        // Until shortly before the runtimes stop at the end of the grace period.
+        drain: shutdown
+            .grace_period
+            .saturating_sub(Duration::from_millis(500)),
+        drain_until: std::sync::OnceLock::new(),
     };
     let mut proxy = Service::new("hydrus proxy".into(), edge);
     proxy.add_tcp(&running.listen.to_string());
@@ -156,6 +158,23 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
         })
         .map_err(|e| format!("cannot start the phase thread: {e}"))?;
 
+    match running.log.as_ref().map(|l| &l.sink) {
+        Some(config::SinkConfig::File(f)) => log::info!(
+            "decision log: JSON-lines files in {} (a file per {}, flushed every {})",
+            f.dir.display(),
+            humantime::format_duration(f.window),
+            humantime::format_duration(f.flush_interval)
+        ),
+        Some(config::SinkConfig::Kafka(k)) => log::info!(
+            "decision log: Kafka topic {} at {} (compression.type {})",
+            k.topic,
+            k.brokers,
+            k.properties
+                .get("compression.type")
+                .map_or("lz4", String::as_str)
+        ),
+        None => log::info!("decision log: none (no log filter)"),
+    }
     log::info!(
         "hydrus listening on {} (admin {}), {} threads, at most {} client connections (open-file limit {nofile})",
         running.listen,
@@ -174,6 +193,13 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
             .as_ref()
             .map_or(Duration::from_secs(10), |l| l.drain_timeout);
         s.shutdown(drain);
+    }
+    // The pid file names the process serving: ours only if no upgrade took over.
+    let ours = format!("{}\n", std::process::id());
+    if std::fs::read_to_string(&running.pid_file).is_ok_and(|p| p == ours) {
+        if let Err(e) = std::fs::remove_file(&running.pid_file) {
+            log::warn!("pid file {}: {e}", running.pid_file.display());
+        }
     }
     log::info!("hydrus stopped");
     Ok(())

@@ -375,6 +375,12 @@ fn a_flood_of_idle_connections_never_locks_out_clients_or_admin() {
     for s in flood.iter_mut().skip(380) {
         let _ = s.write_all(b"G");
     }
+    // Once hydrus has taken the flood in (closing most of it to stay under the cap)...
+    assert!(eventually(Duration::from_secs(10), || {
+        metric_of(&h, "hydrus_downstream_connections_closed_total", &[("reason", "evicted")])
+            >= 370.0
+    }));
+    // ...new clients are served, one after the other.
     for i in 0..30 {
         let (status, _) = get_with(&h.url("/rank"), &[("x-user-id", &format!("n{i}"))])
             .unwrap_or_else(|e| panic!("request {i}: {e}\n{}", h.log()));

@@ -43,6 +43,8 @@ fn record(ts_ms: u64, i: u64, scenario: &str, q: f64, chosen: &str) -> LogRecord
         hedge: None,
         scenario_raw: None,
         error: None,
+        would_choose: None,
+        strategy_set: None,
     }
 }
 
@@ -189,10 +191,63 @@ fn solves_each_window_fills_the_rest_and_reports() {
     ]);
     assert!(o.status.success());
     let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("QoE/bound"), "{text}");
+    // Windows without records are summed up, a line per scenario, not listed one by one.
     assert!(
-        text.contains("QoE/bound") && text.contains("no records: k of window 4"),
+        text.contains("default      95 window(s) without records take the k of the nearest solved window: 00:00-00:45, 01:15-23:45"),
         "{text}"
     );
+    assert!(text.lines().count() <= 6, "{text}");
+}
+
+#[test]
+fn a_k_table_is_solved_for_the_newest_strategy_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    let w4 = 4 * 900_000u64;
+    // Yesterday's records of another strategy set (costs changed since), today's of ours.
+    let old: Vec<LogRecord> = (0..200)
+        .map(|i| {
+            let mut r = record(w4 + i * 10, i, "default", q(i), "s20");
+            r.strategy_set = Some("aaaaaaaaaaaaaaaa".into());
+            r
+        })
+        .collect();
+    let new: Vec<LogRecord> = (0..300)
+        .map(|i| {
+            let mut r = record(86_400_000 + w4 + i * 10, i, "default", q(i), "s20");
+            r.strategy_set = Some("bbbbbbbbbbbbbbbb".into());
+            r
+        })
+        .collect();
+    // In both file orders: the newest set wins.
+    for (first, second) in [(&old, &new), (&new, &old)] {
+        for f in std::fs::read_dir(&logs).unwrap() {
+            std::fs::remove_file(f.unwrap().path()).unwrap();
+        }
+        write_lines(&logs.join("1.jsonl"), first, "");
+        write_lines(&logs.join("2.jsonl"), second, "");
+        let out = dir.path().join("k.yaml");
+        let o = solve(&[
+            "--logs",
+            logs.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let table = KTable::parse(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        assert_eq!(table.strategy_set(), Some("bbbbbbbbbbbbbbbb"));
+        let inst = instance(&new);
+        let want = solve_exact(&inst, inst.logged_budget());
+        assert_eq!(
+            table.k(0, 4),
+            Some(want.k),
+            "solved on the new set's records only"
+        );
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(stderr.contains("200 of an older strategy set"), "{stderr}");
+    }
 }
 
 #[test]

@@ -9,7 +9,12 @@
 //! routes:                         # by strategy (or cluster, without a hydrus filter)
 //!   s20: { timeout_ms: 85.0 }
 //!   s40: {}                       # never reissued
+//!   s80: { timeout_ms: 120.0, probability: 0.4 }   # 40% of requests: reissue after 120 ms;
+//!                                                  # the others never (or after alt_timeout_ms)
 //! ```
+//!
+//! A policy that mixes two timeouts (Kwiken reissues with a probability) spends any budget
+//! exactly, where a single timeout could only spend it in steps.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -26,6 +31,12 @@ pub struct RouteHedge {
     /// The share of this route's requests expected to be reissued (informational).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reissue_rate: Option<f64>,
+    /// The share of requests that get `timeout_ms` (default 1); the others get
+    /// `alt_timeout_ms`, or are never reissued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probability: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alt_timeout_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,6 +56,8 @@ pub enum HedgeTableError {
     Budget(f64),
     #[error("route `{0}`: timeout_ms must be a finite number > 0")]
     Timeout(String),
+    #[error("route `{0}`: probability must be within 0 and 1")]
+    Probability(String),
 }
 
 /// A validated hedge table.
@@ -59,9 +72,14 @@ impl HedgeTable {
             return Err(HedgeTableError::Budget(file.budget));
         }
         for (name, r) in &file.routes {
-            if let Some(t) = r.timeout_ms {
+            for t in [r.timeout_ms, r.alt_timeout_ms].into_iter().flatten() {
                 if !(t.is_finite() && t > 0.0) {
                     return Err(HedgeTableError::Timeout(name.clone()));
+                }
+            }
+            if let Some(p) = r.probability {
+                if !(0.0..=1.0).contains(&p) {
+                    return Err(HedgeTableError::Probability(name.clone()));
                 }
             }
         }
@@ -86,13 +104,17 @@ impl HedgeTable {
         self.file.generated_at_ms
     }
 
-    /// The reissue timeout of a route, if it is hedged.
-    pub fn timeout(&self, route: &str) -> Option<Duration> {
-        self.file
-            .routes
-            .get(route)
-            .and_then(|r| r.timeout_ms)
-            .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+    /// The reissue timeout of a route for one request, `u` a uniform draw in `[0, 1)`: the
+    /// route's `timeout_ms` for a share `probability` of requests, else `alt_timeout_ms`; none
+    /// means this request is never reissued.
+    pub fn timeout(&self, route: &str, u: f64) -> Option<Duration> {
+        let r = self.file.routes.get(route)?;
+        let ms = if u < r.probability.unwrap_or(1.0) {
+            r.timeout_ms
+        } else {
+            r.alt_timeout_ms
+        }?;
+        Some(Duration::from_secs_f64(ms / 1000.0))
     }
 }
 
@@ -331,9 +353,25 @@ mod tests {
     fn tables() {
         let t = HedgeTable::parse("budget: 0.05\nroutes:\n  s20: { timeout_ms: 85 }\n  s40: {}\n")
             .expect("valid");
-        assert_eq!(t.timeout("s20"), Some(Duration::from_millis(85)));
-        assert_eq!(t.timeout("s40"), None);
-        assert_eq!(t.timeout("nope"), None);
+        assert_eq!(t.timeout("s20", 0.99), Some(Duration::from_millis(85)));
+        assert_eq!(t.timeout("s40", 0.0), None);
+        assert_eq!(t.timeout("nope", 0.0), None);
+        // A mixed policy: 40% after 120 ms, the rest after 300 ms; or the rest never.
+        let t = HedgeTable::parse(
+            "budget: 0.01\nroutes:\n  a: { timeout_ms: 120, probability: 0.4, alt_timeout_ms: 300 }\n  b: { timeout_ms: 50, probability: 0.25 }\n",
+        )
+        .expect("valid");
+        let draws = |route: &str, ms: u64| {
+            (0..1000)
+                .filter(|i| t.timeout(route, *i as f64 / 1000.0) == Some(Duration::from_millis(ms)))
+                .count()
+        };
+        assert_eq!((draws("a", 120), draws("a", 300)), (400, 600));
+        assert_eq!(draws("b", 50), 250);
+        assert!(HedgeTable::parse(
+            "budget: 0.1\nroutes:\n  a: { timeout_ms: 5, probability: 2 }\n"
+        )
+        .is_err());
         assert!(HedgeTable::parse("budget: 2\nroutes: {}\n").is_err());
         assert!(HedgeTable::parse("budget: 0.1\nroutes:\n  a: { timeout_ms: -1 }\n").is_err());
         assert!(HedgeTable::parse("budget: 0.1\nroutes: {}\nextra: 1\n").is_err());

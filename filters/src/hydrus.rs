@@ -17,6 +17,8 @@ pub enum Fallback {
     UnknownScenario,
     NoKTable,
     StaleKTable,
+    /// The k-table was solved for another strategy set.
+    KTableMismatch,
 }
 
 impl Fallback {
@@ -32,6 +34,7 @@ impl Fallback {
         "unknown_scenario",
         "no_ktable",
         "stale_ktable",
+        "ktable_mismatch",
     ];
 
     pub fn reason(self) -> &'static str {
@@ -42,6 +45,7 @@ impl Fallback {
             Fallback::UnknownScenario => "unknown_scenario",
             Fallback::NoKTable => "no_ktable",
             Fallback::StaleKTable => "stale_ktable",
+            Fallback::KTableMismatch => "ktable_mismatch",
         }
     }
 }
@@ -73,6 +77,8 @@ pub struct Decision {
     /// Whether the scenario is declared (missing means `default`, which always is). An
     /// undeclared value is never a key: it gets no row, no metric label and no solver row.
     pub scenario_declared: bool,
+    /// For a control request: what treatment would have chosen (shadow mode), when it could.
+    pub would_choose: Option<usize>,
 }
 
 /// The hydrus filter's settings.
@@ -82,15 +88,25 @@ pub struct HydrusFilter {
     pub qoe_range: QoeRange,
     /// The declared scenarios; without a list, the k-table's rows are the declared ones.
     pub scenarios: Option<Vec<String>>,
+    /// The strategy set's fingerprint, to check k-tables against.
+    pub fingerprint: String,
 }
 
 impl HydrusFilter {
     pub fn new(strategies: StrategySet, qoe_range: QoeRange) -> Self {
         Self {
+            fingerprint: strategies.fingerprint(),
             strategies,
             qoe_range,
             scenarios: None,
         }
+    }
+
+    /// Whether a k-table was solved for another strategy set (one that does not say is taken).
+    pub fn mismatched(&self, ktable: &KTable) -> bool {
+        ktable
+            .strategy_set()
+            .is_some_and(|fp| fp != self.fingerprint)
     }
 
     /// Declare the scenarios requests may name (beyond `default`).
@@ -138,23 +154,26 @@ impl HydrusFilter {
             qoe: qoe.ok(),
             scenario,
             scenario_declared,
+            would_choose: None,
         };
-        if group == Group::Control {
-            return decision;
-        }
         let chosen = qoe.and_then(|q| {
-            if ktable.is_none() {
+            let Some(t) = ktable else {
                 return Err(Fallback::NoKTable);
-            }
+            };
             let k = k.ok_or(Fallback::UnknownScenario)?;
             if stale {
                 return Err(Fallback::StaleKTable);
             }
+            if self.mismatched(t) {
+                return Err(Fallback::KTableMismatch);
+            }
             decide(&self.strategies, &q, k).ok_or(Fallback::NoCandidate)
         });
-        match chosen {
-            Ok(j) => decision.strategy = j,
-            Err(f) => decision.fallback = Some(f),
+        match (group, chosen) {
+            // Control keeps the default; what treatment would have done is its shadow.
+            (Group::Control, c) => decision.would_choose = c.ok(),
+            (Group::Treatment, Ok(j)) => decision.strategy = j,
+            (Group::Treatment, Err(f)) => decision.fallback = Some(f),
         }
         decision
     }
@@ -219,6 +238,39 @@ mod tests {
         assert_eq!((d.strategy, d.fallback), (1, None));
         assert_eq!(d.qoe.and_then(|q| q.get(2)), Some(0.5 * 1.1));
         assert_eq!(d.k, Some(0.001));
+        // What treatment would have chosen (k = 0.001, q = 0.5: s40), for shadow mode.
+        assert_eq!(d.would_choose, Some(2));
+        let stale = f.decide(Group::Control, &inputs(Some(b"0.5"), None), Some(&t), true);
+        assert_eq!(stale.would_choose, None);
+    }
+
+    #[test]
+    fn a_table_for_another_strategy_set_is_not_used() {
+        let f = filter();
+        let mut file = KTable::constant(900, &[("default", 0.001)])
+            .expect("valid")
+            .to_file();
+        file.strategy_set = Some("0123456789abcdef".into());
+        let other = KTable::new(file.clone()).expect("valid");
+        let d = f.decide(
+            Group::Treatment,
+            &inputs(Some(b"0.5"), None),
+            Some(&other),
+            false,
+        );
+        assert_eq!(
+            (d.strategy, d.fallback),
+            (1, Some(Fallback::KTableMismatch))
+        );
+        file.strategy_set = Some(f.fingerprint.clone());
+        let ours = KTable::new(file).expect("valid");
+        let d = f.decide(
+            Group::Treatment,
+            &inputs(Some(b"0.5"), None),
+            Some(&ours),
+            false,
+        );
+        assert_eq!((d.strategy, d.fallback), (2, None));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! ```yaml
 //! window_secs: 900            # 96 windows a day
 //! generated_at_ms: 1763800000000   # optional: when the solver wrote it (staleness)
+//! strategy_set: 3f2a9c0d1b4e5a67    # optional: the strategy set it was solved for
 //! scenarios:
 //!   default: [0.0004, 0.0004, ...]   # exactly 86400 / window_secs finite values >= 0
 //! ```
@@ -21,6 +22,10 @@ pub struct KTableFile {
     pub window_secs: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generated_at_ms: Option<u64>,
+    /// The fingerprint of the strategy set (names, costs, QoE scales) the table was solved
+    /// for ([`crate::StrategySet::fingerprint`]); a proxy running another set does not use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy_set: Option<String>,
     pub scenarios: BTreeMap<String, Vec<f64>>,
 }
 
@@ -53,6 +58,7 @@ pub enum KTableError {
 pub struct KTable {
     window_secs: u32,
     generated_at_ms: Option<u64>,
+    strategy_set: Option<String>,
     names: Vec<String>,
     ks: Vec<Vec<f64>>,
     index: HashMap<String, usize>,
@@ -101,6 +107,7 @@ impl KTable {
         Ok(Self {
             window_secs: w,
             generated_at_ms: file.generated_at_ms,
+            strategy_set: file.strategy_set,
             names,
             ks,
             index,
@@ -120,6 +127,7 @@ impl KTable {
         Self::new(KTableFile {
             window_secs,
             generated_at_ms: None,
+            strategy_set: None,
             scenarios: scenarios
                 .iter()
                 .map(|(name, k)| (name.to_string(), vec![*k; n]))
@@ -131,6 +139,7 @@ impl KTable {
         KTableFile {
             window_secs: self.window_secs,
             generated_at_ms: self.generated_at_ms,
+            strategy_set: self.strategy_set.clone(),
             scenarios: self
                 .names
                 .iter()
@@ -155,6 +164,11 @@ impl KTable {
 
     pub fn generated_at_ms(&self) -> Option<u64> {
         self.generated_at_ms
+    }
+
+    /// The strategy set the table was solved for, when it says.
+    pub fn strategy_set(&self) -> Option<&str> {
+        self.strategy_set.as_deref()
     }
 
     pub fn scenario_names(&self) -> &[String] {

@@ -68,6 +68,13 @@ pub struct LogRecord {
     /// upstream closed mid-body, so the client got a truncated response with this `status`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// On a control record: the strategy treatment would have chosen (shadow mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub would_choose: Option<String>,
+    /// The fingerprint of the proxy's strategy set, when it decided (the solver writes it into
+    /// the k-table it solves from these records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy_set: Option<String>,
 }
 
 /// Longest value hydrus copies from a request header into a record; longer ones are cut (at a
@@ -167,6 +174,10 @@ pub struct RecordRef<'a> {
     pub scenario_raw: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would_choose: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strategy_set: Option<&'a str>,
 }
 
 fn serialize_values<S: Serializer>(v: &ValueInfoRef<'_>, s: S) -> Result<S::Ok, S::Error> {
@@ -232,6 +243,8 @@ mod tests {
             hedge: None,
             scenario_raw: None,
             error: None,
+            would_choose: None,
+            strategy_set: None,
         };
         let mut out = Vec::new();
         r.encode_into(&mut out);
@@ -300,6 +313,8 @@ mod tests {
             hedge: None,
             scenario_raw: Some("x\n"),
             error: None,
+            would_choose: Some("s10"),
+            strategy_set: Some("00ff"),
         };
         let mut out = Vec::new();
         r.encode_into(&mut out);

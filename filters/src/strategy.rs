@@ -119,6 +119,21 @@ impl StrategySet {
         self.strategies[index].cost
     }
 
+    /// A fingerprint of the set (names, costs and QoE scales, in name order): a k-table
+    /// records the one it was solved for, and a proxy running another set does not use it.
+    pub fn fingerprint(&self) -> String {
+        let mut named: Vec<&Strategy> = self.strategies.iter().collect();
+        named.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut bytes = Vec::new();
+        for s in named {
+            bytes.extend_from_slice(s.name.as_bytes());
+            bytes.push(0);
+            bytes.extend_from_slice(&s.cost.to_le_bytes());
+            bytes.extend_from_slice(&s.qoe_scale.to_le_bytes());
+        }
+        format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes))
+    }
+
     /// The index of the strategy with this name.
     pub fn index_of(&self, name: &[u8]) -> Option<usize> {
         self.strategies
@@ -150,6 +165,20 @@ mod tests {
         assert_eq!(set.default_index(), 1);
         assert_eq!(set.index_of(b"b"), Some(2));
         assert_eq!(set.index_of(b"nope"), None);
+    }
+
+    #[test]
+    fn fingerprints_name_the_set_not_its_order() {
+        let a = StrategySet::new(vec![s("x", 1.0), s("y", 2.0)], "x").expect("valid");
+        let b = StrategySet::new(vec![s("y", 2.0), s("x", 1.0)], "y").expect("valid");
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_eq!(a.fingerprint().len(), 16);
+        let c = StrategySet::new(vec![s("x", 1.0), s("y", 2.5)], "x").expect("valid");
+        assert_ne!(a.fingerprint(), c.fingerprint());
+        let mut scaled = s("y", 2.0);
+        scaled.qoe_scale = 1.1;
+        let d = StrategySet::new(vec![s("x", 1.0), scaled], "x").expect("valid");
+        assert_ne!(a.fingerprint(), d.fingerprint());
     }
 
     #[test]

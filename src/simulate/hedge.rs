@@ -2,7 +2,7 @@
 //! with heavy tails. Timeouts are trained on one sample of latencies and evaluated on another;
 //! reissues draw a fresh latency from the same route, as in Kwiken's simulator.
 
-use crate::solve::hedge::{candidates, sumvar, with_reissue, Weighted};
+use crate::solve::hedge::{candidates, sumvar_mixed, with_reissue, Candidate, Pick, Weighted};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -102,17 +102,29 @@ fn sample(rng: &mut ChaCha8Rng, n: usize) -> Vec<Vec<f64>> {
         .collect()
 }
 
-fn mixture(routes: &[Vec<f64>], timeouts: &[Option<f64>]) -> (Weighted, f64) {
+/// Each route's policy as a mix: `(timeout, share of its requests)` pairs.
+type Policy = Vec<(Option<f64>, f64)>;
+
+fn policy(c: &[Candidate], p: &Pick) -> Policy {
+    match p.next {
+        Some((j, q)) => vec![(c[p.at].timeout_ms, 1.0 - q), (c[j].timeout_ms, q)],
+        None => vec![(c[p.at].timeout_ms, 1.0)],
+    }
+}
+
+fn mixture(routes: &[Vec<f64>], policies: &[Policy]) -> (Weighted, f64) {
     let total: usize = routes.iter().map(Vec::len).sum();
     let mut pts = Vec::new();
     let mut extra = 0.0;
-    for (s, t) in routes.iter().zip(timeouts) {
-        let w = with_reissue(s, *t);
-        let sum: f64 = w.0.iter().map(|x| x.1).sum();
+    for (s, pol) in routes.iter().zip(policies) {
         let share = s.len() as f64 / total as f64;
-        pts.extend(w.0.iter().map(|x| (x.0, x.1 * share / sum)));
-        if let Some(t) = t {
-            extra += s.iter().filter(|&&x| x > *t).count() as f64 / total as f64;
+        for &(t, q) in pol {
+            let w = with_reissue(s, t);
+            let sum: f64 = w.0.iter().map(|x| x.1).sum();
+            pts.extend(w.0.iter().map(|x| (x.0, x.1 * q * share / sum)));
+            if let Some(t) = t {
+                extra += q * s.iter().filter(|&&x| x > t).count() as f64 / total as f64;
+            }
         }
     }
     (Weighted(pts), extra)
@@ -127,19 +139,16 @@ pub fn run(seed: u64, requests: usize, rng: &mut ChaCha8Rng) -> HedgeResults {
         .iter()
         .map(|s| candidates(s, s.len() as f64 / total as f64))
         .collect();
-    let none = vec![None; test.len()];
+    let none: Vec<Policy> = vec![vec![(None, 1.0)]; test.len()];
     let (base, _) = mixture(&test, &none);
     let (b50, b90, b99) = (base.quantile(0.5), base.quantile(0.9), base.quantile(0.99));
     let points = BUDGETS
         .iter()
         .map(|&budget| {
-            let pick = sumvar(&cands, budget);
-            let timeouts: Vec<Option<f64>> = pick
-                .iter()
-                .zip(&cands)
-                .map(|(&i, c)| c[i].timeout_ms)
-                .collect();
-            let (m, extra) = mixture(&test, &timeouts);
+            let pick = sumvar_mixed(&cands, budget);
+            let policies: Vec<Policy> =
+                pick.iter().zip(&cands).map(|(p, c)| policy(c, p)).collect();
+            let (m, extra) = mixture(&test, &policies);
             HedgePoint {
                 budget,
                 extra_load: extra,

@@ -30,9 +30,10 @@ pub struct SimulateArgs {
     /// Read the population from decision logs (value_info; the default policy is `chosen`).
     #[arg(long)]
     pub from_logs: Option<PathBuf>,
-    /// Where to write results.json, results.md and the SVG figures.
-    #[arg(long, default_value = "benches/results/simulate")]
-    pub out: PathBuf,
+    /// Where to write results.json, results.md and the SVG figures (without it, only the table
+    /// is printed).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// Hedging mode: Kwiken's p99 reduction against the reissue budget, instead of the Hydrus
     /// experiments (writes hedge.json, hedge.md and fig_hedge.svg).
     #[arg(long)]
@@ -451,40 +452,58 @@ pub fn markdown(r: &Results) -> String {
     s
 }
 
-/// `hydrus simulate`: run, write results.json, results.md and the figures, print the table.
+/// `hydrus simulate`: run, print the table, and with `--out` write results.json, results.md
+/// and the figures.
 pub fn main(args: &SimulateArgs) -> Result<(), String> {
-    std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
+    if let Some(out) = &args.out {
+        std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    }
+    let write = |name: &str, text: &str| -> Result<(), String> {
+        match &args.out {
+            Some(out) => {
+                let p = out.join(name);
+                std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))
+            }
+            None => Ok(()),
+        }
+    };
     if args.hedge {
         let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
         let r = hedge::run(args.seed, args.requests.max(100), &mut rng);
         let md = hedge::markdown(&r);
         let json = serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?;
-        for (name, text) in [("hedge.json", json.as_str()), ("hedge.md", md.as_str())] {
-            let p = args.out.join(name);
-            std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))?;
-        }
-        plots::hedge(&r, &args.out)?;
+        write("hedge.json", &json)?;
+        write("hedge.md", &md)?;
         print!("{md}");
-        eprintln!(
-            "wrote {}/hedge.json, hedge.md, fig_hedge.svg",
-            args.out.display()
-        );
+        match &args.out {
+            Some(out) => {
+                plots::hedge(&r, out)?;
+                eprintln!(
+                    "wrote {}/hedge.json, hedge.md, fig_hedge.svg",
+                    out.display()
+                );
+            }
+            None => eprintln!("(--out DIR writes hedge.json, hedge.md and fig_hedge.svg)"),
+        }
         return Ok(());
     }
     let r = run(args)?;
     let json = serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?;
-    let write = |name: &str, text: &str| -> Result<(), String> {
-        let p = args.out.join(name);
-        std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))
-    };
     write("results.json", &json)?;
     let md = markdown(&r);
     write("results.md", &md)?;
-    plots::all(&r, &args.out)?;
     print!("{md}");
-    eprintln!(
-        "wrote {}/results.json, results.md, fig5_cdf.svg, fig7_runs.svg, fig8_k_sweep.svg, fig10_load.svg",
-        args.out.display()
-    );
+    match &args.out {
+        Some(out) => {
+            plots::all(&r, out)?;
+            eprintln!(
+                "wrote {}/results.json, results.md, fig5_cdf.svg, fig7_runs.svg, fig8_k_sweep.svg, fig10_load.svg",
+                out.display()
+            );
+        }
+        None => eprintln!(
+            "(--out DIR writes results.json, results.md and the figures fig5_cdf.svg, fig7_runs.svg, fig8_k_sweep.svg, fig10_load.svg)"
+        ),
+    }
     Ok(())
 }

@@ -109,9 +109,32 @@ pub fn run(
     let window_ms = u64::from(opts.window_secs) * 1000;
     let mut rows = base_rows(&fo.out, opts.window_secs);
     let mut c = Collector::new(opts.window_secs, Keying::Absolute);
+    let mut first = true;
     loop {
         source.poll(&mut c)?;
         let now = now_ms();
+        if std::mem::take(&mut first) && !c.pools.is_empty() {
+            // At start, a table from everything read so far, open windows included (they are
+            // solved again when they close): proxies need not wait for a window to close.
+            let mut keys: Vec<&(String, usize)> = c.pools.keys().collect();
+            keys.sort_by_key(|(_, w)| *w);
+            for (scenario, abs) in keys {
+                if let Some(inst) = c.pools.get(&(scenario.clone(), *abs)) {
+                    let r = report(scenario, abs % windows, inst, opts);
+                    let row = rows
+                        .entry(scenario.clone())
+                        .or_insert_with(|| vec![r.k; windows]);
+                    row[abs % windows] = r.k;
+                }
+            }
+            let table = table_from_rows(opts.window_secs, rows.clone(), c.strategy_set.clone())?;
+            write_ktable(&fo.out, &table)?;
+            log::info!(
+                "wrote {} from the {} records read at start",
+                fo.out.display(),
+                c.stats.records
+            );
+        }
         let closed: Vec<(String, usize)> = c
             .pools
             .keys()
@@ -133,7 +156,7 @@ pub fn run(
                 row[slot] = r.k;
                 reports.push(r);
             }
-            let table = table_from_rows(opts.window_secs, rows.clone())?;
+            let table = table_from_rows(opts.window_secs, rows.clone(), c.strategy_set.clone())?;
             write_ktable(&fo.out, &table)?;
             let open: BTreeSet<usize> = c.pools.keys().map(|(_, w)| *w).collect();
             source.written(&open)?;

@@ -227,12 +227,113 @@ pub fn sumvar(routes: &[Vec<Candidate>], budget: f64) -> Vec<usize> {
     }
 }
 
+/// A route's policy: its hull point `at`, or, for a share `q` of requests, the next point
+/// `next`: mixing two neighbouring points spends any budget exactly (a single timeout could
+/// only spend it in steps, and a budget smaller than the first step bought nothing).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pick {
+    pub at: usize,
+    pub next: Option<(usize, f64)>,
+}
+
+impl Pick {
+    /// (cost, weighted variance) of the mix, as the LP along the hull segment sees it.
+    pub fn objective(&self, c: &[Candidate]) -> (f64, f64) {
+        let lo = &c[self.at];
+        match self.next {
+            Some((j, q)) => (
+                (1.0 - q) * lo.cost + q * c[j].cost,
+                (1.0 - q) * lo.weighted_var + q * c[j].weighted_var,
+            ),
+            None => (lo.cost, lo.weighted_var),
+        }
+    }
+}
+
+/// SumVar with its last step taken in part: the whole steps as [`sumvar`] hands them out, then
+/// what is left of the budget buys the share of the best next step that fits.
+pub fn sumvar_mixed(routes: &[Vec<Candidate>], budget: f64) -> Vec<Pick> {
+    let at = sumvar(routes, budget);
+    let spent: f64 = at.iter().zip(routes).map(|(&i, c)| c[i].cost).sum();
+    let left = budget - spent;
+    let mut picks: Vec<Pick> = at.iter().map(|&at| Pick { at, next: None }).collect();
+    if left <= 1e-12 {
+        return picks;
+    }
+    let best = routes
+        .iter()
+        .enumerate()
+        .filter(|(r, c)| at[*r] + 1 < c.len())
+        .map(|(r, c)| {
+            let (cur, next) = (&c[at[r]], &c[at[r] + 1]);
+            let dc = (next.cost - cur.cost).max(1e-15);
+            (r, dc, (cur.weighted_var - next.weighted_var) / dc)
+        })
+        .max_by(|a, b| a.2.total_cmp(&b.2));
+    if let Some((r, dc, gain)) = best {
+        if gain > 0.0 {
+            picks[r].next = Some((at[r] + 1, (left / dc).min(1.0)));
+        }
+    }
+    picks
+}
+
+/// The latency distribution of a route under a picked policy.
+fn picked_distribution(samples: &[f64], c: &[Candidate], p: &Pick) -> Weighted {
+    let lo = with_reissue(samples, c[p.at].timeout_ms);
+    let Some((j, q)) = p.next else {
+        return lo;
+    };
+    let hi = with_reissue(samples, c[j].timeout_ms);
+    let (lw, hw) = (
+        (1.0 - q) / lo.0.iter().map(|x| x.1).sum::<f64>().max(1e-300),
+        q / hi.0.iter().map(|x| x.1).sum::<f64>().max(1e-300),
+    );
+    Weighted(
+        lo.0.iter()
+            .map(|x| (x.0, x.1 * lw))
+            .chain(hi.0.iter().map(|x| (x.0, x.1 * hw)))
+            .collect(),
+    )
+}
+
+/// The table entry of a picked policy.
+fn route_entry(c: &[Candidate], p: &Pick) -> (RouteHedge, f64) {
+    let lo = &c[p.at];
+    match p.next {
+        Some((j, q)) if q > 0.0 => {
+            let rate = (1.0 - q) * lo.reissue_rate + q * c[j].reissue_rate;
+            (
+                RouteHedge {
+                    timeout_ms: c[j].timeout_ms,
+                    reissue_rate: Some(rate),
+                    probability: Some(q),
+                    alt_timeout_ms: lo.timeout_ms,
+                },
+                rate,
+            )
+        }
+        _ => (
+            RouteHedge {
+                timeout_ms: lo.timeout_ms,
+                reissue_rate: lo.timeout_ms.map(|_| lo.reissue_rate),
+                probability: None,
+                alt_timeout_ms: None,
+            },
+            lo.reissue_rate,
+        ),
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RouteReport {
     pub route: String,
     pub share: f64,
     pub samples: usize,
     pub timeout_ms: Option<f64>,
+    /// The share of requests that get `timeout_ms` (the others `alt_timeout_ms`).
+    pub probability: f64,
+    pub alt_timeout_ms: Option<f64>,
     pub reissue_rate: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
@@ -269,41 +370,38 @@ pub fn solve(inputs: &HedgeInputs, budget: f64) -> Result<(HedgeTableFile, Hedge
         .zip(&shares)
         .map(|(s, &sh)| candidates(s, sh))
         .collect();
-    let pick = sumvar(&cands, budget);
+    let pick = sumvar_mixed(&cands, budget);
     let mut routes = BTreeMap::new();
     let mut reports = Vec::new();
     let (mut before, mut after) = (Vec::new(), Vec::new());
     let mut extra = 0.0;
     for (i, name) in names.iter().enumerate() {
-        let c = &cands[i][pick[i]];
+        let p = &pick[i];
         let samples = &inputs.routes[*name];
         let base = with_reissue(samples, None);
-        let hedged = with_reissue(samples, c.timeout_ms);
+        let hedged = picked_distribution(samples, &cands[i], p);
+        let (entry, rate) = route_entry(&cands[i], p);
         // Mix routes by share: weight each route's points so its total is its share.
         let bw = shares[i] / base.0.iter().map(|x| x.1).sum::<f64>().max(1e-300);
         let hw = shares[i] / hedged.0.iter().map(|x| x.1).sum::<f64>().max(1e-300);
         before.extend(base.0.iter().map(|x| (x.0, x.1 * bw)));
         after.extend(hedged.0.iter().map(|x| (x.0, x.1 * hw)));
-        extra += c.cost;
-        routes.insert(
-            name.to_string(),
-            RouteHedge {
-                timeout_ms: c.timeout_ms,
-                reissue_rate: c.timeout_ms.map(|_| c.reissue_rate),
-            },
-        );
+        extra += p.objective(&cands[i]).0;
         reports.push(RouteReport {
             route: name.to_string(),
             share: shares[i],
             samples: samples.len(),
-            timeout_ms: c.timeout_ms,
-            reissue_rate: c.reissue_rate,
+            timeout_ms: entry.timeout_ms,
+            probability: entry.probability.unwrap_or(1.0),
+            alt_timeout_ms: entry.alt_timeout_ms,
+            reissue_rate: rate,
             p50_ms: base.quantile(0.5),
             p99_ms: base.quantile(0.99),
             p99_with_reissue_ms: hedged.quantile(0.99),
             var: base.var(),
             var_with_reissue: hedged.var(),
         });
+        routes.insert(name.to_string(), entry);
     }
     let (p99, p99h) = (
         Weighted(before).quantile(0.99),
@@ -409,6 +507,60 @@ mod tests {
                 .fold(0.0, f64::max);
             let opt_less = brute_force(&routes, (budget - max_step).max(0.0));
             prop_assert!(var <= opt_less + 1e-9, "sumvar {var} vs optimum with one step less {opt_less}");
+        }
+    }
+
+    /// 97% of requests answer in 5-25 ms, 3% take 150-400 ms longer.
+    fn slow_share(seed: u64, n: usize, slow: f64) -> Vec<f64> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let u = (x % 100_000) as f64 / 100_000.0;
+                let v = (x / 100_000 % 1000) as f64 / 1000.0;
+                if u < slow {
+                    150.0 + 250.0 * v
+                } else {
+                    5.0 + 20.0 * v
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_budget_smaller_than_the_slow_share_buys_its_share_of_the_cut() {
+        let mut inputs = HedgeInputs::default();
+        inputs
+            .routes
+            .insert("s20".into(), slow_share(7, 20_000, 0.03));
+        let mut last_p99 = f64::INFINITY;
+        for budget in [0.005, 0.01, 0.02, 0.03, 0.04] {
+            let (table, report) = solve(&inputs, budget).expect("solves");
+            // The budget is spent, within 10%, on the table's own data.
+            assert!(
+                (report.extra_load - budget).abs() <= 0.1 * budget,
+                "budget {budget}: spent {}",
+                report.extra_load
+            );
+            // Every budget buys something, and more budget buys more.
+            assert!(
+                report.p99_with_reissue_ms < report.p99_ms,
+                "{budget}: {report:?}"
+            );
+            assert!(
+                report.p99_with_reissue_ms <= last_p99 + 1e-9,
+                "{budget}: {report:?}"
+            );
+            last_p99 = report.p99_with_reissue_ms;
+            let r = &table.routes["s20"];
+            assert!(r.timeout_ms.is_some());
+            if budget < 0.03 {
+                // Less budget than slow requests: a share of them is reissued.
+                let p = r.probability.expect("a mixed policy");
+                assert!(p > 0.0 && p < 1.0, "{r:?}");
+            }
         }
     }
 

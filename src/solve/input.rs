@@ -28,6 +28,9 @@ struct LightRecord<'a> {
     /// Present when the proxy did not recognise the scenario header: never a row.
     #[serde(default)]
     scenario_raw: Option<serde::de::IgnoredAny>,
+    /// The proxy's strategy set.
+    #[serde(borrow, default)]
+    strategy_set: Option<Cow<'a, str>>,
     #[serde(borrow)]
     chosen: Cow<'a, str>,
     #[serde(borrow)]
@@ -50,6 +53,10 @@ pub struct ReadStats {
     /// first [`MAX_SCENARIOS`] distinct scenarios: skipped, never made a row.
     #[serde(default)]
     pub undeclared_scenario: u64,
+    /// Records of another strategy set than the newest records' (skipped: a k-table is
+    /// solved for one set).
+    #[serde(default)]
+    pub other_strategy_set: u64,
 }
 
 /// Most distinct scenarios the solver keeps: a k-table row each. Logs written before scenarios
@@ -74,9 +81,35 @@ pub struct Collector {
     pub stats: ReadStats,
     scratch: Vec<(f64, f64)>,
     scenarios: std::collections::BTreeSet<String>,
+    /// The strategy set being solved: the newest records'. Records of an older one are
+    /// skipped; a newer one replaces what was collected.
+    pub strategy_set: Option<String>,
+    set_newest_ts: Option<u64>,
+    /// Usable records collected for the current set.
+    collected: u64,
 }
 
 impl Collector {
+    /// Whether a record of strategy set `set` (written at `ts_ms`) belongs to the set being
+    /// solved; a newer set than everything collected replaces it.
+    fn same_set(&mut self, set: Option<&str>, ts_ms: u64) -> bool {
+        if set == self.strategy_set.as_deref() {
+            return true;
+        }
+        match self.set_newest_ts {
+            Some(newest) if ts_ms <= newest => false,
+            _ => {
+                self.stats.other_strategy_set += self.collected;
+                self.collected = 0;
+                self.pools.clear();
+                self.scenarios.clear();
+                self.strategy_set = set.map(str::to_string);
+                self.set_newest_ts = None;
+                true
+            }
+        }
+    }
+
     pub fn new(window_secs: u32, keying: Keying) -> Self {
         Self {
             window_secs,
@@ -85,6 +118,9 @@ impl Collector {
             stats: ReadStats::default(),
             scratch: Vec::with_capacity(16),
             scenarios: std::collections::BTreeSet::new(),
+            strategy_set: None,
+            set_newest_ts: None,
+            collected: 0,
         }
     }
 
@@ -115,6 +151,10 @@ impl Collector {
         self.stats.records += 1;
         if rec.scenario_raw.is_some() {
             self.stats.undeclared_scenario += 1;
+            return None;
+        }
+        if !self.same_set(rec.strategy_set.as_deref(), rec.ts_ms) {
+            self.stats.other_strategy_set += 1;
             return None;
         }
         self.scratch.clear();
@@ -148,6 +188,8 @@ impl Collector {
             self.scenarios.insert(scenario.to_string());
         }
         let key = (scenario.into_owned(), window);
+        self.collected += 1;
+        self.set_newest_ts = Some(self.set_newest_ts.map_or(rec.ts_ms, |t| t.max(rec.ts_ms)));
         self.pools
             .entry(key)
             .or_default()

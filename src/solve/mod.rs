@@ -218,10 +218,12 @@ pub fn write_ktable(out: &Path, table: &KTable) -> Result<(), String> {
 pub fn table_from_rows(
     window_secs: u32,
     rows: BTreeMap<String, Vec<f64>>,
+    strategy_set: Option<String>,
 ) -> Result<KTable, String> {
     KTable::new(KTableFile {
         window_secs,
         generated_at_ms: Some(crate::state::now_ms()),
+        strategy_set,
         scenarios: rows,
     })
     .map_err(|e| format!("solver produced an invalid k-table: {e}"))
@@ -234,33 +236,52 @@ pub fn print_table(reports: &[WindowReport], w: &mut dyn Write) -> std::io::Resu
         "{:<12} {:>5} {:>8} {:>12} {:>12} {:>8} {:>12} {:>9} {:>8}  note",
         "scenario", "start", "records", "budget I", "k", "cost/I", "QoE", "QoE/bound", "gain"
     )?;
-    for r in reports {
-        let note = match r.filled_from {
-            Some(src) => format!("no records: k of window {src}"),
-            None if !r.feasible => "infeasible: cheapest strategies exceed I".into(),
-            None => String::new(),
-        };
-        if r.filled_from.is_some() {
-            writeln!(
-                w,
-                "{:<12} {:>5} {:>8} {:>12} {:>12.6e} {:>8} {:>12} {:>9} {:>8}  {note}",
-                r.scenario, r.start, 0, "-", r.k, "-", "-", "-", "-"
-            )?;
+    for r in reports.iter().filter(|r| r.filled_from.is_none()) {
+        let note = if r.feasible {
+            ""
         } else {
-            writeln!(
-                w,
-                "{:<12} {:>5} {:>8} {:>12.1} {:>12.6e} {:>8.4} {:>12.3} {:>9.5} {:>+7.2}%  {note}",
-                r.scenario,
-                r.start,
-                r.records,
-                r.budget,
-                r.k,
-                r.cost_over_budget,
-                r.qoe,
-                r.qoe_over_bound,
-                r.gain * 100.0
-            )?;
+            "infeasible: cheapest strategies exceed I"
+        };
+        writeln!(
+            w,
+            "{:<12} {:>5} {:>8} {:>12.1} {:>12.6e} {:>8.4} {:>12.3} {:>9.5} {:>+7.2}%  {note}",
+            r.scenario,
+            r.start,
+            r.records,
+            r.budget,
+            r.k,
+            r.cost_over_budget,
+            r.qoe,
+            r.qoe_over_bound,
+            r.gain * 100.0
+        )?;
+    }
+    // Windows without records, one line per scenario: their starts as ranges.
+    let mut empty: BTreeMap<&str, Vec<&WindowReport>> = BTreeMap::new();
+    for r in reports.iter().filter(|r| r.filled_from.is_some()) {
+        empty.entry(r.scenario.as_str()).or_default().push(r);
+    }
+    for (scenario, rs) in empty {
+        let mut ranges: Vec<String> = Vec::new();
+        let mut i = 0;
+        while i < rs.len() {
+            let mut j = i;
+            while j + 1 < rs.len() && rs[j + 1].window == rs[j].window + 1 {
+                j += 1;
+            }
+            ranges.push(if i == j {
+                rs[i].start.clone()
+            } else {
+                format!("{}-{}", rs[i].start, rs[j].start)
+            });
+            i = j + 1;
         }
+        writeln!(
+            w,
+            "{scenario:<12} {} window(s) without records take the k of the nearest solved window: {}",
+            rs.len(),
+            ranges.join(", ")
+        )?;
     }
     Ok(())
 }
@@ -317,7 +338,10 @@ mod tests {
         let mut out = Vec::new();
         print_table(&reports, &mut out).expect("print");
         let text = String::from_utf8(out).expect("utf8");
-        assert!(text.contains("no records: k of window 1"), "{text}");
+        assert!(
+            text.contains("3 window(s) without records take the k of the nearest solved window: 00:00, 12:00-18:00"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -405,6 +429,12 @@ fn stats_line(s: &input::ReadStats) -> String {
         "read {} records ({} lines, {} files); {} malformed, {} unusable, {} incomplete",
         s.records, s.lines, s.files, s.malformed, s.unusable, s.incomplete
     );
+    if s.other_strategy_set > 0 {
+        line.push_str(&format!(
+            "; {} of an older strategy set (skipped: the table is solved for the newest)",
+            s.other_strategy_set
+        ));
+    }
     if s.undeclared_scenario > 0 {
         line.push_str(&format!(
             "; {} with an undeclared scenario (skipped)",
@@ -484,7 +514,7 @@ pub fn run(args: &SolveArgs) -> Result<(), String> {
     let solve_started = std::time::Instant::now();
     let (rows, reports) = solve_pools(&c.pools, &opts);
     let solve_time = solve_started.elapsed();
-    let table = table_from_rows(opts.window_secs, rows)?;
+    let table = table_from_rows(opts.window_secs, rows, c.strategy_set.clone())?;
     write_ktable(&args.out, &table)?;
     #[cfg(feature = "kafka")]
     if let Some(src) = kafka_src {

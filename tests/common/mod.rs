@@ -796,3 +796,128 @@ pub fn requests(
         .flat_map(|t| t.join().unwrap())
         .collect()
 }
+
+/// What a [`KeepAliveLoad`] saw.
+#[derive(Debug, Default, Clone)]
+pub struct LoadReport {
+    /// Requests answered 200.
+    pub ok: usize,
+    /// Requests written to a connection and never answered (reset or closed unanswered): lost.
+    pub lost: Vec<String>,
+    /// Connections refused before anything was sent (nothing lost).
+    pub refused: usize,
+    /// Answers other than 200.
+    pub other: Vec<String>,
+}
+
+/// Clients that keep their connections alive and never retry: each thread writes a request on
+/// its connection, reads the answer, and opens a new connection only when the server said
+/// `Connection: close` (or refused it). A request whose connection breaks before its answer
+/// is counted as lost, not sent again.
+pub struct KeepAliveLoad {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<LoadReport>>,
+}
+
+/// Read one HTTP/1.1 response with a content-length body; (status, close?) or None if the
+/// connection broke first.
+fn read_response(s: &mut std::net::TcpStream) -> Option<(u16, bool)> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let lower = head.to_ascii_lowercase();
+            let len = lower
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if body.len() >= len {
+                let status = head.split_whitespace().nth(1)?.parse().ok()?;
+                return Some((status, lower.contains("connection: close")));
+            }
+        }
+    }
+}
+
+impl KeepAliveLoad {
+    /// `threads` clients, one request every `pause`, for at most `limit`.
+    pub fn start(port: u16, threads: usize, pause: Duration, limit: Duration) -> Self {
+        use std::io::Write;
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..threads)
+            .map(|t| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut r = LoadReport::default();
+                    let deadline = Instant::now() + limit;
+                    let mut conn: Option<std::net::TcpStream> = None;
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                        i += 1;
+                        let s = match conn.take() {
+                            Some(s) => s,
+                            None => match std::net::TcpStream::connect(("127.0.0.1", port)) {
+                                Ok(s) => {
+                                    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                                    s
+                                }
+                                Err(_) => {
+                                    r.refused += 1;
+                                    std::thread::sleep(pause);
+                                    continue;
+                                }
+                            },
+                        };
+                        let mut s = s;
+                        let req = format!(
+                            "GET /rank HTTP/1.1\r\nhost: x\r\nx-user-id: u{t}-{i}\r\nx-qoe-score: 0.5\r\n\r\n"
+                        );
+                        if s.write_all(req.as_bytes()).is_err() {
+                            r.lost.push(format!("thread {t} request {i}: write failed"));
+                            continue;
+                        }
+                        match read_response(&mut s) {
+                            Some((200, close)) => {
+                                r.ok += 1;
+                                if !close {
+                                    conn = Some(s);
+                                }
+                            }
+                            Some((status, close)) => {
+                                r.other.push(format!("thread {t} request {i}: {status}"));
+                                if !close {
+                                    conn = Some(s);
+                                }
+                            }
+                            None => r.lost.push(format!("thread {t} request {i}: no answer")),
+                        }
+                        std::thread::sleep(pause);
+                    }
+                    r
+                })
+            })
+            .collect();
+        Self { stop, threads }
+    }
+
+    pub fn finish(self) -> LoadReport {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut all = LoadReport::default();
+        for t in self.threads {
+            let r = t.join().unwrap();
+            all.ok += r.ok;
+            all.refused += r.refused;
+            all.lost.extend(r.lost);
+            all.other.extend(r.other);
+        }
+        all
+    }
+}

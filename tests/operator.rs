@@ -1,0 +1,319 @@
+//! An operator's first week, as the README's Operations section walks it: shadow mode at 0%,
+//! the first solve from the shadow logs, k-tables bound to their strategy set, log files moved
+//! away by logrotate, and the small things (help, durations, process metrics). Real binary,
+//! loopback only, every wait bounded.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use hydrus_filters::KTable;
+use std::process::Command;
+use std::time::Duration;
+
+/// Three strategies; at k = 0.004 a QoE of 0.6 makes s40 the argmax (see tests/proxy.rs).
+fn template(up: &Upstream, percent: &str, ktable_path: &str) -> String {
+    format!(
+        r#"
+listen: 127.0.0.1:{{port}}
+threads: 2
+admin:
+  listen: 127.0.0.1:{{admin}}
+shutdown:
+  grace_period: 1s
+  upgrade_sock: {{dir}}/upgrade.sock
+clusters:
+  pool:
+    endpoints: ["{}"]
+route:
+  cluster: pool
+filters:
+  - rollout:
+      percent: {percent}
+  - hydrus:
+      default_strategy: s20
+      ktable:
+        path: {ktable_path}
+      strategies:
+        - {{ name: s10, cost: 6, qoe_scale: 0.9 }}
+        - {{ name: s20, cost: 10 }}
+        - {{ name: s40, cost: 18, qoe_scale: 1.08 }}
+  - log:
+      file:
+        dir: {{dir}}/logs
+        flush_interval: 100ms
+"#,
+        up.addr
+    )
+}
+
+fn send(h: &Hydrus, n: usize, q: &str) {
+    for i in 0..n {
+        let (status, _) = get_with(
+            &h.url("/rank"),
+            &[("x-user-id", &format!("user-{i}")), ("x-qoe-score", q)],
+        )
+        .unwrap();
+        assert_eq!(status, 200);
+    }
+}
+
+#[test]
+fn shadow_mode_at_zero_percent_shows_what_hydrus_would_do() {
+    let up = Upstream::start("a");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("k.yaml"),
+        ktable(&[("default", 0.004)], None),
+    )
+    .unwrap();
+    let mut h = Hydrus::start_in(dir, &template(&up, "0", "{dir}/k.yaml"));
+    send(&h, 40, "0.6");
+    // Every request got the default strategy...
+    assert!(up
+        .seen()
+        .iter()
+        .all(|s| s.header("x-hydrus-strategy") == Some("s20")));
+    // ...and the dashboard shows what treatment would have chosen and spent.
+    let m = |series: &str| h.metric(series);
+    assert_eq!(m(r#"hydrus_shadow_requests_total{strategy="s40"}"#), 40.0);
+    let cost = |d: &str| {
+        m(&format!(
+            r#"hydrus_cost_total{{decision="{d}",group="control",scenario="default"}}"#
+        ))
+    };
+    assert_eq!(cost("applied"), 400.0);
+    assert_eq!(cost("shadow"), 720.0);
+    let qoe =
+        m(r#"hydrus_predicted_qoe_total{decision="shadow",group="control",scenario="default"}"#);
+    assert!((qoe - 40.0 * 0.6 * 1.08).abs() < 1e-9, "{qoe}");
+    h.terminate();
+    // So do the logs, record by record.
+    let records = read_records(&h.path("logs"));
+    assert_eq!(records.len(), 40);
+    for r in &records {
+        assert_eq!((r.group.as_str(), r.chosen.as_str()), ("control", "s20"));
+        assert_eq!(r.would_choose.as_deref(), Some("s40"));
+        assert_eq!(r.strategy_set.as_ref().map(String::len), Some(16));
+    }
+}
+
+#[test]
+fn a_k_table_for_other_strategies_is_not_used_until_solved_from_the_shadow_logs() {
+    let up = Upstream::start("a");
+    let dir = tempfile::tempdir().unwrap();
+    // A table solved for another strategy set (the shipped example, say).
+    let foreign = ktable(&[("default", 0.004)], None).replace(
+        "window_secs: 900\n",
+        "window_secs: 900\nstrategy_set: 0123456789abcdef\n",
+    );
+    std::fs::write(dir.path().join("k.yaml"), foreign).unwrap();
+    let h = Hydrus::start_in(dir, &template(&up, "100", "{dir}/k.yaml"));
+    // `hydrus check` says so, naming both sets.
+    let out = Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&h.config_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("solved for strategy set 0123456789abcdef") && err.contains("ktable_mismatch"),
+        "{err}"
+    );
+    // Treatment falls back, counted with its own reason.
+    send(&h, 30, "0.6");
+    assert_eq!(
+        h.metric(r#"hydrus_fallback_total{reason="ktable_mismatch"}"#),
+        30.0
+    );
+    assert!(up
+        .take()
+        .iter()
+        .all(|s| s.header("x-hydrus-strategy") == Some("s20")));
+    // The first solve, from these logs, binds the table to this set; the proxy then uses it.
+    assert!(eventually(Duration::from_secs(10), || {
+        h.metric(r#"hydrus_log_records_total{result="written"}"#) == 30.0
+    }));
+    let solved = Command::new(bin())
+        .args(["solve", "--logs"])
+        .arg(h.path("logs"))
+        .arg("--out")
+        .arg(h.path("k.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        solved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&solved.stderr)
+    );
+    let table = KTable::parse(&std::fs::read_to_string(h.path("k.yaml")).unwrap()).unwrap();
+    assert!(table
+        .strategy_set()
+        .is_some_and(|s| s != "0123456789abcdef"));
+    assert!(eventually(Duration::from_secs(5), || {
+        h.metric(r#"hydrus_ktable_reloads_total{result="ok"}"#) >= 2.0
+    }));
+    send(&h, 10, "0.6");
+    assert_eq!(
+        h.metric(r#"hydrus_fallback_total{reason="ktable_mismatch"}"#),
+        30.0,
+        "no more mismatch once solved for these strategies"
+    );
+}
+
+#[test]
+fn solve_follow_writes_a_table_at_start() {
+    let up = Upstream::start("a");
+    let h = Hydrus::start(&template(&up, "0", "{dir}/k.yaml"));
+    send(&h, 50, "0.5");
+    assert!(eventually(Duration::from_secs(10), || {
+        h.metric(r#"hydrus_log_records_total{result="written"}"#) == 50.0
+    }));
+    // The current 15-minute window is still open; --follow still writes a table at once.
+    let out = h.path("followed.yaml");
+    let mut child = Command::new(bin())
+        .args(["solve", "--follow", "--logs"])
+        .arg(h.path("logs"))
+        .arg("--out")
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let written = eventually(Duration::from_secs(10), || out.exists());
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(written, "a table within seconds, not at the window's close");
+    let t = KTable::parse(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert!(t.strategy_set().is_some());
+}
+
+fn log_files(h: &Hydrus) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(h.path("logs"))
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn lines_in(paths: &[std::path::PathBuf]) -> usize {
+    paths
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap().lines().count())
+        .sum()
+}
+
+#[test]
+fn a_log_file_deleted_or_rotated_away_is_replaced() {
+    let up = Upstream::start("a");
+    let h = Hydrus::start(&template(&up, "0", "{dir}/k.yaml"));
+    let written = |n: f64| {
+        eventually(Duration::from_secs(10), || {
+            h.metric(r#"hydrus_log_records_total{result="written"}"#) == n
+        })
+    };
+    send(&h, 20, "0.5");
+    assert!(written(20.0));
+    // Deleted by hand: the next records go to a new file, in the directory.
+    for f in log_files(&h) {
+        std::fs::remove_file(f).unwrap();
+    }
+    send(&h, 20, "0.5");
+    assert!(written(40.0));
+    assert_eq!(lines_in(&log_files(&h)), 20, "{}", h.log());
+    // Renamed away, as logrotate does: the renamed file keeps what it had, a new one the rest.
+    let current = log_files(&h);
+    for f in &current {
+        std::fs::rename(f, f.with_extension("jsonl.1")).unwrap();
+    }
+    send(&h, 20, "0.5");
+    assert!(written(60.0));
+    let now: Vec<_> = log_files(&h)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    assert_eq!(lines_in(&now), 20);
+    // SIGUSR1 reopens, as for nginx: a new file.
+    let before = log_files(&h).len();
+    h.signal("USR1");
+    send(&h, 5, "0.5");
+    assert!(written(65.0));
+    assert_eq!(log_files(&h).len(), before + 1);
+    assert!(h.log().contains("was moved or deleted"));
+}
+
+#[test]
+fn small_things_an_operator_meets() {
+    // `help --help` and `help COMMAND` work.
+    let out = Command::new(bin())
+        .args(["help", "--help"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(bin())
+        .args(["help", "solve"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: hydrus solve"));
+    // A bad duration says what durations look like; sub-second shutdown times are refused,
+    // not rounded.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("h.yaml");
+    let base = "listen: 127.0.0.1:8080\nclusters:\n  a:\n    endpoints: [\"127.0.0.1:1\"]\nroute:\n  cluster: a\n";
+    std::fs::write(&path, format!("{base}shutdown:\n  grace_period: 1500ms\n")).unwrap();
+    let out = Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        err.contains(":8:") && err.contains("not whole seconds"),
+        "{err}"
+    );
+    std::fs::write(&path, format!("{base}shutdown:\n  grace_period: soon\n")).unwrap();
+    let out = Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("durations are written like 500ms, 2s"),
+        "{err}"
+    );
+    // `simulate` without --out writes nothing where it is run.
+    let out = Command::new(bin())
+        .args(["simulate", "--hedge", "--requests", "2000"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!dir.path().join("benches").exists());
+    // The process's own metrics, for the open-files alert; and the log sink named at start.
+    let up = Upstream::start("a");
+    let h = Hydrus::start(&template(&up, "0", "{dir}/k.yaml"));
+    let metrics = h.metrics();
+    for m in [
+        "process_open_fds",
+        "process_max_fds",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(metrics.contains(m), "{m}");
+    }
+    assert!(
+        h.log().contains("decision log: JSON-lines files in"),
+        "{}",
+        h.log()
+    );
+}
