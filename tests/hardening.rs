@@ -377,8 +377,11 @@ fn a_flood_of_idle_connections_never_locks_out_clients_or_admin() {
     }
     // Once hydrus has taken the flood in (closing most of it to stay under the cap)...
     assert!(eventually(Duration::from_secs(10), || {
-        metric_of(&h, "hydrus_downstream_connections_closed_total", &[("reason", "evicted")])
-            >= 370.0
+        metric_of(
+            &h,
+            "hydrus_downstream_connections_closed_total",
+            &[("reason", "evicted")],
+        ) >= 370.0
     }));
     // ...new clients are served, one after the other.
     for i in 0..30 {
