@@ -4,6 +4,8 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use hydrus_filters::log::{RecordRef, ValueInfoRef};
+use hydrus_filters::route::{compile_route, Route, RouteConfig, RouteEnv};
+use hydrus_filters::stage::{Input, LogFields, LogValue, Problems, RequestState};
 use hydrus_filters::{
     Group, HydrusFilter, KTable, QoeRange, RequestInputs, Rollout, Strategy, StrategySet,
 };
@@ -23,8 +25,13 @@ fn filter(m: usize) -> HydrusFilter {
     )
 }
 
-fn bench(c: &mut Criterion) {
-    let table = KTable::constant(900, &[("default", 0.004), ("feed", 0.01)]).unwrap();
+fn table() -> KTable {
+    KTable::constant(900, &[("default", 0.004), ("feed", 0.01)]).unwrap()
+}
+
+/// The hydrus filter alone, for 4, 8 and 32 strategies and both header forms.
+fn bench_filter(c: &mut Criterion) {
+    let table = table();
     let rollout = Rollout::new(50.0, "hydrus").unwrap();
     let mut g = c.benchmark_group("decision");
     g.throughput(Throughput::Elements(1));
@@ -51,16 +58,33 @@ fn bench(c: &mut Criterion) {
         }
     }
     g.finish();
+}
 
-    // Criterion reports means; the goal is on the p99. Time 200,000 single decisions (8
-    // strategies, per-strategy header, the slower form) and print the percentiles.
+/// Criterion reports means; the goal is on the p99. Time 200,000 single decisions and print
+/// the percentiles.
+fn percentiles(what: &str, mut ns: Vec<u64>) {
+    ns.sort_unstable();
+    let pct = |p: f64| ns[((ns.len() - 1) as f64 * p) as usize];
+    println!(
+        "{what} single-shot (incl. ~20-40 ns of clock reads): p50 {} ns, p99 {} ns, p99.9 {} ns",
+        pct(0.5),
+        pct(0.99),
+        pct(0.999)
+    );
+}
+
+/// 8 strategies, per-strategy header (the slower form).
+const PAIRS_8: &[u8] =
+    b"s10=0.300,s20=0.310,s30=0.320,s40=0.330,s50=0.340,s60=0.350,s70=0.360,s80=0.370";
+
+fn single_shot_filter() {
+    let table = table();
     let f = filter(8);
-    let header = b"s10=0.300,s20=0.310,s30=0.320,s40=0.330,s50=0.340,s60=0.350,s70=0.360,s80=0.370";
-    let mut ns: Vec<u64> = (0..200_000)
+    let ns: Vec<u64> = (0..200_000)
         .map(|i| {
             let t = std::time::Instant::now();
             let inputs = RequestInputs {
-                qoe: Some(black_box(header.as_slice())),
+                qoe: Some(black_box(PAIRS_8)),
                 scenario: Some(black_box(b"feed".as_slice())),
                 now_ms: black_box(1_795_374_637_211 + i),
             };
@@ -68,16 +92,11 @@ fn bench(c: &mut Criterion) {
             t.elapsed().as_nanos() as u64
         })
         .collect();
-    ns.sort_unstable();
-    let pct = |p: f64| ns[((ns.len() - 1) as f64 * p) as usize];
-    println!(
-        "decision/pairs/8 single-shot (incl. ~20-40 ns of clock reads): p50 {} ns, p99 {} ns, p99.9 {} ns",
-        pct(0.5),
-        pct(0.99),
-        pct(0.999)
-    );
+    percentiles("decision/pairs/8", ns);
+}
 
-    // E2E: parse the external delay, find its bucket, draw the replica group.
+/// E2E: parse the external delay, find its bucket, draw the replica group.
+fn bench_e2e(c: &mut Criterion) {
     let mut buckets = String::new();
     for b in 0..16 {
         buckets.push_str(&format!(
@@ -101,10 +120,15 @@ fn bench(c: &mut Criterion) {
             )
         })
     });
+}
 
-    // The record as the sink thread encodes it: borrowed from what the request left.
+/// The record as the sink thread encodes it: borrowed from what the request left.
+fn bench_record(c: &mut Criterion) {
     let set8 = filter(8);
     let qoe = hydrus_filters::QoeVector::scaled(&set8.strategies, 0.5);
+    let mut extra = LogFields::default();
+    extra.push("external_delay_ms", LogValue::F64(412.0));
+    extra.push("e2e_bucket", LogValue::U64(3));
     let record = RecordRef {
         ts_ms: 1_795_374_637_211,
         request_id: "17aeaac3aceba0fb8b2876aa24ad9b65",
@@ -123,14 +147,13 @@ fn bench(c: &mut Criterion) {
         fallback: None,
         cluster: Some("ranking-large"),
         total_ms: Some(3.995905),
-        external_delay_ms: Some(412.0),
         cluster_load: Some(7),
-        e2e_bucket: Some(3),
-        hedge: None,
         scenario_raw: None,
         error: None,
         would_choose: None,
         strategy_set: None,
+        route: Some("rank"),
+        extra: &extra,
     };
     let mut buf = Vec::with_capacity(1024);
     c.bench_function("log_record_encode/8", |b| {
@@ -140,6 +163,98 @@ fn bench(c: &mut Criterion) {
             buf.len()
         })
     });
+}
+
+/// A route's whole chain as the edge runs it: rollout, then hydrus over 8 strategies (with its
+/// fallback counters and scenario labels), from the same YAML a user writes.
+fn chain() -> Route {
+    let yaml = r#"
+name: rank
+cluster: ranking
+filters:
+  - rollout: { percent: 50 }
+  - hydrus:
+      default_strategy: s10
+      ktable: { path: k.yaml }
+      strategies:
+        - { name: s10, cost: 4, qoe_scale: 0.85, set_query: { candidates: "10" } }
+        - { name: s20, cost: 6, qoe_scale: 0.9, set_query: { candidates: "20" } }
+        - { name: s30, cost: 8, qoe_scale: 0.95, set_query: { candidates: "30" } }
+        - { name: s40, cost: 10, qoe_scale: 1.0, set_query: { candidates: "40" } }
+        - { name: s50, cost: 12, qoe_scale: 1.02, set_query: { candidates: "50" } }
+        - { name: s60, cost: 14, qoe_scale: 1.04, set_query: { candidates: "60" } }
+        - { name: s70, cost: 16, qoe_scale: 1.06, set_query: { candidates: "70" } }
+        - { name: s80, cost: 18, qoe_scale: 1.08, set_query: { candidates: "80" } }
+"#;
+    let rc: RouteConfig = serde_yaml::from_str(yaml).unwrap();
+    let registry = prometheus::Registry::new();
+    let kinds: Vec<_> = hydrus_filters::kinds()
+        .into_iter()
+        .map(|k| (k, k.metrics(&registry)))
+        .collect();
+    let fallbacks =
+        prometheus::IntCounterVec::new(prometheus::Opts::new("f", "f"), &["route", "reason"])
+            .unwrap();
+    let identity = [
+        "x-user-id",
+        "x-device-id",
+        "x-request-id",
+        "x-qoe-score",
+        "x-scenario",
+    ]
+    .map(http::HeaderName::from_static);
+    let env = RouteEnv {
+        file: std::path::Path::new("bench.yaml"),
+        cluster_names: &["ranking".to_string()],
+        identity: &identity,
+        kinds: &kinds,
+        fallbacks: &fallbacks,
+    };
+    let mut problems = Problems::default();
+    let route = compile_route(&rc, "", "cluster", &env, &mut problems).unwrap();
+    let k = serde_yaml::to_string(&table().to_file()).unwrap();
+    for t in route.chain.tables() {
+        t.install(&k, "bench".into(), None, 0).unwrap();
+    }
+    route.chain.tables_changed();
+    route
+}
+
+fn single_shot_chain() {
+    let route = chain();
+    let headers = http::HeaderMap::new();
+    let ids: [Option<http::HeaderValue>; 5] = [
+        Some(http::HeaderValue::from_static("user-123456")),
+        None,
+        None,
+        Some(http::HeaderValue::from_bytes(PAIRS_8).unwrap()),
+        Some(http::HeaderValue::from_static("feed")),
+    ];
+    let ns: Vec<u64> = (0..200_000)
+        .map(|i| {
+            let t = std::time::Instant::now();
+            let input = Input {
+                method: &http::Method::GET,
+                path: "/rank",
+                headers: &headers,
+                now_ms: black_box(1_795_374_637_211 + i),
+                ids: black_box(&ids),
+            };
+            let mut state = RequestState::new(0);
+            route.chain.decide(&input, &mut state);
+            black_box(state);
+            t.elapsed().as_nanos() as u64
+        })
+        .collect();
+    percentiles("chain/rollout+hydrus/8", ns);
+}
+
+fn bench(c: &mut Criterion) {
+    bench_filter(c);
+    single_shot_filter();
+    single_shot_chain();
+    bench_e2e(c);
+    bench_record(c);
 }
 
 criterion_group!(benches, bench);

@@ -23,6 +23,11 @@ fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<
         .unwrap_or_else(|_| Response::new(Vec::new()))
 }
 
+/// `route=NAME` of a query string.
+fn route_param(query: Option<&str>) -> Option<&str> {
+    query?.split('&').find_map(|kv| kv.strip_prefix("route="))
+}
+
 fn json_reply(status: StatusCode, v: serde_json::Value) -> Response<Vec<u8>> {
     let mut body = serde_json::to_vec_pretty(&v).unwrap_or_default();
     body.push(b'\n');
@@ -30,9 +35,14 @@ fn json_reply(status: StatusCode, v: serde_json::Value) -> Response<Vec<u8>> {
 }
 
 impl Admin {
-    pub fn ktable_json(&self) -> Option<serde_json::Value> {
-        let k = self.state.ktable.load_full()?;
+    /// The k-table of a route's hydrus stage (`route` by name, else the first route with one).
+    pub fn ktable_json(&self, route: Option<&str>) -> Option<serde_json::Value> {
         let running = self.state.config.load();
+        let (name, stage) = running.routes.iter().find_map(|r| {
+            let h = r.route.chain.hydrus()?;
+            route.is_none_or(|n| n == r.name()).then_some((r.name(), h))
+        })?;
+        let k = stage.ktable.get()?;
         let now = now_ms();
         let window = k.table.window_of(now);
         let current: serde_json::Map<String, serde_json::Value> = k
@@ -43,11 +53,12 @@ impl Admin {
             .map(|(i, n)| (n.clone(), json!(k.table.k(i, window))))
             .collect();
         Some(json!({
+            "route": name,
             "source": k.source,
             "loaded_at_ms": k.loaded_at_ms,
             "made_at_ms": k.made_at_ms,
             "age_seconds": k.age(now).as_secs_f64(),
-            "stale": k.stale(running.hydrus.as_ref().and_then(|h| h.ktable.max_age), now),
+            "stale": k.stale(stage.ktable.source.max_age, now),
             "window_secs": k.table.window_secs(),
             "current_window": window,
             "current_k": current,
@@ -83,25 +94,38 @@ fn redact_url_credentials(v: &mut serde_json::Value) {
     }
 }
 
+/// The rollout salt and secret Kafka properties of one chain entry.
+fn redact_filter(f: &mut serde_json::Value) {
+    if let Some(salt) = f.pointer_mut("/rollout/salt") {
+        *salt = json!(REDACTED);
+    }
+    if let Some(props) = f
+        .pointer_mut("/log/kafka/properties")
+        .and_then(|p| p.as_object_mut())
+    {
+        for (k, val) in props.iter_mut() {
+            if secret_property(k) {
+                *val = json!(REDACTED);
+            }
+        }
+    }
+}
+
 /// The running config as `/config` shows it: secrets and the rollout salt (which would let a
 /// client pick user ids that land in treatment) replaced.
 pub fn redacted_config(config: &crate::config::Config) -> serde_json::Value {
     let mut v = serde_json::to_value(config).unwrap_or_default();
     redact_url_credentials(&mut v);
-    if let Some(filters) = v.get_mut("filters").and_then(|f| f.as_array_mut()) {
-        for f in filters {
-            if let Some(salt) = f.pointer_mut("/rollout/salt") {
-                *salt = json!(REDACTED);
-            }
-            if let Some(props) = f
-                .pointer_mut("/log/kafka/properties")
-                .and_then(|p| p.as_object_mut())
-            {
-                for (k, val) in props.iter_mut() {
-                    if secret_property(k) {
-                        *val = json!(REDACTED);
-                    }
-                }
+    let redact_chain = |chain: Option<&mut serde_json::Value>| {
+        for f in chain.and_then(|c| c.as_array_mut()).into_iter().flatten() {
+            redact_filter(f);
+        }
+    };
+    if let Some(o) = v.as_object_mut() {
+        redact_chain(o.get_mut("filters"));
+        if let Some(routes) = o.get_mut("routes").and_then(|r| r.as_array_mut()) {
+            for r in routes {
+                redact_chain(r.get_mut("filters"));
             }
         }
     }
@@ -146,10 +170,10 @@ impl ServeHttp for Admin {
                 let r = self.state.config.load();
                 json_reply(
                     StatusCode::OK,
-                    json!({"file": r.file, "threads": r.threads, "config": redacted_config(&r.source)}),
+                    json!({"file": r.file, "threads": r.start.threads, "config": redacted_config(&r.source)}),
                 )
             }
-            "/ktable" => match self.ktable_json() {
+            "/ktable" => match self.ktable_json(route_param(req.uri.query())) {
                 Some(v) => json_reply(StatusCode::OK, v),
                 None => json_reply(
                     StatusCode::NOT_FOUND,
@@ -192,7 +216,8 @@ filters:
           sasl.oauthbearer.client.secret: s2
           acks: all
 "#;
-        let r = crate::config::load_str(std::path::Path::new("h.yaml"), text).expect("valid");
+        let m = crate::metrics::Metrics::new();
+        let r = crate::config::load_str(std::path::Path::new("h.yaml"), text, &m).expect("valid");
         let v = redacted_config(&r.source).to_string();
         for secret in ["pepper", "hunter2", "s2\"", "tablepass"] {
             assert!(!v.contains(secret), "{secret} in {v}");

@@ -20,12 +20,23 @@ impl Drop for HealthChecks {
     }
 }
 
-pub fn spawn(state: Arc<State>) -> Result<HealthChecks, String> {
+/// Why the health checks could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the health-check {what}: {source}")]
+pub struct HealthError {
+    what: &'static str,
+    source: std::io::Error,
+}
+
+pub fn spawn(state: Arc<State>) -> Result<HealthChecks, HealthError> {
     let stop = Arc::new(AtomicBool::new(false));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the health-check runtime: {e}"))?;
+        .map_err(|source| HealthError {
+            what: "runtime",
+            source,
+        })?;
     let flag = stop.clone();
     std::thread::Builder::new()
         .name("hydrus-health".into())
@@ -44,6 +55,9 @@ pub fn spawn(state: Arc<State>) -> Result<HealthChecks, String> {
                 }
             });
         })
-        .map_err(|e| format!("cannot start the health-check thread: {e}"))?;
+        .map_err(|source| HealthError {
+            what: "thread",
+            source,
+        })?;
     Ok(HealthChecks { stop })
 }

@@ -1,26 +1,30 @@
 //! hydrus: a reverse proxy on pingora that decides, per request, how much a ranking service
 //! spends on each user, so that total QoE is highest within a resource budget.
 //!
-//! The per-request decision logic is plain Rust in the `hydrus-filters` crate (`filters/`);
-//! this crate is the edge around it: the pingora server, CLI, admin endpoint, hot reload, log
-//! sinks, the offline solver and the simulator.
+//! The per-request decision logic is plain Rust in the `hydrus-filters` crate (`filters/`):
+//! one module per policy, each a stage of a route's chain. This crate is the edge around it:
+//!
+//! - [`config`]: the YAML file, checked and compiled into routes, clusters and stages.
+//! - [`edge`]: the pingora proxy (session -> stage inputs -> upstream request) and its
+//!   connections.
+//! - [`tables`]: hot reload of the config and of every stage's table.
+//! - [`logsink`]: the decision log's queue and its file and Kafka sinks.
+//! - [`admin`], [`metrics`], [`state`], [`serve`], [`check`]: around the proxy.
+//! - [`cluster`], [`health`]: upstream clusters and their active health checks.
+//! - [`solve`], [`simulate`]: the offline solver and the simulator.
 
 pub mod admin;
+pub mod check;
 pub mod clock;
 pub mod cluster;
 pub mod config;
-pub mod conns;
 pub mod demo;
+pub mod edge;
 pub mod health;
-#[cfg(feature = "kafka")]
-pub mod kafka;
-pub mod locate;
 pub mod logsink;
 pub mod metrics;
-pub mod proxy;
-pub mod record;
-pub mod reload;
 pub mod serve;
 pub mod simulate;
 pub mod solve;
 pub mod state;
+pub mod tables;

@@ -137,31 +137,10 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Check { config } => match hydrus::config::load(&config) {
-            Ok(r) => {
-                for w in &r.warnings {
+        Command::Check { config } => match hydrus::check::check(&config) {
+            Ok(warnings) => {
+                for w in &warnings {
                     eprintln!("warning: {w}");
-                }
-                if let Some(h) = r.hydrus.as_ref() {
-                    if let Some(p) = h.ktable.path.as_ref() {
-                        match hydrus::reload::load_ktable_file(p) {
-                            // Not fatal: serve starts and falls back until a table loads.
-                            Err(e) => eprintln!("warning: k-table: {e} (requests get the default strategy until it loads)"),
-                            Ok(k) => match k.table.strategy_set() {
-                                Some(fp) if fp != h.filter.fingerprint => eprintln!(
-                                    "warning: k-table {}: solved for strategy set {fp}, but this config's is {}: treatment requests fall back (ktable_mismatch) until `hydrus solve` writes a table from logs of these strategies",
-                                    p.display(),
-                                    h.filter.fingerprint
-                                ),
-                                Some(_) => {}
-                                None => eprintln!(
-                                    "warning: k-table {}: does not say which strategy set it was solved for (strategy_set); it is used as if it were this config's ({})",
-                                    p.display(),
-                                    h.filter.fingerprint
-                                ),
-                            },
-                        }
-                    }
                 }
                 println!("OK: {}", config.display());
                 ExitCode::SUCCESS

@@ -2,19 +2,20 @@
 //! and the log sink together on a pingora server, and take them down in order.
 
 use crate::admin::Admin;
-use crate::config::{self, Running};
-use crate::conns::{Connections, Edge};
+use crate::config::{self, Running, StartOnly};
 use crate::demo::DemoRanker;
-use crate::logsink;
+use crate::edge::conns::{Connections, Edge};
+use crate::edge::Proxy;
+use crate::logsink::{self, LogSink};
 use crate::metrics::Metrics;
-use crate::proxy::Proxy;
-use crate::reload::{self, Trigger};
 use crate::state::State;
+use crate::tables::{self, Trigger};
+use hydrus_filters::log::SinkConfig;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{ExecutionPhase, RunArgs, Server};
 use pingora::services::listening::Service;
 use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,72 +25,130 @@ pub struct ServeOptions {
     pub upgrade: bool,
 }
 
-/// Fail fast, with the address, when a listener cannot bind: pingora would panic in a worker.
-fn can_bind(what: &str, addr: SocketAddr) -> Result<(), String> {
-    TcpListener::bind(addr)
-        .map(drop)
-        .map_err(|e| format!("{what} {addr}: cannot listen: {e}"))
+/// Why `hydrus serve` could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Config(#[from] config::ConfigErrors),
+    #[error("{what} {addr}: cannot listen: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    LogSink(#[from] logsink::StartError),
+    #[error("{0}")]
+    Reload(#[from] tables::ReloadError),
+    #[error("{0}")]
+    Health(#[from] crate::health::HealthError),
+    #[error("cannot start the {what} thread: {source}")]
+    Thread {
+        what: &'static str,
+        source: std::io::Error,
+    },
 }
 
-pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
-    let running: Running = config::load(config_path).map_err(|e| e.to_string())?;
+/// Fail fast, with the address, when a listener cannot bind: pingora would panic in a worker.
+fn can_bind(what: &'static str, addr: SocketAddr) -> Result<(), ServeError> {
+    TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|source| ServeError::Bind { what, addr, source })
+}
+
+fn preflight(start: &StartOnly) -> Result<(), ServeError> {
+    can_bind("listen", start.listen)?;
+    can_bind("admin.listen", start.admin_listen)?;
+    if let Some(a) = start
+        .demo_upstream
+        .as_ref()
+        .and_then(|d| d.listen.parse().ok())
+    {
+        can_bind("demo_upstream.listen", a)?;
+    }
+    Ok(())
+}
+
+pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), ServeError> {
+    let metrics = Arc::new(Metrics::new());
+    let running: Running = config::load(config_path, &metrics)?;
+    let start = running.start.clone();
     if !opts.upgrade {
-        can_bind("listen", running.listen)?;
-        can_bind("admin.listen", running.admin_listen)?;
-        if let Some(d) = &running.source.demo_upstream {
-            if let Ok(a) = d.listen.parse() {
-                can_bind("demo_upstream.listen", a)?;
-            }
-        }
+        preflight(&start)?;
     }
     // Every client connection holds a file descriptor: raise the soft limit to the hard one
     // and derive the connection cap from it (unless the config sets one).
-    let nofile = crate::conns::raise_fd_limit();
-    let auto_cap = crate::conns::cap_for_fd_limit(nofile);
-    let metrics = Arc::new(Metrics::new());
-    let (queue, sink) = match &running.log {
+    let nofile = crate::edge::conns::raise_fd_limit();
+    let auto_cap = crate::edge::conns::cap_for_fd_limit(nofile);
+    let (queue, sink) = match &start.log {
         Some(l) => {
             let (q, s) = logsink::start(l, &metrics)?;
             (Some(q), Some(s))
         }
         None => (None, None),
     };
-    let shutdown = running.source.shutdown.clone();
-    let pid_file = running.pid_file.clone();
-    let state = Arc::new(State::new(running.clone(), metrics, queue));
-    let reload_tx = reload::spawn(state.clone(), config_path.to_path_buf())?;
-    let _health = crate::health::spawn(state.clone())?;
     for w in &running.warnings {
         log::warn!("{w}");
     }
+    let cap = running.limits.max_connections.unwrap_or(auto_cap);
+    let state = Arc::new(State::new(running, metrics, queue));
+    let reload_tx = tables::spawn(state.clone(), config_path.to_path_buf())?;
+    let _health = crate::health::spawn(state.clone())?;
+    let mut server = Server::new_with_opt_and_conf(options(opts.upgrade), server_conf(&start));
+    server.bootstrap();
+    add_services(&mut server, &state, &start, auto_cap)?;
+    watch_phases(&mut server, &state, start.pid_file.clone())?;
+    announce(&start, nofile, cap);
+    server.run(RunArgs::default());
 
-    let conf = ServerConf {
-        threads: running.threads,
-        // Whole seconds: the config check refuses anything else.
-        grace_period_seconds: Some(shutdown.grace_period.as_secs()),
-        graceful_shutdown_timeout_seconds: Some(shutdown.timeout.as_secs()),
-        upgrade_sock: running.upgrade_sock.clone(),
-        pid_file: pid_file.display().to_string(),
-        // A new binary started with --upgrade waits this many seconds for the old one's SIGQUIT.
-        upgrade_sock_connect_accept_max_retries: Some(30),
-        work_stealing: running.source.server.work_stealing,
-        listener_tasks_per_fd: running.source.server.listener_tasks_per_fd,
-        upstream_keepalive_pool_size: running.source.server.upstream_keepalive_pool_size,
-        ..ServerConf::default()
-    };
-    let opt = Opt {
-        upgrade: opts.upgrade,
+    // The runtimes are down: no request is in flight. Drain what was logged.
+    state.ready.store(false, Ordering::SeqCst);
+    let _ = reload_tx.send(Trigger::Stop);
+    stopped(&start, sink);
+    Ok(())
+}
+
+fn options(upgrade: bool) -> Opt {
+    Opt {
+        upgrade,
         daemon: false,
         nocapture: false,
         test: false,
         conf: None,
-    };
-    let mut server = Server::new_with_opt_and_conf(opt, conf);
-    server.bootstrap();
+    }
+}
 
+fn server_conf(start: &StartOnly) -> ServerConf {
+    ServerConf {
+        threads: start.threads,
+        // Whole seconds: the config check refuses anything else.
+        grace_period_seconds: Some(start.shutdown.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(start.shutdown.timeout.as_secs()),
+        upgrade_sock: start.upgrade_sock.clone(),
+        pid_file: start.pid_file.display().to_string(),
+        // A new binary started with --upgrade waits this many seconds for the old one's SIGQUIT.
+        upgrade_sock_connect_accept_max_retries: Some(30),
+        work_stealing: start.server.work_stealing,
+        listener_tasks_per_fd: start.server.listener_tasks_per_fd,
+        upstream_keepalive_pool_size: start.server.upstream_keepalive_pool_size,
+        ..ServerConf::default()
+    }
+}
+
+/// The proxy (behind the connection guard), the admin listener and the demo ranker.
+fn add_services(
+    server: &mut Server,
+    state: &Arc<State>,
+    start: &StartOnly,
+    auto_cap: usize,
+) -> Result<(), ServeError> {
     let conns = Arc::new(Connections::new(auto_cap, &state.metrics));
-    Connections::spawn_reaper(&conns, crate::conns::REAP_PERIOD)
-        .map_err(|e| format!("cannot start the connection reaper: {e}"))?;
+    Connections::spawn_reaper(&conns, crate::edge::conns::REAP_PERIOD).map_err(|source| {
+        ServeError::Thread {
+            what: "connection reaper",
+            source,
+        }
+    })?;
     let edge = Edge {
         proxy: Arc::new(pingora::proxy::http_proxy(
             &server.configuration,
@@ -98,26 +157,25 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
         state: state.clone(),
         conns,
         // Until shortly before the runtimes stop at the end of the grace period.
-        drain: shutdown
+        drain: start
+            .shutdown
             .grace_period
             .saturating_sub(Duration::from_millis(500)),
         drain_until: std::sync::OnceLock::new(),
     };
     let mut proxy = Service::new("hydrus proxy".into(), edge);
-    proxy.add_tcp(&running.listen.to_string());
+    proxy.add_tcp(&start.listen.to_string());
     server.add_service(proxy);
-
     let mut admin = Service::new(
         "hydrus admin".into(),
         Admin {
             state: state.clone(),
         },
     );
-    admin.add_tcp(&running.admin_listen.to_string());
+    admin.add_tcp(&start.admin_listen.to_string());
     admin.threads = Some(1);
     server.add_service(admin);
-
-    if let Some(d) = &running.source.demo_upstream {
+    if let Some(d) = &start.demo_upstream {
         let mut demo = Service::new(
             "hydrus demo ranker".into(),
             DemoRanker {
@@ -128,8 +186,16 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
         demo.threads = Some(1);
         server.add_service(demo);
     }
+    Ok(())
+}
 
-    // /ready: up once the server runs, down as soon as shutdown or upgrade begins.
+/// `/ready`: up once the server runs, down as soon as shutdown or upgrade begins; the pid
+/// file written once serving.
+fn watch_phases(
+    server: &mut Server,
+    state: &Arc<State>,
+    pid_file: PathBuf,
+) -> Result<(), ServeError> {
     let mut phases = server.watch_execution_phase();
     let ready_state = state.clone();
     std::thread::Builder::new()
@@ -144,28 +210,33 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
                         log::warn!("pid file {}: {e}", pid_file.display());
                     }
                 }
-                if !ready
-                    && !matches!(
-                        p,
-                        ExecutionPhase::Bootstrap
-                            | ExecutionPhase::BootstrapComplete
-                            | ExecutionPhase::Setup
-                    )
-                {
+                let starting = matches!(
+                    p,
+                    ExecutionPhase::Bootstrap
+                        | ExecutionPhase::BootstrapComplete
+                        | ExecutionPhase::Setup
+                );
+                if !ready && !starting {
                     log::info!("shutdown phase: {p:?}");
                 }
             }
         })
-        .map_err(|e| format!("cannot start the phase thread: {e}"))?;
+        .map(drop)
+        .map_err(|source| ServeError::Thread {
+            what: "phase",
+            source,
+        })
+}
 
-    match running.log.as_ref().map(|l| &l.sink) {
-        Some(config::SinkConfig::File(f)) => log::info!(
+fn announce(start: &StartOnly, nofile: u64, cap: usize) {
+    match start.log.as_ref().map(|l| &l.sink) {
+        Some(SinkConfig::File(f)) => log::info!(
             "decision log: JSON-lines files in {} (a file per {}, flushed every {})",
             f.dir.display(),
             humantime::format_duration(f.window),
             humantime::format_duration(f.flush_interval)
         ),
-        Some(config::SinkConfig::Kafka(k)) => log::info!(
+        Some(SinkConfig::Kafka(k)) => log::info!(
             "decision log: Kafka topic {} at {} (compression.type {})",
             k.topic,
             k.brokers,
@@ -176,19 +247,17 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
         None => log::info!("decision log: none (no log filter)"),
     }
     log::info!(
-        "hydrus listening on {} (admin {}), {} threads, at most {} client connections (open-file limit {nofile})",
-        running.listen,
-        running.admin_listen,
-        running.threads,
-        running.limits.max_connections.unwrap_or(auto_cap),
+        "hydrus listening on {} (admin {}), {} threads, at most {cap} client connections (open-file limit {nofile})",
+        start.listen,
+        start.admin_listen,
+        start.threads,
     );
-    server.run(RunArgs::default());
+}
 
-    // The runtimes are down: no request is in flight. Drain what was logged.
-    state.ready.store(false, Ordering::SeqCst);
-    let _ = reload_tx.send(Trigger::Stop);
+/// After the server stopped: drain the log, remove the pid file if it is still ours.
+fn stopped(start: &StartOnly, sink: Option<LogSink>) {
     if let Some(s) = sink {
-        let drain = running
+        let drain = start
             .log
             .as_ref()
             .map_or(Duration::from_secs(10), |l| l.drain_timeout);
@@ -196,11 +265,10 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
     }
     // The pid file names the process serving: ours only if no upgrade took over.
     let ours = format!("{}\n", std::process::id());
-    if std::fs::read_to_string(&running.pid_file).is_ok_and(|p| p == ours) {
-        if let Err(e) = std::fs::remove_file(&running.pid_file) {
-            log::warn!("pid file {}: {e}", running.pid_file.display());
+    if std::fs::read_to_string(&start.pid_file).is_ok_and(|p| p == ours) {
+        if let Err(e) = std::fs::remove_file(&start.pid_file) {
+            log::warn!("pid file {}: {e}", start.pid_file.display());
         }
     }
     log::info!("hydrus stopped");
-    Ok(())
 }

@@ -1,39 +1,55 @@
 //! hydrus's decision logic, as plain Rust over plain data.
 //!
-//! Nothing here knows about pingora, sockets or clocks: the proxy in `src/` reads headers and
-//! the time, hands bytes and numbers to these functions, and applies what they return. That keeps
-//! every filter unit-testable, property-testable and benchmarkable without a server.
+//! Nothing here knows about pingora or sockets: the proxy in `src/` turns a request into an
+//! [`stage::Input`], runs the route's [`route::Chain`] of stages over it, and applies what they
+//! decided. That keeps every policy unit-testable, property-testable and benchmarkable without a
+//! server.
 //!
-//! - [`strategy`]: the strategy set (cost, QoE scale) from the config.
-//! - [`qoe`]: the QoE header parser.
-//! - [`decide`]: the decision rule, `argmax_j qoe_j - k * cost_j`, ties to the cheaper.
-//! - [`ktable`]: the per-window k-table written by `hydrus solve`.
+//! One folder or file per policy, each holding all of it (its YAML section and checks, its
+//! table, its metrics, its request hook, its log fields):
+//!
 //! - [`rollout`]: the stable user-id split into treatment and control.
-//! - [`hydrus`]: the hydrus filter: all of the above for one request, with its fallbacks.
-//! - [`e2e`]: E2E's external-delay buckets and decision table.
+//! - [`hydrus`]: the Hydrus paper's allocation: strategies, QoE header, decision rule, k-table.
+//! - [`e2e`]: E2E's routing by external delay, from a bucketed decision table.
 //! - [`hedge`]: Kwiken-style reissues: the race, the budget, the timeout table.
-//! - [`log`]: the decision log record (Listing 1 of the Hydrus paper, plus what the solver needs).
-//! - [`outlier`]: passive health of a cluster's endpoints (consecutive failures, hung endpoints).
-//! - [`retry`]: the retry budget (retries as a share of requests in flight).
-//! - [`query`]: the query parameters hydrus owns, stripped from what the client sent.
+//! - [`log`]: the decision log record and the log section.
+//!
+//! And what they share:
+//!
+//! - [`stage`]: the contract every policy implements ([`stage::Stage`], [`stage::StageKind`]).
+//! - [`table`]: hot-reloaded tables, whatever their kind.
+//! - [`route`]: routes (which requests a chain runs on) and chains.
+//! - [`outlier`], [`retry`], [`query`]: passive endpoint health, the retry budget, owned query
+//!   keys (used by the edge for every route).
 
-pub mod decide;
 pub mod e2e;
 pub mod hedge;
 pub mod hydrus;
-pub mod ktable;
 pub mod log;
 pub mod outlier;
-pub mod qoe;
 pub mod query;
 pub mod retry;
 pub mod rollout;
-pub mod strategy;
+pub mod route;
+pub mod stage;
+pub mod table;
 
-pub use decide::decide;
+pub use hydrus::decide::decide;
+pub use hydrus::ktable::{KTable, KTableError};
+pub use hydrus::qoe::{QoeError, QoeRange, QoeVector};
+pub use hydrus::strategy::{Strategy, StrategyError, StrategySet, MAX_STRATEGIES};
+pub use hydrus::{decide, ktable, qoe, strategy};
 pub use hydrus::{Decision, Fallback, HydrusFilter, RequestInputs};
-pub use ktable::{KTable, KTableError};
 pub use log::{LogRecord, ValueInfo};
-pub use qoe::{QoeError, QoeRange, QoeVector};
 pub use rollout::{Group, Rollout};
-pub use strategy::{Strategy, StrategyError, StrategySet, MAX_STRATEGIES};
+
+/// Every kind of stage a chain may name. Adding a policy: its module, and one line here.
+pub fn kinds() -> [&'static dyn stage::StageKind; 5] {
+    [
+        &rollout::KIND,
+        &hydrus::KIND,
+        &e2e::KIND,
+        &hedge::KIND,
+        &log::KIND,
+    ]
+}

@@ -2,6 +2,11 @@
 //! or control (the default strategy). Raising `percent` only moves control users into treatment,
 //! so a gradual rollout never flips a treated user back and forth.
 
+use crate::stage::{register, CompileCtx, Input, RequestState, Stage, StageKind, USER_ID};
+use prometheus::{GaugeVec, IntCounter, Opts};
+use serde::{Deserialize, Serialize};
+use std::any::Any;
+use std::sync::Arc;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 /// Buckets per 100%: percent has four decimal places of resolution.
@@ -67,6 +72,109 @@ impl Rollout {
             Some(id) if !id.is_empty() && self.bucket(id) < self.threshold => Group::Treatment,
             _ => Group::Control,
         }
+    }
+}
+
+/// `- rollout:` as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutConfig {
+    /// Share of users in treatment, 0-100; fractions allowed.
+    pub percent: f64,
+    /// Changing the salt reshuffles which users are in treatment.
+    #[serde(default = "default_salt")]
+    pub salt: String,
+}
+
+fn default_salt() -> String {
+    "hydrus".into()
+}
+
+/// The rollout stage: puts each request's user in treatment or control.
+pub struct RolloutStage {
+    pub rollout: Rollout,
+    pub percent: f64,
+    missing_user_id: IntCounter,
+    percent_gauge: prometheus::Gauge,
+}
+
+impl Stage for RolloutStage {
+    fn kind(&self) -> &'static str {
+        "rollout"
+    }
+
+    fn decide(&self, input: &Input<'_>, state: &mut RequestState) {
+        let user = input.id(USER_ID).filter(|u| !u.is_empty());
+        if user.is_none() {
+            self.missing_user_id.inc();
+        }
+        state.group = self.rollout.assign(user);
+    }
+
+    fn refresh_gauges(&self, _now_ms: u64) {
+        self.percent_gauge.set(self.percent);
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// `hydrus_rollout_percent{route}`.
+pub struct RolloutMetrics {
+    percent: GaugeVec,
+}
+
+pub struct RolloutKind;
+
+/// The `rollout` kind.
+pub static KIND: RolloutKind = RolloutKind;
+
+impl StageKind for RolloutKind {
+    fn name(&self) -> &'static str {
+        "rollout"
+    }
+
+    fn metrics(&self, r: &prometheus::Registry) -> Arc<dyn Any + Send + Sync> {
+        #[allow(clippy::expect_used)] // a constant, valid definition
+        let percent = GaugeVec::new(
+            Opts::new(
+                "hydrus_rollout_percent",
+                "Configured share of users in treatment, by route.",
+            ),
+            &["route"],
+        )
+        .expect("metric");
+        Arc::new(RolloutMetrics {
+            percent: register(r, percent),
+        })
+    }
+
+    fn compile(
+        &self,
+        section: &serde_yaml::Value,
+        cx: &mut CompileCtx<'_>,
+    ) -> Option<Arc<dyn Stage>> {
+        let c: RolloutConfig = cx.parse(section)?;
+        if cx.before.contains(&"hydrus") {
+            cx.error("", "rollout must come before hydrus in the chain");
+        }
+        let rollout = match Rollout::new(c.percent, &c.salt) {
+            Ok(r) => r,
+            Err(e) => {
+                cx.error("percent", e.to_string());
+                return None;
+            }
+        };
+        let m = cx.metrics.downcast_ref::<RolloutMetrics>()?;
+        let gauge = m.percent.with_label_values(&[cx.route]);
+        gauge.set(c.percent);
+        Some(Arc::new(RolloutStage {
+            rollout,
+            percent: c.percent,
+            missing_user_id: cx.fallback("missing_user_id"),
+            percent_gauge: gauge,
+        }))
     }
 }
 

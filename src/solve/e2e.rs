@@ -16,7 +16,7 @@
 //!    (E2E section 5, temporal coarsening).
 
 use super::input::LineSink;
-use crate::config::QoeModelConfig;
+use hydrus_filters::e2e::QoeModelConfig;
 use hydrus_filters::e2e::{BucketFile, E2eTable, E2eTableFile, MAX_BUCKETS};
 use pathfinding::prelude::{kuhn_munkres, Matrix};
 use serde::{Deserialize, Serialize};

@@ -551,14 +551,17 @@ pub fn run(args: &SolveArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn e2e_setup(args: &SolveArgs) -> Result<(crate::config::E2eRuntime, e2e::E2eOptions), String> {
+fn e2e_setup(args: &SolveArgs) -> Result<(Vec<String>, e2e::E2eOptions), String> {
     let cfg = args
         .config
         .as_ref()
         .ok_or("--policy e2e needs --config (the proxy's config, with an e2e filter)")?;
-    let running = crate::config::load(cfg).map_err(|e| e.to_string())?;
+    let running =
+        crate::config::load(cfg, &crate::metrics::Metrics::new()).map_err(|e| e.to_string())?;
     let e = running
-        .e2e
+        .routes
+        .iter()
+        .find_map(|r| r.route.chain.e2e())
         .ok_or_else(|| format!("{}: has no e2e filter", cfg.display()))?;
     if !(args.js_threshold >= 0.0 && args.js_threshold <= 1.0) {
         return Err("--js-threshold must be within 0 and 1".into());
@@ -570,7 +573,7 @@ fn e2e_setup(args: &SolveArgs) -> Result<(crate::config::E2eRuntime, e2e::E2eOpt
         qoe: e.qoe_model,
         priorities: e.priority_header.is_some(),
     };
-    Ok((e, opts))
+    Ok((e.group_names.clone(), opts))
 }
 
 /// Solve, compare with the table at `out`, write when the inputs moved (or forced). Returns
@@ -736,10 +739,10 @@ fn run_hedge(args: &SolveArgs) -> Result<(), String> {
 }
 
 fn run_e2e(args: &SolveArgs) -> Result<(), String> {
-    let (e, opts) = e2e_setup(args)?;
+    let (groups, opts) = e2e_setup(args)?;
     let mut source = follow_source(args)?;
     if !args.follow {
-        let mut inputs = e2e::E2eInputs::new(e.group_names.clone());
+        let mut inputs = e2e::E2eInputs::new(groups.clone());
         source.poll(&mut inputs)?;
         eprintln!(
             "read {} records ({} with an external delay); {} malformed",
@@ -754,7 +757,7 @@ fn run_e2e(args: &SolveArgs) -> Result<(), String> {
         return source.written(&std::collections::BTreeSet::new());
     }
     loop {
-        let mut inputs = e2e::E2eInputs::new(e.group_names.clone());
+        let mut inputs = e2e::E2eInputs::new(groups.clone());
         let until = std::time::Instant::now() + args.interval;
         while std::time::Instant::now() < until {
             source.poll(&mut inputs)?;

@@ -524,11 +524,41 @@ impl Drop for Hydrus {
     }
 }
 
-/// Parse one series' value from Prometheus text.
+/// The value of `series` in Prometheus text, e.g. `hydrus_fallback_total{reason="nan_qoe"}`:
+/// the sum over every series of that name whose labels include the given ones (so an
+/// assertion need not name labels it does not care about, such as `route`). `None` when no
+/// series matches.
 pub fn metric_value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l[series.len()..].trim().parse().ok())
+    let (name, want) = split_series(series);
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((head, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (n, labels) = split_series(head);
+        if n == name && want.iter().all(|w| labels.contains(w)) {
+            if let Ok(v) = value.parse::<f64>() {
+                *found.get_or_insert(0.0) += v;
+            }
+        }
+    }
+    found
+}
+
+/// `name{a="1",b="2"}` as its name and its `a="1"` label pairs.
+fn split_series(series: &str) -> (&str, Vec<&str>) {
+    match series.split_once('{') {
+        None => (series.trim(), Vec::new()),
+        Some((name, rest)) => {
+            let inner = rest.trim_end().trim_end_matches('}');
+            let labels = inner
+                .split("\",")
+                .map(|l| l.trim_end_matches('"'))
+                .filter(|l| !l.is_empty())
+                .collect();
+            (name, labels)
+        }
+    }
 }
 
 fn agent() -> ureq::Agent {

@@ -9,8 +9,8 @@
 //! HTTP/1 keep-alive loop itself, so it knows when a connection is idle (waiting for the first
 //! byte of a request), when a request header is late, and when its body is.
 
+use super::Proxy;
 use crate::metrics::Metrics;
-use crate::proxy::Proxy;
 use crate::state::State;
 use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, ServerApp};

@@ -3,10 +3,10 @@
 //! while the broker is away; when its queue is full the sink thread holds the record and the
 //! proxy's queue fills, dropping (and counting) new records instead.
 
-use crate::config::KafkaSinkConfig;
-use crate::logsink::{Encoder, Sink, SinkError};
+use super::record::Pending;
+use super::{Encoder, Sink, SinkError};
 use crate::metrics::Metrics;
-use crate::record::Pending;
+use hydrus_filters::log::KafkaSinkConfig;
 use prometheus::IntCounter;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -46,7 +46,7 @@ pub struct KafkaSink {
 }
 
 impl KafkaSink {
-    pub fn new(cfg: &KafkaSinkConfig, metrics: &Arc<Metrics>) -> Result<Self, String> {
+    pub fn new(cfg: &KafkaSinkConfig, metrics: &Arc<Metrics>) -> Result<Self, super::StartError> {
         let mut cc = ClientConfig::new();
         cc.set("bootstrap.servers", &cfg.brokers)
             .set("message.timeout.ms", "0")
@@ -70,7 +70,7 @@ impl KafkaSink {
                         why = why.replace(v.as_str(), "<redacted>");
                     }
                 }
-                format!("kafka producer for {}: {why}", cfg.brokers)
+                super::StartError::Kafka(format!("kafka producer for {}: {why}", cfg.brokers))
             })?;
         Ok(Self {
             producer,
@@ -94,7 +94,7 @@ impl Sink for KafkaSink {
         match sent {
             Ok(()) => Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                Err(SinkError("librdkafka queue full".into()))
+                Err(SinkError::QueueFull)
             }
             Err((e, _)) => {
                 // Not transient (e.g. a record over message.max.bytes): retrying cannot help.
@@ -120,6 +120,6 @@ impl Sink for KafkaSink {
     fn close(&mut self, within: Duration) -> Result<(), SinkError> {
         self.producer
             .flush(within)
-            .map_err(|e| SinkError(format!("kafka flush: {e}")))
+            .map_err(|e| SinkError::KafkaFlush(e.to_string()))
     }
 }

@@ -3,14 +3,14 @@
 //! the JSON line of [`hydrus_filters::LogRecord`] (through the borrowed
 //! [`hydrus_filters::log::RecordRef`]), so the request path never formats or copies strings.
 
-use crate::config::Running;
-use crate::metrics::{Metrics, SCENARIO_OTHER};
+use crate::config::{RouteRuntime, Running};
+use crate::metrics::Metrics;
 use http::HeaderValue;
-use hydrus_filters::e2e::E2eDecision;
-use hydrus_filters::hedge::Winner;
+use hydrus_filters::hydrus::SCENARIO_OTHER;
 use hydrus_filters::ktable::DEFAULT_SCENARIO;
 use hydrus_filters::log::{capped_text, RecordRef, ValueInfoRef};
-use hydrus_filters::{Decision, Group};
+use hydrus_filters::stage::RequestState;
+use hydrus_filters::stage::{DEVICE_ID, REQUEST_ID, SCENARIO, USER_ID};
 use prometheus::IntCounter;
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -28,29 +28,22 @@ pub fn hex_id(v: u128) -> RequestId {
     s
 }
 
-/// The identity headers, in the order of [`crate::config::Headers::all`].
-pub const USER_ID: usize = 0;
-pub const DEVICE_ID: usize = 1;
-pub const REQUEST_ID: usize = 2;
-pub const SCENARIO: usize = 4;
-
 /// What one request leaves for its log record.
 pub struct Pending {
-    /// The config the request ran on: strategy and cluster names, by index.
+    /// The config the request ran on: cluster names, by index.
     pub running: Arc<Running>,
+    /// The route it took: its name, and its hydrus stage's strategy names.
+    pub route: Arc<RouteRuntime>,
     pub ts_ms: u64,
     /// The identity headers as decided on.
     pub ids: [Option<HeaderValue>; 5],
     pub generated_id: Option<RequestId>,
-    pub group: Group,
-    pub decision: Option<Decision>,
+    /// What the route's stages decided (and added to the record).
+    pub state: RequestState,
     pub status: u16,
     pub upstream_ms: Option<f64>,
     pub total_ms: f64,
-    pub cluster: usize,
-    pub e2e: Option<E2eDecision>,
     pub cluster_load: Option<u32>,
-    pub hedge: Option<Winner>,
     pub error: Option<&'static str>,
 }
 
@@ -92,27 +85,19 @@ impl Pending {
 
     /// Append the record as one JSON line.
     pub fn encode_into(&self, out: &mut Vec<u8>, t: &Truncations) {
-        let running = &*self.running;
-        let strategies = running.hydrus.as_ref().map(|h| &h.filter.strategies);
-        let d = self.decision.as_ref();
-        let chosen = match (strategies, d) {
-            (Some(set), Some(d)) => set.get(d.strategy).map_or("", |s| s.name.as_str()),
-            _ => "default",
+        let hydrus = self.route.route.chain.hydrus();
+        let strategies = hydrus.map(|h| &h.filter.strategies);
+        let d = self.state.decision.as_ref();
+        let name_of = |j: usize| {
+            strategies
+                .and_then(|set| set.get(j))
+                .map(|s| s.name.as_str())
         };
         let request_id: Cow<'_, str> = match &self.generated_id {
             Some(g) => Cow::Borrowed(std::str::from_utf8(g).unwrap_or_default()),
             None => capped(self.ids[REQUEST_ID].as_ref(), &t.request_id),
         };
-        let declared = d.is_none_or(|d| d.scenario_declared);
-        let raw_scenario = self.ids[SCENARIO].as_ref();
-        let (scenario, scenario_raw) = match raw_scenario {
-            None => (Cow::Borrowed(DEFAULT_SCENARIO), None),
-            Some(_) if declared => (capped(raw_scenario, &t.scenario), None),
-            Some(_) => (
-                Cow::Borrowed(SCENARIO_OTHER),
-                Some(capped(raw_scenario, &t.scenario)),
-            ),
-        };
+        let (scenario, scenario_raw) = self.scenario(t);
         let user_id = capped(self.ids[USER_ID].as_ref(), &t.user_id);
         let device_id = capped(self.ids[DEVICE_ID].as_ref(), &t.device_id);
         RecordRef {
@@ -121,8 +106,11 @@ impl Pending {
             user_id: &user_id,
             device_id: &device_id,
             scenario: &scenario,
-            group: self.group.as_str(),
-            chosen,
+            group: self.state.group.as_str(),
+            chosen: match d {
+                Some(d) => name_of(d.strategy).unwrap_or(""),
+                None => "default",
+            },
             k: d.and_then(|d| d.k),
             value_info: ValueInfoRef {
                 strategies,
@@ -130,31 +118,40 @@ impl Pending {
             },
             status: self.status,
             upstream_ms: self.upstream_ms,
-            fallback: d
-                .and_then(|d| d.fallback)
-                .map(|f| f.reason())
-                .or_else(|| self.e2e.and_then(|e| e.fallback).map(|f| f.reason())),
-            cluster: running.clusters.get(self.cluster).map(|c| c.name.as_str()),
+            fallback: self.state.fallback,
+            cluster: self
+                .running
+                .clusters
+                .get(self.state.cluster)
+                .map(|c| c.name.as_str()),
             total_ms: Some(self.total_ms),
-            external_delay_ms: self.e2e.and_then(|e| e.external_ms),
             cluster_load: self.cluster_load,
-            e2e_bucket: self.e2e.and_then(|e| e.bucket).map(|b| b as u32),
-            hedge: self.hedge.map(|w| match w {
-                Winner::Hedge => "hedge",
-                Winner::Primary | Winner::PrimaryAfterHedge => "primary",
-            }),
             scenario_raw: scenario_raw.as_deref(),
             error: self.error,
-            would_choose: match (strategies, d.and_then(|d| d.would_choose)) {
-                (Some(set), Some(j)) => set.get(j).map(|s| s.name.as_str()),
-                _ => None,
-            },
-            strategy_set: running
-                .hydrus
-                .as_ref()
-                .map(|h| h.filter.fingerprint.as_str()),
+            would_choose: d.and_then(|d| d.would_choose).and_then(name_of),
+            strategy_set: hydrus.map(|h| h.filter.fingerprint.as_str()),
+            route: Some(self.route.name()),
+            extra: &self.state.log,
         }
         .encode_into(out);
+    }
+
+    /// The scenario as recorded, and the value sent when it named no declared scenario.
+    fn scenario(&self, t: &Truncations) -> (Cow<'_, str>, Option<Cow<'_, str>>) {
+        let declared = self
+            .state
+            .decision
+            .as_ref()
+            .is_none_or(|d| d.scenario_declared);
+        let raw = self.ids[SCENARIO].as_ref();
+        match raw {
+            None => (Cow::Borrowed(DEFAULT_SCENARIO), None),
+            Some(_) if declared => (capped(raw, &t.scenario), None),
+            Some(_) => (
+                Cow::Borrowed(SCENARIO_OTHER),
+                Some(capped(raw, &t.scenario)),
+            ),
+        }
     }
 }
 

@@ -2,8 +2,8 @@
 //! the solver needs). The field names are an interface: `hydrus solve`, dashboards and users'
 //! own pipelines read them. Add fields; never rename or remove one.
 
-use crate::qoe::QoeVector;
-use crate::strategy::StrategySet;
+use crate::hydrus::qoe::QoeVector;
+use crate::hydrus::strategy::StrategySet;
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Serialize, Serializer};
 use std::borrow::Cow;
@@ -46,20 +46,10 @@ pub struct LogRecord {
     /// Whole-request time in the proxy, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_ms: Option<f64>,
-    /// The request's external delay (E2E), when the front end tagged one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub external_delay_ms: Option<f64>,
     /// Requests in flight to the chosen cluster when this one was sent, itself included: the
     /// load that the E2E controller's server-side delay model is fitted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_load: Option<u32>,
-    /// The E2E bucket of the external delay, when the e2e filter routed the request.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub e2e_bucket: Option<u32>,
-    /// When the hedge filter reissued the request: which attempt answered (`hedge` or
-    /// `primary`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hedge: Option<String>,
     /// The scenario header as sent, when it named no declared scenario (then `scenario` is
     /// `other`): for forensics only; the solver never makes a k-table row of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -75,6 +65,19 @@ pub struct LogRecord {
     /// the k-table it solves from these records).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy_set: Option<String>,
+    /// The route the request took (its `name` in the config).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// The request's external delay (E2E), when the front end tagged one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_delay_ms: Option<f64>,
+    /// The E2E bucket of the external delay, when the e2e filter routed the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e2e_bucket: Option<u32>,
+    /// When the hedge filter reissued the request: which attempt answered (`hedge` or
+    /// `primary`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hedge: Option<String>,
 }
 
 /// Longest value hydrus copies from a request header into a record; longer ones are cut (at a
@@ -163,13 +166,7 @@ pub struct RecordRef<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub total_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub external_delay_ms: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster_load: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub e2e_bucket: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub hedge: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scenario_raw: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -178,6 +175,11 @@ pub struct RecordRef<'a> {
     pub would_choose: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub strategy_set: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<&'a str>,
+    /// What the stages added (`external_delay_ms`, `e2e_bucket`, `hedge`, ...).
+    #[serde(flatten)]
+    pub extra: &'a crate::stage::LogFields,
 }
 
 fn serialize_values<S: Serializer>(v: &ValueInfoRef<'_>, s: S) -> Result<S::Ok, S::Error> {
@@ -245,6 +247,7 @@ mod tests {
             error: None,
             would_choose: None,
             strategy_set: None,
+            route: None,
         };
         let mut out = Vec::new();
         r.encode_into(&mut out);
@@ -271,7 +274,7 @@ mod tests {
 
     #[test]
     fn a_borrowed_record_writes_what_a_record_reads() {
-        use crate::strategy::Strategy;
+        use crate::hydrus::strategy::Strategy;
         let set = StrategySet::new(
             vec![
                 Strategy {
@@ -289,6 +292,10 @@ mod tests {
         )
         .expect("valid");
         let q = QoeVector::scaled(&set, 0.5);
+        let mut extra = crate::stage::LogFields::default();
+        extra.push("external_delay_ms", crate::stage::LogValue::F64(120.5));
+        extra.push("e2e_bucket", crate::stage::LogValue::U64(2));
+        extra.push("hedge", crate::stage::LogValue::Str("hedge"));
         let r = RecordRef {
             ts_ms: 7,
             request_id: "r\"1",
@@ -307,14 +314,13 @@ mod tests {
             fallback: None,
             cluster: Some("c"),
             total_ms: Some(1.5),
-            external_delay_ms: None,
             cluster_load: Some(3),
-            e2e_bucket: None,
-            hedge: None,
             scenario_raw: Some("x\n"),
             error: None,
             would_choose: Some("s10"),
             strategy_set: Some("00ff"),
+            route: Some("rank"),
+            extra: &extra,
         };
         let mut out = Vec::new();
         r.encode_into(&mut out);
@@ -335,6 +341,15 @@ mod tests {
             (back.cluster_load, back.total_ms, back.upstream_ms),
             (Some(3), Some(1.5), None)
         );
+        assert_eq!(
+            (
+                back.external_delay_ms,
+                back.e2e_bucket,
+                back.hedge.as_deref()
+            ),
+            (Some(120.5), Some(2), Some("hedge"))
+        );
+        assert_eq!(back.route.as_deref(), Some("rank"));
         // Encoded back, the owned record is byte for byte the borrowed one.
         let mut again = Vec::new();
         back.encode_into(&mut again);

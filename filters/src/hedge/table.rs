@@ -144,6 +144,15 @@ impl Budget {
             .store((rate.clamp(0.0, 1.0) * MICRO) as u64, Ordering::Relaxed);
     }
 
+    /// Take over the tokens another budget saved (a config reload replaced it), up to this
+    /// one's burst.
+    pub fn carry_from(&self, old: &Budget) {
+        let saved = old.micro.load(Ordering::Relaxed).min(self.burst_micro);
+        self.micro.store(saved, Ordering::Relaxed);
+        self.rate_micro
+            .store(old.rate_micro.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
     /// A request arrived: earn its share.
     pub fn earn(&self) {
         let rate = self.rate_micro.load(Ordering::Relaxed);

@@ -1,0 +1,430 @@
+//! The hydrus stage: for each request, the strategy (or the default, and why), its cluster,
+//! headers and query parameters; what control would have got (shadow mode); the spend and
+//! predicted QoE counters; the k-table it reads.
+
+use super::filter::{Fallback, HydrusFilter, RequestInputs};
+use super::ktable::{KTable, DEFAULT_SCENARIO};
+use super::SCENARIO_OTHER;
+use crate::rollout::Group;
+use crate::stage::{register, Input, RequestState, Stage, Upstream, QOE, SCENARIO};
+use crate::table::{ReloadableTable, Table, TableError, TableSlot, TableSource};
+use arc_swap::ArcSwap;
+use http::{HeaderName, HeaderValue};
+use prometheus::{
+    Counter, CounterVec, GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
+use std::any::Any;
+use std::sync::Arc;
+
+/// `x-hydrus-strategy`: the strategy applied, on the upstream request.
+pub const HEADER_STRATEGY: HeaderName = HeaderName::from_static("x-hydrus-strategy");
+
+/// What applying a strategy does to the upstream request.
+#[derive(Debug, Clone)]
+pub struct StrategyAction {
+    pub cluster: usize,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub query: Vec<(String, String)>,
+    /// The strategy's name as a header value, for `x-hydrus-strategy`.
+    pub name_value: HeaderValue,
+}
+
+impl Table for KTable {
+    const WHAT: &'static str = "k-table";
+
+    fn parse_table(text: &str) -> Result<Self, TableError> {
+        KTable::parse(text).map_err(|e| TableError::Parse(e.to_string()))
+    }
+
+    fn generated_at(&self) -> Option<u64> {
+        self.generated_at_ms()
+    }
+
+    fn describe(&self) -> String {
+        format!("{} scenarios", self.scenario_names().len())
+    }
+}
+
+/// The hydrus kind's metric families.
+pub struct HydrusMetrics {
+    k: GaugeVec,
+    ktable_age: prometheus::GaugeVec,
+    ktable_loaded: IntGaugeVec,
+    ktable_reloads: IntCounterVec,
+    cost: CounterVec,
+    qoe: CounterVec,
+    qoe_requests: IntCounterVec,
+    shadow: IntCounterVec,
+}
+
+#[allow(clippy::expect_used)] // constant, valid metric definitions: checked by tests
+impl HydrusMetrics {
+    pub fn new(r: &Registry) -> Self {
+        let opts = Opts::new;
+        let spend = ["route", "group", "scenario", "decision"];
+        let m = Self {
+            k: GaugeVec::new(opts("hydrus_k", "k_t in use for the current window, by route and scenario."), &["route", "scenario"]).expect("metric"),
+            ktable_age: prometheus::GaugeVec::new(opts("hydrus_ktable_age_seconds", "Age of the running k-table."), &["route"]).expect("metric"),
+            ktable_loaded: IntGaugeVec::new(opts("hydrus_ktable_loaded", "1 when a k-table is loaded."), &["route"]).expect("metric"),
+            ktable_reloads: IntCounterVec::new(opts("hydrus_ktable_reloads_total", "k-table loads by result."), &["result"]).expect("metric"),
+            cost: CounterVec::new(opts("hydrus_cost_total", "Sum of the cost of the strategy applied (`decision=applied`), and for control requests of the one treatment would have chosen (`decision=shadow`)."), &spend).expect("metric"),
+            qoe: CounterVec::new(opts("hydrus_predicted_qoe_total", "Sum of the QoE predicted for the strategy applied (or, `decision=shadow`, the one treatment would have chosen), over requests with a QoE header."), &spend).expect("metric"),
+            qoe_requests: IntCounterVec::new(opts("hydrus_predicted_qoe_requests_total", "Requests counted in hydrus_predicted_qoe_total."), &spend).expect("metric"),
+            shadow: IntCounterVec::new(opts("hydrus_shadow_requests_total", "Control requests by the strategy treatment would have chosen (shadow mode)."), &["route", "strategy"]).expect("metric"),
+        };
+        for result in ["ok", "error"] {
+            m.ktable_reloads.with_label_values(&[result]);
+        }
+        Self {
+            k: register(r, m.k),
+            ktable_age: register(r, m.ktable_age),
+            ktable_loaded: register(r, m.ktable_loaded),
+            ktable_reloads: register(r, m.ktable_reloads),
+            cost: register(r, m.cost),
+            qoe: register(r, m.qoe),
+            qoe_requests: register(r, m.qoe_requests),
+            shadow: register(r, m.shadow),
+        }
+    }
+}
+
+/// One request's spend: its strategy's cost, and the QoE predicted for it when known.
+#[derive(Debug, Clone, Copy)]
+struct Spend {
+    cost: f64,
+    qoe: Option<f64>,
+}
+
+struct SpendCounters {
+    cost: Counter,
+    qoe: Counter,
+    qoe_requests: IntCounter,
+}
+
+impl SpendCounters {
+    fn add(&self, s: Spend) {
+        self.cost.inc_by(s.cost);
+        if let Some(q) = s.qoe {
+            self.qoe.inc_by(q);
+            self.qoe_requests.inc();
+        }
+    }
+}
+
+/// Handles resolved for one (config, k-table) generation: the request path never hashes
+/// label values.
+pub struct HydrusHandles {
+    /// Scenario labels by slot: the declared scenarios, `default` and `other`.
+    pub labels: Vec<String>,
+    default_slot: usize,
+    other_slot: usize,
+    /// `[group][slot][applied, shadow]`, flattened.
+    spend: Vec<SpendCounters>,
+    shadow: Vec<IntCounter>,
+    fallbacks: Vec<IntCounter>,
+}
+
+impl HydrusHandles {
+    /// The label slot of a scenario header's value (none: `default`); an undeclared one is
+    /// `other`, so labels stay bounded whatever clients send.
+    pub fn scenario_slot(&self, scenario: Option<&[u8]>, declared: bool) -> usize {
+        match scenario {
+            None => self.default_slot,
+            Some(_) if !declared => self.other_slot,
+            Some(name) => self
+                .labels
+                .iter()
+                .position(|l| l.as_bytes() == name)
+                .unwrap_or(self.other_slot),
+        }
+    }
+}
+
+/// The scenario labels for a declared list (or a k-table's rows), with `default` and `other`.
+pub fn scenario_labels(declared: &[String]) -> Vec<String> {
+    let mut labels: Vec<String> = declared.to_vec();
+    for extra in [DEFAULT_SCENARIO, SCENARIO_OTHER] {
+        if !labels.iter().any(|l| l == extra) {
+            labels.push(extra.to_string());
+        }
+    }
+    labels
+}
+
+/// The hydrus stage of one route.
+pub struct HydrusStage {
+    pub filter: HydrusFilter,
+    pub actions: Vec<StrategyAction>,
+    pub ktable: Arc<TableSlot<KTable>>,
+    owned_headers: Vec<HeaderName>,
+    owned_query: Vec<String>,
+    route: String,
+    metrics: HydrusMetricsRef,
+    fallback_family: IntCounterVec,
+    handles: ArcSwap<HydrusHandles>,
+}
+
+/// The families a stage keeps (cloned handles to the registered families).
+struct HydrusMetricsRef {
+    k: GaugeVec,
+    ktable_age: prometheus::Gauge,
+    ktable_loaded: prometheus::IntGauge,
+    cost: CounterVec,
+    qoe: CounterVec,
+    qoe_requests: IntCounterVec,
+    shadow: IntCounterVec,
+}
+
+impl HydrusStage {
+    pub fn new(
+        filter: HydrusFilter,
+        actions: Vec<StrategyAction>,
+        ktable: TableSource,
+        m: &HydrusMetrics,
+        fallbacks: &IntCounterVec,
+        route: &str,
+    ) -> Self {
+        let mut owned_headers: Vec<HeaderName> = Vec::new();
+        let mut owned_query: Vec<String> = Vec::new();
+        for a in &actions {
+            for (name, _) in &a.headers {
+                if !owned_headers.contains(name) {
+                    owned_headers.push(name.clone());
+                }
+            }
+            for (k, _) in &a.query {
+                if !owned_query.contains(k) {
+                    owned_query.push(k.clone());
+                }
+            }
+        }
+        let reloads = [
+            m.ktable_reloads.with_label_values(&["ok"]),
+            m.ktable_reloads.with_label_values(&["error"]),
+        ];
+        let refs = HydrusMetricsRef {
+            k: m.k.clone(),
+            ktable_age: m.ktable_age.with_label_values(&[route]),
+            ktable_loaded: m.ktable_loaded.with_label_values(&[route]),
+            cost: m.cost.clone(),
+            qoe: m.qoe.clone(),
+            qoe_requests: m.qoe_requests.clone(),
+            shadow: m.shadow.clone(),
+        };
+        let stage = Self {
+            filter,
+            actions,
+            ktable: Arc::new(TableSlot::new(ktable, reloads)),
+            owned_headers,
+            owned_query,
+            route: route.to_string(),
+            handles: ArcSwap::from_pointee(HydrusHandles {
+                labels: Vec::new(),
+                default_slot: 0,
+                other_slot: 0,
+                spend: Vec::new(),
+                shadow: Vec::new(),
+                fallbacks: Vec::new(),
+            }),
+            metrics: refs,
+            fallback_family: fallbacks.clone(),
+        };
+        stage.rebuild_handles();
+        stage
+    }
+
+    /// The strategy names, in config order.
+    pub fn strategy_names(&self) -> Vec<String> {
+        self.filter
+            .strategies
+            .strategies()
+            .iter()
+            .map(|s| s.name.clone())
+            .collect()
+    }
+
+    /// The declared scenarios: the config's list, else the k-table's rows.
+    pub fn declared_scenarios(&self) -> Vec<String> {
+        match &self.filter.scenarios {
+            Some(list) => list.clone(),
+            None => self
+                .ktable
+                .get()
+                .map(|k| k.table.scenario_names().to_vec())
+                .unwrap_or_default(),
+        }
+    }
+
+    pub fn handles(&self) -> Arc<HydrusHandles> {
+        self.handles.load_full()
+    }
+
+    fn rebuild_handles(&self) {
+        let labels = scenario_labels(&self.declared_scenarios());
+        let m = &self.metrics;
+        let groups = [Group::Treatment, Group::Control];
+        let route = self.route.as_str();
+        let spend = groups
+            .iter()
+            .flat_map(|g| labels.iter().map(move |l| (g, l)))
+            .flat_map(|(g, l)| {
+                ["applied", "shadow"].map(|d| {
+                    let v = [route, g.as_str(), l.as_str(), d];
+                    SpendCounters {
+                        cost: m.cost.with_label_values(&v),
+                        qoe: m.qoe.with_label_values(&v),
+                        qoe_requests: m.qoe_requests.with_label_values(&v),
+                    }
+                })
+            })
+            .collect();
+        let position = |x: &str| labels.iter().position(|l| l == x).unwrap_or(0);
+        self.handles.store(Arc::new(HydrusHandles {
+            default_slot: position(DEFAULT_SCENARIO),
+            other_slot: position(SCENARIO_OTHER),
+            spend,
+            shadow: self
+                .strategy_names()
+                .iter()
+                .map(|s| m.shadow.with_label_values(&[route, s.as_str()]))
+                .collect(),
+            fallbacks: Fallback::ALL_REASONS
+                .iter()
+                .map(|r| self.fallback_family.with_label_values(&[route, r]))
+                .collect(),
+            labels,
+        }));
+    }
+
+    fn spend_of(&self, j: usize, d: &super::Decision) -> Spend {
+        Spend {
+            cost: self.filter.strategies.get(j).map_or(0.0, |s| s.cost),
+            qoe: d.qoe.as_ref().and_then(|q| q.get(j)),
+        }
+    }
+}
+
+impl Stage for HydrusStage {
+    fn kind(&self) -> &'static str {
+        "hydrus"
+    }
+
+    fn decide(&self, input: &Input<'_>, state: &mut RequestState) {
+        let ktable = self.ktable.get();
+        let inputs = RequestInputs {
+            qoe: input.id(QOE),
+            scenario: input.id(SCENARIO),
+            now_ms: input.now_ms,
+        };
+        let stale = ktable
+            .as_ref()
+            .is_some_and(|k| k.stale(self.ktable.source.max_age, input.now_ms));
+        let d = self.filter.decide(
+            state.group,
+            &inputs,
+            ktable.as_ref().map(|k| &k.table),
+            stale,
+        );
+        if let Some(f) = d.fallback {
+            let h = self.handles.load();
+            if let Some(i) = Fallback::ALL_REASONS.iter().position(|r| *r == f.reason()) {
+                if let Some(c) = h.fallbacks.get(i) {
+                    c.inc();
+                }
+            }
+            state.fell_back(f.reason());
+        }
+        if let Some(a) = self.actions.get(d.strategy) {
+            state.cluster = a.cluster;
+        }
+        state.scenario_slot = Some(
+            self.handles
+                .load()
+                .scenario_slot(input.id(SCENARIO), d.scenario_declared),
+        );
+        state.decision = Some(d);
+    }
+
+    fn edit_upstream(&self, state: &RequestState, up: &mut dyn Upstream) {
+        let Some(a) = state
+            .decision
+            .as_ref()
+            .and_then(|d| self.actions.get(d.strategy))
+        else {
+            return;
+        };
+        up.set_header(&HEADER_STRATEGY, a.name_value.clone());
+        for (name, value) in &a.headers {
+            up.set_header(name, value.clone());
+        }
+        up.set_query(&a.query);
+    }
+
+    fn owned_headers(&self) -> &[HeaderName] {
+        &self.owned_headers
+    }
+
+    fn owned_query_keys(&self) -> &[String] {
+        &self.owned_query
+    }
+
+    fn tables(&self) -> Vec<Arc<dyn ReloadableTable>> {
+        vec![self.ktable.clone()]
+    }
+
+    fn tables_changed(&self) {
+        self.rebuild_handles();
+    }
+
+    fn adopt(&self, old: &dyn Stage) {
+        if let Some(old) = old.as_any().downcast_ref::<HydrusStage>() {
+            self.ktable.adopt(&old.ktable);
+            self.rebuild_handles();
+        }
+    }
+
+    fn done(&self, state: &RequestState, _status: u16) {
+        let (Some(d), Some(scenario_slot)) = (state.decision.as_ref(), state.scenario_slot) else {
+            return;
+        };
+        let h = self.handles.load();
+        let at =
+            |decision: usize| (state.group.index() * h.labels.len() + scenario_slot) * 2 + decision;
+        if let Some(s) = h.spend.get(at(0)) {
+            s.add(self.spend_of(d.strategy, d));
+        }
+        if let Some(j) = d.would_choose {
+            if let Some(s) = h.spend.get(at(1)) {
+                s.add(self.spend_of(j, d));
+            }
+            if let Some(c) = h.shadow.get(j) {
+                c.inc();
+            }
+        }
+    }
+
+    fn refresh_gauges(&self, now_ms: u64) {
+        let m = &self.metrics;
+        match self.ktable.get() {
+            Some(k) => {
+                m.ktable_loaded.set(1);
+                m.ktable_age.set(k.age(now_ms).as_secs_f64());
+                let w = k.table.window_of(now_ms);
+                for (i, name) in k.table.scenario_names().iter().enumerate() {
+                    if let Some(v) = k.table.k(i, w) {
+                        m.k.with_label_values(&[self.route.as_str(), name.as_str()])
+                            .set(v);
+                    }
+                }
+            }
+            None => {
+                m.ktable_loaded.set(0);
+                m.ktable_age.set(0.0);
+            }
+        }
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}

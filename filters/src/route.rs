@@ -1,0 +1,509 @@
+//! Routes: which requests a chain of stages runs on. A config lists routes in order; a request
+//! takes the first whose match (path exact or prefix, methods, a header's presence) it
+//! satisfies, and that route's stages run on it in YAML order. Plain data: the edge hands in
+//! the method, path and headers.
+
+use crate::hydrus::HydrusStage;
+use crate::stage::{CompileCtx, Input, Problems, RequestState, Stage, StageKind, Upstream};
+use crate::table::ReloadableTable;
+use http::{HeaderMap, HeaderName, Method};
+use serde::{Deserialize, Serialize};
+use std::any::Any;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Most routes a config may have (each labels metric series).
+pub const MAX_ROUTES: usize = 64;
+
+/// One `routes:` entry as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// A metric label and log field: 1-64 letters, digits, `_`, `-` or `.`.
+    pub name: String,
+    /// Which requests take this route; none: every request.
+    #[serde(default, rename = "match")]
+    pub matches: MatchConfig,
+    /// The upstream cluster (a stage may pick another).
+    pub cluster: String,
+    /// The stages, in the order they run: each a one-key map, `- rollout: {...}`.
+    #[serde(default)]
+    pub filters: Vec<serde_yaml::Value>,
+}
+
+/// A route's match, as written; every condition given must hold.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    /// The request path (without the query) is exactly this.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// The request path starts with this (a plain prefix, as Envoy's `prefix`: `/rank` also
+    /// takes `/ranking`; write `/rank/` for the folder).
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// The method is one of these; none: any.
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+    /// The request carries this header (any value).
+    #[serde(default)]
+    pub header: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum PathMatch {
+    Exact(String),
+    Prefix(String),
+}
+
+/// A route's match, compiled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Matcher {
+    path: PathMatch,
+    methods: Option<Vec<Method>>,
+    header: Option<HeaderName>,
+}
+
+impl Matcher {
+    /// Every request.
+    pub fn any() -> Self {
+        Self {
+            path: PathMatch::Prefix("/".into()),
+            methods: None,
+            header: None,
+        }
+    }
+
+    /// Whether a request takes this route.
+    pub fn matches(&self, method: &Method, path: &str, headers: &HeaderMap) -> bool {
+        let path_ok = match &self.path {
+            PathMatch::Exact(p) => path == p,
+            PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+        };
+        path_ok
+            && self.methods.as_ref().is_none_or(|m| m.contains(method))
+            && self.header.as_ref().is_none_or(|h| headers.contains_key(h))
+    }
+
+    /// Whether every request `later` matches is matched by this one (so `later`, after it, is
+    /// never reached).
+    pub fn covers(&self, later: &Matcher) -> bool {
+        let path = match (&self.path, &later.path) {
+            (PathMatch::Prefix(a), PathMatch::Prefix(b) | PathMatch::Exact(b)) => {
+                b.starts_with(a.as_str())
+            }
+            (PathMatch::Exact(a), PathMatch::Exact(b)) => a == b,
+            (PathMatch::Exact(_), PathMatch::Prefix(_)) => false,
+        };
+        let methods = match (&self.methods, &later.methods) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(a), Some(b)) => b.iter().all(|m| a.contains(m)),
+        };
+        let header = self.header.is_none() || self.header == later.header;
+        path && methods && header
+    }
+
+    /// Compile; problems at `field` (`routes[0].match`).
+    pub fn compile(m: &MatchConfig, field: &str, problems: &mut Problems) -> Option<Self> {
+        let before = problems.count();
+        let path = match (&m.path, &m.path_prefix) {
+            (Some(p), None) => PathMatch::Exact(p.clone()),
+            (None, Some(p)) => PathMatch::Prefix(p.clone()),
+            (None, None) => PathMatch::Prefix("/".into()),
+            (Some(_), Some(_)) => {
+                problems.error(field, "name at most one of `path` or `path_prefix`");
+                PathMatch::Prefix("/".into())
+            }
+        };
+        let (PathMatch::Exact(p) | PathMatch::Prefix(p)) = &path;
+        if !p.starts_with('/') {
+            let which = if m.path.is_some() {
+                "path"
+            } else {
+                "path_prefix"
+            };
+            problems.error(
+                format!("{field}.{which}"),
+                format!("`{p}` must start with /"),
+            );
+        }
+        let methods = m.methods.as_ref().map(|list| {
+            if list.is_empty() {
+                problems.error(format!("{field}.methods"), "list at least one method");
+            }
+            list.iter()
+                .enumerate()
+                .filter_map(|(i, name)| match Method::from_bytes(name.as_bytes()) {
+                    Ok(m) if name.bytes().all(|b| b.is_ascii_uppercase()) => Some(m),
+                    _ => {
+                        problems.error(
+                            format!("{field}.methods[{i}]"),
+                            format!("`{name}` is not a method (write it in capitals: GET, POST)"),
+                        );
+                        None
+                    }
+                })
+                .collect()
+        });
+        let header = m
+            .header
+            .as_ref()
+            .and_then(|h| problems.header_name(&format!("{field}.header"), h));
+        (problems.count() == before).then_some(Self {
+            path,
+            methods,
+            header,
+        })
+    }
+}
+
+/// A route's stages, in YAML order, and what they own of the upstream request.
+pub struct Chain {
+    pub stages: Vec<Arc<dyn Stage>>,
+    /// Every header and query key a stage sets: removed from what the client sent.
+    pub owned_headers: Vec<HeaderName>,
+    pub owned_query: Vec<String>,
+    hydrus: Option<usize>,
+    log: Option<usize>,
+    hedge: Option<usize>,
+}
+
+impl Chain {
+    pub fn new(stages: Vec<Arc<dyn Stage>>) -> Self {
+        let mut owned_headers: Vec<HeaderName> = Vec::new();
+        let mut owned_query: Vec<String> = Vec::new();
+        for s in &stages {
+            for h in s.owned_headers() {
+                if !owned_headers.contains(h) {
+                    owned_headers.push(h.clone());
+                }
+            }
+            for q in s.owned_query_keys() {
+                if !owned_query.contains(q) {
+                    owned_query.push(q.clone());
+                }
+            }
+        }
+        let at = |kind: &str| stages.iter().position(|s| s.kind() == kind);
+        Self {
+            hydrus: at("hydrus"),
+            log: at("log"),
+            hedge: at("hedge"),
+            owned_headers,
+            owned_query,
+            stages,
+        }
+    }
+
+    /// Run the stages in order.
+    pub fn decide(&self, input: &Input<'_>, state: &mut RequestState) {
+        for s in &self.stages {
+            s.decide(input, state);
+        }
+    }
+
+    pub fn edit_upstream(&self, state: &RequestState, up: &mut dyn Upstream) {
+        for s in &self.stages {
+            s.edit_upstream(state, up);
+        }
+    }
+
+    pub fn done(&self, state: &RequestState, status: u16) {
+        for s in &self.stages {
+            s.done(state, status);
+        }
+    }
+
+    pub fn tables(&self) -> Vec<Arc<dyn ReloadableTable>> {
+        self.stages.iter().flat_map(|s| s.tables()).collect()
+    }
+
+    pub fn tables_changed(&self) {
+        for s in &self.stages {
+            s.tables_changed();
+        }
+    }
+
+    pub fn refresh_gauges(&self, now_ms: u64) {
+        for s in &self.stages {
+            s.refresh_gauges(now_ms);
+        }
+    }
+
+    /// Take over what the same kind of stage of an older chain (the same route, before a
+    /// config reload) loaded.
+    pub fn adopt(&self, old: &Chain) {
+        for s in &self.stages {
+            if let Some(o) = old.stages.iter().find(|o| o.kind() == s.kind()) {
+                s.adopt(o.as_ref());
+            }
+        }
+    }
+
+    fn typed<T: Any>(&self, at: Option<usize>) -> Option<&T> {
+        at.and_then(|i| self.stages.get(i))
+            .and_then(|s| s.as_any().downcast_ref::<T>())
+    }
+
+    pub fn hydrus(&self) -> Option<&HydrusStage> {
+        self.typed(self.hydrus)
+    }
+
+    pub fn e2e(&self) -> Option<&crate::e2e::E2eStage> {
+        self.stages
+            .iter()
+            .find_map(|s| s.as_any().downcast_ref::<crate::e2e::E2eStage>())
+    }
+
+    pub fn hedge(&self) -> Option<&crate::hedge::HedgeStage> {
+        self.typed(self.hedge)
+    }
+
+    pub fn log(&self) -> Option<&crate::log::LogStage> {
+        self.typed(self.log)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.stages.is_empty()
+    }
+}
+
+/// A route, compiled.
+pub struct Route {
+    pub name: String,
+    pub matcher: Matcher,
+    pub cluster: usize,
+    pub chain: Chain,
+}
+
+/// What compiling routes needs from the config around them.
+pub struct RouteEnv<'a> {
+    pub file: &'a Path,
+    pub cluster_names: &'a [String],
+    pub identity: &'a [HeaderName; 5],
+    /// Every kind, with its registered metric families.
+    pub kinds: &'a [(&'static dyn StageKind, Arc<dyn Any + Send + Sync>)],
+    pub fallbacks: &'a prometheus::IntCounterVec,
+}
+
+impl RouteEnv<'_> {
+    fn cluster_index(&self, name: &str) -> Option<usize> {
+        self.cluster_names.iter().position(|c| c == name)
+    }
+}
+
+/// A route name is a metric label: short and plain.
+fn name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// Compile one route; `field` is its path (`routes[0]`, or `` for the old single-route shape,
+/// whose `filters` and `route.cluster` are at the top level).
+pub fn compile_route(
+    rc: &RouteConfig,
+    field: &str,
+    cluster_field: &str,
+    env: &RouteEnv<'_>,
+    problems: &mut Problems,
+) -> Option<Route> {
+    let before = problems.count();
+    let at = |sub: &str| {
+        if field.is_empty() {
+            sub.to_string()
+        } else {
+            format!("{field}.{sub}")
+        }
+    };
+    if !name_ok(&rc.name) {
+        problems.error(
+            at("name"),
+            format!("`{}`: use 1-64 letters, digits, `_`, `-` or `.`", rc.name),
+        );
+    }
+    let matcher = Matcher::compile(&rc.matches, &at("match"), problems);
+    let cluster = env.cluster_index(&rc.cluster).unwrap_or_else(|| {
+        problems.error(cluster_field, format!("no cluster named `{}`", rc.cluster));
+        0
+    });
+    let stages = compile_chain(
+        &rc.filters,
+        &at("filters"),
+        &rc.name,
+        cluster,
+        env,
+        problems,
+    );
+    if problems.count() > before {
+        return None;
+    }
+    Some(Route {
+        name: rc.name.clone(),
+        matcher: matcher?,
+        cluster,
+        chain: Chain::new(stages),
+    })
+}
+
+/// Compile a chain's entries in order: each a one-key map naming a kind.
+fn compile_chain(
+    entries: &[serde_yaml::Value],
+    field: &str,
+    route: &str,
+    route_cluster: usize,
+    env: &RouteEnv<'_>,
+    problems: &mut Problems,
+) -> Vec<Arc<dyn Stage>> {
+    let mut stages: Vec<Arc<dyn Stage>> = Vec::new();
+    let mut seen: Vec<&'static str> = Vec::new();
+    let mut strategies: Option<Vec<String>> = None;
+    for (i, entry) in entries.iter().enumerate() {
+        let Some((kind, metrics, section)) =
+            entry_kind(entry, &format!("{field}[{i}]"), env, problems)
+        else {
+            continue;
+        };
+        let at = format!("{field}[{i}].{}", kind.name());
+        if seen.contains(&kind.name()) {
+            problems.error(
+                &at,
+                format!("a second `{}` filter; each may appear once", kind.name()),
+            );
+            continue;
+        }
+        let mut cx = CompileCtx {
+            field: at,
+            route,
+            file: env.file,
+            cluster_index: &|n| env.cluster_index(n),
+            route_cluster,
+            cluster_names: env.cluster_names,
+            strategies: strategies.as_deref(),
+            identity: env.identity,
+            before: &seen,
+            metrics: metrics.as_ref(),
+            fallbacks: env.fallbacks,
+            problems,
+        };
+        if let Some(stage) = kind.compile(section, &mut cx) {
+            if let Some(h) = stage.as_any().downcast_ref::<HydrusStage>() {
+                strategies = Some(h.strategy_names());
+            }
+            stages.push(stage);
+        }
+        seen.push(kind.name());
+    }
+    stages
+}
+
+type KindEntry<'e> = (
+    &'static dyn StageKind,
+    &'e Arc<dyn Any + Send + Sync>,
+    &'e serde_yaml::Value,
+);
+
+/// The kind and section of a chain entry (`- hydrus: {...}`).
+fn entry_kind<'e>(
+    entry: &'e serde_yaml::Value,
+    field: &str,
+    env: &'e RouteEnv<'_>,
+    problems: &mut Problems,
+) -> Option<KindEntry<'e>> {
+    let names = || {
+        env.kinds
+            .iter()
+            .map(|(k, _)| k.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let one = entry.as_mapping().filter(|m| m.len() == 1);
+    let Some((key, section)) = one.and_then(|m| m.iter().next()) else {
+        problems.error(
+            field,
+            format!("each filter is a map with one key, the kind: {}", names()),
+        );
+        return None;
+    };
+    let name = key.as_str().unwrap_or_default();
+    match env.kinds.iter().find(|(k, _)| k.name() == name) {
+        Some((k, m)) => Some((*k, m, section)),
+        None => {
+            problems.error(
+                format!("{field}.{name}"),
+                format!("unknown filter `{name}`, expected one of {}", names()),
+            );
+            None
+        }
+    }
+}
+
+/// Routes that can never be reached: an earlier route takes every request they match.
+pub fn shadowed(routes: &[(usize, &Route)]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    for (j, (_, later)) in routes.iter().enumerate() {
+        if let Some((i, _)) = routes[..j]
+            .iter()
+            .enumerate()
+            .find(|(_, (_, earlier))| earlier.matcher.covers(&later.matcher))
+        {
+            out.push((routes[i].0, routes[j].0));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matcher(yaml: &str) -> Matcher {
+        let m: MatchConfig = serde_yaml::from_str(yaml).expect("yaml");
+        let mut p = Problems::default();
+        Matcher::compile(&m, "match", &mut p).expect("valid")
+    }
+
+    #[test]
+    fn matches_path_method_and_header() {
+        let h = HeaderMap::new();
+        let mut with = HeaderMap::new();
+        with.insert("x-canary", http::HeaderValue::from_static("1"));
+        let rank = matcher("{path_prefix: /rank, methods: [GET, POST]}");
+        assert!(rank.matches(&Method::GET, "/rank", &h));
+        assert!(rank.matches(&Method::POST, "/ranking/x", &h));
+        assert!(!rank.matches(&Method::PUT, "/rank", &h));
+        assert!(!rank.matches(&Method::GET, "/health", &h));
+        let exact = matcher("{path: /health, header: x-canary}");
+        assert!(exact.matches(&Method::GET, "/health", &with));
+        assert!(!exact.matches(&Method::GET, "/health", &h));
+        assert!(!exact.matches(&Method::GET, "/health/x", &with));
+        assert!(Matcher::any().matches(&Method::DELETE, "/anything", &h));
+    }
+
+    #[test]
+    fn covers_means_the_later_route_is_never_reached() {
+        let all = Matcher::any();
+        let rank = matcher("{path_prefix: /rank}");
+        let rank_get = matcher("{path: /rank/a, methods: [GET]}");
+        let canary = matcher("{path_prefix: /rank, header: x-canary}");
+        assert!(all.covers(&rank));
+        assert!(rank.covers(&rank_get));
+        assert!(!rank_get.covers(&rank));
+        assert!(!canary.covers(&rank));
+        assert!(rank.covers(&canary));
+    }
+
+    #[test]
+    fn bad_matches_are_named() {
+        let m: MatchConfig =
+            serde_yaml::from_str("{path: rank, path_prefix: /x, methods: [get]}").expect("yaml");
+        let mut p = Problems::default();
+        assert!(Matcher::compile(&m, "routes[0].match", &mut p).is_none());
+        let fields: Vec<&str> = p.errors.iter().map(|e| e.0.as_str()).collect();
+        assert!(fields.contains(&"routes[0].match"), "{fields:?}");
+        assert!(fields.contains(&"routes[0].match.methods[0]"), "{fields:?}");
+    }
+}

@@ -1,0 +1,219 @@
+//! Hot-reloaded tables (the k-table, E2E's decision table, the hedge table): where a table
+//! comes from, the one loaded, and the slot a stage reads it from. One reload loop (in the
+//! edge) watches every stage's [`ReloadableTable`]s, whatever they are.
+
+use arc_swap::ArcSwapOption;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A table's source as written in a stage's section (`ktable:`, `table:`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableSourceConfig {
+    /// A file, reloaded when it changes (relative to the config file).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Or an `http://` URL, polled with `If-None-Match`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// How often the URL (or, as a backstop to file events, the file) is checked.
+    #[serde(default = "default_poll", with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// A table older than this (by its `generated_at_ms`, else the file's or response's
+    /// modification time) is stale.
+    #[serde(default, with = "humantime_serde")]
+    pub max_age: Option<Duration>,
+}
+
+fn default_poll() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// A table's source, checked, with relative paths resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableSource {
+    pub path: Option<PathBuf>,
+    pub url: Option<String>,
+    pub poll_interval: Duration,
+    pub max_age: Option<Duration>,
+}
+
+impl TableSourceConfig {
+    /// Check and resolve (problems at `field` in `cx`).
+    pub fn compile(&self, cx: &mut crate::stage::CompileCtx<'_>, field: &str) -> TableSource {
+        match (&self.path, &self.url) {
+            (Some(_), None) => {}
+            (None, Some(u)) => {
+                if !u.starts_with("http://") {
+                    cx.error(&format!("{field}.url"), "only http:// URLs are supported");
+                }
+            }
+            _ => cx.error(field, "name exactly one of `path` or `url`"),
+        }
+        let poll = cx.sub(&format!("{field}.poll_interval"));
+        cx.problems.duration_positive(&poll, self.poll_interval);
+        if let Some(a) = self.max_age {
+            let f = cx.sub(&format!("{field}.max_age"));
+            cx.problems.duration_positive(&f, a);
+        }
+        TableSource {
+            path: self.path.as_ref().map(|p| cx.path(p)),
+            url: self.url.clone(),
+            poll_interval: self.poll_interval,
+            max_age: self.max_age,
+        }
+    }
+}
+
+/// A loaded table and what is known of its age.
+#[derive(Debug)]
+pub struct Loaded<T> {
+    pub table: T,
+    /// Where it came from: a path or URL.
+    pub source: String,
+    /// When this proxy loaded it (Unix ms).
+    pub loaded_at_ms: u64,
+    /// When it was made (Unix ms): its `generated_at_ms`, else the file's modification time or
+    /// the response's `Last-Modified`, else when it was loaded.
+    pub made_at_ms: u64,
+}
+
+impl<T> Loaded<T> {
+    /// Whether it is older than `max_age` (never, without one).
+    pub fn stale(&self, max_age: Option<Duration>, now_ms: u64) -> bool {
+        max_age.is_some_and(|max| self.age(now_ms) > max)
+    }
+
+    pub fn age(&self, now_ms: u64) -> Duration {
+        Duration::from_millis(now_ms.saturating_sub(self.made_at_ms))
+    }
+}
+
+/// Why a table was refused (the running one stays).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TableError {
+    /// It does not parse, or breaks the table format's rules.
+    #[error("{0}")]
+    Parse(String),
+    /// It does not fit the running config (e.g. other replica groups).
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+/// A kind of table.
+pub trait Table: Sized + Send + Sync + 'static {
+    /// What it is called in logs (`k-table`).
+    const WHAT: &'static str;
+    fn parse_table(text: &str) -> Result<Self, TableError>;
+    fn generated_at(&self) -> Option<u64>;
+    /// A short description for the log (`3 scenarios`).
+    fn describe(&self) -> String;
+}
+
+/// Something that checks a freshly parsed table against the running config.
+pub type TableCheck<T> = Box<dyn Fn(&T) -> Result<(), TableError> + Send + Sync>;
+
+/// The table a stage reads: swapped whole on reload, so a request sees one snapshot.
+pub struct TableSlot<T: Table> {
+    pub source: TableSource,
+    current: ArcSwapOption<Loaded<T>>,
+    check: Option<TableCheck<T>>,
+    /// `ok` / `error` loads, for `hydrus_..._reloads_total`.
+    pub reloads: [prometheus::IntCounter; 2],
+}
+
+impl<T: Table> TableSlot<T> {
+    pub fn new(source: TableSource, reloads: [prometheus::IntCounter; 2]) -> Self {
+        Self {
+            source,
+            current: ArcSwapOption::empty(),
+            check: None,
+            reloads,
+        }
+    }
+
+    pub fn with_check(mut self, check: TableCheck<T>) -> Self {
+        self.check = Some(check);
+        self
+    }
+
+    pub fn get(&self) -> Option<Arc<Loaded<T>>> {
+        self.current.load_full()
+    }
+
+    pub fn set(&self, t: Option<Loaded<T>>) {
+        self.current.store(t.map(Arc::new));
+    }
+
+    /// Take over another slot's table (same kind, same source: a config reload kept it).
+    pub fn adopt(&self, old: &TableSlot<T>) {
+        if old.source == self.source {
+            self.current.store(old.current.load_full());
+        }
+    }
+}
+
+/// A table slot as the reload loop sees it, whatever its kind.
+pub trait ReloadableTable: Send + Sync {
+    fn what(&self) -> &'static str;
+    fn source(&self) -> &TableSource;
+    fn is_loaded(&self) -> bool;
+    /// Parse and install new text; `Ok` with a description, or why not (the running one stays).
+    fn install(
+        &self,
+        text: &str,
+        from: String,
+        modified_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Result<String, TableError>;
+    /// The source changed: forget what came from the old one.
+    fn clear(&self);
+    /// Count a load (`ok`) or a refused one.
+    fn counted(&self, ok: bool);
+}
+
+impl<T: Table> ReloadableTable for TableSlot<T> {
+    fn what(&self) -> &'static str {
+        T::WHAT
+    }
+
+    fn source(&self) -> &TableSource {
+        &self.source
+    }
+
+    fn is_loaded(&self) -> bool {
+        self.current.load().is_some()
+    }
+
+    fn install(
+        &self,
+        text: &str,
+        from: String,
+        modified_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Result<String, TableError> {
+        let table = T::parse_table(text)?;
+        if let Some(check) = &self.check {
+            check(&table)?;
+        }
+        let describe = table.describe();
+        let made = table.generated_at().or(modified_ms).unwrap_or(now_ms);
+        self.set(Some(Loaded {
+            table,
+            source: from,
+            loaded_at_ms: now_ms,
+            made_at_ms: made,
+        }));
+        Ok(describe)
+    }
+
+    fn clear(&self) {
+        self.set(None);
+    }
+
+    fn counted(&self, ok: bool) {
+        self.reloads[usize::from(!ok)].inc();
+    }
+}

@@ -1,0 +1,63 @@
+//! `hydrus check`: the config as `serve` would load it, and every table it names: problems
+//! with their place, warnings, and whether each k-table fits the strategies it will serve.
+
+use crate::config::{self, Running};
+use crate::metrics::Metrics;
+use crate::state::now_ms;
+use std::path::Path;
+
+/// What `hydrus check` found: errors (the config does not load) or the warnings to print.
+pub fn check(file: &Path) -> Result<Vec<String>, config::ConfigErrors> {
+    // Stages register their metric families in a registry of their own.
+    let running = config::load(file, &Metrics::new())?;
+    let mut warnings: Vec<String> = running.warnings.iter().map(|w| w.to_string()).collect();
+    warnings.extend(table_warnings(&running));
+    Ok(warnings)
+}
+
+/// Load every table file the stages name. Not fatal: `serve` starts and falls back until a
+/// table loads.
+fn table_warnings(running: &Running) -> Vec<String> {
+    let mut out = Vec::new();
+    for route in &running.routes {
+        for table in route.route.chain.tables() {
+            let Some(path) = table.source().path.clone() else {
+                continue;
+            };
+            let loaded = std::fs::read_to_string(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|text| {
+                    table
+                        .install(&text, path.display().to_string(), None, now_ms())
+                        .map_err(|e| e.to_string())
+                });
+            if let Err(e) = loaded {
+                out.push(format!(
+                    "{} {}: {e} (route `{}` falls back until one loads)",
+                    table.what(),
+                    path.display(),
+                    route.name()
+                ));
+            }
+        }
+        let Some(h) = route.route.chain.hydrus() else {
+            continue;
+        };
+        let (Some(k), Some(path)) = (h.ktable.get(), h.ktable.source.path.as_ref()) else {
+            continue;
+        };
+        let ours = &h.filter.fingerprint;
+        match k.table.strategy_set() {
+            Some(fp) if fp != ours => out.push(format!(
+                "k-table {}: solved for strategy set {fp}, but this config's is {ours}: treatment requests fall back (ktable_mismatch) until `hydrus solve` writes a table from logs of these strategies",
+                path.display()
+            )),
+            Some(_) => {}
+            None => out.push(format!(
+                "k-table {}: does not say which strategy set it was solved for (strategy_set); it is used as if it were this config's ({ours})",
+                path.display()
+            )),
+        }
+    }
+    out
+}

@@ -1,0 +1,261 @@
+//! The YAML configuration: what users write ([`Config`]), how it is checked, and the compiled
+//! form the proxy runs on ([`Running`]), swapped whole on every reload.
+//!
+//! - [`settings`]: the process-wide sections, and [`StartOnly`].
+//! - [`clusters`]: upstream clusters.
+//! - [`routes`]: routes and their chains of stages (each stage's own section is compiled by
+//!   its kind, in `hydrus-filters`).
+//! - [`errors`], [`locate`]: problems named by file, line, column and field.
+//!
+//! Unknown fields are errors.
+
+pub mod clusters;
+pub mod errors;
+pub mod locate;
+pub mod routes;
+pub mod settings;
+
+pub use crate::cluster::{Cluster, ClusterConfig};
+pub use errors::{ConfigError, ConfigErrors};
+pub use routes::{LegacyRouteConfig, RouteHandles, RouteRuntime, DEFAULT_ROUTE};
+pub use settings::{
+    AdminConfig, DemoConfig, HeaderNames, LimitsConfig, ServerSettings, ShutdownConfig, StartOnly,
+};
+
+use crate::metrics::Metrics;
+use errors::Checker;
+use http::HeaderName;
+use hydrus_filters::route::RouteConfig;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The configuration file as written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the proxy listens, `IP:PORT`.
+    pub listen: String,
+    /// Worker threads of the proxy; default: the number of CPUs.
+    #[serde(default)]
+    pub threads: Option<usize>,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// A built-in demo ranking service, so that a fresh checkout answers curl at once.
+    #[serde(default)]
+    pub demo_upstream: Option<DemoConfig>,
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+    /// Protection of the proxy's listener: connections, idle and header deadlines, sizes.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// pingora's runtime settings (start-only).
+    #[serde(default)]
+    pub server: ServerSettings,
+    /// Upstream clusters by name.
+    pub clusters: BTreeMap<String, ClusterConfig>,
+    /// The identity headers hydrus reads.
+    #[serde(default)]
+    pub headers: HeaderNames,
+    /// The routes, matched in order; each with its cluster and chain of filters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes: Option<Vec<RouteConfig>>,
+    /// The single-route shape: one catch-all route to this cluster, running `filters`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<LegacyRouteConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filters: Option<Vec<serde_yaml::Value>>,
+}
+
+/// The running configuration: everything a request needs, checked and compiled once.
+pub struct Running {
+    pub file: PathBuf,
+    pub source: Config,
+    /// What takes effect only at start.
+    pub start: StartOnly,
+    pub limits: LimitsConfig,
+    pub clusters: Vec<Arc<Cluster>>,
+    /// The identity headers (user id, device id, request id, QoE, scenario), in the order of
+    /// `hydrus_filters::stage::USER_ID` ...
+    pub identity: [HeaderName; 5],
+    pub routes: Vec<Arc<RouteRuntime>>,
+    /// Warnings that do not stop the config from loading (`hydrus check` prints them).
+    pub warnings: Vec<ConfigError>,
+}
+
+impl Running {
+    pub fn cluster_index(&self, name: &str) -> Option<usize> {
+        self.clusters.iter().position(|c| c.name == name)
+    }
+
+    /// The route a request takes: the first that matches.
+    pub fn route_for(
+        &self,
+        method: &http::Method,
+        path: &str,
+        headers: &http::HeaderMap,
+    ) -> Option<&Arc<RouteRuntime>> {
+        self.routes
+            .iter()
+            .find(|r| r.route.matcher.matches(method, path, headers))
+    }
+
+    /// The filter kinds any route runs.
+    pub fn kinds(&self) -> Vec<&'static str> {
+        let mut kinds: Vec<&'static str> = Vec::new();
+        for r in &self.routes {
+            for s in &r.route.chain.stages {
+                if !kinds.contains(&s.kind()) {
+                    kinds.push(s.kind());
+                }
+            }
+        }
+        kinds
+    }
+
+    /// Every stage's hot-reloaded tables.
+    pub fn tables(&self) -> Vec<Arc<dyn hydrus_filters::table::ReloadableTable>> {
+        self.routes
+            .iter()
+            .flat_map(|r| r.route.chain.tables())
+            .collect()
+    }
+
+    /// Update every stage's gauges.
+    pub fn refresh_gauges(&self, now_ms: u64) {
+        for r in &self.routes {
+            r.route.chain.refresh_gauges(now_ms);
+        }
+    }
+}
+
+/// Read, parse, check and compile a config file.
+pub fn load(file: &Path, m: &Metrics) -> Result<Running, ConfigErrors> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        ConfigErrors(vec![ConfigError::whole(
+            file,
+            None,
+            None,
+            format!("cannot read: {e}"),
+        )])
+    })?;
+    load_str(file, &text, m)
+}
+
+/// Parse, check and compile config text; `file` names it in errors and anchors relative paths.
+/// Stages register nothing: their metric families are `m`'s.
+pub fn load_str(file: &Path, text: &str, m: &Metrics) -> Result<Running, ConfigErrors> {
+    let source: Config = serde_yaml::from_str(text).map_err(|e| {
+        let loc = e.location();
+        // serde_yaml appends " at line L column C" to the message; the prefix says it already.
+        let msg = e.to_string();
+        let msg = match msg.find(" at line ") {
+            Some(i) if loc.is_some() => msg[..i].to_string(),
+            _ => msg,
+        };
+        ConfigErrors(vec![ConfigError::whole(
+            file,
+            loc.as_ref().map(|l| l.line()),
+            loc.as_ref().map(|l| l.column()),
+            hydrus_filters::stage::with_duration_hint(msg),
+        )])
+    })?;
+    compile(file, text, source, m)
+}
+
+fn compile(file: &Path, text: &str, source: Config, m: &Metrics) -> Result<Running, ConfigErrors> {
+    let mut c = Checker::new(file, text);
+    let start = start_only(&mut c, &source, file);
+    settings::check_limits(&mut c, &source.limits, &source.server);
+    let mut clusters = Vec::new();
+    if source.clusters.is_empty() {
+        c.error("clusters", "at least one cluster is needed");
+    }
+    for (name, cc) in &source.clusters {
+        if let Some(cluster) = clusters::compile_cluster(&mut c, name, cc) {
+            clusters.push(Arc::new(cluster));
+        }
+    }
+    let names: Vec<String> = clusters.iter().map(|cl| cl.name.clone()).collect();
+    let identity = source.headers.compile(&mut c);
+    let routes = routes::compile_routes(
+        &mut c,
+        routes::RoutesSource {
+            routes: source.routes.as_deref(),
+            route: source.route.as_ref(),
+            filters: source.filters.as_deref(),
+        },
+        &names,
+        &identity,
+        m,
+    );
+    let warnings = c.finish()?;
+    // Every field was checked above: on success, the start settings are all there.
+    let Some(mut start) = start else {
+        return Err(ConfigErrors(Vec::new()));
+    };
+    start.log = routes.log;
+    Ok(Running {
+        file: file.to_path_buf(),
+        limits: source.limits.clone(),
+        source,
+        start,
+        clusters,
+        identity,
+        routes: routes.routes,
+        warnings,
+    })
+}
+
+/// The start-only settings, checked (the log sink is filled in from the routes).
+fn start_only(c: &mut Checker<'_>, source: &Config, file: &Path) -> Option<StartOnly> {
+    let listen = c.socket("listen", &source.listen);
+    let admin_listen = c.socket("admin.listen", &source.admin.listen);
+    if admin_listen.is_some_and(|a| !a.ip().is_loopback()) {
+        c.warn(
+            "admin.listen",
+            "not a loopback address: /config, /metrics and /ktable are open to the network",
+        );
+    }
+    if let Some(demo) = &source.demo_upstream {
+        c.socket("demo_upstream.listen", &demo.listen);
+    }
+    let threads = settings::threads(c, source.threads);
+    settings::check_shutdown(c, &source.shutdown);
+    let (listen, admin_listen) = (listen?, admin_listen?);
+    let upgrade_sock = source
+        .shutdown
+        .upgrade_sock
+        .clone()
+        .unwrap_or_else(|| format!("/tmp/hydrus-upgrade-{}.sock", listen.port()));
+    let pid_file = match &source.shutdown.pid_file {
+        Some(p) => relative_to(file, p),
+        None => PathBuf::from(format!("/tmp/hydrus-{}.pid", listen.port())),
+    };
+    Some(StartOnly {
+        listen,
+        admin_listen,
+        threads,
+        server: source.server.clone(),
+        shutdown: source.shutdown.clone(),
+        pid_file,
+        upgrade_sock,
+        log: None,
+        demo_upstream: source.demo_upstream.clone(),
+    })
+}
+
+/// Resolve `p` against the directory of the config file.
+pub fn relative_to(file: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        return p.to_path_buf();
+    }
+    match file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join(p),
+        _ => p.to_path_buf(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

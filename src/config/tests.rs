@@ -1,0 +1,182 @@
+use super::*;
+use hydrus_filters::log::SinkConfig;
+
+const GOOD: &str = r#"
+listen: 127.0.0.1:8080
+clusters:
+  small:
+    endpoints: ["127.0.0.1:9000"]
+  big:
+    endpoints: ["127.0.0.1:9001", "localhost:9002"]
+route:
+  cluster: small
+filters:
+  - rollout:
+      percent: 12.5
+  - hydrus:
+      default_strategy: s20
+      ktable:
+        path: k.yaml
+        max_age: 1h
+      strategies:
+        - name: s10
+          cost: 6
+          qoe_scale: 0.9
+          set_query: { candidates: "10" }
+        - name: s20
+          cost: 10
+          cluster: big
+          set_headers: { x-model: large }
+  - log:
+      file:
+        dir: logs
+"#;
+
+fn load(text: &str) -> Result<Running, ConfigErrors> {
+    load_str(Path::new("h.yaml"), text, &Metrics::new())
+}
+
+#[test]
+fn compiles_the_single_route_shape_as_one_catch_all_route() {
+    let r = load_str(Path::new("/etc/hydrus/h.yaml"), GOOD, &Metrics::new()).expect("valid");
+    assert_eq!(r.start.listen.port(), 8080);
+    assert_eq!(r.clusters.len(), 2);
+    assert_eq!(r.routes.len(), 1);
+    let route = &r.routes[0].route;
+    assert_eq!(route.name, "default");
+    assert_eq!(r.clusters[route.cluster].name, "small");
+    let h = route.chain.hydrus().expect("hydrus");
+    assert_eq!(h.actions[1].cluster, 0, "big sorts first");
+    assert_eq!(
+        h.ktable.source.path,
+        Some(PathBuf::from("/etc/hydrus/k.yaml"))
+    );
+    let kinds: Vec<&str> = route.chain.stages.iter().map(|s| s.kind()).collect();
+    assert_eq!(kinds, ["rollout", "hydrus", "log"]);
+    match r.start.log.clone().expect("log").sink {
+        SinkConfig::File(f) => assert_eq!(f.dir, PathBuf::from("/etc/hydrus/logs")),
+        other => panic!("{other:?}"),
+    }
+    let any = http::HeaderMap::new();
+    assert!(r.route_for(&http::Method::PUT, "/x", &any).is_some());
+}
+
+fn errors(text: &str) -> Vec<String> {
+    match load(text) {
+        Ok(_) => vec![],
+        Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+#[test]
+fn unknown_field_names_line() {
+    let text = GOOD.replace("          qoe_scale: 0.9\n", "          qoe_scael: 0.9\n");
+    let e = errors(&text);
+    assert_eq!(e.len(), 1);
+    assert!(e[0].starts_with("h.yaml:21:11: "), "{}", e[0]);
+    assert!(e[0].contains("unknown field `qoe_scael`"), "{}", e[0]);
+}
+
+#[test]
+fn semantic_errors_name_line_and_field() {
+    let text = GOOD.replace("cluster: big", "cluster: huge");
+    let e = errors(&text);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("h.yaml:25:11: ")
+            && e[0].contains("strategies[1].cluster: no cluster named `huge`"),
+        "{}",
+        e[0]
+    );
+    let text = GOOD.replace("percent: 12.5", "percent: 120");
+    let e = errors(&text);
+    assert!(
+        e[0].starts_with("h.yaml:12:7: ") && e[0].contains("percent"),
+        "{e:?}"
+    );
+    let text = GOOD.replace("default_strategy: s20", "default_strategy: s99");
+    let e = errors(&text);
+    assert!(
+        e[0].starts_with("h.yaml:14:7: ") && e[0].contains("s99"),
+        "{e:?}"
+    );
+    let text = GOOD.replace("127.0.0.1:9000", "nowhere");
+    let e = errors(&text);
+    assert!(
+        e[0].starts_with("h.yaml:5:17: ") && e[0].contains("nowhere"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn syntax_error_names_line() {
+    let text = GOOD.replace("route:\n  cluster: small", "route:\n  cluster: [small");
+    let e = errors(&text);
+    assert_eq!(e.len(), 1);
+    assert!(e[0].starts_with("h.yaml:"), "{}", e[0]);
+}
+
+const ROUTES: &str = r#"
+listen: 127.0.0.1:8080
+clusters:
+  ranking:
+    endpoints: ["127.0.0.1:9000"]
+routes:
+  - name: rank
+    match: { path_prefix: /rank, methods: [GET, POST] }
+    cluster: ranking
+    filters:
+      - rollout: { percent: 50 }
+      - log: { file: { dir: logs } }
+  - name: rest
+    cluster: ranking
+  - name: never
+    match: { path: /rank/health }
+    cluster: ranking
+"#;
+
+#[test]
+fn routes_match_in_order_and_shadowed_ones_are_reported() {
+    let r = load(ROUTES).expect("valid");
+    let names: Vec<&str> = r.routes.iter().map(|r| r.name()).collect();
+    assert_eq!(names, ["rank", "rest", "never"]);
+    let h = http::HeaderMap::new();
+    let route = |m: http::Method, p: &str| r.route_for(&m, p, &h).map(|r| r.name().to_string());
+    assert_eq!(route(http::Method::GET, "/rank/a").as_deref(), Some("rank"));
+    assert_eq!(route(http::Method::PUT, "/rank/a").as_deref(), Some("rest"));
+    assert_eq!(route(http::Method::GET, "/health").as_deref(), Some("rest"));
+    assert!(r.routes[0].logged && !r.routes[1].logged);
+    assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+    let w = r.warnings[0].to_string();
+    assert!(
+        w.starts_with("h.yaml:16:5: routes[2].match: unreachable: route `rest`"),
+        "{w}"
+    );
+}
+
+#[test]
+fn route_mistakes_are_named() {
+    let e = errors(&ROUTES.replace("name: rest", "name: rank"));
+    assert!(
+        e.iter()
+            .any(|e| e.contains("routes[1].name: `rank` is used by an earlier route")),
+        "{e:?}"
+    );
+    let e = errors(&ROUTES.replace("- rollout: { percent: 50 }", "- rolout: { percent: 50 }"));
+    assert!(
+        e.iter().any(|e| e
+            .contains("unknown filter `rolout`, expected one of rollout, hydrus, e2e, hedge, log")),
+        "{e:?}"
+    );
+    let e = errors(&ROUTES.replace("  - name: rest\n    cluster: ranking\n", "  - name: rest\n    cluster: ranking\n    filters:\n      - log: { file: { dir: other } }\n"));
+    assert!(
+        e.iter().any(|e| e.contains("must name the same sink")),
+        "{e:?}"
+    );
+    let e = errors(&format!("{GOOD}routes: []\n"));
+    assert!(
+        e.iter()
+            .any(|e| e.contains("`routes` replaces `route` and `filters`")),
+        "{e:?}"
+    );
+}

@@ -1,0 +1,318 @@
+//! pingora's hooks, in the order a request meets them.
+
+use super::prepare::prepare_upstream;
+use super::upstream::outcome_of;
+use super::{peer, Ctx, Hold, Proxy};
+use crate::cluster::Tried;
+use crate::state::now_ms;
+use async_trait::async_trait;
+use http::header::HeaderValue;
+use hydrus_filters::outlier::Outcome;
+use hydrus_filters::stage::RequestState;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::FailToProxy;
+use pingora::{ErrorSource, ErrorType};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            start: Instant::now(),
+            ts_ms: now_ms(),
+            running: None,
+            route: None,
+            state: RequestState::new(0),
+            hold: None,
+            tried: Tried::default(),
+            retry_same: None,
+            upstream_status: None,
+            slot: None,
+            ids: Default::default(),
+            generated_request_id: None,
+            upstream_sent: None,
+            upstream_ms: None,
+            cluster_load: None,
+        }
+    }
+
+    /// The connection guard's handle: the request header has been read, its deadline is over.
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Ctx,
+        prev: Box<dyn std::any::Any + Send + Sync>,
+    ) {
+        if let Ok(slot) = prev.downcast::<Arc<super::Slot>>() {
+            slot.header_read();
+            ctx.slot = Some(*slot);
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // (The context is made per request, after its header was read: `start` and `ts_ms`
+        // are the request's.)
+        let limit = self.state.config.load().limits.max_request_header_bytes;
+        let req = session.req_header();
+        if Self::header_bytes(req) > limit {
+            return self.refused(session, "header_too_large", 431).await;
+        }
+        if !Self::target_ok(req) {
+            return self.refused(session, "bad_target", 400).await;
+        }
+        if let Some(slot) = &ctx.slot {
+            let bodyless = req.headers.get(http::header::TRANSFER_ENCODING).is_none()
+                && req
+                    .headers
+                    .get(http::header::CONTENT_LENGTH)
+                    .is_none_or(|v| v.as_bytes() == b"0");
+            if bodyless {
+                slot.body_read();
+            }
+        }
+        let t0 = Instant::now();
+        let routed = self.decide(session, ctx);
+        self.state
+            .metrics
+            .decision_seconds
+            .observe(t0.elapsed().as_secs_f64());
+        if !routed {
+            return self.refused(session, "no_route", 404).await;
+        }
+        if session.req_header().method.is_idempotent() {
+            // Lets a failed attempt's request body be sent again to another endpoint.
+            session.enable_retry_buffering();
+        }
+        self.hedged(session, ctx).await
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if end_of_stream {
+            if let Some(slot) = &ctx.slot {
+                slot.body_read();
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let running = match &ctx.running {
+            Some(r) => r.clone(),
+            None => return Error::e_explain(ErrorType::InternalError, "no route"),
+        };
+        let cluster = running
+            .clusters
+            .get(ctx.state.cluster)
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream cluster"))?;
+        let hold = ctx.hold.get_or_insert_with(|| Hold::new(cluster.clone()));
+        if ctx.cluster_load.is_none() {
+            ctx.cluster_load = Some(cluster.budget.in_flight().0);
+        }
+        let now = crate::clock::now_ms();
+        let i = match ctx.retry_same.take() {
+            Some(i) => i,
+            None => {
+                let key = ctx.ids[0].as_ref().map(HeaderValue::as_bytes);
+                let Some(i) = cluster.select(key, &ctx.tried, now) else {
+                    return Error::e_explain(ErrorType::InternalError, "no endpoint left to try");
+                };
+                ctx.tried.push(i);
+                i
+            }
+        };
+        cluster.outliers.started(i, now);
+        hold.endpoint = Some(i);
+        Ok(Box::new(peer(cluster.endpoints[i], cluster)))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let Some(hold) = ctx.hold.as_mut() else {
+            return e;
+        };
+        self.state
+            .metrics
+            .upstream_errors
+            .with_label_values(&[hold.cluster.name.as_str(), "connect"])
+            .inc();
+        let failed = hold.end_attempt(&self.state, Some(Outcome::Failure));
+        // Nothing was sent: any request may go to another endpoint.
+        e.set_retry(hold.take_retry(&self.state, &ctx.tried, failed));
+        e
+    }
+
+    /// An attempt failed after connecting. An idempotent request whose response has not begun
+    /// is tried again on another endpoint, within the retry budget; one that failed on a stale
+    /// pooled connection, on the same endpoint with a new one (as pingora does). A failure
+    /// while the client was still sending its body is the client's, not the endpoint's.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let Some(hold) = ctx.hold.as_mut() else {
+            e.set_retry(false);
+            return e;
+        };
+        let body_done = session.as_mut().is_body_done();
+        let responded = session.response_written().is_some();
+        let retryable = session.req_header().method.is_idempotent()
+            && !responded
+            && !session.as_ref().retry_buffer_truncated();
+        let stale = client_reused
+            && matches!(e.retry, pingora::RetryType::ReusedOnly)
+            && !responded
+            && hold.reuse_retries < 2;
+        if *e.esource() == ErrorSource::Downstream || !body_done {
+            hold.end_attempt(&self.state, None);
+            e.set_retry(false);
+            return e;
+        }
+        if stale && retryable {
+            // The upstream closed a kept-alive connection: not a failure of the endpoint.
+            hold.reuse_retries += 1;
+            ctx.retry_same = hold.end_attempt(&self.state, None);
+            e.set_retry(true);
+            return e;
+        }
+        let failed = hold.end_attempt(&self.state, Some(Outcome::Failure));
+        let retry = retryable && hold.take_retry(&self.state, &ctx.tried, failed);
+        e.set_retry(retry);
+        e
+    }
+
+    /// A client that went away is not an error worth a log line per request.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, e: &Error) -> bool {
+        *e.esource() == ErrorSource::Downstream
+            && matches!(
+                e.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            )
+    }
+
+    /// Like pingora's default, but an upstream timeout is a 504 (as in Envoy), and final upstream
+    /// failures are counted by kind.
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let timeout = matches!(
+            e.etype(),
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout | ErrorType::ConnectTimedout
+        );
+        let code = match (e.etype(), e.esource()) {
+            (ErrorType::HTTPStatus(code), _) => *code,
+            (_, ErrorSource::Upstream) if timeout => 504,
+            (_, ErrorSource::Upstream) => 502,
+            (
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
+                ErrorSource::Downstream,
+            ) => 0, // the client is gone
+            (_, ErrorSource::Downstream) => 400,
+            _ => 500,
+        };
+        if *e.esource() == ErrorSource::Upstream && super::upstream::error_kind(e) != "connect" {
+            // (Failed connects were counted per attempt in fail_to_connect.)
+            let cluster = ctx
+                .running
+                .as_ref()
+                .and_then(|r| r.clusters.get(ctx.state.cluster))
+                .map_or("", |c| c.name.as_str());
+            let kind = if timeout { "timeout" } else { "response" };
+            self.state
+                .metrics
+                .upstream_errors
+                .with_label_values(&[cluster, kind])
+                .inc();
+        }
+        let code = if session.response_written().is_some() {
+            0 // the response began: the client sees it cut short
+        } else {
+            code
+        };
+        if code > 0 {
+            if let Err(err) = session.respond_error(code).await {
+                log::debug!("could not send the error response: {err}");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        prepare_upstream(upstream, ctx)?;
+        ctx.upstream_sent = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let status = upstream_response.status.as_u16();
+        if status < 200 {
+            return Ok(()); // an interim response (100 Continue): the answer is still to come
+        }
+        if let Some(t) = ctx.upstream_sent {
+            ctx.upstream_ms = Some(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        ctx.upstream_status = Some(status);
+        // It answered: not hung. Whether the exchange succeeded is known at its end.
+        if let Some(h) = &ctx.hold {
+            if let Some(i) = h.endpoint {
+                h.cluster.outliers.progress(i, crate::clock::now_ms());
+            }
+        }
+        Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if let Some(hold) = ctx.hold.as_mut() {
+            let outcome = match (e, ctx.upstream_status) {
+                (Some(e), _) if *e.esource() == ErrorSource::Upstream => Some(Outcome::Failure),
+                (Some(_), _) => None,
+                (None, status) => status.map(outcome_of),
+            };
+            hold.end_attempt(&self.state, outcome);
+        }
+        // The hold itself is given back when the context drops.
+        ctx.hold = None;
+        let written = session.response_written();
+        let status = written.map_or(0, |r| r.status.as_u16());
+        // A response that began and then failed: the client got it cut short.
+        let error = match e {
+            Some(e) if written.is_some() => Some(if *e.esource() == ErrorSource::Upstream {
+                "upstream_body"
+            } else {
+                "downstream"
+            }),
+            _ => None,
+        };
+        self.finish(ctx, status, error);
+    }
+}

@@ -1,0 +1,186 @@
+//! The pingora edge: `ProxyHttp` hooks that turn a session into the inputs of its route's
+//! stages (`hydrus-filters`), and apply what they decided (cluster, headers, query) to the
+//! upstream request.
+//!
+//! - [`conns`]: the listener's connections (cap, eviction, idle/header/body deadlines, drain).
+//! - [`upstream`]: attempts on endpoints, passive health, retries.
+//! - [`prepare`]: the upstream request.
+//! - [`hedging`]: the hedge stage's reissues.
+//!
+//! No hook returns an error because of what a client sent: bad input falls back to the default
+//! strategy and is counted. Errors only come from the upstream (502/504, as any proxy), and a
+//! request no route matches is answered 404 (counted).
+
+pub mod conns;
+mod hedging;
+pub mod prepare;
+pub mod upstream;
+
+pub use prepare::HEADER_GROUP;
+
+use crate::cluster::Tried;
+use crate::config::{RouteRuntime, Running};
+use crate::logsink::record::{hex_id, Pending, RequestId};
+use crate::state::State;
+use conns::Slot;
+use http::header::HeaderValue;
+use hydrus_filters::stage::{Input, RequestState, REQUEST_ID, SCENARIO};
+use pingora::http::RequestHeader;
+use pingora::prelude::*;
+use std::sync::Arc;
+use std::time::Instant;
+use upstream::{peer, Hold};
+
+pub use hydrus_filters::hydrus::stage::HEADER_STRATEGY;
+
+pub struct Proxy {
+    pub state: Arc<State>,
+    /// Upstream connections for hedged requests (the proxy's own path uses pingora's).
+    pub connector: pingora::connectors::http::Connector,
+}
+
+impl Proxy {
+    pub fn new(state: Arc<State>) -> Self {
+        Self {
+            state,
+            connector: pingora::connectors::http::Connector::new(None),
+        }
+    }
+}
+
+/// Per-request state, from the first hook to logging.
+pub struct Ctx {
+    start: Instant,
+    ts_ms: u64,
+    running: Option<Arc<Running>>,
+    /// The route the request took.
+    route: Option<Arc<RouteRuntime>>,
+    /// What the route's stages decided.
+    state: RequestState,
+    /// The request's hold on its cluster, from its first attempt.
+    hold: Option<Hold>,
+    tried: Tried,
+    /// Retry the next attempt on this endpoint (its pooled connection was stale).
+    retry_same: Option<usize>,
+    /// The upstream's response status, once its header arrived.
+    upstream_status: Option<u16>,
+    /// The connection guard's slot, to say when the request body has been read.
+    slot: Option<Arc<Slot>>,
+    /// The identity headers as decided on (user id, device id, request id, QoE, scenario: the
+    /// first value of each); exactly these reach the upstream.
+    ids: [Option<HeaderValue>; 5],
+    /// Set when hydrus made up the request id, to pass it upstream.
+    generated_request_id: Option<RequestId>,
+    upstream_sent: Option<Instant>,
+    upstream_ms: Option<f64>,
+    /// Requests in flight to the cluster when this one was sent (it included), once counted.
+    cluster_load: Option<u32>,
+}
+
+impl Proxy {
+    /// Find the request's route and run its stages. `false` when no route matches.
+    fn decide(&self, session: &Session, ctx: &mut Ctx) -> bool {
+        let running = self.state.config.load_full();
+        let req = session.req_header();
+        let Some(route) = running
+            .route_for(&req.method, req.uri.path(), &req.headers)
+            .cloned()
+        else {
+            return false;
+        };
+        for (slot, name) in ctx.ids.iter_mut().zip(&running.identity) {
+            *slot = req.headers.get(name).cloned();
+        }
+        ctx.state = RequestState::new(route.route.cluster);
+        let chain = &route.route.chain;
+        if !chain.is_empty() {
+            if ctx.ids[REQUEST_ID].is_none() {
+                ctx.generated_request_id = Some(hex_id(rand::random::<u128>()));
+            }
+            let input = Input {
+                method: &req.method,
+                path: req.uri.path(),
+                headers: &req.headers,
+                now_ms: ctx.ts_ms,
+                ids: &ctx.ids,
+            };
+            chain.decide(&input, &mut ctx.state);
+        }
+        ctx.running = Some(running);
+        ctx.route = Some(route);
+        true
+    }
+
+    /// Refuse what hydrus cannot proxy: headers over the limit (431), a request target whose
+    /// query hydrus cannot see (400), no route (404). Counted by reason.
+    async fn refused(&self, session: &mut Session, reason: &str, status: u16) -> Result<bool> {
+        self.state
+            .metrics
+            .requests_rejected
+            .with_label_values(&[reason])
+            .inc();
+        session.set_keepalive(None);
+        session.respond_error(status).await?;
+        Ok(true)
+    }
+
+    /// Whether the request target is one whose query hydrus can see: origin-form (`/path?q`),
+    /// absolute-form, or `*` alone. Anything else could carry query keys past it.
+    fn target_ok(req: &RequestHeader) -> bool {
+        let raw = req.raw_path();
+        raw.starts_with(b"/") || raw == b"*" || req.uri.scheme().is_some()
+    }
+
+    /// The request's size on the wire, roughly: request line and header fields.
+    fn header_bytes(req: &RequestHeader) -> usize {
+        let line = req.method.as_str().len() + req.raw_path().len() + 12;
+        req.headers
+            .iter()
+            .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+    }
+
+    /// Count the request (its route's metrics, its stages') and hand its record to the log.
+    fn finish(&self, ctx: &mut Ctx, status: u16, error: Option<&'static str>) {
+        let (Some(running), Some(route)) = (ctx.running.clone(), ctx.route.clone()) else {
+            return;
+        };
+        let chain = &route.route.chain;
+        chain.done(&ctx.state, status);
+        let handles = route.handles();
+        let strategy = ctx.state.decision.as_ref().map_or(0, |d| d.strategy);
+        let slot = ctx.state.scenario_slot.unwrap_or_else(|| {
+            // Without a hydrus stage: `default`, or `other` for any scenario sent.
+            usize::from(ctx.ids[SCENARIO].is_some())
+        });
+        let group = ctx.state.group;
+        handles.request(strategy, group, slot);
+        let total = ctx.start.elapsed().as_secs_f64();
+        if let Some(h) = handles.request_by_group.get(group.index()) {
+            h.observe(total);
+        }
+        if let Some(h) = handles.overhead_by_group.get(group.index()) {
+            // What the proxy added: everything but the wait for the upstream's answer.
+            h.observe((total - ctx.upstream_ms.unwrap_or(0.0) / 1000.0).max(0.0));
+        }
+        if let (Some(ms), Some(h)) = (ctx.upstream_ms, handles.upstream_by_strategy.get(strategy)) {
+            h.observe(ms / 1000.0);
+        }
+        if let (true, Some(q)) = (route.logged, &self.state.log) {
+            q.push(Box::new(Pending {
+                running,
+                route,
+                ts_ms: ctx.ts_ms,
+                ids: std::mem::take(&mut ctx.ids),
+                generated_id: ctx.generated_request_id,
+                state: ctx.state,
+                status,
+                upstream_ms: ctx.upstream_ms,
+                total_ms: total * 1000.0,
+                cluster_load: ctx.cluster_load,
+                error,
+            }));
+        }
+    }
+}
+
+mod hooks;

@@ -1,0 +1,129 @@
+//! The upstream request: what the route's stages decided, applied to the request hydrus sends.
+//!
+//! What hydrus owns is never taken from the client: `x-hydrus-*` on every route; on a route
+//! with stages, also every header and query key a stage sets, and the identity headers, which
+//! reach the upstream exactly once with the values decided on (whatever the client's
+//! `Connection` header nominated, and however it spelled `_` for `-`). A route without stages
+//! passes requests through untouched but for `x-hydrus-*`.
+
+use super::Ctx;
+use http::{HeaderName, HeaderValue};
+use hydrus_filters::query::set_query;
+use hydrus_filters::stage::{normalized, Upstream, REQUEST_ID};
+use pingora::http::RequestHeader;
+use pingora::prelude::*;
+
+/// `x-hydrus-group`: treatment (`hydrus`) or `control`, on the upstream request.
+pub const HEADER_GROUP: HeaderName = HeaderName::from_static("x-hydrus-group");
+
+/// The upstream request as stages change it.
+struct UpstreamEdit<'a> {
+    req: &'a mut RequestHeader,
+    /// Every query key the route's stages own: the first rewrite strips them all.
+    owned_query: &'a [String],
+    query_done: bool,
+    failed: Option<Box<Error>>,
+}
+
+impl Upstream for UpstreamEdit<'_> {
+    fn set_header(&mut self, name: &HeaderName, value: HeaderValue) {
+        if let Err(e) = self.req.insert_header(name.clone(), value) {
+            self.failed.get_or_insert(e);
+        }
+    }
+
+    fn set_query(&mut self, pairs: &[(String, String)]) {
+        let replaced: Vec<String>;
+        let owned = if self.query_done {
+            replaced = pairs.iter().map(|(k, _)| k.clone()).collect();
+            replaced.as_slice()
+        } else {
+            self.owned_query
+        };
+        self.query_done = true;
+        let uri = &self.req.uri;
+        if let Some(target) = set_query(uri.path(), uri.query(), pairs, owned) {
+            match http::Uri::try_from(target) {
+                Ok(uri) => self.req.set_uri(uri),
+                Err(e) => log::warn!("query rewrite produced a bad URI: {e}"),
+            }
+        }
+    }
+}
+
+/// Apply the route's decision to the upstream request.
+pub fn prepare_upstream(upstream: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
+    let (Some(running), Some(route)) = (ctx.running.as_deref(), ctx.route.as_deref()) else {
+        return Ok(());
+    };
+    let chain = &route.route.chain;
+    let ids = &running.identity;
+    let passthrough = chain.is_empty();
+    // Exact identity names are handled below (kept when already right); every other owned
+    // name, and every spelling of an identity name that is not the exact one, goes.
+    let strip: Vec<HeaderName> = upstream
+        .headers
+        .keys()
+        .filter(|k| {
+            let n = normalized(k);
+            n.starts_with("x-hydrus-")
+                || (!passthrough
+                    && (chain.owned_headers.iter().any(|o| normalized(o) == n)
+                        || ids.iter().any(|i| *i != **k && normalized(i) == n)))
+        })
+        .cloned()
+        .collect();
+    for k in strip {
+        upstream.remove_header(&k);
+    }
+    if passthrough {
+        return Ok(());
+    }
+    identity_exactly_once(upstream, ids, &ctx.ids)?;
+    upstream.insert_header(
+        HEADER_GROUP,
+        HeaderValue::from_static(ctx.state.group.as_str()),
+    )?;
+    if let Some(id) = &ctx.generated_request_id {
+        if let Ok(v) = HeaderValue::from_bytes(id) {
+            upstream.insert_header(ids[REQUEST_ID].clone(), v)?;
+        }
+    }
+    let mut edit = UpstreamEdit {
+        req: upstream,
+        owned_query: &chain.owned_query,
+        query_done: false,
+        failed: None,
+    };
+    chain.edit_upstream(&ctx.state, &mut edit);
+    if !edit.query_done && !chain.owned_query.is_empty() {
+        edit.set_query(&[]);
+    }
+    match edit.failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Each identity header once, with the value decided on (left alone when already so).
+fn identity_exactly_once(
+    upstream: &mut RequestHeader,
+    names: &[HeaderName; 5],
+    values: &[Option<HeaderValue>; 5],
+) -> Result<()> {
+    for (name, value) in names.iter().zip(values) {
+        let mut sent = upstream.headers.get_all(name).iter();
+        let exact = match (value, sent.next(), sent.next()) {
+            (Some(v), Some(first), None) => first == v,
+            (None, None, _) => true,
+            _ => false,
+        };
+        if !exact {
+            upstream.remove_header(name);
+            if let Some(v) = value {
+                upstream.insert_header(name.clone(), v.clone())?;
+            }
+        }
+    }
+    Ok(())
+}

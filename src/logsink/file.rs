@@ -1,0 +1,382 @@
+//! The file sink: JSON-lines files under a directory, one per window of the day.
+
+use super::record::Pending;
+use super::{Encoder, Sink, SinkError};
+use hydrus_filters::log::FileSinkConfig;
+use prometheus::IntCounter;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+/// JSON-lines files under a directory, one per window of the day (and per `rotate_bytes`).
+/// A file's name says its window's start (UTC), the process and a sequence number:
+/// `hydrus-20261122T1845Z-p4242-0003.jsonl`. Only whole lines are ever written.
+pub struct FileSink {
+    cfg: FileSinkConfig,
+    window_ms: u64,
+    current: Option<OpenFile>,
+    buf: Vec<u8>,
+    /// Lines in `buf`, counted as written when they reach the file.
+    last_flush: Instant,
+    seq: u64,
+    written: IntCounter,
+    /// Records in `buf`; at most `max_buffered` (the queue's capacity), so records held here
+    /// while the disk fails are bounded like those in the queue.
+    buffered: usize,
+    max_buffered: usize,
+}
+
+struct OpenFile {
+    file: File,
+    path: PathBuf,
+    window_start_ms: u64,
+    bytes: u64,
+}
+
+/// Write `buf` to `file`, keeping what did not get out; returns the lines that did get out
+/// (also when a later write failed) and how it ended.
+fn write_some(file: &mut File, buf: &mut Vec<u8>) -> (u64, io::Result<()>) {
+    let mut done = 0;
+    let result = loop {
+        if done == buf.len() {
+            break Ok(());
+        }
+        match file.write(&buf[done..]) {
+            Ok(0) => break Err(io::Error::new(io::ErrorKind::WriteZero, "wrote 0 bytes")),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => break Err(e),
+        }
+    };
+    let lines = buf[..done].iter().filter(|&&b| b == b'\n').count() as u64;
+    buf.drain(..done);
+    (lines, result)
+}
+
+/// `20261122T1845Z` for a Unix time in ms.
+fn stamp(ms: u64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms);
+    let s = humantime::format_rfc3339_seconds(t).to_string(); // 2026-11-22T18:45:00Z
+    let d: String = s
+        .chars()
+        .filter(|c| c.is_ascii_digit() || *c == 'T')
+        .collect();
+    // 20261122T184500 -> 20261122T1845Z
+    format!("{}Z", &d[..d.len().saturating_sub(2)])
+}
+
+const FLUSH_BYTES: usize = 256 << 10;
+
+impl FileSink {
+    pub fn new(cfg: FileSinkConfig, written: IntCounter, max_buffered: usize) -> Self {
+        let window_ms = cfg.window.as_millis().max(1000) as u64;
+        Self {
+            cfg,
+            window_ms,
+            current: None,
+            buf: Vec::with_capacity(FLUSH_BYTES),
+            last_flush: Instant::now(),
+            seq: 0,
+            written,
+            buffered: 0,
+            max_buffered: max_buffered.max(1),
+        }
+    }
+
+    /// Whether the open file is still the one at its path (not deleted, not renamed away by
+    /// logrotate or an operator): lines written to a file no longer in the directory would be
+    /// counted as written and never read.
+    fn still_linked(cur: &OpenFile) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (std::fs::metadata(&cur.path), cur.file.metadata()) {
+            (Ok(at_path), Ok(open)) => at_path.ino() == open.ino() && at_path.dev() == open.dev(),
+            _ => false,
+        }
+    }
+
+    /// Close the open file (it was moved, or SIGUSR1 asked) and open a new one for its window.
+    /// (Until a new file opens, the old one stays: a failed open is tried again next time.)
+    pub fn reopen(&mut self) -> Result<(), SinkError> {
+        let Some(old) = self.current.take() else {
+            return Ok(());
+        };
+        match self.open(old.window_start_ms) {
+            Ok(()) => {
+                if let Err(e) = old.file.sync_all() {
+                    log::error!("fsync {}: {e}", old.path.display());
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.current = Some(old);
+                Err(e)
+            }
+        }
+    }
+
+    fn write_buf(&mut self) -> Result<(), SinkError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|c| !Self::still_linked(c))
+        {
+            if let Some(c) = &self.current {
+                log::warn!(
+                    "log file {} was moved or deleted: writing to a new one",
+                    c.path.display()
+                );
+            }
+            self.reopen()?;
+        }
+        let Some(cur) = self.current.as_mut() else {
+            return Err(SinkError::NoFile);
+        };
+        let before = self.buf.len();
+        let (lines, r) = write_some(&mut cur.file, &mut self.buf);
+        cur.bytes += (before - self.buf.len()) as u64;
+        self.written.inc_by(lines);
+        self.buffered = self.buffered.saturating_sub(lines as usize);
+        match r {
+            Ok(()) => {
+                self.last_flush = Instant::now();
+                Ok(())
+            }
+            Err(e) => Err(SinkError::Io {
+                path: cur.path.clone(),
+                source: e,
+            }),
+        }
+    }
+
+    /// Write out and fsync the current file, then forget it.
+    fn close_current(&mut self) -> Result<(), SinkError> {
+        self.write_buf()?;
+        if let Some(cur) = self.current.take() {
+            if let Err(e) = cur.file.sync_all() {
+                // The data is written; durability is what failed. Say so, move on.
+                log::error!("fsync {}: {e}", cur.path.display());
+            }
+        }
+        Ok(())
+    }
+
+    fn open(&mut self, window_start_ms: u64) -> Result<(), SinkError> {
+        std::fs::create_dir_all(&self.cfg.dir).map_err(|e| SinkError::Io {
+            path: self.cfg.dir.clone(),
+            source: e,
+        })?;
+        loop {
+            self.seq += 1;
+            let name = format!(
+                "hydrus-{}-p{}-{:04}.jsonl",
+                stamp(window_start_ms),
+                std::process::id(),
+                self.seq
+            );
+            let path = self.cfg.dir.join(name);
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(file) => {
+                    self.current = Some(OpenFile {
+                        file,
+                        path,
+                        window_start_ms,
+                        bytes: 0,
+                    });
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(SinkError::Io { path, source: e }),
+            }
+        }
+    }
+}
+
+impl Sink for FileSink {
+    fn accept(&mut self, record: &Pending, enc: &mut Encoder) -> Result<(), SinkError> {
+        let window_start = record.ts_ms - record.ts_ms % self.window_ms;
+        let rotate = match &self.current {
+            None => true,
+            Some(cur) => {
+                cur.window_start_ms != window_start
+                    || cur.bytes + self.buf.len() as u64 >= self.cfg.rotate_bytes
+            }
+        };
+        if rotate {
+            self.close_current()?;
+            self.open(window_start)?;
+        }
+        if self.buf.len() >= FLUSH_BYTES || self.buffered >= self.max_buffered {
+            // Full: what is buffered must get out before this record is taken.
+            self.write_buf()?;
+        }
+        enc.encode(record, &mut self.buf);
+        self.buffered += 1;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), SinkError> {
+        self.write_buf()
+    }
+
+    fn has_buffered(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    fn buffered(&self) -> usize {
+        self.buffered
+    }
+
+    fn tick(&mut self) -> Result<(), SinkError> {
+        if !self.buf.is_empty() && self.last_flush.elapsed() >= self.cfg.flush_interval {
+            self.write_buf()?;
+        }
+        Ok(())
+    }
+
+    fn close(&mut self, _within: Duration) -> Result<(), SinkError> {
+        self.close_current()
+    }
+
+    fn reopen(&mut self) -> Result<(), SinkError> {
+        FileSink::reopen(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use std::sync::Arc;
+
+    fn running() -> (
+        Arc<crate::config::Running>,
+        Arc<crate::config::RouteRuntime>,
+    ) {
+        let text = "listen: 127.0.0.1:1\nclusters:\n  c:\n    endpoints: [\"127.0.0.1:2\"]\nroute:\n  cluster: c\n";
+        let m = Metrics::new();
+        let r = crate::config::load_str(std::path::Path::new("t.yaml"), text, &m).expect("valid");
+        let route = r.routes[0].clone();
+        (Arc::new(r), route)
+    }
+
+    fn record(
+        (running, route): &(
+            Arc<crate::config::Running>,
+            Arc<crate::config::RouteRuntime>,
+        ),
+        ts_ms: u64,
+        id: u32,
+    ) -> Pending {
+        Pending {
+            running: running.clone(),
+            route: route.clone(),
+            ts_ms,
+            ids: [
+                Some(http::HeaderValue::from_static("u")),
+                None,
+                http::HeaderValue::from_str(&format!("r{id}")).ok(),
+                None,
+                None,
+            ],
+            generated_id: None,
+            state: hydrus_filters::stage::RequestState::new(0),
+            status: 200,
+            upstream_ms: Some(1.0),
+            total_ms: 2.0,
+            cluster_load: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn stamps_window_start() {
+        assert_eq!(stamp(0), "19700101T0000Z");
+        assert_eq!(stamp(1_763_837_100_000), "20251122T1845Z");
+    }
+
+    fn read_all(dir: &std::path::Path) -> Vec<String> {
+        let mut names: Vec<_> = std::fs::read_dir(dir)
+            .expect("dir")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        names.sort();
+        names
+            .iter()
+            .flat_map(|p| {
+                std::fs::read_to_string(p)
+                    .expect("read")
+                    .lines()
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rotates_per_window_and_size_and_loses_nothing() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let m = Metrics::new();
+        let written = m.log_records.with_label_values(&["written"]);
+        let cfg = FileSinkConfig {
+            dir: dir.path().join("logs"),
+            window: Duration::from_secs(900),
+            rotate_bytes: 4096,
+            flush_interval: Duration::from_secs(1),
+        };
+        let mut s = FileSink::new(cfg, written.clone(), 1000);
+        let mut enc = Encoder::new(&m);
+        let r = running();
+        for i in 0..200 {
+            // two windows: 100 records each
+            let ts = if i < 100 { 1_000 } else { 900_000 + 1_000 };
+            s.accept(&record(&r, ts, i), &mut enc)
+                .map_err(|e| e.to_string())
+                .expect("accept");
+        }
+        s.close(Duration::from_secs(1))
+            .map_err(|e| e.to_string())
+            .expect("close");
+        let lines = read_all(&dir.path().join("logs"));
+        assert_eq!(lines.len(), 200);
+        assert_eq!(written.get(), 200);
+        let files = std::fs::read_dir(dir.path().join("logs"))
+            .expect("dir")
+            .count();
+        assert!(files > 2, "size rotation made {files} files");
+        for (i, l) in lines.iter().enumerate() {
+            let r: hydrus_filters::LogRecord = serde_json::from_str(l).expect("json line");
+            assert_eq!(r.request_id, format!("r{i}"));
+        }
+    }
+
+    #[test]
+    fn holds_records_while_the_directory_is_unusable() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let logs = dir.path().join("logs");
+        // A regular file where the directory should be: creating files fails, even as root.
+        std::fs::write(&logs, b"not a dir").expect("file");
+        let m = Metrics::new();
+        let cfg = FileSinkConfig {
+            dir: logs.clone(),
+            window: Duration::from_secs(900),
+            rotate_bytes: 1 << 20,
+            flush_interval: Duration::from_secs(1),
+        };
+        let mut s = FileSink::new(cfg, m.log_records.with_label_values(&["written"]), 1000);
+        let mut enc = Encoder::new(&m);
+        let r = record(&running(), 1, 1);
+        assert!(s.accept(&r, &mut enc).is_err(), "cannot open");
+        std::fs::remove_file(&logs).expect("rm");
+        s.accept(&r, &mut enc)
+            .map_err(|e| e.to_string())
+            .expect("recovered");
+        s.close(Duration::from_secs(1))
+            .map_err(|e| e.to_string())
+            .expect("close");
+        assert_eq!(read_all(&logs).len(), 1);
+    }
+}
