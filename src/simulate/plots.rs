@@ -2,10 +2,44 @@
 //! against k (Fig. 8), QoE against load (Fig. 10).
 
 use super::Results;
+use plotters::coord::Shift;
 use plotters::prelude::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 type Series<'a> = (&'a str, Vec<(f64, f64)>, RGBColor);
+
+/// What drawing on an SVG file fails with (the SVG backend's error is an I/O error).
+type DrawingError = DrawingAreaErrorKind<std::io::Error>;
+
+/// Why a figure could not be drawn or written; each names the SVG file and, when drawing a
+/// chart failed, its title.
+#[derive(Debug, thiserror::Error)]
+pub enum PlotError {
+    /// The SVG file could not be filled or written.
+    #[error("{}: {source}", path.display())]
+    Svg {
+        path: PathBuf,
+        #[source]
+        source: DrawingError,
+    },
+    /// A chart's axes, series or legend could not be drawn.
+    #[error("{}: {title}: {source:?}", path.display())]
+    Chart {
+        path: PathBuf,
+        title: String,
+        #[source]
+        source: DrawingError,
+    },
+}
+
+impl PlotError {
+    fn svg(path: &Path) -> impl Fn(DrawingError) -> Self + '_ {
+        move |source| Self::Svg {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
 
 fn lines(
     path: &Path,
@@ -13,12 +47,11 @@ fn lines(
     x_label: &str,
     y_label: &str,
     series: &[Series<'_>],
-) -> Result<(), String> {
-    let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+) -> Result<(), PlotError> {
     let root = SVGBackend::new(path, (720, 440)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    draw(&root, title, x_label, y_label, series)?;
-    root.present().map_err(|e| err(&e))
+    root.fill(&WHITE).map_err(PlotError::svg(path))?;
+    draw(&root, path, title, x_label, y_label, series)?;
+    root.present().map_err(PlotError::svg(path))
 }
 
 fn bounds(series: &[Series<'_>]) -> (f64, f64, f64, f64) {
@@ -42,14 +75,20 @@ fn bounds(series: &[Series<'_>]) -> (f64, f64, f64, f64) {
     (x0, x1.max(x0 + 1e-9), y0 - pad, y1 + pad)
 }
 
-fn draw<DB: DrawingBackend>(
-    area: &DrawingArea<DB, plotters::coord::Shift>,
+/// One chart on `area`, a part of the SVG file `path`.
+fn draw(
+    area: &DrawingArea<SVGBackend<'_>, Shift>,
+    path: &Path,
     title: &str,
     x_label: &str,
     y_label: &str,
     series: &[Series<'_>],
-) -> Result<(), String> {
-    let err = |e: &dyn std::fmt::Debug| format!("{title}: {e:?}");
+) -> Result<(), PlotError> {
+    let err = |source| PlotError::Chart {
+        path: path.to_path_buf(),
+        title: title.to_string(),
+        source,
+    };
     let (x0, x1, y0, y1) = bounds(series);
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 18))
@@ -57,18 +96,18 @@ fn draw<DB: DrawingBackend>(
         .x_label_area_size(36)
         .y_label_area_size(56)
         .build_cartesian_2d(x0..x1, y0..y1)
-        .map_err(|e| err(&e))?;
+        .map_err(err)?;
     chart
         .configure_mesh()
         .x_desc(x_label)
         .y_desc(y_label)
         .draw()
-        .map_err(|e| err(&e))?;
+        .map_err(err)?;
     for (name, pts, color) in series {
         let c = *color;
         chart
             .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
-            .map_err(|e| err(&e))?
+            .map_err(err)?
             .label(*name)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
     }
@@ -77,7 +116,7 @@ fn draw<DB: DrawingBackend>(
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()
-        .map_err(|e| err(&e))?;
+        .map_err(err)?;
     Ok(())
 }
 
@@ -93,7 +132,8 @@ fn cdf(v: &[f64]) -> Vec<(f64, f64)> {
         .collect()
 }
 
-pub fn all(r: &Results, dir: &Path) -> Result<(), String> {
+/// Figures 5, 7, 8 and 10 as SVG files in `dir`.
+pub fn all(r: &Results, dir: &Path) -> Result<(), PlotError> {
     lines(
         &dir.join("fig5_cdf.svg"),
         "Per-user QoE, CDF (Fig. 5)",
@@ -119,49 +159,7 @@ pub fn all(r: &Results, dir: &Path) -> Result<(), String> {
             ("Hydrus", run(|p| p.hydrus_qoe), HYDRUS),
         ],
     )?;
-    let path = dir.join("fig8_k_sweep.svg");
-    {
-        let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-        let root = SVGBackend::new(&path, (1000, 420)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| err(&e))?;
-        let (left, right) = root.split_horizontally(500);
-        let default_q = r.equal_cost.first().map_or(0.0, |p| p.mean_qoe);
-        let default_l = r.equal_cost.first().map_or(0.0, |p| p.mean_latency_ms);
-        let ks: Vec<f64> = r.k_sweep.iter().map(|p| p.k * 1e3).collect();
-        let flat = |v: f64| ks.iter().map(|&k| (k, v)).collect::<Vec<_>>();
-        draw(
-            &left,
-            "Mean QoE against k (Fig. 8)",
-            "k (x 1e-3)",
-            "mean QoE",
-            &[
-                (
-                    "Hydrus",
-                    r.k_sweep.iter().map(|p| (p.k * 1e3, p.mean_qoe)).collect(),
-                    HYDRUS,
-                ),
-                ("default", flat(default_q), DEFAULT),
-            ],
-        )?;
-        draw(
-            &right,
-            "Mean latency against k",
-            "k (x 1e-3)",
-            "mean latency (ms)",
-            &[
-                (
-                    "Hydrus",
-                    r.k_sweep
-                        .iter()
-                        .map(|p| (p.k * 1e3, p.mean_latency_ms))
-                        .collect(),
-                    HYDRUS,
-                ),
-                ("default", flat(default_l), DEFAULT),
-            ],
-        )?;
-        root.present().map_err(|e| err(&e))?;
-    }
+    k_sweep(r, &dir.join("fig8_k_sweep.svg"))?;
     lines(
         &dir.join("fig10_load.svg"),
         "Mean QoE against load, fixed latency limit (Fig. 10)",
@@ -189,8 +187,53 @@ pub fn all(r: &Results, dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Figure 8, two charts side by side: mean QoE and mean latency against k.
+fn k_sweep(r: &Results, path: &Path) -> Result<(), PlotError> {
+    let root = SVGBackend::new(path, (1000, 420)).into_drawing_area();
+    root.fill(&WHITE).map_err(PlotError::svg(path))?;
+    let (left, right) = root.split_horizontally(500);
+    let default_q = r.equal_cost.first().map_or(0.0, |p| p.mean_qoe);
+    let default_l = r.equal_cost.first().map_or(0.0, |p| p.mean_latency_ms);
+    let ks: Vec<f64> = r.k_sweep.iter().map(|p| p.k * 1e3).collect();
+    let flat = |v: f64| ks.iter().map(|&k| (k, v)).collect::<Vec<_>>();
+    draw(
+        &left,
+        path,
+        "Mean QoE against k (Fig. 8)",
+        "k (x 1e-3)",
+        "mean QoE",
+        &[
+            (
+                "Hydrus",
+                r.k_sweep.iter().map(|p| (p.k * 1e3, p.mean_qoe)).collect(),
+                HYDRUS,
+            ),
+            ("default", flat(default_q), DEFAULT),
+        ],
+    )?;
+    draw(
+        &right,
+        path,
+        "Mean latency against k",
+        "k (x 1e-3)",
+        "mean latency (ms)",
+        &[
+            (
+                "Hydrus",
+                r.k_sweep
+                    .iter()
+                    .map(|p| (p.k * 1e3, p.mean_latency_ms))
+                    .collect(),
+                HYDRUS,
+            ),
+            ("default", flat(default_l), DEFAULT),
+        ],
+    )?;
+    root.present().map_err(PlotError::svg(path))
+}
+
 /// Kwiken's Figure 11: latency reduction against the reissue budget.
-pub fn hedge(r: &super::hedge::HedgeResults, dir: &Path) -> Result<(), String> {
+pub fn hedge(r: &super::hedge::HedgeResults, dir: &Path) -> Result<(), PlotError> {
     let line = |f: fn(&super::hedge::HedgePoint) -> f64| -> Vec<(f64, f64)> {
         r.points
             .iter()

@@ -5,8 +5,9 @@
 //! own records; its `k` replaces that window-of-day's slot. A window is closed once the clock is
 //! `lateness` past its end, so records still in proxies' queues make it in.
 
-use super::input::{list_inputs, open, read_lines, Collector, Keying, LineSink};
-use super::{print_table, report, table_from_rows, write_ktable, SolveOptions};
+use super::input::{list_inputs, open, read_lines, Collector, InputError, Keying, LineSink};
+use super::output::{print_table, table_from_rows, write_ktable, OutputError};
+use super::{report, SolveOptions};
 use crate::state::now_ms;
 use hydrus_filters::KTable;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -14,13 +15,32 @@ use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Why following the logs stopped: a source that cannot be read, or a table not written.
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// A growing log file could not be reopened at the offset read so far.
+    #[error("{}: {source}", path.display())]
+    Reopen {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[cfg(feature = "kafka")]
+    #[error(transparent)]
+    Kafka(#[from] super::kafka_source::KafkaError),
+    #[error(transparent)]
+    Output(#[from] OutputError),
+}
+
 /// Where new records come from.
 pub trait FollowSource {
     /// Read whatever is new into `sink`.
-    fn poll(&mut self, sink: &mut dyn LineSink) -> Result<(), String>;
+    fn poll(&mut self, sink: &mut dyn LineSink) -> Result<(), FollowError>;
     /// The table was written with every window except `open` (absolute indices) solved: the
     /// source may record its progress (Kafka commits offsets).
-    fn written(&mut self, _open: &BTreeSet<usize>) -> Result<(), String> {
+    fn written(&mut self, _open: &BTreeSet<usize>) -> Result<(), FollowError> {
         Ok(())
     }
 }
@@ -42,7 +62,7 @@ impl FileFollower {
 }
 
 impl FollowSource for FileFollower {
-    fn poll(&mut self, c: &mut dyn LineSink) -> Result<(), String> {
+    fn poll(&mut self, c: &mut dyn LineSink) -> Result<(), FollowError> {
         for f in list_inputs(&self.path)? {
             let len = std::fs::metadata(&f).map(|m| m.len()).unwrap_or(0);
             let (mut offset, mut lines) = self.offsets.get(&f).copied().unwrap_or((0, 0));
@@ -60,10 +80,15 @@ impl FollowSource for FileFollower {
             let mut r = if gz {
                 open(&f)?
             } else {
-                let mut file =
-                    std::fs::File::open(&f).map_err(|e| format!("{}: {e}", f.display()))?;
-                file.seek(SeekFrom::Start(offset))
-                    .map_err(|e| format!("{}: {e}", f.display()))?;
+                let reopen = |f: &Path| -> std::io::Result<std::fs::File> {
+                    let mut file = std::fs::File::open(f)?;
+                    file.seek(SeekFrom::Start(offset))?;
+                    Ok(file)
+                };
+                let file = reopen(&f).map_err(|source| FollowError::Reopen {
+                    path: f.clone(),
+                    source,
+                })?;
                 Box::new(std::io::BufReader::new(file))
             };
             let (bytes, n) = read_lines(&mut *r, &f.display().to_string(), lines, None, c)?;
@@ -104,7 +129,7 @@ pub fn run(
     source: &mut dyn FollowSource,
     opts: &SolveOptions,
     fo: &FollowOptions,
-) -> Result<(), String> {
+) -> Result<(), FollowError> {
     let windows = (86_400 / opts.window_secs) as usize;
     let window_ms = u64::from(opts.window_secs) * 1000;
     let mut rows = base_rows(&fo.out, opts.window_secs);

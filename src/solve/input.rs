@@ -11,6 +11,31 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
+/// Why logs could not be read; each names the file (or stream) at fault and keeps the I/O error.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    /// `--logs PATH` could not be listed (missing, or an unreadable directory).
+    #[error("{}: {source}", path.display())]
+    List {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading lines failed part-way; `name` is the file or stream as named in examples.
+    #[error("{name}: {source}")]
+    Read {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// The fields of a log record the solver uses; the rest are skipped unparsed.
 #[derive(Deserialize)]
 struct LightValue<'a> {
@@ -225,7 +250,7 @@ pub fn read_lines(
     first_line: u64,
     progress: Option<&ProgressBar>,
     sink: &mut dyn LineSink,
-) -> Result<(u64, u64), String> {
+) -> Result<(u64, u64), InputError> {
     let mut buf = Vec::with_capacity(1024);
     let mut line_no = first_line;
     let mut consumed = 0u64;
@@ -233,7 +258,10 @@ pub fn read_lines(
         buf.clear();
         let n = r
             .read_until(b'\n', &mut buf)
-            .map_err(|e| format!("{name}: {e}"))?;
+            .map_err(|source| InputError::Read {
+                name: name.to_string(),
+                source,
+            })?;
         if n == 0 {
             return Ok((consumed, line_no - first_line));
         }
@@ -260,13 +288,17 @@ fn is_log_file(p: &Path) -> bool {
 }
 
 /// The files `--logs PATH` names: the file itself, or a directory's `*.jsonl[.gz]`, sorted.
-pub fn list_inputs(path: &Path) -> Result<Vec<PathBuf>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+pub fn list_inputs(path: &Path) -> Result<Vec<PathBuf>, InputError> {
+    let unlistable = |source| InputError::List {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(unlistable)?;
     if meta.is_file() {
         return Ok(vec![path.to_path_buf()]);
     }
     let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?
+        .map_err(unlistable)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_file() && is_log_file(p))
         .collect();
@@ -274,8 +306,11 @@ pub fn list_inputs(path: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(files)
 }
 
-pub fn open(path: &Path) -> Result<Box<dyn BufRead>, String> {
-    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+pub fn open(path: &Path) -> Result<Box<dyn BufRead>, InputError> {
+    let f = std::fs::File::open(path).map_err(|source| InputError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let gz = path.extension().is_some_and(|e| e == "gz");
     let r: Box<dyn Read> = if gz {
         Box::new(MultiGzDecoder::new(f))
@@ -301,7 +336,7 @@ pub fn progress(total_bytes: u64) -> Option<ProgressBar> {
 }
 
 /// Read every file of `--logs PATH` into `c`; returns how many files.
-pub fn read_path(path: &Path, c: &mut dyn LineSink) -> Result<usize, String> {
+pub fn read_path(path: &Path, c: &mut dyn LineSink) -> Result<usize, InputError> {
     let files = list_inputs(path)?;
     let total: u64 = files
         .iter()

@@ -5,7 +5,7 @@
 //! committed only once the records they cover are in a written k-table: in batch mode after the
 //! table is written; in follow mode up to the first record of a window still open.
 
-use super::follow::FollowSource;
+use super::follow::{FollowError, FollowSource};
 use super::input::LineSink;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -13,6 +13,63 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
+
+/// rdkafka's error, kept as the source of ours; boxed, as it is large (a config error holds
+/// three strings) and every `Result` of the solver carries it.
+type RdKafkaError = Box<rdkafka::error::KafkaError>;
+
+/// Why the Kafka topic could not be read or its offsets committed; each names the URL, brokers
+/// or group at fault where there is one.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    #[error("{url}: expected kafka://BROKERS/TOPIC")]
+    Url { url: String },
+    #[error("kafka consumer for {brokers}: {source}")]
+    Consumer {
+        brokers: String,
+        #[source]
+        source: RdKafkaError,
+    },
+    #[error("{url}: metadata: {source}")]
+    Metadata {
+        url: String,
+        #[source]
+        source: RdKafkaError,
+    },
+    #[error("{url}: no such topic, or it has no partitions")]
+    NoTopic { url: String },
+    #[error("{url}: committed offsets of group {group}: {source}")]
+    Committed {
+        url: String,
+        group: String,
+        #[source]
+        source: RdKafkaError,
+    },
+    /// A partition and its offset could not be added to the assignment.
+    #[error("{url}: {source}")]
+    Partition {
+        url: String,
+        #[source]
+        source: RdKafkaError,
+    },
+    #[error("{url}: assign: {source}")]
+    Assign {
+        url: String,
+        #[source]
+        source: RdKafkaError,
+    },
+    #[error("kafka: {0}")]
+    Poll(#[source] RdKafkaError),
+    #[error("kafka watermarks: {0}")]
+    Watermarks(#[source] RdKafkaError),
+    #[error("kafka: no progress towards the end of the topic for 30 s")]
+    Stalled,
+    /// An offset to commit could not be listed.
+    #[error("kafka: {0}")]
+    CommitOffset(#[source] RdKafkaError),
+    #[error("kafka commit: {0}")]
+    Commit(#[source] RdKafkaError),
+}
 
 /// `kafka://host:port[,host:port]/topic` split into brokers and topic.
 pub fn parse_url(url: &str) -> Option<(String, String)> {
@@ -37,9 +94,10 @@ pub struct KafkaSource {
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 impl KafkaSource {
-    pub fn new(url: &str, group: &str) -> Result<Self, String> {
-        let (brokers, topic) =
-            parse_url(url).ok_or_else(|| format!("{url}: expected kafka://BROKERS/TOPIC"))?;
+    pub fn new(url: &str, group: &str) -> Result<Self, KafkaError> {
+        let (brokers, topic) = parse_url(url).ok_or_else(|| KafkaError::Url {
+            url: url.to_string(),
+        })?;
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &brokers)
             .set("group.id", group)
@@ -47,10 +105,16 @@ impl KafkaSource {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .create()
-            .map_err(|e| format!("kafka consumer for {brokers}: {e}"))?;
+            .map_err(|e| KafkaError::Consumer {
+                brokers: brokers.clone(),
+                source: Box::new(e),
+            })?;
         let md = consumer
             .fetch_metadata(Some(&topic), TIMEOUT)
-            .map_err(|e| format!("{url}: metadata: {e}"))?;
+            .map_err(|e| KafkaError::Metadata {
+                url: url.to_string(),
+                source: Box::new(e),
+            })?;
         let partitions: Vec<i32> = md
             .topics()
             .iter()
@@ -58,15 +122,22 @@ impl KafkaSource {
             .flat_map(|t| t.partitions().iter().map(|p| p.id()))
             .collect();
         if partitions.is_empty() {
-            return Err(format!("{url}: no such topic, or it has no partitions"));
+            return Err(KafkaError::NoTopic {
+                url: url.to_string(),
+            });
         }
         let mut tpl = TopicPartitionList::new();
         for p in &partitions {
             tpl.add_partition(&topic, *p);
         }
-        let committed = consumer
-            .committed_offsets(tpl, TIMEOUT)
-            .map_err(|e| format!("{url}: committed offsets of group {group}: {e}"))?;
+        let committed =
+            consumer
+                .committed_offsets(tpl, TIMEOUT)
+                .map_err(|e| KafkaError::Committed {
+                    url: url.to_string(),
+                    group: group.to_string(),
+                    source: Box::new(e),
+                })?;
         let mut assign = TopicPartitionList::new();
         let mut next = BTreeMap::new();
         for e in committed.elements() {
@@ -79,11 +150,15 @@ impl KafkaSource {
             };
             assign
                 .add_partition_offset(&topic, e.partition(), offset)
-                .map_err(|e| format!("{url}: {e}"))?;
+                .map_err(|e| KafkaError::Partition {
+                    url: url.to_string(),
+                    source: Box::new(e),
+                })?;
         }
-        consumer
-            .assign(&assign)
-            .map_err(|e| format!("{url}: assign: {e}"))?;
+        consumer.assign(&assign).map_err(|e| KafkaError::Assign {
+            url: url.to_string(),
+            source: Box::new(e),
+        })?;
         Ok(Self {
             consumer,
             topic,
@@ -93,12 +168,12 @@ impl KafkaSource {
         })
     }
 
-    fn take(&mut self, c: &mut dyn LineSink, timeout: Duration) -> Result<usize, String> {
+    fn take(&mut self, c: &mut dyn LineSink, timeout: Duration) -> Result<usize, KafkaError> {
         let mut n = 0;
         let mut wait = timeout;
         while let Some(m) = self.consumer.poll(wait) {
             wait = Duration::ZERO;
-            let m = m.map_err(|e| format!("kafka: {e}"))?;
+            let m = m.map_err(|e| KafkaError::Poll(Box::new(e)))?;
             let (p, o) = (m.partition(), m.offset());
             if let Some(payload) = m.payload() {
                 let topic = &self.topic;
@@ -120,13 +195,13 @@ impl KafkaSource {
     }
 
     /// Read until every partition is at the high watermark it had when this was called.
-    pub fn read_to_end(&mut self, c: &mut dyn LineSink) -> Result<(), String> {
+    pub fn read_to_end(&mut self, c: &mut dyn LineSink) -> Result<(), KafkaError> {
         let mut high = BTreeMap::new();
         for p in &self.partitions {
             let (_, h) = self
                 .consumer
                 .fetch_watermarks(&self.topic, *p, TIMEOUT)
-                .map_err(|e| format!("kafka watermarks: {e}"))?;
+                .map_err(|e| KafkaError::Watermarks(Box::new(e)))?;
             high.insert(*p, h);
         }
         let mut idle_since = Instant::now();
@@ -140,38 +215,38 @@ impl KafkaSource {
             if self.take(c, Duration::from_millis(200))? > 0 {
                 idle_since = Instant::now();
             } else if idle_since.elapsed() > Duration::from_secs(30) {
-                return Err("kafka: no progress towards the end of the topic for 30 s".into());
+                return Err(KafkaError::Stalled);
             }
         }
     }
 
-    fn commit(&self, upto: &BTreeMap<i32, i64>) -> Result<(), String> {
+    fn commit(&self, upto: &BTreeMap<i32, i64>) -> Result<(), KafkaError> {
         let mut tpl = TopicPartitionList::new();
         for (p, o) in upto {
             tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*o))
-                .map_err(|e| format!("kafka: {e}"))?;
+                .map_err(|e| KafkaError::CommitOffset(Box::new(e)))?;
         }
         if tpl.count() == 0 {
             return Ok(());
         }
         self.consumer
             .commit(&tpl, CommitMode::Sync)
-            .map_err(|e| format!("kafka commit: {e}"))
+            .map_err(|e| KafkaError::Commit(Box::new(e)))
     }
 
     /// Commit everything read (batch mode, after the table is written).
-    pub fn commit_all(&self) -> Result<(), String> {
+    pub fn commit_all(&self) -> Result<(), KafkaError> {
         self.commit(&self.next)
     }
 }
 
 impl FollowSource for KafkaSource {
-    fn poll(&mut self, c: &mut dyn LineSink) -> Result<(), String> {
+    fn poll(&mut self, c: &mut dyn LineSink) -> Result<(), FollowError> {
         while self.take(c, Duration::from_millis(100))? > 0 {}
         Ok(())
     }
 
-    fn written(&mut self, open: &BTreeSet<usize>) -> Result<(), String> {
+    fn written(&mut self, open: &BTreeSet<usize>) -> Result<(), FollowError> {
         self.window_first.retain(|w, _| open.contains(w));
         // Per partition, resume at the first record of a window still open, else after the
         // last record read.
@@ -182,7 +257,7 @@ impl FollowSource for KafkaSource {
                 *e = (*e).min(*o);
             }
         }
-        self.commit(&upto)
+        Ok(self.commit(&upto)?)
     }
 }
 

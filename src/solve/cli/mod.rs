@@ -1,0 +1,171 @@
+//! The `hydrus solve` command line: its flags, their checks, and one driver per policy
+//! (`hydrus`, `e2e`, `hedge`). The solvers themselves live in the sibling modules and know
+//! nothing of flags, so that benches and tests call them directly.
+
+mod e2e;
+mod hedge;
+mod hydrus;
+
+use super::follow::{self, FollowError, FollowSource};
+use super::hedge::HedgeError;
+use super::input::InputError;
+#[cfg(feature = "kafka")]
+use super::kafka_source::{KafkaError, KafkaSource};
+use super::output::OutputError;
+use super::{e2e::E2eError, Method};
+use crate::config::ConfigErrors;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Why `hydrus solve` failed (the binary prints it after `error: `). Each variant names the
+/// flag, file or source at fault; the wrapped errors keep theirs.
+#[derive(Debug, thiserror::Error)]
+pub enum SolveError {
+    /// A flag's value is out of range, or a flag the policy needs is missing.
+    #[error("{flag} {must}")]
+    Flag {
+        flag: &'static str,
+        must: &'static str,
+    },
+    #[error("--window {}: must be whole seconds that divide a day", humantime::format_duration(*.window))]
+    Window { window: Duration },
+    /// `--logs kafka://...` in a binary built without Kafka.
+    #[error("this hydrus was built without the `kafka` feature")]
+    NoKafka,
+    /// The logs were read but no record could be solved from.
+    #[error("{logs}: no usable record")]
+    NoUsableRecord { logs: String },
+    /// The proxy config of `--config` did not load (each problem names its file and line).
+    #[error(transparent)]
+    Config(#[from] ConfigErrors),
+    #[error("{}: has no e2e filter", config.display())]
+    NoE2eFilter { config: PathBuf },
+    /// The report could not be printed.
+    #[error("stdout: {0}")]
+    Stdout(#[source] std::io::Error),
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error(transparent)]
+    Follow(#[from] FollowError),
+    #[cfg(feature = "kafka")]
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    #[error(transparent)]
+    E2e(#[from] E2eError),
+    #[error(transparent)]
+    Hedge(#[from] HedgeError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Policy {
+    /// The Hydrus k-table (per scenario and window of the day).
+    Hydrus,
+    /// The E2E decision table (routing by external delay); needs --config.
+    E2e,
+    /// The hedge table (per-route reissue timeouts, Kwiken's SumVar); see --reissue-budget.
+    Hedge,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+/// The `hydrus solve` command line.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SolveArgs {
+    /// Decision logs: a `.jsonl` file (gzip too), a directory of them, or kafka://BROKERS/TOPIC.
+    #[arg(long)]
+    pub logs: String,
+    /// The k-table to write (atomically: a temp file renamed over it).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Window length; must divide a day.
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    pub window: Duration,
+    /// Budget per window: mean cost per request (times the window's records).
+    #[arg(long, conflicts_with = "budget_total")]
+    pub budget_mean: Option<f64>,
+    /// Budget per window: total cost. Default for both: the cost of what was logged.
+    #[arg(long)]
+    pub budget_total: Option<f64>,
+    #[arg(long, value_enum, default_value = "exact")]
+    pub method: Method,
+    /// Bisection's tolerance on k.
+    #[arg(long, default_value = "1e-9")]
+    pub epsilon: f64,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+    /// Keep reading new records and rewrite the table as each window closes.
+    #[arg(long)]
+    pub follow: bool,
+    /// With --follow: how long after its end a window is closed (records still in flight).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub lateness: Duration,
+    /// Kafka consumer group (its committed offsets say where to resume).
+    #[arg(long, default_value = "hydrus-solver")]
+    pub group: String,
+    /// What to solve: the Hydrus k-table or the E2E decision table.
+    #[arg(long, value_enum, default_value = "hydrus")]
+    pub policy: Policy,
+    /// E2E: the proxy's config, for the e2e filter's groups, QoE model and priority header.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// E2E: buckets of equal population (before splitting wide ones).
+    #[arg(long, default_value_t = 10)]
+    pub buckets: usize,
+    /// E2E: the widest a bucket may be, in ms of external delay.
+    #[arg(long, default_value_t = 500.0)]
+    pub delta_ms: f64,
+    /// E2E: request units (and slots) in the bipartite matching.
+    #[arg(long, default_value_t = 60)]
+    pub units: usize,
+    /// E2E: rewrite the table only when the inputs moved by more than this Jensen-Shannon
+    /// divergence (0-1) since it was solved.
+    #[arg(long, default_value_t = 0.05)]
+    pub js_threshold: f64,
+    /// E2E: rewrite the table even when the inputs did not move.
+    #[arg(long)]
+    pub force: bool,
+    /// Hedge: extra requests allowed for reissues, as a share of all requests.
+    #[arg(long, default_value_t = 0.05)]
+    pub reissue_budget: f64,
+    /// E2E with --follow: re-solve this often, on the records of the last interval.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+}
+
+/// Run `hydrus solve`.
+pub fn run(args: &SolveArgs) -> Result<(), SolveError> {
+    match args.policy {
+        Policy::Hydrus => hydrus::run(args),
+        Policy::E2e => e2e::run(args),
+        Policy::Hedge => hedge::run(args),
+    }
+}
+
+/// `--window 15m` as whole seconds that divide a day.
+pub fn window_secs(d: Duration) -> Result<u32, SolveError> {
+    let s = d.as_secs();
+    if d.subsec_nanos() != 0 || s == 0 || 86_400 % s != 0 {
+        return Err(SolveError::Window { window: d });
+    }
+    Ok(s as u32)
+}
+
+/// The logs as a [`FollowSource`]: files or a Kafka topic.
+fn follow_source(args: &SolveArgs) -> Result<Box<dyn FollowSource>, SolveError> {
+    Ok(if args.logs.starts_with("kafka://") {
+        #[cfg(feature = "kafka")]
+        {
+            Box::new(KafkaSource::new(&args.logs, &args.group)?)
+        }
+        #[cfg(not(feature = "kafka"))]
+        return Err(SolveError::NoKafka);
+    } else {
+        Box::new(follow::FileFollower::new(Path::new(&args.logs)))
+    })
+}
