@@ -63,35 +63,23 @@ fn qoe_sensitive_requests_go_to_the_faster_replica_group() {
     fast.per_inflight_ms.store(8, Ordering::SeqCst);
     let slow = Upstream::start("slow");
     slow.delay_ms.store(60, Ordering::SeqCst);
-    let template = format!(
-        r#"
-listen: 127.0.0.1:{{port}}
-admin:
-  listen: 127.0.0.1:{{admin}}
-shutdown:
-  grace_period: 0s
-  upgrade_sock: {{dir}}/upgrade.sock
-clusters:
-  fast:
-    endpoints: ["{}"]
-  slow:
-    endpoints: ["{}"]
-route:
-  cluster: fast
-filters:
-  - e2e:
-      groups: [fast, slow]
-      priority_header: x-priority
-      table:
-        path: {{dir}}/e2e.yaml
-      qoe_model: {{ d50_ms: 400, width_ms: 20 }}
-  - log:
-      file:
-        dir: {{dir}}/logs
-        flush_interval: 100ms
-"#,
-        fast.addr, slow.addr
-    );
+    let template = Config::new()
+        .threads(None)
+        .cluster("fast", &[fast.addr])
+        .cluster("slow", &[slow.addr])
+        .route(
+            route("default", "fast")
+                .filter(
+                    "e2e:
+  groups: [fast, slow]
+  priority_header: x-priority
+  table:
+    path: {dir}/e2e.yaml
+  qoe_model: { d50_ms: 400, width_ms: 20 }",
+                )
+                .filter(&file_log()),
+        )
+        .template();
     let h = Hydrus::start(&template);
 
     // 1. No table yet: the default policy, load balancing, counted.

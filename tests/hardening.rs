@@ -89,27 +89,22 @@ impl Drop for BrokenUpstream {
     }
 }
 
-fn pool_template(endpoints: &[SocketAddr], cluster_extra: &str, rest: &str) -> String {
-    let list: Vec<String> = endpoints.iter().map(|a| format!("\"{a}\"")).collect();
-    format!(
-        r#"
-listen: 127.0.0.1:{{port}}
-threads: 2
-admin:
-  listen: 127.0.0.1:{{admin}}
-shutdown:
-  grace_period: 0s
-  upgrade_sock: {{dir}}/upgrade.sock
-clusters:
-  pool:
-    endpoints: [{}]
-{cluster_extra}
-route:
-  cluster: pool
-{rest}
-"#,
-        list.join(", ")
-    )
+/// hydrus in front of the `pool` cluster (its section's `cluster_extra` lines), no filters;
+/// `top`: more top-level YAML.
+fn pool_template(endpoints: &[SocketAddr], cluster_extra: &str, top: &str) -> String {
+    let mut c = Config::new().cluster_with("pool", endpoints, cluster_extra);
+    if !top.is_empty() {
+        c = c.top(top);
+    }
+    c.route(route("default", "pool")).template()
+}
+
+/// hydrus in front of the `pool` cluster, running one filter.
+fn pool_filtered(endpoints: &[SocketAddr], filter: &str) -> String {
+    Config::new()
+        .cluster("pool", endpoints)
+        .route(route("default", "pool").filter(filter))
+        .template()
 }
 
 fn metric_of(h: &Hydrus, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -124,7 +119,7 @@ fn a_broken_endpoint_costs_no_idempotent_request() {
         let bad = BrokenUpstream::start(mode);
         let h = Hydrus::start(&pool_template(
             &[good.addr, bad.addr],
-            "    read_timeout: 2s\n",
+            "    read_timeout: 2s",
             "",
         ));
         let sent = requests(&h.url("/rank"), 400, 4, |i| {
@@ -183,7 +178,7 @@ fn a_request_that_is_not_idempotent_is_never_sent_twice() {
     // Ejection off, so that POSTs keep meeting the broken endpoint.
     let h = Hydrus::start(&pool_template(
         &[bad.addr, good.addr],
-        "    outlier: { consecutive_failures: 0, stall_after: 0s }\n",
+        "    outlier: { consecutive_failures: 0, stall_after: 0s }",
         "",
     ));
     let mut ok = 0;
@@ -217,7 +212,7 @@ fn a_request_that_is_not_idempotent_is_never_sent_twice() {
 fn consistent_hashing_keeps_each_user_on_one_endpoint() {
     let ups: Vec<Upstream> = (0..3).map(|i| Upstream::start(&format!("e{i}"))).collect();
     let addrs: Vec<SocketAddr> = ups.iter().map(|u| u.addr).collect();
-    let h = Hydrus::start(&pool_template(&addrs, "    lb: consistent_hash\n", ""));
+    let h = Hydrus::start(&pool_template(&addrs, "    lb: consistent_hash", ""));
     for round in 0..3 {
         for u in 0..30 {
             let (status, body) =
@@ -254,7 +249,7 @@ fn active_health_checks_take_an_endpoint_out_and_bring_it_back() {
     let b = Upstream::start("b");
     let h = Hydrus::start(&pool_template(
         &[a.addr, b.addr],
-        "    health_check: { path: /healthz, interval: 100ms, timeout: 500ms, healthy_threshold: 1, unhealthy_threshold: 2 }\n",
+        "    health_check: { path: /healthz, interval: 100ms, timeout: 500ms, healthy_threshold: 1, unhealthy_threshold: 2 }",
         "",
     ));
     let healthy = |u: &Upstream| {
@@ -307,7 +302,7 @@ fn idle_and_slow_clients_are_disconnected() {
     let h = Hydrus::start(&pool_template(
         &[up.addr],
         "",
-        "limits:\n  idle_timeout: 1s\n  header_timeout: 1s\n",
+        "limits:\n  idle_timeout: 1s\n  header_timeout: 1s",
     ));
     // A keep-alive connection: served, then closed after a second without a request.
     let mut ka = TcpStream::connect(("127.0.0.1", h.port)).unwrap();
@@ -408,40 +403,40 @@ fn a_flood_of_idle_connections_never_locks_out_clients_or_admin() {
     drop(flood);
 }
 
+/// hydrus with strategies that set query keys and a header, `rollout` percent of users in
+/// treatment (a salted rollout); `extra`: more of the hydrus section (indented by 6).
 fn strategy_template(up: &Upstream, rollout: &str, extra: &str) -> String {
-    format!(
-        r#"
-listen: 127.0.0.1:{{port}}
-threads: 2
-admin:
-  listen: 127.0.0.1:{{admin}}
-shutdown:
-  grace_period: 0s
-  upgrade_sock: {{dir}}/upgrade.sock
-clusters:
-  pool:
-    endpoints: ["{}"]
-route:
-  cluster: pool
-filters:
-  - rollout:
-      percent: {rollout}
-      salt: s3cret-salt
-  - hydrus:
-      default_strategy: s20
-{extra}
-      ktable:
-        path: {{dir}}/ktable.yaml
-      strategies:
-        - {{ name: s10, cost: 6, qoe_scale: 0.9, set_query: {{ candidates: "10" }} }}
-        - {{ name: s20, cost: 10, set_query: {{ candidates: "20" }} }}
-        - {{ name: s40, cost: 18, qoe_scale: 1.08, set_headers: {{ x-model: large }}, set_query: {{ candidates: "40" }} }}
-  - log:
-      file:
-        dir: {{dir}}/logs
-"#,
-        up.addr
-    )
+    strategy_config(up, Some(rollout), extra)
+}
+
+fn strategy_config(up: &Upstream, rollout: Option<&str>, extra: &str) -> String {
+    let extra: Vec<&str> = extra
+        .lines()
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .collect();
+    let hydrus = format!(
+        r#"hydrus:
+  default_strategy: s20
+{}
+  ktable:
+    path: {{dir}}/ktable.yaml
+  strategies:
+    - {{ name: s10, cost: 6, qoe_scale: 0.9, set_query: {{ candidates: "10" }} }}
+    - {{ name: s20, cost: 10, set_query: {{ candidates: "20" }} }}
+    - {{ name: s40, cost: 18, qoe_scale: 1.08, set_headers: {{ x-model: large }}, set_query: {{ candidates: "40" }} }}"#,
+        extra.join("\n")
+    );
+    let mut r = route("default", "pool");
+    if let Some(p) = rollout {
+        r = r.filter(&format!("rollout:\n  percent: {p}\n  salt: s3cret-salt"));
+    }
+    Config::new()
+        .cluster("pool", &[up.addr])
+        .route(
+            r.filter(&hydrus)
+                .filter("log:\n  file:\n    dir: {dir}/logs"),
+        )
+        .template()
 }
 
 fn start_strategies(up: &Upstream, rollout: &str, extra: &str, kt: &[(&str, f64)]) -> Hydrus {
@@ -666,10 +661,7 @@ fn a_half_saved_config_never_goes_live_and_a_dropped_filter_is_reported() {
         0.0
     );
     // A config that drops a running filter loads, and says so.
-    let without_rollout = strategy_template(&up, "100", "").replace(
-        "  - rollout:\n      percent: 100\n      salt: s3cret-salt\n",
-        "",
-    );
+    let without_rollout = strategy_config(&up, None, "");
     h.rewrite_config(&without_rollout);
     assert!(eventually(Duration::from_secs(5), || {
         h.metric(r#"hydrus_config_reload_dropped_total{kind="rollout"}"#) == 1.0
@@ -773,10 +765,9 @@ fn sigterm_with_a_failing_sink_exits_in_time_and_counts_what_it_lost() {
     let dir = tempfile::tempdir().unwrap();
     // A regular file where the log directory should be: every write fails, even as root.
     std::fs::write(dir.path().join("logs"), b"not a dir").unwrap();
-    let t = pool_template(
+    let t = pool_filtered(
         &[up.addr],
-        "",
-        "filters:\n  - log:\n      queue_capacity: 50\n      drain_timeout: 1s\n      file:\n        dir: {dir}/logs\n",
+        "log:\n  queue_capacity: 50\n  drain_timeout: 1s\n  file:\n    dir: {dir}/logs",
     );
     let mut h = Hydrus::start_in(dir, &t);
     let sent = requests(&h.url("/"), 200, 2, |_| vec![]);
@@ -813,11 +804,7 @@ fn an_upstream_dying_mid_body_is_logged_as_an_upstream_error() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = Hydrus::start_in(
         dir,
-        &pool_template(
-            &[addr],
-            "",
-            "filters:\n  - log:\n      file:\n        dir: {dir}/logs\n",
-        ),
+        &pool_filtered(&[addr], "log:\n  file:\n    dir: {dir}/logs"),
     );
     let answer = raw_request(h.port, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n");
     server.join().unwrap();
@@ -1019,10 +1006,9 @@ fn the_hedge_path_forwards_no_hop_by_hop_header() {
     .unwrap();
     let h = Hydrus::start_in(
         dir,
-        &pool_template(
+        &pool_filtered(
             &[up.addr],
-            "",
-            "filters:\n  - hedge:\n      table: { path: \"{dir}/hedge.yaml\" }\n",
+            "hedge:\n  table: { path: \"{dir}/hedge.yaml\" }",
         ),
     );
     assert!(eventually(Duration::from_secs(5), || h

@@ -34,31 +34,15 @@ fn hedging_cuts_the_p99_within_the_reissue_budget() {
         u.tail_every.store(20, Ordering::SeqCst);
         u.tail_ms.store(250, Ordering::SeqCst);
     }
-    let template = format!(
-        r#"
-listen: 127.0.0.1:{{port}}
-admin:
-  listen: 127.0.0.1:{{admin}}
-shutdown:
-  grace_period: 0s
-  upgrade_sock: {{dir}}/upgrade.sock
-clusters:
-  pool:
-    endpoints: ["{}", "{}"]
-route:
-  cluster: pool
-filters:
-  - hedge:
-      table:
-        path: {{dir}}/hedge.yaml
-      burst: 5
-  - log:
-      file:
-        dir: {{dir}}/logs
-        flush_interval: 100ms
-"#,
-        a.addr, b.addr
-    );
+    let template = Config::new()
+        .threads(None)
+        .cluster("pool", &[a.addr, b.addr])
+        .route(
+            route("default", "pool")
+                .filter("hedge:\n  table:\n    path: {dir}/hedge.yaml\n  burst: 5")
+                .filter(&file_log()),
+        )
+        .template();
     let h = Hydrus::start(&template);
     let n = 400;
 

@@ -10,38 +10,23 @@ use hydrus_filters::LogRecord;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+/// hydrus in front of `upstream`, half of the users in treatment, logging with `log` (the
+/// `log` filter's fields, indented by 6 as under `  - log:`).
 fn template(upstream: &Upstream, log: &str) -> String {
-    format!(
-        r#"
-listen: 127.0.0.1:{{port}}
-threads: 2
-admin:
-  listen: 127.0.0.1:{{admin}}
-shutdown:
-  grace_period: 1s
-  timeout: 5s
-  upgrade_sock: {{dir}}/upgrade.sock
-clusters:
-  ranker:
-    endpoints: ["{}"]
-route:
-  cluster: ranker
-filters:
-  - rollout:
-      percent: 50
-  - hydrus:
-      default_strategy: s20
-      ktable:
-        path: {{dir}}/ktable.yaml
-      strategies:
-        - {{ name: s10, cost: 6, qoe_scale: 0.9 }}
-        - {{ name: s20, cost: 10 }}
-        - {{ name: s40, cost: 18, qoe_scale: 1.08 }}
-  - log:
-{log}
-"#,
-        upstream.addr
-    )
+    let log: Vec<&str> = log
+        .lines()
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .collect();
+    Config::new()
+        .grace("1s", Some("5s"))
+        .cluster("ranker", &[upstream.addr])
+        .route(
+            route("default", "ranker")
+                .filter(&rollout("50"))
+                .filter(&hydrus3("{dir}/ktable.yaml"))
+                .filter(&format!("log:\n{}", log.join("\n"))),
+        )
+        .template()
 }
 
 fn start(upstream: &Upstream, log: &str) -> Hydrus {

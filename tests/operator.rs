@@ -13,38 +13,16 @@ use std::time::Duration;
 
 /// Three strategies; at k = 0.004 a QoE of 0.6 makes s40 the argmax (see tests/proxy.rs).
 fn template(up: &Upstream, percent: &str, ktable_path: &str) -> String {
-    format!(
-        r#"
-listen: 127.0.0.1:{{port}}
-threads: 2
-admin:
-  listen: 127.0.0.1:{{admin}}
-shutdown:
-  grace_period: 1s
-  upgrade_sock: {{dir}}/upgrade.sock
-clusters:
-  pool:
-    endpoints: ["{}"]
-route:
-  cluster: pool
-filters:
-  - rollout:
-      percent: {percent}
-  - hydrus:
-      default_strategy: s20
-      ktable:
-        path: {ktable_path}
-      strategies:
-        - {{ name: s10, cost: 6, qoe_scale: 0.9 }}
-        - {{ name: s20, cost: 10 }}
-        - {{ name: s40, cost: 18, qoe_scale: 1.08 }}
-  - log:
-      file:
-        dir: {{dir}}/logs
-        flush_interval: 100ms
-"#,
-        up.addr
-    )
+    Config::new()
+        .grace("1s", None)
+        .cluster("pool", &[up.addr])
+        .route(
+            route("default", "pool")
+                .filter(&rollout(percent))
+                .filter(&hydrus3(ktable_path))
+                .filter(&file_log()),
+        )
+        .template()
 }
 
 fn send(h: &Hydrus, n: usize, q: &str) {

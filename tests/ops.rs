@@ -14,72 +14,44 @@ use std::time::{Duration, Instant};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-fn template(upstreams: &[&Upstream], extra_cluster: &str) -> String {
-    let endpoints: Vec<String> = upstreams
-        .iter()
-        .map(|u| format!("\"{}\"", u.addr))
-        .collect();
-    format!(
-        r#"
-listen: 127.0.0.1:{{port}}
-threads: 2
-admin:
-  listen: 127.0.0.1:{{admin}}
-shutdown:
-  grace_period: 2s
-  timeout: 3s
-  upgrade_sock: {{dir}}/upgrade.sock
-  pid_file: {{dir}}/hydrus.pid
-clusters:
-  pool:
-    endpoints: [{}]
-    connect_timeout: 300ms
-    outlier: {{ base_ejection_time: 300ms, max_ejection_time: 1s }}
-{extra_cluster}
-route:
-  cluster: pool
-filters:
-  - rollout:
-      percent: 50
-  - hydrus:
-      default_strategy: s20
-      ktable:
-        path: {{dir}}/ktable.yaml
-      strategies:
-        - {{ name: s10, cost: 6, qoe_scale: 0.9 }}
-        - {{ name: s20, cost: 10 }}
-        - {{ name: s40, cost: 18, qoe_scale: 1.08 }}
-  - log:
-      file:
-        dir: {{dir}}/logs
-"#,
-        endpoints.join(", ")
+/// hydrus in front of the `pool` cluster (and `slow`, when given, for the `heavy` strategy),
+/// with `percent` of users in treatment.
+fn template(upstreams: &[&Upstream], slow: Option<&Upstream>, percent: u32) -> String {
+    let endpoints: Vec<_> = upstreams.iter().map(|u| u.addr).collect();
+    let mut hydrus = hydrus3("{dir}/ktable.yaml");
+    let mut c = Config::new()
+        .grace("2s", Some("3s"))
+        .shutdown("pid_file: {dir}/hydrus.pid")
+        .cluster_with(
+            "pool",
+            &endpoints,
+            "    connect_timeout: 300ms\n    outlier: { base_ejection_time: 300ms, max_ejection_time: 1s }",
+        );
+    if let Some(slow) = slow {
+        c = c.cluster_with("slow", &[slow.addr], "    read_timeout: 300ms");
+        hydrus.push_str("\n    - { name: heavy, cost: 50, cluster: slow }");
+    }
+    c.route(
+        route("default", "pool")
+            .filter(&rollout(&percent.to_string()))
+            .filter(&hydrus)
+            .filter("log:\n  file:\n    dir: {dir}/logs"),
     )
+    .template()
 }
 
-fn start(upstreams: &[&Upstream], extra_cluster: &str, extra_strategy: &str) -> Hydrus {
-    start_percent(upstreams, extra_cluster, extra_strategy, 50)
+fn start(upstreams: &[&Upstream]) -> Hydrus {
+    start_percent(upstreams, None, 50)
 }
 
-fn start_percent(
-    upstreams: &[&Upstream],
-    extra_cluster: &str,
-    extra_strategy: &str,
-    percent: u32,
-) -> Hydrus {
+fn start_percent(upstreams: &[&Upstream], slow: Option<&Upstream>, percent: u32) -> Hydrus {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("ktable.yaml"),
         ktable(&[("default", 0.004)], None),
     )
     .unwrap();
-    let t = template(upstreams, extra_cluster)
-        .replace("percent: 50", &format!("percent: {percent}"))
-        .replace(
-            "        - { name: s40, cost: 18, qoe_scale: 1.08 }\n",
-            &format!("        - {{ name: s40, cost: 18, qoe_scale: 1.08 }}\n{extra_strategy}"),
-        );
-    Hydrus::start_in(dir, &t)
+    Hydrus::start_in(dir, &template(upstreams, slow, percent))
 }
 
 /// Steady load from `threads` threads until stopped (at most `limit`); counts statuses.
@@ -156,7 +128,7 @@ fn promtool_accepts_the_rules_and_the_live_metrics() {
         String::from_utf8_lossy(&out.stderr)
     );
     let up = Upstream::start("a");
-    let h = start(&[&up], "", "");
+    let h = start(&[&up]);
     for i in 0..20 {
         get_with(
             &h.url("/"),
@@ -205,7 +177,7 @@ fn query(prom: u16, q: &str) -> serde_json::Value {
 #[test]
 fn prometheus_scrapes_hydrus_and_every_dashboard_query_answers() {
     let up = Upstream::start("a");
-    let h = start(&[&up], "", "");
+    let h = start(&[&up]);
     let load = Load::start(h.port, 2, Duration::from_secs(60));
     let dir = tempfile::tempdir().unwrap();
     let prom_port = free_port();
@@ -291,7 +263,7 @@ fn prometheus_scrapes_hydrus_and_every_dashboard_query_answers() {
 #[test]
 fn graceful_upgrade_loses_no_request_of_clients_that_never_retry() {
     let up = Upstream::start("a");
-    let mut old = start(&[&up], "", "");
+    let mut old = start(&[&up]);
     let old_pid = old.pid();
     // 300 requests per second over kept-alive connections, never retried.
     let load = KeepAliveLoad::start(
@@ -346,7 +318,7 @@ fn graceful_upgrade_loses_no_request_of_clients_that_never_retry() {
 #[test]
 fn sigterm_answers_every_request_sent_on_a_kept_alive_connection() {
     let up = Upstream::start("a");
-    let mut h = start(&[&up], "", "");
+    let mut h = start(&[&up]);
     let load = KeepAliveLoad::start(
         h.port,
         6,
@@ -379,7 +351,7 @@ fn sigterm_answers_every_request_sent_on_a_kept_alive_connection() {
 fn sigterm_lets_in_flight_requests_finish() {
     let up = Upstream::start("slow");
     up.delay_ms.store(1500, Ordering::SeqCst);
-    let mut h = start(&[&up], "", "");
+    let mut h = start(&[&up]);
     let url = h.url("/");
     let inflight = std::thread::spawn(move || get_with(&url, &[("x-user-id", "u")]));
     std::thread::sleep(Duration::from_millis(400));
@@ -407,7 +379,7 @@ fn rss_kib(pid: u32) -> u64 {
 #[test]
 fn soak_a_minute_of_load_without_error_and_memory_flat() {
     let up = Upstream::start("a");
-    let h = start(&[&up], "", "");
+    let h = start(&[&up]);
     let load = Load::start(h.port, 3, Duration::from_secs(70));
     std::thread::sleep(Duration::from_secs(10));
     let warm = rss_kib(h.pid());
@@ -442,16 +414,7 @@ fn faults_are_survived_and_counted() {
     let b = Upstream::start("b");
     let slow = Upstream::start("slow");
     slow.delay_ms.store(1000, Ordering::SeqCst);
-    let extra_cluster = format!(
-        "  slow:\n    endpoints: [\"{}\"]\n    read_timeout: 300ms\n",
-        slow.addr
-    );
-    let h = start_percent(
-        &[&a, &b],
-        &extra_cluster,
-        "        - { name: heavy, cost: 50, cluster: slow }\n",
-        100,
-    );
+    let h = start_percent(&[&a, &b], Some(&slow), 100);
     let send = |q: &str| {
         get_with(&h.url("/"), &[("x-user-id", "u1"), ("x-qoe-score", q)])
             .unwrap()
@@ -526,7 +489,7 @@ fn faults_are_survived_and_counted() {
 #[test]
 fn bad_input_gets_a_4xx_or_the_default_never_a_crash() {
     let up = Upstream::start("a");
-    let h = start(&[&up], "", "");
+    let h = start(&[&up]);
     let four_xx = |what: &str, bytes: Vec<u8>| {
         let answer = raw_request(h.port, &bytes);
         assert!(

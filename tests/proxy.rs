@@ -13,52 +13,52 @@ use std::time::{Duration, Instant};
 /// Hand values for q (single QoE) at k = 0.004:
 ///   s10: 0.90q - 0.024   s20: q - 0.040   s40: 1.08q - 0.072
 ///   s20 beats s10 when q > 0.16; s40 beats s20 when q > 0.4.
-fn template(small: &Upstream, big: &Upstream, rollout: &str, extra_ktable: &str) -> String {
-    format!(
-        r#"
-listen: 127.0.0.1:{{port}}
-threads: 2
-admin:
-  listen: 127.0.0.1:{{admin}}
-shutdown:
-  grace_period: 1s
-  timeout: 2s
-  upgrade_sock: {{dir}}/upgrade.sock
-clusters:
-  small:
-    endpoints: ["{small}"]
-  big:
-    endpoints: ["{big}"]
-route:
-  cluster: small
-filters:
-{rollout}
-  - hydrus:
-      default_strategy: s20
-      ktable:
-        path: {{dir}}/ktable.yaml
-{extra_ktable}
-      strategies:
-        - name: s10
-          cost: 6
-          qoe_scale: 0.9
-          set_query: {{ candidates: "10" }}
-        - name: s20
-          cost: 10
-          set_query: {{ candidates: "20" }}
-        - name: s40
-          cost: 18
-          qoe_scale: 1.08
-          cluster: big
-          set_headers: {{ x-model: large }}
-          set_query: {{ candidates: "40" }}
-"#,
-        small = small.addr,
-        big = big.addr,
+fn template(small: &Upstream, big: &Upstream, percent: &str, extra_ktable: &str) -> String {
+    template_with(
+        small,
+        big,
+        percent,
+        &format!("path: {{dir}}/ktable.yaml\n{}", extra_ktable.trim()),
     )
 }
 
-const ALL_TREATED: &str = "  - rollout:\n      percent: 100";
+/// The same, with the k-table's source fields as given.
+fn template_with(small: &Upstream, big: &Upstream, percent: &str, ktable: &str) -> String {
+    let ktable: Vec<String> = ktable.lines().map(|l| format!("    {l}")).collect();
+    let hydrus = format!(
+        r#"hydrus:
+  default_strategy: s20
+  ktable:
+{}
+  strategies:
+    - name: s10
+      cost: 6
+      qoe_scale: 0.9
+      set_query: {{ candidates: "10" }}
+    - name: s20
+      cost: 10
+      set_query: {{ candidates: "20" }}
+    - name: s40
+      cost: 18
+      qoe_scale: 1.08
+      cluster: big
+      set_headers: {{ x-model: large }}
+      set_query: {{ candidates: "40" }}"#,
+        ktable.join("\n")
+    );
+    Config::new()
+        .grace("1s", Some("2s"))
+        .cluster("small", &[small.addr])
+        .cluster("big", &[big.addr])
+        .route(
+            route("default", "small")
+                .filter(&rollout(percent))
+                .filter(&hydrus),
+        )
+        .template()
+}
+
+const ALL_TREATED: &str = "100";
 
 fn start(rollout: &str, kt: Option<String>, extra_ktable: &str) -> (Upstream, Upstream, Hydrus) {
     let small = Upstream::start("small");
@@ -154,7 +154,7 @@ fn chosen_strategy_is_the_hand_computed_argmax_and_is_applied() {
 #[test]
 fn rollout_split_is_close_to_percent_and_stable_per_user() {
     let kt = ktable(&[("default", 0.004)], None);
-    let (small, big, h) = start("  - rollout:\n      percent: 30", Some(kt), "");
+    let (small, big, h) = start("30", Some(kt), "");
     let users = 1500;
     let mut group_of = std::collections::HashMap::new();
     for i in 0..users {
@@ -290,7 +290,7 @@ fn stale_k_table_falls_back() {
         .as_millis() as u64
         - 2 * 3600 * 1000;
     let kt = ktable(&[("default", 0.004)], Some(two_hours_ago));
-    let (small, big, h) = start(ALL_TREATED, Some(kt), "        max_age: 1h");
+    let (small, big, h) = start(ALL_TREATED, Some(kt), "max_age: 1h");
     let (status, _) = send(&h, &[("x-user-id", "u"), ("x-qoe-score", "0.6")]);
     assert_eq!(status, 200);
     assert_eq!(last(&small, &big).header("x-hydrus-strategy"), Some("s20"));
@@ -393,7 +393,7 @@ fn took_effect_within_a_second(
 #[test]
 fn rollout_and_k_table_edits_take_effect_within_a_second_under_load() {
     let kt = ktable(&[("default", 0.004)], None);
-    let (small, big, h) = start("  - rollout:\n      percent: 0", Some(kt), "");
+    let (small, big, h) = start("0", Some(kt), "");
     let load = Load::start(&h, 3);
     std::thread::sleep(Duration::from_millis(700));
 
@@ -478,7 +478,7 @@ fn a_bad_config_or_k_table_on_reload_keeps_the_running_one() {
 #[test]
 fn client_cannot_choose_its_strategy_or_group_and_nothing_leaks() {
     let kt = ktable(&[("default", 0.004)], None);
-    let (small, big, h) = start("  - rollout:\n      percent: 0", Some(kt), "");
+    let (small, big, h) = start("0", Some(kt), "");
     let (status, body) = send(
         &h,
         &[
@@ -508,8 +508,9 @@ fn admin_endpoints_describe_the_running_proxy() {
     let (status, body) = get(&format!("{}/config", h.admin())).unwrap();
     assert_eq!(status, 200);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    // The config as written (the route's filters, in order).
     assert_eq!(
-        v["config"]["filters"][1]["hydrus"]["default_strategy"],
+        v["config"]["routes"][0]["filters"][1]["hydrus"]["default_strategy"],
         "s20"
     );
     let (status, body) = get(&format!("{}/ktable", h.admin())).unwrap();
@@ -529,23 +530,16 @@ fn round_robin_and_failover_within_a_cluster() {
     let a = Upstream::start("a");
     let b = Upstream::start("b");
     let dead = free_port();
-    let template = format!(
-        r#"
-listen: 127.0.0.1:{{port}}
-admin:
-  listen: 127.0.0.1:{{admin}}
-shutdown:
-  grace_period: 0s
-  upgrade_sock: {{dir}}/upgrade.sock
-clusters:
-  pool:
-    endpoints: ["{}", "127.0.0.1:{dead}", "{}"]
-    connect_timeout: 200ms
-route:
-  cluster: pool
-"#,
-        a.addr, b.addr
-    );
+    let dead: std::net::SocketAddr = format!("127.0.0.1:{dead}").parse().unwrap();
+    let template = Config::new()
+        .threads(None)
+        .cluster_with(
+            "pool",
+            &[a.addr, dead, b.addr],
+            "    connect_timeout: 200ms",
+        )
+        .route(route("default", "pool"))
+        .template();
     let h = Hydrus::start(&template);
     for _ in 0..60 {
         let (status, _) = get(&h.url("/x")).unwrap();
@@ -597,9 +591,11 @@ fn k_table_from_a_url_is_polled_with_etag() {
     };
     let small = Upstream::start("small");
     let big = Upstream::start("big");
-    let t = template(&small, &big, ALL_TREATED, "").replace(
-        "        path: {dir}/ktable.yaml\n",
-        &format!("        url: http://{addr}/ktable.yaml\n        poll_interval: 100ms\n"),
+    let t = template_with(
+        &small,
+        &big,
+        ALL_TREATED,
+        &format!("url: http://{addr}/ktable.yaml\npoll_interval: 100ms"),
     );
     let h = Hydrus::start(&t);
     assert!(eventually(Duration::from_secs(5), || h

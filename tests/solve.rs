@@ -334,37 +334,16 @@ fn no_usable_record_is_an_error() {
 fn the_loop_proxy_logs_solver_table_proxy() {
     // A proxy logging to files, everyone on control (the default strategy s20)...
     let up = Upstream::start("ranker");
-    let template = format!(
-        r#"
-listen: 127.0.0.1:{{port}}
-admin:
-  listen: 127.0.0.1:{{admin}}
-shutdown:
-  grace_period: 0s
-  upgrade_sock: {{dir}}/upgrade.sock
-clusters:
-  ranker:
-    endpoints: ["{}"]
-route:
-  cluster: ranker
-filters:
-  - rollout:
-      percent: 0
-  - hydrus:
-      default_strategy: s20
-      ktable:
-        path: {{dir}}/ktable.yaml
-      strategies:
-        - {{ name: s10, cost: 6, qoe_scale: 0.9 }}
-        - {{ name: s20, cost: 10 }}
-        - {{ name: s40, cost: 18, qoe_scale: 1.08 }}
-  - log:
-      file:
-        dir: {{dir}}/logs
-        flush_interval: 100ms
-"#,
-        up.addr
-    );
+    let template = Config::new()
+        .threads(None)
+        .cluster("ranker", &[up.addr])
+        .route(
+            route("default", "ranker")
+                .filter(&rollout("0"))
+                .filter(&hydrus3("{dir}/ktable.yaml"))
+                .filter(&file_log()),
+        )
+        .template();
     let h = Hydrus::start(&template);
     let n = 600;
     for i in 0..n {

@@ -357,6 +357,125 @@ impl Edge {
     }
 }
 
+/// The persistent settings of a served connection's session, carried to its next request.
+type Persistent = Option<pingora::apps::HttpPersistentSettings>;
+
+impl Edge {
+    /// Wait for the connection's next request within its deadline: whether one began.
+    async fn next_request(
+        &self,
+        stream: &mut Stream,
+        slot: &Slot,
+        first: bool,
+        accepted_ms: u64,
+        shutdown: &ShutdownWatch,
+    ) -> bool {
+        let limits = self.state.config.load().limits.clone();
+        // (HTTP/1.1 pipelining stays off, pingora's default: no request is ever buffered
+        // ahead, so the next one starts with a byte on the stream.)
+        // The first request's wait counts against its header deadline.
+        let first_deadline = at(accepted_ms, limits.header_timeout);
+        let (phase, deadline) = if first {
+            (Phase::Fresh, first_deadline)
+        } else {
+            (
+                Phase::KeepAlive,
+                at(crate::clock::now_ms(), limits.idle_timeout),
+            )
+        };
+        match self
+            .wait_for_request(stream, slot, phase, deadline, shutdown)
+            .await
+        {
+            Wait::Request => {}
+            Wait::Closed | Wait::Shutdown | Wait::Evicted => return false,
+            Wait::Idle => {
+                if first {
+                    self.conns.m.header_timeout.inc();
+                } else {
+                    self.conns.m.idle_timeout.inc();
+                }
+                return false;
+            }
+        }
+        slot.set_phase(Phase::Header);
+        slot.set_deadline(if first {
+            first_deadline
+        } else {
+            at(crate::clock::now_ms(), limits.header_timeout)
+        });
+        slot.body_timeout_ms.store(
+            limits.body_timeout.as_millis().min(u128::from(u64::MAX)) as u64,
+            Ordering::Release,
+        );
+        true
+    }
+
+    /// A session for the request that began on `stream`.
+    fn session(
+        &self,
+        stream: Stream,
+        settings: Persistent,
+        shutdown: &ShutdownWatch,
+    ) -> ServerSession {
+        let mut session = ServerSession::new_http1(stream);
+        match settings {
+            Some(s) => pingora::apps::HttpPersistentSettings::apply_to_session(s, &mut session),
+            None => {
+                let idle = self.state.config.load().limits.idle_timeout;
+                session.set_keepalive(Some(idle.as_secs().max(1)));
+                if let Some(o) = self.proxy.server_options() {
+                    session.set_keepalive_reuses_remaining(o.keepalive_request_limit);
+                }
+            }
+        }
+        if *shutdown.borrow() {
+            session.set_keepalive(None);
+        }
+        session
+    }
+
+    /// Serve one request: until its header is read, it may be evicted or run out of time; then
+    /// its body may run out of time; then it runs to the end. The reaper kicks. The stream
+    /// back when the connection may be reused.
+    async fn serve(
+        &self,
+        session: ServerSession,
+        slot: &Arc<Slot>,
+        shutdown: &ShutdownWatch,
+    ) -> Option<(Stream, Persistent)> {
+        slot.header_read.store(false, Ordering::Release);
+        slot.body_read.store(false, Ordering::Release);
+        let mut session = session;
+        session.set_connection_user_context(Some(Box::new(slot.clone())));
+        let serve = self.proxy.process_new_http(session, shutdown);
+        tokio::pin!(serve);
+        let reused = loop {
+            tokio::select! {
+                biased;
+                r = &mut serve => break r,
+                _ = slot.kick.notified() => {
+                    let header = slot.header_read.load(Ordering::Acquire);
+                    if !header && slot.evicted.load(Ordering::Acquire) {
+                        return None;
+                    }
+                    if slot.expired(crate::clock::now_ms()) {
+                        // The request's hold on its upstream is given back as it drops.
+                        if header {
+                            self.conns.m.body_timeout.inc();
+                        } else {
+                            self.conns.m.header_timeout.inc();
+                        }
+                        return None;
+                    }
+                }
+            }
+        };
+        slot.set_deadline(0);
+        Some(reused?.consume())
+    }
+}
+
 #[async_trait]
 impl ServerApp for Edge {
     async fn process_new(
@@ -364,98 +483,23 @@ impl ServerApp for Edge {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let limits = self.state.config.load().limits.clone();
-        let admitted = self.conns.admit(limits.max_connections)?;
+        let max = self.state.config.load().limits.max_connections;
+        let admitted = self.conns.admit(max)?;
         let slot = admitted.slot.clone();
         let accepted_ms = crate::clock::now_ms();
         let mut stream = stream;
         let mut settings = None;
         let mut first = true;
         loop {
-            let limits = self.state.config.load().limits.clone();
-            // (HTTP/1.1 pipelining stays off, pingora's default: no request is ever buffered
-            // ahead, so the next one starts with a byte on the stream.)
-            // The first request's wait counts against its header deadline.
-            let first_deadline = at(accepted_ms, limits.header_timeout);
-            let (phase, deadline) = if first {
-                (Phase::Fresh, first_deadline)
-            } else {
-                (
-                    Phase::KeepAlive,
-                    at(crate::clock::now_ms(), limits.idle_timeout),
-                )
-            };
-            match self
-                .wait_for_request(&mut stream, &slot, phase, deadline, shutdown)
+            if !self
+                .next_request(&mut stream, &slot, first, accepted_ms, shutdown)
                 .await
             {
-                Wait::Request => {}
-                Wait::Closed | Wait::Shutdown | Wait::Evicted => return None,
-                Wait::Idle => {
-                    if first {
-                        self.conns.m.header_timeout.inc();
-                    } else {
-                        self.conns.m.idle_timeout.inc();
-                    }
-                    return None;
-                }
+                return None;
             }
-            slot.set_phase(Phase::Header);
-            slot.set_deadline(if first {
-                first_deadline
-            } else {
-                at(crate::clock::now_ms(), limits.header_timeout)
-            });
-            slot.body_timeout_ms.store(
-                limits.body_timeout.as_millis().min(u128::from(u64::MAX)) as u64,
-                Ordering::Release,
-            );
             first = false;
-            let mut session = ServerSession::new_http1(stream);
-            match settings.take() {
-                Some(s) => pingora::apps::HttpPersistentSettings::apply_to_session(s, &mut session),
-                None => {
-                    session.set_keepalive(Some(limits.idle_timeout.as_secs().max(1)));
-                    if let Some(o) = self.proxy.server_options() {
-                        session.set_keepalive_reuses_remaining(o.keepalive_request_limit);
-                    }
-                }
-            }
-            if *shutdown.borrow() {
-                session.set_keepalive(None);
-            }
-            slot.header_read.store(false, Ordering::Release);
-            slot.body_read.store(false, Ordering::Release);
-            session.set_connection_user_context(Some(Box::new(slot.clone())));
-            let serve = self.proxy.process_new_http(session, shutdown);
-            tokio::pin!(serve);
-            // Until its header is read, a request may be evicted or run out of time; then its
-            // body may run out of time; then it runs to the end. The reaper kicks.
-            let reused = loop {
-                tokio::select! {
-                    biased;
-                    r = &mut serve => break r,
-                    _ = slot.kick.notified() => {
-                        let header = slot.header_read.load(Ordering::Acquire);
-                        if !header && slot.evicted.load(Ordering::Acquire) {
-                            return None;
-                        }
-                        if slot.expired(crate::clock::now_ms()) {
-                            // The request's hold on its upstream is given back as it drops.
-                            if header {
-                                self.conns.m.body_timeout.inc();
-                            } else {
-                                self.conns.m.header_timeout.inc();
-                            }
-                            return None;
-                        }
-                    }
-                }
-            };
-            slot.set_deadline(0);
-            let (s, p) = reused?.consume();
-            stream = s;
-            settings = p;
+            let session = self.session(stream, settings.take(), shutdown);
+            (stream, settings) = self.serve(session, &slot, shutdown).await?;
         }
     }
 

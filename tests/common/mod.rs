@@ -2,6 +2,11 @@
 //! binary started on a config, and a small HTTP client. Every wait is bounded.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod config;
+
+#[allow(unused_imports)] // not every test binary builds a config
+pub use config::{file_log, hydrus3, rollout, route, Config};
+
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

@@ -298,27 +298,11 @@ impl StageKind for E2eKind {
         if ec.groups.is_empty() {
             cx.error("groups", "at least one group (cluster) is needed");
         }
-        let mut groups = Vec::new();
-        for (i, g) in ec.groups.iter().enumerate() {
-            match (cx.cluster_index)(g) {
-                Some(ci) if !groups.contains(&ci) => groups.push(ci),
-                Some(_) => cx.error(&format!("groups[{i}]"), format!("`{g}` is listed twice")),
-                None => cx.error(&format!("groups[{i}]"), format!("no cluster named `{g}`")),
-            }
-        }
-        let priority_header = ec.priority_header.as_ref().and_then(|h| {
-            let f = cx.sub("priority_header");
-            let hn = cx.problems.header_name(&f, h)?;
-            let n = normalized(&hn);
-            if n.starts_with("x-hydrus-") || HOP_OR_FRAMING.contains(&n.as_ref()) {
-                cx.error(
-                    "priority_header",
-                    "x-hydrus-*, framing and hop-by-hop headers cannot be set",
-                );
-                return None;
-            }
-            Some(hn)
-        });
+        let groups = cluster_groups(&ec.groups, cx);
+        let priority_header = ec
+            .priority_header
+            .as_ref()
+            .and_then(|h| priority_header(h, cx));
         let q = ec.qoe_model;
         if !(q.width_ms.is_finite()
             && q.width_ms > 0.0
@@ -337,25 +321,7 @@ impl StageKind for E2eKind {
         }
         let m = cx.metrics.downcast_ref::<E2eMetrics>()?;
         let names = ec.groups.clone();
-        let check_names = names.clone();
-        let table = TableSlot::new(
-            source,
-            [
-                m.reloads.with_label_values(&["ok"]),
-                m.reloads.with_label_values(&["error"]),
-            ],
-        )
-        .with_check(Box::new(move |t: &E2eTable| {
-            if t.groups() == check_names.as_slice() {
-                Ok(())
-            } else {
-                Err(TableError::Mismatch(format!(
-                    "groups {:?} are not the e2e filter's groups {:?}",
-                    t.groups(),
-                    check_names
-                )))
-            }
-        }));
+        let table = table_slot(source, m, names.clone());
         Some(Arc::new(E2eStage {
             header: header?,
             owned: priority_header.iter().cloned().collect(),
@@ -377,4 +343,55 @@ impl StageKind for E2eKind {
             loaded: m.loaded.clone(),
         }))
     }
+}
+
+/// The clusters of the replica groups, each once.
+fn cluster_groups(names: &[String], cx: &mut CompileCtx<'_>) -> Vec<usize> {
+    let mut groups = Vec::new();
+    for (i, g) in names.iter().enumerate() {
+        match (cx.cluster_index)(g) {
+            Some(ci) if !groups.contains(&ci) => groups.push(ci),
+            Some(_) => cx.error(&format!("groups[{i}]"), format!("`{g}` is listed twice")),
+            None => cx.error(&format!("groups[{i}]"), format!("no cluster named `{g}`")),
+        }
+    }
+    groups
+}
+
+/// The priority header, checked: not hydrus's own, not framing or hop-by-hop.
+fn priority_header(h: &str, cx: &mut CompileCtx<'_>) -> Option<HeaderName> {
+    let f = cx.sub("priority_header");
+    let hn = cx.problems.header_name(&f, h)?;
+    let n = normalized(&hn);
+    if n.starts_with("x-hydrus-") || HOP_OR_FRAMING.contains(&n.as_ref()) {
+        cx.error(
+            "priority_header",
+            "x-hydrus-*, framing and hop-by-hop headers cannot be set",
+        );
+        return None;
+    }
+    Some(hn)
+}
+
+/// The decision table's slot: a table naming other groups (or another order) is refused.
+fn table_slot(
+    source: crate::table::TableSource,
+    m: &E2eMetrics,
+    names: Vec<String>,
+) -> TableSlot<E2eTable> {
+    let reloads = [
+        m.reloads.with_label_values(&["ok"]),
+        m.reloads.with_label_values(&["error"]),
+    ];
+    TableSlot::new(source, reloads).with_check(Box::new(move |t: &E2eTable| {
+        if t.groups() == names.as_slice() {
+            Ok(())
+        } else {
+            Err(TableError::Mismatch(format!(
+                "groups {:?} are not the e2e filter's groups {:?}",
+                t.groups(),
+                names
+            )))
+        }
+    }))
 }

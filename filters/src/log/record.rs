@@ -272,31 +272,31 @@ mod tests {
         assert_eq!(back.chosen_cost(), Some(10.0));
     }
 
-    #[test]
-    fn a_borrowed_record_writes_what_a_record_reads() {
+    fn set() -> StrategySet {
         use crate::hydrus::strategy::Strategy;
-        let set = StrategySet::new(
-            vec![
-                Strategy {
-                    name: "s10".into(),
-                    cost: 6.0,
-                    qoe_scale: 0.5,
-                },
-                Strategy {
-                    name: "s20".into(),
-                    cost: 10.0,
-                    qoe_scale: 1.0,
-                },
-            ],
-            "s20",
-        )
-        .expect("valid");
-        let q = QoeVector::scaled(&set, 0.5);
+        let s = |name: &str, cost: f64, qoe_scale: f64| Strategy {
+            name: name.into(),
+            cost,
+            qoe_scale,
+        };
+        StrategySet::new(vec![s("s10", 6.0, 0.5), s("s20", 10.0, 1.0)], "s20").expect("valid")
+    }
+
+    fn extra() -> crate::stage::LogFields {
+        use crate::stage::LogValue;
         let mut extra = crate::stage::LogFields::default();
-        extra.push("external_delay_ms", crate::stage::LogValue::F64(120.5));
-        extra.push("e2e_bucket", crate::stage::LogValue::U64(2));
-        extra.push("hedge", crate::stage::LogValue::Str("hedge"));
-        let r = RecordRef {
+        extra.push("external_delay_ms", LogValue::F64(120.5));
+        extra.push("e2e_bucket", LogValue::U64(2));
+        extra.push("hedge", LogValue::Str("hedge"));
+        extra
+    }
+
+    fn borrowed<'a>(
+        set: &'a StrategySet,
+        q: &'a QoeVector,
+        extra: &'a crate::stage::LogFields,
+    ) -> RecordRef<'a> {
+        RecordRef {
             ts_ms: 7,
             request_id: "r\"1",
             user_id: "u",
@@ -306,8 +306,8 @@ mod tests {
             chosen: "s20",
             k: Some(0.25),
             value_info: ValueInfoRef {
-                strategies: Some(&set),
-                qoe: Some(&q),
+                strategies: Some(set),
+                qoe: Some(q),
             },
             status: 200,
             upstream_ms: None,
@@ -320,14 +320,20 @@ mod tests {
             would_choose: Some("s10"),
             strategy_set: Some("00ff"),
             route: Some("rank"),
-            extra: &extra,
-        };
+            extra,
+        }
+    }
+
+    #[test]
+    fn a_borrowed_record_writes_what_a_record_reads() {
+        let (set, extra) = (set(), extra());
+        let q = QoeVector::scaled(&set, 0.5);
+        let r = borrowed(&set, &q, &extra);
         let mut out = Vec::new();
         r.encode_into(&mut out);
         let back: LogRecord = serde_json::from_slice(&out).expect("one record");
         assert_eq!(back.request_id, "r\"1");
         assert_eq!(back.scenario_raw.as_deref(), Some("x\n"));
-        assert_eq!(back.value_info.len(), 2);
         assert_eq!(
             back.value_info[0],
             ValueInfo {
@@ -336,6 +342,7 @@ mod tests {
                 qoe: 0.25
             }
         );
+        assert_eq!(back.value_info.len(), 2);
         assert_eq!(back.chosen_cost(), Some(10.0));
         assert_eq!(
             (back.cluster_load, back.total_ms, back.upstream_ms),
@@ -357,12 +364,18 @@ mod tests {
             String::from_utf8_lossy(&again),
             String::from_utf8_lossy(&out)
         );
+    }
+
+    #[test]
+    fn an_unusable_qoe_header_leaves_value_info_empty() {
+        let (set, extra) = (set(), extra());
+        let q = QoeVector::scaled(&set, 0.5);
         let none = RecordRef {
             value_info: ValueInfoRef {
                 strategies: Some(&set),
                 qoe: None,
             },
-            ..r
+            ..borrowed(&set, &q, &extra)
         };
         let mut out = Vec::new();
         none.encode_into(&mut out);
