@@ -44,12 +44,15 @@ pub use log::{LogRecord, ValueInfo};
 pub use rollout::{Group, Rollout};
 
 /// Every kind of stage a chain may name. Adding a policy: its module, and one line here.
-pub fn kinds() -> [&'static dyn stage::StageKind; 5] {
-    [
-        &rollout::KIND,
-        &hydrus::KIND,
-        &e2e::KIND,
-        &hedge::KIND,
-        &log::KIND,
-    ]
+pub static KINDS: &[&dyn stage::StageKind] = &[
+    &rollout::KIND,
+    &hydrus::KIND,
+    &e2e::KIND,
+    &hedge::KIND,
+    &log::KIND,
+];
+
+/// [`KINDS`], as an iterator.
+pub fn kinds() -> impl Iterator<Item = &'static dyn stage::StageKind> {
+    KINDS.iter().copied()
 }

@@ -95,7 +95,10 @@ pub struct RolloutStage {
     pub rollout: Rollout,
     pub percent: f64,
     missing_user_id: IntCounter,
-    percent_gauge: prometheus::Gauge,
+    /// `hydrus_rollout_percent` and this route's label: resolved when the config runs (at each
+    /// scrape), so that a refused config shows nothing.
+    percent_family: GaugeVec,
+    route: String,
 }
 
 impl Stage for RolloutStage {
@@ -112,7 +115,9 @@ impl Stage for RolloutStage {
     }
 
     fn refresh_gauges(&self, _now_ms: u64) {
-        self.percent_gauge.set(self.percent);
+        self.percent_family
+            .with_label_values(&[self.route.as_str()])
+            .set(self.percent);
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -167,13 +172,12 @@ impl StageKind for RolloutKind {
             }
         };
         let m = cx.metrics.downcast_ref::<RolloutMetrics>()?;
-        let gauge = m.percent.with_label_values(&[cx.route]);
-        gauge.set(c.percent);
         Some(Arc::new(RolloutStage {
             rollout,
             percent: c.percent,
             missing_user_id: cx.fallback("missing_user_id"),
-            percent_gauge: gauge,
+            percent_family: m.percent.clone(),
+            route: cx.route.to_string(),
         }))
     }
 }

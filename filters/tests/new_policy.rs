@@ -1,0 +1,186 @@
+//! A new policy is one stage module: its section, its compile, its request hook, what it adds
+//! to the upstream request and the log record. This one (a made-up `tier` policy: premium
+//! users, by user-id prefix, get a header the ranking service reads) is registered next to the
+//! built-in kinds, compiled from YAML and run in a route's chain, as the proxy would.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use hydrus_filters::route::{compile_route, RouteConfig, RouteEnv};
+use hydrus_filters::stage::{
+    CompileCtx, Input, LogValue, Problems, RequestState, Stage, StageKind, Upstream, USER_ID,
+};
+use serde::Deserialize;
+use std::any::Any;
+use std::sync::Arc;
+
+// --- the policy: everything of it ---------------------------------------------------------
+
+/// `- tier:` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TierConfig {
+    header: String,
+    premium_prefix: String,
+}
+
+struct TierStage {
+    header: HeaderName,
+    owned: Vec<HeaderName>,
+    premium_prefix: Vec<u8>,
+}
+
+impl Stage for TierStage {
+    fn kind(&self) -> &'static str {
+        "tier"
+    }
+
+    fn decide(&self, input: &Input<'_>, state: &mut RequestState) {
+        let premium = input
+            .id(USER_ID)
+            .is_some_and(|u| u.starts_with(&self.premium_prefix));
+        let tier = if premium { "premium" } else { "standard" };
+        state.log.push("tier", LogValue::Str(tier));
+    }
+
+    fn edit_upstream(&self, state: &RequestState, up: &mut dyn Upstream) {
+        let premium = state
+            .log
+            .iter()
+            .any(|(k, v)| k == "tier" && v == LogValue::Str("premium"));
+        let value = if premium { "premium" } else { "standard" };
+        up.set_header(&self.header, HeaderValue::from_static(value));
+    }
+
+    fn owned_headers(&self) -> &[HeaderName] {
+        &self.owned
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+struct TierKind;
+
+impl StageKind for TierKind {
+    fn name(&self) -> &'static str {
+        "tier"
+    }
+
+    fn metrics(&self, _r: &prometheus::Registry) -> Arc<dyn Any + Send + Sync> {
+        Arc::new(())
+    }
+
+    fn compile(
+        &self,
+        section: &serde_yaml::Value,
+        cx: &mut CompileCtx<'_>,
+    ) -> Option<Arc<dyn Stage>> {
+        let c: TierConfig = cx.parse(section)?;
+        let f = cx.sub("header");
+        let header = cx.problems.header_name(&f, &c.header)?;
+        Some(Arc::new(TierStage {
+            owned: vec![header.clone()],
+            header,
+            premium_prefix: c.premium_prefix.into_bytes(),
+        }))
+    }
+}
+
+// --- registering it, and running it as the proxy does -------------------------------------
+
+static TIER: TierKind = TierKind;
+
+struct Recorded(Vec<(HeaderName, HeaderValue)>);
+
+impl Upstream for Recorded {
+    fn set_header(&mut self, name: &HeaderName, value: HeaderValue) {
+        self.0.push((name.clone(), value));
+    }
+
+    fn set_query(&mut self, _pairs: &[(String, String)]) {}
+}
+
+fn env_kinds(
+    r: &prometheus::Registry,
+) -> Vec<(&'static dyn StageKind, Arc<dyn Any + Send + Sync>)> {
+    hydrus_filters::kinds()
+        .chain([&TIER as &dyn StageKind])
+        .map(|k| (k, k.metrics(r)))
+        .collect()
+}
+
+#[test]
+fn a_new_policy_is_one_stage_registered_next_to_the_others() {
+    let yaml = r#"
+name: rank
+cluster: ranking
+filters:
+  - rollout: { percent: 100 }
+  - tier: { header: x-tier, premium_prefix: "vip-" }
+"#;
+    let rc: RouteConfig = serde_yaml::from_str(yaml).unwrap();
+    let registry = prometheus::Registry::new();
+    let kinds = env_kinds(&registry);
+    let fallbacks = prometheus::IntCounterVec::new(
+        prometheus::Opts::new("hydrus_fallback_total", "fallbacks"),
+        &["route", "reason"],
+    )
+    .unwrap();
+    let identity = [
+        "x-user-id",
+        "x-device-id",
+        "x-request-id",
+        "x-qoe-score",
+        "x-scenario",
+    ]
+    .map(HeaderName::from_static);
+    let env = RouteEnv {
+        file: std::path::Path::new("hydrus.yaml"),
+        cluster_names: &["ranking".to_string()],
+        identity: &identity,
+        kinds: &kinds,
+        fallbacks: &fallbacks,
+    };
+    let mut problems = Problems::default();
+    let route = compile_route(&rc, "routes[0]", "routes[0].cluster", &env, &mut problems)
+        .expect("compiles");
+    assert_eq!(
+        route.chain.owned_headers,
+        [HeaderName::from_static("x-tier")]
+    );
+
+    let tier_of = |user: &'static str| {
+        let ids = [Some(HeaderValue::from_static(user)), None, None, None, None];
+        let headers = HeaderMap::new();
+        let input = Input {
+            method: &Method::GET,
+            path: "/rank",
+            headers: &headers,
+            now_ms: 0,
+            ids: &ids,
+        };
+        let mut state = RequestState::new(route.cluster);
+        route.chain.decide(&input, &mut state);
+        let mut up = Recorded(Vec::new());
+        route.chain.edit_upstream(&state, &mut up);
+        (up.0, state.log.iter().collect::<Vec<_>>())
+    };
+    let (headers, log) = tier_of("vip-alice");
+    assert_eq!(
+        headers,
+        [(
+            HeaderName::from_static("x-tier"),
+            HeaderValue::from_static("premium")
+        )]
+    );
+    assert_eq!(log, [("tier", LogValue::Str("premium"))]);
+    assert_eq!(tier_of("bob").0[0].1, "standard");
+
+    // Its section's mistakes are named like every other's.
+    let bad: RouteConfig =
+        serde_yaml::from_str(&yaml.replace("header: x-tier", "headr: x-tier")).unwrap();
+    let mut problems = Problems::default();
+    assert!(compile_route(&bad, "routes[0]", "routes[0].cluster", &env, &mut problems).is_none());
+    assert_eq!(problems.errors[0].0, "routes[0].filters[1].tier.headr");
+}
