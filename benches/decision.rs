@@ -189,7 +189,6 @@ filters:
     let rc: RouteConfig = serde_yaml::from_str(yaml).unwrap();
     let registry = prometheus::Registry::new();
     let kinds: Vec<_> = hydrus_filters::kinds()
-        .into_iter()
         .map(|k| (k, k.metrics(&registry)))
         .collect();
     let fallbacks =

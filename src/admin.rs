@@ -115,21 +115,37 @@ fn redact_filter(f: &mut serde_json::Value) {
 /// client pick user ids that land in treatment) replaced.
 pub fn redacted_config(config: &crate::config::Config) -> serde_json::Value {
     let mut v = serde_json::to_value(config).unwrap_or_default();
-    redact_url_credentials(&mut v);
-    let redact_chain = |chain: Option<&mut serde_json::Value>| {
-        for f in chain.and_then(|c| c.as_array_mut()).into_iter().flatten() {
-            redact_filter(f);
-        }
-    };
-    if let Some(o) = v.as_object_mut() {
-        redact_chain(o.get_mut("filters"));
+    let each_filter = |v: &mut serde_json::Value, f: &dyn Fn(&mut serde_json::Value)| {
+        let Some(o) = v.as_object_mut() else {
+            return;
+        };
+        let top = o.get_mut("filters").and_then(|c| c.as_array_mut());
+        top.into_iter().flatten().for_each(f);
         if let Some(routes) = o.get_mut("routes").and_then(|r| r.as_array_mut()) {
             for r in routes {
-                redact_chain(r.get_mut("filters"));
+                let chain = r.get_mut("filters").and_then(|c| c.as_array_mut());
+                chain.into_iter().flatten().for_each(f);
             }
         }
-    }
+    };
+    each_filter(&mut v, &as_running);
+    redact_url_credentials(&mut v);
+    each_filter(&mut v, &redact_filter);
     v
+}
+
+/// A chain entry as its kind runs it: its section parsed, defaults filled in.
+fn as_running(f: &mut serde_json::Value) {
+    let Some(o) = f.as_object_mut().filter(|o| o.len() == 1) else {
+        return;
+    };
+    for (name, section) in o.iter_mut() {
+        let kind = hydrus_filters::kinds().find(|k| k.name() == name);
+        let yaml = serde_yaml::to_value(&*section).ok();
+        if let Some(running) = kind.zip(yaml).and_then(|(k, y)| k.running_section(&y)) {
+            *section = running;
+        }
+    }
 }
 
 #[async_trait]

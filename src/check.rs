@@ -15,15 +15,20 @@ pub fn check(file: &Path) -> Result<Vec<String>, config::ConfigErrors> {
     Ok(warnings)
 }
 
-/// Load every table file the stages name. Not fatal: `serve` starts and falls back until a
-/// table loads.
+/// Load every table file the stages name (each once, naming the routes that read it). Not
+/// fatal: `serve` starts, and those routes fall back until a table loads.
 fn table_warnings(running: &Running) -> Vec<String> {
-    let mut out = Vec::new();
+    let mut failed: Vec<(String, String, Vec<&str>)> = Vec::new();
     for route in &running.routes {
         for table in route.route.chain.tables() {
             let Some(path) = table.source().path.clone() else {
                 continue;
             };
+            let shown = format!("{} {}", table.what(), path.display());
+            if let Some(f) = failed.iter_mut().find(|f| f.0 == shown) {
+                f.2.push(route.name());
+                continue;
+            }
             let loaded = std::fs::read_to_string(&path)
                 .map_err(|e| e.to_string())
                 .and_then(|text| {
@@ -32,32 +37,45 @@ fn table_warnings(running: &Running) -> Vec<String> {
                         .map_err(|e| e.to_string())
                 });
             if let Err(e) = loaded {
-                out.push(format!(
-                    "{} {}: {e} (route `{}` falls back until one loads)",
-                    table.what(),
-                    path.display(),
-                    route.name()
-                ));
+                failed.push((shown, e, vec![route.name()]));
             }
         }
-        let Some(h) = route.route.chain.hydrus() else {
-            continue;
-        };
-        let (Some(k), Some(path)) = (h.ktable.get(), h.ktable.source.path.as_ref()) else {
-            continue;
-        };
-        let ours = &h.filter.fingerprint;
-        match k.table.strategy_set() {
-            Some(fp) if fp != ours => out.push(format!(
-                "k-table {}: solved for strategy set {fp}, but this config's is {ours}: treatment requests fall back (ktable_mismatch) until `hydrus solve` writes a table from logs of these strategies",
-                path.display()
-            )),
-            Some(_) => {}
-            None => out.push(format!(
-                "k-table {}: does not say which strategy set it was solved for (strategy_set); it is used as if it were this config's ({ours})",
-                path.display()
-            )),
+    }
+    let mut out: Vec<String> = failed
+        .into_iter()
+        .map(|(shown, e, routes)| {
+            format!(
+                "{shown}: {e} (requests of route {} get the default until it loads)",
+                routes.join(", ")
+            )
+        })
+        .collect();
+    for w in running
+        .routes
+        .iter()
+        .filter_map(|r| strategy_set_warning(r))
+    {
+        if !out.contains(&w) {
+            out.push(w);
         }
     }
     out
+}
+
+/// Whether a route's k-table was solved for the strategies it serves.
+fn strategy_set_warning(route: &crate::config::RouteRuntime) -> Option<String> {
+    let h = route.route.chain.hydrus()?;
+    let (k, path) = (h.ktable.get()?, h.ktable.source.path.as_ref()?);
+    let ours = &h.filter.fingerprint;
+    match k.table.strategy_set() {
+        Some(fp) if fp != ours => Some(format!(
+            "k-table {}: solved for strategy set {fp}, but this config's is {ours}: treatment requests fall back (ktable_mismatch) until `hydrus solve` writes a table from logs of these strategies",
+            path.display()
+        )),
+        Some(_) => None,
+        None => Some(format!(
+            "k-table {}: does not say which strategy set it was solved for (strategy_set); it is used as if it were this config's ({ours})",
+            path.display()
+        )),
+    }
 }

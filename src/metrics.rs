@@ -135,7 +135,6 @@ impl Metrics {
             config_dropped: f.counters("hydrus_config_reload_dropped_total", "Reloads that removed a filter kind that was running, by kind.", &["kind"]),
             allocations: f.keep(IntCounter::new("hydrus_process_allocations_total", "Heap allocations by the process (0 unless built with the alloc-stats feature).").expect("metric")),
             stages: hydrus_filters::kinds()
-                .into_iter()
                 .map(|k| (k, k.metrics(&r)))
                 .collect(),
             registry: r,

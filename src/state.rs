@@ -23,6 +23,21 @@ pub fn system_time_ms(t: SystemTime) -> Option<u64> {
         .map(|d| d.as_millis() as u64)
 }
 
+/// Drop the gauge series of the stages that no longer run: a route gone, or a kind gone from
+/// a route.
+fn retire_dropped(old: &Running, new: &Running) {
+    for o in &old.routes {
+        let kept = new.routes.iter().find(|r| r.name() == o.name());
+        for s in &o.route.chain.stages {
+            let runs =
+                kept.is_some_and(|r| r.route.chain.stages.iter().any(|n| n.kind() == s.kind()));
+            if !runs {
+                s.retire();
+            }
+        }
+    }
+}
+
 pub struct State {
     pub config: ArcSwap<Running>,
     pub metrics: Arc<Metrics>,
@@ -82,12 +97,16 @@ impl State {
             }
         }
         for r in &running.routes {
-            if let Some(o) = old.routes.iter().find(|o| o.name() == r.name()) {
-                r.adopt(o);
+            match old.routes.iter().find(|o| o.name() == r.name()) {
+                Some(o) => r.adopt(o),
+                // A new or renamed route: any table an old route loaded from the same source.
+                None => old.routes.iter().for_each(|o| r.adopt(o)),
             }
         }
         self.touch_cluster_series(&running);
-        self.config.store(Arc::new(running));
+        let new = Arc::new(running);
+        self.config.store(new.clone());
+        retire_dropped(&old, &new);
         self.refresh_gauges();
     }
 

@@ -59,6 +59,25 @@ fn only_the_rank_route_is_decided_and_logged_the_rest_passes_through() {
     let ranked = up.take().pop().unwrap();
     assert_eq!(ranked.header("x-hydrus-strategy"), Some("s40"));
     assert_eq!(ranked.header("x-hydrus-group"), Some("hydrus"));
+    // The same path spelled otherwise is the same route, and is forwarded as the route saw it:
+    // a client cannot slip past the decision with `//rank` or `/%72ank`.
+    for target in [
+        "//rank?candidates=999",
+        "/%72ank?candidates=999",
+        "/x/../rank",
+    ] {
+        let request = format!(
+            "GET {target} HTTP/1.1\r\nhost: x\r\nx-user-id: u1\r\nx-qoe-score: 0.6\r\nconnection: close\r\n\r\n"
+        );
+        let answer = raw_request(h.port, request.as_bytes());
+        assert!(answer.starts_with("HTTP/1.1 200"), "{target}: {answer}");
+        let seen = up.take().pop().unwrap();
+        assert_eq!(
+            (seen.path.as_str(), seen.header("x-hydrus-strategy")),
+            ("/rank", Some("s40")),
+            "{target}"
+        );
+    }
     // The service's other paths: what the client sent arrives as sent (hydrus's own headers
     // aside), even a bad QoE header and no user id; nothing is decided.
     for path in ["/health", "/features/u1?candidates=3", "/admin/status"] {
@@ -91,7 +110,7 @@ fn only_the_rank_route_is_decided_and_logged_the_rest_passes_through() {
     // a bad QoE header and no user id.
     assert_eq!(
         h.metric(r#"hydrus_requests_total{route="rank",strategy="s40"}"#),
-        1.0
+        4.0
     );
     assert_eq!(
         h.metric(r#"hydrus_requests_total{route="rest",strategy="default"}"#),
@@ -99,16 +118,17 @@ fn only_the_rank_route_is_decided_and_logged_the_rest_passes_through() {
     );
     assert_eq!(h.metric(r#"hydrus_fallback_total{route="rest"}"#), 0.0);
     assert_eq!(h.metric(r#"hydrus_fallback_total{route="rank"}"#), 0.0);
-    // One record, for the ranking request, naming its route.
+    // One record for each ranking request, naming its route.
     let logs = h.path("logs");
     assert!(eventually(Duration::from_secs(5), || read_records(&logs)
         .len()
-        == 1));
+        == 4));
     std::thread::sleep(Duration::from_millis(300));
     let records = read_records(&logs);
-    assert_eq!(records.len(), 1, "{records:?}");
-    assert_eq!(records[0].route.as_deref(), Some("rank"));
-    assert_eq!(records[0].chosen, "s40");
+    assert_eq!(records.len(), 4, "{records:?}");
+    assert!(records
+        .iter()
+        .all(|r| r.route.as_deref() == Some("rank") && r.chosen == "s40"));
 }
 
 /// The query the upstream saw for one more request to `path`.
@@ -236,6 +256,29 @@ fn each_route_runs_its_own_chain_and_tables() {
         h.metric(r#"hydrus_ktable_reloads_total{result="ok"}"#),
         loads
     );
+    // Renamed, a route keeps the table it had loaded; the old name's gauges are gone.
+    h.rewrite_config(&template.replace("name: feed", "name: home"));
+    assert!(eventually(Duration::from_secs(5), || h
+        .metric(r#"hydrus_config_reloads_total{result="ok"}"#)
+        == 2.0));
+    assert_eq!(
+        strategy("/feed", &[]),
+        (Some("s10".into()), Some("hydrus".into()))
+    );
+    assert_eq!(
+        h.metric(r#"hydrus_ktable_reloads_total{result="ok"}"#),
+        loads
+    );
+    let metrics = h.metrics();
+    assert_eq!(
+        metric_value(&metrics, r#"hydrus_ktable_loaded{route="home"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_value(&metrics, r#"hydrus_ktable_loaded{route="feed"}"#),
+        None
+    );
+    assert_eq!(metric_value(&metrics, r#"hydrus_k{route="feed"}"#), None);
 }
 
 #[test]
@@ -251,21 +294,34 @@ fn check_refuses_a_chain_in_the_wrong_order() {
                 .filter(&rollout("10")),
         )
         .template();
-    h.rewrite_config(&wrong);
+    h.rewrite_config(&wrong.replace(
+        "routes:\n",
+        "routes:\n  - name: extra\n    cluster: nowhere\n    filters:\n      - hydrus: { default_strategy: a, ktable: { path: k.yaml }, strategies: [{ name: a, cost: 1 }] }\n",
+    ));
     let (ok, err) = check(&h);
     assert!(!ok);
     assert!(
-        err.contains("routes[0].filters[1].hydrus: hydrus must come before hedge"),
+        err.contains("routes[1].filters[1].hydrus: hydrus must come before hedge"),
         "{err}"
     );
     assert!(
-        err.contains("routes[0].filters[2].rollout: rollout must come before hydrus"),
+        err.contains("routes[1].filters[2].rollout: rollout must come before hydrus"),
         "{err}"
     );
     // The running config stays.
     assert!(eventually(Duration::from_secs(5), || h
         .metric(r#"hydrus_config_reloads_total{result="error"}"#)
         == 1.0));
+    // What the refused config would have run exports nothing: no route `extra` without a table.
+    let metrics = h.metrics();
+    assert_eq!(
+        metric_value(&metrics, r#"hydrus_ktable_loaded{route="extra"}"#),
+        None
+    );
+    assert_eq!(
+        metric_value(&metrics, r#"hydrus_ktable_loaded{route="rank"}"#),
+        Some(1.0)
+    );
     let (status, _) = get_with(
         &h.url("/rank"),
         &[("x-user-id", "u1"), ("x-qoe-score", "0.6")],
@@ -329,4 +385,29 @@ filters:
         .all(|r| r.route.as_deref() == Some("default")));
     let (ok, err) = check(&h);
     assert!(ok && !err.contains("route"), "{err}");
+    // `OPTIONS *` is a request of the catch-all route too.
+    let answer = raw_request(
+        h.port,
+        b"OPTIONS * HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(up.take().pop().unwrap().path, "*");
+    // Without filters, that shape still manages its requests (as before routes existed).
+    h.rewrite_config(&legacy[..legacy.find("filters:").unwrap()]);
+    assert!(eventually(Duration::from_secs(5), || h
+        .metric(r#"hydrus_config_reloads_total{result="ok"}"#)
+        == 1.0));
+    assert_eq!(
+        get_with(&h.url("/rank"), &[("x_user_id", "u1"), ("x-user-id", "u2")])
+            .unwrap()
+            .0,
+        200
+    );
+    let seen = up.take().pop().unwrap();
+    assert_eq!(seen.header("x-hydrus-group"), Some("hydrus"));
+    assert!(seen.header("x-request-id").is_some_and(|id| id.len() == 32));
+    assert_eq!(
+        seen.header_count("x-user-id") + seen.header_count("x_user_id"),
+        1
+    );
 }

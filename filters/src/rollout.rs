@@ -120,6 +120,12 @@ impl Stage for RolloutStage {
             .set(self.percent);
     }
 
+    fn retire(&self) {
+        let _ = self
+            .percent_family
+            .remove_label_values(&[self.route.as_str()]);
+    }
+
     fn as_any(&self) -> &dyn Any {
         self
     }
@@ -153,6 +159,10 @@ impl StageKind for RolloutKind {
         Arc::new(RolloutMetrics {
             percent: register(r, percent),
         })
+    }
+
+    fn running_section(&self, section: &serde_yaml::Value) -> Option<serde_json::Value> {
+        crate::stage::as_running::<RolloutConfig>(section)
     }
 
     fn compile(

@@ -29,6 +29,10 @@ pub struct RouteConfig {
     /// The stages, in the order they run: each a one-key map, `- rollout: {...}`.
     #[serde(default)]
     pub filters: Vec<serde_yaml::Value>,
+    /// The route of the single-route shape (`route:` and top-level `filters:`), which ran
+    /// its filters in a fixed order and managed every request, even without filters.
+    #[serde(skip)]
+    pub single_route_shape: bool,
 }
 
 /// A route's match, as written; every condition given must hold.
@@ -52,6 +56,8 @@ pub struct MatchConfig {
 
 #[derive(Debug, Clone, PartialEq)]
 enum PathMatch {
+    /// No path condition: every request target, `*` included.
+    Any,
     Exact(String),
     Prefix(String),
 }
@@ -68,7 +74,7 @@ impl Matcher {
     /// Every request.
     pub fn any() -> Self {
         Self {
-            path: PathMatch::Prefix("/".into()),
+            path: PathMatch::Any,
             methods: None,
             header: None,
         }
@@ -77,6 +83,7 @@ impl Matcher {
     /// Whether a request takes this route.
     pub fn matches(&self, method: &Method, path: &str, headers: &HeaderMap) -> bool {
         let path_ok = match &self.path {
+            PathMatch::Any => true,
             PathMatch::Exact(p) => path == p,
             PathMatch::Prefix(p) => path.starts_with(p.as_str()),
         };
@@ -89,6 +96,8 @@ impl Matcher {
     /// never reached).
     pub fn covers(&self, later: &Matcher) -> bool {
         let path = match (&self.path, &later.path) {
+            (PathMatch::Any, _) => true,
+            (_, PathMatch::Any) => false,
             (PathMatch::Prefix(a), PathMatch::Prefix(b) | PathMatch::Exact(b)) => {
                 b.starts_with(a.as_str())
             }
@@ -110,23 +119,32 @@ impl Matcher {
         let path = match (&m.path, &m.path_prefix) {
             (Some(p), None) => PathMatch::Exact(p.clone()),
             (None, Some(p)) => PathMatch::Prefix(p.clone()),
-            (None, None) => PathMatch::Prefix("/".into()),
+            (None, None) => PathMatch::Any,
             (Some(_), Some(_)) => {
                 problems.error(field, "name at most one of `path` or `path_prefix`");
-                PathMatch::Prefix("/".into())
+                PathMatch::Any
             }
         };
-        let (PathMatch::Exact(p) | PathMatch::Prefix(p)) = &path;
-        if !p.starts_with('/') {
+        if let PathMatch::Exact(p) | PathMatch::Prefix(p) = &path {
             let which = if m.path.is_some() {
                 "path"
             } else {
                 "path_prefix"
             };
-            problems.error(
-                format!("{field}.{which}"),
-                format!("`{p}` must start with /"),
-            );
+            if !p.starts_with('/') {
+                problems.error(
+                    format!("{field}.{which}"),
+                    format!("`{p}` must start with /"),
+                );
+            } else if normalize_path(p) != p.as_str() {
+                problems.error(
+                    format!("{field}.{which}"),
+                    format!(
+                        "`{p}` is not a normalized path (requests are matched normalized): write `{}`",
+                        normalize_path(p)
+                    ),
+                );
+            }
         }
         let methods = m.methods.as_ref().map(|list| {
             if list.is_empty() {
@@ -156,6 +174,80 @@ impl Matcher {
             header,
         })
     }
+}
+
+/// A request path as routes match it, and as it is forwarded: RFC 3986 normalization
+/// (percent-encoded unreserved characters decoded, other escapes' hex digits in upper case,
+/// `.` and `..` segments resolved) and repeated slashes merged, as Envoy's `normalize_path` and
+/// `merge_slashes`. Otherwise `//rank` or `/%72ank` could reach an upstream that reads it as
+/// `/rank` by a route that does not decide for `/rank`. Borrowed when already normal; targets
+/// that are not a path (`*`) are left alone.
+pub fn normalize_path(path: &str) -> std::borrow::Cow<'_, str> {
+    let b = path.as_bytes();
+    let normal = !b.contains(&b'%')
+        && !b.windows(2).any(|w| w == b"//")
+        && !b
+            .split(|c| *c == b'/')
+            .any(|seg| seg == b"." || seg == b"..");
+    if normal || b.first() != Some(&b'/') {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let decoded = decode_unreserved(b);
+    let mut segments: Vec<&[u8]> = Vec::new();
+    let mut trailing_slash = false;
+    for seg in decoded[1..].split(|c| *c == b'/') {
+        match seg {
+            b"" | b"." => trailing_slash = true,
+            b".." => {
+                segments.pop();
+                trailing_slash = true;
+            }
+            _ => {
+                segments.push(seg);
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(decoded.len());
+    for seg in &segments {
+        out.push(b'/');
+        out.extend_from_slice(seg);
+    }
+    if trailing_slash || segments.is_empty() {
+        out.push(b'/');
+    }
+    // Only ASCII bytes were decoded: the result is UTF-8 when the input was.
+    std::borrow::Cow::Owned(String::from_utf8(out).unwrap_or_else(|_| path.to_string()))
+}
+
+/// Percent-escapes of unreserved characters decoded; the others' hex digits in upper case.
+fn decode_unreserved(b: &[u8]) -> Vec<u8> {
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let escape = match (b[i], b.get(i + 1), b.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) => hex(h).zip(hex(l)),
+            _ => None,
+        };
+        match escape {
+            Some((h, l)) => {
+                let c = h * 16 + l;
+                if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                    out.push(c);
+                } else {
+                    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+                    out.extend_from_slice(&[b'%', HEX[usize::from(h)], HEX[usize::from(l)]]);
+                }
+                i += 3;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 /// A route's stages, in YAML order, and what they own of the upstream request.
@@ -275,6 +367,10 @@ pub struct Route {
     pub matcher: Matcher,
     pub cluster: usize,
     pub chain: Chain,
+    /// Whether hydrus manages its requests (identity headers forwarded once, a request id
+    /// made up, `x-hydrus-group` set): a route with filters, or the single-route shape's. A
+    /// route without filters passes requests through untouched.
+    pub managed: bool,
 }
 
 /// What compiling routes needs from the config around them.
@@ -330,18 +426,17 @@ pub fn compile_route(
         problems.error(cluster_field, format!("no cluster named `{}`", rc.cluster));
         0
     });
-    let stages = compile_chain(
-        &rc.filters,
-        &at("filters"),
-        &rc.name,
-        cluster,
-        env,
-        problems,
-    );
+    let mut entries: Vec<(usize, &serde_yaml::Value)> = rc.filters.iter().enumerate().collect();
+    if rc.single_route_shape {
+        // That shape ran hedging after every decision, wherever it was written.
+        entries.sort_by_key(|(_, e)| e.get("hedge").is_some());
+    }
+    let stages = compile_chain(&entries, &at("filters"), &rc.name, cluster, env, problems);
     if problems.count() > before {
         return None;
     }
     Some(Route {
+        managed: rc.single_route_shape || !stages.is_empty(),
         name: rc.name.clone(),
         matcher: matcher?,
         cluster,
@@ -351,7 +446,7 @@ pub fn compile_route(
 
 /// Compile a chain's entries in order: each a one-key map naming a kind.
 fn compile_chain(
-    entries: &[serde_yaml::Value],
+    entries: &[(usize, &serde_yaml::Value)],
     field: &str,
     route: &str,
     route_cluster: usize,
@@ -361,7 +456,7 @@ fn compile_chain(
     let mut stages: Vec<Arc<dyn Stage>> = Vec::new();
     let mut seen: Vec<&'static str> = Vec::new();
     let mut strategies: Option<Vec<String>> = None;
-    for (i, entry) in entries.iter().enumerate() {
+    for &(i, entry) in entries {
         let Some((kind, metrics, section)) =
             entry_kind(entry, &format!("{field}[{i}]"), env, problems)
         else {
@@ -494,6 +589,51 @@ mod tests {
         assert!(!rank_get.covers(&rank));
         assert!(!canary.covers(&rank));
         assert!(rank.covers(&canary));
+    }
+
+    #[test]
+    fn paths_are_matched_normalized() {
+        for (raw, normal) in [
+            ("/rank", "/rank"),
+            ("/", "/"),
+            ("//rank", "/rank"),
+            ("/%72ank", "/rank"),
+            ("/a/%2e%2E/rank", "/rank"),
+            ("/x/../rank/./a", "/rank/a"),
+            ("/rank/", "/rank/"),
+            ("/rank/.", "/rank/"),
+            ("/rank/..", "/"),
+            ("/../../rank", "/rank"),
+            ("/a%2fb", "/a%2Fb"),
+            ("/a%zz", "/a%zz"),
+            ("/%", "/%"),
+            ("/caf%C3%A9", "/caf%C3%A9"),
+            ("*", "*"),
+        ] {
+            assert_eq!(normalize_path(raw), normal, "{raw}");
+        }
+        assert!(matches!(
+            normalize_path("/rank/a"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
+
+    proptest::proptest! {
+        /// Normalizing twice changes nothing, and a normal path has no empty, `.` or `..`
+        /// segment inside.
+        #[test]
+        fn normalizing_is_idempotent(p in "/[a-z./%0-9A-F]{0,24}") {
+            let once = normalize_path(&p).into_owned();
+            let twice = normalize_path(&once).into_owned();
+            proptest::prop_assert_eq!(twice, once.clone());
+            proptest::prop_assert!(!once.contains("//") && once.starts_with('/'));
+            let inner: Vec<&str> = once.split('/').collect();
+            let last = inner.len().saturating_sub(1);
+            for (i, seg) in inner.iter().enumerate() {
+                proptest::prop_assert!(*seg != "." && *seg != "..");
+                proptest::prop_assert!(!seg.is_empty() || i == 0 || i == last);
+            }
+        }
     }
 
     #[test]

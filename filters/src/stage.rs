@@ -187,8 +187,11 @@ pub trait Stage: Send + Sync + 'static {
     fn adopt(&self, _old: &dyn Stage) {}
     /// The request ended with `status`: count it.
     fn done(&self, _state: &RequestState, _status: u16) {}
-    /// Update gauges (at each scrape).
+    /// Update gauges (at each scrape, and when the config starts running).
     fn refresh_gauges(&self, _now_ms: u64) {}
+    /// The route no longer runs this kind of stage: drop its gauge series, so none is left
+    /// frozen at its last value.
+    fn retire(&self) {}
     /// For downcasts (adopt, and the edge's typed view of well-known stages).
     fn as_any(&self) -> &dyn Any;
 }
@@ -307,7 +310,10 @@ impl CompileCtx<'_> {
         &mut self,
         section: &serde_yaml::Value,
     ) -> Option<T> {
-        match serde_path_to_error::deserialize::<_, T>(section.clone()) {
+        // Through YAML text, as the rest of the file is read: a plain scalar (`10`, `false`)
+        // reads as a string where a string is expected (a `Value` would refuse it).
+        let text = serde_yaml::to_string(section).unwrap_or_default();
+        match serde_path_to_error::deserialize::<_, T>(serde_yaml::Deserializer::from_str(&text)) {
             Ok(t) => Some(t),
             Err(e) => {
                 let mut path = e.path().to_string();
@@ -338,6 +344,15 @@ impl CompileCtx<'_> {
     }
 }
 
+/// A section parsed into its type and written back: what runs, defaults filled in.
+pub fn as_running<T: serde::de::DeserializeOwned + serde::Serialize>(
+    section: &serde_yaml::Value,
+) -> Option<serde_json::Value> {
+    let text = serde_yaml::to_string(section).ok()?;
+    let parsed: T = serde_yaml::from_str(&text).ok()?;
+    serde_json::to_value(parsed).ok()
+}
+
 /// A duration parse error, with what a duration looks like.
 pub fn with_duration_hint(mut msg: String) -> String {
     const DURATION_ERRORS: [&str; 5] = [
@@ -358,6 +373,11 @@ pub trait StageKind: Sync {
     fn name(&self) -> &'static str;
     /// Register this kind's metric families (once per registry).
     fn metrics(&self, registry: &prometheus::Registry) -> Arc<dyn Any + Send + Sync>;
+    /// The section as it runs, defaults filled in (for the admin's `/config`); `None`: as
+    /// written.
+    fn running_section(&self, _section: &serde_yaml::Value) -> Option<serde_json::Value> {
+        None
+    }
     /// Compile a section; problems go to `cx.problems` (then `None`).
     fn compile(
         &self,

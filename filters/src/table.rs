@@ -147,10 +147,15 @@ impl<T: Table> TableSlot<T> {
         self.current.store(t.map(Arc::new));
     }
 
-    /// Take over another slot's table (same kind, same source: a config reload kept it).
+    /// Take over another slot's table (same kind, same source: a config reload kept it), if it
+    /// has one.
     pub fn adopt(&self, old: &TableSlot<T>) {
-        if old.source == self.source {
-            self.current.store(old.current.load_full());
+        if let Some(t) = old
+            .current
+            .load_full()
+            .filter(|_| old.source == self.source)
+        {
+            self.current.store(Some(t));
         }
     }
 }

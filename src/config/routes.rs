@@ -242,11 +242,19 @@ fn written_routes(
                 matches: Default::default(),
                 cluster: r.cluster.clone(),
                 filters: filters.unwrap_or_default().to_vec(),
+                single_route_shape: true,
             },
             String::new(),
             "route.cluster".into(),
         )],
-        (None, None, _) => {
+        (None, None, Some(_)) => {
+            c.error(
+                "filters",
+                "the single-route shape needs `route: {cluster: NAME}` too (or list routes in `routes:`, each with a name, a cluster and its filters)",
+            );
+            Vec::new()
+        }
+        (None, None, None) => {
             c.error(
                 "routes",
                 "no routes: list them in `routes:` (each with a name, a cluster and its filters)",
@@ -267,7 +275,13 @@ fn one_log(
         let Some(stage) = r.chain.log() else {
             continue;
         };
-        let field = format!("{}.filters", listed[*i].1)
+        let (rc, route_field, _) = &listed[*i];
+        let at = rc
+            .filters
+            .iter()
+            .position(|f| f.get("log").is_some())
+            .unwrap_or(0);
+        let field = format!("{route_field}.filters[{at}].log")
             .trim_start_matches('.')
             .to_string();
         match log {
@@ -279,7 +293,10 @@ fn one_log(
             Some(_) => {}
         }
         if matches!(stage.runtime.sink, SinkConfig::Kafka(_)) && !cfg!(feature = "kafka") {
-            c.error(field, "this hydrus was built without the `kafka` feature");
+            c.error(
+                format!("{field}.kafka"),
+                "this hydrus was built without the `kafka` feature",
+            );
         }
     }
     log.cloned()

@@ -180,3 +180,75 @@ fn route_mistakes_are_named() {
         "{e:?}"
     );
 }
+
+#[test]
+fn plain_scalars_read_as_strings_in_filter_sections() {
+    let text = GOOD
+        .replace(r#"set_query: { candidates: "10" }"#, "set_query: { candidates: 10 }")
+        .replace(
+            "      file:\n        dir: logs\n",
+            "      kafka:\n        brokers: 127.0.0.1:9092\n        topic: t\n        properties: { linger.ms: 20, enable.idempotence: false }\n",
+        );
+    let r = load(&text).expect("valid");
+    let h = r.routes[0].route.chain.hydrus().expect("hydrus");
+    assert_eq!(
+        h.actions[0].query,
+        [("candidates".to_string(), "10".to_string())]
+    );
+    match r.start.log.clone().expect("log").sink {
+        SinkConfig::Kafka(k) => {
+            assert_eq!(k.properties["linger.ms"], "20");
+            assert_eq!(k.properties["enable.idempotence"], "false");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_single_route_shape_runs_hedging_after_the_decision_as_it_did() {
+    let text = GOOD.replace(
+        "  - rollout:\n",
+        "  - hedge:\n      table: { path: h.yaml }\n  - rollout:\n",
+    );
+    let r = load(&text).expect("valid");
+    let kinds: Vec<&str> = r.routes[0]
+        .route
+        .chain
+        .stages
+        .iter()
+        .map(|s| s.kind())
+        .collect();
+    assert_eq!(kinds, ["rollout", "hydrus", "log", "hedge"]);
+    // Errors still name the entries where they are written.
+    let e = errors(&text.replace("percent: 12.5", "percent: 120"));
+    assert!(e[0].contains("filters[1].rollout.percent"), "{e:?}");
+    // In a route's chain, the order written is the order run: hedge first is refused.
+    let routes = ROUTES.replace(
+        "      - rollout: { percent: 50 }\n",
+        "      - hedge: { table: { path: h.yaml } }\n      - hydrus: { default_strategy: a, ktable: { path: k.yaml }, strategies: [{ name: a, cost: 1 }] }\n",
+    );
+    let e = errors(&routes);
+    assert!(
+        e.iter()
+            .any(|e| e.contains("routes[0].filters[1].hydrus: hydrus must come before hedge")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn the_single_route_shape_manages_every_request_even_without_filters() {
+    let text = "listen: 127.0.0.1:1\nclusters:\n  c:\n    endpoints: [\"127.0.0.1:2\"]\nroute:\n  cluster: c\n";
+    let r = load(text).expect("valid");
+    assert!(r.routes[0].route.managed);
+    let any = http::HeaderMap::new();
+    assert!(r.route_for(&http::Method::OPTIONS, "*", &any).is_some());
+    let r = load(ROUTES).expect("valid");
+    assert!(r.routes[0].route.managed && !r.routes[1].route.managed);
+    let e = errors(
+        "listen: 127.0.0.1:1\nclusters:\n  c:\n    endpoints: [\"127.0.0.1:2\"]\nfilters: []\n",
+    );
+    assert!(
+        e[0].contains("filters: the single-route shape needs `route:"),
+        "{e:?}"
+    );
+}

@@ -26,6 +26,7 @@ impl ProxyHttp for Proxy {
             ts_ms: now_ms(),
             running: None,
             route: None,
+            handles: None,
             state: RequestState::new(0),
             hold: None,
             tried: Tried::default(),
@@ -37,6 +38,7 @@ impl ProxyHttp for Proxy {
             upstream_sent: None,
             upstream_ms: None,
             cluster_load: None,
+            normalized_path: None,
         }
     }
 

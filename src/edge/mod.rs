@@ -24,6 +24,7 @@ use crate::logsink::record::{hex_id, Pending, RequestId};
 use crate::state::State;
 use conns::Slot;
 use http::header::HeaderValue;
+use hydrus_filters::route::normalize_path;
 use hydrus_filters::stage::{Input, RequestState, REQUEST_ID, SCENARIO};
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
@@ -55,6 +56,8 @@ pub struct Ctx {
     running: Option<Arc<Running>>,
     /// The route the request took.
     route: Option<Arc<RouteRuntime>>,
+    /// Its metric handles as the decision saw them (scenario slots are of this generation).
+    handles: Option<Arc<crate::config::RouteHandles>>,
     /// What the route's stages decided.
     state: RequestState,
     /// The request's hold on its cluster, from its first attempt.
@@ -75,6 +78,9 @@ pub struct Ctx {
     upstream_ms: Option<f64>,
     /// Requests in flight to the cluster when this one was sent (it included), once counted.
     cluster_load: Option<u32>,
+    /// The request's path normalized, when that changed it: it was routed by it and is
+    /// forwarded as it.
+    normalized_path: Option<String>,
 }
 
 impl Proxy {
@@ -82,10 +88,8 @@ impl Proxy {
     fn decide(&self, session: &Session, ctx: &mut Ctx) -> bool {
         let running = self.state.config.load_full();
         let req = session.req_header();
-        let Some(route) = running
-            .route_for(&req.method, req.uri.path(), &req.headers)
-            .cloned()
-        else {
+        let path = normalize_path(req.uri.path());
+        let Some(route) = running.route_for(&req.method, &path, &req.headers).cloned() else {
             return false;
         };
         for (slot, name) in ctx.ids.iter_mut().zip(&running.identity) {
@@ -93,18 +97,22 @@ impl Proxy {
         }
         ctx.state = RequestState::new(route.route.cluster);
         let chain = &route.route.chain;
-        if !chain.is_empty() {
+        if route.route.managed {
             if ctx.ids[REQUEST_ID].is_none() {
                 ctx.generated_request_id = Some(hex_id(rand::random::<u128>()));
             }
             let input = Input {
                 method: &req.method,
-                path: req.uri.path(),
+                path: &path,
                 headers: &req.headers,
                 now_ms: ctx.ts_ms,
                 ids: &ctx.ids,
             };
             chain.decide(&input, &mut ctx.state);
+        }
+        ctx.handles = Some(route.handles());
+        if let std::borrow::Cow::Owned(p) = path {
+            ctx.normalized_path = Some(p);
         }
         ctx.running = Some(running);
         ctx.route = Some(route);
@@ -146,7 +154,7 @@ impl Proxy {
         };
         let chain = &route.route.chain;
         chain.done(&ctx.state, status);
-        let handles = route.handles();
+        let handles = ctx.handles.take().unwrap_or_else(|| route.handles());
         let strategy = ctx.state.decision.as_ref().map_or(0, |d| d.strategy);
         let slot = ctx.state.scenario_slot.unwrap_or_else(|| {
             // Without a hydrus stage: `default`, or `other` for any scenario sent.

@@ -56,9 +56,12 @@ pub fn prepare_upstream(upstream: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
     let (Some(running), Some(route)) = (ctx.running.as_deref(), ctx.route.as_deref()) else {
         return Ok(());
     };
+    if let Some(path) = &ctx.normalized_path {
+        forward_path(upstream, path);
+    }
     let chain = &route.route.chain;
     let ids = &running.identity;
-    let passthrough = chain.is_empty();
+    let passthrough = !route.route.managed;
     // Exact identity names are handled below (kept when already right); every other owned
     // name, and every spelling of an identity name that is not the exact one, goes.
     let strip: Vec<HeaderName> = upstream
@@ -102,6 +105,18 @@ pub fn prepare_upstream(upstream: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
     match edit.failed {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// Forward the request with the path it was routed by (its query as sent).
+fn forward_path(upstream: &mut RequestHeader, path: &str) {
+    let target = match upstream.uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    match http::Uri::try_from(target) {
+        Ok(uri) => upstream.set_uri(uri),
+        Err(e) => log::warn!("normalized path produced a bad URI: {e}"),
     }
 }
 

@@ -12,7 +12,7 @@ use crate::stage::{
 };
 use crate::table::{ReloadableTable, Table, TableError, TableSlot, TableSourceConfig};
 use http::{HeaderName, HeaderValue};
-use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
 use std::any::Any;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -91,14 +91,14 @@ impl Table for E2eTable {
 pub struct E2eMetrics {
     decisions: IntCounterVec,
     reloads: IntCounterVec,
-    age: Gauge,
-    loaded: IntGauge,
+    age: GaugeVec,
+    loaded: IntGaugeVec,
 }
 
 #[allow(clippy::expect_used)] // constant, valid metric definitions
 impl E2eMetrics {
     fn new(r: &Registry) -> Self {
-        let decisions = IntCounterVec::new(Opts::new("hydrus_e2e_decisions_total", "E2E routing decisions by external-delay bucket and replica group (bucket `none`: the default policy)."), &["bucket", "group"]).expect("metric");
+        let decisions = IntCounterVec::new(Opts::new("hydrus_e2e_decisions_total", "E2E routing decisions by route, external-delay bucket and replica group (bucket `none`: the default policy)."), &["route", "bucket", "group"]).expect("metric");
         let reloads = IntCounterVec::new(
             Opts::new(
                 "hydrus_e2e_table_reloads_total",
@@ -110,22 +110,29 @@ impl E2eMetrics {
         for result in ["ok", "error"] {
             reloads.with_label_values(&[result]);
         }
+        let by_route = |name: &str, help: &str| Opts::new(name, help);
         Self {
             decisions: register(r, decisions),
             reloads: register(r, reloads),
             age: register(
                 r,
-                Gauge::new(
-                    "hydrus_e2e_table_age_seconds",
-                    "Age of the running E2E decision table.",
+                GaugeVec::new(
+                    by_route(
+                        "hydrus_e2e_table_age_seconds",
+                        "Age of the route's running E2E decision table.",
+                    ),
+                    &["route"],
                 )
                 .expect("metric"),
             ),
             loaded: register(
                 r,
-                IntGauge::new(
-                    "hydrus_e2e_table_loaded",
-                    "1 when an E2E decision table is loaded.",
+                IntGaugeVec::new(
+                    by_route(
+                        "hydrus_e2e_table_loaded",
+                        "1 when the route's E2E decision table is loaded.",
+                    ),
+                    &["route"],
                 )
                 .expect("metric"),
             ),
@@ -149,8 +156,10 @@ pub struct E2eStage {
     decisions: Vec<OnceLock<IntCounter>>,
     family: IntCounterVec,
     fallbacks: Vec<IntCounter>,
-    age: Gauge,
-    loaded: IntGauge,
+    /// Resolved when the config runs (at each scrape), not when it compiles.
+    age: GaugeVec,
+    loaded: IntGaugeVec,
+    route: String,
 }
 
 impl E2eStage {
@@ -160,7 +169,8 @@ impl E2eStage {
         let resolve = || {
             let b = bucket.map_or_else(|| "none".to_string(), |b| b.to_string());
             let g = self.group_names.get(group).map_or("", |s| s.as_str());
-            self.family.with_label_values(&[b.as_str(), g])
+            self.family
+                .with_label_values(&[self.route.as_str(), b.as_str(), g])
         };
         match self.decisions.get(slot) {
             Some(c) => c.get_or_init(resolve).inc(),
@@ -249,16 +259,27 @@ impl Stage for E2eStage {
     }
 
     fn refresh_gauges(&self, now_ms: u64) {
+        let route = [self.route.as_str()];
+        let (loaded, age) = (
+            self.loaded.with_label_values(&route),
+            self.age.with_label_values(&route),
+        );
         match self.table.get() {
             Some(t) => {
-                self.loaded.set(1);
-                self.age.set(t.age(now_ms).as_secs_f64());
+                loaded.set(1);
+                age.set(t.age(now_ms).as_secs_f64());
             }
             None => {
-                self.loaded.set(0);
-                self.age.set(0.0);
+                loaded.set(0);
+                age.set(0.0);
             }
         }
+    }
+
+    fn retire(&self) {
+        let route = [self.route.as_str()];
+        let _ = self.loaded.remove_label_values(&route);
+        let _ = self.age.remove_label_values(&route);
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -278,6 +299,10 @@ impl StageKind for E2eKind {
 
     fn metrics(&self, r: &Registry) -> Arc<dyn Any + Send + Sync> {
         Arc::new(E2eMetrics::new(r))
+    }
+
+    fn running_section(&self, section: &serde_yaml::Value) -> Option<serde_json::Value> {
+        crate::stage::as_running::<E2eConfig>(section)
     }
 
     fn compile(
@@ -341,6 +366,7 @@ impl StageKind for E2eKind {
                 .collect(),
             age: m.age.clone(),
             loaded: m.loaded.clone(),
+            route: cx.route.to_string(),
         }))
     }
 }

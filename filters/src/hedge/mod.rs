@@ -10,7 +10,7 @@ pub use table::*;
 
 use crate::stage::{register, CompileCtx, Input, LogValue, RequestState, Stage, StageKind};
 use crate::table::{ReloadableTable, Table, TableError, TableSlot, TableSourceConfig};
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
 use std::any::Any;
 use std::sync::Arc;
@@ -57,7 +57,7 @@ impl Table for HedgeTable {
 pub struct HedgeMetrics {
     hedges: IntCounterVec,
     reloads: IntCounterVec,
-    loaded: IntGauge,
+    loaded: IntGaugeVec,
 }
 
 #[allow(clippy::expect_used)] // constant, valid metric definitions
@@ -75,9 +75,12 @@ impl HedgeMetrics {
         for result in ["ok", "error"] {
             reloads.with_label_values(&[result]);
         }
-        let loaded = IntGauge::new(
-            "hydrus_hedge_table_loaded",
-            "1 when a hedge table is loaded.",
+        let loaded = IntGaugeVec::new(
+            Opts::new(
+                "hydrus_hedge_table_loaded",
+                "1 when the route's hedge table is loaded.",
+            ),
+            &["route"],
         )
         .expect("metric");
         Self {
@@ -110,7 +113,10 @@ pub struct HedgeStage {
     strategy_routes: Option<Vec<String>>,
     cluster_routes: Vec<String>,
     hedges: IntCounterVec,
-    loaded: IntGauge,
+    /// Resolved when the config runs (at each scrape), not when it compiles.
+    loaded: IntGaugeVec,
+    /// The route's name (in `hydrus_hedges_total`, `route` is the hedge table's route).
+    http_route: String,
 }
 
 impl HedgeStage {
@@ -172,14 +178,22 @@ impl Stage for HedgeStage {
 
     fn adopt(&self, old: &dyn Stage) {
         if let Some(old) = old.as_any().downcast_ref::<HedgeStage>() {
-            self.table.adopt(&old.table);
-            self.budget.carry_from(&old.budget);
-            self.tables_changed();
+            if old.table.source == self.table.source {
+                self.table.adopt(&old.table);
+                self.budget.carry_from(&old.budget);
+                self.tables_changed();
+            }
         }
     }
 
     fn refresh_gauges(&self, _now_ms: u64) {
-        self.loaded.set(i64::from(self.table.is_loaded()));
+        self.loaded
+            .with_label_values(&[self.http_route.as_str()])
+            .set(i64::from(self.table.is_loaded()));
+    }
+
+    fn retire(&self) {
+        let _ = self.loaded.remove_label_values(&[self.http_route.as_str()]);
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -199,6 +213,10 @@ impl StageKind for HedgeKind {
 
     fn metrics(&self, r: &Registry) -> Arc<dyn Any + Send + Sync> {
         Arc::new(HedgeMetrics::new(r))
+    }
+
+    fn running_section(&self, section: &serde_yaml::Value) -> Option<serde_json::Value> {
+        crate::stage::as_running::<HedgeConfig>(section)
     }
 
     fn compile(
@@ -231,6 +249,7 @@ impl StageKind for HedgeKind {
             cluster_routes: cx.cluster_names.to_vec(),
             hedges: m.hedges.clone(),
             loaded: m.loaded.clone(),
+            http_route: cx.route.to_string(),
         }))
     }
 }

@@ -95,6 +95,10 @@ impl StageKind for HydrusKind {
         Arc::new(HydrusMetrics::new(r))
     }
 
+    fn running_section(&self, section: &serde_yaml::Value) -> Option<serde_json::Value> {
+        crate::stage::as_running::<HydrusConfig>(section)
+    }
+
     fn compile(
         &self,
         section: &serde_yaml::Value,

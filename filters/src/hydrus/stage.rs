@@ -167,8 +167,10 @@ pub struct HydrusStage {
 /// The families a stage keeps (cloned handles to the registered families).
 struct HydrusMetricsRef {
     k: GaugeVec,
-    ktable_age: prometheus::Gauge,
-    ktable_loaded: prometheus::IntGauge,
+    /// Resolved when the config runs (at each scrape), not when it compiles: a config that is
+    /// refused must not export a route's `hydrus_ktable_loaded 0`.
+    ktable_age: prometheus::GaugeVec,
+    ktable_loaded: IntGaugeVec,
     cost: CounterVec,
     qoe: CounterVec,
     qoe_requests: IntCounterVec,
@@ -204,8 +206,8 @@ impl HydrusStage {
         ];
         let refs = HydrusMetricsRef {
             k: m.k.clone(),
-            ktable_age: m.ktable_age.with_label_values(&[route]),
-            ktable_loaded: m.ktable_loaded.with_label_values(&[route]),
+            ktable_age: m.ktable_age.clone(),
+            ktable_loaded: m.ktable_loaded.clone(),
             cost: m.cost.clone(),
             qoe: m.qoe.clone(),
             qoe_requests: m.qoe_requests.clone(),
@@ -405,10 +407,15 @@ impl Stage for HydrusStage {
 
     fn refresh_gauges(&self, now_ms: u64) {
         let m = &self.metrics;
+        let route = [self.route.as_str()];
+        let (loaded, age) = (
+            m.ktable_loaded.with_label_values(&route),
+            m.ktable_age.with_label_values(&route),
+        );
         match self.ktable.get() {
             Some(k) => {
-                m.ktable_loaded.set(1);
-                m.ktable_age.set(k.age(now_ms).as_secs_f64());
+                loaded.set(1);
+                age.set(k.age(now_ms).as_secs_f64());
                 let w = k.table.window_of(now_ms);
                 for (i, name) in k.table.scenario_names().iter().enumerate() {
                     if let Some(v) = k.table.k(i, w) {
@@ -418,8 +425,21 @@ impl Stage for HydrusStage {
                 }
             }
             None => {
-                m.ktable_loaded.set(0);
-                m.ktable_age.set(0.0);
+                loaded.set(0);
+                age.set(0.0);
+            }
+        }
+    }
+
+    fn retire(&self) {
+        let m = &self.metrics;
+        let route = [self.route.as_str()];
+        let _ = m.ktable_loaded.remove_label_values(&route);
+        let _ = m.ktable_age.remove_label_values(&route);
+        if let Some(k) = self.ktable.get() {
+            for name in k.table.scenario_names() {
+                let _ =
+                    m.k.remove_label_values(&[self.route.as_str(), name.as_str()]);
             }
         }
     }

@@ -123,6 +123,10 @@ impl StageKind for LogKind {
         Arc::new(())
     }
 
+    fn running_section(&self, section: &serde_yaml::Value) -> Option<serde_json::Value> {
+        crate::stage::as_running::<LogConfig>(section)
+    }
+
     fn compile(
         &self,
         section: &serde_yaml::Value,
