@@ -102,6 +102,7 @@ pub fn table_from_rows(
         generated_at_ms: Some(crate::state::now_ms()),
         strategy_set,
         scenarios: rows,
+        expected: Default::default(),
     })
     .map_err(OutputError::InvalidKTable)
 }

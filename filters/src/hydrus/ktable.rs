@@ -7,7 +7,14 @@
 //! strategy_set: 3f2a9c0d1b4e5a67    # optional: the strategy set it was solved for
 //! scenarios:
 //!   default: [0.0004, 0.0004, ...]   # exactly 86400 / window_secs finite values >= 0
+//! expected:                   # optional: per scenario and window, what the solver expected
+//!   default:                  # per request under that k (null: no record fed the window)
+//!     cost_per_request: [6.1, 6.3, ...]
+//!     qoe_per_request: [0.42, 0.43, ...]
 //! ```
+//!
+//! The spend controller of the hydrus stage steers each proxy's spend per request to
+//! `expected.cost_per_request` of the window.
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -27,6 +34,19 @@ pub struct KTableFile {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy_set: Option<String>,
     pub scenarios: BTreeMap<String, Vec<f64>>,
+    /// What the solver expected per request under each window's `k`, by scenario.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub expected: BTreeMap<String, Expected>,
+}
+
+/// A scenario's expectation per window (each list as long as its `k` row; `null` where no
+/// record fed the window).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expected {
+    pub cost_per_request: Vec<Option<f64>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub qoe_per_request: Vec<Option<f64>>,
 }
 
 /// Why a k-table was refused; each names where.
@@ -51,6 +71,14 @@ pub enum KTableError {
         window: usize,
         value: f64,
     },
+    #[error("expected.{name}: no such scenario in `scenarios`")]
+    ExpectedScenario { name: String },
+    #[error("expected.{name}.{field}: {problem}")]
+    ExpectedValues {
+        name: String,
+        field: &'static str,
+        problem: String,
+    },
 }
 
 /// A validated k-table.
@@ -61,7 +89,37 @@ pub struct KTable {
     strategy_set: Option<String>,
     names: Vec<String>,
     ks: Vec<Vec<f64>>,
+    /// By scenario index, when the table says.
+    expected: Vec<Option<Expected>>,
     index: HashMap<String, usize>,
+}
+
+/// Check one expectation list: none, or one value (finite, >= 0, or null) per window.
+fn check_expected(
+    name: &str,
+    field: &'static str,
+    values: &[Option<f64>],
+    want: usize,
+    optional: bool,
+) -> Result<(), KTableError> {
+    let problem = if values.is_empty() && optional {
+        return Ok(());
+    } else if values.len() != want {
+        format!("{} values; the windows need {want}", values.len())
+    } else if let Some((w, v)) = values
+        .iter()
+        .enumerate()
+        .find_map(|(w, v)| v.filter(|v| !v.is_finite() || *v < 0.0).map(|v| (w, v)))
+    {
+        format!("window {w}: {v} must be a finite number >= 0 (or null)")
+    } else {
+        return Ok(());
+    };
+    Err(KTableError::ExpectedValues {
+        name: name.to_string(),
+        field,
+        problem,
+    })
 }
 
 impl KTable {
@@ -99,17 +157,27 @@ impl KTable {
             names.push(name);
             ks.push(values);
         }
-        let index = names
+        let index: HashMap<String, usize> = names
             .iter()
             .enumerate()
             .map(|(i, n)| (n.clone(), i))
             .collect();
+        let mut expected = vec![None; names.len()];
+        for (name, e) in file.expected {
+            let Some(&i) = index.get(&name) else {
+                return Err(KTableError::ExpectedScenario { name });
+            };
+            check_expected(&name, "cost_per_request", &e.cost_per_request, want, false)?;
+            check_expected(&name, "qoe_per_request", &e.qoe_per_request, want, true)?;
+            expected[i] = Some(e);
+        }
         Ok(Self {
             window_secs: w,
             generated_at_ms: file.generated_at_ms,
             strategy_set: file.strategy_set,
             names,
             ks,
+            expected,
             index,
         })
     }
@@ -132,6 +200,7 @@ impl KTable {
                 .iter()
                 .map(|(name, k)| (name.to_string(), vec![*k; n]))
                 .collect(),
+            expected: BTreeMap::new(),
         })
     }
 
@@ -145,6 +214,12 @@ impl KTable {
                 .iter()
                 .cloned()
                 .zip(self.ks.iter().cloned())
+                .collect(),
+            expected: self
+                .names
+                .iter()
+                .zip(&self.expected)
+                .filter_map(|(n, e)| Some((n.clone(), e.clone()?)))
                 .collect(),
         }
     }
@@ -188,6 +263,18 @@ impl KTable {
     /// `k` for a scenario index and window.
     pub fn k(&self, scenario: usize, window: usize) -> Option<f64> {
         self.ks.get(scenario)?.get(window).copied()
+    }
+
+    /// The cost per request the solver expected for a scenario index and window, if it said.
+    pub fn expected_cost(&self, scenario: usize, window: usize) -> Option<f64> {
+        let e = self.expected.get(scenario)?.as_ref()?;
+        e.cost_per_request.get(window).copied().flatten()
+    }
+
+    /// The QoE per request the solver expected, if it said.
+    pub fn expected_qoe(&self, scenario: usize, window: usize) -> Option<f64> {
+        let e = self.expected.get(scenario)?.as_ref()?;
+        e.qoe_per_request.get(window).copied().flatten()
     }
 
     pub fn row(&self, scenario: usize) -> Option<&[f64]> {
@@ -236,5 +323,32 @@ mod tests {
         assert!(e.to_string().contains("line 2"), "{e}");
         let e = KTable::parse("window_secs: [\n").expect_err("syntax");
         assert!(matches!(e, KTableError::Yaml(_)));
+    }
+
+    #[test]
+    fn carries_what_the_solver_expected() {
+        let text = "window_secs: 43200\nscenarios:\n  default: [0.1, 0.2]\nexpected:\n  default:\n    cost_per_request: [6.5, null]\n    qoe_per_request: [0.4, null]\n";
+        let t = KTable::parse(text).expect("valid");
+        assert_eq!(t.expected_cost(0, 0), Some(6.5));
+        assert_eq!(t.expected_cost(0, 1), None);
+        assert_eq!(t.expected_qoe(0, 0), Some(0.4));
+        assert_eq!(KTable::parse(&t.to_yaml()).expect("round trip"), t);
+        let short = text.replace("[6.5, null]", "[6.5]");
+        let e = KTable::parse(&short).expect_err("short");
+        assert!(
+            e.to_string()
+                .contains("expected.default.cost_per_request: 1 values"),
+            "{e}"
+        );
+        let neg = text.replace("[6.5, null]", "[6.5, -1]");
+        assert!(KTable::parse(&neg).is_err());
+        let other = text.replace("expected:\n  default:", "expected:\n  feed:");
+        let e = KTable::parse(&other).expect_err("unknown scenario");
+        assert_eq!(
+            e,
+            KTableError::ExpectedScenario {
+                name: "feed".into()
+            }
+        );
     }
 }
