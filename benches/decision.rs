@@ -153,6 +153,7 @@ fn bench_record(c: &mut Criterion) {
         would_choose: None,
         strategy_set: None,
         route: Some("rank"),
+        grpc_status: None,
         extra: &extra,
     };
     let mut buf = Vec::with_capacity(1024);

@@ -10,6 +10,8 @@
 //! A running cluster is shared across config reloads while its section is unchanged, so health
 //! and ejections survive a reload that touches something else.
 
+use crate::tls::UpstreamTlsConfig;
+use crate::transport::{Transport, UpstreamProtocol};
 use hydrus_filters::outlier::{OutlierConfig, Outliers};
 use hydrus_filters::retry::{RetryBudget, RetryConfig};
 use pingora::lb::discovery::Static;
@@ -49,6 +51,12 @@ pub struct ClusterConfig {
     /// Retries of idempotent requests on another endpoint.
     #[serde(default)]
     pub retry: RetrySection,
+    /// What the endpoints speak: `http1`, `h2c` or `h2`.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// TLS to the endpoints (on by default with `protocol: h2`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTlsConfig>,
 }
 
 fn default_connect_timeout() -> Duration {
@@ -76,9 +84,14 @@ pub enum LbPolicy {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
-    /// `GET` this path and expect a 200; without it, a TCP connect is the check.
+    /// `GET` this path and expect a 200; without it (and without `grpc_service`), a TCP
+    /// connect is the check.
     #[serde(default)]
     pub path: Option<String>,
+    /// Ask the gRPC health-checking protocol (`grpc.health.v1.Health/Check`) about this
+    /// service (`""`: the server as a whole); only `SERVING` passes. For `h2c`/`h2` clusters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_service: Option<String>,
     /// The `Host` header of the HTTP check (default: the endpoint's address).
     #[serde(default)]
     pub host: Option<String>,
@@ -202,6 +215,8 @@ pub struct Cluster {
     pub name: String,
     pub source: ClusterConfig,
     pub endpoints: Vec<SocketAddr>,
+    /// Protocol and TLS to the endpoints.
+    pub transport: Transport,
     /// The endpoints sorted by address, with their positions.
     by_addr: Vec<(SocketAddr, usize)>,
     backends: Vec<Backend>,
@@ -255,14 +270,21 @@ impl HealthCheck for Bounded {
     }
 }
 
-fn health_check(hc: &HealthCheckConfig) -> Box<dyn HealthCheck + Send + Sync> {
+fn health_check(hc: &HealthCheckConfig, t: &Transport) -> Box<dyn HealthCheck + Send + Sync> {
     Box::new(Bounded {
-        check: unbounded_check(hc),
+        check: unbounded_check(hc, t),
         timeout: hc.timeout,
     })
 }
 
-fn unbounded_check(hc: &HealthCheckConfig) -> Box<dyn HealthCheck + Send + Sync> {
+fn unbounded_check(hc: &HealthCheckConfig, t: &Transport) -> Box<dyn HealthCheck + Send + Sync> {
+    if let Some(service) = &hc.grpc_service {
+        return Box::new(crate::grpc_health::GrpcHealthCheck::new(
+            service,
+            hc,
+            t.clone(),
+        ));
+    }
     match &hc.path {
         None => {
             let mut tcp = TcpHealthCheck::new();
@@ -273,7 +295,16 @@ fn unbounded_check(hc: &HealthCheckConfig) -> Box<dyn HealthCheck + Send + Sync>
         }
         Some(path) => {
             let host = hc.host.as_deref().unwrap_or("localhost");
-            let mut http = HttpHealthCheck::new(host, false);
+            let mut http = HttpHealthCheck::new(host, t.tls.is_some());
+            if let Some(tls) = &t.tls {
+                http.peer_template.options.ca = tls.ca.clone();
+                http.peer_template.client_cert_key = tls.client.clone();
+                http.peer_template.options.verify_cert = tls.verify;
+                http.peer_template.options.verify_hostname = tls.verify;
+            }
+            if t.protocol.is_h2() {
+                http.peer_template.options.set_http_version(2, 2);
+            }
             if let Ok(mut req) = pingora::http::RequestHeader::build("GET", path.as_bytes(), None) {
                 let _ = req.insert_header("host", host);
                 let _ = req.insert_header("user-agent", "hydrus-health-check");
@@ -290,7 +321,11 @@ fn unbounded_check(hc: &HealthCheckConfig) -> Box<dyn HealthCheck + Send + Sync>
     }
 }
 
-fn balancer<S>(backends: &[Backend], hc: Option<&HealthCheckConfig>) -> LoadBalancer<S>
+fn balancer<S>(
+    backends: &[Backend],
+    hc: Option<&HealthCheckConfig>,
+    t: &Transport,
+) -> LoadBalancer<S>
 where
     S: pingora::lb::selection::BackendSelection + 'static,
     S::Iter: pingora::lb::selection::BackendIter,
@@ -298,7 +333,7 @@ where
     let set: BTreeSet<Backend> = backends.iter().cloned().collect();
     let mut lb = LoadBalancer::<S>::from_backends(Backends::new(Static::new(set)));
     if let Some(hc) = hc {
-        lb.set_health_check(health_check(hc));
+        lb.set_health_check(health_check(hc, t));
     }
     // Static discovery answers at once: the balancer is built before this returns.
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
@@ -316,7 +351,12 @@ where
 
 impl Cluster {
     /// Build a running cluster from its checked section and resolved endpoints (distinct).
-    pub fn new(name: &str, source: ClusterConfig, endpoints: Vec<SocketAddr>) -> Self {
+    pub fn new(
+        name: &str,
+        source: ClusterConfig,
+        endpoints: Vec<SocketAddr>,
+        transport: Transport,
+    ) -> Self {
         let backends: Vec<Backend> = endpoints
             .iter()
             .map(|a| Backend {
@@ -329,8 +369,8 @@ impl Cluster {
             .collect();
         let hc = source.health_check.as_ref();
         let balancer = match source.lb {
-            LbPolicy::RoundRobin => Balancer::RoundRobin(balancer(&backends, hc)),
-            LbPolicy::ConsistentHash => Balancer::Hash(balancer(&backends, hc)),
+            LbPolicy::RoundRobin => Balancer::RoundRobin(balancer(&backends, hc, &transport)),
+            LbPolicy::ConsistentHash => Balancer::Hash(balancer(&backends, hc, &transport)),
         };
         let o = &source.outlier;
         let outliers = Outliers::new(
@@ -357,6 +397,7 @@ impl Cluster {
             },
             source,
             endpoints,
+            transport,
             backends,
             balancer,
             outliers,
@@ -367,9 +408,12 @@ impl Cluster {
         }
     }
 
-    /// Whether this running cluster can serve `source` with `endpoints` (a reload keeps it).
-    pub fn same_as(&self, source: &ClusterConfig, endpoints: &[SocketAddr]) -> bool {
-        self.source == *source && self.endpoints == endpoints
+    /// Whether this running cluster can serve as `new` (a reload keeps it): same section, same
+    /// endpoints, same certificates.
+    pub fn same_as(&self, new: &Cluster) -> bool {
+        self.source == new.source
+            && self.endpoints == new.endpoints
+            && self.transport.same_as(&new.transport)
     }
 
     fn select_with(&self, key: &[u8], accept: impl Fn(usize, bool) -> bool) -> Option<usize> {
@@ -493,8 +537,10 @@ mod tests {
             health_check: None,
             outlier: OutlierSection::default(),
             retry: RetrySection::default(),
+            protocol: UpstreamProtocol::Http1,
+            tls: None,
         };
-        Cluster::new("c", source, endpoints)
+        Cluster::new("c", source, endpoints, Transport::default())
     }
 
     #[test]

@@ -149,11 +149,15 @@ fn add_services(
             source,
         }
     })?;
+    let mut http = pingora::proxy::http_proxy(&server.configuration, Proxy::new(state.clone()));
+    // HTTP/2 on the same listener: with prior knowledge in clear text (h2c, what gRPC clients
+    // send), by ALPN over TLS; an idle HTTP/2 connection closed like an idle keep-alive one.
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h2c = true;
+    options.h2_idle_timeout = Some(state.config.load().limits.idle_timeout);
+    http.server_options = Some(options);
     let edge = Edge {
-        proxy: Arc::new(pingora::proxy::http_proxy(
-            &server.configuration,
-            Proxy::new(state.clone()),
-        )),
+        proxy: Arc::new(http),
         state: state.clone(),
         conns,
         // Until shortly before the runtimes stop at the end of the grace period.

@@ -91,7 +91,7 @@ impl State {
             if let Some(o) = old
                 .clusters
                 .iter()
-                .find(|o| o.name == c.name && o.same_as(&c.source, &c.endpoints))
+                .find(|o| o.name == c.name && o.same_as(c))
             {
                 *c = o.clone();
             }

@@ -46,6 +46,7 @@ fn record(ts_ms: u64, i: u64, scenario: &str, q: f64, chosen: &str) -> LogRecord
         would_choose: None,
         strategy_set: None,
         route: None,
+        grpc_status: None,
     }
 }
 

@@ -1,12 +1,21 @@
 //! The `clusters:` section, checked and compiled into running [`Cluster`]s.
 
 use super::errors::{Checker, YEAR};
+use super::relative_to;
 use crate::cluster::{Cluster, ClusterConfig, HealthCheckConfig, MAX_RETRIES};
+use crate::tls::{UpstreamTls, UpstreamTlsConfig};
+use crate::transport::{host_of, Transport, UpstreamProtocol};
 use http::HeaderValue;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 /// Check and compile one cluster; `None` when it has errors (they are in `c`).
-pub fn compile_cluster(c: &mut Checker<'_>, name: &str, cc: &ClusterConfig) -> Option<Cluster> {
+pub fn compile_cluster(
+    c: &mut Checker<'_>,
+    file: &Path,
+    name: &str,
+    cc: &ClusterConfig,
+) -> Option<Cluster> {
     let before = c.count();
     let field = format!("clusters.{name}");
     let endpoints = endpoints(c, &field, &cc.endpoints);
@@ -17,10 +26,79 @@ pub fn compile_cluster(c: &mut Checker<'_>, name: &str, cc: &ClusterConfig) -> O
         health_check(c, &format!("{field}.health_check"), hc);
     }
     outlier_and_retry(c, &field, cc);
+    let transport = transport(c, file, &field, cc, &endpoints);
     if c.count() > before {
         return None;
     }
-    Some(Cluster::new(name, cc.clone(), endpoints))
+    Some(Cluster::new(name, cc.clone(), endpoints, transport))
+}
+
+/// The cluster's protocol and TLS, its files read now (relative to the config's).
+fn transport(
+    c: &mut Checker<'_>,
+    file: &Path,
+    field: &str,
+    cc: &ClusterConfig,
+    resolved: &[SocketAddr],
+) -> Transport {
+    let section = match (&cc.tls, cc.protocol) {
+        (Some(t), _) => Some(t.clone()),
+        (None, UpstreamProtocol::H2) => Some(UpstreamTlsConfig {
+            ca_file: None,
+            sni: None,
+            verify: true,
+            client_cert_file: None,
+            client_key_file: None,
+        }),
+        (None, _) => None,
+    };
+    if cc.tls.is_some() && cc.protocol == UpstreamProtocol::H2c {
+        c.error(
+            format!("{field}.protocol"),
+            "h2c is HTTP/2 in clear text: with `tls:`, write `protocol: h2`",
+        );
+    }
+    if let Some(hc) = &cc.health_check {
+        if hc.grpc_service.is_some() && !cc.protocol.is_h2() {
+            c.error(
+                format!("{field}.health_check.grpc_service"),
+                "gRPC health checks need `protocol: h2c` or `h2`",
+            );
+        }
+        if hc.grpc_service.is_some() && hc.path.is_some() {
+            c.error(
+                format!("{field}.health_check"),
+                "either `path` (HTTP) or `grpc_service` (gRPC), not both",
+            );
+        }
+    }
+    let tls = section.and_then(|mut t| {
+        let resolve = |p: &Option<PathBuf>| p.as_ref().map(|p| relative_to(file, p));
+        t.ca_file = resolve(&t.ca_file);
+        t.client_cert_file = resolve(&t.client_cert_file);
+        t.client_key_file = resolve(&t.client_key_file);
+        match UpstreamTls::load(&t) {
+            Ok(tls) => Some(tls),
+            Err((f, e)) => {
+                c.error(format!("{field}.tls.{f}"), e.to_string());
+                None
+            }
+        }
+    });
+    // (With an endpoint that did not resolve or is listed twice, the cluster is an error.)
+    let server_names = resolved
+        .iter()
+        .zip(&cc.endpoints)
+        .map(|(a, e)| {
+            let name = tls.as_ref().and_then(|t| t.sni.clone());
+            (*a, name.unwrap_or_else(|| host_of(e).to_string()))
+        })
+        .collect();
+    Transport {
+        protocol: cc.protocol,
+        tls,
+        server_names,
+    }
 }
 
 fn endpoints(c: &mut Checker<'_>, field: &str, list: &[String]) -> Vec<SocketAddr> {

@@ -53,6 +53,10 @@ pub struct Config {
     /// pingora's runtime settings (start-only).
     #[serde(default)]
     pub server: ServerSettings,
+    /// TLS on the proxy's listener (HTTP/1.1 and HTTP/2 by ALPN); without it, clear text
+    /// (HTTP/1.1, and HTTP/2 with prior knowledge: h2c).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::tls::ListenerTlsConfig>,
     /// Upstream clusters by name.
     pub clusters: BTreeMap<String, ClusterConfig>,
     /// The identity headers hydrus reads.
@@ -80,6 +84,9 @@ pub struct Running {
     /// `hydrus_filters::stage::USER_ID` ...
     pub identity: [HeaderName; 5],
     pub routes: Vec<Arc<RouteRuntime>>,
+    /// The listener's TLS, when `tls:` is set: each new connection's handshake takes it from
+    /// the running config, so a reload rotates certificates.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Warnings that do not stop the config from loading (`hydrus check` prints them).
     pub warnings: Vec<ConfigError>,
 }
@@ -172,8 +179,9 @@ fn compile(file: &Path, text: &str, source: Config, m: &Metrics) -> Result<Runni
     if source.clusters.is_empty() {
         c.error("clusters", "at least one cluster is needed");
     }
+    let tls = listener_tls(&mut c, &source, file);
     for (name, cc) in &source.clusters {
-        if let Some(cluster) = clusters::compile_cluster(&mut c, name, cc) {
+        if let Some(cluster) = clusters::compile_cluster(&mut c, file, name, cc) {
             clusters.push(Arc::new(cluster));
         }
     }
@@ -204,8 +212,30 @@ fn compile(file: &Path, text: &str, source: Config, m: &Metrics) -> Result<Runni
         clusters,
         identity,
         routes: routes.routes,
+        tls,
         warnings,
     })
+}
+
+/// The listener's TLS from `tls:`, its files relative to the config's.
+fn listener_tls(
+    c: &mut Checker<'_>,
+    source: &Config,
+    file: &Path,
+) -> Option<Arc<rustls::ServerConfig>> {
+    let t = source.tls.as_ref()?;
+    let resolved = crate::tls::ListenerTlsConfig {
+        cert_file: relative_to(file, &t.cert_file),
+        key_file: relative_to(file, &t.key_file),
+        client_ca_file: t.client_ca_file.as_ref().map(|p| relative_to(file, p)),
+    };
+    match crate::tls::server_config(&resolved) {
+        Ok(sc) => Some(sc),
+        Err((field, e)) => {
+            c.error(format!("tls.{field}"), e.to_string());
+            None
+        }
+    }
 }
 
 /// The start-only settings, checked (the log sink is filled in from the routes).

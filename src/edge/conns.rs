@@ -9,21 +9,16 @@
 //! HTTP/1 keep-alive loop itself, so it knows when a connection is idle (waiting for the first
 //! byte of a request), when a request header is late, and when its body is.
 
-use super::Proxy;
 use crate::metrics::Metrics;
-use crate::state::State;
-use async_trait::async_trait;
-use pingora::apps::{HttpServerApp, ServerApp};
-use pingora::protocols::http::ServerSession;
-use pingora::protocols::Stream;
-use pingora::proxy::HttpProxy;
-use pingora::server::ShutdownWatch;
 use prometheus::{IntCounter, IntGauge};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::Notify;
+
+mod connection;
+pub use connection::Edge;
 
 /// File descriptors kept for everything but client connections (upstream pool, admin, log
 /// files, health checks) when the connection cap is derived from the open-file limit.
@@ -128,6 +123,7 @@ struct Handles {
     body_timeout: IntCounter,
     evicted: IntCounter,
     refused: IntCounter,
+    tls_failed: IntCounter,
 }
 
 /// Every open client connection of the proxy listener.
@@ -185,6 +181,7 @@ impl Connections {
                 body_timeout: closed("body_timeout"),
                 evicted: closed("evicted"),
                 refused: closed("refused"),
+                tls_failed: closed("tls_handshake"),
             },
         }
     }
@@ -282,232 +279,6 @@ impl Connections {
 
 /// How often the reaper looks for connections past their deadline: the deadlines' resolution.
 pub const REAP_PERIOD: Duration = Duration::from_millis(50);
-
-/// Wait for the first byte of a request on `stream`: `Ok(true)` when one arrived, `Ok(false)`
-/// when the stream cannot be peeked (then there is nothing to wait for here).
-async fn first_byte(stream: &mut Stream) -> std::io::Result<bool> {
-    let mut b = [0u8; 1];
-    stream.try_peek(&mut b).await
-}
-
-/// Why a connection's wait for its next request ended.
-enum Wait {
-    Request,
-    Closed,
-    Idle,
-    Evicted,
-    Shutdown,
-}
-
-/// The clock time `d` from `from_ms` (clock ms), saturating.
-fn at(from_ms: u64, d: Duration) -> u64 {
-    from_ms.saturating_add(d.as_millis().min(u128::from(u64::MAX)) as u64)
-}
-
-/// pingora's HTTP proxy behind the connection guard.
-pub struct Edge {
-    pub proxy: Arc<HttpProxy<Proxy>>,
-    pub state: Arc<State>,
-    pub conns: Arc<Connections>,
-    /// How long keep-alive connections are drained once shutdown (or an upgrade's hand-over)
-    /// begins: their next request is served with `Connection: close` instead of the
-    /// connection being closed while idle, which a client could be sending on at that instant.
-    pub drain: Duration,
-    /// When draining ends (clock ms), fixed when shutdown is first seen.
-    pub drain_until: std::sync::OnceLock<u64>,
-}
-
-impl Edge {
-    async fn wait_for_request(
-        &self,
-        stream: &mut Stream,
-        slot: &Slot,
-        phase: Phase,
-        deadline_ms: u64,
-        shutdown: &ShutdownWatch,
-    ) -> Wait {
-        slot.set_phase(phase);
-        slot.set_deadline(deadline_ms);
-        let mut sd = shutdown.clone();
-        let mut draining = false;
-        loop {
-            if !draining && *shutdown.borrow() {
-                draining = true;
-                let until = *self
-                    .drain_until
-                    .get_or_init(|| at(crate::clock::now_ms(), self.drain));
-                slot.set_deadline(deadline_ms.min(until));
-            }
-            if slot.evicted.load(Ordering::Acquire) {
-                return Wait::Evicted;
-            }
-            if slot.expired(crate::clock::now_ms()) {
-                return if draining { Wait::Shutdown } else { Wait::Idle };
-            }
-            tokio::select! {
-                biased;
-                r = first_byte(stream) => return match r {
-                    Ok(_) => Wait::Request,
-                    Err(_) => Wait::Closed,
-                },
-                _ = slot.kick.notified() => {}
-                _ = sd.wait_for(|down| *down), if !draining => {}
-            }
-        }
-    }
-}
-
-/// The persistent settings of a served connection's session, carried to its next request.
-type Persistent = Option<pingora::apps::HttpPersistentSettings>;
-
-impl Edge {
-    /// Wait for the connection's next request within its deadline: whether one began.
-    async fn next_request(
-        &self,
-        stream: &mut Stream,
-        slot: &Slot,
-        first: bool,
-        accepted_ms: u64,
-        shutdown: &ShutdownWatch,
-    ) -> bool {
-        let limits = self.state.config.load().limits.clone();
-        // (HTTP/1.1 pipelining stays off, pingora's default: no request is ever buffered
-        // ahead, so the next one starts with a byte on the stream.)
-        // The first request's wait counts against its header deadline.
-        let first_deadline = at(accepted_ms, limits.header_timeout);
-        let (phase, deadline) = if first {
-            (Phase::Fresh, first_deadline)
-        } else {
-            (
-                Phase::KeepAlive,
-                at(crate::clock::now_ms(), limits.idle_timeout),
-            )
-        };
-        match self
-            .wait_for_request(stream, slot, phase, deadline, shutdown)
-            .await
-        {
-            Wait::Request => {}
-            Wait::Closed | Wait::Shutdown | Wait::Evicted => return false,
-            Wait::Idle => {
-                if first {
-                    self.conns.m.header_timeout.inc();
-                } else {
-                    self.conns.m.idle_timeout.inc();
-                }
-                return false;
-            }
-        }
-        slot.set_phase(Phase::Header);
-        slot.set_deadline(if first {
-            first_deadline
-        } else {
-            at(crate::clock::now_ms(), limits.header_timeout)
-        });
-        slot.body_timeout_ms.store(
-            limits.body_timeout.as_millis().min(u128::from(u64::MAX)) as u64,
-            Ordering::Release,
-        );
-        true
-    }
-
-    /// A session for the request that began on `stream`.
-    fn session(
-        &self,
-        stream: Stream,
-        settings: Persistent,
-        shutdown: &ShutdownWatch,
-    ) -> ServerSession {
-        let mut session = ServerSession::new_http1(stream);
-        match settings {
-            Some(s) => pingora::apps::HttpPersistentSettings::apply_to_session(s, &mut session),
-            None => {
-                let idle = self.state.config.load().limits.idle_timeout;
-                session.set_keepalive(Some(idle.as_secs().max(1)));
-                if let Some(o) = self.proxy.server_options() {
-                    session.set_keepalive_reuses_remaining(o.keepalive_request_limit);
-                }
-            }
-        }
-        if *shutdown.borrow() {
-            session.set_keepalive(None);
-        }
-        session
-    }
-
-    /// Serve one request: until its header is read, it may be evicted or run out of time; then
-    /// its body may run out of time; then it runs to the end. The reaper kicks. The stream
-    /// back when the connection may be reused.
-    async fn serve(
-        &self,
-        session: ServerSession,
-        slot: &Arc<Slot>,
-        shutdown: &ShutdownWatch,
-    ) -> Option<(Stream, Persistent)> {
-        slot.header_read.store(false, Ordering::Release);
-        slot.body_read.store(false, Ordering::Release);
-        let mut session = session;
-        session.set_connection_user_context(Some(Box::new(slot.clone())));
-        let serve = self.proxy.process_new_http(session, shutdown);
-        tokio::pin!(serve);
-        let reused = loop {
-            tokio::select! {
-                biased;
-                r = &mut serve => break r,
-                _ = slot.kick.notified() => {
-                    let header = slot.header_read.load(Ordering::Acquire);
-                    if !header && slot.evicted.load(Ordering::Acquire) {
-                        return None;
-                    }
-                    if slot.expired(crate::clock::now_ms()) {
-                        // The request's hold on its upstream is given back as it drops.
-                        if header {
-                            self.conns.m.body_timeout.inc();
-                        } else {
-                            self.conns.m.header_timeout.inc();
-                        }
-                        return None;
-                    }
-                }
-            }
-        };
-        slot.set_deadline(0);
-        Some(reused?.consume())
-    }
-}
-
-#[async_trait]
-impl ServerApp for Edge {
-    async fn process_new(
-        self: &Arc<Self>,
-        stream: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        let max = self.state.config.load().limits.max_connections;
-        let admitted = self.conns.admit(max)?;
-        let slot = admitted.slot.clone();
-        let accepted_ms = crate::clock::now_ms();
-        let mut stream = stream;
-        let mut settings = None;
-        let mut first = true;
-        loop {
-            if !self
-                .next_request(&mut stream, &slot, first, accepted_ms, shutdown)
-                .await
-            {
-                return None;
-            }
-            first = false;
-            let session = self.session(stream, settings.take(), shutdown);
-            (stream, settings) = self.serve(session, &slot, shutdown).await?;
-        }
-    }
-
-    /// Nothing to do when the listener closes: connections drain on their own (see
-    /// [`Edge::drain`]). pingora's own cleanup would make every request that arrives during the
-    /// drain be dropped unread.
-    async fn cleanup(&self) {}
-}
 
 #[cfg(test)]
 mod tests {

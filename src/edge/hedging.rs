@@ -160,11 +160,11 @@ impl Proxy {
         req: RequestHeader,
         max_body: usize,
     ) -> Result<(ResponseHeader, bytes::Bytes)> {
-        let Some(&addr) = cluster.endpoints.get(endpoint) else {
+        if endpoint >= cluster.endpoints.len() {
             return Error::e_explain(ErrorType::InternalError, "no such endpoint");
-        };
+        }
         let guard = Attempt::start(cluster, endpoint);
-        let result = self.exchange(addr, cluster, req, max_body).await;
+        let result = self.exchange(endpoint, cluster, req, max_body).await;
         let outcome = match &result {
             Ok((h, _)) => outcome_of(h.status.as_u16()),
             Err(_) => Outcome::Failure,
@@ -175,12 +175,12 @@ impl Proxy {
 
     async fn exchange(
         &self,
-        addr: std::net::SocketAddr,
+        endpoint: usize,
         cluster: &Cluster,
         req: RequestHeader,
         max_body: usize,
     ) -> Result<(ResponseHeader, bytes::Bytes)> {
-        let peer = peer(addr, cluster);
+        let peer = peer(cluster, endpoint);
         let (mut s, _reused) = self
             .connector
             .get_http_session(&peer)

@@ -39,6 +39,8 @@ impl ProxyHttp for Proxy {
             upstream_ms: None,
             cluster_load: None,
             normalized_path: None,
+            grpc: false,
+            grpc_status: None,
         }
     }
 
@@ -60,12 +62,14 @@ impl ProxyHttp for Proxy {
         // are the request's.)
         let limit = self.state.config.load().limits.max_request_header_bytes;
         let req = session.req_header();
+        ctx.grpc = super::grpc::is_grpc(req);
         if Self::header_bytes(req) > limit {
-            return self.refused(session, "header_too_large", 431).await;
+            return self.refused(session, ctx, "header_too_large", 431).await;
         }
-        if !Self::target_ok(req) {
-            return self.refused(session, "bad_target", 400).await;
+        if !Self::target_ok(session.req_header()) {
+            return self.refused(session, ctx, "bad_target", 400).await;
         }
+        let req = session.req_header();
         if let Some(slot) = &ctx.slot {
             let bodyless = req.headers.get(http::header::TRANSFER_ENCODING).is_none()
                 && req
@@ -83,7 +87,7 @@ impl ProxyHttp for Proxy {
             .decision_seconds
             .observe(t0.elapsed().as_secs_f64());
         if !routed {
-            return self.refused(session, "no_route", 404).await;
+            return self.refused(session, ctx, "no_route", 404).await;
         }
         if session.req_header().method.is_idempotent() {
             // Lets a failed attempt's request body be sent again to another endpoint.
@@ -134,7 +138,7 @@ impl ProxyHttp for Proxy {
         };
         cluster.outliers.started(i, now);
         hold.endpoint = Some(i);
-        Ok(Box::new(peer(cluster.endpoints[i], cluster)))
+        Ok(Box::new(peer(cluster, i)))
     }
 
     fn fail_to_connect(
@@ -248,7 +252,13 @@ impl ProxyHttp for Proxy {
         } else {
             code
         };
-        if code > 0 {
+        if code > 0 && ctx.grpc {
+            // A call is answered with its gRPC status, never an HTTP error made up here.
+            match super::grpc::respond(session, code).await {
+                Ok(c) => ctx.grpc_status = Some(c),
+                Err(err) => log::debug!("could not send the gRPC status: {err}"),
+            }
+        } else if code > 0 {
             if let Err(err) = session.respond_error(code).await {
                 log::debug!("could not send the error response: {err}");
             }
@@ -284,6 +294,10 @@ impl ProxyHttp for Proxy {
             ctx.upstream_ms = Some(t.elapsed().as_secs_f64() * 1000.0);
         }
         ctx.upstream_status = Some(status);
+        if ctx.grpc {
+            // A trailers-only answer carries its status in the header.
+            ctx.grpc_status = super::grpc::status_of(&upstream_response.headers);
+        }
         // It answered: not hung. Whether the exchange succeeded is known at its end.
         if let Some(h) = &ctx.hold {
             if let Some(i) = h.endpoint {
@@ -293,11 +307,27 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
+    fn upstream_response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if ctx.grpc {
+            ctx.grpc_status = super::grpc::status_of(trailers).or(ctx.grpc_status);
+        }
+        Ok(())
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         if let Some(hold) = ctx.hold.as_mut() {
             let outcome = match (e, ctx.upstream_status) {
                 (Some(e), _) if *e.esource() == ErrorSource::Upstream => Some(Outcome::Failure),
                 (Some(_), _) => None,
+                // An endpoint answering a call UNAVAILABLE is a gateway failure, as a 503 is.
+                (None, Some(_)) if ctx.grpc && ctx.grpc_status == Some(14) => {
+                    Some(Outcome::Failure)
+                }
                 (None, status) => status.map(outcome_of),
             };
             hold.end_attempt(&self.state, outcome);

@@ -12,6 +12,7 @@
 //! request no route matches is answered 404 (counted).
 
 pub mod conns;
+pub mod grpc;
 mod hedging;
 pub mod prepare;
 pub mod upstream;
@@ -81,6 +82,9 @@ pub struct Ctx {
     /// The request's path normalized, when that changed it: it was routed by it and is
     /// forwarded as it.
     normalized_path: Option<String>,
+    /// A gRPC call (see [`grpc`]), and the `grpc-status` its client got.
+    grpc: bool,
+    grpc_status: Option<u8>,
 }
 
 impl Proxy {
@@ -121,12 +125,23 @@ impl Proxy {
 
     /// Refuse what hydrus cannot proxy: headers over the limit (431), a request target whose
     /// query hydrus cannot see (400), no route (404). Counted by reason.
-    async fn refused(&self, session: &mut Session, reason: &str, status: u16) -> Result<bool> {
+    /// A gRPC call gets the matching gRPC status instead.
+    async fn refused(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        reason: &str,
+        status: u16,
+    ) -> Result<bool> {
         self.state
             .metrics
             .requests_rejected
             .with_label_values(&[reason])
             .inc();
+        if ctx.grpc {
+            ctx.grpc_status = Some(grpc::respond(session, status).await?);
+            return Ok(true);
+        }
         session.set_keepalive(None);
         session.respond_error(status).await?;
         Ok(true)
@@ -186,6 +201,7 @@ impl Proxy {
                 total_ms: total * 1000.0,
                 cluster_load: ctx.cluster_load,
                 error,
+                grpc_status: ctx.grpc_status,
             }));
         }
     }

@@ -22,6 +22,8 @@ struct UpstreamEdit<'a> {
     /// Every query key the route's stages own: the first rewrite strips them all.
     owned_query: &'a [String],
     query_done: bool,
+    /// A gRPC call: query parameters travel as metadata (see [`super::grpc`]).
+    grpc: bool,
     failed: Option<Box<Error>>,
 }
 
@@ -33,6 +35,19 @@ impl Upstream for UpstreamEdit<'_> {
     }
 
     fn set_query(&mut self, pairs: &[(String, String)]) {
+        if self.grpc {
+            for (k, v) in pairs {
+                match (
+                    HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()),
+                    HeaderValue::from_str(v),
+                ) {
+                    (Ok(name), Ok(value)) => self.set_header(&name, value),
+                    _ => log::warn!("query parameter `{k}` cannot be gRPC metadata"),
+                }
+            }
+            self.query_done = true;
+            return;
+        }
         let replaced: Vec<String>;
         let owned = if self.query_done {
             replaced = pairs.iter().map(|(k, _)| k.clone()).collect();
@@ -72,6 +87,7 @@ pub fn prepare_upstream(upstream: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
             n.starts_with("x-hydrus-")
                 || (!passthrough
                     && (chain.owned_headers.iter().any(|o| normalized(o) == n)
+                        || (ctx.grpc && chain.owned_query.iter().any(|q| normalized_key(q) == n))
                         || ids.iter().any(|i| *i != **k && normalized(i) == n)))
         })
         .cloned()
@@ -96,16 +112,22 @@ pub fn prepare_upstream(upstream: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
         req: upstream,
         owned_query: &chain.owned_query,
         query_done: false,
+        grpc: ctx.grpc,
         failed: None,
     };
     chain.edit_upstream(&ctx.state, &mut edit);
-    if !edit.query_done && !chain.owned_query.is_empty() {
+    if !edit.query_done && !chain.owned_query.is_empty() && !ctx.grpc {
         edit.set_query(&[]);
     }
     match edit.failed {
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// A query key as the metadata name it becomes on a gRPC call, normalized like header names.
+fn normalized_key(key: &str) -> String {
+    key.to_ascii_lowercase().replace('_', "-")
 }
 
 /// Forward the request with the path it was routed by (its query as sent).

@@ -9,16 +9,7 @@ use pingora::prelude::*;
 use pingora::ErrorType;
 use std::sync::Arc;
 
-/// An upstream endpoint with its cluster's timeouts.
-pub fn peer(addr: std::net::SocketAddr, cluster: &Cluster) -> HttpPeer {
-    let mut peer = HttpPeer::new(addr, false, String::new());
-    peer.options.connection_timeout = Some(cluster.source.connect_timeout);
-    peer.options.total_connection_timeout = Some(cluster.source.connect_timeout);
-    peer.options.read_timeout = Some(cluster.source.read_timeout);
-    peer.options.write_timeout = Some(cluster.source.read_timeout);
-    peer.options.idle_timeout = Some(cluster.source.idle_timeout);
-    peer
-}
+pub use crate::transport::peer;
 
 /// An attempt on an endpoint, recorded in the cluster's passive health when it ends; one
 /// dropped unfinished (a cancelled hedge) counts as neither success nor failure.

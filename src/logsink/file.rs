@@ -289,6 +289,7 @@ mod tests {
             total_ms: 2.0,
             cluster_load: None,
             error: None,
+            grpc_status: None,
         }
     }
 

@@ -45,6 +45,7 @@ pub struct Pending {
     pub total_ms: f64,
     pub cluster_load: Option<u32>,
     pub error: Option<&'static str>,
+    pub grpc_status: Option<u8>,
 }
 
 /// Counters of header values cut to fit a record, by field.
@@ -131,6 +132,7 @@ impl Pending {
             would_choose: d.and_then(|d| d.would_choose).and_then(name_of),
             strategy_set: hydrus.map(|h| h.filter.fingerprint.as_str()),
             route: Some(self.route.name()),
+            grpc_status: self.grpc_status,
             extra: &self.state.log,
         }
         .encode_into(out);

@@ -78,6 +78,10 @@ pub struct LogRecord {
     /// `primary`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hedge: Option<String>,
+    /// On a gRPC call: its `grpc-status` (from the trailers, or from a trailers-only
+    /// response), as the client received it; `status` stays the HTTP status (200 for gRPC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u8>,
 }
 
 /// Longest value hydrus copies from a request header into a record; longer ones are cut (at a
@@ -177,6 +181,8 @@ pub struct RecordRef<'a> {
     pub strategy_set: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub route: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u8>,
     /// What the stages added (`external_delay_ms`, `e2e_bucket`, `hedge`, ...).
     #[serde(flatten)]
     pub extra: &'a crate::stage::LogFields,
@@ -248,6 +254,7 @@ mod tests {
             would_choose: None,
             strategy_set: None,
             route: None,
+            grpc_status: None,
         };
         let mut out = Vec::new();
         r.encode_into(&mut out);
@@ -320,6 +327,7 @@ mod tests {
             would_choose: Some("s10"),
             strategy_set: Some("00ff"),
             route: Some("rank"),
+            grpc_status: None,
             extra,
         }
     }

@@ -1,0 +1,338 @@
+//! One client connection's life on the proxy listener: the TLS handshake (when `tls:` is
+//! set), HTTP/2 (by ALPN, or the prior-knowledge preface in clear text) handed to pingora's
+//! HTTP/2 server, or the HTTP/1 keep-alive loop with its deadlines and eviction.
+
+use super::{Connections, Phase, Slot};
+use crate::edge::Proxy;
+use crate::state::State;
+use async_trait::async_trait;
+use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::Stream;
+use pingora::proxy::HttpProxy;
+use pingora::server::ShutdownWatch;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Wait for the first byte of a request on `stream`: `Ok(true)` when one arrived, `Ok(false)`
+/// when the stream cannot be peeked (then there is nothing to wait for here).
+async fn first_byte(stream: &mut Stream) -> std::io::Result<bool> {
+    let mut b = [0u8; 1];
+    stream.try_peek(&mut b).await
+}
+
+/// Why a connection's wait for its next request ended.
+enum Wait {
+    Request,
+    /// The stream cannot be peeked (TLS): whether a request began is not known here.
+    Unknown,
+    Closed,
+    Idle,
+    Evicted,
+    Shutdown,
+}
+
+/// The clock time `d` from `from_ms` (clock ms), saturating.
+fn at(from_ms: u64, d: Duration) -> u64 {
+    from_ms.saturating_add(d.as_millis().min(u128::from(u64::MAX)) as u64)
+}
+
+/// pingora's HTTP proxy behind the connection guard.
+pub struct Edge {
+    pub proxy: Arc<HttpProxy<Proxy>>,
+    pub state: Arc<State>,
+    pub conns: Arc<Connections>,
+    /// How long keep-alive connections are drained once shutdown (or an upgrade's hand-over)
+    /// begins: their next request is served with `Connection: close` instead of the
+    /// connection being closed while idle, which a client could be sending on at that instant.
+    pub drain: Duration,
+    /// When draining ends (clock ms), fixed when shutdown is first seen.
+    pub drain_until: std::sync::OnceLock<u64>,
+}
+
+impl Edge {
+    async fn wait_for_request(
+        &self,
+        stream: &mut Stream,
+        slot: &Slot,
+        phase: Phase,
+        deadline_ms: u64,
+        shutdown: &ShutdownWatch,
+    ) -> Wait {
+        slot.set_phase(phase);
+        slot.set_deadline(deadline_ms);
+        let mut sd = shutdown.clone();
+        let mut draining = false;
+        loop {
+            if !draining && *shutdown.borrow() {
+                draining = true;
+                let until = *self
+                    .drain_until
+                    .get_or_init(|| at(crate::clock::now_ms(), self.drain));
+                slot.set_deadline(deadline_ms.min(until));
+            }
+            if slot.evicted.load(Ordering::Acquire) {
+                return Wait::Evicted;
+            }
+            if slot.expired(crate::clock::now_ms()) {
+                return if draining { Wait::Shutdown } else { Wait::Idle };
+            }
+            tokio::select! {
+                biased;
+                r = first_byte(stream) => return match r {
+                    Ok(true) => Wait::Request,
+                    Ok(false) => Wait::Unknown,
+                    Err(_) => Wait::Closed,
+                },
+                _ = slot.kick.notified() => {}
+                _ = sd.wait_for(|down| *down), if !draining => {}
+            }
+        }
+    }
+}
+
+/// The preface an HTTP/2 client with prior knowledge opens with (RFC 9113 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether the connection speaks HTTP/2: by ALPN over TLS, by its preface in clear text.
+async fn is_h2(stream: &mut Stream) -> bool {
+    if stream.get_ssl_digest().is_some() {
+        return matches!(
+            stream.selected_alpn_proto(),
+            Some(pingora::protocols::ALPN::H2)
+        );
+    }
+    let mut buf = [0u8; H2_PREFACE.len()];
+    matches!(stream.try_peek(&mut buf).await, Ok(true)) && buf == *H2_PREFACE
+}
+
+impl Edge {
+    /// The TLS handshake with the running config's certificate, within the header deadline
+    /// (a client that opens a connection and never finishes its handshake holds nothing
+    /// longer than one that never sends a request). Failures are counted, not logged.
+    async fn tls_handshake(
+        &self,
+        stream: Stream,
+        tls: Arc<rustls::ServerConfig>,
+        slot: &Slot,
+        deadline_ms: u64,
+    ) -> Option<Stream> {
+        slot.set_deadline(deadline_ms);
+        // The listener hands over its TCP streams boxed; TLS wraps the stream itself.
+        let Ok(tcp) = stream
+            .into_any()
+            .downcast::<pingora::protocols::l4::stream::Stream>()
+        else {
+            log::error!("TLS listener: not a TCP stream");
+            return None;
+        };
+        let acceptor = pingora::listeners::tls::Acceptor::from_server_config(tls);
+        let handshake = acceptor.tls_handshake(*tcp);
+        tokio::pin!(handshake);
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut handshake => {
+                    slot.set_deadline(0);
+                    return match r {
+                        Ok(s) => Some(Box::new(s)),
+                        Err(e) => {
+                            log::debug!("TLS handshake failed: {e}");
+                            self.conns.m.tls_failed.inc();
+                            None
+                        }
+                    };
+                }
+                _ = slot.kick.notified() => {
+                    if slot.evicted.load(Ordering::Acquire) {
+                        return None;
+                    }
+                    if slot.expired(crate::clock::now_ms()) {
+                        self.conns.m.header_timeout.inc();
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The persistent settings of a served connection's session, carried to its next request.
+type Persistent = Option<pingora::apps::HttpPersistentSettings>;
+
+impl Edge {
+    /// Wait for the connection's next request within its deadline: whether one began.
+    async fn next_request(
+        &self,
+        stream: &mut Stream,
+        slot: &Slot,
+        first: bool,
+        accepted_ms: u64,
+        shutdown: &ShutdownWatch,
+    ) -> bool {
+        let limits = self.state.config.load().limits.clone();
+        // (HTTP/1.1 pipelining stays off, pingora's default: no request is ever buffered
+        // ahead, so the next one starts with a byte on the stream.)
+        // The first request's wait counts against its header deadline.
+        let first_deadline = at(accepted_ms, limits.header_timeout);
+        let (phase, deadline) = if first {
+            (Phase::Fresh, first_deadline)
+        } else {
+            (
+                Phase::KeepAlive,
+                at(crate::clock::now_ms(), limits.idle_timeout),
+            )
+        };
+        let body_ms = limits.body_timeout.as_millis().min(u128::from(u64::MAX)) as u64;
+        slot.body_timeout_ms.store(body_ms, Ordering::Release);
+        match self
+            .wait_for_request(stream, slot, phase, deadline, shutdown)
+            .await
+        {
+            Wait::Request => {}
+            Wait::Unknown => {
+                // Over TLS the wait for the next request and its header are one deadline
+                // (the idle timeout and the header timeout added up).
+                if !first {
+                    slot.set_deadline(at(deadline, limits.header_timeout));
+                }
+                return true;
+            }
+            Wait::Closed | Wait::Shutdown | Wait::Evicted => return false,
+            Wait::Idle => {
+                if first {
+                    self.conns.m.header_timeout.inc();
+                } else {
+                    self.conns.m.idle_timeout.inc();
+                }
+                return false;
+            }
+        }
+        slot.set_phase(Phase::Header);
+        slot.set_deadline(if first {
+            first_deadline
+        } else {
+            at(crate::clock::now_ms(), limits.header_timeout)
+        });
+        true
+    }
+
+    /// A session for the request that began on `stream`.
+    fn session(
+        &self,
+        stream: Stream,
+        settings: Persistent,
+        shutdown: &ShutdownWatch,
+    ) -> ServerSession {
+        let mut session = ServerSession::new_http1(stream);
+        match settings {
+            Some(s) => pingora::apps::HttpPersistentSettings::apply_to_session(s, &mut session),
+            None => {
+                let idle = self.state.config.load().limits.idle_timeout;
+                session.set_keepalive(Some(idle.as_secs().max(1)));
+                if let Some(o) = self.proxy.server_options() {
+                    session.set_keepalive_reuses_remaining(o.keepalive_request_limit);
+                }
+            }
+        }
+        if *shutdown.borrow() {
+            session.set_keepalive(None);
+        }
+        session
+    }
+
+    /// Serve one request: until its header is read, it may be evicted or run out of time; then
+    /// its body may run out of time; then it runs to the end. The reaper kicks. The stream
+    /// back when the connection may be reused.
+    async fn serve(
+        &self,
+        session: ServerSession,
+        slot: &Arc<Slot>,
+        shutdown: &ShutdownWatch,
+    ) -> Option<(Stream, Persistent)> {
+        slot.header_read.store(false, Ordering::Release);
+        slot.body_read.store(false, Ordering::Release);
+        let mut session = session;
+        session.set_connection_user_context(Some(Box::new(slot.clone())));
+        let serve = self.proxy.process_new_http(session, shutdown);
+        tokio::pin!(serve);
+        let reused = loop {
+            tokio::select! {
+                biased;
+                r = &mut serve => break r,
+                _ = slot.kick.notified() => {
+                    let header = slot.header_read.load(Ordering::Acquire);
+                    if !header && slot.evicted.load(Ordering::Acquire) {
+                        return None;
+                    }
+                    if slot.expired(crate::clock::now_ms()) {
+                        // The request's hold on its upstream is given back as it drops.
+                        if header {
+                            self.conns.m.body_timeout.inc();
+                        } else {
+                            self.conns.m.header_timeout.inc();
+                        }
+                        return None;
+                    }
+                }
+            }
+        };
+        slot.set_deadline(0);
+        Some(reused?.consume())
+    }
+}
+
+#[async_trait]
+impl ServerApp for Edge {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let running = self.state.config.load_full();
+        let admitted = self.conns.admit(running.limits.max_connections)?;
+        let slot = admitted.slot.clone();
+        let accepted_ms = crate::clock::now_ms();
+        let mut stream = match &running.tls {
+            Some(tls) => {
+                let deadline = at(accepted_ms, running.limits.header_timeout);
+                self.tls_handshake(stream, tls.clone(), &slot, deadline)
+                    .await?
+            }
+            None => stream,
+        };
+        drop(running);
+        if !self
+            .next_request(&mut stream, &slot, true, accepted_ms, shutdown)
+            .await
+        {
+            return None;
+        }
+        if is_h2(&mut stream).await {
+            // pingora's HTTP/2 server runs each stream through the same hooks; the
+            // connection stays counted against the cap (as busy) until it closes, idle
+            // connections closed after `limits.idle_timeout` by pingora.
+            slot.set_phase(Phase::Busy);
+            slot.set_deadline(0);
+            let _admitted = admitted;
+            return self.proxy.process_new(stream, shutdown).await;
+        }
+        let mut settings = None;
+        loop {
+            let session = self.session(stream, settings.take(), shutdown);
+            (stream, settings) = self.serve(session, &slot, shutdown).await?;
+            if !self
+                .next_request(&mut stream, &slot, false, accepted_ms, shutdown)
+                .await
+            {
+                return None;
+            }
+        }
+    }
+
+    /// Nothing to do when the listener closes: connections drain on their own (see
+    /// [`Edge::drain`]). pingora's own cleanup would make every request that arrives during the
+    /// drain be dropped unread.
+    async fn cleanup(&self) {}
+}

@@ -1,0 +1,274 @@
+//! gRPC through hydrus: a tonic client calls tonic servers (tonic-health's service: a unary call
+//! and a server-streaming one) through hydrus over HTTP/2 in clear text. The Hydrus decision is
+//! made on the call's metadata and reaches the server as metadata; trailers come back intact;
+//! a call hydrus cannot proxy gets a gRPC status, not an HTTP error; an endpoint that reports
+//! NOT_SERVING to the gRPC health check gets no calls until it reports SERVING again.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::runtime::Runtime;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Channel, Server};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::server::HealthReporter;
+
+/// A tonic server with the health service, recording every call's metadata.
+struct GrpcUpstream {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<http::HeaderMap>>>,
+    reporter: HealthReporter,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl GrpcUpstream {
+    fn start(rt: &Runtime) -> Self {
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (reporter, service) = tonic_health::server::health_reporter();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let service = InterceptedService::new(service, move |req: tonic::Request<()>| {
+            let headers = req.metadata().clone().into_headers();
+            record.lock().unwrap().push(headers);
+            Ok(req)
+        });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        rt.spawn(
+            Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {
+                    let _ = stopped.await;
+                }),
+        );
+        Self {
+            addr,
+            seen,
+            reporter,
+            _stop: stop,
+        }
+    }
+
+    fn take(&self) -> Vec<http::HeaderMap> {
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+
+    fn set(&self, rt: &Runtime, serving: bool) {
+        let status = if serving {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        rt.block_on(self.reporter.set_service_status("", status));
+    }
+}
+
+fn client(rt: &Runtime, port: u16) -> HealthClient<Channel> {
+    let channel = Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap();
+    HealthClient::new(rt.block_on(channel.connect()).unwrap())
+}
+
+fn request(service: &str, metadata: &[(&'static str, &str)]) -> tonic::Request<HealthCheckRequest> {
+    let mut r = tonic::Request::new(HealthCheckRequest {
+        service: service.into(),
+    });
+    for (k, v) in metadata {
+        r.metadata_mut().insert(*k, v.parse().unwrap());
+    }
+    r
+}
+
+/// The hydrus section: s40 asks for 40 candidates (a query parameter, metadata on a call) and
+/// the large model (a header).
+const HYDRUS: &str = "hydrus:
+  default_strategy: s20
+  ktable:
+    path: {dir}/ktable.yaml
+  strategies:
+    - { name: s10, cost: 6, qoe_scale: 0.9, set_query: { candidates: \"10\" } }
+    - { name: s20, cost: 10, set_query: { candidates: \"20\" } }
+    - { name: s40, cost: 18, qoe_scale: 1.08, set_query: { candidates: \"40\" }, set_headers: { x-model: large } }";
+
+fn start_hydrus(template: &str) -> Hydrus {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("ktable.yaml"),
+        ktable(&[("default", 0.004)], None),
+    )
+    .unwrap();
+    Hydrus::start_in(dir, template)
+}
+
+/// Calls to the health service's Check go through the decision; Watch passes through.
+fn config(endpoints: &[SocketAddr], cluster_extra: &str) -> String {
+    Config::new()
+        .cluster_with("ranking", endpoints, cluster_extra)
+        .route(
+            route("check", "ranking")
+                .matching("{ path: /grpc.health.v1.Health/Check }")
+                .filter(&rollout("100"))
+                .filter(HYDRUS)
+                .filter(&file_log()),
+        )
+        .route(route("watch", "ranking").matching("{ path: /grpc.health.v1.Health/Watch }"))
+        .template()
+}
+
+#[test]
+fn a_call_is_decided_on_its_metadata_and_streams_pass_through() {
+    let rt = Runtime::new().unwrap();
+    let up = GrpcUpstream::start(&rt);
+    let h = start_hydrus(&config(&[up.addr], "    protocol: h2c"));
+    let mut c = client(&rt, h.port);
+
+    // A unary call with QoE metadata: s40 (q = 0.6, k = 0.004), its side effects as metadata.
+    let answer = rt
+        .block_on(c.check(request(
+            "",
+            &[
+                ("x-user-id", "u1"),
+                ("x-qoe-score", "0.6"),
+                ("candidates", "9999"),
+            ],
+        )))
+        .unwrap();
+    assert_eq!(answer.get_ref().status(), ServingStatus::Serving);
+    let seen = up.take().pop().unwrap();
+    let md = |k: &str| seen.get(k).map(|v| v.to_str().unwrap().to_string());
+    assert_eq!(md("x-hydrus-strategy").as_deref(), Some("s40"));
+    assert_eq!(md("x-hydrus-group").as_deref(), Some("hydrus"));
+    assert_eq!(md("x-model").as_deref(), Some("large"));
+    // The strategy's candidate count replaced the client's (never both).
+    assert_eq!(seen.get_all("candidates").iter().count(), 1);
+    assert_eq!(md("candidates").as_deref(), Some("40"));
+    assert_eq!(md("x-user-id").as_deref(), Some("u1"));
+
+    // A call the server answers with an error status: the status and message come back as
+    // the server sent them, and the log record has the call's grpc-status.
+    let err = rt
+        .block_on(c.check(request("no.such.Service", &[("x-user-id", "u2")])))
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    assert!(err.message().contains("service not registered"), "{err:?}");
+
+    // Server streaming through the pass-through route: every message as the server sends it.
+    let mut stream = rt.block_on(c.watch(request("", &[]))).unwrap().into_inner();
+    let first = rt.block_on(stream.message()).unwrap().unwrap();
+    assert_eq!(first.status(), ServingStatus::Serving);
+    up.set(&rt, false);
+    let second = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(5), stream.message()).await })
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.status(), ServingStatus::NotServing);
+    drop(stream);
+
+    assert!(eventually(Duration::from_secs(5), || {
+        read_records(&h.path("logs")).len() >= 2
+    }));
+    let records = read_records(&h.path("logs"));
+    let by_user = |u: &str| records.iter().find(|r| r.user_id == u).unwrap();
+    assert_eq!(
+        (by_user("u1").status, by_user("u1").grpc_status),
+        (200, Some(0))
+    );
+    assert_eq!(by_user("u1").chosen, "s40");
+    assert_eq!(by_user("u2").grpc_status, Some(5), "NOT_FOUND");
+    assert_eq!(records.len(), 2, "the watch route is not logged");
+}
+
+#[test]
+fn a_call_hydrus_cannot_proxy_gets_a_grpc_status_not_an_http_error() {
+    let rt = Runtime::new().unwrap();
+    // Nothing listens there.
+    let gone: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let template = Config::new()
+        .cluster_with("ranking", &[gone], "    protocol: h2c")
+        .route(
+            route("check", "ranking")
+                .matching("{ path: /grpc.health.v1.Health/Check }")
+                .filter(&file_log()),
+        )
+        .template();
+    let h = start_hydrus(&template);
+    let mut c = client(&rt, h.port);
+    let err = rt
+        .block_on(c.check(request("", &[("x-user-id", "u1")])))
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("hydrus"), "{err:?}");
+    // No route takes Watch: UNIMPLEMENTED, as a server without the method would say.
+    let err = rt.block_on(c.watch(request("", &[]))).unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented, "{err:?}");
+    assert_eq!(
+        h.metric("hydrus_requests_rejected_total{reason=\"no_route\"}"),
+        1.0
+    );
+    assert!(eventually(Duration::from_secs(5), || {
+        !read_records(&h.path("logs")).is_empty()
+    }));
+    let r = read_records(&h.path("logs")).pop().unwrap();
+    assert_eq!((r.status, r.grpc_status), (200, Some(14)));
+}
+
+#[test]
+fn an_endpoint_not_serving_gets_no_calls_until_it_serves_again() {
+    let rt = Runtime::new().unwrap();
+    let (a, b) = (GrpcUpstream::start(&rt), GrpcUpstream::start(&rt));
+    let checks = "    protocol: h2c
+    health_check:
+      grpc_service: \"\"
+      interval: 100ms
+      timeout: 1s
+      healthy_threshold: 1
+      unhealthy_threshold: 1";
+    let h = start_hydrus(&config(&[a.addr, b.addr], checks));
+    let mut c = client(&rt, h.port);
+    let healthy = |addr: SocketAddr| {
+        h.metric(&format!(
+            "hydrus_endpoint_healthy{{cluster=\"ranking\",endpoint=\"{addr}\"}}"
+        ))
+    };
+    // Both serve: both get calls (the health checks reach the servers too: only calls with
+    // our user id are counted).
+    let calls = |c: &mut HealthClient<Channel>, n: usize| {
+        for _ in 0..n {
+            rt.block_on(c.check(request("", &[("x-user-id", "load")])))
+                .unwrap();
+        }
+    };
+    let ours = |up: &GrpcUpstream| {
+        up.take()
+            .iter()
+            .filter(|m| m.get("x-user-id").is_some_and(|v| v == "load"))
+            .count()
+    };
+    calls(&mut c, 10);
+    let (to_a, to_b) = (ours(&a), ours(&b));
+    assert_eq!(to_a + to_b, 10);
+    assert!(to_a > 0 && to_b > 0, "both serve: {to_a} and {to_b}");
+
+    // A says NOT_SERVING: within a few check intervals it gets none.
+    a.set(&rt, false);
+    assert!(eventually(Duration::from_secs(5), || healthy(a.addr) == 0.0));
+    a.take();
+    b.take();
+    calls(&mut c, 20);
+    assert_eq!((ours(&a), ours(&b)), (0, 20));
+
+    // Serving again: it gets calls again.
+    a.set(&rt, true);
+    assert!(eventually(Duration::from_secs(5), || healthy(a.addr) == 1.0));
+    calls(&mut c, 20);
+    assert!(ours(&a) > 0, "A serves again and gets calls");
+}
