@@ -143,7 +143,7 @@ impl Proxy {
                 && ctx
                     .hold
                     .as_mut()
-                    .is_some_and(|h| h.take_retry(&self.state, &ctx.tried, Some(a)));
+                    .is_some_and(|h| h.take_retry(&self.state, &ctx.tried, Some(a), false));
             if retry {
                 ctx.tried.push(b);
                 result = self.attempt(cluster, b, upstream, max).await;

@@ -158,7 +158,7 @@ impl ProxyHttp for Proxy {
             .inc();
         let failed = hold.end_attempt(&self.state, Some(Outcome::Failure));
         // Nothing was sent: any request may go to another endpoint.
-        e.set_retry(hold.take_retry(&self.state, &ctx.tried, failed));
+        e.set_retry(hold.take_retry(&self.state, &ctx.tried, failed, true));
         e
     }
 
@@ -201,7 +201,7 @@ impl ProxyHttp for Proxy {
             return e;
         }
         let failed = hold.end_attempt(&self.state, Some(Outcome::Failure));
-        let retry = retryable && hold.take_retry(&self.state, &ctx.tried, failed);
+        let retry = retryable && hold.take_retry(&self.state, &ctx.tried, failed, false);
         e.set_retry(retry);
         e
     }
@@ -336,13 +336,16 @@ impl ProxyHttp for Proxy {
         ctx.hold = None;
         let written = session.response_written();
         let status = written.map_or(0, |r| r.status.as_u16());
-        // A response that began and then failed: the client got it cut short.
+        // A response that began and then failed: the client got it cut short. (A response
+        // hydrus made up in its place is not one: its status says what happened.)
         let error = match e {
-            Some(e) if written.is_some() => Some(if *e.esource() == ErrorSource::Upstream {
-                "upstream_body"
-            } else {
-                "downstream"
-            }),
+            Some(e) if written.is_some() && ctx.upstream_status.is_some() => {
+                Some(if *e.esource() == ErrorSource::Upstream {
+                    "upstream_body"
+                } else {
+                    "downstream"
+                })
+            }
             _ => None,
         };
         self.finish(ctx, status, error);

@@ -132,8 +132,17 @@ impl Hold {
     /// `failed` failed, taking a retry-budget slot if so (counted either way). A retry away
     /// from an endpoint that passive health has set aside while others are still available is
     /// not charged to the budget: the failure is that endpoint's and it gets no new requests.
-    /// When the cluster fails as a whole (nothing else available), the budget applies.
-    pub fn take_retry(&mut self, state: &State, tried: &Tried, failed: Option<usize>) -> bool {
+    /// When the cluster fails as a whole (nothing else available), the budget applies. A retry
+    /// after a failed connect (`unsent`: nothing reached any endpoint, so retrying adds no
+    /// work anywhere) is not charged either: an endpoint restarting under load refuses a burst
+    /// of connects at once, more than the budget's minimum.
+    pub fn take_retry(
+        &mut self,
+        state: &State,
+        tried: &Tried,
+        failed: Option<usize>,
+        unsent: bool,
+    ) -> bool {
         let cluster = &self.cluster;
         let attempts = tried.len() as u32;
         if attempts > cluster.retry.attempts || tried.len() >= cluster.endpoints.len() {
@@ -143,14 +152,15 @@ impl Hold {
         let isolated = failed.is_some_and(|i| {
             !cluster.outliers.available(i, now) && cluster.others_available(i, now)
         });
-        let ok = isolated || cluster.budget.try_retry(&cluster.retry);
+        let free = isolated || unsent;
+        let ok = free || cluster.budget.try_retry(&cluster.retry);
         let result = if ok { "sent" } else { "budget_exhausted" };
         state
             .metrics
             .upstream_retries
             .with_label_values(&[cluster.name.as_str(), result])
             .inc();
-        if ok && !isolated {
+        if ok && !free {
             self.retries += 1;
         }
         ok

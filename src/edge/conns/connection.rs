@@ -103,8 +103,17 @@ async fn is_h2(stream: &mut Stream) -> bool {
             Some(pingora::protocols::ALPN::H2)
         );
     }
-    let mut buf = [0u8; H2_PREFACE.len()];
-    matches!(stream.try_peek(&mut buf).await, Ok(true)) && buf == *H2_PREFACE
+    // pingora's peek waits for the whole buffer: ask for more only while what arrived can
+    // still be the preface, so that a short HTTP/1 request is never waited on (any request
+    // starting with `P` has more than 4 bytes: `PUT / HTTP/1.0` and an empty line).
+    for n in [1, 4, H2_PREFACE.len()] {
+        let mut buf = [0u8; H2_PREFACE.len()];
+        if !matches!(stream.try_peek(&mut buf[..n]).await, Ok(true)) || buf[..n] != H2_PREFACE[..n]
+        {
+            return false;
+        }
+    }
+    true
 }
 
 impl Edge {
@@ -302,6 +311,7 @@ impl ServerApp for Edge {
             }
             None => stream,
         };
+        let header_timeout = running.limits.header_timeout;
         drop(running);
         if !self
             .next_request(&mut stream, &slot, true, accepted_ms, shutdown)
@@ -309,7 +319,13 @@ impl ServerApp for Edge {
         {
             return None;
         }
-        if is_h2(&mut stream).await {
+        // (The preface is part of the first request's header: the same deadline.)
+        let h2 = tokio::time::timeout(header_timeout, is_h2(&mut stream)).await;
+        if h2.is_err() {
+            self.conns.m.header_timeout.inc();
+            return None;
+        }
+        if h2.is_ok_and(|h2| h2) {
             // pingora's HTTP/2 server runs each stream through the same hooks; the
             // connection stays counted against the cap (as busy) until it closes, idle
             // connections closed after `limits.idle_timeout` by pingora.

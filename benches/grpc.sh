@@ -1,0 +1,189 @@
+#!/usr/bin/env bash
+# gRPC over HTTP/2 in clear text, on loopback, in one run and interleaved:
+#   direct        h2load -> the gRPC server (examples/grpc_upstream.rs: tonic, health service)
+#   hydrus        h2load -> hydrus, full chain (rollout 50% + hydrus filter + file log) -> server
+#   hydrus-empty  h2load -> hydrus, a route without filters -> server
+#   nginx         h2load -> nginx grpc_pass (keepalive upstream) -> server
+# Every call is grpc.health.v1.Health/Check (unary) with a user id and QoE metadata. Per target
+# and round: calls/s and the proxy's CPU time per call (utime+stime of its processes from /proc
+# over the run, divided by the calls completed); medians of the rounds; ratios to nginx.
+#
+#   benches/grpc.sh [SECONDS per run, default 10] [ROUNDS, default 3] [CLIENTS, default 16]
+#   benches/grpc.sh soak [SECONDS, default 60]
+#
+# `soak`: calls through hydrus at about 1,000/s to a cluster of two servers for SECONDS while one
+# of them is restarted twice (SIGTERM: it finishes its calls and says GOAWAY; back 2 s later);
+# counts the calls that did not succeed, by the log records' grpc_status and h2load's failures.
+# Env: HYDRUS_BENCH_THREADS (proxy threads / nginx workers, default 2), STREAMS (concurrent
+# streams per client, default 8).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode=bench
+if [ "${1:-}" = soak ]; then mode=soak; shift; fi
+secs=${1:-$([ $mode = soak ] && echo 60 || echo 10)}
+rounds=${2:-3}
+clients=${3:-16}
+threads=${HYDRUS_BENCH_THREADS:-2}
+streams=${STREAMS:-8}
+
+for p in nginx nghttp2-client cmake; do
+  dpkg -s "$p" >/dev/null 2>&1 || need="${need:-} $p"
+done
+if [ -n "${need:-}" ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need >/dev/null
+fi
+cargo build --release --quiet --bin hydrus --example grpc_upstream
+HYDRUS_BIN=${HYDRUS_BIN:-./target/release/hydrus}
+SERVER_BIN=./target/release/examples/grpc_upstream
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 0.5
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+UP=18280; UP2=18286; FULL=18281; EMPTY=18282; NGX=18283; ADMF=18291; ADME=18292
+CHECK=/grpc.health.v1.Health/Check
+HZ=$(getconf CLK_TCK)
+# A HealthCheckRequest for the whole server: an empty message in a gRPC frame.
+printf '\x00\x00\x00\x00\x00' > "$work/req.bin"
+# A k-table: k = 0.004 for every 15-minute window.
+{ echo "window_secs: 900"; echo "scenarios:"; echo -n "  default: ["; for i in $(seq 95); do echo -n "0.004, "; done; echo "0.004]"; } > "$work/ktable.yaml"
+
+"$SERVER_BIN" "127.0.0.1:$UP" & pids+=($!)
+
+hydrus_config() { # port admin chain-filters endpoints
+  cat <<CONF
+listen: 127.0.0.1:$1
+threads: $threads
+admin: { listen: 127.0.0.1:$2 }
+shutdown: { grace_period: 1s, upgrade_sock: $work/upgrade-$1.sock, pid_file: $work/hydrus-$1.pid }
+clusters:
+  grpc:
+    endpoints: [$4]
+    protocol: h2c
+    health_check: { grpc_service: "", interval: 1s, healthy_threshold: 1, unhealthy_threshold: 1 }
+routes:
+  - name: check
+    match: { path: $CHECK }
+    cluster: grpc
+$3
+CONF
+}
+FILTERS="    filters:
+      - rollout: { percent: 50 }
+      - hydrus:
+          default_strategy: s20
+          ktable: { path: $work/ktable.yaml }
+          strategies:
+            - { name: s10, cost: 6, qoe_scale: 0.9, set_query: { candidates: \"10\" } }
+            - { name: s20, cost: 10, set_query: { candidates: \"20\" } }
+            - { name: s40, cost: 18, qoe_scale: 1.08, set_query: { candidates: \"40\" } }
+      - log: { file: { dir: $work/logs, flush_interval: 200ms } }"
+
+wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 not up" >&2; return 1; }
+
+# One h2load run (its report: calls/s, calls done, failed).
+load() { # port seconds clients [extra h2load args]
+  local port=$1 d=$2 c=$3; shift 3
+  h2load -D "$d" -c "$c" -m "$streams" -t 1 -d "$work/req.bin" \
+    -H 'content-type: application/grpc' -H 'te: trailers' \
+    -H 'x-user-id: u1' -H 'x-qoe-score: 0.6' "$@" \
+    "http://127.0.0.1:$port$CHECK" 2>&1
+}
+
+if [ $mode = soak ]; then
+  "$SERVER_BIN" "127.0.0.1:$UP2" & up2=$!; pids+=($up2)
+  hydrus_config $FULL $ADMF "$FILTERS" "\"127.0.0.1:$UP\", \"127.0.0.1:$UP2\"" > "$work/soak.yaml"
+  "$HYDRUS_BIN" serve --config "$work/soak.yaml" 2>"$work/soak.log" & pids+=($!)
+  wait_port $UP2; wait_port $FULL
+  load $FULL "$secs" 4 --rps=250 > "$work/h2load.out" & loader=$!
+  for at in 0.25 0.58; do
+    sleep "$(awk -v s="$secs" -v a=$at 'BEGIN { print s * a }')"
+    kill -TERM $up2; wait $up2 2>/dev/null || true
+    sleep 2
+    "$SERVER_BIN" "127.0.0.1:$UP2" & up2=$!; pids+=($up2)
+    echo "restarted the server on :$UP2"
+  done
+  wait $loader || true
+  sleep 1.5 # the log's flush
+  cp "$work/soak.log" /tmp/grpc-soak-hydrus.log 2>/dev/null || true
+  grep -E "^requests:|^status codes:" "$work/h2load.out"
+  calls=$(cat "$work"/logs/*.jsonl | wc -l)
+  ok=$(cat "$work"/logs/*.jsonl | grep -c '"grpc_status":0' || true)
+  failed=$(awk '/^requests:/ { print $10 }' "$work/h2load.out")
+  grep -h -v '"grpc_status":0' "$work"/logs/*.jsonl | head -5 || true
+  grep -E "ERROR|WARN" "$work/soak.log" | grep -v ConnectRefused | head -10 || true
+  echo "soak: $secs s, about 1000 calls/s, the server on :$UP2 restarted twice; calls logged: $calls, grpc_status 0: $ok, not OK: $((calls - ok)); h2load failed: $failed ($(date -u +%F), command: bash benches/grpc.sh soak $secs)"
+  exit 0
+fi
+
+hydrus_config $FULL $ADMF "$FILTERS" "\"127.0.0.1:$UP\"" > "$work/full.yaml"
+hydrus_config $EMPTY $ADME "" "\"127.0.0.1:$UP\"" > "$work/empty.yaml"
+"$HYDRUS_BIN" serve --config "$work/full.yaml" 2>"$work/full.log" & pids+=($!)
+"$HYDRUS_BIN" serve --config "$work/empty.yaml" 2>"$work/empty.log" & pids+=($!)
+mkdir -p "$work/nginx"
+cat > "$work/nginx/nginx.conf" <<CONF
+worker_processes $threads;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 100000000;
+  upstream grpcup { server 127.0.0.1:$UP; keepalive 64; keepalive_requests 100000000; }
+  server {
+    listen 127.0.0.1:$NGX http2;
+    location / { grpc_pass grpc://grpcup; }
+  }
+}
+CONF
+nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" -g 'daemon off;' & pids+=($!)
+for p in $UP $FULL $EMPTY $NGX; do wait_port $p; done
+
+procs() { # target -> pids
+  case $1 in
+    direct) echo "${pids[0]}" ;;
+    hydrus) pgrep -f "serve --config $work/full.yaml" ;;
+    hydrus-empty) pgrep -f "serve --config $work/empty.yaml" ;;
+    nginx) pgrep -f "nginx: worker process" | tr '\n' ' '; pgrep -f "nginx: master process nginx -c $work/nginx" ;;
+  esac
+}
+ticks() { local t=0; for p in $1; do [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$p/stat"))); done; echo $t; }
+
+declare -A port=([direct]=$UP [hydrus]=$FULL [hydrus-empty]=$EMPTY [nginx]=$NGX)
+targets=(direct hydrus hydrus-empty nginx)
+declare -A all
+for r in $(seq "$rounds"); do
+  for n in "${targets[@]}"; do
+    p=$(procs "$n"); t0=$(ticks "$p")
+    out=$(load "${port[$n]}" "$secs" "$clients")
+    t1=$(ticks "$p")
+    rps=$(echo "$out" | awk '/^finished in/ { print $4 }')
+    done_=$(echo "$out" | awk '/^requests:/ { print $8 }')
+    failed=$(echo "$out" | awk '/^requests:/ { print $10 }')
+    cpu=$(awk -v d=$((t1 - t0)) -v hz="$HZ" -v n="$done_" 'BEGIN { printf "%.2f", (n > 0 ? d * 1e6 / hz / n : 0) }')
+    echo "round $r $n: $rps calls/s, $cpu us CPU/call, $failed failed" >&2
+    all[$n]="${all[$n]:-}$rps $cpu $failed;"
+  done
+done
+
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+col() { echo "$1" | tr ';' '\n' | grep . | awk -v c="$2" '{print $c}' | median; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a/b }'; }
+echo "| target | calls/s | CPU us / call | failed calls (all rounds) |"
+echo "|---|---|---|---|"
+declare -A rps cpu
+for n in "${targets[@]}"; do
+  rps[$n]=$(col "${all[$n]}" 1); cpu[$n]=$(col "${all[$n]}" 2)
+  f=$(echo "${all[$n]}" | tr ';' '\n' | grep . | awk '{s += $3} END {print s}')
+  if [ "$n" = direct ]; then c="-"; else c=${cpu[$n]}; fi
+  echo "| $n | ${rps[$n]} | $c | $f |"
+done
+echo
+echo "Calls/s: hydrus (full chain) / nginx grpc_pass **$(ratio "${rps[hydrus]}" "${rps[nginx]}")**; hydrus (empty chain) / nginx $(ratio "${rps[hydrus-empty]}" "${rps[nginx]}"). CPU per call: hydrus / nginx **$(ratio "${cpu[hydrus]}" "${cpu[nginx]}")**, hydrus (empty) / nginx $(ratio "${cpu[hydrus-empty]}" "${cpu[nginx]}")."
+echo
+echo "2 CPUs shared by h2load, the server and the proxies; $threads proxy threads / nginx workers; h2load -c $clients -m $streams -D $secs, $rounds interleaved rounds (medians), $(date -u +%F). Command: \`bash benches/grpc.sh $secs $rounds $clients\`."
