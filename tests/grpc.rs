@@ -272,3 +272,156 @@ fn an_endpoint_not_serving_gets_no_calls_until_it_serves_again() {
     calls(&mut c, 20);
     assert!(ours(&a) > 0, "A serves again and gets calls");
 }
+
+/// A gRPC server written with the h2 crate, to see what tonic hides: it answers every call
+/// (whose body must be the HealthCheckRequest sent) with SERVING after `delay`, then trailers
+/// `grpc-status: 0` and `x-served-by: NAME`.
+fn h2_server(rt: &Runtime, name: &'static str, delay: Duration) -> SocketAddr {
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    rt.spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(socket).await else {
+                    return;
+                };
+                while let Some(Ok((req, respond))) = conn.accept().await {
+                    tokio::spawn(answer_call(req, respond, name, delay));
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn answer_call(
+    req: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<bytes::Bytes>,
+    name: &'static str,
+    delay: Duration,
+) {
+    let mut body = req.into_body();
+    let mut got = Vec::new();
+    while let Some(Ok(chunk)) = body.data().await {
+        let _ = body.flow_control().release_capacity(chunk.len());
+        got.extend_from_slice(&chunk);
+    }
+    tokio::time::sleep(delay).await;
+    let ok = got == GRPC_REQUEST;
+    let response = http::Response::builder()
+        .status(200)
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap();
+    let Ok(mut send) = respond.send_response(response, false) else {
+        return;
+    };
+    // A HealthCheckResponse{status: SERVING}: field 1, varint 1.
+    let message = bytes::Bytes::from_static(&[0, 0, 0, 0, 2, 0x08, 0x01]);
+    let _ = send.send_data(message, false);
+    let mut trailers = http::HeaderMap::new();
+    let status = if ok { "0" } else { "3" }; // INVALID_ARGUMENT: not the body sent
+    trailers.insert("grpc-status", status.parse().unwrap());
+    trailers.insert("x-served-by", name.parse().unwrap());
+    let _ = send.send_trailers(trailers);
+}
+
+/// A HealthCheckRequest for service "x": field 1, length 1, "x", in a gRPC frame.
+const GRPC_REQUEST: &[u8] = &[0, 0, 0, 0, 3, 0x0a, 0x01, b'x'];
+
+/// One call over a raw HTTP/2 connection to hydrus: the response's status, its trailers.
+fn raw_call(rt: &Runtime, port: u16) -> (u16, http::HeaderMap) {
+    rt.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(conn);
+        let mut client = client.ready().await.unwrap();
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(format!(
+                "http://127.0.0.1:{port}/grpc.health.v1.Health/Check"
+            ))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("x-user-id", "u1")
+            .body(())
+            .unwrap();
+        let (response, mut send) = client.send_request(req, false).unwrap();
+        send.send_data(bytes::Bytes::from_static(GRPC_REQUEST), true)
+            .unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(5), response)
+            .await
+            .unwrap()
+            .unwrap();
+        let status = response.status().as_u16();
+        let mut body = response.into_body();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.unwrap();
+            let _ = body.flow_control().release_capacity(chunk.len());
+        }
+        (status, body.trailers().await.unwrap().unwrap_or_default())
+    })
+}
+
+fn served_by(t: &http::HeaderMap) -> (&str, &str) {
+    let get = |k: &str| t.get(k).map_or("", |v| v.to_str().unwrap());
+    (get("grpc-status"), get("x-served-by"))
+}
+
+#[test]
+fn trailers_come_back_intact_and_slow_calls_are_hedged_only_on_idempotent_routes() {
+    let rt = Runtime::new().unwrap();
+    let slow = h2_server(&rt, "slow", Duration::from_millis(1500));
+    let fast = h2_server(&rt, "fast", Duration::ZERO);
+    let hedge = "hedge:\n  table:\n    path: {dir}/hedge.yaml\n  burst: 20";
+    let routes = |idempotent: bool| {
+        let r = route("check", "ranking").filter(hedge).filter(&file_log());
+        let r = if idempotent {
+            r.with("idempotent: true")
+        } else {
+            r
+        };
+        Config::new()
+            .cluster_with("ranking", &[slow, fast], "    protocol: h2c")
+            .route(r)
+            .template()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("hedge.yaml"),
+        "budget: 1.0\nroutes:\n  ranking: { timeout_ms: 100 }\n",
+    )
+    .unwrap();
+    let h = Hydrus::start_in(dir, &routes(true));
+    // Round robin sends every other first attempt to the slow server: on this idempotent
+    // route those are reissued to the fast one after 100 ms, which answers, trailers and all.
+    for _ in 0..4 {
+        let (status, trailers) = raw_call(&rt, h.port);
+        assert_eq!(status, 200);
+        assert_eq!(served_by(&trailers), ("0", "fast"));
+    }
+    assert!(h.metric("hydrus_hedges_total{result=\"won\"}") >= 1.0);
+    assert!(eventually(Duration::from_secs(5), || {
+        read_records(&h.path("logs")).len() == 4
+    }));
+    let records = read_records(&h.path("logs"));
+    assert!(records.iter().all(|r| r.grpc_status == Some(0)));
+    assert!(records.iter().any(|r| r.hedge.as_deref() == Some("hedge")));
+
+    // The same route not marked idempotent: calls are not reissued, the slow server answers
+    // its share, its trailers intact too.
+    h.rewrite_config(&routes(false));
+    let mut by = std::collections::BTreeSet::new();
+    assert!(eventually(Duration::from_secs(10), || {
+        let (status, trailers) = raw_call(&rt, h.port);
+        assert_eq!(status, 200);
+        let (code, name) = served_by(&trailers);
+        assert_eq!(code, "0");
+        by.insert(name.to_string());
+        by.contains("slow")
+    }));
+}

@@ -29,6 +29,10 @@ pub struct RouteConfig {
     /// The stages, in the order they run: each a one-key map, `- rollout: {...}`.
     #[serde(default)]
     pub filters: Vec<serde_yaml::Value>,
+    /// Its requests may be sent twice although they have a body (unary gRPC calls that only
+    /// read, a POST search): the hedge filter reissues them too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub idempotent: bool,
     /// The route of the single-route shape (`route:` and top-level `filters:`), which ran
     /// its filters in a fixed order and managed every request, even without filters.
     #[serde(skip)]
@@ -371,6 +375,8 @@ pub struct Route {
     /// made up, `x-hydrus-group` set): a route with filters, or the single-route shape's. A
     /// route without filters passes requests through untouched.
     pub managed: bool,
+    /// Requests with a body may be hedged (`idempotent: true`).
+    pub idempotent: bool,
 }
 
 /// What compiling routes needs from the config around them.
@@ -437,6 +443,7 @@ pub fn compile_route(
     }
     Some(Route {
         managed: rc.single_route_shape || !stages.is_empty(),
+        idempotent: rc.idempotent,
         name: rc.name.clone(),
         matcher: matcher?,
         cluster,

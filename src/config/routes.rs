@@ -242,6 +242,7 @@ fn written_routes(
                 matches: Default::default(),
                 cluster: r.cluster.clone(),
                 filters: filters.unwrap_or_default().to_vec(),
+                idempotent: false,
                 single_route_shape: true,
             },
             String::new(),

@@ -24,6 +24,8 @@ pub struct Route {
     matches: Option<String>,
     cluster: String,
     filters: Vec<String>,
+    /// More of the route's section (`idempotent: true`).
+    more: Vec<String>,
 }
 
 /// A route named `name` to `cluster`, matching every request until [`Route::matching`].
@@ -33,6 +35,7 @@ pub fn route(name: &str, cluster: &str) -> Route {
         matches: None,
         cluster: cluster.into(),
         filters: Vec::new(),
+        more: Vec::new(),
     }
 }
 
@@ -40,6 +43,12 @@ impl Route {
     /// The route's match, as a YAML flow map: `{ path_prefix: /rank }`.
     pub fn matching(mut self, yaml: &str) -> Self {
         self.matches = Some(yaml.into());
+        self
+    }
+
+    /// More of the route's section, one `key: value` line.
+    pub fn with(mut self, line: &str) -> Self {
+        self.more.push(line.into());
         self
     }
 
@@ -144,6 +153,9 @@ impl Config {
             let _ = writeln!(s, "  - name: {}\n    cluster: {}", r.name, r.cluster);
             if let Some(m) = &r.matches {
                 let _ = writeln!(s, "    match: {m}");
+            }
+            for l in &r.more {
+                let _ = writeln!(s, "    {l}");
             }
             if !r.filters.is_empty() {
                 s.push_str("    filters:\n");
