@@ -224,7 +224,9 @@ pub fn normalize_path(path: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(String::from_utf8(out).unwrap_or_else(|_| path.to_string()))
 }
 
-/// Percent-escapes of unreserved characters decoded; the others' hex digits in upper case.
+/// Percent-escapes of unreserved characters decoded; the others' hex digits in upper case; a
+/// `%` that starts no escape written `%25`, so that decoding never makes a new escape (`/%%30a`
+/// would otherwise become `/%0a`, a newline to whoever decodes it once more).
 fn decode_unreserved(b: &[u8]) -> Vec<u8> {
     let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
     let mut out = Vec::with_capacity(b.len());
@@ -244,6 +246,10 @@ fn decode_unreserved(b: &[u8]) -> Vec<u8> {
                     out.extend_from_slice(&[b'%', HEX[usize::from(h)], HEX[usize::from(l)]]);
                 }
                 i += 3;
+            }
+            None if b[i] == b'%' => {
+                out.extend_from_slice(b"%25");
+                i += 1;
             }
             None => {
                 out.push(b[i]);
