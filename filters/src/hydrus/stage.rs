@@ -206,6 +206,9 @@ struct HydrusMetricsRef {
     spend: SpendMetrics,
 }
 
+#[path = "stage_spend.rs"]
+mod stage_spend;
+
 /// A k-table's address, to tell generations apart.
 fn table_id(k: Option<&Arc<crate::table::Loaded<KTable>>>) -> usize {
     k.map_or(0, |k| Arc::as_ptr(k) as usize)
@@ -369,57 +372,6 @@ impl HydrusStage {
         }));
     }
 
-    /// The spend loops' series, by scenario name (the running k-table's rows).
-    fn spend_series(&self) -> Vec<(String, Arc<SpendLoop>)> {
-        let h = self.handles.load();
-        let Some(k) = self
-            .ktable
-            .get()
-            .filter(|k| table_id(Some(k)) == h.loops_table)
-        else {
-            return Vec::new();
-        };
-        let names = k.table.scenario_names();
-        h.loops
-            .iter()
-            .enumerate()
-            .filter_map(|(i, l)| {
-                let name = names.get(i)?;
-                Some((name.clone(), l.clone()?))
-            })
-            .collect()
-    }
-
-    fn retire_spend_gauges(&self) {
-        for name in &self.handles.load().loop_names {
-            self.metrics.spend.remove(&self.route, name);
-        }
-    }
-
-    /// A treatment request the rule decided (no fallback) ended: its cost is spend the loop
-    /// of its scenario measures; the first request past the period updates `m`. (A request
-    /// decided on a k-table that was replaced before it ended may count under the new loops.)
-    fn spend_done(&self, h: &HydrusHandles, state: &RequestState, d: &super::Decision) {
-        let (Group::Treatment, None, Some(row)) = (state.group, d.fallback, d.scenario) else {
-            return;
-        };
-        let Some(l) = h.loops.get(row).and_then(|l| l.as_deref()) else {
-            return;
-        };
-        let cost = self
-            .filter
-            .strategies
-            .get(d.strategy)
-            .map_or(0.0, |s| s.cost);
-        if l.record(cost, state.now_ms) {
-            let target = self.ktable.get().and_then(|k| {
-                let w = k.table.window_of(state.now_ms);
-                k.table.expected_cost(row, w)
-            });
-            l.tick(state.now_ms, target);
-        }
-    }
-
     fn spend_of(&self, j: usize, d: &super::Decision) -> Spend {
         Spend {
             cost: self.filter.strategies.get(j).map_or(0.0, |s| s.cost),
@@ -502,6 +454,8 @@ impl Stage for HydrusStage {
     fn adopt(&self, old: &dyn Stage) {
         if let Some(old) = old.as_any().downcast_ref::<HydrusStage>() {
             self.ktable.adopt(&old.ktable);
+            // The new generation's loops start afresh (and may be fewer, or none).
+            old.retire_spend_gauges();
             self.rebuild_handles();
         }
     }
