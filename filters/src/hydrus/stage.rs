@@ -517,11 +517,12 @@ impl Stage for HydrusStage {
         if let Some(k) = self.ktable.get() {
             let w = k.table.window_of(now_ms);
             for (name, l) in self.spend_series() {
-                let k_t = k
-                    .table
-                    .scenario_index(name.as_bytes())
-                    .and_then(|i| k.table.k(i, w));
-                m.spend.set(&self.route, &name, &l.snapshot(), k_t);
+                let row = k.table.scenario_index(name.as_bytes());
+                let mut snapshot = l.snapshot();
+                // The target of the current window, whether or not a request has ended in it.
+                snapshot.target_per_request = row.and_then(|i| k.table.expected_cost(i, w));
+                let k_t = row.and_then(|i| k.table.k(i, w));
+                m.spend.set(&self.route, &name, &snapshot, k_t);
             }
         }
     }
