@@ -167,8 +167,9 @@ fn bench_record(c: &mut Criterion) {
 }
 
 /// A route's whole chain as the edge runs it: rollout, then hydrus over 8 strategies (with its
-/// fallback counters and scenario labels), from the same YAML a user writes.
-fn chain() -> Route {
+/// fallback counters and scenario labels), from the same YAML a user writes; with `spend`, the
+/// spend controller on (the request path reads its correction m).
+fn chain(spend: bool) -> Route {
     let yaml = r#"
 name: rank
 cluster: ranking
@@ -187,7 +188,12 @@ filters:
         - { name: s70, cost: 16, qoe_scale: 1.06, set_query: { candidates: "70" } }
         - { name: s80, cost: 18, qoe_scale: 1.08, set_query: { candidates: "80" } }
 "#;
-    let rc: RouteConfig = serde_yaml::from_str(yaml).unwrap();
+    let yaml = if spend {
+        format!("{yaml}      spend_control: {{}}\n")
+    } else {
+        yaml.to_string()
+    };
+    let rc: RouteConfig = serde_yaml::from_str(&yaml).unwrap();
     let registry = prometheus::Registry::new();
     let kinds: Vec<_> = hydrus_filters::kinds()
         .map(|k| (k, k.metrics(&registry)))
@@ -220,8 +226,8 @@ filters:
     route
 }
 
-fn single_shot_chain() {
-    let route = chain();
+fn single_shot_chain(spend: bool) {
+    let route = chain(spend);
     let headers = http::HeaderMap::new();
     let ids: [Option<http::HeaderValue>; 5] = [
         Some(http::HeaderValue::from_static("user-123456")),
@@ -246,13 +252,19 @@ fn single_shot_chain() {
             t.elapsed().as_nanos() as u64
         })
         .collect();
-    percentiles("chain/rollout+hydrus/8", ns);
+    let what = if spend {
+        "chain/rollout+hydrus(spend_control)/8"
+    } else {
+        "chain/rollout+hydrus/8"
+    };
+    percentiles(what, ns);
 }
 
 fn bench(c: &mut Criterion) {
     bench_filter(c);
     single_shot_filter();
-    single_shot_chain();
+    single_shot_chain(false);
+    single_shot_chain(true);
     bench_e2e(c);
     bench_record(c);
 }

@@ -174,10 +174,27 @@ fn query(prom: u16, q: &str) -> serde_json::Value {
     serde_json::from_str(&body).unwrap()
 }
 
+/// As [`start`], with the spend controller on (a cap) and a k-table that carries the solver's
+/// expectation: every dashboard query has its series.
+fn start_with_spend_control(up: &Upstream) -> Hydrus {
+    let dir = tempfile::tempdir().unwrap();
+    let row = vec!["10"; 96].join(", ");
+    let table = format!(
+        "{}expected:\n  default:\n    cost_per_request: [{row}]\n",
+        ktable(&[("default", 0.004)], None)
+    );
+    std::fs::write(dir.path().join("ktable.yaml"), table).unwrap();
+    let t = template(&[up], None, 50).replace(
+        "qoe_scale: 1.08 }",
+        "qoe_scale: 1.08 }\n          spend_control: { scenarios: { default: { max_cost_per_second: 100000 } } }",
+    );
+    Hydrus::start_in(dir, &t)
+}
+
 #[test]
 fn prometheus_scrapes_hydrus_and_every_dashboard_query_answers() {
     let up = Upstream::start("a");
-    let h = start(&[&up]);
+    let h = start_with_spend_control(&up);
     let load = Load::start(h.port, 2, Duration::from_secs(60));
     let dir = tempfile::tempdir().unwrap();
     let prom_port = free_port();
@@ -255,7 +272,7 @@ fn prometheus_scrapes_hydrus_and_every_dashboard_query_answers() {
     assert_eq!(status, 200);
     let rules: serde_json::Value = serde_json::from_str(&body).unwrap();
     let list = rules["data"]["groups"][0]["rules"].as_array().unwrap();
-    assert_eq!(list.len(), 14);
+    assert_eq!(list.len(), 17);
     let _ = prom.kill();
     let _ = prom.wait();
 }

@@ -171,3 +171,44 @@ fn the_readme_hedging_table_is_what_its_command_prints() {
         .unwrap()
         .contains("<polyline"));
 }
+
+#[test]
+fn the_shifted_day_meets_the_spend_goals_and_the_readme_shows_it() {
+    // The README shows: cargo run --release -- simulate --shift --seed 42 --out benches/results/simulate
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(bin())
+        .args(["simulate", "--shift", "--seed", "42", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let md = String::from_utf8(out.stdout).unwrap();
+    let readme = std::fs::read_to_string(format!("{ROOT}/README.md")).unwrap();
+    assert!(readme.contains("simulate --shift --seed 42 --out benches/results/simulate"));
+    assert!(readme.contains(md.trim()), "README differs from:\n{md}");
+    let committed =
+        std::fs::read_to_string(format!("{ROOT}/benches/results/simulate/shift.md")).unwrap();
+    assert_eq!(committed, md);
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("shift.json")).unwrap())
+            .unwrap();
+    let phase = |i: usize, f: &str| r["phases"][i][f].as_f64().unwrap();
+    // The goals: under the surge, at most the cap + 5% (open loop: far over it); under the
+    // score shift, within 5% of the expected cost per request; QoE >= 0.99 of the optimum.
+    assert!(phase(0, "closed_worst_over_cap") <= 1.05);
+    assert!(phase(0, "open_worst_over_cap") > 1.2);
+    assert!(phase(1, "closed_worst_cost_dev") <= 0.05);
+    assert!(phase(2, "closed_worst_cost_dev") <= 0.05);
+    assert!(phase(2, "open_worst_cost_dev") > 0.1);
+    assert!(r["closed_over_optimum"].as_f64().unwrap() >= 0.99);
+    for f in ["fig_shift_spend.svg", "fig_shift_qoe.svg"] {
+        assert!(
+            std::fs::metadata(dir.path().join(f)).unwrap().len() > 1000,
+            "{f}"
+        );
+    }
+}

@@ -131,6 +131,9 @@ pub struct RequestState {
     pub fallback: Option<&'static str>,
     /// More fields for the log record.
     pub log: LogFields,
+    /// When the request was decided (Unix ms, the `Input`'s `now_ms`; set by the hydrus stage,
+    /// whose spend controller counts the request's cost at its end).
+    pub now_ms: u64,
 }
 
 impl RequestState {
@@ -144,6 +147,7 @@ impl RequestState {
             hedge_after: None,
             fallback: None,
             log: LogFields::default(),
+            now_ms: 0,
         }
     }
 

@@ -6,6 +6,7 @@ pub mod hedge;
 pub mod plots;
 pub mod policies;
 pub mod population;
+pub mod shift;
 
 pub use experiments::run;
 
@@ -74,6 +75,11 @@ pub struct SimulateArgs {
     /// experiments (writes hedge.json, hedge.md and fig_hedge.svg).
     #[arg(long)]
     pub hedge: bool,
+    /// Spend-control mode: a shifted day (traffic surge, score shift, class growth), open loop
+    /// against the closed loop and the optimum (writes shift.json, shift.md and the figures
+    /// fig_shift_spend.svg, fig_shift_qoe.svg).
+    #[arg(long, conflicts_with = "hedge")]
+    pub shift: bool,
     /// Hedging mode: requests per (train, test) sample.
     #[arg(long, default_value_t = 100_000)]
     pub requests: usize,
@@ -222,6 +228,31 @@ pub fn markdown(r: &Results) -> String {
     s
 }
 
+/// `hydrus simulate --shift`: the shifted day (shift.json, shift.md and its figures).
+fn shift_main(
+    args: &SimulateArgs,
+    write: &dyn Fn(&str, &str) -> Result<(), SimulateError>,
+) -> Result<(), SimulateError> {
+    let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
+    let r = shift::run(args.seed, args.users, &mut rng);
+    let md = shift::markdown(&r);
+    let json = serde_json::to_string_pretty(&r).map_err(|source| SimulateError::Json {
+        file: "shift.json",
+        source,
+    })?;
+    write("shift.json", &json)?;
+    write("shift.md", &md)?;
+    print!("{md}");
+    if let Some(out) = &args.out {
+        plots::shift(&r, out)?;
+        eprintln!(
+            "wrote {}/shift.json, shift.md, fig_shift_spend.svg, fig_shift_qoe.svg",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
 /// `hydrus simulate`: run, print the table, and with `--out` write results.json, results.md
 /// and the figures.
 pub fn main(args: &SimulateArgs) -> Result<(), SimulateError> {
@@ -240,6 +271,9 @@ pub fn main(args: &SimulateArgs) -> Result<(), SimulateError> {
             None => Ok(()),
         }
     };
+    if args.shift {
+        return shift_main(args, &write);
+    }
     if args.hedge {
         let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
         let r = hedge::run(args.seed, args.requests.max(100), &mut rng);

@@ -252,3 +252,40 @@ pub fn hedge(r: &super::hedge::HedgeResults, dir: &Path) -> Result<(), PlotError
         ],
     )
 }
+
+/// `--shift`: spend per second against the cap over the day, and QoE against the optimum.
+pub fn shift(r: &super::shift::ShiftResults, dir: &Path) -> Result<(), PlotError> {
+    let hour = |m: usize| m as f64 / 60.0;
+    let minute = |f: fn(&super::shift::Minute) -> f64| -> Vec<(f64, f64)> {
+        r.minutes.iter().map(|p| (hour(p.minute), f(p))).collect()
+    };
+    let cap = vec![(0.0, r.cap_per_second), (24.0, r.cap_per_second)];
+    lines(
+        &dir.join("fig_shift_spend.svg"),
+        "Spend on a shifted day (minute means)",
+        "hour of the day (UTC)",
+        "cost per second",
+        &[
+            ("open loop", minute(|p| p.open), DEFAULT),
+            ("closed loop", minute(|p| p.closed), HYDRUS),
+            ("planned", minute(|p| p.expected), GREEDY),
+            ("cap", cap, RGBColor(200, 30, 30)),
+        ],
+    )?;
+    let window = |f: fn(&super::shift::WindowRow) -> f64| -> Vec<(f64, f64)> {
+        r.windows
+            .iter()
+            .map(|w| (w.window as f64 + 0.5, f(w)))
+            .collect()
+    };
+    lines(
+        &dir.join("fig_shift_qoe.svg"),
+        "QoE over the LP optimum at the same spend, per hour",
+        "hour of the day (UTC)",
+        "QoE / optimum",
+        &[
+            ("open loop", window(|w| w.open_over_optimum), DEFAULT),
+            ("closed loop", window(|w| w.closed_over_optimum), HYDRUS),
+        ],
+    )
+}

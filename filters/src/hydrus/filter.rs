@@ -66,7 +66,8 @@ pub struct RequestInputs<'a> {
 pub struct Decision {
     /// The strategy to apply (an index into the strategy set).
     pub strategy: usize,
-    /// `k_t` of the request's scenario and window, when the k-table has it.
+    /// `k_t` of the request's scenario and window, when the k-table has it, times the spend
+    /// controller's correction `m` (1 without one): the `k` the rule applied.
     pub k: Option<f64>,
     /// Set when a treatment request fell back to the default strategy.
     pub fallback: Option<Fallback>,
@@ -134,6 +135,19 @@ impl HydrusFilter {
         ktable: Option<&KTable>,
         stale: bool,
     ) -> Decision {
+        self.decide_with(group, inputs, ktable, stale, |_| 1.0)
+    }
+
+    /// [`HydrusFilter::decide`] with `k_t` multiplied by `correction(row)`, the spend
+    /// controller's `m` for the scenario's k-table row.
+    pub fn decide_with(
+        &self,
+        group: Group,
+        inputs: &RequestInputs<'_>,
+        ktable: Option<&KTable>,
+        stale: bool,
+        correction: impl Fn(usize) -> f64,
+    ) -> Decision {
         let qoe = match inputs.qoe {
             None => Err(Fallback::MissingQoe),
             Some(raw) => qoe::parse(raw, &self.strategies, self.qoe_range).map_err(Fallback::Qoe),
@@ -144,7 +158,9 @@ impl HydrusFilter {
             .filter(|_| scenario_declared)
             .and_then(|t| t.scenario_index(scenario_name));
         let k = match (ktable, scenario) {
-            (Some(t), Some(s)) => t.k(s, t.window_of(inputs.now_ms)),
+            (Some(t), Some(s)) => t
+                .k(s, t.window_of(inputs.now_ms))
+                .map(|k| k * correction(s)),
             _ => None,
         };
         let mut decision = Decision {

@@ -12,6 +12,7 @@ pub mod decide;
 pub mod filter;
 pub mod ktable;
 pub mod qoe;
+pub mod spend;
 pub mod stage;
 pub mod strategy;
 
@@ -49,6 +50,9 @@ pub struct HydrusConfig {
     pub scenarios: Option<Vec<String>>,
     pub ktable: TableSourceConfig,
     pub strategies: Vec<StrategyConfig>,
+    /// The spend controller: off without this section.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spend_control: Option<spend::SpendControlConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -136,19 +140,20 @@ impl StageKind for HydrusKind {
         };
         check_scenarios(hc.scenarios.as_deref(), cx);
         let ktable = hc.ktable.compile(cx, "ktable");
+        let spend = hc.spend_control.as_ref().and_then(|sc| {
+            sc.compile(hc.scenarios.as_deref())
+                .map_err(|e| cx.error(&format!("spend_control.{}", e.field), e.problem))
+                .ok()
+        });
         if cx.problems.count() > before {
             return None;
         }
         let m = cx.metrics.downcast_ref::<HydrusMetrics>()?;
         let filter = filter::HydrusFilter::new(set?, qoe_range).with_scenarios(hc.scenarios);
-        Some(Arc::new(HydrusStage::new(
-            filter,
-            actions,
-            ktable,
-            m,
-            cx.fallbacks,
-            cx.route,
-        )))
+        Some(Arc::new(
+            HydrusStage::new(filter, actions, ktable, m, cx.fallbacks, cx.route)
+                .with_spend_control(spend),
+        ))
     }
 }
 

@@ -4,6 +4,7 @@
 
 use super::filter::{Fallback, HydrusFilter, RequestInputs};
 use super::ktable::{KTable, DEFAULT_SCENARIO};
+use super::spend::{SpendControl, SpendLoop, SpendMetrics};
 use super::SCENARIO_OTHER;
 use crate::rollout::Group;
 use crate::stage::{register, Input, RequestState, Stage, Upstream, QOE, SCENARIO};
@@ -48,6 +49,7 @@ impl Table for KTable {
 /// The hydrus kind's metric families.
 pub struct HydrusMetrics {
     k: GaugeVec,
+    expected: [GaugeVec; 2],
     ktable_age: prometheus::GaugeVec,
     ktable_loaded: IntGaugeVec,
     ktable_reloads: IntCounterVec,
@@ -55,6 +57,7 @@ pub struct HydrusMetrics {
     qoe: CounterVec,
     qoe_requests: IntCounterVec,
     shadow: IntCounterVec,
+    spend: SpendMetrics,
 }
 
 #[allow(clippy::expect_used)] // constant, valid metric definitions: checked by tests
@@ -64,6 +67,10 @@ impl HydrusMetrics {
         let spend = ["route", "group", "scenario", "decision"];
         let m = Self {
             k: GaugeVec::new(opts("hydrus_k", "k_t in use for the current window, by route and scenario."), &["route", "scenario"]).expect("metric"),
+            expected: [
+                GaugeVec::new(opts("hydrus_ktable_expected_cost_per_request", "The cost per request the k-table's solver expected for the current window, by route and scenario (the planned spend)."), &["route", "scenario"]).expect("metric"),
+                GaugeVec::new(opts("hydrus_ktable_expected_qoe_per_request", "The QoE per request the k-table's solver expected for the current window, by route and scenario."), &["route", "scenario"]).expect("metric"),
+            ],
             ktable_age: prometheus::GaugeVec::new(opts("hydrus_ktable_age_seconds", "Age of the running k-table."), &["route"]).expect("metric"),
             ktable_loaded: IntGaugeVec::new(opts("hydrus_ktable_loaded", "1 when a k-table is loaded."), &["route"]).expect("metric"),
             ktable_reloads: IntCounterVec::new(opts("hydrus_ktable_reloads_total", "k-table loads by result."), &["result"]).expect("metric"),
@@ -71,12 +78,15 @@ impl HydrusMetrics {
             qoe: CounterVec::new(opts("hydrus_predicted_qoe_total", "Sum of the QoE predicted for the strategy applied (or, `decision=shadow`, the one treatment would have chosen), over requests with a QoE header."), &spend).expect("metric"),
             qoe_requests: IntCounterVec::new(opts("hydrus_predicted_qoe_requests_total", "Requests counted in hydrus_predicted_qoe_total."), &spend).expect("metric"),
             shadow: IntCounterVec::new(opts("hydrus_shadow_requests_total", "Control requests by the strategy treatment would have chosen (shadow mode)."), &["route", "strategy"]).expect("metric"),
+            spend: SpendMetrics::new(r),
         };
         for result in ["ok", "error"] {
             m.ktable_reloads.with_label_values(&[result]);
         }
+        let [ec, eq] = m.expected;
         Self {
             k: register(r, m.k),
+            expected: [register(r, ec), register(r, eq)],
             ktable_age: register(r, m.ktable_age),
             ktable_loaded: register(r, m.ktable_loaded),
             ktable_reloads: register(r, m.ktable_reloads),
@@ -84,6 +94,7 @@ impl HydrusMetrics {
             qoe: register(r, m.qoe),
             qoe_requests: register(r, m.qoe_requests),
             shadow: register(r, m.shadow),
+            spend: m.spend,
         }
     }
 }
@@ -122,9 +133,23 @@ pub struct HydrusHandles {
     spend: Vec<SpendCounters>,
     shadow: Vec<IntCounter>,
     fallbacks: Vec<IntCounter>,
+    /// The spend loops by k-table row (none where the scenario is not controlled), for the
+    /// k-table they were built for (its address: a request that sees another table uses none).
+    loops: Vec<Option<Arc<SpendLoop>>>,
+    loops_table: usize,
+    /// The controlled scenarios' names (their gauge series).
+    loop_names: Vec<String>,
 }
 
 impl HydrusHandles {
+    /// The spend loop of a k-table row, when that table is the one these handles were built for.
+    fn spend_loop(&self, table: usize, row: usize) -> Option<&SpendLoop> {
+        if table != self.loops_table {
+            return None;
+        }
+        self.loops.get(row)?.as_deref()
+    }
+
     /// The label slot of a scenario header's value (none: `default`); an undeclared one is
     /// `other`, so labels stay bounded whatever clients send.
     pub fn scenario_slot(&self, scenario: Option<&[u8]>, declared: bool) -> usize {
@@ -162,11 +187,14 @@ pub struct HydrusStage {
     metrics: HydrusMetricsRef,
     fallback_family: IntCounterVec,
     handles: ArcSwap<HydrusHandles>,
+    /// The spend controller (`spend_control`), when on.
+    spend: Option<SpendControl>,
 }
 
 /// The families a stage keeps (cloned handles to the registered families).
 struct HydrusMetricsRef {
     k: GaugeVec,
+    expected: [GaugeVec; 2],
     /// Resolved when the config runs (at each scrape), not when it compiles: a config that is
     /// refused must not export a route's `hydrus_ktable_loaded 0`.
     ktable_age: prometheus::GaugeVec,
@@ -175,6 +203,15 @@ struct HydrusMetricsRef {
     qoe: CounterVec,
     qoe_requests: IntCounterVec,
     shadow: IntCounterVec,
+    spend: SpendMetrics,
+}
+
+#[path = "stage_spend.rs"]
+mod stage_spend;
+
+/// A k-table's address, to tell generations apart.
+fn table_id(k: Option<&Arc<crate::table::Loaded<KTable>>>) -> usize {
+    k.map_or(0, |k| Arc::as_ptr(k) as usize)
 }
 
 impl HydrusStage {
@@ -206,12 +243,14 @@ impl HydrusStage {
         ];
         let refs = HydrusMetricsRef {
             k: m.k.clone(),
+            expected: m.expected.clone(),
             ktable_age: m.ktable_age.clone(),
             ktable_loaded: m.ktable_loaded.clone(),
             cost: m.cost.clone(),
             qoe: m.qoe.clone(),
             qoe_requests: m.qoe_requests.clone(),
             shadow: m.shadow.clone(),
+            spend: m.spend.clone(),
         };
         let stage = Self {
             filter,
@@ -227,12 +266,23 @@ impl HydrusStage {
                 spend: Vec::new(),
                 shadow: Vec::new(),
                 fallbacks: Vec::new(),
+                loops: Vec::new(),
+                loops_table: 0,
+                loop_names: Vec::new(),
             }),
             metrics: refs,
             fallback_family: fallbacks.clone(),
+            spend: None,
         };
         stage.rebuild_handles();
         stage
+    }
+
+    /// Run the spend controller (`spend_control`).
+    pub fn with_spend_control(mut self, spend: Option<SpendControl>) -> Self {
+        self.spend = spend;
+        self.rebuild_handles();
+        self
     }
 
     /// The strategy names, in config order.
@@ -264,6 +314,21 @@ impl HydrusStage {
     fn rebuild_handles(&self) {
         let labels = scenario_labels(&self.declared_scenarios());
         let m = &self.metrics;
+        let ktable = self.ktable.get();
+        // A new k-table (or config) starts every loop afresh, at m = 1.
+        let loops = match (&self.spend, &ktable) {
+            (Some(sc), Some(k)) => k
+                .table
+                .scenario_names()
+                .iter()
+                .map(|n| {
+                    sc.scenario(n)
+                        .map(|cap| Arc::new(SpendLoop::new(sc.settings, cap)))
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        self.retire_spend_gauges();
         let groups = [Group::Treatment, Group::Control];
         let route = self.route.as_str();
         let spend = groups
@@ -295,6 +360,15 @@ impl HydrusStage {
                 .map(|r| self.fallback_family.with_label_values(&[route, r]))
                 .collect(),
             labels,
+            loop_names: match &ktable {
+                Some(k) => (k.table.scenario_names().iter().zip(&loops))
+                    .filter(|(_, l)| l.is_some())
+                    .map(|(n, _)| n.clone())
+                    .collect(),
+                None => Vec::new(),
+            },
+            loops,
+            loops_table: table_id(ktable.as_ref()),
         }));
     }
 
@@ -312,6 +386,7 @@ impl Stage for HydrusStage {
     }
 
     fn decide(&self, input: &Input<'_>, state: &mut RequestState) {
+        state.now_ms = input.now_ms;
         let ktable = self.ktable.get();
         let inputs = RequestInputs {
             qoe: input.id(QOE),
@@ -321,14 +396,16 @@ impl Stage for HydrusStage {
         let stale = ktable
             .as_ref()
             .is_some_and(|k| k.stale(self.ktable.source.max_age, input.now_ms));
-        let d = self.filter.decide(
+        let h = self.handles.load();
+        let id = table_id(ktable.as_ref());
+        let d = self.filter.decide_with(
             state.group,
             &inputs,
             ktable.as_ref().map(|k| &k.table),
             stale,
+            |row| h.spend_loop(id, row).map_or(1.0, SpendLoop::m),
         );
         if let Some(f) = d.fallback {
-            let h = self.handles.load();
             if let Some(i) = Fallback::ALL_REASONS.iter().position(|r| *r == f.reason()) {
                 if let Some(c) = h.fallbacks.get(i) {
                     c.inc();
@@ -339,11 +416,7 @@ impl Stage for HydrusStage {
         if let Some(a) = self.actions.get(d.strategy) {
             state.cluster = a.cluster;
         }
-        state.scenario_slot = Some(
-            self.handles
-                .load()
-                .scenario_slot(input.id(SCENARIO), d.scenario_declared),
-        );
+        state.scenario_slot = Some(h.scenario_slot(input.id(SCENARIO), d.scenario_declared));
         state.decision = Some(d);
     }
 
@@ -381,6 +454,8 @@ impl Stage for HydrusStage {
     fn adopt(&self, old: &dyn Stage) {
         if let Some(old) = old.as_any().downcast_ref::<HydrusStage>() {
             self.ktable.adopt(&old.ktable);
+            // The new generation's loops start afresh (and may be fewer, or none).
+            old.retire_spend_gauges();
             self.rebuild_handles();
         }
     }
@@ -403,6 +478,7 @@ impl Stage for HydrusStage {
                 c.inc();
             }
         }
+        self.spend_done(&h, state, d);
     }
 
     fn refresh_gauges(&self, now_ms: u64) {
@@ -418,15 +494,35 @@ impl Stage for HydrusStage {
                 age.set(k.age(now_ms).as_secs_f64());
                 let w = k.table.window_of(now_ms);
                 for (i, name) in k.table.scenario_names().iter().enumerate() {
-                    if let Some(v) = k.table.k(i, w) {
-                        m.k.with_label_values(&[self.route.as_str(), name.as_str()])
-                            .set(v);
+                    let v = [self.route.as_str(), name.as_str()];
+                    if let Some(k) = k.table.k(i, w) {
+                        m.k.with_label_values(&v).set(k);
+                    }
+                    let expected = [k.table.expected_cost(i, w), k.table.expected_qoe(i, w)];
+                    for (g, x) in m.expected.iter().zip(expected) {
+                        match x {
+                            Some(x) => g.with_label_values(&v).set(x),
+                            None => {
+                                let _ = g.remove_label_values(&v);
+                            }
+                        }
                     }
                 }
             }
             None => {
                 loaded.set(0);
                 age.set(0.0);
+            }
+        }
+        if let Some(k) = self.ktable.get() {
+            let w = k.table.window_of(now_ms);
+            for (name, l) in self.spend_series() {
+                let row = k.table.scenario_index(name.as_bytes());
+                let mut snapshot = l.snapshot();
+                // The target of the current window, whether or not a request has ended in it.
+                snapshot.target_per_request = row.and_then(|i| k.table.expected_cost(i, w));
+                let k_t = row.and_then(|i| k.table.k(i, w));
+                m.spend.set(&self.route, &name, &snapshot, k_t);
             }
         }
     }
@@ -436,10 +532,14 @@ impl Stage for HydrusStage {
         let route = [self.route.as_str()];
         let _ = m.ktable_loaded.remove_label_values(&route);
         let _ = m.ktable_age.remove_label_values(&route);
+        self.retire_spend_gauges();
         if let Some(k) = self.ktable.get() {
             for name in k.table.scenario_names() {
-                let _ =
-                    m.k.remove_label_values(&[self.route.as_str(), name.as_str()]);
+                let v = [self.route.as_str(), name.as_str()];
+                let _ = m.k.remove_label_values(&v);
+                for g in &m.expected {
+                    let _ = g.remove_label_values(&v);
+                }
             }
         }
     }

@@ -1,0 +1,473 @@
+//! The spend controller: closed-loop correction of `k_t` (issue 16).
+//!
+//! The k-table's `k_t` is open loop: solved from past windows. When today's traffic or QoE
+//! scores differ, the spend follows blindly. Per controlled scenario, each proxy measures the
+//! cost it hands out (treatment requests decided by the rule) per request and per second,
+//! smoothed over `smoothing`, and multiplies `k_t` by a correction `m` that a PI loop on
+//! `ln(measured / target)` drives to keep the spend at the target: the cost per request the
+//! solver expected for the window (`expected.cost_per_request` of the k-table) and, when set, a
+//! cap in cost per second for this proxy (whichever is exceeded more). `ln m` is bounded by
+//! `m_range` with anti-windup (the integral stops where the bound holds). With no target for
+//! the window, `m` is held at 1; with only a cap, `m` never goes below 1 (the cap only brakes).
+//!
+//! The request path reads `m` with one atomic load and multiplies. A request's end adds its
+//! cost to two atomic counters; the first request to end after each `period` (a compare-and-
+//! swap on the period's start, at the request's own time) updates `m`. No thread, no timer:
+//! the loop is driven by the requests' clock, so it is deterministic under a fake clock.
+
+use prometheus::{GaugeVec, Opts, Registry};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Costs are summed in fixed point: millionths.
+const SCALE: f64 = 1e6;
+
+/// `spend_control:` in the hydrus section, as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpendControlConfig {
+    /// The controlled scenarios, each with its optional cap; without it, every scenario of the
+    /// k-table, without a cap.
+    #[serde(default)]
+    pub scenarios: Option<BTreeMap<String, ScenarioSpendConfig>>,
+    /// How often `m` is updated.
+    #[serde(default = "default_period", with = "humantime_serde")]
+    pub period: Duration,
+    /// Time constant of the measured spend's exponential smoothing.
+    #[serde(default = "default_smoothing", with = "humantime_serde")]
+    pub smoothing: Duration,
+    /// Proportional gain on `ln(measured / target)`.
+    #[serde(default = "default_gain_p")]
+    pub gain_p: f64,
+    /// Integral gain, per second.
+    #[serde(default = "default_gain_i")]
+    pub gain_i: f64,
+    /// `[min, max]` of `m`.
+    #[serde(default = "default_m_range")]
+    pub m_range: [f64; 2],
+}
+
+/// One controlled scenario.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioSpendConfig {
+    /// A cap on this proxy's spend, in cost per second.
+    #[serde(default)]
+    pub max_cost_per_second: Option<f64>,
+    /// A cap on the fleet's spend, shared evenly by `proxies`.
+    #[serde(default)]
+    pub fleet_max_cost_per_second: Option<f64>,
+    /// How many proxies share `fleet_max_cost_per_second`.
+    #[serde(default)]
+    pub proxies: Option<u32>,
+}
+
+fn default_period() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_smoothing() -> Duration {
+    Duration::from_secs(3)
+}
+fn default_gain_p() -> f64 {
+    0.3
+}
+fn default_gain_i() -> f64 {
+    0.3
+}
+fn default_m_range() -> [f64; 2] {
+    [0.125, 8.0]
+}
+
+impl Default for SpendControlConfig {
+    fn default() -> Self {
+        Self {
+            scenarios: None,
+            period: default_period(),
+            smoothing: default_smoothing(),
+            gain_p: default_gain_p(),
+            gain_i: default_gain_i(),
+            m_range: default_m_range(),
+        }
+    }
+}
+
+/// A problem in `spend_control`: the field (below the section) and what is wrong.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct SpendConfigError {
+    pub field: String,
+    pub problem: String,
+}
+
+/// The loop's settings, checked.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Settings {
+    pub period_ms: u64,
+    pub smoothing_s: f64,
+    pub gain_p: f64,
+    pub gain_i: f64,
+    pub ln_min: f64,
+    pub ln_max: f64,
+}
+
+impl Settings {
+    /// The defaults of `spend_control`.
+    pub fn defaults() -> Self {
+        let [lo, hi] = default_m_range();
+        Self {
+            period_ms: 1000,
+            smoothing_s: default_smoothing().as_secs_f64(),
+            gain_p: default_gain_p(),
+            gain_i: default_gain_i(),
+            ln_min: lo.ln(),
+            ln_max: hi.ln(),
+        }
+    }
+}
+
+/// The compiled section: settings and which scenarios run a loop, with their caps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpendControl {
+    pub settings: Settings,
+    /// `None`: every scenario, no cap.
+    caps: Option<BTreeMap<String, Option<f64>>>,
+}
+
+fn err(field: &str, problem: impl Into<String>) -> SpendConfigError {
+    SpendConfigError {
+        field: field.to_string(),
+        problem: problem.into(),
+    }
+}
+
+fn cap_of(name: &str, s: &ScenarioSpendConfig) -> Result<Option<f64>, SpendConfigError> {
+    let f = |x: &str| format!("scenarios.{name}.{x}");
+    let positive = |v: f64| v.is_finite() && v > 0.0;
+    match (
+        s.max_cost_per_second,
+        s.fleet_max_cost_per_second,
+        s.proxies,
+    ) {
+        (Some(_), Some(_), _) => Err(err(
+            &f("fleet_max_cost_per_second"),
+            "give max_cost_per_second or fleet_max_cost_per_second, not both",
+        )),
+        (Some(v), None, None) if positive(v) => Ok(Some(v)),
+        (Some(_), None, None) => Err(err(&f("max_cost_per_second"), "must be a number > 0")),
+        (_, None, Some(_)) => Err(err(&f("proxies"), "only with fleet_max_cost_per_second")),
+        (None, Some(v), Some(n)) if positive(v) && n >= 1 => Ok(Some(v / f64::from(n))),
+        (None, Some(_), Some(0)) => Err(err(&f("proxies"), "must be at least 1")),
+        (None, Some(_), Some(_)) => {
+            Err(err(&f("fleet_max_cost_per_second"), "must be a number > 0"))
+        }
+        (None, Some(_), None) => Err(err(
+            &f("proxies"),
+            "required with fleet_max_cost_per_second (the proxies sharing it)",
+        )),
+        (None, None, None) => Ok(None),
+    }
+}
+
+impl SpendControlConfig {
+    /// Check and compile; `declared`: when the config lists scenarios, the names a controlled
+    /// scenario must be among (`default` always is).
+    pub fn compile(&self, declared: Option<&[String]>) -> Result<SpendControl, SpendConfigError> {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let day = Duration::from_secs(86_400);
+        if self.period.is_zero() || self.period > day {
+            return Err(err("period", "must be longer than 0 and at most 1 day"));
+        }
+        if self.smoothing.is_zero() || self.smoothing > day {
+            return Err(err("smoothing", "must be longer than 0 and at most 1 day"));
+        }
+        for (name, v) in [("gain_p", self.gain_p), ("gain_i", self.gain_i)] {
+            if !(v.is_finite() && (0.0..=100.0).contains(&v)) {
+                return Err(err(name, "must be a number in [0, 100]"));
+            }
+        }
+        let [lo, hi] = self.m_range;
+        if !(lo.is_finite() && hi.is_finite() && lo > 0.0 && lo <= 1.0 && hi >= 1.0) {
+            return Err(err(
+                "m_range",
+                "must be [min, max] with 0 < min <= 1 <= max",
+            ));
+        }
+        let caps = match &self.scenarios {
+            None => None,
+            Some(map) => {
+                let mut caps = BTreeMap::new();
+                for (name, s) in map {
+                    let known = name == super::ktable::DEFAULT_SCENARIO
+                        || declared.is_none_or(|d| d.iter().any(|x| x == name));
+                    if !known {
+                        return Err(err(
+                            &format!("scenarios.{name}"),
+                            "not a declared scenario (hydrus.scenarios)",
+                        ));
+                    }
+                    caps.insert(name.clone(), cap_of(name, s)?);
+                }
+                Some(caps)
+            }
+        };
+        Ok(SpendControl {
+            settings: Settings {
+                period_ms: ms(self.period).max(1),
+                smoothing_s: self.smoothing.as_secs_f64(),
+                gain_p: self.gain_p,
+                gain_i: self.gain_i,
+                ln_min: lo.ln(),
+                ln_max: hi.ln(),
+            },
+            caps,
+        })
+    }
+}
+
+impl SpendControl {
+    /// Whether a scenario runs a loop, and its cap: `None` when it runs none.
+    pub fn scenario(&self, name: &str) -> Option<Option<f64>> {
+        match &self.caps {
+            None => Some(None),
+            Some(map) => map.get(name).copied(),
+        }
+    }
+}
+
+/// What the loop aims at and what it measured, for the gauges.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Snapshot {
+    /// The solver's expected cost per request for the window, when the k-table says.
+    pub target_per_request: Option<f64>,
+    /// The cap, in cost per second.
+    pub target_per_second: Option<f64>,
+    /// Smoothed cost per request and per second, once measured.
+    pub per_request: Option<f64>,
+    pub per_second: Option<f64>,
+    pub m: f64,
+}
+
+/// The loop's own state, touched once per period.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LoopState {
+    /// Smoothed cost per second and requests per second (`None` before the first period).
+    pub rates: Option<(f64, f64)>,
+    /// The integral term, in `ln m`.
+    pub integral: f64,
+    pub target_per_request: Option<f64>,
+}
+
+impl LoopState {
+    /// One period of `dt_s` seconds with `cost` handed out over `requests`: smooth, compare
+    /// with the targets and return the new `m`.
+    pub fn step(
+        &mut self,
+        s: &Settings,
+        cap: Option<f64>,
+        dt_s: f64,
+        (cost, requests): (f64, f64),
+        target_per_request: Option<f64>,
+    ) -> f64 {
+        self.target_per_request = target_per_request;
+        let now = (cost / dt_s, requests / dt_s);
+        let (c, r) = match self.rates {
+            None => now,
+            Some((c, r)) => {
+                let a = 1.0 - (-dt_s / s.smoothing_s).exp();
+                (c + a * (now.0 - c), r + a * (now.1 - r))
+            }
+        };
+        self.rates = Some((c, r));
+        let ratio = |measured: f64, target: f64| {
+            (measured > 0.0 && target > 0.0).then(|| (measured / target).ln())
+        };
+        let per_request =
+            target_per_request.and_then(|t| (r > 0.0).then(|| ratio(c / r, t)).flatten());
+        let per_second = cap.and_then(|t| ratio(c, t).or(Some(f64::NEG_INFINITY)));
+        let (error, floor) = match (per_request, per_second) {
+            (Some(a), Some(b)) => (a.max(b), s.ln_min),
+            (Some(a), None) => (a, s.ln_min),
+            // Only a cap: it brakes, it never spends more than the open loop would.
+            (None, Some(b)) => (b.max(-10.0), 0.0_f64.max(s.ln_min)),
+            (None, None) => {
+                self.integral = 0.0;
+                return 1.0;
+            }
+        };
+        let error = error.clamp(-10.0, 10.0);
+        let ceiling = s.ln_max;
+        let p = s.gain_p * error;
+        let mut next = self.integral + s.gain_i * error * dt_s;
+        // Anti-windup: the integral grows only until the output reaches its bound (it is not
+        // pulled back either), and never leaves the bounds itself.
+        if error > 0.0 {
+            next = next.min((ceiling - p).max(self.integral));
+        } else if error < 0.0 {
+            next = next.max((floor - p).min(self.integral));
+        }
+        self.integral = next.clamp(floor, ceiling);
+        (p + self.integral).clamp(floor, ceiling).exp()
+    }
+}
+
+/// One scenario's loop on one proxy.
+#[derive(Debug)]
+pub struct SpendLoop {
+    settings: Settings,
+    cap: Option<f64>,
+    m: AtomicU64,
+    cost: AtomicU64,
+    requests: AtomicU64,
+    /// Unix ms of the current period's start; 0 before the first request.
+    period_start: AtomicU64,
+    state: Mutex<LoopState>,
+}
+
+impl SpendLoop {
+    pub fn new(settings: Settings, cap: Option<f64>) -> Self {
+        Self {
+            settings,
+            cap,
+            m: AtomicU64::new(1.0f64.to_bits()),
+            cost: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            period_start: AtomicU64::new(0),
+            state: Mutex::new(LoopState::default()),
+        }
+    }
+
+    /// The correction: one atomic load.
+    #[inline]
+    pub fn m(&self) -> f64 {
+        f64::from_bits(self.m.load(Relaxed))
+    }
+
+    /// A request decided by the rule ended, having cost `cost`; it was decided at `now_ms`.
+    /// True when the period is over: the caller then calls [`SpendLoop::tick`] with the
+    /// window's target (the first to get there updates `m`).
+    pub fn record(&self, cost: f64, now_ms: u64) -> bool {
+        let fixed = if cost.is_finite() && cost > 0.0 {
+            (cost * SCALE) as u64
+        } else {
+            0
+        };
+        self.cost.fetch_add(fixed, Relaxed);
+        self.requests.fetch_add(1, Relaxed);
+        let start = self.period_start.load(Relaxed);
+        if start == 0 {
+            let _ = self
+                .period_start
+                .compare_exchange(0, now_ms.max(1), Relaxed, Relaxed);
+            return false;
+        }
+        now_ms >= start.saturating_add(self.settings.period_ms)
+    }
+
+    /// Close the period at `now_ms` (if no other request did) and update `m` against the
+    /// window's expected cost per request.
+    pub fn tick(&self, now_ms: u64, target_per_request: Option<f64>) {
+        let start = self.period_start.load(Relaxed);
+        if start == 0
+            || now_ms < start.saturating_add(self.settings.period_ms)
+            || self
+                .period_start
+                .compare_exchange(start, now_ms, Relaxed, Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let cost = self.cost.swap(0, Relaxed) as f64 / SCALE;
+        let requests = self.requests.swap(0, Relaxed) as f64;
+        let dt_s = (now_ms - start) as f64 / 1000.0;
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        let m = st.step(
+            &self.settings,
+            self.cap,
+            dt_s,
+            (cost, requests),
+            target_per_request,
+        );
+        self.m.store(m.to_bits(), Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let st = self.state.lock().map(|s| *s).unwrap_or_default();
+        Snapshot {
+            target_per_request: st.target_per_request,
+            target_per_second: self.cap,
+            per_request: st.rates.and_then(|(c, r)| (r > 0.0).then(|| c / r)),
+            per_second: st.rates.map(|(c, _)| c),
+            m: self.m(),
+        }
+    }
+}
+
+/// The controller's gauges, by route and scenario; set at each scrape from the running loops.
+#[derive(Clone)]
+pub struct SpendMetrics {
+    target_per_request: GaugeVec,
+    target_per_second: GaugeVec,
+    per_request: GaugeVec,
+    per_second: GaugeVec,
+    m: GaugeVec,
+    k_effective: GaugeVec,
+}
+
+#[allow(clippy::expect_used)] // constant, valid metric definitions: checked by tests
+impl SpendMetrics {
+    pub fn new(r: &Registry) -> Self {
+        let g = |name: &str, help: &str| {
+            let v = GaugeVec::new(Opts::new(name, help), &["route", "scenario"]).expect("metric");
+            crate::stage::register(r, v)
+        };
+        Self {
+            target_per_request: g("hydrus_spend_target_cost_per_request", "Spend controller: the cost per request the k-table expects for the current window."),
+            target_per_second: g("hydrus_spend_target_cost_per_second", "Spend controller: this proxy's cap on cost per second, when set."),
+            per_request: g("hydrus_spend_cost_per_request", "Spend controller: measured cost per request (treatment, decided by the rule), smoothed."),
+            per_second: g("hydrus_spend_cost_per_second", "Spend controller: measured cost per second (treatment, decided by the rule), smoothed."),
+            m: g("hydrus_spend_m", "Spend controller: the correction m multiplying k_t."),
+            k_effective: g("hydrus_k_effective", "k_t times the spend controller's m: the k the rule applies."),
+        }
+    }
+
+    /// Set a loop's series from its snapshot (series without a value are dropped).
+    pub fn set(&self, route: &str, scenario: &str, s: &Snapshot, k_t: Option<f64>) {
+        let v = [route, scenario];
+        let put = |g: &GaugeVec, x: Option<f64>| match x {
+            Some(x) => g.with_label_values(&v).set(x),
+            None => {
+                let _ = g.remove_label_values(&v);
+            }
+        };
+        put(&self.target_per_request, s.target_per_request);
+        put(&self.target_per_second, s.target_per_second);
+        put(&self.per_request, s.per_request);
+        put(&self.per_second, s.per_second);
+        put(&self.m, Some(s.m));
+        put(&self.k_effective, k_t.map(|k| k * s.m));
+    }
+
+    /// Drop a loop's series.
+    pub fn remove(&self, route: &str, scenario: &str) {
+        let v = [route, scenario];
+        for g in [
+            &self.target_per_request,
+            &self.target_per_second,
+            &self.per_request,
+            &self.per_second,
+            &self.m,
+            &self.k_effective,
+        ] {
+            let _ = g.remove_label_values(&v);
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "spend_tests.rs"]
+mod tests;

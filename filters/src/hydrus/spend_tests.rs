@@ -1,0 +1,187 @@
+//! The spend controller under a fake clock and a made-up plant.
+
+use super::*;
+
+fn settings() -> Settings {
+    SpendControlConfig::default()
+        .compile(None)
+        .expect("defaults are valid")
+        .settings
+}
+
+/// A plant: the cost per request at correction `m` is `base * shift * m^-elasticity`.
+struct Plant {
+    base: f64,
+    shift: f64,
+    elasticity: f64,
+    /// Requests per second.
+    rate: u64,
+}
+
+impl Plant {
+    fn cost(&self, m: f64) -> f64 {
+        self.base * self.shift * m.powf(-self.elasticity)
+    }
+}
+
+/// Drive a loop for `secs` seconds from `start_ms`; returns the cost per request of each
+/// whole second.
+fn drive(l: &SpendLoop, p: &Plant, start_ms: u64, secs: u64, target: Option<f64>) -> Vec<f64> {
+    let step = 1000 / p.rate;
+    let mut per_second = Vec::new();
+    for s in 0..secs {
+        let mut sum = 0.0;
+        for i in 0..p.rate {
+            let now = start_ms + s * 1000 + i * step;
+            let c = p.cost(l.m());
+            sum += c;
+            if l.record(c, now) {
+                l.tick(now, target);
+            }
+        }
+        per_second.push(sum / p.rate as f64);
+    }
+    per_second
+}
+
+#[test]
+fn without_a_target_m_holds_at_1() {
+    let l = SpendLoop::new(settings(), None);
+    let p = Plant {
+        base: 10.0,
+        shift: 3.0,
+        elasticity: 0.5,
+        rate: 100,
+    };
+    drive(&l, &p, 1_000_000, 20, None);
+    assert_eq!(l.m(), 1.0);
+    let s = l.snapshot();
+    assert!(
+        s.per_request.is_some_and(|c| (c - 30.0).abs() < 1e-6),
+        "{s:?}"
+    );
+}
+
+#[test]
+fn a_score_shift_is_brought_back_to_the_expected_cost_per_request() {
+    let l = SpendLoop::new(settings(), None);
+    let mut p = Plant {
+        base: 10.0,
+        shift: 1.0,
+        elasticity: 0.5,
+        rate: 100,
+    };
+    let on_target = drive(&l, &p, 1_000_000, 20, Some(10.0));
+    assert!(
+        on_target.iter().all(|c| (c - 10.0).abs() < 1e-6),
+        "{on_target:?}"
+    );
+    p.shift = 1.3;
+    let after = drive(&l, &p, 1_020_000, 120, Some(10.0));
+    assert!(after[0] > 12.0, "open loop at first: {}", after[0]);
+    for (s, c) in after.iter().enumerate().skip(30) {
+        assert!((c / 10.0 - 1.0).abs() < 0.05, "second {s}: {c}");
+    }
+    // m ~ 1.3^(1/0.5)
+    assert!((l.m() / 1.69 - 1.0).abs() < 0.02, "m = {}", l.m());
+    // The shift ends: back to m = 1.
+    p.shift = 1.0;
+    let back = drive(&l, &p, 1_140_000, 120, Some(10.0));
+    assert!((back[119] / 10.0 - 1.0).abs() < 0.01, "{}", back[119]);
+}
+
+#[test]
+fn a_cap_brakes_a_surge_and_never_spends_more_than_the_open_loop() {
+    // 100 requests a second of cost 10 under a cap of 1500 per second: m stays 1.
+    let l = SpendLoop::new(settings(), Some(1500.0));
+    let mut p = Plant {
+        base: 10.0,
+        shift: 1.0,
+        elasticity: 0.8,
+        rate: 100,
+    };
+    drive(&l, &p, 1_000_000, 20, None);
+    assert_eq!(l.m(), 1.0);
+    // Traffic doubles: 2000 per second at m = 1, over the cap.
+    p.rate = 200;
+    let after = drive(&l, &p, 1_020_000, 90, None);
+    for (s, c) in after.iter().enumerate().skip(30) {
+        let per_second = c * 200.0;
+        assert!(per_second <= 1500.0 * 1.05, "second {s}: {per_second}");
+    }
+    assert!(l.m() > 1.2, "{}", l.m());
+    let s = l.snapshot();
+    assert_eq!(s.target_per_second, Some(1500.0));
+}
+
+#[test]
+fn m_is_bounded_without_winding_up() {
+    let l = SpendLoop::new(settings(), None);
+    // An impossible target: even m = 8 cannot bring 10 down to 1.
+    let p = Plant {
+        base: 10.0,
+        shift: 1.0,
+        elasticity: 0.5,
+        rate: 50,
+    };
+    drive(&l, &p, 1_000_000, 200, Some(1.0));
+    assert!((l.m() - 8.0).abs() < 1e-9, "{}", l.m());
+    // A reachable target again: m leaves the bound within seconds, not after unwinding 200 s.
+    let back = drive(&l, &p, 1_200_000, 40, Some(10.0));
+    assert!((back[39] / 10.0 - 1.0).abs() < 0.05, "{}", back[39]);
+    assert!((l.m() - 1.0).abs() < 0.1);
+}
+
+#[test]
+fn one_update_per_period() {
+    let l = SpendLoop::new(settings(), None);
+    assert!(
+        !l.record(10.0, 1_000),
+        "the first request starts the period"
+    );
+    assert!(!l.record(10.0, 1_500));
+    assert!(l.record(20.0, 2_000), "the period is over");
+    assert!(l.record(20.0, 2_000), "and for others until one ticks");
+    l.tick(2_000, Some(10.0));
+    l.tick(2_000, Some(10.0));
+    assert!(!l.record(10.0, 2_100), "a new period began");
+    let s = l.snapshot();
+    // 4 requests, cost 60 over 1 s (the first window of measurement is taken whole).
+    assert_eq!(s.per_second, Some(60.0));
+    assert_eq!(s.per_request, Some(15.0));
+    assert!(l.m() > 1.0);
+}
+
+#[test]
+fn the_section_is_checked() {
+    let parse = |y: &str| serde_yaml::from_str::<SpendControlConfig>(y).expect("parses");
+    let bad = |y: &str, field: &str| {
+        let e = parse(y).compile(Some(&["feed".into()])).expect_err(y);
+        assert_eq!(e.field, field, "{y}: {e}");
+    };
+    bad("m_range: [2, 8]", "m_range");
+    bad("period: 0s", "period");
+    bad("gain_p: -1", "gain_p");
+    bad("scenarios: {search: {}}", "scenarios.search");
+    bad(
+        "scenarios: {feed: {max_cost_per_second: 1, fleet_max_cost_per_second: 4, proxies: 2}}",
+        "scenarios.feed.fleet_max_cost_per_second",
+    );
+    bad(
+        "scenarios: {feed: {fleet_max_cost_per_second: 4}}",
+        "scenarios.feed.proxies",
+    );
+    bad(
+        "scenarios: {default: {max_cost_per_second: 0}}",
+        "scenarios.default.max_cost_per_second",
+    );
+    let sc = parse("scenarios: {default: {}, feed: {fleet_max_cost_per_second: 900, proxies: 3}}")
+        .compile(Some(&["feed".into()]))
+        .expect("valid");
+    assert_eq!(sc.scenario("default"), Some(None));
+    assert_eq!(sc.scenario("feed"), Some(Some(300.0)));
+    assert_eq!(sc.scenario("search"), None);
+    let all = parse("{}").compile(None).expect("valid");
+    assert_eq!(all.scenario("anything"), Some(None));
+    assert!(serde_yaml::from_str::<SpendControlConfig>("bogus: 1").is_err());
+}

@@ -1,0 +1,66 @@
+//! The hydrus stage's side of the spend controller: what a request's end feeds the loop, and
+//! the loops' gauge series.
+
+use super::{table_id, HydrusHandles, HydrusStage};
+use crate::hydrus::spend::SpendLoop;
+use crate::rollout::Group;
+use crate::stage::RequestState;
+use std::sync::Arc;
+
+impl HydrusStage {
+    /// The spend loops' series, by scenario name (the running k-table's rows).
+    pub(super) fn spend_series(&self) -> Vec<(String, Arc<SpendLoop>)> {
+        let h = self.handles.load();
+        let Some(k) = self
+            .ktable
+            .get()
+            .filter(|k| table_id(Some(k)) == h.loops_table)
+        else {
+            return Vec::new();
+        };
+        let names = k.table.scenario_names();
+        h.loops
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| {
+                let name = names.get(i)?;
+                Some((name.clone(), l.clone()?))
+            })
+            .collect()
+    }
+
+    pub(super) fn retire_spend_gauges(&self) {
+        for name in &self.handles.load().loop_names {
+            self.metrics.spend.remove(&self.route, name);
+        }
+    }
+
+    /// A treatment request the rule decided (no fallback) ended: its cost is spend the loop
+    /// of its scenario measures; the first request past the period updates `m`. (A request
+    /// decided on a k-table that was replaced before it ended may count under the new loops.)
+    pub(super) fn spend_done(
+        &self,
+        h: &HydrusHandles,
+        state: &RequestState,
+        d: &crate::hydrus::Decision,
+    ) {
+        let (Group::Treatment, None, Some(row)) = (state.group, d.fallback, d.scenario) else {
+            return;
+        };
+        let Some(l) = h.loops.get(row).and_then(|l| l.as_deref()) else {
+            return;
+        };
+        let cost = self
+            .filter
+            .strategies
+            .get(d.strategy)
+            .map_or(0.0, |s| s.cost);
+        if l.record(cost, state.now_ms) {
+            let target = self.ktable.get().and_then(|k| {
+                let w = k.table.window_of(state.now_ms);
+                k.table.expected_cost(row, w)
+            });
+            l.tick(state.now_ms, target);
+        }
+    }
+}
