@@ -87,7 +87,7 @@ pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Pe
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| PemError::Invalid {
             path: shown(),
-            detail: format!("not PEM: {e}"),
+            detail: format!("not PEM: {}", pem_error(&e)),
         })?;
     if certs.is_empty() {
         return Err(PemError::NoCertificate { path: shown() });
@@ -105,8 +105,42 @@ pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Pe
 pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, PemError> {
     PrivateKeyDer::from_pem_slice(&read(path)?).map_err(|e| PemError::NoKey {
         path: path.display().to_string(),
-        detail: e.to_string(),
+        detail: pem_error(&e),
     })
+}
+
+/// A PEM error as text (the parser's own shows the marker lines as byte lists).
+fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error;
+    match e {
+        Error::MissingSectionEnd { end_marker } => format!(
+            "a section is missing its end line `{}` (a half-written file?)",
+            String::from_utf8_lossy(end_marker)
+        ),
+        Error::IllegalSectionStart { line } => {
+            format!("bad section start `{}`", String::from_utf8_lossy(line))
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Why a certificate chain's first certificate is not valid now, if it is not (expired, or
+/// not yet valid): a warning, since clients will refuse it.
+pub fn validity_problem(path: &Path) -> Option<String> {
+    let certs = read_certificates(path).ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(certs.first()?.as_ref()).ok()?;
+    let v = cert.validity();
+    let now = x509_parser::time::ASN1Time::now();
+    if v.not_after < now {
+        Some(format!("the certificate expired on {}", v.not_after))
+    } else if v.not_before > now {
+        Some(format!(
+            "the certificate is not valid before {}",
+            v.not_before
+        ))
+    } else {
+        None
+    }
 }
 
 /// What a TLS section names, with the field each file came from (for errors).

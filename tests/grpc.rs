@@ -425,3 +425,78 @@ fn trailers_come_back_intact_and_slow_calls_are_hedged_only_on_idempotent_routes
         by.contains("slow")
     }));
 }
+
+/// Open an HTTP/2 connection to hydrus and start a call to `path`; `body_done` ends its
+/// body. Returns the response future's outcome within 5 s: the status and whether the
+/// response HEADERS ended the stream (a trailers-only answer), and its grpc-status.
+fn raw_start(
+    rt: &Runtime,
+    port: u16,
+    path: &str,
+    body_done: bool,
+) -> Result<(u16, bool, Option<String>), String> {
+    let path = path.to_string();
+    rt.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(conn);
+        let mut client = client.ready().await.unwrap();
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(format!("http://127.0.0.1:{port}{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let (response, mut send) = client.send_request(req, false).unwrap();
+        send.send_data(bytes::Bytes::from_static(&GRPC_REQUEST[..4]), false)
+            .unwrap();
+        if body_done {
+            send.send_data(bytes::Bytes::from_static(&GRPC_REQUEST[4..]), true)
+                .unwrap();
+        }
+        let response = tokio::time::timeout(Duration::from_secs(5), response)
+            .await
+            .map_err(|_| "no answer in 5 s".to_string())?
+            .map_err(|e| e.to_string())?;
+        let grpc = response
+            .headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap().to_string());
+        let ended = response.body().is_end_stream();
+        Ok((response.status().as_u16(), ended, grpc))
+    })
+}
+
+#[test]
+fn hydrus_answers_are_trailers_only_and_an_unfinished_body_runs_out_of_time() {
+    let rt = Runtime::new().unwrap();
+    let fast = h2_server(&rt, "fast", Duration::ZERO);
+    let template = Config::new()
+        .top("limits:\n  body_timeout: 1s\n  idle_timeout: 2s")
+        .cluster_with("ranking", &[fast], "    protocol: h2c")
+        .route(route("check", "ranking").matching("{ path: /grpc.health.v1.Health/Check }"))
+        .template();
+    let h = Hydrus::start(&template);
+    // No route: UNIMPLEMENTED in HEADERS that end the stream, as gRPC clients expect.
+    assert_eq!(
+        raw_start(&rt, h.port, "/other.Service/Method", true),
+        Ok((200, true, Some("12".into())))
+    );
+    // A call whose body never ends: the server waits for it, hydrus gives up after
+    // body_timeout (the stream is reset) instead of holding the stream and its connection.
+    let stalled = raw_start(&rt, h.port, "/grpc.health.v1.Health/Check", false);
+    assert!(stalled.is_err(), "{stalled:?}");
+    assert!(eventually(Duration::from_secs(5), || {
+        h.metric("hydrus_downstream_connections_closed_total{reason=\"body_timeout\"}") == 1.0
+    }));
+    // Finished calls still go through.
+    let (status, trailers) = raw_call(&rt, h.port);
+    assert_eq!((status, served_by(&trailers)), (200, ("0", "fast")));
+    // Idle HTTP/2 connections are closed after idle_timeout.
+    assert!(eventually(Duration::from_secs(8), || {
+        h.metric("hydrus_downstream_connections") == 0.0
+    }));
+}

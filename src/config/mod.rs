@@ -229,6 +229,9 @@ fn listener_tls(
         key_file: relative_to(file, &t.key_file),
         client_ca_file: t.client_ca_file.as_ref().map(|p| relative_to(file, p)),
     };
+    if let Some(p) = crate::tls::validity_problem(&resolved.cert_file) {
+        c.warn("tls.cert_file", format!("{p}: clients will refuse it"));
+    }
     match crate::tls::server_config(&resolved) {
         Ok(sc) => Some(sc),
         Err((field, e)) => {

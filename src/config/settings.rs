@@ -118,6 +118,10 @@ pub struct LimitsConfig {
     pub body_timeout: Duration,
     /// Larger request headers (request line and fields) are answered 431.
     pub max_request_header_bytes: usize,
+    /// A response write to the client that makes no progress for this long ends the request
+    /// (a client that stops reading holds no upstream connection for longer).
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -128,6 +132,7 @@ impl Default for LimitsConfig {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(60),
             max_request_header_bytes: 64 << 10,
+            send_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -224,6 +229,7 @@ pub fn check_limits(c: &mut Checker<'_>, l: &LimitsConfig, sv: &ServerSettings) 
         ("limits.idle_timeout", l.idle_timeout),
         ("limits.header_timeout", l.header_timeout),
         ("limits.body_timeout", l.body_timeout),
+        ("limits.send_timeout", l.send_timeout),
     ] {
         c.duration_positive(f, d);
         c.duration_at_most(f, d, DAY);

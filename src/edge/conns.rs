@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 mod connection;
+mod h2;
 pub use connection::Edge;
 
 /// File descriptors kept for everything but client connections (upstream pool, admin, log
@@ -148,6 +149,23 @@ pub struct Admitted {
     conns: Arc<Connections>,
 }
 
+/// An HTTP/2 stream's slot; dropping it stops watching it.
+pub struct StreamSlot {
+    id: u64,
+    pub slot: Arc<Slot>,
+    conns: Arc<Connections>,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.conns
+            .slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.id);
+    }
+}
+
 impl Drop for Admitted {
     fn drop(&mut self) {
         let mut slots = self
@@ -201,8 +219,18 @@ impl Connections {
             return None;
         }
         self.m.open.inc();
+        let (id, slot) = self.track(Phase::Fresh);
+        Some(Admitted {
+            id,
+            slot,
+            conns: self.clone(),
+        })
+    }
+
+    /// A new slot, watched by the reaper.
+    fn track(&self, phase: Phase) -> (u64, Arc<Slot>) {
         let slot = Arc::new(Slot {
-            phase: AtomicU8::new(Phase::Fresh as u8),
+            phase: AtomicU8::new(phase as u8),
             since: AtomicU64::new(crate::clock::now_ms()),
             deadline: AtomicU64::new(0),
             body_timeout_ms: AtomicU64::new(0),
@@ -216,11 +244,21 @@ impl Connections {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(id, slot.clone());
-        Some(Admitted {
+        (id, slot)
+    }
+
+    /// The slot of one request stream of an HTTP/2 connection: its body deadline, reaped
+    /// with the connections'. It is not counted against the cap (its connection is) and never
+    /// evicted (it is being served).
+    pub fn stream_slot(self: &Arc<Self>, body_timeout: std::time::Duration) -> StreamSlot {
+        let (id, slot) = self.track(Phase::Busy);
+        let ms = body_timeout.as_millis().min(u128::from(u64::MAX)) as u64;
+        slot.body_timeout_ms.store(ms, Ordering::Release);
+        StreamSlot {
             id,
             slot,
             conns: self.clone(),
-        })
+        }
     }
 
     /// Close `need` connections not being served (a few more if many are), the least useful

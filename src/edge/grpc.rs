@@ -14,6 +14,7 @@
 
 use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::ServerSession;
 use pingora::proxy::Session;
 use pingora::Result;
 
@@ -31,7 +32,7 @@ pub fn code_for_http(status: u16) -> u8 {
         401 => 16,                   // UNAUTHENTICATED
         403 => 7,                    // PERMISSION_DENIED
         404 => 12,                   // UNIMPLEMENTED
-        431 => 8,                    // RESOURCE_EXHAUSTED
+        413 | 431 => 8,              // RESOURCE_EXHAUSTED
         429 | 502 | 503 | 504 => 14, // UNAVAILABLE
         _ => 2,                      // UNKNOWN
     }
@@ -48,6 +49,7 @@ fn message_for(status: u16) -> &'static str {
     match status {
         404 => "hydrus: no route for this method",
         431 => "hydrus: request metadata too large",
+        413 => "hydrus: request message too large",
         400 => "hydrus: bad request",
         502 => "hydrus: upstream unavailable",
         503 => "hydrus: no upstream available",
@@ -67,11 +69,32 @@ pub async fn respond(session: &mut Session, http_status: u16) -> Result<u8> {
     )?;
     h.insert_header("grpc-status", code.to_string())?;
     h.insert_header("grpc-message", message_for(http_status))?;
-    if !session.is_http2() {
-        h.insert_header(http::header::CONTENT_LENGTH, "0")?;
+    match session.as_mut() {
+        // HEADERS with END_STREAM: a trailers-only response, as gRPC clients expect it (the
+        // proxy session would end the stream with an empty DATA frame).
+        ServerSession::H2(h2) => h2.write_response_header(Box::new(h), true)?,
+        _ => {
+            h.insert_header(http::header::CONTENT_LENGTH, "0")?;
+            session.write_response_header(Box::new(h), true).await?;
+        }
     }
-    session.write_response_header(Box::new(h), true).await?;
     Ok(code)
+}
+
+/// End a call whose response began and then failed upstream with trailers `grpc-status: 14`
+/// (UNAVAILABLE), rather than a reset the client would read as CANCELLED. Returns whether
+/// they were sent (HTTP/2 only).
+pub async fn fail_mid_call(session: &mut Session) -> bool {
+    if !session.is_http2() {
+        return false;
+    }
+    let mut t = http::HeaderMap::new();
+    t.insert("grpc-status", HeaderValue::from_static("14"));
+    t.insert(
+        "grpc-message",
+        HeaderValue::from_static("hydrus: upstream failed during the call"),
+    );
+    session.write_response_trailers(t).await.is_ok()
 }
 
 #[cfg(test)]

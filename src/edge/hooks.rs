@@ -60,6 +60,18 @@ impl ProxyHttp for Proxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         // (The context is made per request, after its header was read: `start` and `ts_ms`
         // are the request's.)
+        if ctx.slot.is_none() {
+            // An HTTP/2 stream's slot (see `conns::h2`): its header is read, its body's
+            // deadline runs.
+            if let Some(slot) = session
+                .req_header_mut()
+                .extensions_mut()
+                .remove::<Arc<super::Slot>>()
+            {
+                slot.header_read();
+                ctx.slot = Some(slot);
+            }
+        }
         let limit = self.state.config.load().limits.max_request_header_bytes;
         let req = session.req_header();
         ctx.grpc = super::grpc::is_grpc(req);
@@ -69,13 +81,17 @@ impl ProxyHttp for Proxy {
         if !Self::target_ok(session.req_header()) {
             return self.refused(session, ctx, "bad_target", 400).await;
         }
+        // (An HTTP/2 request says it has no body by ending its stream.)
+        let h2_done = session.is_http2() && session.as_mut().is_body_done();
         let req = session.req_header();
         if let Some(slot) = &ctx.slot {
-            let bodyless = req.headers.get(http::header::TRANSFER_ENCODING).is_none()
-                && req
-                    .headers
-                    .get(http::header::CONTENT_LENGTH)
-                    .is_none_or(|v| v.as_bytes() == b"0");
+            let bodyless = h2_done
+                || !session.is_http2()
+                    && req.headers.get(http::header::TRANSFER_ENCODING).is_none()
+                    && req
+                        .headers
+                        .get(http::header::CONTENT_LENGTH)
+                        .is_none_or(|v| v.as_bytes() == b"0");
             if bodyless {
                 slot.body_read();
             }
@@ -248,6 +264,9 @@ impl ProxyHttp for Proxy {
                 .inc();
         }
         let code = if session.response_written().is_some() {
+            if ctx.grpc && super::grpc::fail_mid_call(session).await {
+                ctx.grpc_status = Some(14);
+            }
             0 // the response began: the client sees it cut short
         } else {
             code

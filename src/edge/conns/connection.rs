@@ -158,7 +158,7 @@ impl Edge {
                         return None;
                     }
                     if slot.expired(crate::clock::now_ms()) {
-                        self.conns.m.header_timeout.inc();
+                        self.conns.m.tls_failed.inc();
                         return None;
                     }
                 }
@@ -254,7 +254,7 @@ impl Edge {
     /// Serve one request: until its header is read, it may be evicted or run out of time; then
     /// its body may run out of time; then it runs to the end. The reaper kicks. The stream
     /// back when the connection may be reused.
-    async fn serve(
+    pub(super) async fn serve(
         &self,
         session: ServerSession,
         slot: &Arc<Slot>,
@@ -263,6 +263,7 @@ impl Edge {
         slot.header_read.store(false, Ordering::Release);
         slot.body_read.store(false, Ordering::Release);
         let mut session = session;
+        session.set_write_timeout(Some(self.state.config.load().limits.send_timeout));
         session.set_connection_user_context(Some(Box::new(slot.clone())));
         let serve = self.proxy.process_new_http(session, shutdown);
         tokio::pin!(serve);
@@ -332,7 +333,8 @@ impl ServerApp for Edge {
             slot.set_phase(Phase::Busy);
             slot.set_deadline(0);
             let _admitted = admitted;
-            return self.proxy.process_new(stream, shutdown).await;
+            self.serve_h2(stream, shutdown).await;
+            return None;
         }
         let mut settings = None;
         loop {

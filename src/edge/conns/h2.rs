@@ -1,0 +1,142 @@
+//! An HTTP/2 connection: pingora's HTTP/2 sessions, accepted here rather than by pingora's own
+//! loop so that each request stream runs under the same body deadline as an HTTP/1 request (a
+//! stream whose body never ends would otherwise hold its connection, and a slot under the
+//! connection cap, for ever). Like pingora's loop: GOAWAY on shutdown, then the streams in
+//! flight finish; the connection closed after `limits.idle_timeout` without a stream; one that
+//! keeps sending malformed streams closed.
+
+use super::connection::Edge;
+use pingora::apps::HttpServerApp;
+use pingora::protocols::http::v2::server::{handshake, H2Accept, HttpSession};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::{Digest, Stream};
+use pingora::server::ShutdownWatch;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Rejected (malformed) streams after which a connection is closed, as pingora does.
+const MAX_REJECTED_STREAMS: usize = 32;
+
+/// The streams in flight on a connection.
+#[derive(Default)]
+struct Active {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+/// One stream in flight; dropping it says so.
+struct InFlight(Arc<Active>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_one();
+        }
+    }
+}
+
+impl Active {
+    fn start(self: &Arc<Self>) -> InFlight {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+
+    /// Returns once no stream has been in flight for `d`.
+    async fn idle_for(&self, d: Duration) {
+        loop {
+            while self.count.load(Ordering::Acquire) > 0 {
+                let notified = self.idle.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.count.load(Ordering::Acquire) == 0 {
+                    break;
+                }
+                notified.await;
+            }
+            tokio::time::sleep(d).await;
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+        }
+    }
+}
+
+impl Edge {
+    /// Serve an HTTP/2 connection until it closes.
+    pub(super) async fn serve_h2(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
+        let digest = Arc::new(Digest {
+            ssl_digest: stream.get_ssl_digest(),
+            timing_digest: stream.get_timing_digest(),
+            proxy_digest: stream.get_proxy_digest(),
+            socket_digest: stream.get_socket_digest(),
+        });
+        let mut conn = match handshake(stream, self.proxy.h2_options()).await {
+            Ok(c) => c,
+            Err(e) => {
+                log::debug!("HTTP/2 handshake failed: {e}");
+                return;
+            }
+        };
+        let limits = self.state.config.load().limits.clone();
+        let active = Arc::new(Active::default());
+        let mut sd = shutdown.clone();
+        let mut draining = *shutdown.borrow();
+        if draining {
+            conn.graceful_shutdown();
+        }
+        let mut rejected = 0;
+        loop {
+            let accepted = if draining {
+                HttpSession::from_h2_conn(&mut conn, digest.clone()).await
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = sd.changed() => {
+                        conn.graceful_shutdown();
+                        draining = true;
+                        continue;
+                    }
+                    a = HttpSession::from_h2_conn(&mut conn, digest.clone()) => a,
+                    _ = active.idle_for(limits.idle_timeout) => {
+                        self.conns.m.idle_timeout.inc();
+                        return;
+                    }
+                }
+            };
+            match accepted {
+                // (A client that just drops the TCP connection is common: not logged.)
+                Err(e) => {
+                    log::debug!("HTTP/2 connection ended: {e}");
+                    return;
+                }
+                Ok(None) => return,
+                Ok(Some(H2Accept::Rejected)) => {
+                    rejected += 1;
+                    if rejected >= MAX_REJECTED_STREAMS {
+                        return;
+                    }
+                }
+                Ok(Some(H2Accept::Session(s))) => {
+                    let in_flight = active.start();
+                    let edge = self.clone();
+                    let shutdown = shutdown.clone();
+                    let slot = self.conns.stream_slot(limits.body_timeout);
+                    tokio::spawn(async move {
+                        let _in_flight = in_flight;
+                        let mut session = ServerSession::new_http2(s);
+                        // (pingora carries a connection's context to the hooks for HTTP/1
+                        // only: the stream's slot rides on its request instead.)
+                        session
+                            .req_header_mut()
+                            .extensions_mut()
+                            .insert(slot.slot.clone());
+                        // (An HTTP/2 stream is never reused: nothing comes back.)
+                        let _ = edge.serve(session, &slot.slot, &shutdown).await;
+                    });
+                }
+            }
+        }
+    }
+}
