@@ -2,7 +2,8 @@
 //! stream. Malformed lines are counted and skipped, the first few named by file and line; a last
 //! line without its newline is a record still being written, counted as incomplete.
 
-use super::Pools;
+use super::algo::Instance;
+use super::summary::WindowSummary;
 use flate2::read::MultiGzDecoder;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -63,7 +64,8 @@ struct LightRecord<'a> {
 }
 
 /// What reading found.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ReadStats {
     pub files: usize,
     pub lines: u64,
@@ -98,11 +100,48 @@ pub enum Keying {
     Absolute,
 }
 
-/// Turns lines into per-(scenario, window) instances.
-pub struct Collector {
+/// What a [`Collector`] gathers a window's records into: the records themselves
+/// ([`Instance`]) or their summary ([`WindowSummary`]).
+pub trait Pool: Clone {
+    /// One usable record: its options `(cost, qoe)` and the index of the logged one.
+    fn push_record(&mut self, options: &[(f64, f64)], chosen: u32);
+    /// Another collector's records of the same window.
+    fn merge_pool(&mut self, other: &Self);
+}
+
+impl Pool for Instance {
+    fn push_record(&mut self, options: &[(f64, f64)], chosen: u32) {
+        self.push(options, Some(chosen));
+    }
+
+    fn merge_pool(&mut self, other: &Self) {
+        for i in 0..other.len() {
+            let (c, q) = other.options(i);
+            let opts: Vec<(f64, f64)> = c.iter().copied().zip(q.iter().copied()).collect();
+            self.push(&opts, other.chosen[i]);
+        }
+    }
+}
+
+impl Pool for WindowSummary {
+    fn push_record(&mut self, options: &[(f64, f64)], chosen: u32) {
+        self.push(options, chosen as usize);
+    }
+
+    fn merge_pool(&mut self, other: &Self) {
+        self.merge(other);
+    }
+}
+
+/// Turns lines into per-(scenario, window) pools: records ([`Instance`], the default) or
+/// summaries.
+#[derive(Clone)]
+pub struct Collector<P: Pool = Instance> {
     pub window_secs: u32,
     pub keying: Keying,
-    pub pools: Pools,
+    pub pools: BTreeMap<(String, usize), P>,
+    /// A new window's empty pool.
+    template: P,
     pub stats: ReadStats,
     scratch: Vec<(f64, f64)>,
     scenarios: std::collections::BTreeSet<String>,
@@ -115,6 +154,13 @@ pub struct Collector {
 }
 
 impl Collector {
+    /// A collector keeping every record in memory.
+    pub fn new(window_secs: u32, keying: Keying) -> Self {
+        Self::with_pool(window_secs, keying, Instance::new())
+    }
+}
+
+impl<P: Pool> Collector<P> {
     /// Whether a record of strategy set `set` (written at `ts_ms`) belongs to the set being
     /// solved; a newer set than everything collected replaces it.
     fn same_set(&mut self, set: Option<&str>, ts_ms: u64) -> bool {
@@ -135,11 +181,13 @@ impl Collector {
         }
     }
 
-    pub fn new(window_secs: u32, keying: Keying) -> Self {
+    /// A collector starting each window from `template` (an empty pool).
+    pub fn with_pool(window_secs: u32, keying: Keying, template: P) -> Self {
         Self {
             window_secs,
             keying,
             pools: BTreeMap::new(),
+            template,
             stats: ReadStats::default(),
             scratch: Vec::with_capacity(16),
             scenarios: std::collections::BTreeSet::new(),
@@ -215,11 +263,81 @@ impl Collector {
         let key = (scenario.into_owned(), window);
         self.collected += 1;
         self.set_newest_ts = Some(self.set_newest_ts.map_or(rec.ts_ms, |t| t.max(rec.ts_ms)));
+        let template = &self.template;
         self.pools
             .entry(key)
-            .or_default()
-            .push(&self.scratch, chosen);
+            .or_insert_with(|| template.clone())
+            .push_record(&self.scratch, chosen.unwrap_or(0));
         Some(window)
+    }
+}
+
+impl<P: Pool> Collector<P> {
+    /// When the newest record of the strategy set being solved was written.
+    pub fn newest_ts_ms(&self) -> Option<u64> {
+        self.set_newest_ts
+    }
+
+    /// Pools read elsewhere (a summary file), as if this collector had read their records.
+    pub(crate) fn restore(
+        &mut self,
+        stats: ReadStats,
+        strategy_set: Option<String>,
+        newest_ts_ms: Option<u64>,
+        pools: BTreeMap<(String, usize), P>,
+        records: u64,
+    ) {
+        self.stats = stats;
+        self.strategy_set = strategy_set;
+        self.set_newest_ts = newest_ts_ms;
+        self.collected = records;
+        self.scenarios = pools.keys().map(|(s, _)| s.clone()).collect();
+        self.pools = pools;
+    }
+
+    /// Add what another collector (of other files or chunks) read. Of two strategy sets, the
+    /// newer one's records are kept and the other's counted as another set's.
+    pub fn merge(&mut self, other: Collector<P>) {
+        let s = &mut self.stats;
+        let o = &other.stats;
+        s.files += o.files;
+        s.lines += o.lines;
+        s.records += o.records;
+        s.malformed += o.malformed;
+        s.incomplete += o.incomplete;
+        s.unusable += o.unusable;
+        s.undeclared_scenario += o.undeclared_scenario;
+        s.other_strategy_set += o.other_strategy_set;
+        for e in &o.malformed_examples {
+            if s.malformed_examples.len() < EXAMPLES {
+                s.malformed_examples.push(e.clone());
+            }
+        }
+        if other.collected == 0 {
+            return;
+        }
+        if self.collected > 0 && other.strategy_set != self.strategy_set {
+            if other.set_newest_ts <= self.set_newest_ts {
+                self.stats.other_strategy_set += other.collected;
+                return;
+            }
+            self.stats.other_strategy_set += self.collected;
+            self.pools.clear();
+            self.scenarios.clear();
+            self.collected = 0;
+        }
+        self.strategy_set = other.strategy_set;
+        self.set_newest_ts = self.set_newest_ts.max(other.set_newest_ts);
+        self.collected += other.collected;
+        self.scenarios.extend(other.scenarios);
+        for (key, pool) in other.pools {
+            match self.pools.get_mut(&key) {
+                Some(mine) => mine.merge_pool(&pool),
+                None => {
+                    self.pools.insert(key, pool);
+                }
+            }
+        }
     }
 }
 
@@ -232,7 +350,7 @@ pub trait LineSink {
     fn incomplete(&mut self);
 }
 
-impl LineSink for Collector {
+impl<P: Pool> LineSink for Collector<P> {
     fn line(&mut self, line: &[u8], place: &dyn Fn() -> String) -> Option<usize> {
         self.add_line(line, place)
     }
