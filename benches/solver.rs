@@ -2,7 +2,8 @@
 //! synthetic windows of 1e4 to 1e6 records x 8 strategies (1e7 with HYDRUS_BENCH_HUGE=1);
 //! and end to end (`e2e`): the `hydrus` binary from JSON-lines files on disk to the written
 //! k-table, with records/s and peak RSS, at 1e6 and 1e7 records x 8 strategies
-//! (HYDRUS_BENCH_E2E_SIZES=comma-separated record counts to change them). The e2e case
+//! (HYDRUS_BENCH_E2E_SIZES=comma-separated record counts to change them;
+//! HYDRUS_BENCH_E2E_PREPARE=1 only writes the files, outside a quiet period). The e2e case
 //! checks the table's k against the in-memory exact solver on the same records.
 //!
 //! `cargo bench --bench solver` runs both; `-- solve` only the solver, `-- e2e` only the end to
@@ -180,6 +181,10 @@ fn end_to_end() {
     println!("e2e: hydrus solve, JSON lines on disk -> k-table, 8 strategies, {E2E_WINDOWS} windows, 3 runs (median)");
     for n in sizes {
         let file = e2e_file(n);
+        if std::env::var_os("HYDRUS_BENCH_E2E_PREPARE").is_some() {
+            println!("e2e/{n}: {} written", file.display());
+            continue;
+        }
         let bytes = std::fs::metadata(&file).unwrap().len();
         let out = file.with_extension("ktable.yaml");
         // Once to bring the file into the page cache, then the measured runs.

@@ -3,6 +3,7 @@
 //! line without its newline is a record still being written, counted as incomplete.
 
 use super::algo::Instance;
+use super::fastjson;
 use super::summary::WindowSummary;
 use flate2::read::MultiGzDecoder;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -39,28 +40,28 @@ pub enum InputError {
 
 /// The fields of a log record the solver uses; the rest are skipped unparsed.
 #[derive(Deserialize)]
-struct LightValue<'a> {
+pub(crate) struct LightValue<'a> {
     #[serde(borrow)]
-    strategy: Cow<'a, str>,
-    cost: f64,
-    qoe: f64,
+    pub(crate) strategy: Cow<'a, str>,
+    pub(crate) cost: f64,
+    pub(crate) qoe: f64,
 }
 
 #[derive(Deserialize)]
-struct LightRecord<'a> {
-    ts_ms: u64,
+pub(crate) struct LightRecord<'a> {
+    pub(crate) ts_ms: u64,
     #[serde(borrow, default)]
-    scenario: Option<Cow<'a, str>>,
+    pub(crate) scenario: Option<Cow<'a, str>>,
     /// Present when the proxy did not recognise the scenario header: never a row.
     #[serde(default)]
-    scenario_raw: Option<serde::de::IgnoredAny>,
+    pub(crate) scenario_raw: Option<serde::de::IgnoredAny>,
     /// The proxy's strategy set.
     #[serde(borrow, default)]
-    strategy_set: Option<Cow<'a, str>>,
+    pub(crate) strategy_set: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    chosen: Cow<'a, str>,
+    pub(crate) chosen: Cow<'a, str>,
     #[serde(borrow)]
-    value_info: Vec<LightValue<'a>>,
+    pub(crate) value_info: Vec<LightValue<'a>>,
 }
 
 /// What reading found.
@@ -151,6 +152,9 @@ pub struct Collector<P: Pool = Instance> {
     set_newest_ts: Option<u64>,
     /// Usable records collected for the current set.
     collected: u64,
+    /// Reused per line: the fast scanner's `value_info`, and a pool's key.
+    values: Vec<fastjson::Value>,
+    key: (String, usize),
 }
 
 impl Collector {
@@ -194,6 +198,8 @@ impl<P: Pool> Collector<P> {
             strategy_set: None,
             set_newest_ts: None,
             collected: 0,
+            values: Vec::new(),
+            key: (String::new(), 0),
         }
     }
 
@@ -214,6 +220,27 @@ impl<P: Pool> Collector<P> {
         if line.is_empty() {
             return None;
         }
+        let mut values = std::mem::take(&mut self.values);
+        let added = match fastjson::parse(line, &mut values) {
+            Some(f) => {
+                let range = |(a, b): (usize, usize)| &line[a..b];
+                let view = RecordView {
+                    ts_ms: f.ts_ms,
+                    scenario: f.scenario.map(range),
+                    scenario_raw: f.scenario_raw,
+                    strategy_set: f.strategy_set.map(range),
+                    chosen: range(f.chosen),
+                };
+                self.add_record(&view, values.iter().map(|&(s, c, q)| (range(s), c, q)))
+            }
+            None => self.add_with_serde(line, place),
+        };
+        self.values = values;
+        added
+    }
+
+    /// A line the fast scanner left to serde: read it, or count it as malformed.
+    fn add_with_serde(&mut self, line: &[u8], place: &dyn Fn() -> String) -> Option<usize> {
         let rec: LightRecord = match serde_json::from_slice(line) {
             Ok(r) => r,
             Err(e) => {
@@ -221,38 +248,60 @@ impl<P: Pool> Collector<P> {
                 return None;
             }
         };
+        let view = RecordView {
+            ts_ms: rec.ts_ms,
+            scenario: rec.scenario.as_deref().map(str::as_bytes),
+            scenario_raw: rec.scenario_raw.is_some(),
+            strategy_set: rec.strategy_set.as_deref().map(str::as_bytes),
+            chosen: rec.chosen.as_bytes(),
+        };
+        let values = rec
+            .value_info
+            .iter()
+            .map(|v| (v.strategy.as_bytes(), v.cost, v.qoe));
+        self.add_record(&view, values)
+    }
+
+    /// One parsed record; returns its window key when it was usable.
+    fn add_record<'v>(
+        &mut self,
+        rec: &RecordView,
+        values: impl Iterator<Item = (&'v [u8], f64, f64)>,
+    ) -> Option<usize> {
         self.stats.records += 1;
-        if rec.scenario_raw.is_some() {
+        if rec.scenario_raw {
             self.stats.undeclared_scenario += 1;
             return None;
         }
-        if !self.same_set(rec.strategy_set.as_deref(), rec.ts_ms) {
+        let set = rec.strategy_set.map(String::from_utf8_lossy);
+        if !self.same_set(set.as_deref(), rec.ts_ms) {
             self.stats.other_strategy_set += 1;
             return None;
         }
         self.scratch.clear();
         let mut chosen = None;
-        for (j, v) in rec.value_info.iter().enumerate() {
-            if !(v.cost.is_finite() && v.cost >= 0.0 && v.qoe.is_finite()) {
+        for (j, (strategy, cost, qoe)) in values.enumerate() {
+            if !(cost.is_finite() && cost >= 0.0 && qoe.is_finite()) {
                 self.stats.unusable += 1;
                 return None;
             }
-            if v.strategy == rec.chosen {
+            if strategy == rec.chosen {
                 chosen = Some(j as u32);
             }
-            self.scratch.push((v.cost, v.qoe));
+            self.scratch.push((cost, qoe));
         }
-        if self.scratch.is_empty() || chosen.is_none() {
+        let Some(chosen) = chosen.filter(|_| !self.scratch.is_empty()) else {
             self.stats.unusable += 1;
             return None;
-        }
+        };
         let window = match self.keying {
             Keying::OfDay => hydrus_filters::ktable::window_of(rec.ts_ms, self.window_secs),
             Keying::Absolute => (rec.ts_ms / 1000 / u64::from(self.window_secs)) as usize,
         };
-        let scenario = rec
-            .scenario
-            .unwrap_or(Cow::Borrowed(hydrus_filters::ktable::DEFAULT_SCENARIO));
+        let scenario = rec.scenario.map_or(
+            Cow::Borrowed(hydrus_filters::ktable::DEFAULT_SCENARIO),
+            String::from_utf8_lossy,
+        );
         if !self.scenarios.contains(scenario.as_ref()) {
             if self.scenarios.len() >= MAX_SCENARIOS {
                 self.stats.undeclared_scenario += 1;
@@ -260,16 +309,29 @@ impl<P: Pool> Collector<P> {
             }
             self.scenarios.insert(scenario.to_string());
         }
-        let key = (scenario.into_owned(), window);
         self.collected += 1;
         self.set_newest_ts = Some(self.set_newest_ts.map_or(rec.ts_ms, |t| t.max(rec.ts_ms)));
-        let template = &self.template;
-        self.pools
-            .entry(key)
-            .or_insert_with(|| template.clone())
-            .push_record(&self.scratch, chosen.unwrap_or(0));
+        // The key in a buffer kept across records: no allocation per record.
+        self.key.0.clear();
+        self.key.0.push_str(&scenario);
+        self.key.1 = window;
+        if !self.pools.contains_key(&self.key) {
+            self.pools.insert(self.key.clone(), self.template.clone());
+        }
+        if let Some(pool) = self.pools.get_mut(&self.key) {
+            pool.push_record(&self.scratch, chosen);
+        }
         Some(window)
     }
+}
+
+/// The fields of a record the solver uses, however it was parsed.
+struct RecordView<'a> {
+    ts_ms: u64,
+    scenario: Option<&'a [u8]>,
+    scenario_raw: bool,
+    strategy_set: Option<&'a [u8]>,
+    chosen: &'a [u8],
 }
 
 impl<P: Pool> Collector<P> {

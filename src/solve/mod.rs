@@ -8,6 +8,7 @@
 pub mod algo;
 mod cli;
 pub mod e2e;
+pub mod fastjson;
 pub mod follow;
 pub mod hedge;
 pub mod input;

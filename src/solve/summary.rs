@@ -14,12 +14,13 @@
 
 use super::algo::{hull_of_points, nudge, Increment, Solution};
 use super::Budget;
-use std::collections::BTreeMap;
 
 /// Buckets per octave of efficiency: 2^10, so a bucket is 0.07% wide.
 pub const MANTISSA_BITS: u32 = 10;
 const SHIFT: u32 = 52 - MANTISSA_BITS;
 const PAGE: usize = 1 << MANTISSA_BITS;
+/// Octaves of a positive finite f64 (its exponents).
+const OCTAVES: usize = 2047;
 /// Default for how many increments a window keeps one by one (16 bytes each).
 pub const DEFAULT_CAP: usize = 1 << 16;
 
@@ -71,8 +72,9 @@ pub struct WindowSummary {
     /// Cost and QoE of the logged (`chosen`) options.
     pub logged_cost: f64,
     pub logged_qoe: f64,
-    /// Buckets by octave (`key >> MANTISSA_BITS`), each octave's buckets in a page.
-    pages: BTreeMap<u32, Box<[Bucket]>>,
+    /// Buckets by octave (`key >> MANTISSA_BITS`, the f64 exponent), each octave's buckets in
+    /// a page allocated when first used.
+    pages: Vec<Option<Box<[Bucket]>>>,
     /// Buckets `lo..=hi` have every one of their increments in `kept` (none when lo > hi).
     kept_range: (u32, u32),
     /// `(cost, qoe)` of each increment in the kept band.
@@ -100,7 +102,7 @@ impl WindowSummary {
             base_qoe: 0.0,
             logged_cost: 0.0,
             logged_qoe: 0.0,
-            pages: BTreeMap::new(),
+            pages: Vec::new(),
             kept_range: (0, u32::MAX),
             kept: Vec::new(),
             cap: cap.max(2),
@@ -139,12 +141,15 @@ impl WindowSummary {
         self.incs = incs;
     }
 
+    fn page_mut(&mut self, octave: usize) -> &mut [Bucket] {
+        if self.pages.len() <= octave {
+            self.pages.resize(OCTAVES.max(octave + 1), None);
+        }
+        self.pages[octave].get_or_insert_with(|| vec![Bucket::default(); PAGE].into_boxed_slice())
+    }
+
     fn bucket_mut(&mut self, key: u32) -> &mut Bucket {
-        let page = self
-            .pages
-            .entry(key >> MANTISSA_BITS)
-            .or_insert_with(|| vec![Bucket::default(); PAGE].into_boxed_slice());
-        &mut page[key as usize & (PAGE - 1)]
+        &mut self.page_mut((key >> MANTISSA_BITS) as usize)[key as usize & (PAGE - 1)]
     }
 
     fn add_increment(&mut self, eff: f64, dc: f64, dq: f64) {
@@ -166,13 +171,18 @@ impl WindowSummary {
 
     /// Non-empty buckets by decreasing efficiency.
     pub fn buckets_desc(&self) -> impl Iterator<Item = (u32, &Bucket)> {
-        self.pages.iter().rev().flat_map(|(&octave, page)| {
-            page.iter()
-                .enumerate()
-                .rev()
-                .filter(|(_, b)| b.count > 0)
-                .map(move |(i, b)| ((octave << MANTISSA_BITS) | i as u32, b))
-        })
+        self.pages
+            .iter()
+            .enumerate()
+            .rev()
+            .filter_map(|(octave, page)| Some((octave as u32, page.as_ref()?)))
+            .flat_map(|(octave, page)| {
+                page.iter()
+                    .enumerate()
+                    .rev()
+                    .filter(|(_, b)| b.count > 0)
+                    .map(move |(i, b)| ((octave << MANTISSA_BITS) | i as u32, b))
+            })
     }
 
     /// Buckets whose increments are all kept one by one, as an inclusive range (None: none).
@@ -273,12 +283,9 @@ impl WindowSummary {
         self.base_qoe += other.base_qoe;
         self.logged_cost += other.logged_cost;
         self.logged_qoe += other.logged_qoe;
-        for (octave, page) in &other.pages {
-            let mine = self
-                .pages
-                .entry(*octave)
-                .or_insert_with(|| vec![Bucket::default(); PAGE].into_boxed_slice());
-            for (m, o) in mine.iter_mut().zip(page.iter()) {
+        for (octave, page) in other.pages.iter().enumerate() {
+            let Some(page) = page else { continue };
+            for (m, o) in self.page_mut(octave).iter_mut().zip(page.iter()) {
                 m.add(o);
             }
         }

@@ -80,7 +80,12 @@ proptest! {
         let got = solve_summary(&sum, budget);
         let s = &got.solution;
         if got.exact {
-            prop_assert!(close(s.k, want.k, 1e-9), "k {} want {}", s.k, want.k);
+            // The in-memory solver subtracts from the budget as it selects, the summary adds
+            // up what it takes: when the increments fill the budget to the last bit they may
+            // round to either side of it (both k then spend the budget, to rounding).
+            let (cost, _) = inst.live(s.k);
+            let at_the_edge = (cost - budget).abs() <= 1e-12 * budget;
+            prop_assert!(close(s.k, want.k, 1e-9) || at_the_edge, "k {} want {}", s.k, want.k);
         } else {
             // Within budget, k above the exact one by at most a bucket.
             let (cost, _) = inst.live(s.k);
