@@ -303,6 +303,17 @@ impl WindowSummary {
         }
     }
 
+    /// A copy keeping at most `cap` increments one by one (narrowed as [`Self::narrow`] does).
+    pub fn narrowed(&self, cap: usize) -> WindowSummary {
+        let mut s = self.clone();
+        s.cap = cap.max(2);
+        if s.kept.len() > s.cap {
+            s.narrow();
+        }
+        s.cap = self.cap;
+        s
+    }
+
     /// Rebuild a summary from its parts (a summary file).
     pub(crate) fn from_parts(parts: SummaryParts, cap: usize, budget: Budget) -> Self {
         let mut s = Self::new(cap, budget);

@@ -15,6 +15,10 @@ use std::path::{Path, PathBuf};
 pub const FORMAT: &str = "hydrus-solve-summary";
 /// The version written; readers accept only it.
 pub const VERSION: u32 = 1;
+/// Most increments a window of a summary file keeps one by one (about half as many are
+/// written): a part's band only needs to hold where the whole fleet's budget runs out, and
+/// these make most of a file (a merge reads them all).
+pub const FILE_CAP: usize = 8192;
 
 /// Why summaries could not be written or merged; each names the file at fault.
 #[derive(Debug, thiserror::Error)]
@@ -92,7 +96,7 @@ pub fn to_file(c: &Collector<WindowSummary>) -> SummaryFile {
         .pools
         .iter()
         .map(|((scenario, window), s)| {
-            let p = s.to_parts();
+            let p = s.narrowed(FILE_CAP).to_parts();
             WindowEntry {
                 scenario: scenario.clone(),
                 window: *window,
