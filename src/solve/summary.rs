@@ -195,13 +195,14 @@ impl WindowSummary {
         &self.kept
     }
 
-    /// The cost available to increments under `budget`: what is left after every record's
-    /// cheapest option.
+    /// The cost available to increments of the records so far under `budget`: what is left
+    /// after every record's cheapest option. A total budget is for records not all read yet:
+    /// the logged cost stands in for it (the band then may miss; `hydrus solve` keeps records
+    /// for `--budget-total`).
     fn remaining(&self, budget: Budget) -> f64 {
         let total = match budget {
-            Budget::Logged => self.logged_cost,
+            Budget::Logged | Budget::Total(_) => self.logged_cost,
             Budget::Mean(c) => c * self.records as f64,
-            Budget::Total(i) => i,
         };
         total - self.base_cost
     }

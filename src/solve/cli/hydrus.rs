@@ -93,9 +93,10 @@ pub(super) fn run(args: &SolveArgs) -> Result<(), SolveError> {
             json: args.format == Format::Json,
         };
         let mut src = follow_source(args)?;
-        match opts.method {
-            Method::Exact => follow::run(&mut *src, &opts, &fo, summary)?,
-            Method::Bisection => follow::run(&mut *src, &opts, &fo, Instance::new())?,
+        if keeps_records(&opts) {
+            follow::run(&mut *src, &opts, &fo, Instance::new())?;
+        } else {
+            follow::run(&mut *src, &opts, &fo, summary)?;
         }
         return Ok(());
     }
@@ -104,26 +105,29 @@ pub(super) fn run(args: &SolveArgs) -> Result<(), SolveError> {
         let c = summary_file::merge(&args.merge, DEFAULT_CAP, opts.budget)?;
         return solve_and_write(args, &opts, c, Batch::Files, started);
     }
-    match opts.method {
-        Method::Exact => {
-            let proto = Collector::with_pool(opts.window_secs, Keying::OfDay, summary);
-            let (batch, c) = Batch::read(args, proto)?;
-            if let Some(path) = &args.emit_summary {
-                eprintln!("{}", stats_line(&c.stats));
-                summary_file::write(path, &c)?;
-                eprintln!("wrote {}: {} window(s)", path.display(), c.pools.len());
-                if args.out.is_none() {
-                    return batch.written();
-                }
-            }
-            solve_and_write(args, &opts, c, batch, started)
-        }
-        Method::Bisection => {
-            let proto = Collector::new(opts.window_secs, Keying::OfDay);
-            let (batch, c) = Batch::read(args, proto)?;
-            solve_and_write(args, &opts, c, batch, started)
+    if keeps_records(&opts) && args.emit_summary.is_none() {
+        let proto = Collector::new(opts.window_secs, Keying::OfDay);
+        let (batch, c) = Batch::read(args, proto)?;
+        return solve_and_write(args, &opts, c, batch, started);
+    }
+    let proto = Collector::with_pool(opts.window_secs, Keying::OfDay, summary);
+    let (batch, c) = Batch::read(args, proto)?;
+    if let Some(path) = &args.emit_summary {
+        eprintln!("{}", stats_line(&c.stats));
+        summary_file::write(path, &c)?;
+        eprintln!("wrote {}: {} window(s)", path.display(), c.pools.len());
+        if args.out.is_none() {
+            return batch.written();
         }
     }
+    solve_and_write(args, &opts, c, batch, started)
+}
+
+/// Whether to keep every record in memory rather than summaries: bisection evaluates the live
+/// rule on them, and a `--budget-total` gives a summary no way to tell, before it has read every
+/// record, where the budget will run out (so its band of single increments would miss).
+fn keeps_records(opts: &SolveOptions) -> bool {
+    opts.method == Method::Bisection || matches!(opts.budget, Budget::Total(_))
 }
 
 /// Solve what `c` collected, write the k-table and the reports.
