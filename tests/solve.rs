@@ -450,4 +450,17 @@ fn follow_rewrites_the_table_as_windows_close() {
     assert!(ok_new, "the newly closed window was solved");
     assert!(want_new > want_old);
     assert_eq!(table_k(slot_old), Some(want_old), "other slots kept");
+    // Each closed window's slot carries what the solver expected per request under its k.
+    let t = KTable::parse(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let i = instance(&second);
+    let (cost, qoe) = i.live(want_new);
+    let n = i.len() as f64;
+    let got = t.expected_cost(0, slot_new).unwrap();
+    assert!(
+        (got - cost / n).abs() <= 1e-9 * got,
+        "{got} vs {}",
+        cost / n
+    );
+    let got = t.expected_qoe(0, slot_new).unwrap();
+    assert!((got - qoe / n).abs() <= 1e-9 * got, "{got} vs {}", qoe / n);
 }

@@ -132,10 +132,10 @@ pub struct Solution {
 
 /// One hull edge of one record.
 #[derive(Debug, Clone, Copy)]
-struct Increment {
-    eff: f64,
-    dc: f64,
-    dq: f64,
+pub(crate) struct Increment {
+    pub(crate) eff: f64,
+    pub(crate) dc: f64,
+    pub(crate) dq: f64,
 }
 
 /// The upper concave hull of one record's options, from its cheapest option: pushes the hull's
@@ -148,6 +148,11 @@ fn hull(
 ) -> (f64, f64) {
     scratch.clear();
     scratch.extend(cost.iter().copied().zip(qoe.iter().copied()));
+    hull_of_points(scratch, out)
+}
+
+/// [`hull`] of the (cost, qoe) points in `scratch` (reordered and overwritten; not empty).
+pub(crate) fn hull_of_points(scratch: &mut [(f64, f64)], out: &mut Vec<Increment>) -> (f64, f64) {
     // Cheapest first; at equal cost the best QoE first.
     scratch.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(b.1.total_cmp(&a.1)));
     // Drop dominated options (no more QoE for more cost), then keep a concave chain.
@@ -274,7 +279,7 @@ fn threshold(items: &mut [Increment], mut budget: f64) -> (Option<f64>, f64, f64
 
 /// Raise `k` a hair above the marginal efficiency so that rounding in `q - k c` cannot make the
 /// live rule take the marginal increment; never up to the lowest efficiency that is taken.
-fn nudge(k: f64, floor_taken: f64) -> f64 {
+pub(crate) fn nudge(k: f64, floor_taken: f64) -> f64 {
     let up = k + (k.abs() * 1e-9).max(1e-12);
     if floor_taken.is_finite() {
         up.min(k + (floor_taken - k) / 2.0)

@@ -5,12 +5,12 @@
 //! own records; its `k` replaces that window-of-day's slot. A window is closed once the clock is
 //! `lateness` past its end, so records still in proxies' queues make it in.
 
-use super::input::{list_inputs, open, read_lines, Collector, InputError, Keying, LineSink};
-use super::output::{print_table, table_from_rows, write_ktable, OutputError};
-use super::{report, SolveOptions};
+use super::input::{list_inputs, open, read_lines, Collector, InputError, Keying, LineSink, Pool};
+use super::output::{print_table, table_from_rows, write_ktable, OutputError, TableRows};
+use super::{SetExpected, SolveOptions, WindowData, WindowReport};
 use crate::state::now_ms;
 use hydrus_filters::KTable;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -106,34 +106,56 @@ pub struct FollowOptions {
 }
 
 /// The k-table being maintained: rows by scenario.
-fn base_rows(out: &Path, window_secs: u32) -> BTreeMap<String, Vec<f64>> {
+fn base_rows(out: &Path, window_secs: u32) -> TableRows {
     match std::fs::read_to_string(out).ok().map(|t| KTable::parse(&t)) {
-        Some(Ok(t)) if t.window_secs() == window_secs => t.to_file().scenarios,
+        Some(Ok(t)) if t.window_secs() == window_secs => {
+            let f = t.to_file();
+            TableRows {
+                k: f.scenarios,
+                expected: f.expected,
+            }
+        }
         Some(Ok(_)) => {
             log::warn!(
                 "{}: a different window length; starting a new table",
                 out.display()
             );
-            BTreeMap::new()
+            TableRows::default()
         }
         Some(Err(e)) => {
             log::warn!("{}: {e}; starting a new table", out.display());
-            BTreeMap::new()
+            TableRows::default()
         }
-        None => BTreeMap::new(),
+        None => TableRows::default(),
     }
 }
 
-/// Run until the source fails.
-pub fn run(
+/// Put a window's report into its slot of the rows (a new scenario's row takes its `k` in
+/// every window, its expectation only in this one).
+fn set_slot(rows: &mut TableRows, r: &WindowReport, windows: usize) {
+    let row = rows
+        .k
+        .entry(r.scenario.clone())
+        .or_insert_with(|| vec![r.k; windows]);
+    row[r.window] = r.k;
+    rows.expected
+        .entry(r.scenario.clone())
+        .or_default()
+        .set(r.window, r, windows);
+}
+
+/// Run until the source fails; each open window's records go into a pool like `template`
+/// (records, or a summary).
+pub fn run<P: Pool + WindowData>(
     source: &mut dyn FollowSource,
     opts: &SolveOptions,
     fo: &FollowOptions,
+    template: P,
 ) -> Result<(), FollowError> {
     let windows = (86_400 / opts.window_secs) as usize;
     let window_ms = u64::from(opts.window_secs) * 1000;
     let mut rows = base_rows(&fo.out, opts.window_secs);
-    let mut c = Collector::new(opts.window_secs, Keying::Absolute);
+    let mut c = Collector::with_pool(opts.window_secs, Keying::Absolute, template);
     let mut first = true;
     loop {
         source.poll(&mut c)?;
@@ -145,11 +167,8 @@ pub fn run(
             keys.sort_by_key(|(_, w)| *w);
             for (scenario, abs) in keys {
                 if let Some(inst) = c.pools.get(&(scenario.clone(), *abs)) {
-                    let r = report(scenario, abs % windows, inst, opts);
-                    let row = rows
-                        .entry(scenario.clone())
-                        .or_insert_with(|| vec![r.k; windows]);
-                    row[abs % windows] = r.k;
+                    let r = inst.window_report(scenario, abs % windows, opts);
+                    set_slot(&mut rows, &r, windows);
                 }
             }
             let table = table_from_rows(opts.window_secs, rows.clone(), c.strategy_set.clone())?;
@@ -173,12 +192,8 @@ pub fn run(
                     continue;
                 };
                 let (scenario, abs) = key;
-                let slot = abs % windows;
-                let r = report(scenario, slot, &inst, opts);
-                let row = rows
-                    .entry(scenario.clone())
-                    .or_insert_with(|| vec![r.k; windows]);
-                row[slot] = r.k;
+                let r = inst.window_report(scenario, abs % windows, opts);
+                set_slot(&mut rows, &r, windows);
                 reports.push(r);
             }
             let table = table_from_rows(opts.window_secs, rows.clone(), c.strategy_set.clone())?;

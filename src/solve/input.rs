@@ -2,7 +2,9 @@
 //! stream. Malformed lines are counted and skipped, the first few named by file and line; a last
 //! line without its newline is a record still being written, counted as incomplete.
 
-use super::Pools;
+use super::algo::Instance;
+use super::fastjson;
+use super::summary::WindowSummary;
 use flate2::read::MultiGzDecoder;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -38,32 +40,33 @@ pub enum InputError {
 
 /// The fields of a log record the solver uses; the rest are skipped unparsed.
 #[derive(Deserialize)]
-struct LightValue<'a> {
+pub(crate) struct LightValue<'a> {
     #[serde(borrow)]
-    strategy: Cow<'a, str>,
-    cost: f64,
-    qoe: f64,
+    pub(crate) strategy: Cow<'a, str>,
+    pub(crate) cost: f64,
+    pub(crate) qoe: f64,
 }
 
 #[derive(Deserialize)]
-struct LightRecord<'a> {
-    ts_ms: u64,
+pub(crate) struct LightRecord<'a> {
+    pub(crate) ts_ms: u64,
     #[serde(borrow, default)]
-    scenario: Option<Cow<'a, str>>,
+    pub(crate) scenario: Option<Cow<'a, str>>,
     /// Present when the proxy did not recognise the scenario header: never a row.
     #[serde(default)]
-    scenario_raw: Option<serde::de::IgnoredAny>,
+    pub(crate) scenario_raw: Option<serde::de::IgnoredAny>,
     /// The proxy's strategy set.
     #[serde(borrow, default)]
-    strategy_set: Option<Cow<'a, str>>,
+    pub(crate) strategy_set: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    chosen: Cow<'a, str>,
+    pub(crate) chosen: Cow<'a, str>,
     #[serde(borrow)]
-    value_info: Vec<LightValue<'a>>,
+    pub(crate) value_info: Vec<LightValue<'a>>,
 }
 
 /// What reading found.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ReadStats {
     pub files: usize,
     pub lines: u64,
@@ -98,11 +101,48 @@ pub enum Keying {
     Absolute,
 }
 
-/// Turns lines into per-(scenario, window) instances.
-pub struct Collector {
+/// What a [`Collector`] gathers a window's records into: the records themselves
+/// ([`Instance`]) or their summary ([`WindowSummary`]).
+pub trait Pool: Clone {
+    /// One usable record: its options `(cost, qoe)` and the index of the logged one.
+    fn push_record(&mut self, options: &[(f64, f64)], chosen: u32);
+    /// Another collector's records of the same window.
+    fn merge_pool(&mut self, other: &Self);
+}
+
+impl Pool for Instance {
+    fn push_record(&mut self, options: &[(f64, f64)], chosen: u32) {
+        self.push(options, Some(chosen));
+    }
+
+    fn merge_pool(&mut self, other: &Self) {
+        for i in 0..other.len() {
+            let (c, q) = other.options(i);
+            let opts: Vec<(f64, f64)> = c.iter().copied().zip(q.iter().copied()).collect();
+            self.push(&opts, other.chosen[i]);
+        }
+    }
+}
+
+impl Pool for WindowSummary {
+    fn push_record(&mut self, options: &[(f64, f64)], chosen: u32) {
+        self.push(options, chosen as usize);
+    }
+
+    fn merge_pool(&mut self, other: &Self) {
+        self.merge(other);
+    }
+}
+
+/// Turns lines into per-(scenario, window) pools: records ([`Instance`], the default) or
+/// summaries.
+#[derive(Clone)]
+pub struct Collector<P: Pool = Instance> {
     pub window_secs: u32,
     pub keying: Keying,
-    pub pools: Pools,
+    pub pools: BTreeMap<(String, usize), P>,
+    /// A new window's empty pool.
+    template: P,
     pub stats: ReadStats,
     scratch: Vec<(f64, f64)>,
     scenarios: std::collections::BTreeSet<String>,
@@ -112,9 +152,19 @@ pub struct Collector {
     set_newest_ts: Option<u64>,
     /// Usable records collected for the current set.
     collected: u64,
+    /// Reused per line: the fast scanner's `value_info`, and a pool's key.
+    values: Vec<fastjson::Value>,
+    key: (String, usize),
 }
 
 impl Collector {
+    /// A collector keeping every record in memory.
+    pub fn new(window_secs: u32, keying: Keying) -> Self {
+        Self::with_pool(window_secs, keying, Instance::new())
+    }
+}
+
+impl<P: Pool> Collector<P> {
     /// Whether a record of strategy set `set` (written at `ts_ms`) belongs to the set being
     /// solved; a newer set than everything collected replaces it.
     fn same_set(&mut self, set: Option<&str>, ts_ms: u64) -> bool {
@@ -135,17 +185,21 @@ impl Collector {
         }
     }
 
-    pub fn new(window_secs: u32, keying: Keying) -> Self {
+    /// A collector starting each window from `template` (an empty pool).
+    pub fn with_pool(window_secs: u32, keying: Keying, template: P) -> Self {
         Self {
             window_secs,
             keying,
             pools: BTreeMap::new(),
+            template,
             stats: ReadStats::default(),
             scratch: Vec::with_capacity(16),
             scenarios: std::collections::BTreeSet::new(),
             strategy_set: None,
             set_newest_ts: None,
             collected: 0,
+            values: Vec::new(),
+            key: (String::new(), 0),
         }
     }
 
@@ -166,6 +220,27 @@ impl Collector {
         if line.is_empty() {
             return None;
         }
+        let mut values = std::mem::take(&mut self.values);
+        let added = match fastjson::parse(line, &mut values) {
+            Some(f) => {
+                let range = |(a, b): (usize, usize)| &line[a..b];
+                let view = RecordView {
+                    ts_ms: f.ts_ms,
+                    scenario: f.scenario.map(range),
+                    scenario_raw: f.scenario_raw,
+                    strategy_set: f.strategy_set.map(range),
+                    chosen: range(f.chosen),
+                };
+                self.add_record(&view, values.iter().map(|&(s, c, q)| (range(s), c, q)))
+            }
+            None => self.add_with_serde(line, place),
+        };
+        self.values = values;
+        added
+    }
+
+    /// A line the fast scanner left to serde: read it, or count it as malformed.
+    fn add_with_serde(&mut self, line: &[u8], place: &dyn Fn() -> String) -> Option<usize> {
         let rec: LightRecord = match serde_json::from_slice(line) {
             Ok(r) => r,
             Err(e) => {
@@ -173,38 +248,60 @@ impl Collector {
                 return None;
             }
         };
+        let view = RecordView {
+            ts_ms: rec.ts_ms,
+            scenario: rec.scenario.as_deref().map(str::as_bytes),
+            scenario_raw: rec.scenario_raw.is_some(),
+            strategy_set: rec.strategy_set.as_deref().map(str::as_bytes),
+            chosen: rec.chosen.as_bytes(),
+        };
+        let values = rec
+            .value_info
+            .iter()
+            .map(|v| (v.strategy.as_bytes(), v.cost, v.qoe));
+        self.add_record(&view, values)
+    }
+
+    /// One parsed record; returns its window key when it was usable.
+    fn add_record<'v>(
+        &mut self,
+        rec: &RecordView,
+        values: impl Iterator<Item = (&'v [u8], f64, f64)>,
+    ) -> Option<usize> {
         self.stats.records += 1;
-        if rec.scenario_raw.is_some() {
+        if rec.scenario_raw {
             self.stats.undeclared_scenario += 1;
             return None;
         }
-        if !self.same_set(rec.strategy_set.as_deref(), rec.ts_ms) {
+        let set = rec.strategy_set.map(String::from_utf8_lossy);
+        if !self.same_set(set.as_deref(), rec.ts_ms) {
             self.stats.other_strategy_set += 1;
             return None;
         }
         self.scratch.clear();
         let mut chosen = None;
-        for (j, v) in rec.value_info.iter().enumerate() {
-            if !(v.cost.is_finite() && v.cost >= 0.0 && v.qoe.is_finite()) {
+        for (j, (strategy, cost, qoe)) in values.enumerate() {
+            if !(cost.is_finite() && cost >= 0.0 && qoe.is_finite()) {
                 self.stats.unusable += 1;
                 return None;
             }
-            if v.strategy == rec.chosen {
+            if strategy == rec.chosen {
                 chosen = Some(j as u32);
             }
-            self.scratch.push((v.cost, v.qoe));
+            self.scratch.push((cost, qoe));
         }
-        if self.scratch.is_empty() || chosen.is_none() {
+        let Some(chosen) = chosen.filter(|_| !self.scratch.is_empty()) else {
             self.stats.unusable += 1;
             return None;
-        }
+        };
         let window = match self.keying {
             Keying::OfDay => hydrus_filters::ktable::window_of(rec.ts_ms, self.window_secs),
             Keying::Absolute => (rec.ts_ms / 1000 / u64::from(self.window_secs)) as usize,
         };
-        let scenario = rec
-            .scenario
-            .unwrap_or(Cow::Borrowed(hydrus_filters::ktable::DEFAULT_SCENARIO));
+        let scenario = rec.scenario.map_or(
+            Cow::Borrowed(hydrus_filters::ktable::DEFAULT_SCENARIO),
+            String::from_utf8_lossy,
+        );
         if !self.scenarios.contains(scenario.as_ref()) {
             if self.scenarios.len() >= MAX_SCENARIOS {
                 self.stats.undeclared_scenario += 1;
@@ -212,14 +309,97 @@ impl Collector {
             }
             self.scenarios.insert(scenario.to_string());
         }
-        let key = (scenario.into_owned(), window);
         self.collected += 1;
         self.set_newest_ts = Some(self.set_newest_ts.map_or(rec.ts_ms, |t| t.max(rec.ts_ms)));
-        self.pools
-            .entry(key)
-            .or_default()
-            .push(&self.scratch, chosen);
+        // The key in a buffer kept across records: no allocation per record.
+        self.key.0.clear();
+        self.key.0.push_str(&scenario);
+        self.key.1 = window;
+        if !self.pools.contains_key(&self.key) {
+            self.pools.insert(self.key.clone(), self.template.clone());
+        }
+        if let Some(pool) = self.pools.get_mut(&self.key) {
+            pool.push_record(&self.scratch, chosen);
+        }
         Some(window)
+    }
+}
+
+/// The fields of a record the solver uses, however it was parsed.
+struct RecordView<'a> {
+    ts_ms: u64,
+    scenario: Option<&'a [u8]>,
+    scenario_raw: bool,
+    strategy_set: Option<&'a [u8]>,
+    chosen: &'a [u8],
+}
+
+impl<P: Pool> Collector<P> {
+    /// When the newest record of the strategy set being solved was written.
+    pub fn newest_ts_ms(&self) -> Option<u64> {
+        self.set_newest_ts
+    }
+
+    /// Pools read elsewhere (a summary file), as if this collector had read their records.
+    pub(crate) fn restore(
+        &mut self,
+        stats: ReadStats,
+        strategy_set: Option<String>,
+        newest_ts_ms: Option<u64>,
+        pools: BTreeMap<(String, usize), P>,
+        records: u64,
+    ) {
+        self.stats = stats;
+        self.strategy_set = strategy_set;
+        self.set_newest_ts = newest_ts_ms;
+        self.collected = records;
+        self.scenarios = pools.keys().map(|(s, _)| s.clone()).collect();
+        self.pools = pools;
+    }
+
+    /// Add what another collector (of other files or chunks) read. Of two strategy sets, the
+    /// newer one's records are kept and the other's counted as another set's.
+    pub fn merge(&mut self, other: Collector<P>) {
+        let s = &mut self.stats;
+        let o = &other.stats;
+        s.files += o.files;
+        s.lines += o.lines;
+        s.records += o.records;
+        s.malformed += o.malformed;
+        s.incomplete += o.incomplete;
+        s.unusable += o.unusable;
+        s.undeclared_scenario += o.undeclared_scenario;
+        s.other_strategy_set += o.other_strategy_set;
+        for e in &o.malformed_examples {
+            if s.malformed_examples.len() < EXAMPLES {
+                s.malformed_examples.push(e.clone());
+            }
+        }
+        if other.collected == 0 {
+            return;
+        }
+        if self.collected > 0 && other.strategy_set != self.strategy_set {
+            if other.set_newest_ts <= self.set_newest_ts {
+                self.stats.other_strategy_set += other.collected;
+                return;
+            }
+            self.stats.other_strategy_set += self.collected;
+            self.pools.clear();
+            self.scenarios.clear();
+            self.collected = 0;
+        }
+        self.strategy_set = other.strategy_set;
+        self.set_newest_ts = self.set_newest_ts.max(other.set_newest_ts);
+        self.collected += other.collected;
+        self.scenarios.extend(other.scenarios);
+        for (key, pool) in other.pools {
+            match self.pools.get_mut(&key) {
+                Some(mine) => mine.merge_pool(&pool),
+                None => {
+                    self.pools.insert(key, pool);
+                }
+            }
+        }
     }
 }
 
@@ -232,7 +412,7 @@ pub trait LineSink {
     fn incomplete(&mut self);
 }
 
-impl LineSink for Collector {
+impl<P: Pool> LineSink for Collector<P> {
     fn line(&mut self, line: &[u8], place: &dyn Fn() -> String) -> Option<usize> {
         self.add_line(line, place)
     }

@@ -8,19 +8,24 @@
 pub mod algo;
 mod cli;
 pub mod e2e;
+pub mod fastjson;
 pub mod follow;
 pub mod hedge;
 pub mod input;
 #[cfg(feature = "kafka")]
 pub mod kafka_source;
 pub mod output;
+pub mod parallel;
+pub mod summary;
+pub mod summary_file;
 
 pub use cli::{run, window_secs, Format, Policy, SolveArgs, SolveError};
-pub use output::{print_table, table_from_rows, write_atomic, write_ktable};
+pub use output::{print_table, table_from_rows, write_atomic, write_ktable, TableRows};
 
 use algo::{solve_bisection, solve_exact, Instance, Solution};
 use serde::Serialize;
 use std::collections::BTreeMap;
+use summary::{solve_summary, WindowSummary};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -80,6 +85,13 @@ pub struct WindowReport {
     pub gain: f64,
     pub feasible: bool,
     pub iterations: u32,
+    /// What the live rule at `k` spends and earns per request of the window (the k-table's
+    /// `expected`); a filled window carries its source's.
+    pub cost_per_request: f64,
+    pub qoe_per_request: f64,
+    /// False when the window was solved from a summary whose budget ran out outside the
+    /// buckets it kept one by one: `k` is then within one bucket (0.07%) above the exact.
+    pub exact: bool,
     /// Set when the window had no records and took this window's `k`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub filled_from: Option<usize>,
@@ -87,6 +99,26 @@ pub struct WindowReport {
 
 /// Records grouped by scenario and window of the day.
 pub type Pools = BTreeMap<(String, usize), Instance>;
+
+/// A scenario's expectation per window, as the k-table carries it.
+pub use hydrus_filters::ktable::Expected;
+
+/// Setting one window of an [`Expected`] from a report.
+pub trait SetExpected {
+    fn set(&mut self, window: usize, r: &WindowReport, windows: usize);
+}
+
+impl SetExpected for Expected {
+    /// Window `window` from `r` (lists grown to `windows`; a QoE below 0, which the k-table
+    /// does not carry, as null).
+    fn set(&mut self, window: usize, r: &WindowReport, windows: usize) {
+        self.cost_per_request.resize(windows, None);
+        self.qoe_per_request.resize(windows, None);
+        let ok = |x: f64| (x.is_finite() && x >= 0.0).then_some(x);
+        self.cost_per_request[window] = ok(r.cost_per_request);
+        self.qoe_per_request[window] = ok(r.qoe_per_request);
+    }
+}
 
 pub fn hhmm(window: usize, window_secs: u32) -> String {
     let s = window as u64 * u64::from(window_secs);
@@ -105,61 +137,138 @@ pub fn solve_window(inst: &Instance, opts: &SolveOptions) -> (f64, Solution) {
 
 pub fn report(scenario: &str, window: usize, inst: &Instance, opts: &SolveOptions) -> WindowReport {
     let (budget, s) = solve_window(inst, opts);
-    let logged_qoe = inst.logged().1;
     let lp_bound = if s.lp_bound.is_nan() {
         solve_exact(inst, budget).lp_bound
     } else {
         s.lp_bound
     };
-    WindowReport {
-        scenario: scenario.to_string(),
-        window,
-        start: hhmm(window, opts.window_secs),
-        records: inst.len(),
+    let base = Found {
+        records: inst.len() as u64,
         budget,
-        k: s.k,
-        cost: s.cost,
-        cost_over_budget: if budget > 0.0 { s.cost / budget } else { 0.0 },
-        qoe: s.qoe,
+        logged_qoe: inst.logged().1,
         lp_bound,
-        qoe_over_bound: if lp_bound > 0.0 {
-            s.qoe / lp_bound
-        } else {
-            1.0
-        },
-        logged_qoe,
-        gain: if logged_qoe > 0.0 {
-            s.qoe / logged_qoe - 1.0
-        } else {
-            0.0
-        },
-        feasible: s.feasible,
-        iterations: s.iterations,
-        filled_from: None,
+        exact: true,
+    };
+    base.report(scenario, window, &s, opts)
+}
+
+/// What a window's report is made of besides the solution.
+struct Found {
+    records: u64,
+    budget: f64,
+    logged_qoe: f64,
+    lp_bound: f64,
+    exact: bool,
+}
+
+impl Found {
+    fn report(
+        &self,
+        scenario: &str,
+        window: usize,
+        s: &Solution,
+        opts: &SolveOptions,
+    ) -> WindowReport {
+        let (budget, lp_bound, logged_qoe) = (self.budget, self.lp_bound, self.logged_qoe);
+        let per_request = |x: f64| {
+            if self.records > 0 {
+                x / self.records as f64
+            } else {
+                0.0
+            }
+        };
+        WindowReport {
+            scenario: scenario.to_string(),
+            window,
+            start: hhmm(window, opts.window_secs),
+            records: self.records as usize,
+            budget,
+            k: s.k,
+            cost: s.cost,
+            cost_over_budget: if budget > 0.0 { s.cost / budget } else { 0.0 },
+            qoe: s.qoe,
+            lp_bound,
+            qoe_over_bound: if lp_bound > 0.0 {
+                s.qoe / lp_bound
+            } else {
+                1.0
+            },
+            logged_qoe,
+            gain: if logged_qoe > 0.0 {
+                s.qoe / logged_qoe - 1.0
+            } else {
+                0.0
+            },
+            feasible: s.feasible,
+            iterations: s.iterations,
+            cost_per_request: per_request(s.cost),
+            qoe_per_request: per_request(s.qoe),
+            exact: self.exact,
+            filled_from: None,
+        }
+    }
+}
+
+/// A window's records as solved: in memory ([`Instance`], any method) or summarized
+/// ([`WindowSummary`], the exact method).
+pub trait WindowData {
+    fn has_records(&self) -> bool;
+    fn window_report(&self, scenario: &str, window: usize, opts: &SolveOptions) -> WindowReport;
+}
+
+impl WindowData for Instance {
+    fn has_records(&self) -> bool {
+        !self.is_empty()
+    }
+    fn window_report(&self, scenario: &str, window: usize, opts: &SolveOptions) -> WindowReport {
+        report(scenario, window, self, opts)
+    }
+}
+
+impl WindowData for WindowSummary {
+    fn has_records(&self) -> bool {
+        !self.is_empty()
+    }
+    fn window_report(&self, scenario: &str, window: usize, opts: &SolveOptions) -> WindowReport {
+        let budget = match opts.budget {
+            Budget::Logged => self.logged_cost,
+            Budget::Mean(c) => c * self.records as f64,
+            Budget::Total(i) => i,
+        };
+        let found = solve_summary(self, budget);
+        let base = Found {
+            records: self.records,
+            budget,
+            logged_qoe: self.logged_qoe,
+            lp_bound: found.solution.lp_bound,
+            exact: found.exact,
+        };
+        base.report(scenario, window, &found.solution, opts)
     }
 }
 
 /// Solve every pool and fill windows without records from the nearest solved one (circularly;
 /// the earlier on a tie). Returns the table rows and the reports, solved and filled.
-pub fn solve_pools(
-    pools: &Pools,
+pub fn solve_pools<W: WindowData>(
+    pools: &BTreeMap<(String, usize), W>,
     opts: &SolveOptions,
-) -> (BTreeMap<String, Vec<f64>>, Vec<WindowReport>) {
+) -> (TableRows, Vec<WindowReport>) {
     let windows = (86_400 / opts.window_secs) as usize;
     let mut solved: BTreeMap<String, Vec<Option<WindowReport>>> = BTreeMap::new();
     for ((scenario, window), inst) in pools {
-        if inst.is_empty() || *window >= windows {
+        if !inst.has_records() || *window >= windows {
             continue;
         }
-        let r = report(scenario, *window, inst, opts);
+        let r = inst.window_report(scenario, *window, opts);
         solved
             .entry(scenario.clone())
             .or_insert_with(|| vec![None; windows])[*window] = Some(r);
     }
-    let mut rows = BTreeMap::new();
+    let mut rows = TableRows::default();
     let mut reports = Vec::new();
     for (scenario, slots) in solved {
         let mut row = vec![0.0; windows];
+        let mut expected = Expected::default();
         for (w, slot) in row.iter_mut().enumerate() {
             let source = (0..=windows / 2)
                 .flat_map(|d| [(w + windows - d) % windows, (w + d) % windows])
@@ -167,6 +276,7 @@ pub fn solve_pools(
             let Some(src) = source else { continue };
             let Some(r) = &slots[src] else { continue };
             *slot = r.k;
+            expected.set(w, r, windows);
             if src == w {
                 reports.push(r.clone());
             } else {
@@ -188,7 +298,8 @@ pub fn solve_pools(
                 });
             }
         }
-        rows.insert(scenario, row);
+        rows.k.insert(scenario.clone(), row);
+        rows.expected.insert(scenario, expected);
     }
     (rows, reports)
 }
@@ -220,7 +331,7 @@ mod tests {
             inst(&[(1.0, 0.1, 2.0, 0.5), (1.0, 0.1, 2.0, 0.2)]),
         );
         let (rows, reports) = solve_pools(&pools, &opts);
-        let row = &rows["default"];
+        let row = &rows.k["default"];
         assert_eq!(row.len(), 4);
         assert!(row.iter().all(|&k| k == row[1]));
         assert_eq!(

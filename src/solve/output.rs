@@ -4,7 +4,7 @@
 
 use super::input::ReadStats;
 use super::WindowReport;
-use hydrus_filters::ktable::{KTable, KTableError, KTableFile};
+use hydrus_filters::ktable::{Expected, KTable, KTableError, KTableFile};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -92,17 +92,24 @@ pub fn write_ktable(out: &Path, table: &KTable) -> Result<(), OutputError> {
     write_atomic(out, &text)
 }
 
+/// A k-table's rows: `k` per scenario and window, and what the solver expected under it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TableRows {
+    pub k: BTreeMap<String, Vec<f64>>,
+    pub expected: BTreeMap<String, Expected>,
+}
+
 pub fn table_from_rows(
     window_secs: u32,
-    rows: BTreeMap<String, Vec<f64>>,
+    rows: TableRows,
     strategy_set: Option<String>,
 ) -> Result<KTable, OutputError> {
     KTable::new(KTableFile {
         window_secs,
         generated_at_ms: Some(crate::state::now_ms()),
         strategy_set,
-        scenarios: rows,
-        expected: Default::default(),
+        scenarios: rows.k,
+        expected: rows.expected,
     })
     .map_err(OutputError::InvalidKTable)
 }
@@ -111,24 +118,36 @@ pub fn table_from_rows(
 pub fn print_table(reports: &[WindowReport], w: &mut dyn Write) -> std::io::Result<()> {
     writeln!(
         w,
-        "{:<12} {:>5} {:>8} {:>12} {:>12} {:>8} {:>12} {:>9} {:>8}  note",
-        "scenario", "start", "records", "budget I", "k", "cost/I", "QoE", "QoE/bound", "gain"
+        "{:<12} {:>5} {:>8} {:>12} {:>12} {:>8} {:>10} {:>9} {:>12} {:>9} {:>8}  note",
+        "scenario",
+        "start",
+        "records",
+        "budget I",
+        "k",
+        "cost/I",
+        "cost/req",
+        "QoE/req",
+        "QoE",
+        "QoE/bound",
+        "gain"
     )?;
     for r in reports.iter().filter(|r| r.filled_from.is_none()) {
-        let note = if r.feasible {
-            ""
-        } else {
-            "infeasible: cheapest strategies exceed I"
+        let note = match (r.feasible, r.exact) {
+            (false, _) => "infeasible: cheapest strategies exceed I",
+            (true, false) => "k within one bucket (0.07%) of exact",
+            (true, true) => "",
         };
         writeln!(
             w,
-            "{:<12} {:>5} {:>8} {:>12.1} {:>12.6e} {:>8.4} {:>12.3} {:>9.5} {:>+7.2}%  {note}",
+            "{:<12} {:>5} {:>8} {:>12.1} {:>12.6e} {:>8.4} {:>10.4} {:>9.5} {:>12.3} {:>9.5} {:>+7.2}%  {note}",
             r.scenario,
             r.start,
             r.records,
             r.budget,
             r.k,
             r.cost_over_budget,
+            r.cost_per_request,
+            r.qoe_per_request,
             r.qoe,
             r.qoe_over_bound,
             r.gain * 100.0

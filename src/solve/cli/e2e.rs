@@ -47,13 +47,17 @@ fn e2e_solve_and_write(
     args: &SolveArgs,
 ) -> Result<bool, SolveError> {
     let (file, report) = e2e::solve(inputs, opts)?;
-    let old = std::fs::read_to_string(&args.out)
+    let old = std::fs::read_to_string(args.out()?)
         .ok()
         .and_then(|t| serde_yaml::from_str::<hydrus_filters::e2e::E2eTableFile>(&t).ok());
     let moved = old.as_ref().map_or(1.0, |o| e2e::inputs_moved(o, &file));
     let write = args.force || moved > args.js_threshold;
     if write {
-        write_yaml(&args.out, "# written by `hydrus solve --policy e2e`", &file)?;
+        write_yaml(
+            args.out()?,
+            "# written by `hydrus solve --policy e2e`",
+            &file,
+        )?;
     }
     match args.format {
         Format::Json => {
@@ -66,7 +70,7 @@ fn e2e_solve_and_write(
     eprintln!(
         "{} {}: inputs moved by JS divergence {moved:.4} (threshold {})",
         if write { "wrote" } else { "kept" },
-        args.out.display(),
+        args.out()?.display(),
         args.js_threshold
     );
     Ok(write)

@@ -23,7 +23,7 @@ pub(super) fn run(args: &SolveArgs) -> Result<(), SolveError> {
     );
     let (file, report) = hedge::solve(&inputs, args.reissue_budget)?;
     write_yaml(
-        &args.out,
+        args.out()?,
         "# written by `hydrus solve --policy hedge`",
         &file,
     )?;
@@ -35,7 +35,7 @@ pub(super) fn run(args: &SolveArgs) -> Result<(), SolveError> {
         ),
         Format::Table => print_table(&report),
     }
-    eprintln!("wrote {}", args.out.display());
+    eprintln!("wrote {}", args.out()?.display());
     Ok(())
 }
 

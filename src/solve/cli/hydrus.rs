@@ -2,12 +2,14 @@
 //! their end (batch) or rewritten as each window closes (`--follow`).
 
 use super::{follow_source, window_secs, Format, SolveArgs, SolveError};
-use crate::solve::follow;
-use crate::solve::input::{self, Collector, Keying};
+use crate::solve::algo::Instance;
+use crate::solve::input::{Collector, Keying, Pool, ReadStats};
 #[cfg(feature = "kafka")]
 use crate::solve::kafka_source::KafkaSource;
 use crate::solve::output::{print_table, stats_line, table_from_rows, write_ktable};
-use crate::solve::{solve_pools, Budget, SolveOptions, WindowReport};
+use crate::solve::summary::{WindowSummary, DEFAULT_CAP};
+use crate::solve::{follow, parallel, summary_file};
+use crate::solve::{solve_pools, Budget, Method, SolveOptions, WindowData, WindowReport};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -47,17 +49,23 @@ enum Batch {
 }
 
 impl Batch {
-    /// Read `--logs` to its end into `c`.
-    fn read(args: &SolveArgs, c: &mut Collector) -> Result<Self, SolveError> {
-        if !args.logs.starts_with("kafka://") {
-            c.stats.files = input::read_path(Path::new(&args.logs), c)?;
-            return Ok(Batch::Files);
+    /// Read `--logs` to its end into a collector like `proto`: files on every core, a Kafka
+    /// topic from one consumer.
+    fn read<P: Pool + Send + Sync>(
+        args: &SolveArgs,
+        proto: Collector<P>,
+    ) -> Result<(Self, Collector<P>), SolveError> {
+        let logs = args.logs();
+        if !logs.starts_with("kafka://") {
+            let c = parallel::read_path_parallel(Path::new(logs), &proto, parallel::CHUNK_BYTES)?;
+            return Ok((Batch::Files, c));
         }
         #[cfg(feature = "kafka")]
         {
-            let mut src = KafkaSource::new(&args.logs, &args.group)?;
-            src.read_to_end(c)?;
-            Ok(Batch::Kafka(src))
+            let mut c = proto;
+            let mut src = KafkaSource::new(logs, &args.group)?;
+            src.read_to_end(&mut c)?;
+            Ok((Batch::Kafka(src), c))
         }
         #[cfg(not(feature = "kafka"))]
         Err(SolveError::NoKafka)
@@ -76,38 +84,79 @@ impl Batch {
 /// Run `--policy hydrus`.
 pub(super) fn run(args: &SolveArgs) -> Result<(), SolveError> {
     let opts = solve_options(args)?;
+    let summary = WindowSummary::new(DEFAULT_CAP, opts.budget);
     if args.follow {
         let fo = follow::FollowOptions {
-            out: args.out.clone(),
+            out: args.out()?.to_path_buf(),
             lateness: args.lateness,
             poll: Duration::from_millis(500),
             json: args.format == Format::Json,
         };
         let mut src = follow_source(args)?;
-        return Ok(follow::run(&mut *src, &opts, &fo)?);
+        if keeps_records(&opts) {
+            follow::run(&mut *src, &opts, &fo, Instance::new())?;
+        } else {
+            follow::run(&mut *src, &opts, &fo, summary)?;
+        }
+        return Ok(());
     }
-
     let started = Instant::now();
-    let mut c = Collector::new(opts.window_secs, Keying::OfDay);
-    let batch = Batch::read(args, &mut c)?;
+    if !args.merge.is_empty() {
+        let c = summary_file::merge(&args.merge, DEFAULT_CAP, opts.budget)?;
+        return solve_and_write(args, &opts, c, Batch::Files, started);
+    }
+    if keeps_records(&opts) && args.emit_summary.is_none() {
+        let proto = Collector::new(opts.window_secs, Keying::OfDay);
+        let (batch, c) = Batch::read(args, proto)?;
+        return solve_and_write(args, &opts, c, batch, started);
+    }
+    let proto = Collector::with_pool(opts.window_secs, Keying::OfDay, summary);
+    let (batch, c) = Batch::read(args, proto)?;
+    if let Some(path) = &args.emit_summary {
+        eprintln!("{}", stats_line(&c.stats));
+        summary_file::write(path, &c)?;
+        eprintln!("wrote {}: {} window(s)", path.display(), c.pools.len());
+        if args.out.is_none() {
+            return batch.written();
+        }
+    }
+    solve_and_write(args, &opts, c, batch, started)
+}
+
+/// Whether to keep every record in memory rather than summaries: bisection evaluates the live
+/// rule on them, and a `--budget-total` gives a summary no way to tell, before it has read every
+/// record, where the budget will run out (so its band of single increments would miss).
+fn keeps_records(opts: &SolveOptions) -> bool {
+    opts.method == Method::Bisection || matches!(opts.budget, Budget::Total(_))
+}
+
+/// Solve what `c` collected, write the k-table and the reports.
+fn solve_and_write<P: Pool + WindowData>(
+    args: &SolveArgs,
+    opts: &SolveOptions,
+    c: Collector<P>,
+    batch: Batch,
+    started: Instant,
+) -> Result<(), SolveError> {
     let read_time = started.elapsed();
     eprintln!("{}", stats_line(&c.stats));
-    if c.pools.values().all(|i| i.is_empty()) {
+    if !c.pools.values().any(|p| p.has_records()) {
         return Err(SolveError::NoUsableRecord {
-            logs: args.logs.clone(),
+            logs: args.source_name(),
         });
     }
     let solve_started = Instant::now();
-    let (rows, reports) = solve_pools(&c.pools, &opts);
+    let (rows, reports) = solve_pools(&c.pools, opts);
     let solve_time = solve_started.elapsed();
     let table = table_from_rows(opts.window_secs, rows, c.strategy_set.clone())?;
-    write_ktable(&args.out, &table)?;
+    let out = args.out()?;
+    write_ktable(out, &table)?;
     batch.written()?;
-    print_reports(args, &opts, &c, &reports, (read_time, solve_time))?;
+    print_reports(args, opts, &c.stats, &reports, (read_time, solve_time))?;
     let solved = reports.iter().filter(|r| r.filled_from.is_none()).count();
     eprintln!(
         "wrote {}: {} scenario(s), {} window(s) solved, {} filled from the nearest; read {:.2}s, solve {:.3}s ({:?})",
-        args.out.display(),
+        out.display(),
         table.scenario_names().len(),
         solved,
         reports.len() - solved,
@@ -123,7 +172,7 @@ pub(super) fn run(args: &SolveArgs) -> Result<(), SolveError> {
 fn print_reports(
     args: &SolveArgs,
     opts: &SolveOptions,
-    c: &Collector,
+    stats: &ReadStats,
     reports: &[WindowReport],
     (read_time, solve_time): (Duration, Duration),
 ) -> Result<(), SolveError> {
@@ -132,9 +181,10 @@ fn print_reports(
             let v = serde_json::json!({
                 "method": opts.method,
                 "window_secs": opts.window_secs,
-                "read": c.stats,
+                "read": stats,
                 "read_seconds": read_time.as_secs_f64(),
                 "solve_seconds": solve_time.as_secs_f64(),
+                "peak_rss_bytes": peak_rss_bytes(),
                 "windows": reports,
             });
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
@@ -145,4 +195,13 @@ fn print_reports(
         }
     }
     Ok(())
+}
+
+/// This process's peak resident set so far (`VmHWM` of /proc/self/status; Linux only), for
+/// the JSON report: what a solver box must have.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }

@@ -12,6 +12,7 @@ use super::input::InputError;
 #[cfg(feature = "kafka")]
 use super::kafka_source::{KafkaError, KafkaSource};
 use super::output::OutputError;
+use super::summary_file::SummaryFileError;
 use super::{e2e::E2eError, Method};
 use crate::config::ConfigErrors;
 use std::path::{Path, PathBuf};
@@ -56,6 +57,8 @@ pub enum SolveError {
     E2e(#[from] E2eError),
     #[error(transparent)]
     Hedge(#[from] HedgeError),
+    #[error(transparent)]
+    Summary(#[from] SummaryFileError),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -78,11 +81,19 @@ pub enum Format {
 #[derive(Debug, Clone, clap::Args)]
 pub struct SolveArgs {
     /// Decision logs: a `.jsonl` file (gzip too), a directory of them, or kafka://BROKERS/TOPIC.
-    #[arg(long)]
-    pub logs: String,
+    #[arg(long, required_unless_present = "merge")]
+    pub logs: Option<String>,
     /// The k-table to write (atomically: a temp file renamed over it).
-    #[arg(long)]
-    pub out: PathBuf,
+    #[arg(long, required_unless_present = "emit_summary")]
+    pub out: Option<PathBuf>,
+    /// Write the summaries of the records read (per scenario and window) to this file, for
+    /// `--merge`; with `--out` too, also solve them.
+    #[arg(long, conflicts_with_all = ["merge", "follow"])]
+    pub emit_summary: Option<PathBuf>,
+    /// Solve from summary files (written by `--emit-summary`) instead of logs, as if one
+    /// process had read all their records.
+    #[arg(long, num_args = 1.., conflicts_with_all = ["logs", "follow"])]
+    pub merge: Vec<PathBuf>,
     /// Window length; must divide a day.
     #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
     pub window: Duration,
@@ -138,6 +149,29 @@ pub struct SolveArgs {
     pub interval: Duration,
 }
 
+impl SolveArgs {
+    /// `--logs` (empty with `--merge`, which clap makes exclusive).
+    pub fn logs(&self) -> &str {
+        self.logs.as_deref().unwrap_or_default()
+    }
+
+    /// `--out`, which every use but `--emit-summary` needs.
+    pub fn out(&self) -> Result<&Path, SolveError> {
+        self.out.as_deref().ok_or(SolveError::Flag {
+            flag: "--out",
+            must: "is needed to write a table",
+        })
+    }
+
+    /// What the records came from, for messages.
+    pub fn source_name(&self) -> String {
+        match &self.logs {
+            Some(l) => l.clone(),
+            None => format!("{} summary file(s)", self.merge.len()),
+        }
+    }
+}
+
 /// Run `hydrus solve`.
 pub fn run(args: &SolveArgs) -> Result<(), SolveError> {
     match args.policy {
@@ -158,14 +192,14 @@ pub fn window_secs(d: Duration) -> Result<u32, SolveError> {
 
 /// The logs as a [`FollowSource`]: files or a Kafka topic.
 fn follow_source(args: &SolveArgs) -> Result<Box<dyn FollowSource>, SolveError> {
-    Ok(if args.logs.starts_with("kafka://") {
+    Ok(if args.logs().starts_with("kafka://") {
         #[cfg(feature = "kafka")]
         {
-            Box::new(KafkaSource::new(&args.logs, &args.group)?)
+            Box::new(KafkaSource::new(args.logs(), &args.group)?)
         }
         #[cfg(not(feature = "kafka"))]
         return Err(SolveError::NoKafka);
     } else {
-        Box::new(follow::FileFollower::new(Path::new(&args.logs)))
+        Box::new(follow::FileFollower::new(Path::new(args.logs())))
     })
 }

@@ -1,0 +1,264 @@
+//! `hydrus solve` at fleet scale, as a user runs it: the k-table's expectation per request,
+//! partial solves (`--emit-summary`) merged (`--merge`) into the table one process would write.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use hydrus::solve::algo::{solve_exact, Instance};
+use hydrus_filters::{KTable, LogRecord, ValueInfo};
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+
+const STRATEGIES: [(&str, f64, f64); 4] = [
+    ("s10", 6.0, 0.9),
+    ("s20", 10.0, 1.0),
+    ("s30", 14.0, 1.05),
+    ("s40", 18.0, 1.08),
+];
+
+fn record(ts_ms: u64, i: u64, scenario: &str, chosen: &str) -> LogRecord {
+    // Deterministic QoE spread over (0, 1), with a per-strategy wobble (distinct efficiencies).
+    let q = ((i * 7919) % 1000) as f64 / 1000.0 * 0.9 + 0.05;
+    let wobble = ((i * 104_729) % 997) as f64 / 997.0 * 0.02;
+    LogRecord {
+        ts_ms,
+        request_id: format!("r{i}"),
+        user_id: format!("u{i}"),
+        device_id: String::new(),
+        scenario: scenario.into(),
+        group: "control".into(),
+        chosen: chosen.into(),
+        k: None,
+        value_info: STRATEGIES
+            .iter()
+            .enumerate()
+            .map(|(j, (name, cost, scale))| ValueInfo {
+                strategy: name.to_string(),
+                cost: *cost,
+                qoe: q * scale * (1.0 + wobble * j as f64),
+            })
+            .collect(),
+        status: 200,
+        upstream_ms: Some(1.0),
+        fallback: None,
+        cluster: None,
+        total_ms: None,
+        external_delay_ms: None,
+        cluster_load: None,
+        e2e_bucket: None,
+        hedge: None,
+        scenario_raw: None,
+        error: None,
+        would_choose: None,
+        strategy_set: None,
+        route: None,
+        grpc_status: None,
+    }
+}
+
+fn write_lines(path: &Path, records: &[LogRecord]) {
+    let mut f = std::fs::File::create(path).unwrap();
+    for r in records {
+        let mut buf = Vec::new();
+        r.encode_into(&mut buf);
+        f.write_all(&buf).unwrap();
+    }
+}
+
+fn solve(args: &[&str]) -> std::process::Output {
+    let o = Command::new(bin())
+        .arg("solve")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "solve {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+fn instance(records: &[&LogRecord]) -> Instance {
+    let mut inst = Instance::new();
+    for r in records {
+        let opts: Vec<(f64, f64)> = r.value_info.iter().map(|v| (v.cost, v.qoe)).collect();
+        let chosen = r.value_info.iter().position(|v| v.strategy == r.chosen);
+        inst.push(&opts, chosen.map(|j| j as u32));
+    }
+    inst
+}
+
+/// Three hosts' logs: windows 4 and 9 of scenario default over two days, window 20 of feed.
+fn fleet_logs(dir: &Path) -> Vec<Vec<LogRecord>> {
+    let day = 86_400_000u64;
+    let choices = ["s10", "s20", "s30", "s40"];
+    (0..3u64)
+        .map(|host| {
+            let recs: Vec<LogRecord> = (0..400u64)
+                .map(|j| {
+                    let i = host * 1000 + j;
+                    let (scenario, window) = match j % 5 {
+                        0 => ("feed", 20),
+                        1 | 2 => ("default", 9),
+                        _ => ("default", 4),
+                    };
+                    let ts = (j % 2) * day + window * 900_000 + j;
+                    record(ts, i, scenario, choices[(i % 4) as usize])
+                })
+                .collect();
+            write_lines(&dir.join(format!("host{host}.jsonl")), &recs);
+            recs
+        })
+        .collect()
+}
+
+/// A table's file without when it was written.
+fn table_file(path: &Path) -> hydrus_filters::ktable::KTableFile {
+    let mut f = KTable::parse(&std::fs::read_to_string(path).unwrap())
+        .unwrap()
+        .to_file();
+    f.generated_at_ms = None;
+    f
+}
+
+#[test]
+fn the_table_carries_and_the_report_prints_the_expected_cost_and_qoe_per_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = fleet_logs(dir.path());
+    let out = dir.path().join("k.yaml");
+    let o = solve(&[
+        "--logs",
+        dir.path().to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let table = KTable::parse(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let d = table.scenario_index(b"default").unwrap();
+    let all: Vec<&LogRecord> = hosts.iter().flatten().collect();
+    for w in [4usize, 9] {
+        let recs: Vec<&LogRecord> = all
+            .iter()
+            .copied()
+            .filter(|r| r.scenario == "default" && (r.ts_ms % 86_400_000) / 900_000 == w as u64)
+            .collect();
+        let inst = instance(&recs);
+        let want = solve_exact(&inst, inst.logged_budget());
+        assert_eq!(table.k(d, w), Some(want.k));
+        let (cost, qoe) = inst.live(want.k);
+        let n = inst.len() as f64;
+        let got_cost = table.expected_cost(d, w).unwrap();
+        let got_qoe = table.expected_qoe(d, w).unwrap();
+        assert!((got_cost - cost / n).abs() <= 1e-9 * got_cost, "{got_cost}");
+        assert!((got_qoe - qoe / n).abs() <= 1e-9 * got_qoe, "{got_qoe}");
+        let rep = report["windows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["scenario"] == "default" && r["window"] == w)
+            .unwrap();
+        assert_eq!(rep["cost_per_request"].as_f64(), Some(got_cost));
+        assert_eq!(rep["qoe_per_request"].as_f64(), Some(got_qoe));
+        assert_eq!(rep["exact"], true);
+    }
+    // A window without records carries the nearest solved window's expectation (5 is nearer 4).
+    assert_eq!(table.expected_cost(d, 5), table.expected_cost(d, 4));
+    assert_eq!(table.expected_qoe(d, 5), table.expected_qoe(d, 4));
+    assert_eq!(table.expected_cost(d, 8), table.expected_cost(d, 9));
+
+    // The people's table prints them.
+    let o = solve(&[
+        "--logs",
+        dir.path().to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    let header = text.lines().next().unwrap();
+    assert!(
+        header.contains("cost/req") && header.contains("QoE/req"),
+        "{text}"
+    );
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("default") && l.contains("01:00"))
+        .unwrap();
+    let cost = format!("{:.4}", table.expected_cost(d, 4).unwrap());
+    assert!(line.contains(&cost), "{line} lacks {cost}");
+}
+
+#[test]
+fn summaries_of_each_host_merge_into_the_single_process_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    fleet_logs(&logs);
+    let single = dir.path().join("single.yaml");
+    solve(&[
+        "--logs",
+        logs.to_str().unwrap(),
+        "--out",
+        single.to_str().unwrap(),
+    ]);
+    let mut parts = Vec::new();
+    for host in 0..3 {
+        let part = dir.path().join(format!("host{host}.summary.json"));
+        let file = logs.join(format!("host{host}.jsonl"));
+        solve(&[
+            "--logs",
+            file.to_str().unwrap(),
+            "--emit-summary",
+            part.to_str().unwrap(),
+        ]);
+        let text = std::fs::read_to_string(&part).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["format"], "hydrus-solve-summary");
+        assert_eq!(v["version"], 1);
+        parts.push(part.to_str().unwrap().to_string());
+    }
+    let merged = dir.path().join("merged.yaml");
+    let mut args = vec!["--out", merged.to_str().unwrap(), "--merge"];
+    args.extend(parts.iter().map(String::as_str));
+    let o = solve(&args);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("read 1200 records"));
+    // The same k, bit for bit; the expectations up to the order the sums were added in.
+    let (m, s) = (table_file(&merged), table_file(&single));
+    assert_eq!(m.scenarios, s.scenarios);
+    assert_eq!(
+        m.expected.keys().collect::<Vec<_>>(),
+        s.expected.keys().collect::<Vec<_>>()
+    );
+    for (name, e) in &s.expected {
+        let me = &m.expected[name];
+        for (a, b) in [
+            (&me.cost_per_request, &e.cost_per_request),
+            (&me.qoe_per_request, &e.qoe_per_request),
+        ] {
+            assert_eq!(a.len(), b.len());
+            for (x, y) in a.iter().zip(b) {
+                let (x, y) = (x.unwrap(), y.unwrap());
+                assert!((x - y).abs() <= 1e-12 * y.abs(), "{name}: {x} vs {y}");
+            }
+        }
+    }
+
+    // Another version of the format is refused, naming the file.
+    let text = std::fs::read_to_string(&parts[0]).unwrap();
+    std::fs::write(&parts[0], text.replace("\"version\":1", "\"version\":9")).unwrap();
+    let o = Command::new(bin())
+        .args(["solve", "--out", merged.to_str().unwrap(), "--merge"])
+        .args(&parts)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("host0.summary.json") && err.contains("version 9"),
+        "{err}"
+    );
+}
