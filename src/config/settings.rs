@@ -119,9 +119,10 @@ pub struct LimitsConfig {
     /// Larger request headers (request line and fields) are answered 431.
     pub max_request_header_bytes: usize,
     /// A response write to the client that makes no progress for this long ends the request
-    /// (a client that stops reading holds no upstream connection for longer).
+    /// (a client that stops reading holds no upstream connection for longer). Off by default:
+    /// pingora puts a timer around every write, which costs CPU on every request.
     #[serde(with = "humantime_serde")]
-    pub send_timeout: Duration,
+    pub send_timeout: Option<Duration>,
 }
 
 impl Default for LimitsConfig {
@@ -132,7 +133,7 @@ impl Default for LimitsConfig {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(60),
             max_request_header_bytes: 64 << 10,
-            send_timeout: Duration::from_secs(60),
+            send_timeout: None,
         }
     }
 }
@@ -229,10 +230,13 @@ pub fn check_limits(c: &mut Checker<'_>, l: &LimitsConfig, sv: &ServerSettings) 
         ("limits.idle_timeout", l.idle_timeout),
         ("limits.header_timeout", l.header_timeout),
         ("limits.body_timeout", l.body_timeout),
-        ("limits.send_timeout", l.send_timeout),
     ] {
         c.duration_positive(f, d);
         c.duration_at_most(f, d, DAY);
+    }
+    if let Some(d) = l.send_timeout {
+        c.duration_positive("limits.send_timeout", d);
+        c.duration_at_most("limits.send_timeout", d, DAY);
     }
     if l.max_request_header_bytes < 1024 {
         c.error("limits.max_request_header_bytes", "must be at least 1024");

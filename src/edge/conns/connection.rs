@@ -263,7 +263,9 @@ impl Edge {
         slot.header_read.store(false, Ordering::Release);
         slot.body_read.store(false, Ordering::Release);
         let mut session = session;
-        session.set_write_timeout(Some(self.state.config.load().limits.send_timeout));
+        if let Some(t) = self.state.config.load().limits.send_timeout {
+            session.set_write_timeout(Some(t));
+        }
         session.set_connection_user_context(Some(Box::new(slot.clone())));
         let serve = self.proxy.process_new_http(session, shutdown);
         tokio::pin!(serve);
