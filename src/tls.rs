@@ -148,8 +148,13 @@ pub type FieldError = (&'static str, PemError);
 
 /// A CA file as a root store.
 fn roots(path: &Path) -> Result<RootCertStore, PemError> {
+    roots_of(path, read_certificates(path)?)
+}
+
+/// CA certificates (read from `path`) as a root store.
+fn roots_of(path: &Path, certs: Vec<CertificateDer<'static>>) -> Result<RootCertStore, PemError> {
     let mut store = RootCertStore::empty();
-    for c in read_certificates(path)? {
+    for c in certs {
         store.add(c).map_err(|e| PemError::Invalid {
             path: path.display().to_string(),
             detail: format!("not a usable CA certificate: {e}"),
@@ -220,8 +225,8 @@ impl UpstreamTls {
         let mut fingerprint = Vec::new();
         let ca = match &cfg.ca_file {
             Some(p) => {
-                roots(p).map_err(|e| ("ca_file", e))?;
                 let certs = read_certificates(p).map_err(|e| ("ca_file", e))?;
+                roots_of(p, certs.clone()).map_err(|e| ("ca_file", e))?;
                 let wrapped: Vec<WrappedX509> = certs
                     .iter()
                     .map(|c| {

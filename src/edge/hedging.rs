@@ -114,7 +114,8 @@ impl Proxy {
             Some(b) => b,
             None => {
                 // Read in part: it cannot go to pingora's path any more.
-                return self.too_large(session, ctx).await;
+                // (413; a call gets RESOURCE_EXHAUSTED.)
+                return self.refused(session, ctx, "body_too_large", 413).await;
             }
         };
         if let Some(slot) = &ctx.slot {
@@ -157,23 +158,6 @@ impl Proxy {
                 .or_else(|| super::grpc::status_of(&answer.header.headers));
         }
         respond(session, answer).await?;
-        Ok(true)
-    }
-
-    /// A body larger than the hedge filter's `max_body_bytes` on a route marked idempotent:
-    /// 413 (a call: RESOURCE_EXHAUSTED).
-    async fn too_large(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        self.state
-            .metrics
-            .requests_rejected
-            .with_label_values(&["body_too_large"])
-            .inc();
-        if ctx.grpc {
-            ctx.grpc_status = Some(super::grpc::respond(session, 413).await?);
-        } else {
-            session.set_keepalive(None);
-            session.respond_error(413).await?;
-        }
         Ok(true)
     }
 
