@@ -262,3 +262,219 @@ fn summaries_of_each_host_merge_into_the_single_process_table() {
         "{err}"
     );
 }
+
+/// Several `solve --follow` in one consumer group: they split the log topic's partitions,
+/// publish per-partition summaries to a compacted topic, and each writes the table one
+/// process would; a member that dies leaves its partitions to the others, nothing lost.
+mod group {
+    use super::*;
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::process::{Child, Stdio};
+    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+    const WINDOW_MS: u64 = 10_000;
+    const PARTITIONS: i32 = 4;
+
+    fn now_ms() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    }
+
+    /// Now, once it is at most 6 s into a window: records stamped with it reach the topic well
+    /// before their window closes (a record that comes after is late, and dropped).
+    fn early_in_a_window() -> u64 {
+        while now_ms() % WINDOW_MS > 6_000 {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        now_ms()
+    }
+
+    /// A member: `solve --follow` in group `g`, its log in `err`.
+    fn member(b: &Broker, out: &Path, err: &Path) -> Child {
+        Command::new(bin())
+            .args(["solve", "--follow", "--window", "10s", "--lateness", "1s"])
+            .args(["--group", "g", "--logs"])
+            .arg(format!("kafka://{}/logs", b.url()))
+            .arg("--summaries")
+            .arg(format!("kafka://{}/summaries", b.url()))
+            .arg("--out")
+            .arg(out)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(err).unwrap())
+            .spawn()
+            .unwrap()
+    }
+
+    /// `n` records stamped from `ts`, `step` ms apart, spread over the partitions.
+    fn produce(b: &Broker, from: u64, ts: u64, step: u64, n: u64) -> Vec<LogRecord> {
+        let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+            .set("bootstrap.servers", b.url())
+            .create()
+            .unwrap();
+        let choices = ["s10", "s20", "s30", "s40"];
+        let recs: Vec<LogRecord> = (from..from + n)
+            .map(|i| {
+                record(
+                    ts + (i - from) * step,
+                    i,
+                    "default",
+                    choices[(i % 4) as usize],
+                )
+            })
+            .collect();
+        for (i, r) in recs.iter().enumerate() {
+            let mut buf = Vec::new();
+            r.encode_into(&mut buf);
+            let key = r.user_id.clone();
+            p.send(
+                BaseRecord::to("logs")
+                    .partition(i as i32 % PARTITIONS)
+                    .key(&key)
+                    .payload(buf.strip_suffix(b"\n").unwrap()),
+            )
+            .unwrap();
+        }
+        p.flush(Duration::from_secs(10)).unwrap();
+        recs
+    }
+
+    /// Every message of the summaries topic.
+    fn summaries(b: &Broker) -> Vec<serde_json::Value> {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", b.url())
+            .set("group.id", format!("reader-{}", free_port()))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        c.subscribe(&["summaries"]).unwrap();
+        let mut out = Vec::new();
+        let mut idle = Instant::now();
+        while idle.elapsed() < Duration::from_secs(3) {
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+                out.push(serde_json::from_slice(m.payload().unwrap()).unwrap());
+                idle = Instant::now();
+            }
+        }
+        out
+    }
+
+    /// The k that `solve` over `records` writes for their windows (window of the day -> k).
+    fn single_process(dir: &Path, name: &str, records: &[LogRecord]) -> BTreeMap<usize, f64> {
+        let logs = dir.join(format!("{name}.jsonl"));
+        write_lines(&logs, records);
+        let out = dir.join(format!("{name}.yaml"));
+        solve(&[
+            "--window",
+            "10s",
+            "--logs",
+            logs.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let t = KTable::parse(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        let d = t.scenario_index(b"default").unwrap();
+        let windows: BTreeSet<usize> = records
+            .iter()
+            .map(|r| ((r.ts_ms / WINDOW_MS) % 8640) as usize)
+            .collect();
+        windows
+            .into_iter()
+            .map(|w| (w, t.k(d, w).unwrap()))
+            .collect()
+    }
+
+    /// Whether the table at `path` has `want`'s k in each of its windows (within 1e-9).
+    fn has(path: &Path, want: &BTreeMap<usize, f64>) -> bool {
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return false;
+        };
+        let Ok(t) = KTable::parse(&text) else {
+            return false;
+        };
+        let Some(d) = t.scenario_index(b"default") else {
+            return false;
+        };
+        want.iter().all(|(w, k)| {
+            t.k(d, *w)
+                .is_some_and(|got| (got - k).abs() <= 1e-9 * k.abs().max(1e-12))
+        })
+    }
+
+    #[test]
+    fn members_split_the_partitions_and_each_writes_the_single_process_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Broker::start();
+        b.create_topic("logs", PARTITIONS as u32);
+        b.create_topic_with_config("summaries", 1, "cleanup.policy=compact");
+        let (out_a, out_b) = (dir.path().join("a.yaml"), dir.path().join("b.yaml"));
+        let (err_a, err_b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+        let mut a = member(&b, &out_a, &err_a);
+        std::thread::sleep(Duration::from_secs(2));
+        let mut m_b = member(&b, &out_b, &err_b);
+        // The group settles: the first member gives partitions to the second.
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        assert!(
+            eventually(Duration::from_secs(30), || {
+                read(&err_a).contains("given to another member")
+                    && read(&err_b).contains("held from")
+            }),
+            "no split:\n{}\n{}",
+            read(&err_a),
+            read(&err_b)
+        );
+        std::thread::sleep(Duration::from_secs(2));
+
+        // Records of the window open now (proxies write them as they decide).
+        let first = produce(&b, 0, early_in_a_window(), 0, 600);
+        let want = single_process(dir.path(), "first", &first);
+        assert_eq!(want.len(), 1);
+        assert!(
+            eventually(Duration::from_secs(40), || has(&out_a, &want)
+                && has(&out_b, &want)),
+            "tables:\n{}\n{}\n{}",
+            read(&out_a),
+            read(&err_a),
+            read(&err_b)
+        );
+        // Both members published, each for its own partitions, all four covered.
+        let mut by_member: BTreeMap<String, BTreeSet<i64>> = BTreeMap::new();
+        for m in summaries(&b).iter().filter(|m| m["kind"] == "window") {
+            assert_eq!(m["summary"]["format"], "hydrus-solve-summary");
+            by_member
+                .entry(m["member"].as_str().unwrap().to_string())
+                .or_default()
+                .insert(m["partition"].as_i64().unwrap());
+        }
+        assert_eq!(by_member.len(), 2, "{by_member:?}");
+        let sets: Vec<&BTreeSet<i64>> = by_member.values().collect();
+        assert!(sets[0].is_disjoint(sets[1]), "{by_member:?}");
+        assert_eq!(sets[0].len() + sets[1].len(), PARTITIONS as usize);
+
+        // One member is stopped (a deploy); records of the window open now are solved all the
+        // same, by the other, once it has taken the stopped member's partitions.
+        let term = Command::new("kill")
+            .args(["-TERM", &m_b.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(term.success());
+        assert!(m_b.wait().unwrap().success(), "{}", read(&err_b));
+        assert!(read(&err_b).contains("left group g"), "{}", read(&err_b));
+        let live = produce(&b, 10_000, early_in_a_window(), 0, 200);
+        let want_live = single_process(dir.path(), "live", &live);
+        assert!(
+            eventually(Duration::from_secs(60), || has(&out_a, &want_live)),
+            "the live window never reached the table:\n{}",
+            read(&err_a)
+        );
+        assert!(has(&out_a, &want), "the earlier windows stay");
+        let _ = a.kill();
+        let _ = a.wait();
+    }
+}

@@ -30,6 +30,9 @@ pub enum FollowError {
     #[cfg(feature = "kafka")]
     #[error(transparent)]
     Kafka(#[from] super::kafka_source::KafkaError),
+    #[cfg(feature = "kafka")]
+    #[error(transparent)]
+    Group(#[from] super::kafka_group::GroupError),
     #[error(transparent)]
     Output(#[from] OutputError),
 }
@@ -106,7 +109,7 @@ pub struct FollowOptions {
 }
 
 /// The k-table being maintained: rows by scenario.
-fn base_rows(out: &Path, window_secs: u32) -> TableRows {
+pub(super) fn base_rows(out: &Path, window_secs: u32) -> TableRows {
     match std::fs::read_to_string(out).ok().map(|t| KTable::parse(&t)) {
         Some(Ok(t)) if t.window_secs() == window_secs => {
             let f = t.to_file();
@@ -132,7 +135,7 @@ fn base_rows(out: &Path, window_secs: u32) -> TableRows {
 
 /// Put a window's report into its slot of the rows (a new scenario's row takes its `k` in
 /// every window, its expectation only in this one).
-fn set_slot(rows: &mut TableRows, r: &WindowReport, windows: usize) {
+pub(super) fn set_slot(rows: &mut TableRows, r: &WindowReport, windows: usize) {
     let row = rows
         .k
         .entry(r.scenario.clone())

@@ -13,6 +13,8 @@ pub mod follow;
 pub mod hedge;
 pub mod input;
 #[cfg(feature = "kafka")]
+pub mod kafka_group;
+#[cfg(feature = "kafka")]
 pub mod kafka_source;
 pub mod output;
 pub mod parallel;

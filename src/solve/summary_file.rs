@@ -56,7 +56,7 @@ pub enum SummaryFileError {
 }
 
 /// A summary file.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SummaryFile {
     pub format: String,
     pub version: u32,
@@ -73,7 +73,7 @@ pub struct SummaryFile {
 }
 
 /// One scenario and window of the day.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WindowEntry {
     pub scenario: String,
     pub window: usize,
@@ -92,14 +92,24 @@ pub struct WindowEntry {
 
 /// The summary file of what `c` read.
 pub fn to_file(c: &Collector<WindowSummary>) -> SummaryFile {
-    let windows = c
-        .pools
-        .iter()
+    let mut f = file_of(c, c.pools.iter(), |w| w);
+    f.read = c.stats.clone();
+    f
+}
+
+/// A summary file of some of `c`'s pools, each window numbered by `window_of` (a collector
+/// keyed by absolute window writes windows of the day); `read` is left empty.
+pub fn file_of<'a>(
+    c: &Collector<WindowSummary>,
+    pools: impl Iterator<Item = (&'a (String, usize), &'a WindowSummary)>,
+    window_of: impl Fn(usize) -> usize,
+) -> SummaryFile {
+    let windows = pools
         .map(|((scenario, window), s)| {
             let p = s.narrowed(FILE_CAP).to_parts();
             WindowEntry {
                 scenario: scenario.clone(),
-                window: *window,
+                window: window_of(*window),
                 records: p.records,
                 base_cost: p.base_cost,
                 base_qoe: p.base_qoe,
@@ -122,7 +132,7 @@ pub fn to_file(c: &Collector<WindowSummary>) -> SummaryFile {
         bucket_bits: MANTISSA_BITS,
         strategy_set: c.strategy_set.clone(),
         newest_ts_ms: c.newest_ts_ms(),
-        read: c.stats.clone(),
+        read: ReadStats::default(),
         windows,
     }
 }
@@ -143,11 +153,21 @@ pub fn read(path: &Path) -> Result<SummaryFile, SummaryFileError> {
         path: path.to_path_buf(),
         source,
     })?;
+    from_bytes(&bytes, path)
+}
+
+/// A summary (a file's bytes, or a Kafka message's, `path` naming it), checked.
+pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<SummaryFile, SummaryFileError> {
     let f: SummaryFile =
-        serde_json::from_slice(&bytes).map_err(|source| SummaryFileError::Parse {
+        serde_json::from_slice(bytes).map_err(|source| SummaryFileError::Parse {
             path: path.to_path_buf(),
             source,
         })?;
+    check(f, path)
+}
+
+/// A parsed summary of the format, version and bucket layout this hydrus reads, else why not.
+pub fn check(f: SummaryFile, path: &Path) -> Result<SummaryFile, SummaryFileError> {
     let incompatible = |what, found: String, wanted: String| {
         Err(SummaryFileError::Incompatible {
             path: path.to_path_buf(),
@@ -173,7 +193,7 @@ pub fn read(path: &Path) -> Result<SummaryFile, SummaryFileError> {
 }
 
 /// A collector holding a summary file's windows.
-fn collector_of(f: SummaryFile, cap: usize, budget: Budget) -> Collector<WindowSummary> {
+pub(crate) fn collector_of(f: SummaryFile, cap: usize, budget: Budget) -> Collector<WindowSummary> {
     let mut c = Collector::with_pool(
         f.window_secs,
         Keying::OfDay,

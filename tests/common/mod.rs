@@ -700,16 +700,23 @@ impl Broker {
     }
 
     pub fn create_topic(&self, name: &str, partitions: u32) {
-        let out = Command::new(which("tansu").unwrap())
-            .args([
-                "topic",
-                "create",
-                "--broker",
-                &format!("tcp://127.0.0.1:{}", self.port),
-            ])
-            .args(["--partitions", &partitions.to_string(), name])
-            .output()
-            .unwrap();
+        self.create_topic_with_config(name, partitions, "");
+    }
+
+    /// A topic with a setting (`cleanup.policy=compact`), empty for none.
+    pub fn create_topic_with_config(&self, name: &str, partitions: u32, config: &str) {
+        let mut cmd = Command::new(which("tansu").unwrap());
+        cmd.args([
+            "topic",
+            "create",
+            "--broker",
+            &format!("tcp://127.0.0.1:{}", self.port),
+        ])
+        .args(["--partitions", &partitions.to_string(), name]);
+        if !config.is_empty() {
+            cmd.args(["--config", config]);
+        }
+        let out = cmd.output().unwrap();
         assert!(
             out.status.success(),
             "{}",

@@ -92,6 +92,9 @@ pub(super) fn run(args: &SolveArgs) -> Result<(), SolveError> {
             poll: Duration::from_millis(500),
             json: args.format == Format::Json,
         };
+        if let Some(summaries) = &args.summaries {
+            return follow_in_group(args, summaries, &opts, &fo);
+        }
         let mut src = follow_source(args)?;
         if keeps_records(&opts) {
             follow::run(&mut *src, &opts, &fo, Instance::new())?;
@@ -121,6 +124,37 @@ pub(super) fn run(args: &SolveArgs) -> Result<(), SolveError> {
         }
     }
     solve_and_write(args, &opts, c, batch, started)
+}
+
+/// `--follow --summaries`: one member of a group of solvers sharing the log topic.
+fn follow_in_group(
+    args: &SolveArgs,
+    summaries: &str,
+    opts: &SolveOptions,
+    fo: &follow::FollowOptions,
+) -> Result<(), SolveError> {
+    if keeps_records(opts) {
+        return Err(SolveError::Flag {
+            flag: "--summaries",
+            must: "solves from summaries: not with --method bisection or --budget-total",
+        });
+    }
+    if !args.logs().starts_with("kafka://") {
+        return Err(SolveError::Flag {
+            flag: "--summaries",
+            must: "needs --logs kafka://BROKERS/TOPIC (the group splits its partitions)",
+        });
+    }
+    #[cfg(feature = "kafka")]
+    {
+        crate::solve::kafka_group::run(args.logs(), summaries, &args.group, opts, fo)?;
+        Ok(())
+    }
+    #[cfg(not(feature = "kafka"))]
+    {
+        let _ = (summaries, fo);
+        Err(SolveError::NoKafka)
+    }
 }
 
 /// Whether to keep every record in memory rather than summaries: bisection evaluates the live

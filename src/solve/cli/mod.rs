@@ -119,6 +119,11 @@ pub struct SolveArgs {
     /// Kafka consumer group (its committed offsets say where to resume).
     #[arg(long, default_value = "hydrus-solver")]
     pub group: String,
+    /// With --follow and Kafka logs: solve in a group. The members of --group split the log
+    /// topic's partitions and publish per-partition window summaries to this compacted topic
+    /// (kafka://BROKERS/TOPIC); each member merges them and writes --out.
+    #[arg(long, requires = "follow")]
+    pub summaries: Option<String>,
     /// What to solve: the Hydrus k-table or the E2E decision table.
     #[arg(long, value_enum, default_value = "hydrus")]
     pub policy: Policy,
