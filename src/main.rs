@@ -23,7 +23,7 @@ enum Command {
         upgrade: bool,
     },
     /// Solve k_t per scenario and window of the day from decision logs; write the k-table.
-    Solve(hydrus::solve::SolveArgs),
+    Solve(Box<hydrus::solve::SolveArgs>),
     /// Trace-driven evaluation: the paper's comparisons and figures on a seeded population.
     Simulate(hydrus::simulate::SimulateArgs),
     /// Check a config file as `serve` would, print OK or every problem with its line, and exit.

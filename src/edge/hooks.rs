@@ -76,10 +76,10 @@ impl ProxyHttp for Proxy {
         let req = session.req_header();
         ctx.grpc = super::grpc::is_grpc(req);
         if Self::header_bytes(req) > limit {
-            return self.refused(session, ctx, "header_too_large", 431).await;
+            return Box::pin(self.refused(session, ctx, "header_too_large", 431)).await;
         }
         if !Self::target_ok(session.req_header()) {
-            return self.refused(session, ctx, "bad_target", 400).await;
+            return Box::pin(self.refused(session, ctx, "bad_target", 400)).await;
         }
         // (An HTTP/2 request says it has no body by ending its stream.)
         let h2_done = session.is_http2() && session.as_mut().is_body_done();
@@ -103,13 +103,18 @@ impl ProxyHttp for Proxy {
             .decision_seconds
             .observe(t0.elapsed().as_secs_f64());
         if !routed {
-            return self.refused(session, ctx, "no_route", 404).await;
+            return Box::pin(self.refused(session, ctx, "no_route", 404)).await;
         }
         if session.req_header().method.is_idempotent() {
             // Lets a failed attempt's request body be sent again to another endpoint.
             session.enable_retry_buffering();
         }
-        self.hedged(session, ctx).await
+        if ctx.state.hedge_after.is_none() {
+            return Ok(false);
+        }
+        // The rare paths (refusals, hedging) are boxed: awaited inline, their futures made this
+        // hook's future, which pingora boxes and copies per request, 36 KB instead of a few.
+        Box::pin(self.hedged(session, ctx)).await
     }
 
     async fn request_body_filter(

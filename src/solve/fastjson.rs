@@ -22,6 +22,56 @@ pub type Value = ((usize, usize), f64, f64);
 
 const MAX_DEPTH: usize = 100;
 
+/// The powers of ten an `f64` holds exactly.
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// The digits of `b` from `*i` on, appended to `mantissa` (wrapping: the caller counts them),
+/// eight at a time while they last (a QoE score has 16).
+fn digits(b: &[u8], i: &mut usize, mantissa: &mut u64) {
+    while let Some(eight) = b.get(*i..*i + 8) {
+        let mut v = u64::from_le_bytes(eight.try_into().unwrap_or_default());
+        let all_digits = (v & 0xF0F0_F0F0_F0F0_F0F0)
+            | ((v.wrapping_add(0x0606_0606_0606_0606) & 0xF0F0_F0F0_F0F0_F0F0) >> 4)
+            == 0x3333_3333_3333_3333;
+        if !all_digits {
+            break;
+        }
+        // Pairs, then fours, then all eight (the first byte is the most significant digit).
+        v -= 0x3030_3030_3030_3030;
+        v = v.wrapping_mul(10).wrapping_add(v >> 8);
+        let v1 = (v & 0x0000_00FF_0000_00FF).wrapping_mul(100 + (1_000_000 << 32));
+        let v2 = ((v >> 16) & 0x0000_00FF_0000_00FF).wrapping_mul(1 + (10_000 << 32));
+        let eight_digits = u64::from((v1.wrapping_add(v2) >> 32) as u32);
+        *mantissa = mantissa
+            .wrapping_mul(100_000_000)
+            .wrapping_add(eight_digits);
+        *i += 8;
+    }
+    while let Some(d) = b.get(*i).filter(|c| c.is_ascii_digit()) {
+        *mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(d - b'0'));
+        *i += 1;
+    }
+}
+
+/// Where the first `"` of `b` is: eight bytes at a time (strings here are short, too short
+/// for memchr's setup to pay).
+fn quote_at(b: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while let Some(eight) = b.get(i..i + 8) {
+        let v = u64::from_le_bytes(eight.try_into().unwrap_or_default()) ^ 0x2222_2222_2222_2222;
+        // The lowest byte that was a quote (now zero) sets the lowest flag.
+        let zero = v.wrapping_sub(0x0101_0101_0101_0101) & !v & 0x8080_8080_8080_8080;
+        if zero != 0 {
+            return Some(i + (zero.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    b[i..].iter().position(|&c| c == b'"').map(|k| i + k)
+}
+
 struct Scanner<'a> {
     /// The line, checked for UTF-8 once (a line that is not goes to serde).
     s: &'a str,
@@ -51,16 +101,13 @@ impl<'a> Scanner<'a> {
         self.b.get(self.i).copied()
     }
 
-    /// A string without escapes or control characters: its contents' byte range.
+    /// A string (the line has no escape or control character: see [`parse`]): its contents'
+    /// byte range.
     fn string(&mut self) -> Option<(usize, usize)> {
         self.eat(b'"')?;
         let start = self.i;
-        let len = self.b[start..]
-            .iter()
-            .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
-        self.i = start + len;
-        (self.b[self.i] == b'"').then_some(())?;
-        self.i += 1;
+        let len = quote_at(&self.b[start..])?;
+        self.i = start + len + 1;
         Some((start, start + len))
     }
 
@@ -104,7 +151,46 @@ impl<'a> Scanner<'a> {
         self.s.get(start..i)
     }
 
+    /// A number as the JSON grammar has it, as `f64`: exactly as the standard library reads
+    /// it, and in one pass when its digits fit in 2^53 and it has at most 22 decimals without
+    /// an exponent (Clinger's fast path: both are exact `f64`s, so one division rounds
+    /// correctly), which is every cost and most QoE scores as `ryu` writes them.
     fn float(&mut self) -> Option<f64> {
+        self.ws();
+        let b = self.b;
+        let start = self.i;
+        let mut i = start;
+        let negative = b.get(i) == Some(&b'-');
+        if negative {
+            i += 1;
+        }
+        let int_start = i;
+        let mut mantissa: u64 = 0;
+        digits(b, &mut i, &mut mantissa);
+        let int_digits = i - int_start;
+        if int_digits == 0 || (b[int_start] == b'0' && int_digits > 1) {
+            return None;
+        }
+        let mut decimals = 0;
+        if b.get(i) == Some(&b'.') {
+            i += 1;
+            let frac_start = i;
+            digits(b, &mut i, &mut mantissa);
+            decimals = i - frac_start;
+            if decimals == 0 {
+                return None;
+            }
+        }
+        if !matches!(b.get(i), Some(b'e' | b'E'))
+            && int_digits + decimals <= 19
+            && mantissa <= 1 << 53
+            && decimals < POW10.len()
+        {
+            self.i = i;
+            let x = mantissa as f64 / POW10[decimals];
+            return Some(if negative { -x } else { x });
+        }
+        self.i = start;
         let x: f64 = self.number()?.parse().ok()?;
         x.is_finite().then_some(x)
     }
@@ -182,8 +268,40 @@ impl<'a> Scanner<'a> {
         self.text().map(Some)
     }
 
+    /// `{"strategy":"NAME","cost":C,"qoe":Q}` exactly as hydrus writes it, else `None` with
+    /// nothing read (the general path reads it, or refuses it).
+    fn value_as_written(&mut self) -> Option<Value> {
+        let start = self.i;
+        let v = self.value_in_order();
+        if v.is_none() {
+            self.i = start;
+        }
+        v
+    }
+
+    fn value_in_order(&mut self) -> Option<Value> {
+        self.expect(b"{\"strategy\":")?;
+        let strategy = self.string()?;
+        self.expect(b",\"cost\":")?;
+        let cost = self.float()?;
+        self.expect(b",\"qoe\":")?;
+        let qoe = self.float()?;
+        self.expect(b"}")?;
+        Some((strategy, cost, qoe))
+    }
+
+    /// The bytes `word`, here.
+    fn expect(&mut self, word: &[u8]) -> Option<()> {
+        self.b[self.i..]
+            .starts_with(word)
+            .then(|| self.i += word.len())
+    }
+
     /// One `{"strategy":..,"cost":..,"qoe":..}` (other members skipped).
     fn value(&mut self) -> Option<Value> {
+        if let Some(v) = self.value_as_written() {
+            return Some(v);
+        }
         self.eat(b'{')?;
         let (mut strategy, mut cost, mut qoe) = (None, None, None);
         if self.peek()? == b'}' {
@@ -220,9 +338,40 @@ impl<'a> Scanner<'a> {
     }
 }
 
+const TS_MS: usize = 0;
+const CHOSEN: usize = 1;
+const VALUE_INFO: usize = 2;
+const SCENARIO: usize = 3;
+const STRATEGY_SET: usize = 4;
+const SCENARIO_RAW: usize = 5;
+
+/// Which field the solver reads `key` is, if any: by its length and first bytes before the
+/// whole of it (the other keys of a record rarely get past the first test).
+fn field_of(key: &[u8]) -> Option<usize> {
+    let (name, field): (&[u8], usize) = match (key.len(), key.first()?) {
+        (5, b't') => (b"ts_ms", TS_MS),
+        (6, b'c') => (b"chosen", CHOSEN),
+        (10, b'v') => (b"value_info", VALUE_INFO),
+        (8, b's') => (b"scenario", SCENARIO),
+        (12, b's') if key[1] == b't' => (b"strategy_set", STRATEGY_SET),
+        (12, b's') => (b"scenario_raw", SCENARIO_RAW),
+        _ => return None,
+    };
+    (key == name).then_some(field)
+}
+
 /// Read `line` (trimmed, not empty); `values` receives `value_info`. `None`: let serde read it.
 pub fn parse(line: &[u8], values: &mut Vec<Value>) -> Option<Fields> {
     values.clear();
+    // No backslash (an escape) and no control character (which a string may not hold, and
+    // whitespace rarely is) anywhere: then a string ends at the next quote. One pass the
+    // compiler vectorizes; a line that has one goes to serde.
+    let odd = line
+        .iter()
+        .fold(false, |odd, &c| odd | (c < 0x20) | (c == b'\\'));
+    if odd {
+        return None;
+    }
     let text = std::str::from_utf8(line).ok()?;
     let mut s = Scanner {
         s: text,
@@ -236,38 +385,38 @@ pub fn parse(line: &[u8], values: &mut Vec<Value>) -> Option<Fields> {
     loop {
         let key = s.text()?;
         s.eat(b':')?;
-        let field = match &line[key.0..key.1] {
-            b"ts_ms" => {
+        let field = match field_of(&line[key.0..key.1]) {
+            Some(TS_MS) => {
                 f.ts_ms = s.number()?.parse().ok()?;
-                0
+                TS_MS
             }
-            b"chosen" => {
+            Some(CHOSEN) => {
                 f.chosen = s.text()?;
-                1
+                CHOSEN
             }
-            b"value_info" => {
+            Some(VALUE_INFO) => {
                 s.values(values)?;
-                2
+                VALUE_INFO
             }
-            b"scenario" => {
+            Some(SCENARIO) => {
                 f.scenario = s.optional_string()?;
-                3
+                SCENARIO
             }
-            b"strategy_set" => {
+            Some(STRATEGY_SET) => {
                 f.strategy_set = s.optional_string()?;
-                4
+                STRATEGY_SET
             }
-            b"scenario_raw" => {
-                // serde reads `null` as absent.
+            Some(_) => {
+                // `scenario_raw`: serde reads `null` as absent.
                 if s.peek()? == b'n' {
                     s.literal(b"null")?;
                 } else {
                     s.skip(1)?;
                     f.scenario_raw = true;
                 }
-                5
+                SCENARIO_RAW
             }
-            _ => {
+            None => {
                 s.skip(1)?;
                 usize::MAX
             }

@@ -88,10 +88,9 @@ fn open_piece(piece: &Piece) -> Result<(Box<dyn BufRead>, u64), InputError> {
 /// Read the lines `piece` owns into a fresh collector like `proto`.
 fn read_piece<P: Pool>(
     piece: &Piece,
-    proto: &Collector<P>,
+    c: &mut Collector<P>,
     bar: Option<&ProgressBar>,
-) -> Result<(Collector<P>, Vec<PieceLines>), InputError> {
-    let mut c = proto.clone();
+) -> Result<PieceLines, InputError> {
     let name = piece.file.display().to_string();
     // Offset of the next line's first byte (a gzip'd piece has no end).
     let (mut r, mut pos) = open_piece(piece)?;
@@ -103,26 +102,40 @@ fn read_piece<P: Pool>(
         malformed: Vec::new(),
     };
     let mut unreported = 0u64;
+    // Lines are read where they lie in the reader's buffer; only one that crosses the
+    // buffer's end is copied (into `buf`).
+    let io = |source| InputError::Read {
+        name: name.clone(),
+        source,
+    };
     while piece.gz || pos < piece.end {
-        buf.clear();
-        let n = r
-            .read_until(b'\n', &mut buf)
-            .map_err(|source| InputError::Read {
-                name: name.clone(),
-                source,
-            })?;
-        if n == 0 {
+        let avail = r.fill_buf().map_err(io)?;
+        if avail.is_empty() {
+            if !buf.is_empty() {
+                c.incomplete();
+            }
             break;
         }
-        if buf.last() != Some(&b'\n') {
-            c.incomplete();
-            break;
-        }
+        let Some(k) = memchr::memchr(b'\n', avail) else {
+            buf.extend_from_slice(avail);
+            let n = avail.len();
+            r.consume(n);
+            continue;
+        };
+        let n = buf.len() + k + 1;
+        let line = if buf.is_empty() {
+            &avail[..k]
+        } else {
+            buf.extend_from_slice(&avail[..k]);
+            &buf[..]
+        };
         pos += n as u64;
         lines.lines += 1;
         unreported += n as u64;
         let examples = c.stats.malformed_examples.len();
-        c.line(&buf[..n - 1], &String::new);
+        c.line(line, &String::new);
+        r.consume(k + 1);
+        buf.clear();
         if c.stats.malformed_examples.len() > examples {
             // Named once the lines of the pieces before are known.
             let why = c.stats.malformed_examples.pop().unwrap_or_default();
@@ -140,7 +153,7 @@ fn read_piece<P: Pool>(
     if let Some(b) = bar {
         b.inc(unreported);
     }
-    Ok((c, vec![lines]))
+    Ok(lines)
 }
 
 /// The first malformed lines of all pieces, named `file:line` as a single reader would.
@@ -179,7 +192,15 @@ pub fn read_path_parallel<P: Pool + Send + Sync>(
     let bar = progress(total);
     let (mut c, lines) = pieces(&files, chunk_bytes)
         .par_iter()
-        .map(|p| read_piece(p, proto, bar.as_ref()))
+        // One collector for the pieces a thread reads in a row: their windows' summaries are
+        // allocated (and zeroed) once, not per piece.
+        .try_fold(
+            || (proto.clone(), Vec::new()),
+            |(mut c, mut lines), p| {
+                lines.push(read_piece(p, &mut c, bar.as_ref())?);
+                Ok::<_, InputError>((c, lines))
+            },
+        )
         .try_reduce(
             || (proto.clone(), Vec::new()),
             |(mut a, mut la), (b, lb)| {

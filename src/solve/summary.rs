@@ -145,7 +145,13 @@ impl WindowSummary {
         if self.pages.len() <= octave {
             self.pages.resize(OCTAVES.max(octave + 1), None);
         }
-        self.pages[octave].get_or_insert_with(|| vec![Bucket::default(); PAGE].into_boxed_slice())
+        self.pages[octave].get_or_insert_with(|| {
+            // Written, not `calloc`ed: the first touch of a calloc'ed page maps the shared zero
+            // page, and the first add then copies it and flushes every core's TLB.
+            let mut page = Vec::with_capacity(PAGE);
+            page.resize(PAGE, Bucket::default());
+            page.into_boxed_slice()
+        })
     }
 
     fn bucket_mut(&mut self, key: u32) -> &mut Bucket {

@@ -123,3 +123,29 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(5000))]
+
+    /// Numbers, as serde_json writes any `f64` and as decimals of any length: the scanner's
+    /// one-pass reading (eight digits at a time, one exact division) gives serde's `f64`.
+    #[test]
+    fn numbers_read_as_serde_reads_them(
+        x in any::<f64>().prop_filter("finite", |x| x.is_finite()),
+        int in "[0-9]{1,20}",
+        frac in "[0-9]{1,30}",
+        negative in any::<bool>(),
+    ) {
+        let int = if int.starts_with('0') { "0" } else { int.as_str() };
+        let sign = if negative { "-" } else { "" };
+        let decimal = format!("{sign}{int}.{frac}");
+        for text in [serde_json::to_string(&x).unwrap_or_default(), decimal] {
+            let line = format!(
+                r#"{{"ts_ms":1,"chosen":"a","value_info":[{{"strategy":"a","cost":{text},"qoe":{text}}}]}}"#
+            );
+            let fast = by_scanner(line.as_bytes());
+            prop_assert!(fast.is_some(), "{}", line);
+            prop_assert_eq!(fast, by_serde(line.as_bytes()), "{}", line);
+        }
+    }
+}
