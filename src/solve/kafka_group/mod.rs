@@ -16,13 +16,13 @@
 //! the windows still open again. Records of a window the partition's progress has passed are
 //! late; they are counted, never published over the window's summary.
 
-use super::follow::{base_rows, set_slot, FollowError, FollowOptions};
+use super::follow::{base_rows, FollowError, FollowOptions};
 use super::input::{Collector, Keying, LineSink};
 use super::kafka_source::parse_url;
-use super::output::{print_table, table_from_rows, write_ktable, TableRows};
+use super::output::{print_table, table_from_rows, write_ktable};
 use super::summary::{WindowSummary, DEFAULT_CAP};
-use super::summary_file::{self, SummaryFile};
-use super::{SolveOptions, WindowData, WindowReport};
+use super::summary_file;
+use super::SolveOptions;
 use crate::state::now_ms;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -30,12 +30,14 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+mod merger;
+
+use merger::{GroupMessage, Merger};
 
 type RdKafkaError = Box<rdkafka::error::KafkaError>;
 
@@ -63,29 +65,6 @@ pub enum GroupError {
     Poll(#[source] RdKafkaError),
     #[error("{topic}: {failed} summary message(s) not delivered")]
     Delivery { topic: String, failed: u64 },
-}
-
-/// What the summaries topic carries (JSON, tagged by `kind`); README, "Solving in a group".
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-enum GroupMessage {
-    /// One log partition's summary of one absolute window.
-    Window {
-        log_topic: String,
-        partition: i32,
-        partitions: usize,
-        window_abs: usize,
-        member: String,
-        summary: SummaryFile,
-    },
-    /// Every window of the partition up to `closed_through` is published.
-    Progress {
-        log_topic: String,
-        partition: i32,
-        partitions: usize,
-        closed_through: usize,
-        member: String,
-    },
 }
 
 /// Counts the summary messages the broker did not take.
@@ -116,15 +95,6 @@ struct Held {
     next: i64,
     /// Per absolute window: the offset of its first record here.
     window_first: BTreeMap<usize, i64>,
-}
-
-/// The windows published by every partition, merged once all partitions have passed them.
-#[derive(Default)]
-struct Merger {
-    parts: BTreeMap<usize, BTreeMap<i32, SummaryFile>>,
-    progress: BTreeMap<i32, usize>,
-    /// Windows with summaries not yet in the table.
-    dirty: BTreeSet<usize>,
 }
 
 /// A member of a solver group.
@@ -529,105 +499,6 @@ impl Member {
         self.logs
             .commit(&tpl, CommitMode::Sync)
             .map_err(topic_err(&self.log_topic, "commit"))
-    }
-}
-
-impl Merger {
-    /// Take one message of the summaries topic (of our log topic; others are skipped).
-    fn receive(&mut self, bytes: &[u8], name: &str, log_topic: &str, partitions: usize) {
-        let msg = match serde_json::from_slice::<GroupMessage>(bytes) {
-            Ok(m) => m,
-            Err(e) => {
-                log::warn!("{name}: not a summary message: {e}");
-                return;
-            }
-        };
-        match msg {
-            GroupMessage::Window {
-                log_topic: t,
-                partitions: n,
-                ..
-            }
-            | GroupMessage::Progress {
-                log_topic: t,
-                partitions: n,
-                ..
-            } if t != log_topic || n != partitions => {}
-            GroupMessage::Window {
-                partition,
-                window_abs,
-                summary,
-                ..
-            } => match summary_file::check(summary, Path::new(name)) {
-                Ok(s) => {
-                    self.parts
-                        .entry(window_abs)
-                        .or_default()
-                        .insert(partition, s);
-                    self.dirty.insert(window_abs);
-                }
-                Err(e) => log::warn!("{e}"),
-            },
-            GroupMessage::Progress {
-                partition,
-                closed_through,
-                ..
-            } => {
-                let d = self.progress.entry(partition).or_insert(closed_through);
-                *d = (*d).max(closed_through);
-            }
-        }
-    }
-
-    /// Whether every partition has published window `w`.
-    fn ready(&self, w: usize, partitions: usize) -> bool {
-        (0..partitions as i32).all(|p| self.progress.get(&p).is_some_and(|d| *d >= w))
-    }
-
-    /// Merge and solve every window all partitions have published and not yet solved; put
-    /// them in `rows`. Returns the reports and the strategy set.
-    fn solve_ready(
-        &mut self,
-        partitions: usize,
-        opts: &SolveOptions,
-        rows: &mut TableRows,
-    ) -> (Vec<WindowReport>, Option<String>) {
-        let windows = (86_400 / opts.window_secs) as usize;
-        let ready: Vec<usize> = self
-            .dirty
-            .iter()
-            .copied()
-            .filter(|w| self.ready(*w, partitions))
-            .collect();
-        let (mut reports, mut set) = (Vec::new(), None);
-        for w in ready {
-            self.dirty.remove(&w);
-            let Some(parts) = self.parts.get(&w) else {
-                continue;
-            };
-            let mut merged: Option<Collector<WindowSummary>> = None;
-            for f in parts.values() {
-                let c = summary_file::collector_of(f.clone(), DEFAULT_CAP, opts.budget);
-                match &mut merged {
-                    Some(m) => m.merge(c),
-                    None => merged = Some(c),
-                }
-            }
-            let Some(c) = merged else { continue };
-            for ((scenario, _), pool) in &c.pools {
-                if pool.has_records() {
-                    let r = pool.window_report(scenario, w % windows, opts);
-                    set_slot(rows, &r, windows);
-                    reports.push(r);
-                }
-            }
-            set = c.strategy_set.clone().or(set);
-        }
-        // A day back is kept: an old window's summary sent again is merged with its fellows.
-        if let Some(newest) = self.parts.keys().next_back().copied() {
-            self.parts.retain(|w, _| w + windows >= newest);
-        }
-        (reports, set)
     }
 }
 
