@@ -430,6 +430,31 @@ mod group {
             read(&err_b)
         );
         std::thread::sleep(Duration::from_secs(2));
+        // Steady traffic of another scenario all along: the topic is never idle, and windows
+        // are published all the same.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let steady = {
+            let (stop, url) = (stop.clone(), b.url());
+            std::thread::spawn(move || {
+                let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+                    .set("bootstrap.servers", &url)
+                    .set("linger.ms", "0")
+                    .create()
+                    .unwrap();
+                let mut i = 100_000u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let mut buf = Vec::new();
+                    record(now_ms(), i, "feed", "s10").encode_into(&mut buf);
+                    let r = BaseRecord::<(), [u8]>::to("logs")
+                        .partition((i % PARTITIONS as u64) as i32)
+                        .payload(buf.strip_suffix(b"\n").unwrap());
+                    let _ = p.send(r);
+                    i += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                p.flush(Duration::from_secs(5)).unwrap();
+            })
+        };
 
         // Records of the window open now (proxies write them as they decide).
         let first = produce(&b, 0, early_in_a_window(), 0, 600);
@@ -474,6 +499,8 @@ mod group {
             read(&err_a)
         );
         assert!(has(&out_a, &want), "the earlier windows stay");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        steady.join().unwrap();
         let _ = a.kill();
         let _ = a.wait();
     }

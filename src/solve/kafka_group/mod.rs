@@ -265,8 +265,15 @@ impl Member {
         })
     }
 
-    /// Read the log partitions held until nothing more comes; follow the group's assignment.
-    fn poll_logs(&mut self) -> Result<(), GroupError> {
+    /// Read the log partitions held up to their `marks` (at least until nothing more comes),
+    /// for at most `budget`; follow the group's assignment.
+    fn poll_logs(
+        &mut self,
+        marks: &BTreeMap<i32, i64>,
+        budget: Duration,
+    ) -> Result<(), GroupError> {
+        // Bounded: under steady traffic the topic is never idle, and a fetch may take a while.
+        let until = std::time::Instant::now() + budget;
         loop {
             let mut n = 0;
             let mut wait = Duration::from_millis(100);
@@ -286,7 +293,11 @@ impl Member {
                 }
             }
             self.follow_assignment()?;
-            if n == 0 {
+            let behind = self
+                .held
+                .iter()
+                .any(|(p, h)| marks.get(p).is_some_and(|m| h.next < *m));
+            if (n == 0 && !behind) || std::time::Instant::now() >= until {
                 return Ok(());
             }
         }
@@ -386,16 +397,14 @@ impl Member {
         }
     }
 
-    /// The partitions held and read to their end.
-    fn caught_up(&self) -> Result<Vec<i32>, GroupError> {
-        let mut ready = Vec::new();
-        for (p, h) in &self.held {
-            let (_, high) = self.watermarks(*p)?;
-            if h.next >= high {
-                ready.push(*p);
-            }
+    /// The high watermark of each partition held: once a partition is read up to the mark
+    /// taken after a window closed, every record written before it closed has been read.
+    fn high_marks(&self) -> Result<BTreeMap<i32, i64>, GroupError> {
+        let mut marks = BTreeMap::new();
+        for p in self.held.keys() {
+            marks.insert(*p, self.watermarks(*p)?.1);
         }
-        Ok(ready)
+        Ok(marks)
     }
 
     fn send(&self, key: &str, value: &GroupMessage) -> Result<(), GroupError> {
@@ -416,10 +425,21 @@ impl Member {
         }
     }
 
-    /// Publish every window up to `closed` of the partitions read to their end, then commit
-    /// their offsets up to the first record of a window still open.
-    fn publish(&mut self, closed: usize, windows: usize) -> Result<(), GroupError> {
-        let ready = self.caught_up()?;
+    /// Publish every window up to `closed` of the partitions read up to their `marks` (taken
+    /// once `closed` had closed), then commit their offsets up to the first record of a window
+    /// still open.
+    fn publish(
+        &mut self,
+        closed: usize,
+        windows: usize,
+        marks: &BTreeMap<i32, i64>,
+    ) -> Result<(), GroupError> {
+        let ready: Vec<i32> = self
+            .held
+            .iter()
+            .filter(|(p, h)| marks.get(p).is_some_and(|m| h.next >= *m))
+            .map(|(p, _)| *p)
+            .collect();
         let failed_before = self.producer.context().failed.load(Ordering::Relaxed);
         let mut sent = Vec::new();
         for p in ready {
@@ -529,11 +549,13 @@ pub fn run(
         }
     }
     while !stop.load(Ordering::Relaxed) {
-        member.poll_logs()?;
+        let closed = last_closed(opts.window_secs, fo.lateness);
+        let marks = member.high_marks()?;
+        member.poll_logs(&marks, Duration::from_secs(5))?;
         member.read_summaries()?;
-        if let Some(closed) = last_closed(opts.window_secs, fo.lateness) {
+        if let Some(closed) = closed {
             let late = member.late;
-            member.publish(closed, windows)?;
+            member.publish(closed, windows, &marks)?;
             member.read_summaries()?;
             if member.late > late {
                 log::warn!(
