@@ -407,6 +407,75 @@ mod group {
         })
     }
 
+    /// One `solve --follow` on a topic that is never idle (a record every 20 ms) solves each
+    /// window once it closes, from all of its records.
+    #[test]
+    fn a_follower_solves_windows_while_traffic_never_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Broker::start();
+        b.create_topic("logs", 2);
+        let out = dir.path().join("k.yaml");
+        let mut follower = Command::new(bin())
+            .args(["solve", "--follow", "--window", "10s", "--lateness", "1s"])
+            .args(["--group", "single", "--logs"])
+            .arg(format!("kafka://{}/logs", b.url()))
+            .arg("--out")
+            .arg(&out)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let produced = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let steady = {
+            let (produced, stop, url) = (produced.clone(), stop.clone(), b.url());
+            std::thread::spawn(move || {
+                let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+                    .set("bootstrap.servers", &url)
+                    .set("linger.ms", "0")
+                    .create()
+                    .unwrap();
+                let choices = ["s10", "s20", "s30", "s40"];
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let r = record(now_ms(), i, "default", choices[(i % 4) as usize]);
+                    let mut buf = Vec::new();
+                    r.encode_into(&mut buf);
+                    p.send(
+                        BaseRecord::<(), [u8]>::to("logs")
+                            .partition((i % 2) as i32)
+                            .payload(buf.strip_suffix(b"\n").unwrap()),
+                    )
+                    .unwrap();
+                    produced.lock().unwrap().push(r);
+                    i += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                p.flush(Duration::from_secs(5)).unwrap();
+            })
+        };
+        // The first window that starts after traffic did: all of its records are produced.
+        let first = (now_ms() / WINDOW_MS + 1) * WINDOW_MS;
+        while now_ms() < first + WINDOW_MS + 500 {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let in_window: Vec<LogRecord> = produced
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.ts_ms / WINDOW_MS == first / WINDOW_MS)
+            .cloned()
+            .collect();
+        assert!(in_window.len() > 300, "{}", in_window.len());
+        let want = single_process(dir.path(), "window", &in_window);
+        let solved = eventually(Duration::from_secs(30), || has(&out, &want));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        steady.join().unwrap();
+        let _ = follower.kill();
+        let _ = follower.wait();
+        assert!(solved, "the window was never solved: {want:?}");
+    }
+
     #[test]
     fn members_split_the_partitions_and_each_writes_the_single_process_table() {
         let dir = tempfile::tempdir().unwrap();
