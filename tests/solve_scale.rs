@@ -344,24 +344,33 @@ mod group {
         recs
     }
 
-    /// Every message of the summaries topic.
+    /// Every message of the summaries topic (tombstones left out), read to its end.
     fn summaries(b: &Broker) -> Vec<serde_json::Value> {
         let c: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", b.url())
             .set("group.id", format!("reader-{}", free_port()))
-            .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "false")
             .create()
             .unwrap();
-        c.subscribe(&["summaries"]).unwrap();
+        let (_, high) = c
+            .fetch_watermarks("summaries", 0, Duration::from_secs(10))
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset("summaries", 0, rdkafka::Offset::Beginning)
+            .unwrap();
+        c.assign(&tpl).unwrap();
         let mut out = Vec::new();
-        let mut idle = Instant::now();
-        while idle.elapsed() < Duration::from_secs(3) {
+        let mut next = 0;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while next < high && Instant::now() < deadline {
             if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
-                out.push(serde_json::from_slice(m.payload().unwrap()).unwrap());
-                idle = Instant::now();
+                next = m.offset() + 1;
+                if let Some(p) = m.payload() {
+                    out.push(serde_json::from_slice(p).unwrap());
+                }
             }
         }
+        assert!(next >= high, "summaries read to {next} of {high}");
         out
     }
 

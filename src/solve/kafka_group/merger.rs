@@ -31,6 +31,7 @@ pub(super) enum GroupMessage {
         partition: i32,
         partitions: usize,
         closed_through: usize,
+        window_secs: u32,
         member: String,
     },
 }
@@ -42,11 +43,14 @@ pub(super) struct Merger {
     pub(super) progress: BTreeMap<i32, usize>,
     /// Windows with summaries not yet in the table.
     dirty: BTreeSet<usize>,
+    /// Per window of the day: the absolute window whose solution is in the table's slot.
+    slots: BTreeMap<usize, usize>,
 }
 
 impl Merger {
-    /// Take one message of the summaries topic (of our log topic; others are skipped).
-    pub(super) fn receive(&mut self, bytes: &[u8], name: &str, log_topic: &str, partitions: usize) {
+    /// Take one message of the summaries topic: those of our log topic, partition count and
+    /// window length (`ours`); others are skipped.
+    pub(super) fn receive(&mut self, bytes: &[u8], name: &str, ours: (&str, usize, u32)) {
         let msg = match serde_json::from_slice::<GroupMessage>(bytes) {
             Ok(m) => m,
             Err(e) => {
@@ -54,32 +58,42 @@ impl Merger {
                 return;
             }
         };
+        let (log_topic, partitions, window_secs) = ours;
+        let newest = self.progress.values().max().copied().unwrap_or(0);
         match msg {
             GroupMessage::Window {
                 log_topic: t,
                 partitions: n,
+                ref summary,
                 ..
-            }
-            | GroupMessage::Progress {
+            } if t != log_topic || n != partitions || summary.window_secs != window_secs => {}
+            GroupMessage::Progress {
                 log_topic: t,
                 partitions: n,
+                window_secs: w,
                 ..
-            } if t != log_topic || n != partitions => {}
+            } if t != log_topic || n != partitions || w != window_secs => {}
             GroupMessage::Window {
                 partition,
                 window_abs,
                 summary,
                 ..
-            } => match summary_file::check(summary, Path::new(name)) {
-                Ok(s) => {
-                    self.parts
-                        .entry(window_abs)
-                        .or_default()
-                        .insert(partition, s);
-                    self.dirty.insert(window_abs);
+            } => {
+                let windows = (86_400 / window_secs.max(1)) as usize;
+                if window_abs + windows <= newest {
+                    return; // a day and more old: its slot holds a newer window
                 }
-                Err(e) => log::warn!("{e}"),
-            },
+                match summary_file::check(summary, Path::new(name)) {
+                    Ok(s) => {
+                        self.parts
+                            .entry(window_abs)
+                            .or_default()
+                            .insert(partition, s);
+                        self.dirty.insert(window_abs);
+                    }
+                    Err(e) => log::warn!("{e}"),
+                }
+            }
             GroupMessage::Progress {
                 partition,
                 closed_through,
@@ -126,6 +140,11 @@ impl Merger {
                 }
             }
             let Some(c) = merged else { continue };
+            let slot = self.slots.entry(w % windows).or_insert(w);
+            if *slot > w {
+                continue; // the slot holds a newer window
+            }
+            *slot = w;
             for ((scenario, _), pool) in &c.pools {
                 if pool.has_records() {
                     let r = pool.window_report(scenario, w % windows, opts);

@@ -18,75 +18,27 @@
 
 use super::follow::{base_rows, FollowError, FollowOptions};
 use super::input::{Collector, Keying, LineSink};
-use super::kafka_source::parse_url;
 use super::output::{print_table, table_from_rows, write_ktable};
 use super::summary::{WindowSummary, DEFAULT_CAP};
 use super::summary_file;
 use super::SolveOptions;
 use crate::state::now_ms;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::message::{DeliveryResult, Message};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod client;
 mod merger;
 
+pub use client::GroupError;
+use client::{client, created, member_name, partitions_of, split, topic_err, Delivery, TIMEOUT};
 use merger::{GroupMessage, Merger};
-
-type RdKafkaError = Box<rdkafka::error::KafkaError>;
-
-/// Why a member of a solver group stopped; each names the topic or brokers at fault.
-#[derive(Debug, thiserror::Error)]
-pub enum GroupError {
-    #[error("{url}: expected kafka://BROKERS/TOPIC")]
-    Url { url: String },
-    #[error("kafka client for {brokers}: {source}")]
-    Client {
-        brokers: String,
-        #[source]
-        source: RdKafkaError,
-    },
-    #[error("{topic}: {what}: {source}")]
-    Topic {
-        topic: String,
-        what: &'static str,
-        #[source]
-        source: RdKafkaError,
-    },
-    #[error("{topic}: no such topic, or it has no partitions")]
-    NoTopic { topic: String },
-    #[error("kafka: {0}")]
-    Poll(#[source] RdKafkaError),
-    #[error("{topic}: {failed} summary message(s) not delivered")]
-    Delivery { topic: String, failed: u64 },
-}
-
-/// Counts the summary messages the broker did not take.
-#[derive(Default)]
-struct Delivery {
-    failed: AtomicU64,
-}
-
-impl ClientContext for Delivery {}
-
-impl ProducerContext for Delivery {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = result {
-            log::error!("summary not delivered: {e}");
-            self.failed.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One log partition this member holds.
 struct Held {
@@ -113,53 +65,7 @@ pub struct Member {
     merger: Merger,
     /// Records of windows already published, dropped.
     late: u64,
-}
-
-fn split(url: &str) -> Result<(String, String), GroupError> {
-    parse_url(url).ok_or_else(|| GroupError::Url {
-        url: url.to_string(),
-    })
-}
-
-fn client(brokers: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", brokers);
-    c
-}
-
-fn created<T>(brokers: &str, r: rdkafka::error::KafkaResult<T>) -> Result<T, GroupError> {
-    r.map_err(|e| GroupError::Client {
-        brokers: brokers.to_string(),
-        source: Box::new(e),
-    })
-}
-
-fn topic_err(topic: &str, what: &'static str) -> impl Fn(rdkafka::error::KafkaError) -> GroupError {
-    let topic = topic.to_string();
-    move |e| GroupError::Topic {
-        topic: topic.clone(),
-        what,
-        source: Box::new(e),
-    }
-}
-
-/// The partition ids of `topic`.
-fn partitions_of(c: &BaseConsumer, topic: &str) -> Result<Vec<i32>, GroupError> {
-    let md = c
-        .fetch_metadata(Some(topic), TIMEOUT)
-        .map_err(topic_err(topic, "metadata"))?;
-    let ids: Vec<i32> = md
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if ids.is_empty() {
-        return Err(GroupError::NoTopic {
-            topic: topic.to_string(),
-        });
-    }
-    Ok(ids)
+    window_secs: u32,
 }
 
 /// One record of log partition `p` at offset `o` into its holder's summaries.
@@ -185,14 +91,6 @@ fn take(
         }
     }
     h.next = o + 1;
-}
-
-/// `host/pid`: which member published a summary.
-fn member_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "host".into());
-    format!("{host}/{}", std::process::id())
 }
 
 impl Member {
@@ -262,6 +160,7 @@ impl Member {
             template,
             merger: Merger::default(),
             late: 0,
+            window_secs: opts.window_secs,
         })
     }
 
@@ -293,10 +192,10 @@ impl Member {
                 }
             }
             self.follow_assignment()?;
-            let behind = self
-                .held
+            let positions = self.positions()?;
+            let behind = positions
                 .iter()
-                .any(|(p, h)| marks.get(p).is_some_and(|m| h.next < *m));
+                .any(|(p, o)| marks.get(p).is_some_and(|m| o < m));
             if (n == 0 && !behind) || std::time::Instant::now() >= until {
                 return Ok(());
             }
@@ -366,23 +265,28 @@ impl Member {
             .map_err(topic_err(&self.log_topic, "watermarks"))
     }
 
-    /// Read the summaries topic to its end.
-    fn read_summaries(&mut self) -> Result<(), GroupError> {
-        let mut high = BTreeMap::new();
+    /// Read the summaries topic to its end; false when it could not within 30 s (then this
+    /// member must not publish: it may not know every partition's progress yet).
+    fn read_summaries(&mut self) -> Result<bool, GroupError> {
+        let mut marks = BTreeMap::new();
         for p in &self.summary_partitions {
-            let (_, h) = self
+            let (low, high) = self
                 .summaries
                 .fetch_watermarks(&self.summary_topic, *p, TIMEOUT)
                 .map_err(topic_err(&self.summary_topic, "watermarks"))?;
-            high.insert(*p, h);
+            marks.insert(*p, (low, high));
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let done = high
+            let done = marks
                 .iter()
-                .all(|(p, h)| self.summary_next.get(p).copied().unwrap_or(0) >= *h);
-            if done || std::time::Instant::now() > deadline {
-                return Ok(());
+                .all(|(p, (low, high))| self.summary_next.get(p).copied().unwrap_or(*low) >= *high);
+            if done {
+                return Ok(true);
+            }
+            if std::time::Instant::now() > deadline {
+                log::warn!("{}: not read to its end within 30 s", self.summary_topic);
+                return Ok(false);
             }
             let Some(m) = self.summaries.poll(Duration::from_millis(200)) else {
                 continue;
@@ -391,8 +295,8 @@ impl Member {
             self.summary_next.insert(m.partition(), m.offset() + 1);
             let name = format!("{}[{}]@{}", self.summary_topic, m.partition(), m.offset());
             if let Some(bytes) = m.payload() {
-                self.merger
-                    .receive(bytes, &name, &self.log_topic, self.partitions);
+                let ours = (self.log_topic.as_str(), self.partitions, self.window_secs);
+                self.merger.receive(bytes, &name, ours);
             }
         }
     }
@@ -407,12 +311,20 @@ impl Member {
         Ok(marks)
     }
 
-    fn send(&self, key: &str, value: &GroupMessage) -> Result<(), GroupError> {
-        let payload = serde_json::to_vec(value).unwrap_or_default();
+    /// Send one message (`None`: a tombstone) for log partition `p`: all of a log partition's
+    /// messages go to one summaries partition, so they are read in the order sent.
+    fn send(&self, p: i32, key: &str, value: Option<&GroupMessage>) -> Result<(), GroupError> {
+        let payload = value.and_then(|v| serde_json::to_vec(v).ok());
+        // (Never empty: `partitions_of` refuses a topic without partitions.)
+        let n = self.summary_partitions.len() as i32;
+        let partition = self.summary_partitions[p.rem_euclid(n) as usize];
         loop {
-            let r = BaseRecord::to(&self.summary_topic)
+            let mut r = BaseRecord::<str, Vec<u8>>::to(&self.summary_topic)
                 .key(key)
-                .payload(&payload);
+                .partition(partition);
+            if let Some(payload) = &payload {
+                r = r.payload(payload);
+            }
             match self.producer.send(r) {
                 Ok(()) => return Ok(()),
                 Err((e, _)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
@@ -427,24 +339,28 @@ impl Member {
 
     /// Publish every window up to `closed` of the partitions read up to their `marks` (taken
     /// once `closed` had closed), then commit their offsets up to the first record of a window
-    /// still open.
+    /// still open. Windows are delivered before the progress that vouches for them.
     fn publish(
         &mut self,
         closed: usize,
         windows: usize,
         marks: &BTreeMap<i32, i64>,
     ) -> Result<(), GroupError> {
+        let positions = self.positions()?;
         let ready: Vec<i32> = self
             .held
-            .iter()
-            .filter(|(p, h)| marks.get(p).is_some_and(|m| h.next >= *m))
-            .map(|(p, _)| *p)
+            .keys()
+            .filter(|p| {
+                marks
+                    .get(p)
+                    .is_some_and(|m| positions.get(p).is_some_and(|o| o >= m))
+            })
+            .copied()
             .collect();
-        let failed_before = self.producer.context().failed.load(Ordering::Relaxed);
-        let mut sent = Vec::new();
-        for p in ready {
+        let mut progressed = Vec::new();
+        for &p in &ready {
             let done = self.merger.progress.get(&p).copied();
-            let Some(h) = self.held.get_mut(&p) else {
+            let Some(h) = self.held.get(&p) else {
                 continue;
             };
             let due: BTreeSet<usize> = h
@@ -454,15 +370,12 @@ impl Member {
                 .map(|(_, w)| *w)
                 .filter(|w| *w <= closed)
                 .collect();
-            let (late, fresh): (Vec<usize>, Vec<usize>) =
-                due.into_iter().partition(|w| done.is_some_and(|d| *w <= d));
             for ((_, w), pool) in &h.collector.pools {
-                if late.contains(w) {
+                if due.contains(w) && done.is_some_and(|d| *w <= d) {
                     self.late += pool.records;
                 }
             }
-            let h = &self.held[&p];
-            for w in &fresh {
+            for w in due.iter().filter(|w| done.is_none_or(|d| **w > d)) {
                 let pools = h.collector.pools.iter().filter(|(k, _)| k.1 == *w);
                 let summary = summary_file::file_of(&h.collector, pools, |a| a % windows);
                 let msg = GroupMessage::Window {
@@ -473,38 +386,78 @@ impl Member {
                     member: self.name.clone(),
                     summary,
                 };
-                self.send(&format!("{}/w/{w}/{p}", self.log_topic), &msg)?;
+                self.send(p, &self.window_key(*w, p), Some(&msg))?;
+                // The same window a day and more back is of no more use: compaction drops it.
+                if let Some(old) = w.checked_sub(windows + 1) {
+                    self.send(p, &self.window_key(old, p), None)?;
+                }
             }
             if done.is_none_or(|d| d < closed) {
-                let msg = GroupMessage::Progress {
-                    log_topic: self.log_topic.clone(),
-                    partition: p,
-                    partitions: self.partitions,
-                    closed_through: closed,
-                    member: self.name.clone(),
-                };
-                self.send(&format!("{}/progress/{p}", self.log_topic), &msg)?;
+                progressed.push(p);
             }
-            sent.push(p);
         }
-        if sent.is_empty() {
+        if ready.is_empty() {
             return Ok(());
         }
+        self.delivered()?;
+        for &p in &progressed {
+            let msg = GroupMessage::Progress {
+                log_topic: self.log_topic.clone(),
+                partition: p,
+                partitions: self.partitions,
+                closed_through: closed,
+                window_secs: self.window_secs,
+                member: self.name.clone(),
+            };
+            let key = format!("{}/{}/progress/{p}", self.log_topic, self.window_secs);
+            self.send(p, &key, Some(&msg))?;
+        }
+        self.delivered()?;
+        self.commit(&ready, closed);
+        Ok(())
+    }
+
+    fn window_key(&self, w: usize, p: i32) -> String {
+        format!("{}/{}/w/{w}/{p}", self.log_topic, self.window_secs)
+    }
+
+    /// Wait until everything sent is delivered; an error if anything was not.
+    fn delivered(&self) -> Result<(), GroupError> {
+        let failed_before = self.producer.context().failed.load(Ordering::Relaxed);
         self.producer
             .flush(Duration::from_secs(30))
             .map_err(topic_err(&self.summary_topic, "flush"))?;
-        let failed = self.producer.context().failed.load(Ordering::Relaxed) - failed_before;
-        if failed > 0 {
+        let failed = self.producer.context().failed.swap(0, Ordering::Relaxed);
+        if failed > 0 || failed_before > 0 {
             return Err(GroupError::Delivery {
                 topic: self.summary_topic.clone(),
-                failed,
+                failed: failed.max(failed_before),
             });
         }
-        self.commit(&sent, closed)
+        Ok(())
     }
 
-    /// Forget the published windows of `parts` and commit where their open windows start.
-    fn commit(&mut self, parts: &[i32], closed: usize) -> Result<(), GroupError> {
+    /// The consumer's position in each partition held (past control records too), else the
+    /// next offset after the last record read.
+    fn positions(&self) -> Result<BTreeMap<i32, i64>, GroupError> {
+        let mut out: BTreeMap<i32, i64> = self.held.iter().map(|(p, h)| (*p, h.next)).collect();
+        let tpl = self
+            .logs
+            .position()
+            .map_err(topic_err(&self.log_topic, "position"))?;
+        for e in tpl.elements() {
+            if let (Offset::Offset(o), Some(n)) = (e.offset(), out.get_mut(&e.partition())) {
+                *n = (*n).max(o);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forget the published windows of `parts` and commit where their open windows start. A
+    /// commit refused (the group rebalancing) is only logged: a partition that stays here is
+    /// committed again next time; one that moves is read again from the last commit by its new
+    /// holder, which drops the records of the windows published here.
+    fn commit(&mut self, parts: &[i32], closed: usize) {
         let mut tpl = TopicPartitionList::new();
         for p in parts {
             let Some(h) = self.held.get_mut(p) else {
@@ -513,12 +466,16 @@ impl Member {
             h.collector.pools.retain(|(_, w), _| *w > closed);
             h.window_first.retain(|w, _| *w > closed);
             let upto = h.window_first.values().min().copied().unwrap_or(h.next);
-            tpl.add_partition_offset(&self.log_topic, *p, Offset::Offset(upto))
-                .map_err(topic_err(&self.log_topic, "commit"))?;
+            if let Err(e) = tpl.add_partition_offset(&self.log_topic, *p, Offset::Offset(upto)) {
+                log::warn!("{}[{p}]: commit: {e}", self.log_topic);
+            }
         }
-        self.logs
-            .commit(&tpl, CommitMode::Sync)
-            .map_err(topic_err(&self.log_topic, "commit"))
+        if let Err(e) = self.logs.commit(&tpl, CommitMode::Sync) {
+            log::warn!(
+                "{}: commit refused, tried again next time: {e}",
+                self.log_topic
+            );
+        }
     }
 }
 
@@ -552,14 +509,15 @@ pub fn run(
         let closed = last_closed(opts.window_secs, fo.lateness);
         let marks = member.high_marks()?;
         member.poll_logs(&marks, Duration::from_secs(5))?;
-        member.read_summaries()?;
-        if let Some(closed) = closed {
+        let complete = member.read_summaries()?;
+        if let (Some(closed), true) = (closed, complete) {
             let late = member.late;
             member.publish(closed, windows, &marks)?;
             member.read_summaries()?;
             if member.late > late {
                 log::warn!(
-                    "{} late record(s) dropped: their windows were published",
+                    "{} record(s) of windows already published dropped (late, or read again \
+                     after their partition moved)",
                     member.late - late
                 );
             }
