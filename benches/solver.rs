@@ -97,7 +97,6 @@ fn e2e_file(n: usize) -> PathBuf {
             ts_ms: w * 900_000 + i % 900_000,
             request_id: format!("r{i}"),
             user_id: format!("u{}", i % 1_000_003),
-            device_id: String::new(),
             scenario: "default".into(),
             group: if i % 10 == 0 { "control" } else { "hydrus" }.into(),
             chosen: NAMES[chosen as usize].into(),
@@ -113,19 +112,9 @@ fn e2e_file(n: usize) -> PathBuf {
                 .collect(),
             status: 200,
             upstream_ms: Some(12.5),
-            fallback: None,
             cluster: Some("rank-a".into()),
             total_ms: Some(13.1),
-            cluster_load: None,
-            scenario_raw: None,
-            error: None,
-            would_choose: None,
-            strategy_set: None,
-            route: None,
-            grpc_status: None,
-            external_delay_ms: None,
-            e2e_bucket: None,
-            hedge: None,
+            ..Default::default()
         };
         buf.clear();
         rec.encode_into(&mut buf);

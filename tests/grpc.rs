@@ -331,26 +331,35 @@ async fn answer_call(
 /// A HealthCheckRequest for service "x": field 1, length 1, "x", in a gRPC frame.
 const GRPC_REQUEST: &[u8] = &[0, 0, 0, 0, 3, 0x0a, 0x01, b'x'];
 
+/// A gRPC call to `path` opened on a new raw HTTP/2 connection to hydrus (with the user id
+/// header when given): its response and its request body, still open.
+async fn open_call(
+    port: u16,
+    path: &str,
+    user: Option<&str>,
+) -> (h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>) {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let mut req = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://127.0.0.1:{port}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    if let Some(user) = user {
+        req = req.header("x-user-id", user);
+    }
+    client.send_request(req.body(()).unwrap(), false).unwrap()
+}
+
 /// One call over a raw HTTP/2 connection to hydrus: the response's status, its trailers.
 fn raw_call(rt: &Runtime, port: u16) -> (u16, http::HeaderMap) {
     rt.block_on(async move {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
-        tokio::spawn(conn);
-        let mut client = client.ready().await.unwrap();
-        let req = http::Request::builder()
-            .method("POST")
-            .uri(format!(
-                "http://127.0.0.1:{port}/grpc.health.v1.Health/Check"
-            ))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .header("x-user-id", "u1")
-            .body(())
-            .unwrap();
-        let (response, mut send) = client.send_request(req, false).unwrap();
+        let (response, mut send) =
+            open_call(port, "/grpc.health.v1.Health/Check", Some("u1")).await;
         send.send_data(bytes::Bytes::from_static(GRPC_REQUEST), true)
             .unwrap();
         let response = tokio::time::timeout(Duration::from_secs(5), response)
@@ -437,20 +446,7 @@ fn raw_start(
 ) -> Result<(u16, bool, Option<String>), String> {
     let path = path.to_string();
     rt.block_on(async move {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
-        tokio::spawn(conn);
-        let mut client = client.ready().await.unwrap();
-        let req = http::Request::builder()
-            .method("POST")
-            .uri(format!("http://127.0.0.1:{port}{path}"))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .unwrap();
-        let (response, mut send) = client.send_request(req, false).unwrap();
+        let (response, mut send) = open_call(port, &path, None).await;
         send.send_data(bytes::Bytes::from_static(&GRPC_REQUEST[..4]), false)
             .unwrap();
         if body_done {

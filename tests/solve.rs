@@ -19,11 +19,9 @@ fn record(ts_ms: u64, i: u64, scenario: &str, q: f64, chosen: &str) -> LogRecord
         ts_ms,
         request_id: format!("r{i}"),
         user_id: format!("u{i}"),
-        device_id: String::new(),
         scenario: scenario.into(),
         group: "control".into(),
         chosen: chosen.into(),
-        k: None,
         value_info: STRATEGIES
             .iter()
             .map(|(name, cost, scale)| ValueInfo {
@@ -34,19 +32,7 @@ fn record(ts_ms: u64, i: u64, scenario: &str, q: f64, chosen: &str) -> LogRecord
             .collect(),
         status: 200,
         upstream_ms: Some(1.0),
-        fallback: None,
-        cluster: None,
-        total_ms: None,
-        external_delay_ms: None,
-        cluster_load: None,
-        e2e_bucket: None,
-        hedge: None,
-        scenario_raw: None,
-        error: None,
-        would_choose: None,
-        strategy_set: None,
-        route: None,
-        grpc_status: None,
+        ..Default::default()
     }
 }
 

@@ -26,11 +26,9 @@ fn record(ts_ms: u64, i: u64, scenario: &str, chosen: &str) -> LogRecord {
         ts_ms,
         request_id: format!("r{i}"),
         user_id: format!("u{i}"),
-        device_id: String::new(),
         scenario: scenario.into(),
         group: "control".into(),
         chosen: chosen.into(),
-        k: None,
         value_info: STRATEGIES
             .iter()
             .enumerate()
@@ -42,19 +40,7 @@ fn record(ts_ms: u64, i: u64, scenario: &str, chosen: &str) -> LogRecord {
             .collect(),
         status: 200,
         upstream_ms: Some(1.0),
-        fallback: None,
-        cluster: None,
-        total_ms: None,
-        external_delay_ms: None,
-        cluster_load: None,
-        e2e_bucket: None,
-        hedge: None,
-        scenario_raw: None,
-        error: None,
-        would_choose: None,
-        strategy_set: None,
-        route: None,
-        grpc_status: None,
+        ..Default::default()
     }
 }
 
@@ -344,6 +330,60 @@ mod group {
         recs
     }
 
+    /// Traffic that never stops: a record of `scenario` every 20 ms, stamped now, over the
+    /// first `partitions` partitions of `logs`, until [`Steady::stop`].
+    struct Steady {
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        produced: std::sync::Arc<std::sync::Mutex<Vec<LogRecord>>>,
+        thread: std::thread::JoinHandle<()>,
+    }
+
+    impl Steady {
+        fn start(b: &Broker, scenario: &'static str, partitions: u64, from: u64) -> Self {
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let produced = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let (stop2, produced2, url) = (stop.clone(), produced.clone(), b.url());
+            let thread = std::thread::spawn(move || {
+                let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+                    .set("bootstrap.servers", &url)
+                    .set("linger.ms", "0")
+                    .create()
+                    .unwrap();
+                let choices = ["s10", "s20", "s30", "s40"];
+                let mut i = from;
+                while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                    let r = record(now_ms(), i, scenario, choices[(i % 4) as usize]);
+                    let mut buf = Vec::new();
+                    r.encode_into(&mut buf);
+                    p.send(
+                        BaseRecord::<(), [u8]>::to("logs")
+                            .partition((i % partitions) as i32)
+                            .payload(buf.strip_suffix(b"\n").unwrap()),
+                    )
+                    .unwrap();
+                    produced2.lock().unwrap().push(r);
+                    i += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                p.flush(Duration::from_secs(5)).unwrap();
+            });
+            Self {
+                stop,
+                produced,
+                thread,
+            }
+        }
+
+        fn produced(&self) -> Vec<LogRecord> {
+            self.produced.lock().unwrap().clone()
+        }
+
+        fn stop(self) {
+            self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            self.thread.join().unwrap();
+        }
+    }
+
     /// Every message of the summaries topic (tombstones left out), read to its end.
     fn summaries(b: &Broker) -> Vec<serde_json::Value> {
         let c: BaseConsumer = ClientConfig::new()
@@ -434,52 +474,21 @@ mod group {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let produced = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let steady = {
-            let (produced, stop, url) = (produced.clone(), stop.clone(), b.url());
-            std::thread::spawn(move || {
-                let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-                    .set("bootstrap.servers", &url)
-                    .set("linger.ms", "0")
-                    .create()
-                    .unwrap();
-                let choices = ["s10", "s20", "s30", "s40"];
-                let mut i = 0u64;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let r = record(now_ms(), i, "default", choices[(i % 4) as usize]);
-                    let mut buf = Vec::new();
-                    r.encode_into(&mut buf);
-                    p.send(
-                        BaseRecord::<(), [u8]>::to("logs")
-                            .partition((i % 2) as i32)
-                            .payload(buf.strip_suffix(b"\n").unwrap()),
-                    )
-                    .unwrap();
-                    produced.lock().unwrap().push(r);
-                    i += 1;
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                p.flush(Duration::from_secs(5)).unwrap();
-            })
-        };
+        let steady = Steady::start(&b, "default", 2, 0);
         // The first window that starts after traffic did: all of its records are produced.
         let first = (now_ms() / WINDOW_MS + 1) * WINDOW_MS;
         while now_ms() < first + WINDOW_MS + 500 {
             std::thread::sleep(Duration::from_millis(200));
         }
-        let in_window: Vec<LogRecord> = produced
-            .lock()
-            .unwrap()
-            .iter()
+        let in_window: Vec<LogRecord> = steady
+            .produced()
+            .into_iter()
             .filter(|r| r.ts_ms / WINDOW_MS == first / WINDOW_MS)
-            .cloned()
             .collect();
         assert!(in_window.len() > 300, "{}", in_window.len());
         let want = single_process(dir.path(), "window", &in_window);
         let solved = eventually(Duration::from_secs(30), || has(&out, &want));
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        steady.join().unwrap();
+        steady.stop();
         let _ = follower.kill();
         let _ = follower.wait();
         assert!(solved, "the window was never solved: {want:?}");
@@ -510,29 +519,7 @@ mod group {
         std::thread::sleep(Duration::from_secs(2));
         // Steady traffic of another scenario all along: the topic is never idle, and windows
         // are published all the same.
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let steady = {
-            let (stop, url) = (stop.clone(), b.url());
-            std::thread::spawn(move || {
-                let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-                    .set("bootstrap.servers", &url)
-                    .set("linger.ms", "0")
-                    .create()
-                    .unwrap();
-                let mut i = 100_000u64;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let mut buf = Vec::new();
-                    record(now_ms(), i, "feed", "s10").encode_into(&mut buf);
-                    let r = BaseRecord::<(), [u8]>::to("logs")
-                        .partition((i % PARTITIONS as u64) as i32)
-                        .payload(buf.strip_suffix(b"\n").unwrap());
-                    let _ = p.send(r);
-                    i += 1;
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                p.flush(Duration::from_secs(5)).unwrap();
-            })
-        };
+        let steady = Steady::start(&b, "feed", PARTITIONS as u64, 100_000);
 
         // Records of the window open now (proxies write them as they decide).
         let first = produce(&b, 0, early_in_a_window(), 0, 600);
@@ -577,8 +564,7 @@ mod group {
             read(&err_a)
         );
         assert!(has(&out_a, &want), "the earlier windows stay");
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        steady.join().unwrap();
+        steady.stop();
         let _ = a.kill();
         let _ = a.wait();
     }

@@ -197,9 +197,7 @@ impl<'a> Scanner<'a> {
 
     fn literal(&mut self, word: &[u8]) -> Option<()> {
         self.ws();
-        self.b[self.i..]
-            .starts_with(word)
-            .then(|| self.i += word.len())
+        self.expect(word)
     }
 
     /// Skip any value.

@@ -147,6 +147,17 @@ pub(super) fn set_slot(rows: &mut TableRows, r: &WindowReport, windows: usize) {
         .set(r.window, r, windows);
 }
 
+/// The reports of the windows just solved on stdout: one JSON object a line, or the table.
+pub(super) fn print_reports(reports: &[WindowReport], json: bool) {
+    if json {
+        for r in reports {
+            println!("{}", serde_json::to_string(r).unwrap_or_default());
+        }
+    } else {
+        let _ = print_table(reports, &mut std::io::stdout());
+    }
+}
+
 /// Run until the source fails; each open window's records go into a pool like `template`
 /// (records, or a summary).
 pub fn run<P: Pool + WindowData>(
@@ -203,14 +214,7 @@ pub fn run<P: Pool + WindowData>(
             write_ktable(&fo.out, &table)?;
             let open: BTreeSet<usize> = c.pools.keys().map(|(_, w)| *w).collect();
             source.written(&open)?;
-            if fo.json {
-                for r in &reports {
-                    println!("{}", serde_json::to_string(r).unwrap_or_default());
-                }
-            } else {
-                let mut out = std::io::stdout();
-                let _ = print_table(&reports, &mut out);
-            }
+            print_reports(&reports, fo.json);
             log::info!(
                 "wrote {} ({} window(s) closed; {} records read, {} malformed)",
                 fo.out.display(),

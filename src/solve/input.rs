@@ -515,15 +515,19 @@ pub fn progress(total_bytes: u64) -> Option<ProgressBar> {
     Some(p)
 }
 
-/// Read every file of `--logs PATH` into `c`; returns how many files.
-pub fn read_path(path: &Path, c: &mut dyn LineSink) -> Result<usize, InputError> {
-    let files = list_inputs(path)?;
-    let total: u64 = files
+/// The size of `files` together (for the progress bar; one that cannot be read counts 0).
+pub fn total_bytes(files: &[PathBuf]) -> u64 {
+    files
         .iter()
         .filter_map(|f| std::fs::metadata(f).ok())
         .map(|m| m.len())
-        .sum();
-    let bar = progress(total);
+        .sum()
+}
+
+/// Read every file of `--logs PATH` into `c`; returns how many files.
+pub fn read_path(path: &Path, c: &mut dyn LineSink) -> Result<usize, InputError> {
+    let files = list_inputs(path)?;
+    let bar = progress(total_bytes(&files));
     for f in &files {
         let mut r = open(f)?;
         read_lines(&mut *r, &f.display().to_string(), 0, bar.as_ref(), c)?;

@@ -81,6 +81,20 @@ pub fn parse_url(url: &str) -> Option<(String, String)> {
     Some((brokers.to_string(), topic.to_string()))
 }
 
+/// The partition ids of `topic` (none when it does not exist).
+pub(super) fn partition_ids(
+    c: &BaseConsumer,
+    topic: &str,
+) -> rdkafka::error::KafkaResult<Vec<i32>> {
+    let md = c.fetch_metadata(Some(topic), TIMEOUT)?;
+    Ok(md
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect())
+}
+
 pub struct KafkaSource {
     consumer: BaseConsumer,
     topic: String,
@@ -109,18 +123,10 @@ impl KafkaSource {
                 brokers: brokers.clone(),
                 source: Box::new(e),
             })?;
-        let md = consumer
-            .fetch_metadata(Some(&topic), TIMEOUT)
-            .map_err(|e| KafkaError::Metadata {
-                url: url.to_string(),
-                source: Box::new(e),
-            })?;
-        let partitions: Vec<i32> = md
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic && t.error().is_none())
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
+        let partitions = partition_ids(&consumer, &topic).map_err(|e| KafkaError::Metadata {
+            url: url.to_string(),
+            source: Box::new(e),
+        })?;
         if partitions.is_empty() {
             return Err(KafkaError::NoTopic {
                 url: url.to_string(),

@@ -6,7 +6,9 @@
 //! malformed lines named (by file and line) are those a single reader would find, whichever
 //! thread read which run.
 
-use super::input::{list_inputs, open, progress, Collector, InputError, LineSink, Pool};
+use super::input::{
+    list_inputs, open, progress, total_bytes, Collector, InputError, LineSink, Pool,
+};
 use indicatif::ProgressBar;
 use rayon::prelude::*;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
@@ -189,12 +191,7 @@ pub fn read_path_parallel<P: Pool + Send + Sync>(
     chunk_bytes: u64,
 ) -> Result<Collector<P>, InputError> {
     let files = list_inputs(path)?;
-    let total: u64 = files
-        .iter()
-        .filter_map(|f| std::fs::metadata(f).ok())
-        .map(|m| m.len())
-        .sum();
-    let bar = progress(total);
+    let bar = progress(total_bytes(&files));
     let pieces = pieces(&files, chunk_bytes);
     let run_len = (pieces.len() / 16).clamp(1, PIECES_PER_COLLECTOR);
     let (mut c, lines) = pieces

@@ -16,8 +16,9 @@ pub struct ValueInfo {
     pub qoe: f64,
 }
 
-/// One proxied request (the paper's `LogInfo`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One proxied request (the paper's `LogInfo`). `Default` is for building records in tests and
+/// benches: an empty record that nothing would log.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LogRecord {
     /// Unix time in milliseconds when the request arrived.
     pub ts_ms: u64,

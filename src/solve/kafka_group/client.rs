@@ -1,8 +1,8 @@
 //! The Kafka side of a solver group member: its error type, client settings and helpers.
 
-use super::super::kafka_source::parse_url;
+use super::super::kafka_source::{parse_url, partition_ids};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::ProducerContext;
 use rdkafka::ClientContext;
@@ -94,15 +94,7 @@ pub(super) fn topic_err(
 
 /// The partition ids of `topic`.
 pub(super) fn partitions_of(c: &BaseConsumer, topic: &str) -> Result<Vec<i32>, GroupError> {
-    let md = c
-        .fetch_metadata(Some(topic), TIMEOUT)
-        .map_err(topic_err(topic, "metadata"))?;
-    let ids: Vec<i32> = md
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
+    let ids = partition_ids(c, topic).map_err(topic_err(topic, "metadata"))?;
     if ids.is_empty() {
         return Err(GroupError::NoTopic {
             topic: topic.to_string(),

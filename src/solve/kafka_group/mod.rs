@@ -16,9 +16,9 @@
 //! the windows still open again. Records of a window the partition's progress has passed are
 //! late; they are counted, never published over the window's summary.
 
-use super::follow::{base_rows, FollowError, FollowOptions};
+use super::follow::{base_rows, print_reports, FollowError, FollowOptions};
 use super::input::{Collector, Keying, LineSink};
-use super::output::{print_table, table_from_rows, write_ktable};
+use super::output::{table_from_rows, write_ktable};
 use super::summary::{WindowSummary, DEFAULT_CAP};
 use super::summary_file;
 use super::SolveOptions;
@@ -423,15 +423,15 @@ impl Member {
 
     /// Wait until everything sent is delivered; an error if anything was not.
     fn delivered(&self) -> Result<(), GroupError> {
-        let failed_before = self.producer.context().failed.load(Ordering::Relaxed);
         self.producer
             .flush(Duration::from_secs(30))
             .map_err(topic_err(&self.summary_topic, "flush"))?;
+        // Failures counted since the last call: every message sent since is delivered or not.
         let failed = self.producer.context().failed.swap(0, Ordering::Relaxed);
-        if failed > 0 || failed_before > 0 {
+        if failed > 0 {
             return Err(GroupError::Delivery {
                 topic: self.summary_topic.clone(),
-                failed: failed.max(failed_before),
+                failed,
             });
         }
         Ok(())
@@ -529,13 +529,7 @@ pub fn run(
         if !reports.is_empty() {
             let table = table_from_rows(opts.window_secs, rows.clone(), set.clone())?;
             write_ktable(&fo.out, &table)?;
-            if fo.json {
-                for r in &reports {
-                    println!("{}", serde_json::to_string(r).unwrap_or_default());
-                }
-            } else {
-                let _ = print_table(&reports, &mut std::io::stdout());
-            }
+            print_reports(&reports, fo.json);
             log::info!(
                 "wrote {} ({} window(s) merged from the group's summaries)",
                 fo.out.display(),
