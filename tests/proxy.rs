@@ -132,6 +132,9 @@ fn chosen_strategy_is_the_hand_computed_argmax_and_is_applied() {
             assert_eq!(seen.header("x-model"), None);
         }
     }
+    // A request is counted in the logging hook, after its response is sent: wait for the last.
+    let feed = r#"hydrus_requests_total{group="hydrus",scenario="feed",strategy="s10"}"#;
+    assert!(eventually(Duration::from_secs(5), || h.metric(feed) >= 1.0));
     let m = h.metrics();
     assert_eq!(
         metric_value(
