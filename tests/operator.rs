@@ -76,6 +76,69 @@ fn shadow_mode_at_zero_percent_shows_what_hydrus_would_do() {
     }
 }
 
+/// The A/B readout's cost per request is over the requests a hydrus stage decided: a route
+/// without one (counted in `hydrus_requests_total` as `group="hydrus"`) does not dilute it.
+#[test]
+fn cost_per_request_counts_only_what_hydrus_decided() {
+    let up = Upstream::start("a");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("k.yaml"),
+        ktable(&[("default", 0.004)], None),
+    )
+    .unwrap();
+    let t = Config::new()
+        .grace("1s", None)
+        .cluster("pool", &[up.addr])
+        .route(route("plain", "pool").matching("{ path_prefix: /plain }"))
+        .route(
+            route("default", "pool")
+                .filter(&rollout("50"))
+                .filter(&hydrus3("{dir}/k.yaml")),
+        )
+        .template();
+    let h = Hydrus::start_in(dir, &t);
+    send(&h, 40, "0.6");
+    for i in 0..60 {
+        let (status, _) = get_with(&h.url("/plain"), &[("x-user-id", &format!("p-{i}"))]).unwrap();
+        assert_eq!(status, 200);
+    }
+    let seen = up.seen();
+    let treated = seen
+        .iter()
+        .filter(|s| s.header("x-hydrus-group") == Some("hydrus"))
+        .count();
+    assert!(treated > 0 && treated < 40, "{treated} of 40 in treatment");
+    let m = |series: &str| h.metric(series);
+    // (A request is counted in the logging hook, after its response.)
+    assert!(eventually(Duration::from_secs(5), || {
+        m(r#"hydrus_cost_requests_total{decision="applied",route="default"}"#) == 40.0
+            && m(r#"hydrus_requests_total{route="plain"}"#) == 60.0
+    }));
+    let applied = |g: &str| {
+        let at =
+            format!(r#"{{decision="applied",group="{g}",route="default",scenario="default"}}"#);
+        (
+            m(&format!("hydrus_cost_total{at}")),
+            m(&format!("hydrus_cost_requests_total{at}")),
+        )
+    };
+    // At QoE 0.6 treatment applies s40 (cost 18), control the default s20 (cost 10).
+    let (cost, n) = applied("hydrus");
+    assert_eq!((cost, n), (18.0 * treated as f64, treated as f64));
+    let (cost, n) = applied("control");
+    assert_eq!(
+        (cost, n),
+        (10.0 * (40 - treated) as f64, (40 - treated) as f64)
+    );
+    // The plain route's requests are in the request count (as treatment), not in the readout's.
+    assert_eq!(
+        m(r#"hydrus_requests_total{group="hydrus",route="plain"}"#),
+        60.0
+    );
+    assert_eq!(m(r#"hydrus_cost_requests_total{route="plain"}"#), 0.0);
+}
+
 #[test]
 fn a_k_table_for_other_strategies_is_not_used_until_solved_from_the_shadow_logs() {
     let up = Upstream::start("a");

@@ -54,6 +54,7 @@ pub struct HydrusMetrics {
     ktable_loaded: IntGaugeVec,
     ktable_reloads: IntCounterVec,
     cost: CounterVec,
+    cost_requests: IntCounterVec,
     qoe: CounterVec,
     qoe_requests: IntCounterVec,
     shadow: IntCounterVec,
@@ -77,6 +78,7 @@ impl HydrusMetrics {
             cost: CounterVec::new(opts("hydrus_cost_total", "Sum of the cost of the strategy applied (`decision=applied`), and for control requests of the one treatment would have chosen (`decision=shadow`)."), &spend).expect("metric"),
             qoe: CounterVec::new(opts("hydrus_predicted_qoe_total", "Sum of the QoE predicted for the strategy applied (or, `decision=shadow`, the one treatment would have chosen), over requests with a QoE header."), &spend).expect("metric"),
             qoe_requests: IntCounterVec::new(opts("hydrus_predicted_qoe_requests_total", "Requests counted in hydrus_predicted_qoe_total."), &spend).expect("metric"),
+            cost_requests: IntCounterVec::new(opts("hydrus_cost_requests_total", "Requests counted in hydrus_cost_total: those a hydrus stage decided (the denominator of cost per request; routes without a hydrus stage are not in it)."), &spend).expect("metric"),
             shadow: IntCounterVec::new(opts("hydrus_shadow_requests_total", "Control requests by the strategy treatment would have chosen (shadow mode)."), &["route", "strategy"]).expect("metric"),
             spend: SpendMetrics::new(r),
         };
@@ -93,6 +95,7 @@ impl HydrusMetrics {
             cost: register(r, m.cost),
             qoe: register(r, m.qoe),
             qoe_requests: register(r, m.qoe_requests),
+            cost_requests: register(r, m.cost_requests),
             shadow: register(r, m.shadow),
             spend: m.spend,
         }
@@ -108,6 +111,8 @@ struct Spend {
 
 struct SpendCounters {
     cost: Counter,
+    /// Requests counted in `cost`.
+    requests: IntCounter,
     qoe: Counter,
     qoe_requests: IntCounter,
 }
@@ -115,6 +120,7 @@ struct SpendCounters {
 impl SpendCounters {
     fn add(&self, s: Spend) {
         self.cost.inc_by(s.cost);
+        self.requests.inc();
         if let Some(q) = s.qoe {
             self.qoe.inc_by(q);
             self.qoe_requests.inc();
@@ -200,6 +206,7 @@ struct HydrusMetricsRef {
     ktable_age: prometheus::GaugeVec,
     ktable_loaded: IntGaugeVec,
     cost: CounterVec,
+    cost_requests: IntCounterVec,
     qoe: CounterVec,
     qoe_requests: IntCounterVec,
     shadow: IntCounterVec,
@@ -247,6 +254,7 @@ impl HydrusStage {
             ktable_age: m.ktable_age.clone(),
             ktable_loaded: m.ktable_loaded.clone(),
             cost: m.cost.clone(),
+            cost_requests: m.cost_requests.clone(),
             qoe: m.qoe.clone(),
             qoe_requests: m.qoe_requests.clone(),
             shadow: m.shadow.clone(),
@@ -339,6 +347,7 @@ impl HydrusStage {
                     let v = [route, g.as_str(), l.as_str(), d];
                     SpendCounters {
                         cost: m.cost.with_label_values(&v),
+                        requests: m.cost_requests.with_label_values(&v),
                         qoe: m.qoe.with_label_values(&v),
                         qoe_requests: m.qoe_requests.with_label_values(&v),
                     }
