@@ -236,7 +236,9 @@ fn single_shot_chain(spend: bool) {
         Some(http::HeaderValue::from_bytes(PAIRS_8).unwrap()),
         Some(http::HeaderValue::from_static("feed")),
     ];
-    let ns: Vec<u64> = (0..200_000)
+    // The request's start (the decision) and its end (the stages' counters and, with the
+    // controller on, its spend record), timed apart.
+    let (decide, done): (Vec<u64>, Vec<u64>) = (0..200_000)
         .map(|i| {
             let t = std::time::Instant::now();
             let input = Input {
@@ -248,16 +250,19 @@ fn single_shot_chain(spend: bool) {
             };
             let mut state = RequestState::new(0);
             route.chain.decide(&input, &mut state);
-            black_box(state);
-            t.elapsed().as_nanos() as u64
+            let decide = t.elapsed().as_nanos() as u64;
+            let t = std::time::Instant::now();
+            route.chain.done(black_box(&state), 200);
+            (decide, t.elapsed().as_nanos() as u64)
         })
-        .collect();
+        .unzip();
     let what = if spend {
-        "chain/rollout+hydrus(spend_control)/8"
+        "rollout+hydrus(spend_control)/8"
     } else {
-        "chain/rollout+hydrus/8"
+        "rollout+hydrus/8"
     };
-    percentiles(what, ns);
+    percentiles(&format!("chain/{what}"), decide);
+    percentiles(&format!("chain-done/{what}"), done);
 }
 
 fn bench(c: &mut Criterion) {

@@ -41,6 +41,9 @@ pub struct StrategySet {
     strategies: Vec<Strategy>,
     by_cost: Vec<usize>,
     default: usize,
+    /// Each strategy's `value_info` entry up to its QoE, as JSON (`{"strategy":"s10","cost":6.0,"qoe":`):
+    /// the same for every record, so the log sink writes it rather than formats it.
+    value_heads: Vec<Box<[u8]>>,
 }
 
 impl StrategySet {
@@ -83,11 +86,21 @@ impl StrategySet {
         let mut by_cost: Vec<usize> = (0..strategies.len()).collect();
         // Stable: equal costs keep configuration order.
         by_cost.sort_by(|&a, &b| strategies[a].cost.total_cmp(&strategies[b].cost));
+        let value_heads = strategies
+            .iter()
+            .map(|s| crate::log::json::value_head(&s.name, s.cost))
+            .collect();
         Ok(Self {
             strategies,
             by_cost,
             default,
+            value_heads,
         })
+    }
+
+    /// The JSON of strategy `index`'s `value_info` entry up to its QoE (see the field).
+    pub fn value_head(&self, index: usize) -> &[u8] {
+        self.value_heads.get(index).map_or(&[][..], |h| &h[..])
     }
 
     pub fn len(&self) -> usize {

@@ -3,6 +3,7 @@
 //! ([`record`]). The queue and the sinks are the edge's (`src/logsink/`): there is one log per
 //! proxy, so every route's `log` stage names the same sink, and changing it takes a restart.
 
+pub mod json;
 pub mod record;
 
 pub use record::*;

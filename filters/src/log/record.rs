@@ -194,12 +194,10 @@ fn serialize_values<S: Serializer>(v: &ValueInfoRef<'_>, s: S) -> Result<S::Ok, 
 }
 
 impl RecordRef<'_> {
-    /// Append this record as one JSON line.
+    /// Append this record as one JSON line (what `serde_json` would write for it, without its
+    /// map serializer: see [`super::json`]).
     pub fn encode_into(&self, out: &mut Vec<u8>) {
-        // Plain strings and numbers into a Vec cannot fail; NaN would become null.
-        if serde_json::to_writer(&mut *out, self).is_ok() {
-            out.push(b'\n');
-        }
+        super::json::encode(out, self);
     }
 }
 

@@ -1,0 +1,229 @@
+//! The decision record's JSON, written directly: the sink thread encodes one record per request,
+//! and serde's map serializer (which `#[serde(flatten)]` forces) escaped every key and formatted
+//! every strategy's constant cost each time. The output is byte for byte what `serde_json` writes
+//! for [`super::RecordRef`] (checked by the tests below): the format is an interface.
+
+use super::record::{RecordRef, ValueInfoRef};
+use crate::stage::LogValue;
+
+/// `"text"`, escaped as `serde_json` escapes it (control characters, `"` and `\`).
+pub fn string(out: &mut Vec<u8>, text: &str) {
+    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    } else {
+        // Rare: let serde_json escape it. Writing a string into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, text);
+    }
+}
+
+/// A float as `serde_json` writes it (`null` when not finite).
+pub fn float(out: &mut Vec<u8>, v: f64) {
+    let _ = serde_json::to_writer(&mut *out, &v);
+}
+
+fn uint(out: &mut Vec<u8>, v: u64) {
+    let _ = serde_json::to_writer(&mut *out, &v);
+}
+
+fn opt_float(out: &mut Vec<u8>, v: Option<f64>) {
+    match v {
+        Some(v) => float(out, v),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// `{"strategy":"NAME","cost":COST,"qoe":`: a strategy's entry in `value_info` but its QoE.
+pub fn value_head(name: &str, cost: f64) -> Box<[u8]> {
+    let mut out = b"{\"strategy\":".to_vec();
+    string(&mut out, name);
+    out.extend_from_slice(b",\"cost\":");
+    float(&mut out, cost);
+    out.extend_from_slice(b",\"qoe\":");
+    out.into_boxed_slice()
+}
+
+fn value_info(out: &mut Vec<u8>, v: &ValueInfoRef<'_>) {
+    out.push(b'[');
+    if let (Some(set), Some(q)) = (v.strategies, v.qoe) {
+        let mut first = true;
+        for j in 0..set.len() {
+            if let Some(qoe) = q.get(j) {
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                out.extend_from_slice(set.value_head(j));
+                float(out, qoe);
+                out.push(b'}');
+            }
+        }
+    }
+    out.push(b']');
+}
+
+/// `,"key":"value"` when there is a value (the record skips absent optional fields).
+fn opt_str(out: &mut Vec<u8>, key: &[u8], v: Option<&str>) {
+    if let Some(v) = v {
+        out.extend_from_slice(key);
+        string(out, v);
+    }
+}
+
+/// Append `r` as one JSON line.
+pub fn encode(out: &mut Vec<u8>, r: &RecordRef<'_>) {
+    out.extend_from_slice(b"{\"ts_ms\":");
+    uint(out, r.ts_ms);
+    out.extend_from_slice(b",\"request_id\":");
+    string(out, r.request_id);
+    out.extend_from_slice(b",\"user_id\":");
+    string(out, r.user_id);
+    out.extend_from_slice(b",\"device_id\":");
+    string(out, r.device_id);
+    out.extend_from_slice(b",\"scenario\":");
+    string(out, r.scenario);
+    out.extend_from_slice(b",\"group\":");
+    string(out, r.group);
+    out.extend_from_slice(b",\"chosen\":");
+    string(out, r.chosen);
+    out.extend_from_slice(b",\"k\":");
+    opt_float(out, r.k);
+    out.extend_from_slice(b",\"value_info\":");
+    value_info(out, &r.value_info);
+    out.extend_from_slice(b",\"status\":");
+    uint(out, u64::from(r.status));
+    out.extend_from_slice(b",\"upstream_ms\":");
+    opt_float(out, r.upstream_ms);
+    opt_str(out, b",\"fallback\":", r.fallback);
+    opt_str(out, b",\"cluster\":", r.cluster);
+    if let Some(t) = r.total_ms {
+        out.extend_from_slice(b",\"total_ms\":");
+        float(out, t);
+    }
+    if let Some(l) = r.cluster_load {
+        out.extend_from_slice(b",\"cluster_load\":");
+        uint(out, u64::from(l));
+    }
+    opt_str(out, b",\"scenario_raw\":", r.scenario_raw);
+    opt_str(out, b",\"error\":", r.error);
+    opt_str(out, b",\"would_choose\":", r.would_choose);
+    opt_str(out, b",\"strategy_set\":", r.strategy_set);
+    opt_str(out, b",\"route\":", r.route);
+    if let Some(g) = r.grpc_status {
+        out.extend_from_slice(b",\"grpc_status\":");
+        uint(out, u64::from(g));
+    }
+    for (name, value) in r.extra.iter() {
+        out.push(b',');
+        string(out, name);
+        out.push(b':');
+        match value {
+            LogValue::F64(v) => float(out, v),
+            LogValue::U64(v) => uint(out, v),
+            LogValue::Str(v) => string(out, v),
+        }
+    }
+    out.extend_from_slice(b"}\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hydrus::qoe::QoeVector;
+    use crate::hydrus::strategy::{Strategy as Plan, StrategySet};
+    use crate::stage::LogFields;
+    use proptest::prelude::*;
+
+    /// What serde_json writes for the record: the reference the direct writer must match.
+    fn by_serde(r: &RecordRef<'_>) -> Vec<u8> {
+        let mut out = serde_json::to_vec(r).expect("serializes");
+        out.push(b'\n');
+        out
+    }
+
+    fn any_float() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            any::<f64>(),
+            (-1e6f64..1e6),
+            Just(f64::NAN),
+            Just(f64::INFINITY),
+            Just(0.0),
+            Just(-0.0),
+            Just(1e-7),
+        ]
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![any::<String>(), "[a-z0-9\"\\\\\n\t\u{1}\u{7f}é]{0,12}"]
+    }
+
+    proptest! {
+        #[test]
+        fn writes_what_serde_writes(
+            ts_ms in any::<u64>(),
+            strs in proptest::collection::vec(text(), 6),
+            opts in proptest::collection::vec(proptest::option::of(text()), 7),
+            floats in proptest::collection::vec(proptest::option::of(any_float()), 3),
+            costs in proptest::collection::vec(0.0f64..1e4, 1..9),
+            qoes in proptest::collection::vec(proptest::option::of(any_float()), 8),
+            status in any::<u16>(),
+            load in proptest::option::of(any::<u32>()),
+            grpc in proptest::option::of(any::<u8>()),
+            extra_f in any_float(),
+            extra_u in any::<u64>(),
+            with_qoe in any::<bool>(),
+        ) {
+            let set = StrategySet::new(
+                costs.iter().enumerate().map(|(i, &cost)| Plan {
+                    name: format!("s{i}"),
+                    cost,
+                    qoe_scale: 1.0,
+                }).collect(),
+                "s0",
+            ).expect("valid");
+            let mut q = QoeVector::empty();
+            for (j, v) in qoes.iter().enumerate().take(set.len()) {
+                if let Some(v) = v {
+                    q.set(j, *v);
+                }
+            }
+            let mut extra = LogFields::default();
+            extra.push("external_delay_ms", LogValue::F64(extra_f));
+            extra.push("e2e_bucket", LogValue::U64(extra_u));
+            extra.push("hedge", LogValue::Str("pri\"mary"));
+            let o = |i: usize| opts[i].as_deref();
+            let r = RecordRef {
+                ts_ms,
+                request_id: &strs[0],
+                user_id: &strs[1],
+                device_id: &strs[2],
+                scenario: &strs[3],
+                group: &strs[4],
+                chosen: &strs[5],
+                k: floats[0],
+                value_info: ValueInfoRef {
+                    strategies: Some(&set),
+                    qoe: with_qoe.then_some(&q),
+                },
+                status,
+                upstream_ms: floats[1],
+                fallback: o(0),
+                cluster: o(1),
+                total_ms: floats[2],
+                cluster_load: load,
+                scenario_raw: o(2),
+                error: o(3),
+                would_choose: o(4),
+                strategy_set: o(5),
+                route: o(6),
+                grpc_status: grpc,
+                extra: &extra,
+            };
+            let mut out = Vec::new();
+            encode(&mut out, &r);
+            let reference = by_serde(&r);
+            prop_assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&reference));
+        }
+    }
+}
