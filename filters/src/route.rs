@@ -266,6 +266,10 @@ pub struct Chain {
     /// Every header and query key a stage sets: removed from what the client sent.
     pub owned_headers: Vec<HeaderName>,
     pub owned_query: Vec<String>,
+    /// `owned_headers` normalized (`_` as `-`), and `owned_query` as the metadata names they
+    /// become on a gRPC call: made once here, compared against every request's header names.
+    pub owned_header_names: Vec<String>,
+    pub owned_query_names: Vec<String>,
     hydrus: Option<usize>,
     log: Option<usize>,
     hedge: Option<usize>,
@@ -292,6 +296,14 @@ impl Chain {
             hydrus: at("hydrus"),
             log: at("log"),
             hedge: at("hedge"),
+            owned_header_names: owned_headers
+                .iter()
+                .map(|h| crate::stage::normalized(h).into_owned())
+                .collect(),
+            owned_query_names: owned_query
+                .iter()
+                .map(|q| q.to_ascii_lowercase().replace('_', "-"))
+                .collect(),
             owned_headers,
             owned_query,
             stages,

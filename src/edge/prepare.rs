@@ -86,8 +86,8 @@ pub fn prepare_upstream(upstream: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
             let n = normalized(k);
             n.starts_with("x-hydrus-")
                 || (!passthrough
-                    && (chain.owned_headers.iter().any(|o| normalized(o) == n)
-                        || (ctx.grpc && chain.owned_query.iter().any(|q| normalized_key(q) == n))
+                    && (chain.owned_header_names.iter().any(|o| *o == n)
+                        || (ctx.grpc && chain.owned_query_names.iter().any(|q| *q == n))
                         || ids.iter().any(|i| *i != **k && normalized(i) == n)))
         })
         .cloned()
@@ -123,11 +123,6 @@ pub fn prepare_upstream(upstream: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
         Some(e) => Err(e),
         None => Ok(()),
     }
-}
-
-/// A query key as the metadata name it becomes on a gRPC call, normalized like header names.
-fn normalized_key(key: &str) -> String {
-    key.to_ascii_lowercase().replace('_', "-")
 }
 
 /// Forward the request with the path it was routed by (its query as sent).
