@@ -132,7 +132,7 @@ impl Metrics {
             downstream_closed: f.counters("hydrus_downstream_connections_closed_total", "Client connections hydrus closed or refused: `idle_timeout`, `header_timeout`, `body_timeout`, `evicted` (not being served, to admit a new one at the cap), `refused` (at the cap, none evictable), `tls_handshake` (a TLS handshake failed or did not finish within the header timeout).", &["reason"]),
             requests_rejected: f.counters("hydrus_requests_rejected_total", "Requests answered by hydrus itself without proxying: `header_too_large` (431), `bad_target` (400), `no_route` (404: no route matched), `body_too_large` (413: a body over the hedge filter's `max_body_bytes` on a route marked idempotent). A gRPC call gets the matching `grpc-status` instead of the HTTP status.", &["reason"]),
             log_fields_truncated: f.counters("hydrus_log_fields_truncated_total", "Request header values cut to fit a log record.", &["field"]),
-            config_dropped: f.counters("hydrus_config_reload_dropped_total", "Reloads that removed a filter kind that was running, by kind.", &["kind"]),
+            config_dropped: f.counters("hydrus_config_reload_dropped_total", "Running filters and routes a reload removed: by filter kind (a route that stays lost it), or `route` (a route gone).", &["kind"]),
             allocations: f.keep(IntCounter::new("hydrus_process_allocations_total", "Heap allocations by the process (0 unless built with the alloc-stats feature).").expect("metric")),
             stages: hydrus_filters::kinds()
                 .map(|k| (k, k.metrics(&r)))
@@ -163,6 +163,7 @@ impl Metrics {
         for (kind, _) in &self.stages {
             self.config_dropped.with_label_values(&[kind.name()]);
         }
+        self.config_dropped.with_label_values(&["route"]);
         for result in ["ok", "error"] {
             self.config_reloads.with_label_values(&[result]);
         }

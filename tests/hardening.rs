@@ -403,6 +403,23 @@ fn a_flood_of_idle_connections_never_locks_out_clients_or_admin() {
     drop(flood);
 }
 
+#[test]
+fn the_soft_open_file_limit_is_raised_to_the_hard_one_at_start() {
+    let up = Upstream::start("a");
+    // Soft 64, hard 300: raised to 300, so the cap is (300 - 256) / 2 = 22. Left at 64, it
+    // would have been the floor of 16.
+    let dir = tempfile::tempdir().unwrap();
+    let h = Hydrus::start_under(dir, &pool_template(&[up.addr], "", ""), Some((64, 300)));
+    let log = h.log();
+    assert!(
+        log.contains("at most 22 client connections (open-file limit 300)"),
+        "{log}"
+    );
+    // The kernel's view of the running process agrees.
+    assert_eq!(h.metric("process_max_fds"), 300.0);
+    assert_eq!(get(&h.url("/")).unwrap().0, 200);
+}
+
 /// hydrus with strategies that set query keys and a header, `rollout` percent of users in
 /// treatment (a salted rollout); `extra`: more of the hydrus section (indented by 6).
 fn strategy_template(up: &Upstream, rollout: &str, extra: &str) -> String {
@@ -668,7 +685,85 @@ fn a_half_saved_config_never_goes_live_and_a_dropped_filter_is_reported() {
     }));
     assert!(h
         .log()
-        .contains("the `rollout` filter that was running is gone"));
+        .contains("the `rollout` filter that was running on route `default` is gone"));
+}
+
+/// Two routes deciding with a rollout, and a third passing through, on one cluster.
+fn two_rollouts(up: &Upstream, feed_rollout: bool, extra: bool) -> String {
+    let mut feed = route("feed", "a").matching("{ path_prefix: /feed }");
+    if feed_rollout {
+        feed = feed.filter(&rollout("100"));
+    }
+    let mut c = Config::new()
+        .cluster("a", &[up.addr])
+        .route(
+            route("rank", "a")
+                .matching("{ path_prefix: /rank }")
+                .filter(&rollout("100"))
+                .filter(&hydrus3("{dir}/ktable.yaml")),
+        )
+        .route(feed.filter(&hydrus3("{dir}/ktable.yaml")));
+    if extra {
+        c = c.route(route("extra", "a").matching("{ path_prefix: /extra }"));
+    }
+    c.route(route("rest", "a")).template()
+}
+
+#[test]
+fn a_reload_that_drops_a_route_or_one_routes_filter_says_so() {
+    let up = Upstream::start("a");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("ktable.yaml"),
+        ktable(&[("default", 0.004)], None),
+    )
+    .unwrap();
+    let h = Hydrus::start_in(dir, &two_rollouts(&up, true, true));
+    // `feed` loses its rollout while `rank` still runs one, and `extra` is gone: the set of
+    // filter kinds running anywhere is the same, yet both are reported.
+    h.rewrite_config(&two_rollouts(&up, false, false));
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            h.metric(r#"hydrus_config_reloads_total{result="ok"}"#) == 1.0
+        }),
+        "{}",
+        h.log()
+    );
+    assert_eq!(
+        h.metric(r#"hydrus_config_reload_dropped_total{kind="rollout"}"#),
+        1.0
+    );
+    assert_eq!(
+        h.metric(r#"hydrus_config_reload_dropped_total{kind="route"}"#),
+        1.0
+    );
+    assert_eq!(
+        h.metric(r#"hydrus_config_reload_dropped_total{kind="hydrus"}"#),
+        0.0
+    );
+    let log = h.log();
+    assert!(
+        log.contains("the `rollout` filter that was running on route `feed` is gone"),
+        "{log}"
+    );
+    assert!(
+        log.contains("route `extra` that was running is gone"),
+        "{log}"
+    );
+    assert!(!log.contains("on route `rank` is gone"), "{log}");
+    // What stays runs as configured: `rank` still rolls out, `feed` decides for everyone.
+    let (status, _) = get_with(
+        &h.url("/feed"),
+        &[("x-user-id", "u"), ("x-qoe-score", "0.5")],
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    assert!(up
+        .take()
+        .pop()
+        .unwrap()
+        .header("x-hydrus-strategy")
+        .is_some());
 }
 
 #[test]

@@ -279,57 +279,84 @@ fn prometheus_scrapes_hydrus_and_every_dashboard_query_answers() {
 
 #[test]
 fn graceful_upgrade_loses_no_request_of_clients_that_never_retry() {
+    use std::os::unix::fs::FileTypeExt;
     let up = Upstream::start("a");
-    let mut old = start(&[&up]);
-    let old_pid = old.pid();
+    let mut serving = start(&[&up]);
+    // The config's pid file and upgrade socket (in the first process's directory).
+    let (pid_path, sock) = (serving.path("hydrus.pid"), serving.path("upgrade.sock"));
     // 300 requests per second over kept-alive connections, never retried.
     let load = KeepAliveLoad::start(
-        old.port,
+        serving.port,
         6,
         Duration::from_millis(20),
         Duration::from_secs(60),
     );
     std::thread::sleep(Duration::from_millis(500));
-    // The documented sequence: start the new binary with --upgrade, then SIGQUIT the old one.
-    let pid_file: u32 = std::fs::read_to_string(old.path("hydrus.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert_eq!(pid_file, old_pid);
-    let mut new = Hydrus {
-        dir: tempfile::tempdir().unwrap(),
-        config_path: old.config_path.clone(),
-        port: old.port,
-        admin_port: old.admin_port,
-        child: None,
-        log_path: old.path("new.log"),
-        nofile: None,
-    };
-    new.spawn(true);
-    std::thread::sleep(Duration::from_millis(1000));
-    old.signal("QUIT");
-    let status = old.wait_exit(Duration::from_secs(30));
-    assert!(status.success(), "old exits cleanly: {status}");
-    // The new process serves (it also took the admin listener over).
-    assert!(
-        eventually(Duration::from_secs(10), || {
-            std::fs::read_to_string(old.path("hydrus.pid"))
-                .is_ok_and(|p| p.trim() == new.pid().to_string())
-        }),
-        "{}",
-        new.log()
-    );
+    // The README's sequence, twice in a row: the second upgrade is where a socket left over
+    // from the first would be mistaken for the new process being ready.
+    let mut retired = Vec::new();
+    for round in 0..2 {
+        let old_pid: u32 = std::fs::read_to_string(&pid_path)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(old_pid, serving.pid());
+        eprintln!(
+            "DEBUG round {round}: socket there before rm: {}",
+            sock.exists()
+        );
+        match std::fs::remove_file(&sock) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("rm {}: {e}", sock.display()),
+        }
+        let mut new = Hydrus {
+            dir: tempfile::tempdir().unwrap(),
+            config_path: serving.config_path.clone(),
+            port: serving.port,
+            admin_port: serving.admin_port,
+            child: None,
+            log_path: pid_path.with_file_name(format!("new-{round}.log")),
+            nofile: None,
+        };
+        new.spawn(true);
+        // The new process is ready for the sockets once it has made its own.
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                std::fs::symlink_metadata(&sock).is_ok_and(|m| m.file_type().is_socket())
+            }),
+            "round {round}: no upgrade socket\n{}",
+            new.log()
+        );
+        serving.signal("QUIT");
+        let status = serving.wait_exit(Duration::from_secs(30));
+        assert!(
+            status.success(),
+            "round {round}: old exits cleanly: {status}"
+        );
+        // The new process serves (it also took the admin listener over).
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                std::fs::read_to_string(&pid_path).is_ok_and(|p| p.trim() == new.pid().to_string())
+            }),
+            "round {round}: {}",
+            new.log()
+        );
+        // The first process's directory holds the config: keep it until the end.
+        retired.push(std::mem::replace(&mut serving, new));
+    }
     std::thread::sleep(Duration::from_millis(1000));
     let r = load.finish();
     assert!(
         r.lost.is_empty() && r.other.is_empty() && r.refused == 0,
-        "no request lost across the upgrade: {r:?}"
+        "no request lost across the upgrades: {r:?}"
     );
     assert!(r.ok > 300, "{} requests", r.ok);
-    let (status, _) = get_with(&new.url("/"), &[("x-user-id", "x")]).unwrap();
+    let (status, _) = get_with(&serving.url("/"), &[("x-user-id", "x")]).unwrap();
     assert_eq!(status, 200);
-    new.terminate();
+    serving.terminate();
+    drop(retired);
 }
 
 #[test]

@@ -108,19 +108,6 @@ impl Running {
             .find(|r| r.route.matcher.matches(method, path, headers))
     }
 
-    /// The filter kinds any route runs.
-    pub fn kinds(&self) -> Vec<&'static str> {
-        let mut kinds: Vec<&'static str> = Vec::new();
-        for r in &self.routes {
-            for s in &r.route.chain.stages {
-                if !kinds.contains(&s.kind()) {
-                    kinds.push(s.kind());
-                }
-            }
-        }
-        kinds
-    }
-
     /// Every stage's hot-reloaded tables.
     pub fn tables(&self) -> Vec<Arc<dyn hydrus_filters::table::ReloadableTable>> {
         self.routes

@@ -252,3 +252,28 @@ fn the_single_route_shape_manages_every_request_even_without_filters() {
         "{e:?}"
     );
 }
+
+#[test]
+fn the_upgrade_socket_and_pid_file_default_per_listening_port() {
+    let on = |port: u16, shutdown: &str| {
+        let text = format!(
+            "listen: 127.0.0.1:{port}\n{shutdown}clusters:\n  c:\n    endpoints: [\"127.0.0.1:9000\"]\nroute:\n  cluster: c\n"
+        );
+        load_str(Path::new("/etc/hydrus/h.yaml"), &text, &Metrics::new())
+            .expect("valid")
+            .start
+    };
+    // Two proxies on one host get two sockets and two pid files.
+    let (a, b) = (on(8080, ""), on(8081, ""));
+    assert_eq!(a.upgrade_sock, "/tmp/hydrus-upgrade-8080.sock");
+    assert_eq!(a.pid_file, PathBuf::from("/tmp/hydrus-8080.pid"));
+    assert_eq!(b.upgrade_sock, "/tmp/hydrus-upgrade-8081.sock");
+    assert_eq!(b.pid_file, PathBuf::from("/tmp/hydrus-8081.pid"));
+    // Set, they are taken as written (a relative pid file next to the config).
+    let set = on(
+        8080,
+        "shutdown:\n  upgrade_sock: /run/h.sock\n  pid_file: h.pid\n",
+    );
+    assert_eq!(set.upgrade_sock, "/run/h.sock");
+    assert_eq!(set.pid_file, PathBuf::from("/etc/hydrus/h.pid"));
+}

@@ -6,16 +6,16 @@ use hydrus_filters::log::FileSinkConfig;
 use prometheus::IntCounter;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 /// JSON-lines files under a directory, one per window of the day (and per `rotate_bytes`).
 /// A file's name says its window's start (UTC), the process and a sequence number:
-/// `hydrus-20261122T1845Z-p4242-0003.jsonl`. Only whole lines are ever written.
-pub struct FileSink {
+/// `hydrus-20261122T1845Z-p4242-0003.jsonl`. Only whole lines are counted as written.
+pub struct FileSink<F: LogFile = File> {
     cfg: FileSinkConfig,
     window_ms: u64,
-    current: Option<OpenFile>,
+    current: Option<OpenFile<F>>,
     buf: Vec<u8>,
     /// Lines in `buf`, counted as written when they reach the file.
     last_flush: Instant,
@@ -25,10 +25,35 @@ pub struct FileSink {
     /// while the disk fails are bounded like those in the queue.
     buffered: usize,
     max_buffered: usize,
+    /// Creates a file that does not exist yet at a path.
+    create: Creator<F>,
 }
 
-struct OpenFile {
-    file: File,
+/// How a [`FileSink`] creates its files.
+type Creator<F> = Box<dyn Fn(&Path) -> io::Result<F> + Send>;
+
+/// What the sink writes to: a file. Generic so that tests can put a disk that fills up in its
+/// place, and check what is counted when a write fails part-way.
+pub trait LogFile: Write + Send {
+    fn sync_all(&self) -> io::Result<()>;
+    /// (device, inode) of the open file, to notice it was moved or deleted.
+    fn identity(&self) -> io::Result<(u64, u64)>;
+}
+
+impl LogFile for File {
+    fn sync_all(&self) -> io::Result<()> {
+        File::sync_all(self)
+    }
+
+    fn identity(&self) -> io::Result<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let m = self.metadata()?;
+        Ok((m.dev(), m.ino()))
+    }
+}
+
+struct OpenFile<F> {
+    file: F,
     path: PathBuf,
     window_start_ms: u64,
     bytes: u64,
@@ -36,7 +61,7 @@ struct OpenFile {
 
 /// Write `buf` to `file`, keeping what did not get out; returns the lines that did get out
 /// (also when a later write failed) and how it ended.
-fn write_some(file: &mut File, buf: &mut Vec<u8>) -> (u64, io::Result<()>) {
+fn write_some(file: &mut impl Write, buf: &mut Vec<u8>) -> (u64, io::Result<()>) {
     let mut done = 0;
     let result = loop {
         if done == buf.len() {
@@ -70,6 +95,23 @@ const FLUSH_BYTES: usize = 256 << 10;
 
 impl FileSink {
     pub fn new(cfg: FileSinkConfig, written: IntCounter, max_buffered: usize) -> Self {
+        Self::creating(
+            cfg,
+            written,
+            max_buffered,
+            Box::new(|path| OpenOptions::new().write(true).create_new(true).open(path)),
+        )
+    }
+}
+
+impl<F: LogFile> FileSink<F> {
+    /// A sink whose files `create` makes (a path that exists must fail with `AlreadyExists`).
+    pub fn creating(
+        cfg: FileSinkConfig,
+        written: IntCounter,
+        max_buffered: usize,
+        create: Creator<F>,
+    ) -> Self {
         let window_ms = cfg.window.as_millis().max(1000) as u64;
         Self {
             cfg,
@@ -81,16 +123,17 @@ impl FileSink {
             written,
             buffered: 0,
             max_buffered: max_buffered.max(1),
+            create,
         }
     }
 
     /// Whether the open file is still the one at its path (not deleted, not renamed away by
     /// logrotate or an operator): lines written to a file no longer in the directory would be
     /// counted as written and never read.
-    fn still_linked(cur: &OpenFile) -> bool {
+    fn still_linked(cur: &OpenFile<F>) -> bool {
         use std::os::unix::fs::MetadataExt;
-        match (std::fs::metadata(&cur.path), cur.file.metadata()) {
-            (Ok(at_path), Ok(open)) => at_path.ino() == open.ino() && at_path.dev() == open.dev(),
+        match (std::fs::metadata(&cur.path), cur.file.identity()) {
+            (Ok(at_path), Ok((dev, ino))) => at_path.ino() == ino && at_path.dev() == dev,
             _ => false,
         }
     }
@@ -178,7 +221,7 @@ impl FileSink {
                 self.seq
             );
             let path = self.cfg.dir.join(name);
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
+            match (self.create)(&path) {
                 Ok(file) => {
                     self.current = Some(OpenFile {
                         file,
@@ -195,7 +238,7 @@ impl FileSink {
     }
 }
 
-impl Sink for FileSink {
+impl<F: LogFile> Sink for FileSink<F> {
     fn accept(&mut self, record: &Pending, enc: &mut Encoder) -> Result<(), SinkError> {
         let window_start = record.ts_ms - record.ts_ms % self.window_ms;
         let rotate = match &self.current {
@@ -242,7 +285,7 @@ impl Sink for FileSink {
     }
 
     fn reopen(&mut self) -> Result<(), SinkError> {
-        FileSink::reopen(self)
+        FileSink::<F>::reopen(self)
     }
 }
 
@@ -250,7 +293,8 @@ impl Sink for FileSink {
 mod tests {
     use super::*;
     use crate::metrics::Metrics;
-    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex, OnceLock};
 
     fn running() -> (
         Arc<crate::config::Running>,
@@ -379,5 +423,199 @@ mod tests {
             .map_err(|e| e.to_string())
             .expect("close");
         assert_eq!(read_all(&logs).len(), 1);
+    }
+
+    /// A file on a disk with `room` bytes left: a write past it is cut short and the next one
+    /// fails with ENOSPC, as on a disk filling up; given room again, writes go through.
+    struct Filling {
+        file: File,
+        room: Arc<AtomicUsize>,
+    }
+
+    impl Write for Filling {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            let room = self.room.load(Ordering::SeqCst);
+            if room == 0 {
+                return Err(io::Error::from_raw_os_error(28)); // ENOSPC
+            }
+            let n = self.file.write(&b[..b.len().min(room)])?;
+            self.room.fetch_sub(n, Ordering::SeqCst);
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            self.file.flush()
+        }
+    }
+
+    impl LogFile for Filling {
+        fn sync_all(&self) -> io::Result<()> {
+            self.file.sync_all()
+        }
+
+        fn identity(&self) -> io::Result<(u64, u64)> {
+            self.file.identity()
+        }
+    }
+
+    fn filling(
+        dir: &Path,
+        room: &Arc<AtomicUsize>,
+        written: IntCounter,
+        max_buffered: usize,
+    ) -> FileSink<Filling> {
+        let cfg = FileSinkConfig {
+            dir: dir.to_path_buf(),
+            window: Duration::from_secs(900),
+            rotate_bytes: 1 << 20,
+            flush_interval: Duration::from_secs(1),
+        };
+        let room = room.clone();
+        FileSink::creating(
+            cfg,
+            written,
+            max_buffered,
+            Box::new(move |path| {
+                Ok(Filling {
+                    file: OpenOptions::new().write(true).create_new(true).open(path)?,
+                    room: room.clone(),
+                })
+            }),
+        )
+    }
+
+    #[test]
+    fn written_counts_the_lines_that_reached_the_file_when_a_write_fails_part_way() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let logs = dir.path().join("logs");
+        let m = Metrics::new();
+        let written = m.log_records.with_label_values(&["written"]);
+        let room = Arc::new(AtomicUsize::new(usize::MAX));
+        let mut s = filling(&logs, &room, written.clone(), 1000);
+        let mut enc = Encoder::new(&m);
+        let r = running();
+        // Request ids r10..r99: every line is as long as this one.
+        let line = {
+            let mut v = Vec::new();
+            enc.encode(&record(&r, 1_000, 10), &mut v);
+            v.len()
+        };
+        let mut accept = |s: &mut FileSink<Filling>, ids: std::ops::Range<u32>| {
+            for i in ids {
+                s.accept(&record(&r, 1_000, i), &mut enc)
+                    .map_err(|e| e.to_string())
+                    .expect("accept");
+            }
+        };
+        // The disk fills after a line and a half.
+        room.store(line + line / 2, Ordering::SeqCst);
+        accept(&mut s, 10..14);
+        let e = s.flush().map(|()| "flushed").expect_err("disk full");
+        assert!(e.to_string().contains("No space left"), "{e}");
+        assert_eq!(written.get(), 1, "the half line is not written yet");
+        let on_disk: u64 = std::fs::read_dir(&logs)
+            .expect("dir")
+            .map(|e| e.expect("entry").metadata().expect("stat").len())
+            .sum();
+        assert_eq!(on_disk, (line + line / 2) as u64);
+        // Room again: the rest of the half line, then the others, each once.
+        room.store(usize::MAX, Ordering::SeqCst);
+        s.flush().map_err(|e| e.to_string()).expect("recovered");
+        assert_eq!(written.get(), 4);
+        // Full again two lines and three bytes later.
+        room.store(2 * line + 3, Ordering::SeqCst);
+        accept(&mut s, 14..17);
+        assert!(s.flush().is_err(), "disk full");
+        assert_eq!(written.get(), 6);
+        room.store(usize::MAX, Ordering::SeqCst);
+        s.close(Duration::from_secs(1))
+            .map_err(|e| e.to_string())
+            .expect("close");
+        assert_eq!(written.get(), 7);
+        let lines = read_all(&logs);
+        let ids: Vec<String> = lines
+            .iter()
+            .map(|l| {
+                serde_json::from_str::<hydrus_filters::LogRecord>(l)
+                    .expect("whole json line")
+                    .request_id
+            })
+            .collect();
+        let want: Vec<String> = (10..17).map(|i| format!("r{i}")).collect();
+        assert_eq!(ids, want, "no line lost or written twice");
+    }
+
+    /// What was logged through the `log` crate in this process.
+    fn captured() -> &'static Mutex<Vec<String>> {
+        static LINES: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
+        struct Capture;
+        impl log::Log for Capture {
+            fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+                true
+            }
+            fn log(&self, r: &log::Record<'_>) {
+                LINES
+                    .get_or_init(Mutex::default)
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(r.args().to_string());
+            }
+            fn flush(&self) {}
+        }
+        static CAPTURE: Capture = Capture;
+        if log::set_logger(&CAPTURE).is_ok() {
+            log::set_max_level(log::LevelFilter::Info);
+        }
+        LINES.get_or_init(Mutex::default)
+    }
+
+    #[test]
+    fn a_failing_sink_buffers_at_most_the_queue_capacity_and_the_exit_says_what_it_lost() {
+        let logged = captured();
+        let dir = tempfile::tempdir().expect("tmp");
+        let logs = dir.path().join("logs");
+        let m = Arc::new(Metrics::new());
+        // The disk is full from the start.
+        let room = Arc::new(AtomicUsize::new(0));
+        let sink = filling(
+            &logs,
+            &room,
+            m.log_records.with_label_values(&["written"]),
+            4,
+        );
+        let (q, s) = super::super::start_sink(Box::new(sink), 4, &m)
+            .map_err(|e| e.to_string())
+            .expect("start");
+        let r = running();
+        // One at a time, each taken off the queue: the sink buffers four (the queue's
+        // capacity), refuses the fifth, which the sink thread then holds.
+        for i in 0..5 {
+            q.push(Box::new(record(&r, 1_000, i)));
+            let t = Instant::now();
+            while !q.queue.is_empty() {
+                assert!(t.elapsed() < Duration::from_secs(5), "record {i} not taken");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        // The queue fills; the rest are dropped, counted.
+        for i in 5..20 {
+            q.push(Box::new(record(&r, 1_000, i)));
+        }
+        let count = |what: &str| m.log_records.with_label_values(&[what]).get();
+        assert_eq!(
+            (count("accepted"), count("dropped"), count("written")),
+            (9, 11, 0)
+        );
+        s.shutdown(Duration::from_millis(300));
+        let said = logged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        assert!(
+            said.iter()
+                .any(|l| l.contains("9 accepted record(s) not written")
+                    && l.contains("No space left")),
+            "{said:#?}"
+        );
     }
 }

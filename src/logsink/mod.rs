@@ -168,7 +168,6 @@ pub trait Sink: Send {
 }
 
 struct Counters {
-    written: IntCounter,
     depth: IntGauge,
     errors: IntCounter,
 }
@@ -192,22 +191,30 @@ impl Encoder {
 
 /// Start the sink thread for `cfg`.
 pub fn start(cfg: &LogRuntime, metrics: &Arc<Metrics>) -> Result<(LogQueue, LogSink), StartError> {
-    let queue = Arc::new(ArrayQueue::new(cfg.queue_capacity.max(1)));
-    let counters = Counters {
-        written: metrics.log_records.with_label_values(&["written"]),
-        depth: metrics.log_queue_depth.clone(),
-        errors: metrics.log_sink_errors.with_label_values(&["write"]),
-    };
     let sink: Box<dyn Sink> = match &cfg.sink {
         SinkConfig::File(f) => Box::new(FileSink::new(
             f.clone(),
-            counters.written.clone(),
+            metrics.log_records.with_label_values(&["written"]),
             cfg.queue_capacity,
         )),
         #[cfg(feature = "kafka")]
         SinkConfig::Kafka(k) => Box::new(kafka::KafkaSink::new(k, metrics)?),
         #[cfg(not(feature = "kafka"))]
         SinkConfig::Kafka(_) => return Err(StartError::NoKafka),
+    };
+    start_sink(sink, cfg.queue_capacity, metrics)
+}
+
+/// Start the sink thread for `sink`, behind a queue of `capacity` records.
+fn start_sink(
+    sink: Box<dyn Sink>,
+    capacity: usize,
+    metrics: &Arc<Metrics>,
+) -> Result<(LogQueue, LogSink), StartError> {
+    let queue = Arc::new(ArrayQueue::new(capacity.max(1)));
+    let counters = Counters {
+        depth: metrics.log_queue_depth.clone(),
+        errors: metrics.log_sink_errors.with_label_values(&["write"]),
     };
     let control = Arc::new(Control::default());
     signal_hook::flag::register(signal_hook::consts::SIGUSR1, control.reopen.clone())

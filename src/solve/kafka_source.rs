@@ -108,21 +108,28 @@ pub struct KafkaSource {
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 impl KafkaSource {
-    pub fn new(url: &str, group: &str) -> Result<Self, KafkaError> {
+    /// `properties`: `--kafka-property`, set last (they replace the reader's own settings).
+    pub fn new(
+        url: &str,
+        group: &str,
+        properties: &[(String, String)],
+    ) -> Result<Self, KafkaError> {
         let (brokers, topic) = parse_url(url).ok_or_else(|| KafkaError::Url {
             url: url.to_string(),
         })?;
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
+        let mut cc = ClientConfig::new();
+        cc.set("bootstrap.servers", &brokers)
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .create()
-            .map_err(|e| KafkaError::Consumer {
-                brokers: brokers.clone(),
-                source: Box::new(e),
-            })?;
+            .set("auto.offset.reset", "earliest");
+        for (k, v) in properties {
+            cc.set(k, v);
+        }
+        let consumer: BaseConsumer = cc.create().map_err(|e| KafkaError::Consumer {
+            brokers: brokers.clone(),
+            source: Box::new(e),
+        })?;
         let partitions = partition_ids(&consumer, &topic).map_err(|e| KafkaError::Metadata {
             url: url.to_string(),
             source: Box::new(e),

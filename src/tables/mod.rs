@@ -191,12 +191,24 @@ impl Reloader {
                 }
             );
         }
-        let now = new.kinds();
-        for kind in old.kinds().into_iter().filter(|k| !now.contains(k)) {
-            log::warn!(
-                "config reloaded from {}: the `{kind}` filter that was running is gone from it",
-                self.config_path.display()
-            );
+        for gone in removed(&old, &new) {
+            let kind = match gone {
+                Removed::Route(name) => {
+                    log::warn!(
+                        "config reloaded from {}: route `{name}` that was running is gone from it",
+                        self.config_path.display()
+                    );
+                    "route"
+                }
+                Removed::Filter(route, kind) => {
+                    log::warn!(
+                        "config reloaded from {}: the `{kind}` filter that was running on route \
+                         `{route}` is gone from it",
+                        self.config_path.display()
+                    );
+                    kind
+                }
+            };
             self.state
                 .metrics
                 .config_dropped
@@ -364,4 +376,35 @@ pub fn spawn(state: Arc<State>, config_path: PathBuf) -> Result<Sender<Trigger>,
             source,
         })?;
     Ok(tx)
+}
+
+/// What a reload took away from the running config.
+#[derive(Debug, PartialEq)]
+enum Removed {
+    /// A route (by name) the new config no longer has.
+    Route(String),
+    /// A filter kind a route that stays no longer runs: (route, kind).
+    Filter(String, &'static str),
+}
+
+/// Routes gone, and filters gone from routes that stay: compared per route, since a kind that
+/// another route still runs says nothing about the route that lost it.
+fn removed(old: &Running, new: &Running) -> Vec<Removed> {
+    let mut gone = Vec::new();
+    for o in &old.routes {
+        let name = &o.route.name;
+        let Some(n) = new.routes.iter().find(|n| &n.route.name == name) else {
+            gone.push(Removed::Route(name.clone()));
+            continue;
+        };
+        let kept: Vec<&str> = n.route.chain.stages.iter().map(|s| s.kind()).collect();
+        for s in &o.route.chain.stages {
+            let kind = s.kind();
+            let f = Removed::Filter(name.clone(), kind);
+            if !kept.contains(&kind) && !gone.contains(&f) {
+                gone.push(f);
+            }
+        }
+    }
+    gone
 }

@@ -336,8 +336,8 @@ pub struct Hydrus {
     pub admin_port: u16,
     pub child: Option<Child>,
     pub log_path: PathBuf,
-    /// An open-file limit to start hydrus under (soft and hard), when set.
-    pub nofile: Option<u64>,
+    /// An open-file limit to start hydrus under (soft, hard), when set.
+    pub nofile: Option<(u64, u64)>,
 }
 
 pub fn bin() -> &'static str {
@@ -384,8 +384,13 @@ impl Hydrus {
         Self::start_limited(dir, template, None)
     }
 
-    /// Start under an open-file limit (`prlimit --nofile`).
+    /// Start under an open-file limit (`prlimit --nofile`), soft and hard alike.
     pub fn start_limited(dir: tempfile::TempDir, template: &str, nofile: Option<u64>) -> Self {
+        Self::start_under(dir, template, nofile.map(|n| (n, n)))
+    }
+
+    /// Start under a soft and a hard open-file limit (`prlimit --nofile=SOFT:HARD`).
+    pub fn start_under(dir: tempfile::TempDir, template: &str, nofile: Option<(u64, u64)>) -> Self {
         let port = free_port();
         let admin_port = free_port();
         let config_path = dir.path().join("hydrus.yaml");
@@ -413,9 +418,9 @@ impl Hydrus {
             .unwrap();
         let mut cmd = match self.nofile {
             // prlimit execs the command: the child's pid is hydrus's.
-            Some(n) => {
+            Some((soft, hard)) => {
                 let mut c = Command::new("prlimit");
-                c.arg(format!("--nofile={n}:{n}")).arg(bin());
+                c.arg(format!("--nofile={soft}:{hard}")).arg(bin());
                 c
             }
             None => Command::new(bin()),

@@ -63,7 +63,7 @@ impl Batch {
         #[cfg(feature = "kafka")]
         {
             let mut c = proto;
-            let mut src = KafkaSource::new(logs, &args.group)?;
+            let mut src = KafkaSource::new(logs, &args.group, &args.kafka_properties)?;
             src.read_to_end(&mut c)?;
             Ok((Batch::Kafka(src), c))
         }
@@ -147,7 +147,14 @@ fn follow_in_group(
     }
     #[cfg(feature = "kafka")]
     {
-        crate::solve::kafka_group::run(args.logs(), summaries, &args.group, opts, fo)?;
+        crate::solve::kafka_group::run(
+            args.logs(),
+            summaries,
+            &args.group,
+            &args.kafka_properties,
+            opts,
+            fo,
+        )?;
         Ok(())
     }
     #[cfg(not(feature = "kafka"))]

@@ -152,6 +152,21 @@ pub struct SolveArgs {
     /// E2E with --follow: re-solve this often, on the records of the last interval.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub interval: Duration,
+    /// Kafka: a librdkafka property for every Kafka client the solver opens, as
+    /// `log.kafka.properties` is for the proxy's sink (repeat for more); replaces the
+    /// solver's own settings, such as the summaries producer's `compression.type=lz4`.
+    #[arg(long = "kafka-property", value_name = "KEY=VALUE", value_parser = kafka_property)]
+    pub kafka_properties: Vec<(String, String)>,
+}
+
+/// `--kafka-property KEY=VALUE`.
+fn kafka_property(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!(
+            "`{s}`: expected KEY=VALUE, e.g. compression.type=zstd"
+        )),
+    }
 }
 
 impl SolveArgs {
@@ -200,7 +215,11 @@ fn follow_source(args: &SolveArgs) -> Result<Box<dyn FollowSource>, SolveError> 
     Ok(if args.logs().starts_with("kafka://") {
         #[cfg(feature = "kafka")]
         {
-            Box::new(KafkaSource::new(args.logs(), &args.group)?)
+            Box::new(KafkaSource::new(
+                args.logs(),
+                &args.group,
+                &args.kafka_properties,
+            )?)
         }
         #[cfg(not(feature = "kafka"))]
         return Err(SolveError::NoKafka);

@@ -136,6 +136,30 @@ fn a_budget_smaller_than_the_slow_share_buys_its_share_of_the_cut() {
             assert!(p > 0.0 && p < 1.0, "{r:?}");
         }
     }
+    // The slow share grew to 10%: every budget from 3% to 8% still buys its share of the cut
+    // (re-solving must never be worse than keeping the table solved for 3%).
+    inputs
+        .routes
+        .insert("s20".into(), slow_share(11, 20_000, 0.10));
+    let mut last_p99 = f64::INFINITY;
+    for budget in [0.03, 0.04, 0.05, 0.06, 0.07, 0.08] {
+        let (table, report) = solve(&inputs, budget).expect("solves");
+        assert!(
+            (report.extra_load - budget).abs() <= 0.1 * budget,
+            "10% slow, budget {budget}: spent {}",
+            report.extra_load
+        );
+        assert!(
+            report.p99_with_reissue_ms < report.p99_ms,
+            "10% slow, {budget}: {report:?}"
+        );
+        assert!(
+            report.p99_with_reissue_ms <= last_p99 + 1e-9,
+            "10% slow, {budget}: {report:?}"
+        );
+        last_p99 = report.p99_with_reissue_ms;
+        assert!(table.routes["s20"].timeout_ms.is_some(), "{budget}");
+    }
 }
 
 #[test]

@@ -70,6 +70,27 @@ pub(super) fn client(brokers: &str) -> ClientConfig {
     c
 }
 
+/// `--kafka-property` over a client's settings: set last, so they replace the member's own.
+pub(super) fn with_properties<'a>(
+    c: &'a mut ClientConfig,
+    properties: &[(String, String)],
+) -> &'a mut ClientConfig {
+    for (k, v) in properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// The summaries producer's settings: lz4 compression, as the proxy's sink, unless a property
+/// says otherwise (a consumer of the summaries without lz4 needs `compression.type=none`).
+pub(super) fn producer_config(brokers: &str, properties: &[(String, String)]) -> ClientConfig {
+    let mut c = client(brokers);
+    c.set("message.timeout.ms", "30000")
+        .set("compression.type", "lz4");
+    with_properties(&mut c, properties);
+    c
+}
+
 pub(super) fn created<T>(
     brokers: &str,
     r: rdkafka::error::KafkaResult<T>,
@@ -109,4 +130,23 @@ pub(super) fn member_name() -> String {
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "host".into());
     format!("{host}/{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summaries_producer_compresses_with_lz4_unless_a_property_says_otherwise() {
+        let c = producer_config("b:9092", &[]);
+        assert_eq!(c.get("compression.type"), Some("lz4"));
+        let props = [
+            ("compression.type".to_string(), "zstd".to_string()),
+            ("security.protocol".to_string(), "SASL_SSL".to_string()),
+        ];
+        let c = producer_config("b:9092", &props);
+        assert_eq!(c.get("compression.type"), Some("zstd"));
+        assert_eq!(c.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(c.get("bootstrap.servers"), Some("b:9092"));
+    }
 }

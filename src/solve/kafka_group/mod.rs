@@ -37,7 +37,10 @@ mod client;
 mod merger;
 
 pub use client::GroupError;
-use client::{client, created, member_name, partitions_of, split, topic_err, Delivery, TIMEOUT};
+use client::{
+    client, created, member_name, partitions_of, producer_config, split, topic_err,
+    with_properties, Delivery, TIMEOUT,
+};
 use merger::{GroupMessage, Merger};
 
 /// One log partition this member holds.
@@ -98,21 +101,25 @@ impl Member {
         logs_url: &str,
         summaries_url: &str,
         group: &str,
+        properties: &[(String, String)],
         opts: &SolveOptions,
     ) -> Result<Self, GroupError> {
         let (brokers, log_topic) = split(logs_url)?;
         let (sbrokers, summary_topic) = split(summaries_url)?;
         let logs: BaseConsumer = created(
             &brokers,
-            client(&brokers)
-                .set("group.id", group)
-                .set("enable.auto.commit", "false")
-                .set("enable.auto.offset.store", "false")
-                .set("auto.offset.reset", "earliest")
-                // A member that died gives its partitions away within this.
-                .set("session.timeout.ms", "10000")
-                .set("heartbeat.interval.ms", "1000")
-                .create(),
+            with_properties(
+                client(&brokers)
+                    .set("group.id", group)
+                    .set("enable.auto.commit", "false")
+                    .set("enable.auto.offset.store", "false")
+                    .set("auto.offset.reset", "earliest")
+                    // A member that died gives its partitions away within this.
+                    .set("session.timeout.ms", "10000")
+                    .set("heartbeat.interval.ms", "1000"),
+                properties,
+            )
+            .create(),
         )?;
         let partitions = partitions_of(&logs, &log_topic)?.len();
         logs.subscribe(&[&log_topic])
@@ -120,10 +127,13 @@ impl Member {
         // The summaries are read whole by every member: assigned, never committed.
         let summaries: BaseConsumer = created(
             &sbrokers,
-            client(&sbrokers)
-                .set("group.id", format!("{group}-summaries"))
-                .set("enable.auto.commit", "false")
-                .create(),
+            with_properties(
+                client(&sbrokers)
+                    .set("group.id", format!("{group}-summaries"))
+                    .set("enable.auto.commit", "false"),
+                properties,
+            )
+            .create(),
         )?;
         let summary_partitions = partitions_of(&summaries, &summary_topic)?;
         let mut tpl = TopicPartitionList::new();
@@ -136,10 +146,7 @@ impl Member {
             .map_err(topic_err(&summary_topic, "assign"))?;
         let producer: BaseProducer<Delivery> = created(
             &sbrokers,
-            client(&sbrokers)
-                .set("message.timeout.ms", "30000")
-                .set("compression.type", "lz4")
-                .create_with_context(Delivery::default()),
+            producer_config(&sbrokers, properties).create_with_context(Delivery::default()),
         )?;
         let template = Collector::with_pool(
             opts.window_secs,
@@ -492,11 +499,12 @@ pub fn run(
     logs_url: &str,
     summaries_url: &str,
     group: &str,
+    properties: &[(String, String)],
     opts: &SolveOptions,
     fo: &FollowOptions,
 ) -> Result<(), FollowError> {
     let windows = (86_400 / opts.window_secs) as usize;
-    let mut member = Member::new(logs_url, summaries_url, group, opts)?;
+    let mut member = Member::new(logs_url, summaries_url, group, properties, opts)?;
     let mut rows = base_rows(&fo.out, opts.window_secs);
     let mut set = None;
     let stop = Arc::new(AtomicBool::new(false));
