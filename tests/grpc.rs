@@ -9,8 +9,9 @@ mod common;
 
 use common::*;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
@@ -225,14 +226,23 @@ fn a_call_hydrus_cannot_proxy_gets_a_grpc_status_not_an_http_error() {
 fn an_endpoint_not_serving_gets_no_calls_until_it_serves_again() {
     let rt = Runtime::new().unwrap();
     let (a, b) = (GrpcUpstream::start(&rt), GrpcUpstream::start(&rt));
-    let checks = "    protocol: h2c
+    let (interval, timeout, threshold) = (Duration::from_millis(200), Duration::from_secs(1), 2);
+    let checks = format!(
+        "    protocol: h2c
     health_check:
       grpc_service: \"\"
-      interval: 100ms
-      timeout: 1s
-      healthy_threshold: 1
-      unhealthy_threshold: 1";
-    let h = start_hydrus(&config(&[a.addr, b.addr], checks));
+      interval: {}ms
+      timeout: {}ms
+      healthy_threshold: {threshold}
+      unhealthy_threshold: {threshold}",
+        interval.as_millis(),
+        timeout.as_millis()
+    );
+    // The documented timing: out after `unhealthy_threshold` checks (back after
+    // `healthy_threshold`), one per interval, the last answered within its timeout; plus
+    // 500 ms: the checks' 100 ms tick (twice) and scheduling on a loaded 2-core machine.
+    let bound = interval * threshold + timeout + Duration::from_millis(500);
+    let h = start_hydrus(&config(&[a.addr, b.addr], &checks));
     let mut c = client(&rt, h.port);
     let healthy = |addr: SocketAddr| {
         h.metric(&format!(
@@ -258,17 +268,35 @@ fn an_endpoint_not_serving_gets_no_calls_until_it_serves_again() {
     assert_eq!(to_a + to_b, 10);
     assert!(to_a > 0 && to_b > 0, "both serve: {to_a} and {to_b}");
 
-    // A says NOT_SERVING: within a few check intervals it gets none.
-    a.set(&rt, false);
-    assert!(eventually(Duration::from_secs(5), || healthy(a.addr) == 0.0));
+    // How long after A switches to `serving` the health gauge says `want` (measured from
+    // just before the switch; polled every 10 ms, given up after 10 s).
+    let switch = |serving: bool, want: f64| {
+        let start = Instant::now();
+        a.set(&rt, serving);
+        while healthy(a.addr) != want && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        start.elapsed()
+    };
+
+    // A says NOT_SERVING: it is out within the bound, and then gets no calls.
+    let out = switch(false, 0.0);
+    assert!(
+        out <= bound,
+        "out after {out:?}, documented within {bound:?}"
+    );
     a.take();
     b.take();
     calls(&mut c, 20);
     assert_eq!((ours(&a), ours(&b)), (0, 20));
 
     // Serving again: it gets calls again.
-    a.set(&rt, true);
-    assert!(eventually(Duration::from_secs(5), || healthy(a.addr) == 1.0));
+    let back = switch(true, 1.0);
+    assert!(
+        back <= bound,
+        "back after {back:?}, documented within {bound:?}"
+    );
+    eprintln!("out after {out:?}, back after {back:?}; bound {bound:?}");
     calls(&mut c, 20);
     assert!(ours(&a) > 0, "A serves again and gets calls");
 }
@@ -433,6 +461,189 @@ fn trailers_come_back_intact_and_slow_calls_are_hedged_only_on_idempotent_routes
         by.insert(name.to_string());
         by.contains("slow")
     }));
+}
+
+/// A gRPC server written with the h2 crate that counts the calls it gets. `/t.S/Echo` sends
+/// back each piece of the call's body as it arrives (a bidirectional stream); `/t.S/Serve`
+/// answers with five messages 150 ms apart (server streaming). Both answer their header at
+/// once and end with trailers `grpc-status: 0`.
+fn streaming_server(rt: &Runtime) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let count = calls.clone();
+    rt.spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(socket).await else {
+                    return;
+                };
+                while let Some(Ok((req, respond))) = conn.accept().await {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    tokio::spawn(stream_call(req, respond));
+                }
+            });
+        }
+    });
+    (addr, calls)
+}
+
+/// One message of the streaming tests: `i` in a gRPC frame.
+fn message(i: u8) -> bytes::Bytes {
+    bytes::Bytes::from(vec![0, 0, 0, 0, 1, i])
+}
+
+async fn stream_call(
+    req: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<bytes::Bytes>,
+) {
+    let echo = req.uri().path() == "/t.S/Echo";
+    let response = http::Response::builder()
+        .status(200)
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap();
+    let Ok(mut send) = respond.send_response(response, false) else {
+        return;
+    };
+    let mut body = req.into_body();
+    while let Some(Ok(chunk)) = body.data().await {
+        let _ = body.flow_control().release_capacity(chunk.len());
+        if echo {
+            let _ = send.send_data(chunk, false);
+        }
+    }
+    if !echo {
+        for i in 0..5 {
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+            let _ = send.send_data(message(i), false);
+        }
+    }
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", "0".parse().unwrap());
+    let _ = send.send_trailers(trailers);
+}
+
+/// Read a response body until it holds `len` bytes (all of it: `usize::MAX`), within 5 s;
+/// appends to `got` and the time since `start` at which each whole message arrived.
+async fn read_until(
+    body: &mut h2::RecvStream,
+    len: usize,
+    got: &mut Vec<u8>,
+    arrivals: &mut Vec<Duration>,
+    start: Instant,
+) {
+    while got.len() < len {
+        let next = tokio::time::timeout(Duration::from_secs(5), body.data())
+            .await
+            .expect("the response's messages within 5 s");
+        let Some(chunk) = next else { break };
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        got.extend_from_slice(&chunk);
+        // (The test's messages are 6 bytes each.)
+        while arrivals.len() < got.len() / 6 {
+            arrivals.push(start.elapsed());
+        }
+    }
+}
+
+#[test]
+fn streaming_calls_on_a_hedged_idempotent_route_reach_the_server_once_and_stream() {
+    let rt = Runtime::new().unwrap();
+    let (a, calls_a) = streaming_server(&rt);
+    let (b, calls_b) = streaming_server(&rt);
+    let calls = || calls_a.load(Ordering::SeqCst) + calls_b.load(Ordering::SeqCst);
+    let hedge = "hedge:\n  table:\n    path: {dir}/hedge.yaml\n  burst: 20";
+    let template = Config::new()
+        .cluster_with("ranking", &[a, b], "    protocol: h2c")
+        .route(
+            route("streams", "ranking")
+                .with("idempotent: true")
+                .filter(hedge)
+                .filter(&file_log()),
+        )
+        .template();
+    let dir = tempfile::tempdir().unwrap();
+    // Every call is reissued once it goes 300 ms unanswered, well within both streams.
+    std::fs::write(
+        dir.path().join("hedge.yaml"),
+        "budget: 1.0\nroutes:\n  ranking: { timeout_ms: 300 }\n",
+    )
+    .unwrap();
+    let h = Hydrus::start_in(dir, &template);
+
+    // Server streaming: one request message, five answers over 600 ms. The race ends at the
+    // first response header; the messages then come as the server sends them.
+    rt.block_on(async {
+        let (response, mut send) = open_call(h.port, "/t.S/Serve", Some("u1")).await;
+        let start = Instant::now();
+        send.send_data(bytes::Bytes::from_static(GRPC_REQUEST), true)
+            .unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(5), response)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let mut body = response.into_body();
+        let (mut got, mut arrivals) = (Vec::new(), Vec::new());
+        read_until(&mut body, usize::MAX, &mut got, &mut arrivals, start).await;
+        let trailers = body.trailers().await.unwrap().unwrap();
+        assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+        assert_eq!(
+            got,
+            (0..5).flat_map(|i| message(i).to_vec()).collect::<Vec<_>>()
+        );
+        // Streamed: the last message came well after the first (the server spaces them
+        // 600 ms apart), not all at once when the stream ended.
+        assert!(
+            arrivals[4] - arrivals[0] >= Duration::from_millis(300),
+            "{arrivals:?}"
+        );
+    });
+    assert_eq!(calls(), 1, "a server-streaming call is not reissued");
+
+    // Client (and bidirectional) streaming: the body holds more than one message, so it is
+    // not hedged, and not held until it ends: the first two messages come back echoed
+    // before the client sends its last one.
+    rt.block_on(async {
+        let (response, mut send) = open_call(h.port, "/t.S/Echo", Some("u2")).await;
+        let start = Instant::now();
+        send.send_data(message(1), false).unwrap();
+        send.send_data(message(2), false).unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(5), response)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut body = response.into_body();
+        let (mut got, mut arrivals) = (Vec::new(), Vec::new());
+        read_until(&mut body, 12, &mut got, &mut arrivals, start).await;
+        send.send_data(message(3), true).unwrap();
+        read_until(&mut body, usize::MAX, &mut got, &mut arrivals, start).await;
+        let trailers = body.trailers().await.unwrap().unwrap();
+        assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+        assert_eq!(got, [message(1), message(2), message(3)].concat());
+    });
+    assert_eq!(calls(), 2, "a client-streaming call is sent once");
+
+    assert!(eventually(Duration::from_secs(5), || {
+        read_records(&h.path("logs")).len() == 2
+    }));
+    let records = read_records(&h.path("logs"));
+    assert!(
+        records.iter().all(|r| r.grpc_status == Some(0)),
+        "{records:?}"
+    );
+    assert_eq!(
+        h.metric("hydrus_hedges_total{result=\"sent\"}"),
+        0.0,
+        "nothing reissued"
+    );
 }
 
 /// Open an HTTP/2 connection to hydrus and start a call to `path`; `body_done` ends its

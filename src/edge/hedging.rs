@@ -1,9 +1,14 @@
 //! The hedge stage's reissues: for an idempotent request whose route's hedge stage gave it a
 //! timeout, the edge makes the upstream calls itself, racing a reissue against a slow first
-//! attempt (within the stage's budget), and answers the client with the winner. Idempotent:
-//! a GET or HEAD without a body, or any request on a route marked `idempotent` (unary gRPC
-//! calls that only read): its body is read whole first and sent with each attempt, and the
-//! winner's trailers (a call's `grpc-status`) reach the client with its response.
+//! attempt (within the stage's budget), and streams the winner's response to the client.
+//! Idempotent: a GET or HEAD without a body, or any request on a route marked `idempotent`
+//! (unary gRPC calls that only read): its body is read whole first and sent with each attempt.
+//!
+//! Only unary calls are hedged. A call whose body holds other than exactly one gRPC message
+//! (client or bidirectional streaming) is not: it is handed to pingora's path as read so far,
+//! sent once and streamed. The race ends at the first response header, so a server-streaming
+//! answer (whose header comes before its messages) streams from that attempt as it comes, its
+//! trailers (the call's `grpc-status`) last.
 
 use super::upstream::{error_kind, outcome_of, peer, upstream_error, Attempt, Hold};
 use super::{Ctx, Proxy};
@@ -71,23 +76,87 @@ struct Outgoing {
     body: Bytes,
 }
 
-/// What an attempt got back, whole.
+/// An attempt whose response has begun: its header, and the upstream session its body and
+/// trailers are still to be read from.
 struct Answer {
     header: ResponseHeader,
-    body: Bytes,
-    trailers: Option<http::HeaderMap>,
+    upstream: HttpSession,
+    peer: HttpPeer,
+    idle: Duration,
 }
 
-/// The client's whole request body, or `None` when it is larger than `max`.
-async fn read_body(session: &mut Session, max: usize) -> Result<Option<Bytes>> {
+/// How many gRPC messages a call's body holds so far. Each is length-prefixed (a flag byte,
+/// a 4-byte big-endian length), so the first one's end is known from its first 5 bytes.
+#[derive(Debug, PartialEq, Eq)]
+enum Messages {
+    /// Not one whole message yet (nothing, or the first one in part).
+    Partial,
+    /// Exactly one whole message: a unary call's request, when the body ends here.
+    One,
+    /// Bytes beyond the first message: a streaming call.
+    More,
+}
+
+/// Where a call's body read so far stands, from its first message's length prefix.
+fn messages(body: &[u8]) -> Messages {
+    let Some(prefix) = body.get(1..5) else {
+        return Messages::Partial;
+    };
+    let len = prefix
+        .iter()
+        .fold(0usize, |n, b| (n << 8) | usize::from(*b));
+    match body.len().cmp(&len.saturating_add(5)) {
+        std::cmp::Ordering::Less => Messages::Partial,
+        std::cmp::Ordering::Equal => Messages::One,
+        std::cmp::Ordering::Greater => Messages::More,
+    }
+}
+
+/// The client's request body, as read for hedging.
+enum Read {
+    /// Whole, and hedgeable.
+    Whole(Bytes),
+    /// Larger than the stage's `max_body_bytes`.
+    TooLarge,
+    /// A call that is not unary: more than one message (`ended`: false, reading stopped at
+    /// the second), or none or a cut one when the body ended.
+    NotUnary { read: BytesMut, ended: bool },
+}
+
+/// Read the client's body for hedging. On a call (`grpc`), reading stops as soon as the body
+/// shows a second message: a streaming client may wait for answers before it ends its body.
+async fn read_body(session: &mut Session, max: usize, grpc: bool) -> Result<Read> {
     let mut body = BytesMut::new();
     while let Some(chunk) = session.read_request_body().await? {
-        if body.len() + chunk.len() > max {
+        body.extend_from_slice(&chunk);
+        if grpc && messages(&body) == Messages::More {
+            return Ok(Read::NotUnary {
+                read: body,
+                ended: false,
+            });
+        }
+        if body.len() > max {
+            return Ok(Read::TooLarge);
+        }
+    }
+    if grpc && messages(&body) != Messages::One {
+        return Ok(Read::NotUnary {
+            read: body,
+            ended: true,
+        });
+    }
+    Ok(Read::Whole(body.freeze()))
+}
+
+/// The rest of a body whose start is `read`, whole, or `None` when it is larger than `max`.
+async fn read_rest(session: &mut Session, mut read: BytesMut, max: usize) -> Result<Option<Bytes>> {
+    while let Some(chunk) = session.read_request_body().await? {
+        if read.len() + chunk.len() > max {
             return Ok(None);
         }
-        body.extend_from_slice(&chunk);
+        read.extend_from_slice(&chunk);
     }
-    Ok(Some(body.freeze()))
+    Ok(Some(read.freeze()))
 }
 
 impl Proxy {
@@ -110,12 +179,35 @@ impl Proxy {
         if !hedgeable(session, route.route.idempotent) || cluster.endpoints.is_empty() {
             return Ok(false);
         }
-        let body = match read_body(session, stage.max_body_bytes).await? {
-            Some(b) => b,
-            None => {
+        if ctx.grpc {
+            // What is read here of a call that turns out not unary is replayed by pingora's
+            // path (up to its buffer's size).
+            session.enable_retry_buffering();
+        }
+        let max = stage.max_body_bytes;
+        let (body, timeout) = match read_body(session, max, ctx.grpc).await? {
+            Read::Whole(b) => (b, Some(timeout)),
+            Read::TooLarge => {
                 // Read in part: it cannot go to pingora's path any more.
                 // (413; a call gets RESOURCE_EXHAUSTED.)
                 return self.refused(session, ctx, "body_too_large", 413).await;
+            }
+            Read::NotUnary { read, ended } => {
+                if !session.as_ref().retry_buffer_truncated() {
+                    // Sent once, streamed both ways, by pingora's path.
+                    return Ok(false);
+                }
+                // Read beyond what pingora's path can replay: the rest is read whole here
+                // and sent once.
+                let whole = if ended {
+                    Some(read.freeze())
+                } else {
+                    read_rest(session, read, max).await?
+                };
+                match whole {
+                    Some(b) => (b, None),
+                    None => return self.refused(session, ctx, "body_too_large", 413).await,
+                }
             }
         };
         if let Some(slot) = &ctx.slot {
@@ -146,50 +238,52 @@ impl Proxy {
         ctx.hold = Some(Hold::new(cluster.clone()));
         ctx.cluster_load = Some(cluster.budget.in_flight().0);
         let sent = Instant::now();
-        let result = self
+        let answer = self
             .race_attempts(stage, &cluster, (a, b), upstream, timeout, ctx)
-            .await;
-        let answer = result?;
+            .await?;
         ctx.upstream_ms = Some(sent.elapsed().as_secs_f64() * 1000.0);
         if ctx.grpc {
-            let trailers = answer.trailers.as_ref();
-            ctx.grpc_status = trailers
-                .and_then(super::grpc::status_of)
-                .or_else(|| super::grpc::status_of(&answer.header.headers));
+            // A trailers-only answer carries its status in the header.
+            ctx.grpc_status = super::grpc::status_of(&answer.header.headers);
         }
-        respond(session, answer).await?;
+        let trailers = self.relay(session, answer).await?;
+        if let (true, Some(t)) = (ctx.grpc, &trailers) {
+            ctx.grpc_status = super::grpc::status_of(t).or(ctx.grpc_status);
+        }
         Ok(true)
     }
 
-    /// The race between the first attempt (on `a`) and a reissue (on `b`); when the first fails
-    /// before any answer, one more try on `b`, as any retry.
+    /// The race between the first attempt (on `a`) and a reissue (on `b`) after `timeout`
+    /// (`None`: no reissue); when the first fails before any answer, one more try on `b`, as
+    /// any retry. An attempt ends with its response header.
     async fn race_attempts(
         &self,
         stage: &HedgeStage,
         cluster: &Arc<Cluster>,
         (a, b): (usize, usize),
         upstream: Outgoing,
-        timeout: Duration,
+        timeout: Option<Duration>,
         ctx: &mut Ctx,
     ) -> Result<Answer> {
-        let max = stage.max_body_bytes;
         let sent = Instant::now();
         let (mut result, winner) = race(
-            self.attempt(cluster, a, upstream.clone(), max),
-            || self.attempt(cluster, b, upstream.clone(), max),
-            Some(timeout),
+            self.attempt(cluster, a, upstream.clone()),
+            || self.attempt(cluster, b, upstream.clone()),
+            timeout,
             &stage.budget,
         )
         .await;
-        let outcome = match winner {
-            Winner::Primary if sent.elapsed() >= timeout => HedgeOutcome::Denied,
-            Winner::Primary => HedgeOutcome::Fast,
-            w => {
-                ctx.tried.push(b);
-                HedgeOutcome::Reissued(w)
-            }
-        };
-        stage.record(&mut ctx.state, outcome);
+        if let Some(timeout) = timeout {
+            let outcome = match winner {
+                Winner::Primary if sent.elapsed() >= timeout => HedgeOutcome::Denied,
+                Winner::Primary => HedgeOutcome::Fast,
+                w => {
+                    ctx.tried.push(b);
+                    HedgeOutcome::Reissued(w)
+                }
+            };
+            stage.record(&mut ctx.state, outcome);
+        }
         if let Err(e) = &result {
             self.state
                 .metrics
@@ -204,26 +298,22 @@ impl Proxy {
                     .is_some_and(|h| h.take_retry(&self.state, &ctx.tried, Some(a), false));
             if retry {
                 ctx.tried.push(b);
-                result = self.attempt(cluster, b, upstream, max).await;
+                result = self.attempt(cluster, b, upstream).await;
             }
         }
         result
     }
 
-    /// One attempt of a hedged request: the whole response, buffered.
-    async fn attempt(
-        &self,
-        cluster: &Cluster,
-        endpoint: usize,
-        req: Outgoing,
-        max_body: usize,
-    ) -> Result<Answer> {
+    /// One attempt of a hedged request, up to its response header. Its outcome for passive
+    /// health is the header's (a gateway error, or a call answered `UNAVAILABLE`).
+    async fn attempt(&self, cluster: &Cluster, endpoint: usize, req: Outgoing) -> Result<Answer> {
         if endpoint >= cluster.endpoints.len() {
             return Error::e_explain(ErrorType::InternalError, "no such endpoint");
         }
         let guard = Attempt::start(cluster, endpoint);
-        let result = self.exchange(endpoint, cluster, req, max_body).await;
+        let result = self.exchange(endpoint, cluster, req).await;
         let outcome = match &result {
+            Ok(a) if super::grpc::status_of(&a.header.headers) == Some(14) => Outcome::Failure,
             Ok(a) => outcome_of(a.header.status.as_u16()),
             Err(_) => Outcome::Failure,
         };
@@ -231,13 +321,7 @@ impl Proxy {
         result
     }
 
-    async fn exchange(
-        &self,
-        endpoint: usize,
-        cluster: &Cluster,
-        req: Outgoing,
-        max_body: usize,
-    ) -> Result<Answer> {
+    async fn exchange(&self, endpoint: usize, cluster: &Cluster, req: Outgoing) -> Result<Answer> {
         let peer = peer(cluster, endpoint);
         let (mut s, _reused) = self
             .connector
@@ -261,54 +345,82 @@ impl Proxy {
             .cloned()
             .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "no response header"))
             .map_err(upstream_error)?;
-        let mut body = bytes::BytesMut::new();
-        while let Some(chunk) = s.read_response_body().await.map_err(upstream_error)? {
-            body.extend_from_slice(&chunk);
-            if body.len() > max_body {
-                return Err(upstream_error(Error::explain(
-                    ErrorType::InternalError,
-                    "hedged response larger than max_body_bytes",
-                )));
-            }
+        Ok(Answer {
+            header,
+            upstream: s,
+            peer,
+            idle: cluster.source.idle_timeout,
+        })
+    }
+
+    /// Stream the winner's response to the client as it comes: its header (framing and
+    /// hop-by-hop fields redone for the client's protocol), its body, then its trailers (to an
+    /// HTTP/2 client; HTTP/1.1 responses carry none here). Returns the trailers.
+    async fn relay(
+        &self,
+        session: &mut Session,
+        answer: Answer,
+    ) -> Result<Option<http::HeaderMap>> {
+        let Answer {
+            mut header,
+            mut upstream,
+            peer,
+            idle,
+        } = answer;
+        header.remove_header(&http::header::CONNECTION);
+        let bodyless = matches!(header.status.as_u16(), 204 | 304)
+            || session.req_header().method == http::Method::HEAD;
+        if session.is_http2() || header.headers.contains_key(http::header::CONTENT_LENGTH) {
+            header.remove_header(&http::header::TRANSFER_ENCODING);
+        } else if !bodyless {
+            // An HTTP/1.1 client: a body of unknown length is chunked.
+            header.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
         }
-        let trailers = match &mut s {
+        session
+            .write_response_header(Box::new(header), false)
+            .await?;
+        while let Some(chunk) = upstream
+            .read_response_body()
+            .await
+            .map_err(upstream_error)?
+        {
+            session.write_response_body(Some(chunk), false).await?;
+        }
+        let trailers = match &mut upstream {
             HttpSession::H2(h2) => h2.read_trailers().await.map_err(upstream_error)?,
             _ => None,
         };
+        match trailers.clone().filter(|_| session.is_http2()) {
+            Some(t) => session.write_response_trailers(t).await?,
+            None => session.write_response_body(None, true).await?,
+        }
         self.connector
-            .release_http_session(s, &peer, Some(cluster.source.idle_timeout))
+            .release_http_session(upstream, &peer, Some(idle))
             .await;
-        Ok(Answer {
-            header,
-            body: body.freeze(),
-            trailers,
-        })
+        Ok(trailers)
     }
 }
 
-/// Send the whole response: its length said, framing and hop-by-hop headers dropped, its
-/// trailers after the body (to an HTTP/2 client; HTTP/1.1 responses carry none here).
-async fn respond(session: &mut Session, answer: Answer) -> Result<()> {
-    let Answer {
-        mut header,
-        body,
-        trailers,
-    } = answer;
-    header.remove_header(&http::header::TRANSFER_ENCODING);
-    header.remove_header(&http::header::CONNECTION);
-    header.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-    let trailers = trailers.filter(|_| session.is_http2());
-    let empty = body.is_empty();
-    session
-        .write_response_header(Box::new(header), empty && trailers.is_none())
-        .await?;
-    if !empty {
-        session
-            .write_response_body(Some(body), trailers.is_none())
-            .await?;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_is_unary_when_it_holds_exactly_one_message() {
+        let one = [0, 0, 0, 0, 3, 1, 2, 3];
+        assert_eq!(messages(&[]), Messages::Partial);
+        assert_eq!(messages(&one[..4]), Messages::Partial);
+        assert_eq!(messages(&one[..7]), Messages::Partial);
+        assert_eq!(messages(&one), Messages::One);
+        assert_eq!(
+            messages(&[0, 0, 0, 0, 0]),
+            Messages::One,
+            "an empty message"
+        );
+        let two = [&one[..], &one[..]].concat();
+        assert_eq!(messages(&two[..9]), Messages::More);
+        assert_eq!(messages(&two), Messages::More);
+        // A length that does not fit in memory is only ever partial.
+        assert_eq!(messages(&[0, 0xff, 0xff, 0xff, 0xff, 1]), Messages::Partial);
     }
-    if let Some(t) = trailers {
-        session.write_response_trailers(t).await?;
-    }
-    Ok(())
 }
