@@ -1,8 +1,8 @@
 //! HTTP/2 and TLS on both sides: curl speaks HTTP/2 to hydrus in clear text (prior knowledge)
 //! and over TLS (ALPN) on the same listener as HTTP/1.1; mutual TLS refuses a client without a
 //! certificate; certificates rotate on reload while open connections keep working; hydrus
-//! calls a gRPC server over TLS (HTTP/2, verified against the cluster's CA). Certificates are
-//! made in the test (rcgen).
+//! calls a gRPC server over TLS (HTTP/2, verified against the cluster's CA, with the cluster's
+//! client certificate, by the configured SNI). Certificates are made in the test (rcgen).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -36,8 +36,13 @@ impl Ca {
 
     /// A certificate named `cn` for the loopback names: (certificate PEM, key PEM).
     fn issue(&self, cn: &str) -> (String, String) {
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        self.issue_for(&["localhost", "127.0.0.1"], cn)
+    }
+
+    /// A certificate named `cn` for `names` only: (certificate PEM, key PEM).
+    fn issue_for(&self, names: &[&str], cn: &str) -> (String, String) {
+        let names = names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let mut params = CertificateParams::new(names).unwrap();
         params.distinguished_name.push(DnType::CommonName, cn);
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
@@ -249,10 +254,13 @@ fn certificates_rotate_on_reload_without_dropping_connections() {
     assert_eq!(after.server_cn(), "second");
 }
 
+/// A tonic server with the health service over TLS, with `cert` and `key`; with `client_ca`,
+/// it requires a client certificate that CA signed.
 fn tonic_tls_server(
     rt: &tokio::runtime::Runtime,
     cert: &str,
     key: &str,
+    client_ca: Option<&str>,
 ) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -260,10 +268,14 @@ fn tonic_tls_server(
     let addr = listener.local_addr().unwrap();
     let (_reporter, service) = tonic_health::server::health_reporter();
     let identity = tonic::transport::Identity::from_pem(cert, key);
+    let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = client_ca {
+        tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+    }
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     rt.spawn(
         tonic::transport::Server::builder()
-            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .tls_config(tls)
             .unwrap()
             .add_service(service)
             .serve_with_incoming_shutdown(
@@ -281,7 +293,7 @@ fn grpc_over_tls_to_the_upstream_verified_against_the_clusters_ca() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let ca = Ca::new("upstream CA");
     let (cert, key) = ca.issue("ranking");
-    let (addr, _stop) = tonic_tls_server(&rt, &cert, &key);
+    let (addr, _stop) = tonic_tls_server(&rt, &cert, &key, None);
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("upstream-ca.pem"), &ca.pem).unwrap();
     std::fs::write(dir.path().join("other-ca.pem"), &Ca::new("other").pem).unwrap();
@@ -325,6 +337,114 @@ fn grpc_over_tls_to_the_upstream_verified_against_the_clusters_ca() {
     // An upstream whose certificate the cluster's CA did not sign: UNAVAILABLE, not a call.
     let err = rt.block_on(c.check(ask(true))).unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+}
+
+/// A health check call through hydrus (on a new connection), with metadata `header: 1` when
+/// given: the serving status, or the call's error.
+fn check_through(
+    rt: &tokio::runtime::Runtime,
+    port: u16,
+    header: Option<&'static str>,
+) -> Result<tonic_health::pb::health_check_response::ServingStatus, tonic::Status> {
+    let mut c = rt
+        .block_on(
+            tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
+                .unwrap()
+                .connect(),
+        )
+        .map(tonic_health::pb::health_client::HealthClient::new)
+        .unwrap();
+    let mut r = tonic::Request::new(tonic_health::pb::HealthCheckRequest {
+        service: String::new(),
+    });
+    if let Some(h) = header {
+        r.metadata_mut().insert(h, "1".parse().unwrap());
+    }
+    rt.block_on(c.check(r)).map(|a| a.get_ref().status())
+}
+
+/// What hydrus answers a call it could not proxy: UNAVAILABLE, said by hydrus (a gRPC status,
+/// not an HTTP error the client would read as another code).
+fn assert_unavailable_from_hydrus(r: Result<impl std::fmt::Debug, tonic::Status>) {
+    let err = r.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("hydrus"), "{err:?}");
+}
+
+#[test]
+fn an_upstream_requiring_a_client_certificate_gets_the_clusters() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ca = Ca::new("upstream CA");
+    let (cert, key) = ca.issue("ranking");
+    let (addr, _stop) = tonic_tls_server(&rt, &cert, &key, Some(&ca.pem));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("upstream-ca.pem"), &ca.pem).unwrap();
+    let (client_cert, client_key) = ca.issue_for(&["hydrus"], "hydrus");
+    std::fs::write(dir.path().join("client.pem"), client_cert).unwrap();
+    std::fs::write(dir.path().join("client.key"), client_key).unwrap();
+    // The same pair from a CA the upstream does not trust.
+    let (other_cert, other_key) = Ca::new("other").issue_for(&["hydrus"], "hydrus");
+    std::fs::write(dir.path().join("other.pem"), other_cert).unwrap();
+    std::fs::write(dir.path().join("other.key"), other_key).unwrap();
+    let cluster =
+        |client: &str| format!("    protocol: h2\n    tls: {{ ca_file: upstream-ca.pem{client} }}");
+    let template = Config::new()
+        .cluster_with(
+            "with_cert",
+            &[addr],
+            &cluster(", client_cert_file: client.pem, client_key_file: client.key"),
+        )
+        .cluster_with("without_cert", &[addr], &cluster(""))
+        .cluster_with(
+            "other_cert",
+            &[addr],
+            &cluster(", client_cert_file: other.pem, client_key_file: other.key"),
+        )
+        .route(route("without", "without_cert").matching("{ header: x-without }"))
+        .route(route("other", "other_cert").matching("{ header: x-other }"))
+        .route(route("with", "with_cert"))
+        .template();
+    let h = Hydrus::start_in(dir, &template);
+    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving;
+    // No client certificate: the upstream refuses the connection, the call gets UNAVAILABLE.
+    assert_unavailable_from_hydrus(check_through(&rt, h.port, Some("x-without")));
+    assert_unavailable_from_hydrus(check_through(&rt, h.port, Some("x-other")));
+    assert_eq!(check_through(&rt, h.port, None).unwrap(), serving);
+    // (Not by a connection the cluster with the certificate opened.)
+    assert_unavailable_from_hydrus(check_through(&rt, h.port, Some("x-without")));
+    assert_eq!(check_through(&rt, h.port, None).unwrap(), serving);
+}
+
+#[test]
+fn sni_names_an_upstream_reached_by_address() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ca = Ca::new("upstream CA");
+    // Issued for the name only: not for 127.0.0.1, where hydrus reaches it.
+    let (cert, key) = ca.issue_for(&["ranker.test"], "ranker");
+    let (addr, _stop) = tonic_tls_server(&rt, &cert, &key, None);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("upstream-ca.pem"), &ca.pem).unwrap();
+    let template = Config::new()
+        .cluster_with(
+            "named",
+            &[addr],
+            "    protocol: h2\n    tls: { ca_file: upstream-ca.pem, sni: ranker.test }",
+        )
+        .cluster_with(
+            "by_address",
+            &[addr],
+            "    protocol: h2\n    tls: { ca_file: upstream-ca.pem }",
+        )
+        .route(route("by_address", "by_address").matching("{ header: x-by-address }"))
+        .route(route("named", "named"))
+        .template();
+    let h = Hydrus::start_in(dir, &template);
+    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving;
+    // Verified as 127.0.0.1: the certificate does not name it.
+    assert_unavailable_from_hydrus(check_through(&rt, h.port, Some("x-by-address")));
+    // Verified as ranker.test, the name sent.
+    assert_eq!(check_through(&rt, h.port, None).unwrap(), serving);
+    assert_unavailable_from_hydrus(check_through(&rt, h.port, Some("x-by-address")));
 }
 
 #[test]
