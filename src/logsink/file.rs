@@ -74,7 +74,8 @@ fn write_some(file: &mut impl Write, buf: &mut Vec<u8>) -> (u64, io::Result<()>)
             Err(e) => break Err(e),
         }
     };
-    let lines = buf[..done].iter().filter(|&&b| b == b'\n').count() as u64;
+    // (memchr's counter: a byte-at-a-time count took about 2.7k instructions per record.)
+    let lines = memchr::memchr_iter(b'\n', &buf[..done]).count() as u64;
     buf.drain(..done);
     (lines, result)
 }
