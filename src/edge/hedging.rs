@@ -159,6 +159,23 @@ async fn read_rest(session: &mut Session, mut read: BytesMut, max: usize) -> Res
     Ok(Some(read.freeze()))
 }
 
+/// The request each attempt sends: the client's, as the route's stages change it, with its
+/// body read whole.
+fn outgoing(session: &Session, ctx: &Ctx, body: Bytes) -> Result<Outgoing> {
+    let mut upstream = session.req_header().clone();
+    // This path writes the request itself: drop what pingora's path drops for a hop.
+    strip_hop_by_hop(&mut upstream);
+    super::prepare::prepare_upstream(&mut upstream, ctx)?;
+    if !body.is_empty() {
+        upstream.remove_header(&http::header::TRANSFER_ENCODING);
+        upstream.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    }
+    Ok(Outgoing {
+        header: upstream,
+        body,
+    })
+}
+
 impl Proxy {
     /// Hedge the request if its route's hedge stage gave it a timeout. Returns whether the
     /// response was sent; otherwise pingora proxies it.
@@ -213,18 +230,7 @@ impl Proxy {
         if let Some(slot) = &ctx.slot {
             slot.body_read();
         }
-        let mut upstream = session.req_header().clone();
-        // This path writes the request itself: drop what pingora's path drops for a hop.
-        strip_hop_by_hop(&mut upstream);
-        super::prepare::prepare_upstream(&mut upstream, ctx)?;
-        if !body.is_empty() {
-            upstream.remove_header(&http::header::TRANSFER_ENCODING);
-            upstream.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-        }
-        let upstream = Outgoing {
-            header: upstream,
-            body,
-        };
+        let upstream = outgoing(session, ctx, body)?;
         // The attempts go to different endpoints when the cluster has several.
         let now = crate::clock::now_ms();
         let key = ctx.ids[0].as_ref().map(HeaderValue::as_bytes);
