@@ -59,6 +59,10 @@ pub struct Reloader {
     agent: ureq::Agent,
     watcher: Option<notify::RecommendedWatcher>,
     watched: Vec<PathBuf>,
+    /// The names of the watched files (events about other files in those directories are not
+    /// ours).
+    watched_names: Vec<std::ffi::OsString>,
+    watched_any: bool,
     tx: Sender<Trigger>,
 }
 
@@ -80,6 +84,8 @@ impl Reloader {
             agent,
             watcher: None,
             watched: Vec::new(),
+            watched_names: Vec::new(),
+            watched_any: false,
             tx,
         };
         r.retarget();
@@ -103,21 +109,42 @@ impl Reloader {
 
     /// Watch the directories of the config file and the table files: editors and
     /// `hydrus solve` replace files by rename, which a watch on the file itself would miss.
+    /// Only events naming one of the files wake the reloader: a busy directory (a log written
+    /// next to the config) would otherwise have it read every file 50 times a second.
     fn rewatch(&mut self) {
-        let mut dirs = vec![parent_dir(&self.config_path)];
-        for t in &self.tables {
-            if let Some(p) = &t.table.source().path {
-                dirs.push(parent_dir(p));
-            }
-        }
+        let mut files = vec![self.config_path.clone()];
+        files.extend(
+            self.tables
+                .iter()
+                .filter_map(|t| t.table.source().path.clone()),
+        );
+        let mut dirs: Vec<PathBuf> = files.iter().map(|p| parent_dir(p)).collect();
         dirs.sort();
         dirs.dedup();
-        if dirs == self.watched && self.watcher.is_some() {
+        let mut names: Vec<std::ffi::OsString> = files
+            .iter()
+            .filter_map(|p| p.file_name().map(ToOwned::to_owned))
+            .collect();
+        names.sort();
+        names.dedup();
+        // A symlinked file (a Kubernetes ConfigMap) changes when a link elsewhere in its
+        // directory is swapped: then every event there counts.
+        let any = files.iter().any(|p| p.is_symlink());
+        if (&dirs, &names, any) == (&self.watched, &self.watched_names, self.watched_any)
+            && self.watcher.is_some()
+        {
             return;
         }
         let tx = self.tx.clone();
+        let wanted = names.clone();
         let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-            if ev.is_ok() {
+            let ours = ev.is_ok_and(|ev| {
+                any || ev
+                    .paths
+                    .iter()
+                    .any(|p| p.file_name().is_some_and(|n| wanted.iter().any(|w| w == n)))
+            });
+            if ours {
                 let _ = tx.send(Trigger::Check);
             }
         });
@@ -130,6 +157,8 @@ impl Reloader {
                 }
                 self.watcher = Some(w);
                 self.watched = dirs;
+                self.watched_names = names;
+                self.watched_any = any;
             }
             Err(e) => log::warn!("file watching unavailable (polling instead): {e}"),
         }
