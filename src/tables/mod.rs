@@ -138,11 +138,14 @@ impl Reloader {
         let tx = self.tx.clone();
         let wanted = names.clone();
         let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+            // (An event naming no file, or asking for a rescan, may hide ours.)
             let ours = ev.is_ok_and(|ev| {
-                any || ev
-                    .paths
-                    .iter()
-                    .any(|p| p.file_name().is_some_and(|n| wanted.iter().any(|w| w == n)))
+                any || ev.need_rescan()
+                    || ev.paths.is_empty()
+                    || ev
+                        .paths
+                        .iter()
+                        .any(|p| p.file_name().is_some_and(|n| wanted.iter().any(|w| w == n)))
             });
             if ours {
                 let _ = tx.send(Trigger::Check);
