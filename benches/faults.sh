@@ -9,12 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
 conns=${2:-32}
-for p in nginx wrk cmake python3; do
-  command -v "$p" >/dev/null 2>&1 || dpkg -s "$p" >/dev/null 2>&1 || need="${need:-} $p"
-done
-if [ -n "${need:-}" ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need >/dev/null
-fi
+. benches/lib.sh
+need_debian nginx wrk cmake python3
 cargo build --release --quiet --bin hydrus
 
 work=$(mktemp -d)

@@ -26,12 +26,8 @@ clients=${3:-16}
 threads=${HYDRUS_BENCH_THREADS:-2}
 streams=${STREAMS:-8}
 
-for p in nginx nghttp2-client cmake; do
-  dpkg -s "$p" >/dev/null 2>&1 || need="${need:-} $p"
-done
-if [ -n "${need:-}" ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need >/dev/null
-fi
+. benches/lib.sh
+need_debian nginx nghttp2-client cmake
 cargo build --release --quiet --bin hydrus --example grpc_upstream
 HYDRUS_BIN=${HYDRUS_BIN:-./target/release/hydrus}
 SERVER_BIN=./target/release/examples/grpc_upstream

@@ -25,12 +25,8 @@ conns=${3:-32}
 threads=${HYDRUS_BENCH_THREADS:-2}
 serial_secs=${SERIAL_SECS:-4}
 
-for p in nginx haproxy wrk cmake; do
-  dpkg -s "$p" >/dev/null 2>&1 || need="${need:-} $p"
-done
-if [ -n "${need:-}" ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need >/dev/null
-fi
+. benches/lib.sh
+need_debian nginx haproxy wrk cmake
 cargo build --release --quiet --bin hydrus --example bare_proxy
 HYDRUS_BIN=${HYDRUS_BIN:-./target/release/hydrus}
 BARE_BIN=${BARE_BIN:-./target/release/examples/bare_proxy}
