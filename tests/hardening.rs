@@ -867,6 +867,12 @@ fn sigterm_with_a_failing_sink_exits_in_time_and_counts_what_it_lost() {
     let mut h = Hydrus::start_in(dir, &t);
     let sent = requests(&h.url("/"), 200, 2, |_| vec![]);
     assert!(sent.iter().all(|s| s.status == 200));
+    // A record is pushed in the logging hook, after its response is sent: wait for the last.
+    assert!(eventually(Duration::from_secs(5), || {
+        h.metric(r#"hydrus_log_records_total{result="accepted"}"#)
+            + h.metric(r#"hydrus_log_records_total{result="dropped"}"#)
+            >= 200.0
+    }));
     let accepted = h.metric(r#"hydrus_log_records_total{result="accepted"}"#);
     assert!((50.0..=52.0).contains(&accepted), "{accepted}");
     let t0 = Instant::now();

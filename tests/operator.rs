@@ -54,6 +54,11 @@ fn shadow_mode_at_zero_percent_shows_what_hydrus_would_do() {
         .all(|s| s.header("x-hydrus-strategy") == Some("s20")));
     // ...and the dashboard shows what treatment would have chosen and spent.
     let m = |series: &str| h.metric(series);
+    // A request is counted in the logging hook, after its response is sent (its stages'
+    // counters before its request count): wait for the last.
+    assert!(eventually(Duration::from_secs(5), || {
+        m("hydrus_requests_total") >= 40.0
+    }));
     assert_eq!(m(r#"hydrus_shadow_requests_total{strategy="s40"}"#), 40.0);
     let cost = |d: &str| {
         m(&format!(

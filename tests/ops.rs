@@ -446,6 +446,13 @@ fn soak_a_minute_of_load_without_error_and_memory_flat() {
         end <= warm + 16 * 1024,
         "memory grew from {warm} KiB to {end} KiB"
     );
+    // A record is pushed (accepted or dropped) in the logging hook, after its response is
+    // sent: wait for the last requests' before reading the drops.
+    assert!(eventually(Duration::from_secs(5), || {
+        h.metric(r#"hydrus_log_records_total{result="accepted"}"#)
+            + h.metric(r#"hydrus_log_records_total{result="dropped"}"#)
+            >= ok as f64
+    }));
     assert_eq!(
         h.metric(r#"hydrus_log_records_total{result="dropped"}"#),
         0.0

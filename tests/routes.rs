@@ -107,7 +107,12 @@ fn only_the_rank_route_is_decided_and_logged_the_rest_passes_through() {
     assert_eq!(put, 200);
     assert_eq!(up.take().pop().unwrap().header("x-hydrus-strategy"), None);
     // Counted by route; the pass-through route counts no fallback although its requests had
-    // a bad QoE header and no user id.
+    // a bad QoE header and no user id. (A request is counted in the logging hook, after its
+    // response is sent: wait for the last ones.)
+    assert!(eventually(Duration::from_secs(5), || {
+        h.metric(r#"hydrus_requests_total{route="rank",strategy="s40"}"#) >= 4.0
+            && h.metric(r#"hydrus_requests_total{route="rest",strategy="default"}"#) >= 5.0
+    }));
     assert_eq!(
         h.metric(r#"hydrus_requests_total{route="rank",strategy="s40"}"#),
         4.0
