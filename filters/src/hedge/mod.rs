@@ -63,7 +63,7 @@ pub struct HedgeMetrics {
 #[allow(clippy::expect_used)] // constant, valid metric definitions
 impl HedgeMetrics {
     fn new(r: &Registry) -> Self {
-        let hedges = IntCounterVec::new(Opts::new("hydrus_hedges_total", "Hedging by hedge route (strategy, or cluster without a hydrus stage): `sent` reissues, `won` (the reissue answered first), `lost` (the first attempt still did), `denied` (past the timeout but out of budget)."), &["route", "result"]).expect("metric");
+        let hedges = IntCounterVec::new(Opts::new("hydrus_hedges_total", "Hedging by hedge route (strategy, or cluster without a hydrus stage): `sent` reissues, `won` (the reissue answered first; an attempt that failed answers nothing), `lost` (the first attempt still did, or neither), `denied` (past the timeout but out of budget)."), &["route", "result"]).expect("metric");
         let reloads = IntCounterVec::new(
             Opts::new(
                 "hydrus_hedge_table_reloads_total",

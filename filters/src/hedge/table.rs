@@ -185,18 +185,23 @@ pub enum Winner {
 }
 
 /// Run `primary`; if it has not finished after `timeout` and the budget allows, start
-/// `hedge()` too and return whichever finishes first. The other is dropped: cancelled.
+/// `hedge()` too and return whichever succeeds first. The other is dropped: cancelled.
 /// Without a timeout, or with the budget spent, this is just `primary`.
-pub async fn race<T, P, H, F>(
+///
+/// An attempt that fails does not end the race: the other one is still waited for (up to its
+/// own timeouts), so a reissue refused at once cannot cancel a healthy slow first attempt.
+/// `Winner::Hedge` is returned only for a reissue that succeeded; when both fail, the first
+/// attempt's error comes back (`PrimaryAfterHedge`).
+pub async fn race<T, E, P, H, F>(
     primary: P,
     hedge: H,
     timeout: Option<Duration>,
     budget: &Budget,
-) -> (T, Winner)
+) -> (Result<T, E>, Winner)
 where
-    P: Future<Output = T>,
+    P: Future<Output = Result<T, E>>,
     H: FnOnce() -> F,
-    F: Future<Output = T>,
+    F: Future<Output = Result<T, E>>,
 {
     tokio::pin!(primary);
     let Some(timeout) = timeout else {
@@ -214,8 +219,17 @@ where
     tokio::pin!(second);
     tokio::select! {
         biased;
-        v = &mut primary => (v, Winner::PrimaryAfterHedge),
-        v = &mut second => (v, Winner::Hedge),
+        v = &mut primary => match v {
+            Ok(v) => (Ok(v), Winner::PrimaryAfterHedge),
+            Err(e) => match second.await {
+                Ok(v) => (Ok(v), Winner::Hedge),
+                Err(_) => (Err(e), Winner::PrimaryAfterHedge),
+            },
+        },
+        v = &mut second => match v {
+            Ok(v) => (Ok(v), Winner::Hedge),
+            Err(_) => (primary.await, Winner::PrimaryAfterHedge),
+        },
     }
 }
 
@@ -226,12 +240,15 @@ mod tests {
     use std::sync::Arc;
     use tokio::time::{sleep, Instant};
 
-    /// A future that answers `v` after `ms`, and records whether it was dropped unfinished.
+    type Answer = Result<&'static str, &'static str>;
+
+    /// A future that answers `v` after `ms` (an error when `v` starts with `err`), and records
+    /// whether it was dropped unfinished.
     fn attempt(
         ms: u64,
         v: &'static str,
         cancelled: Arc<AtomicBool>,
-    ) -> impl Future<Output = &'static str> {
+    ) -> impl Future<Output = Answer> {
         struct OnDrop(Arc<AtomicBool>, bool);
         impl Drop for OnDrop {
             fn drop(&mut self) {
@@ -244,7 +261,11 @@ mod tests {
             let mut guard = OnDrop(cancelled, false);
             sleep(Duration::from_millis(ms)).await;
             guard.1 = true;
-            v
+            if v.starts_with("err") {
+                Err(v)
+            } else {
+                Ok(v)
+            }
         }
     }
 
@@ -279,7 +300,7 @@ mod tests {
             &funded(),
         )
         .await;
-        assert_eq!((v, w), ("hedge", Winner::Hedge));
+        assert_eq!((v, w), (Ok("hedge"), Winner::Hedge));
         // 20 ms timeout + 10 ms hedge, to the millisecond: the clock is paused.
         assert_eq!(t0.elapsed(), Duration::from_millis(30));
         assert!(started.load(Ordering::SeqCst));
@@ -292,14 +313,12 @@ mod tests {
         let t0 = Instant::now();
         let (v, w) = race(
             attempt(15, "primary", p.clone()),
-            || -> std::pin::Pin<Box<dyn Future<Output = &'static str>>> {
-                panic!("no hedge expected")
-            },
+            || -> std::pin::Pin<Box<dyn Future<Output = Answer>>> { panic!("no hedge expected") },
             Some(Duration::from_millis(20)),
             &funded(),
         )
         .await;
-        assert_eq!((v, w), ("primary", Winner::Primary));
+        assert_eq!((v, w), (Ok("primary"), Winner::Primary));
         assert_eq!(t0.elapsed(), Duration::from_millis(15));
         assert!(!p.load(Ordering::SeqCst) && !h.load(Ordering::SeqCst));
     }
@@ -316,7 +335,7 @@ mod tests {
             &funded(),
         )
         .await;
-        assert_eq!((v, w), ("primary", Winner::PrimaryAfterHedge));
+        assert_eq!((v, w), (Ok("primary"), Winner::PrimaryAfterHedge));
         assert_eq!(t0.elapsed(), Duration::from_millis(50));
         assert!(h.load(Ordering::SeqCst), "the hedge was cancelled");
         assert!(!p.load(Ordering::SeqCst));
@@ -329,13 +348,71 @@ mod tests {
         let t0 = Instant::now();
         let (v, w) = race(
             attempt(100, "primary", p),
-            || -> std::pin::Pin<Box<dyn Future<Output = &'static str>>> { panic!("no budget") },
+            || -> std::pin::Pin<Box<dyn Future<Output = Answer>>> { panic!("no budget") },
             Some(Duration::from_millis(20)),
             &empty,
         )
         .await;
-        assert_eq!((v, w), ("primary", Winner::Primary));
+        assert_eq!((v, w), (Ok("primary"), Winner::Primary));
         assert_eq!(t0.elapsed(), Duration::from_millis(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reissue_that_fails_fast_does_not_cancel_a_healthy_primary() {
+        let (p, h) = flags();
+        let t0 = Instant::now();
+        let hc = h.clone();
+        let (v, w) = race(
+            attempt(500, "primary", p.clone()),
+            move || attempt(1, "err: refused", hc),
+            Some(Duration::from_millis(100)),
+            &funded(),
+        )
+        .await;
+        assert_eq!((v, w), (Ok("primary"), Winner::PrimaryAfterHedge));
+        assert_eq!(t0.elapsed(), Duration::from_millis(500));
+        assert!(!p.load(Ordering::SeqCst), "the primary ran to its answer");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_primary_that_fails_after_the_reissue_leaves_it_the_answer() {
+        let (p, h) = flags();
+        let t0 = Instant::now();
+        let hc = h.clone();
+        let (v, w) = race(
+            attempt(150, "err: reset", p),
+            move || attempt(200, "hedge", hc),
+            Some(Duration::from_millis(100)),
+            &funded(),
+        )
+        .await;
+        assert_eq!((v, w), (Ok("hedge"), Winner::Hedge));
+        assert_eq!(t0.elapsed(), Duration::from_millis(300));
+        assert!(!h.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn when_both_fail_the_primary_error_comes_back_and_nothing_won() {
+        let (p, h) = flags();
+        let hc = h.clone();
+        let (v, w) = race(
+            attempt(300, "err: primary", p),
+            move || attempt(1, "err: hedge", hc),
+            Some(Duration::from_millis(100)),
+            &funded(),
+        )
+        .await;
+        assert_eq!((v, w), (Err("err: primary"), Winner::PrimaryAfterHedge));
+        let (p, h) = flags();
+        let hc = h.clone();
+        let (v, w) = race(
+            attempt(150, "err: primary", p),
+            move || attempt(300, "err: hedge", hc),
+            Some(Duration::from_millis(100)),
+            &funded(),
+        )
+        .await;
+        assert_eq!((v, w), (Err("err: primary"), Winner::PrimaryAfterHedge));
     }
 
     #[test]
