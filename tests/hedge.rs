@@ -4,9 +4,12 @@
 
 mod common;
 
+use common::raw::*;
 use common::*;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use tokio::runtime::Runtime;
 
 /// `n` requests from 3 threads; client-observed latencies (ms) and statuses.
 fn load(h: &Hydrus, n: usize) -> Vec<(f64, u16)> {
@@ -107,4 +110,276 @@ fn hedging_cuts_the_p99_within_the_reissue_budget() {
         .filter(|r| r.hedge.is_some())
         .count();
     assert_eq!(hedged as f64, sent);
+}
+
+/// Start hydrus with one route to the cluster `pool` (`extra`: more of the cluster's section),
+/// hedged after `timeout_ms` within a budget of every request, `idempotent` or not, logged.
+fn hedging(endpoints: &[SocketAddr], extra: &str, idempotent: bool, timeout_ms: u64) -> Hydrus {
+    let hedge = "hedge:\n  table:\n    path: {dir}/hedge.yaml\n  burst: 20";
+    let mut r = route("default", "pool").filter(hedge).filter(&file_log());
+    if idempotent {
+        r = r.with("idempotent: true");
+    }
+    let template = Config::new()
+        .cluster_with("pool", endpoints, extra)
+        .route(r)
+        .template();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("hedge.yaml"),
+        format!("budget: 1.0\nroutes:\n  pool: {{ timeout_ms: {timeout_ms} }}\n"),
+    )
+    .unwrap();
+    Hydrus::start_in(dir, &template)
+}
+
+/// A HealthCheckRequest for service "x" in a gRPC frame: a unary call's whole body.
+const ONE_MESSAGE: &[u8] = &[0, 0, 0, 0, 3, 0x0a, 0x01, b'x'];
+const GRPC: [(&str, &str); 2] = [("content-type", "application/grpc"), ("te", "trailers")];
+
+/// Each frame's type and whether it ended the stream.
+fn ends(frames: Vec<Frame>) -> Vec<(u8, u8)> {
+    frames
+        .iter()
+        .map(|f| (f.kind, f.flags & END_STREAM))
+        .collect()
+}
+
+const GET_CLOSE: &[u8] = b"GET /a HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+
+#[test]
+fn answers_done_at_their_header_end_the_stream_with_it() {
+    let rt = Runtime::new().unwrap();
+    let up = H2Upstream::start(&rt);
+    let h = hedging(&[up.addr], "    protocol: h2c", true, 1000);
+    // A trailers-only call answer: HEADERS with END_STREAM, no empty DATA frame after them
+    // (grpc-go and grpc-java reject that form).
+    let fail = h2_frames(h.port, "POST", "/t.S/Fail", &GRPC, Some(ONE_MESSAGE));
+    assert_eq!(ends(fail), [(HEADERS, END_STREAM)]);
+    // The same for a 204 and an answer to HEAD.
+    assert_eq!(
+        ends(h2_frames(h.port, "GET", "/empty", &[], None)),
+        [(HEADERS, END_STREAM)]
+    );
+    assert_eq!(
+        ends(h2_frames(h.port, "HEAD", "/text", &[], None)),
+        [(HEADERS, END_STREAM)]
+    );
+    // A body still ends with its last DATA frame.
+    let text = ends(h2_frames(h.port, "GET", "/text", &[], None));
+    assert_eq!(text.last(), Some(&(DATA, END_STREAM)), "{text:?}");
+    // Hedged calls keep `te: trailers` (C-core servers refuse a call without it); a GET
+    // reaches the upstream as HEADERS that end its stream.
+    assert_eq!(
+        ends(h2_frames(
+            h.port,
+            "POST",
+            "/t.S/Unary",
+            &GRPC,
+            Some(ONE_MESSAGE)
+        ))
+        .last(),
+        Some(&(HEADERS, END_STREAM))
+    );
+    let seen = up.seen();
+    let unary = seen.iter().find(|s| s.path == "/t.S/Unary").unwrap();
+    assert_eq!(
+        unary.headers.get("te").map(|v| v.as_bytes()),
+        Some(&b"trailers"[..])
+    );
+    assert!(
+        seen.iter()
+            .filter(|s| s.method == "GET")
+            .all(|s| s.headers_ended),
+        "{seen:?}"
+    );
+}
+
+#[test]
+fn interim_responses_of_an_http1_upstream_are_not_the_answer() {
+    let up = Canned::start(|head| {
+        let mut r = Vec::new();
+        if head.contains("expect: 100-continue") {
+            r.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        }
+        r.extend_from_slice(b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\n");
+        r.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+        (r, false)
+    });
+    let h = hedging(&[up.addr], "", true, 1000);
+    let r = raw_request(h.port, GET_CLOSE);
+    assert!(
+        r.starts_with("HTTP/1.1 200") && r.ends_with("\r\n\r\nok"),
+        "{r}"
+    );
+    // The body is read whole before it is sent: the upstream is not asked to 100 Continue.
+    let post = b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\nexpect: 100-continue\r\nconnection: close\r\n\r\nhello";
+    let r = raw_request(h.port, post);
+    assert!(
+        r.starts_with("HTTP/1.1 200") && r.ends_with("\r\n\r\nok"),
+        "{r}"
+    );
+    assert!(
+        up.heads().iter().all(|h| !h.contains("expect")),
+        "{:?}",
+        up.heads()
+    );
+    assert!(!h.log().contains("panicked"), "{}", h.log());
+}
+
+#[test]
+fn a_reissue_refused_at_once_does_not_cancel_a_slow_first_attempt() {
+    let slow = Upstream::start("slow");
+    slow.delay_ms.store(500, Ordering::SeqCst);
+    let closed: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    // (No ejection: every request meets the closed port, first or as the reissue.)
+    let extra = "    outlier: { consecutive_failures: 0, stall_after: 0s }";
+    let h = hedging(&[slow.addr, closed], extra, false, 100);
+    for i in 0..6 {
+        let (status, body) = get(&h.url("/rank")).unwrap();
+        assert_eq!(status, 200, "request {i}: {body}");
+    }
+    assert!(h.metric(r#"hydrus_hedges_total{result="sent"}"#) >= 1.0);
+    assert_eq!(h.metric(r#"hydrus_hedges_total{result="won"}"#), 0.0);
+}
+
+#[test]
+fn http1_clients_get_http1_answers_from_h2_and_http10_upstreams() {
+    let rt = Runtime::new().unwrap();
+    let up = H2Upstream::start(&rt);
+    let h = hedging(&[up.addr], "    protocol: h2c", false, 1000);
+    let r = raw_request(h.port, GET_CLOSE);
+    assert!(
+        r.starts_with("HTTP/1.1 200") && r.ends_with("\r\n\r\nhello"),
+        "{r}"
+    );
+    drop(h);
+    // An HTTP/1.0 upstream's body ends when it closes: chunked to an HTTP/1.1 client.
+    let old = Canned::start(|_| {
+        (
+            b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nhello".to_vec(),
+            true,
+        )
+    });
+    let h = hedging(&[old.addr], "", false, 1000);
+    let r = raw_request(h.port, GET_CLOSE);
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(
+        r.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{r}"
+    );
+    assert!(r.ends_with("\r\n\r\n5\r\nhello\r\n0\r\n\r\n"), "{r}");
+}
+
+#[test]
+fn a_client_that_leaves_mid_stream_frees_the_upstream_at_once() {
+    let rt = Runtime::new().unwrap();
+    let up = H2Upstream::start(&rt);
+    let h = hedging(
+        &[up.addr],
+        "    protocol: h2c\n    read_timeout: 20s",
+        true,
+        1000,
+    );
+    let port = h.port;
+    rt.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(conn);
+        let mut client = client.ready().await.unwrap();
+        let mut req = http::Request::builder()
+            .method("POST")
+            .uri(format!("http://127.0.0.1:{port}/t.S/Quiet"));
+        for (k, v) in GRPC {
+            req = req.header(k, v);
+        }
+        let (response, mut send) = client.send_request(req.body(()).unwrap(), false).unwrap();
+        send.send_data(bytes::Bytes::from_static(ONE_MESSAGE), true)
+            .unwrap();
+        let wait = Duration::from_secs(5);
+        let response = tokio::time::timeout(wait, response).await.unwrap().unwrap();
+        let mut body = response.into_body();
+        let first = tokio::time::timeout(wait, body.data()).await.unwrap();
+        assert_eq!(
+            first.unwrap().unwrap().len(),
+            7,
+            "the stream's first message"
+        );
+        // The client cancels the call, its connection still open.
+        send.send_reset(h2::Reason::CANCEL);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        drop(client);
+    });
+    let resets = up.resets.lock().unwrap().clone();
+    assert_eq!(resets.len(), 1, "the upstream's stream was reset");
+    assert!(resets[0] < Duration::from_millis(1500), "{resets:?}");
+}
+
+#[test]
+fn a_reply_cut_short_is_logged_and_counts_against_its_endpoint() {
+    let cut = |_: &str| {
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nabc".to_vec(),
+            true,
+        )
+    };
+    let (a, b) = (Canned::start(cut), Canned::start(cut));
+    // (Two endpoints: passive health never ejects a cluster's last one.)
+    let extra = "    outlier: { consecutive_failures: 2 }";
+    let h = hedging(&[a.addr, b.addr], extra, false, 1000);
+    for _ in 0..4 {
+        let r = raw_request(h.port, GET_CLOSE);
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    }
+    assert!(eventually(Duration::from_secs(5), || {
+        read_records(&h.path("logs")).len() == 4
+    }));
+    let records = read_records(&h.path("logs"));
+    assert!(
+        records
+            .iter()
+            .all(|r| r.error.as_deref() == Some("upstream_body")),
+        "{records:?}"
+    );
+    // Two failures in a row on one endpoint: ejected (the other is then the last one left).
+    assert_eq!(h.metric("hydrus_outlier_ejections_total"), 1.0);
+}
+
+#[test]
+fn a_large_streaming_call_is_sent_once_even_when_it_fails_after_sending() {
+    let rt = Runtime::new().unwrap();
+    let (a, b) = (H2Upstream::start(&rt), H2Upstream::start(&rt));
+    let h = hedging(&[a.addr, b.addr], "    protocol: h2c", true, 100);
+    // Two messages, the first of 70000 bytes: past what pingora's path could replay, so the
+    // body is read whole and sent once.
+    let mut body = vec![0, 0, 0x01, 0x11, 0x70];
+    body.resize(5 + 70_000, 7);
+    body.extend_from_slice(ONE_MESSAGE);
+    let port = h.port;
+    rt.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(conn);
+        let mut client = client.ready().await.unwrap();
+        let mut req = http::Request::builder()
+            .method("POST")
+            .uri(format!("http://127.0.0.1:{port}/t.S/Drop"));
+        for (k, v) in GRPC {
+            req = req.header(k, v);
+        }
+        let (response, mut send) = client.send_request(req.body(()).unwrap(), false).unwrap();
+        send.send_data(bytes::Bytes::from(body), true).unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(10), response).await;
+        assert!(
+            answer.is_ok(),
+            "an answer (a status or a reset) within 10 s"
+        );
+    });
+    let calls = a.calls.load(Ordering::SeqCst) + b.calls.load(Ordering::SeqCst);
+    assert_eq!(calls, 1, "the call reached an endpoint once");
 }

@@ -8,7 +8,10 @@
 //! (client or bidirectional streaming) is not: it is handed to pingora's path as read so far,
 //! sent once and streamed. The race ends at the first response header, so a server-streaming
 //! answer (whose header comes before its messages) streams from that attempt as it comes, its
-//! trailers (the call's `grpc-status`) last.
+//! trailers (the call's `grpc-status`) last. The response side is in [`relay`].
+
+#[path = "relay.rs"]
+mod relay;
 
 use super::upstream::{error_kind, outcome_of, peer, upstream_error, Attempt, Hold};
 use super::{Ctx, Proxy};
@@ -26,8 +29,13 @@ use std::time::{Duration, Instant};
 
 /// Remove the hop-by-hop fields of a request (RFC 9110 7.6.1): `Connection` and what it
 /// nominates, and the standard ones. pingora does this on its own path; the hedge path writes
-/// requests itself.
+/// requests itself. `te: trailers` stays, as on pingora's path: gRPC servers (C-core's among
+/// them) refuse a call without it, and it is the one `te` HTTP/2 allows.
 fn strip_hop_by_hop(req: &mut RequestHeader) {
+    let te_trailers = req
+        .headers
+        .get(http::header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     let nominated: Vec<HeaderName> = req
         .headers
         .get_all(http::header::CONNECTION)
@@ -54,6 +62,9 @@ fn strip_hop_by_hop(req: &mut RequestHeader) {
     ] {
         req.remove_header(n);
     }
+    if te_trailers {
+        let _ = req.insert_header(http::header::TE, "trailers");
+    }
 }
 
 /// Whether a request can be hedged: idempotent (a GET or HEAD without a body, or anything on
@@ -76,13 +87,29 @@ struct Outgoing {
     body: Bytes,
 }
 
-/// An attempt whose response has begun: its header, and the upstream session its body and
-/// trailers are still to be read from.
-struct Answer {
+/// A response that has begun: its header, and the upstream session its body and trailers are
+/// still to be read from.
+struct Response {
     header: ResponseHeader,
     upstream: HttpSession,
     peer: HttpPeer,
     idle: Duration,
+}
+
+/// The attempt that answered: its response, and its endpoint's attempt, whose outcome for
+/// passive health is known only when the response has been relayed (a body cut short, or
+/// trailers saying `UNAVAILABLE`, count against the endpoint as on pingora's path).
+struct Answer<'c> {
+    response: Response,
+    attempt: Attempt<'c>,
+}
+
+/// The client's body, ready to send, or the request already settled.
+enum Body {
+    /// Send this body; reissue after the timeout (`None`: sent once, not hedged).
+    Send(Bytes, Option<Duration>),
+    /// Not for this path (`false`: pingora proxies it), or answered here (`true`).
+    Settled(bool),
 }
 
 /// How many gRPC messages a call's body holds so far. Each is length-prefixed (a flag byte,
@@ -165,6 +192,9 @@ fn outgoing(session: &Session, ctx: &Ctx, body: Bytes) -> Result<Outgoing> {
     let mut upstream = session.req_header().clone();
     // This path writes the request itself: drop what pingora's path drops for a hop.
     strip_hop_by_hop(&mut upstream);
+    // The body is read whole already: an upstream asked to `100 Continue` would only answer
+    // it with an interim response first.
+    upstream.remove_header(&http::header::EXPECT);
     super::prepare::prepare_upstream(&mut upstream, ctx)?;
     if !body.is_empty() {
         upstream.remove_header(&http::header::TRANSFER_ENCODING);
@@ -174,6 +204,47 @@ fn outgoing(session: &Session, ctx: &Ctx, body: Bytes) -> Result<Outgoing> {
         header: upstream,
         body,
     })
+}
+
+/// An HTTP/1.1 upstream may send this many interim responses (103 Early Hints, 100
+/// Continue) before its answer; more is taken for a broken one.
+const MAX_INTERIM: usize = 8;
+
+/// Send a request on an upstream session: a request without a body ends its HTTP/2 stream
+/// with its HEADERS, as pingora's path does (not with an empty DATA frame).
+async fn send(s: &mut HttpSession, req: Outgoing) -> Result<()> {
+    if let (HttpSession::H2(h2), true) = (&mut *s, req.body.is_empty()) {
+        return h2.write_request_header(Box::new(req.header), true);
+    }
+    s.write_request_header(Box::new(req.header)).await?;
+    if req.body.is_empty() {
+        s.finish_request_body().await
+    } else {
+        s.write_request_body(req.body, true).await
+    }
+}
+
+/// The response's final header. An HTTP/1.1 upstream may send interim ones first: they are
+/// not the answer (reading a body after one would find no body reader), so they are skipped.
+async fn final_header(s: &mut HttpSession) -> Result<ResponseHeader> {
+    for _ in 0..=MAX_INTERIM {
+        s.read_response_header().await?;
+        let header = s
+            .response_header()
+            .cloned()
+            .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "no response header"))?;
+        match header.status.as_u16() {
+            100 | 102..=199 if matches!(s, HttpSession::H1(_)) => continue,
+            100..=199 => {
+                return Error::e_explain(
+                    ErrorType::InvalidHTTPHeader,
+                    "an informational response where the answer was due",
+                )
+            }
+            _ => return Ok(header),
+        }
+    }
+    Error::e_explain(ErrorType::InvalidHTTPHeader, "too many interim responses")
 }
 
 impl Proxy {
@@ -196,41 +267,74 @@ impl Proxy {
         if !hedgeable(session, route.route.idempotent) || cluster.endpoints.is_empty() {
             return Ok(false);
         }
+        let (body, timeout) = match self.hedge_body(session, ctx, stage, timeout).await? {
+            Body::Send(body, timeout) => (body, timeout),
+            Body::Settled(answered) => return Ok(answered),
+        };
+        if let Some(slot) = &ctx.slot {
+            slot.body_read();
+        }
+        let upstream = outgoing(session, ctx, body)?;
+        self.send_hedged(session, ctx, stage, &cluster, upstream, timeout)
+            .await
+    }
+
+    /// Read the client's body for the hedge path: whole (a unary call's, or beyond what
+    /// pingora's path could replay), or settled otherwise.
+    async fn hedge_body(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        stage: &HedgeStage,
+        timeout: Duration,
+    ) -> Result<Body> {
         if ctx.grpc {
             // What is read here of a call that turns out not unary is replayed by pingora's
             // path (up to its buffer's size).
             session.enable_retry_buffering();
         }
         let max = stage.max_body_bytes;
-        let (body, timeout) = match read_body(session, max, ctx.grpc).await? {
-            Read::Whole(b) => (b, Some(timeout)),
+        let (read, ended) = match read_body(session, max, ctx.grpc).await? {
+            Read::Whole(b) => return Ok(Body::Send(b, Some(timeout))),
+            // Read in part: it cannot go to pingora's path any more.
+            // (413; a call gets RESOURCE_EXHAUSTED.)
             Read::TooLarge => {
-                // Read in part: it cannot go to pingora's path any more.
-                // (413; a call gets RESOURCE_EXHAUSTED.)
-                return self.refused(session, ctx, "body_too_large", 413).await;
+                let answered = self.refused(session, ctx, "body_too_large", 413).await?;
+                return Ok(Body::Settled(answered));
             }
-            Read::NotUnary { read, ended } => {
-                if !session.as_ref().retry_buffer_truncated() {
-                    // Sent once, streamed both ways, by pingora's path.
-                    return Ok(false);
-                }
-                // Read beyond what pingora's path can replay: the rest is read whole here
-                // and sent once.
-                let whole = if ended {
-                    Some(read.freeze())
-                } else {
-                    read_rest(session, read, max).await?
-                };
-                match whole {
-                    Some(b) => (b, None),
-                    None => return self.refused(session, ctx, "body_too_large", 413).await,
-                }
-            }
+            Read::NotUnary { read, ended } => (read, ended),
         };
-        if let Some(slot) = &ctx.slot {
-            slot.body_read();
+        if !session.as_ref().retry_buffer_truncated() {
+            // Sent once, streamed both ways, by pingora's path.
+            return Ok(Body::Settled(false));
         }
-        let upstream = outgoing(session, ctx, body)?;
+        // Read beyond what pingora's path can replay: the rest is read whole here and sent
+        // once.
+        let whole = if ended {
+            Some(read.freeze())
+        } else {
+            read_rest(session, read, max).await?
+        };
+        match whole {
+            Some(b) => Ok(Body::Send(b, None)),
+            None => {
+                let answered = self.refused(session, ctx, "body_too_large", 413).await?;
+                Ok(Body::Settled(answered))
+            }
+        }
+    }
+
+    /// Send the request to the cluster (raced against a reissue when `timeout` is set), relay
+    /// the answer, and record its endpoint's outcome once the response has ended.
+    async fn send_hedged(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        stage: &HedgeStage,
+        cluster: &Arc<Cluster>,
+        upstream: Outgoing,
+        timeout: Option<Duration>,
+    ) -> Result<bool> {
         // The attempts go to different endpoints when the cluster has several.
         let now = crate::clock::now_ms();
         let key = ctx.ids[0].as_ref().map(HeaderValue::as_bytes);
@@ -244,33 +348,48 @@ impl Proxy {
         ctx.hold = Some(Hold::new(cluster.clone()));
         ctx.cluster_load = Some(cluster.budget.in_flight().0);
         let sent = Instant::now();
-        let answer = self
-            .race_attempts(stage, &cluster, (a, b), upstream, timeout, ctx)
+        let Answer { response, attempt } = self
+            .race_attempts(stage, cluster, (a, b), upstream, timeout, ctx)
             .await?;
         ctx.upstream_ms = Some(sent.elapsed().as_secs_f64() * 1000.0);
+        // (Logging tells a response cut short from one hydrus made up by this.)
+        ctx.upstream_status = Some(response.header.status.as_u16());
         if ctx.grpc {
             // A trailers-only answer carries its status in the header.
-            ctx.grpc_status = super::grpc::status_of(&answer.header.headers);
+            ctx.grpc_status = super::grpc::status_of(&response.header.headers);
         }
-        let trailers = self.relay(session, answer).await?;
-        if let (true, Some(t)) = (ctx.grpc, &trailers) {
+        let relayed = self.relay(session, response).await;
+        if let (true, Ok(Some(t))) = (ctx.grpc, &relayed) {
             ctx.grpc_status = super::grpc::status_of(t).or(ctx.grpc_status);
         }
-        Ok(true)
+        // As pingora's path counts it (see `logging`): a failure of the upstream's, or a call
+        // it answered UNAVAILABLE; a client that went away says nothing of the endpoint.
+        let outcome = match &relayed {
+            Err(e) if *e.esource() == pingora::ErrorSource::Upstream => Some(Outcome::Failure),
+            Err(_) => None,
+            Ok(_) if ctx.grpc && ctx.grpc_status == Some(14) => Some(Outcome::Failure),
+            Ok(_) => ctx.upstream_status.map(outcome_of),
+        };
+        match outcome {
+            Some(o) => attempt.end(o, &self.state),
+            None => drop(attempt),
+        }
+        relayed.map(|_| true)
     }
 
     /// The race between the first attempt (on `a`) and a reissue (on `b`) after `timeout`
-    /// (`None`: no reissue); when the first fails before any answer, one more try on `b`, as
-    /// any retry. An attempt ends with its response header.
-    async fn race_attempts(
+    /// (`None`: no reissue); when the first fails before any reissue, one more try on `b`, as
+    /// any retry. An attempt ends with its response header. A request sent once (no timeout)
+    /// is tried again only when its connection failed: nothing of it reached the endpoint.
+    async fn race_attempts<'c>(
         &self,
         stage: &HedgeStage,
-        cluster: &Arc<Cluster>,
+        cluster: &'c Arc<Cluster>,
         (a, b): (usize, usize),
         upstream: Outgoing,
         timeout: Option<Duration>,
         ctx: &mut Ctx,
-    ) -> Result<Answer> {
+    ) -> Result<Answer<'c>> {
         let sent = Instant::now();
         let (mut result, winner) = race(
             self.attempt(cluster, a, upstream.clone()),
@@ -291,17 +410,14 @@ impl Proxy {
             stage.record(&mut ctx.state, outcome);
         }
         if let Err(e) = &result {
-            self.state
-                .metrics
-                .upstream_errors
-                .with_label_values(&[cluster.name.as_str(), error_kind(e)])
-                .inc();
+            let unsent = error_kind(e) == "connect";
             let retry = winner == Winner::Primary
                 && b != a
+                && (timeout.is_some() || unsent)
                 && ctx
                     .hold
                     .as_mut()
-                    .is_some_and(|h| h.take_retry(&self.state, &ctx.tried, Some(a), false));
+                    .is_some_and(|h| h.take_retry(&self.state, &ctx.tried, Some(a), unsent));
             if retry {
                 ctx.tried.push(b);
                 result = self.attempt(cluster, b, upstream).await;
@@ -310,24 +426,46 @@ impl Proxy {
         result
     }
 
-    /// One attempt of a hedged request, up to its response header. Its outcome for passive
-    /// health is the header's (a gateway error, or a call answered `UNAVAILABLE`).
-    async fn attempt(&self, cluster: &Cluster, endpoint: usize, req: Outgoing) -> Result<Answer> {
+    /// One attempt of a hedged request, up to its response header. A failed one counts against
+    /// its endpoint at once; an answered one when its response ends (see `send_hedged`).
+    async fn attempt<'c>(
+        &self,
+        cluster: &'c Cluster,
+        endpoint: usize,
+        req: Outgoing,
+    ) -> Result<Answer<'c>> {
         if endpoint >= cluster.endpoints.len() {
             return Error::e_explain(ErrorType::InternalError, "no such endpoint");
         }
-        let guard = Attempt::start(cluster, endpoint);
-        let result = self.exchange(endpoint, cluster, req).await;
-        let outcome = match &result {
-            Ok(a) if super::grpc::status_of(&a.header.headers) == Some(14) => Outcome::Failure,
-            Ok(a) => outcome_of(a.header.status.as_u16()),
-            Err(_) => Outcome::Failure,
-        };
-        guard.end(outcome, &self.state);
-        result
+        let attempt = Attempt::start(cluster, endpoint);
+        match self.exchange(endpoint, cluster, req).await {
+            Ok(response) => {
+                // It answered: not hung, whatever the exchange's outcome.
+                cluster.outliers.progress(endpoint, crate::clock::now_ms());
+                Ok(Answer { response, attempt })
+            }
+            Err(e) => {
+                if error_kind(&e) == "connect" {
+                    // Per attempt, as `fail_to_connect` counts them; other kinds are counted
+                    // once, for the request, in `fail_to_proxy`.
+                    self.state
+                        .metrics
+                        .upstream_errors
+                        .with_label_values(&[cluster.name.as_str(), "connect"])
+                        .inc();
+                }
+                attempt.end(Outcome::Failure, &self.state);
+                Err(e)
+            }
+        }
     }
 
-    async fn exchange(&self, endpoint: usize, cluster: &Cluster, req: Outgoing) -> Result<Answer> {
+    async fn exchange(
+        &self,
+        endpoint: usize,
+        cluster: &Cluster,
+        req: Outgoing,
+    ) -> Result<Response> {
         let peer = peer(cluster, endpoint);
         let (mut s, _reused) = self
             .connector
@@ -335,75 +473,14 @@ impl Proxy {
             .await
             .map_err(upstream_error)?;
         s.set_read_timeout(Some(cluster.source.read_timeout));
-        s.write_request_header(Box::new(req.header))
-            .await
-            .map_err(upstream_error)?;
-        if req.body.is_empty() {
-            s.finish_request_body().await.map_err(upstream_error)?;
-        } else {
-            s.write_request_body(req.body, true)
-                .await
-                .map_err(upstream_error)?;
-        }
-        s.read_response_header().await.map_err(upstream_error)?;
-        let header = s
-            .response_header()
-            .cloned()
-            .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "no response header"))
-            .map_err(upstream_error)?;
-        Ok(Answer {
+        send(&mut s, req).await.map_err(upstream_error)?;
+        let header = final_header(&mut s).await.map_err(upstream_error)?;
+        Ok(Response {
             header,
             upstream: s,
             peer,
             idle: cluster.source.idle_timeout,
         })
-    }
-
-    /// Stream the winner's response to the client as it comes: its header (framing and
-    /// hop-by-hop fields redone for the client's protocol), its body, then its trailers (to an
-    /// HTTP/2 client; HTTP/1.1 responses carry none here). Returns the trailers.
-    async fn relay(
-        &self,
-        session: &mut Session,
-        answer: Answer,
-    ) -> Result<Option<http::HeaderMap>> {
-        let Answer {
-            mut header,
-            mut upstream,
-            peer,
-            idle,
-        } = answer;
-        header.remove_header(&http::header::CONNECTION);
-        let bodyless = matches!(header.status.as_u16(), 204 | 304)
-            || session.req_header().method == http::Method::HEAD;
-        if session.is_http2() || header.headers.contains_key(http::header::CONTENT_LENGTH) {
-            header.remove_header(&http::header::TRANSFER_ENCODING);
-        } else if !bodyless {
-            // An HTTP/1.1 client: a body of unknown length is chunked.
-            header.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
-        }
-        session
-            .write_response_header(Box::new(header), false)
-            .await?;
-        while let Some(chunk) = upstream
-            .read_response_body()
-            .await
-            .map_err(upstream_error)?
-        {
-            session.write_response_body(Some(chunk), false).await?;
-        }
-        let trailers = match &mut upstream {
-            HttpSession::H2(h2) => h2.read_trailers().await.map_err(upstream_error)?,
-            _ => None,
-        };
-        match trailers.clone().filter(|_| session.is_http2()) {
-            Some(t) => session.write_response_trailers(t).await?,
-            None => session.write_response_body(None, true).await?,
-        }
-        self.connector
-            .release_http_session(upstream, &peer, Some(idle))
-            .await;
-        Ok(trailers)
     }
 }
 

@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod config;
+pub mod raw;
 
 #[allow(unused_imports)] // not every test binary builds a config
 pub use config::{file_log, hydrus3, rollout, route, Config};
