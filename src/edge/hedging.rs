@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 /// Remove the hop-by-hop fields of a request (RFC 9110 7.6.1): `Connection` and what it
 /// nominates, and the standard ones. pingora does this on its own path; the hedge path writes
-/// requests itself. `te: trailers` stays, as on pingora's path: gRPC servers (C-core's among
-/// them) refuse a call without it, and it is the one `te` HTTP/2 allows.
+/// requests itself. `te: trailers` stays, as on pingora's path to an HTTP/2 upstream: gRPC
+/// servers (C-core's among them) refuse a call without it, and it is the one `te` HTTP/2 allows.
 fn strip_hop_by_hop(req: &mut RequestHeader) {
     let te_trailers = req
         .headers
