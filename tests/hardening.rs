@@ -278,6 +278,45 @@ fn active_health_checks_take_an_endpoint_out_and_bring_it_back() {
     assert!(b.count() >= before + 5, "back in rotation");
 }
 
+#[test]
+fn a_tcp_health_check_takes_a_closed_endpoint_out_and_brings_it_back() {
+    // Without a `path`, a TCP connect is the check.
+    let a = Upstream::start("a");
+    let b = Upstream::start("b");
+    let addr = b.addr.to_string();
+    let h = Hydrus::start(&pool_template(
+        &[a.addr, b.addr],
+        "    health_check: { interval: 100ms, timeout: 500ms, healthy_threshold: 1, unhealthy_threshold: 2 }",
+        "",
+    ));
+    let healthy = || {
+        metric_of(
+            &h,
+            "hydrus_endpoint_healthy",
+            &[("cluster", "pool"), ("endpoint", &addr)],
+        )
+    };
+    assert!(eventually(Duration::from_secs(5), || healthy() == 1.0));
+    b.stop();
+    assert!(
+        eventually(Duration::from_secs(5), || healthy() == 0.0),
+        "a refused connect marks it unhealthy"
+    );
+    for _ in 0..20 {
+        assert_eq!(get(&h.url("/x")).unwrap().0, 200);
+    }
+    // Listening again on the same address, it passes and is back in rotation.
+    let b = Upstream::start_on("b", &addr);
+    assert!(
+        eventually(Duration::from_secs(5), || healthy() == 1.0),
+        "back once it accepts connections"
+    );
+    for _ in 0..20 {
+        assert_eq!(get(&h.url("/x")).unwrap().0, 200);
+    }
+    assert!(b.count() >= 5, "back in rotation: {}", b.count());
+}
+
 /// Whether the server closed `s` within `limit` (reads EOF or a reset).
 fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
     let t = Instant::now();
