@@ -383,3 +383,35 @@ fn a_large_streaming_call_is_sent_once_even_when_it_fails_after_sending() {
     let calls = a.calls.load(Ordering::SeqCst) + b.calls.load(Ordering::SeqCst);
     assert_eq!(calls, 1, "the call reached an endpoint once");
 }
+
+#[test]
+fn transfer_codings_other_than_chunked_reach_the_client() {
+    let chunked = Canned::start(|_| {
+        let r =
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+        (r.to_vec(), false)
+    });
+    let h = hedging(&[chunked.addr], "", false, 1000);
+    let r = raw_request(h.port, GET_CLOSE);
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(
+        r.to_ascii_lowercase()
+            .contains("transfer-encoding: gzip, chunked\r\n"),
+        "{r}"
+    );
+    assert!(r.ends_with("\r\n\r\n5\r\nhello\r\n0\r\n\r\n"), "{r}");
+    drop(h);
+    // A close-delimited body with a coding: chunked after it.
+    let closed = Canned::start(|_| {
+        let r = b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nhello";
+        (r.to_vec(), true)
+    });
+    let h = hedging(&[closed.addr], "", false, 1000);
+    let r = raw_request(h.port, GET_CLOSE);
+    assert!(
+        r.to_ascii_lowercase()
+            .contains("transfer-encoding: gzip, chunked\r\n"),
+        "{r}"
+    );
+    assert!(r.ends_with("\r\n\r\n5\r\nhello\r\n0\r\n\r\n"), "{r}");
+}

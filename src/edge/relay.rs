@@ -64,10 +64,27 @@ fn for_client(header: &mut ResponseHeader, session: &mut Session, done: bool) ->
     } else if has_length {
         header.remove_header(&http::header::TRANSFER_ENCODING);
     } else {
-        // A body of unknown length (chunked, close-delimited, or an HTTP/2 stream's).
-        header.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+        // A body of unknown length (chunked, close-delimited, or an HTTP/2 stream's): chunked,
+        // after whatever codings the upstream applied (`gzip, chunked`; a close-delimited
+        // `gzip` body), which the bytes relayed still carry.
+        let codings = chunked_last(&header.headers);
+        header.insert_header(http::header::TRANSFER_ENCODING, codings)?;
     }
     Ok(())
+}
+
+/// The response's transfer codings with `chunked` last (once), the others kept in order.
+fn chunked_last(headers: &HeaderMap) -> String {
+    let mut codings: Vec<&str> = headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case("chunked"))
+        .collect();
+    codings.push("chunked");
+    codings.join(", ")
 }
 
 /// Write the response header; `end`: nothing follows. To an HTTP/2 client that is HEADERS
@@ -163,5 +180,30 @@ impl Proxy {
             .release_http_session(upstream, &peer, Some(idle))
             .await;
         Ok(trailers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_comes_last_after_the_upstream_codings() {
+        let te = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(
+                    http::header::TRANSFER_ENCODING,
+                    http::HeaderValue::from_str(v).expect("valid"),
+                );
+            }
+            chunked_last(&h)
+        };
+        assert_eq!(te(&[]), "chunked");
+        assert_eq!(te(&["chunked"]), "chunked");
+        assert_eq!(te(&["gzip, chunked"]), "gzip, chunked");
+        assert_eq!(te(&["gzip"]), "gzip, chunked");
+        assert_eq!(te(&["gzip", "Chunked"]), "gzip, chunked");
+        assert_eq!(te(&["deflate,gzip"]), "deflate, gzip, chunked");
     }
 }
