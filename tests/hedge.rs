@@ -385,6 +385,57 @@ fn a_large_streaming_call_is_sent_once_even_when_it_fails_after_sending() {
 }
 
 #[test]
+fn a_fast_gateway_error_does_not_end_the_race() {
+    // `a` answers well in 300 ms; `b` answers 503 at once, its health check too: it gets no
+    // first attempts, only the reissues (to the other endpoint, whatever its health).
+    let a = Upstream::start("a");
+    a.delay_ms.store(300, Ordering::SeqCst);
+    let b = Canned::start(|_| {
+        let r = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\nbusy";
+        (r.to_vec(), false)
+    });
+    let extra = "    health_check: { path: /healthz, interval: 100ms, timeout: 1s, healthy_threshold: 1, unhealthy_threshold: 1 }";
+    let h = hedging(&[a.addr, b.addr], extra, false, 50);
+    let healthy = |addr: SocketAddr| {
+        h.metric(&format!(
+            r#"hydrus_endpoint_healthy{{cluster="pool",endpoint="{addr}"}}"#
+        ))
+    };
+    assert!(eventually(Duration::from_secs(5), || healthy(b.addr)
+        == 0.0
+        && healthy(a.addr) == 1.0));
+    for i in 0..5 {
+        let (status, body) = get(&h.url("/rank")).unwrap();
+        assert_eq!(status, 200, "request {i}: {body}");
+    }
+    let sent = h.metric(r#"hydrus_hedges_total{result="sent"}"#);
+    assert!(sent >= 5.0, "{}", h.metrics());
+    assert!(b.heads().iter().any(|r| r.starts_with("get /rank")));
+    assert_eq!(h.metric(r#"hydrus_hedges_total{result="won"}"#), 0.0);
+    assert_eq!(h.metric(r#"hydrus_hedges_total{result="lost"}"#), sent);
+}
+
+#[test]
+fn a_stale_pooled_connection_is_tried_again_and_counts_against_nothing() {
+    // Each upstream connection answers one request, then is closed as the next one arrives.
+    let ok = |_: &str| {
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+            false,
+        )
+    };
+    let (a, b) = (Canned::start_once(ok), Canned::start_once(ok));
+    let extra = "    outlier: { consecutive_failures: 1 }";
+    let h = hedging(&[a.addr, b.addr], extra, false, 1000);
+    for i in 0..8 {
+        let (status, body) = get(&h.url("/rank")).unwrap();
+        assert_eq!((status, body.as_str()), (200, "ok"), "request {i}");
+    }
+    assert_eq!(h.metric("hydrus_outlier_ejections_total"), 0.0);
+    assert_eq!(a.heads().len() + b.heads().len(), 8);
+}
+
+#[test]
 fn transfer_codings_other_than_chunked_reach_the_client() {
     let chunked = Canned::start(|_| {
         let r =
@@ -414,4 +465,25 @@ fn transfer_codings_other_than_chunked_reach_the_client() {
         "{r}"
     );
     assert!(r.ends_with("\r\n\r\n5\r\nhello\r\n0\r\n\r\n"), "{r}");
+}
+
+#[test]
+fn a_request_an_h2_upstream_cannot_take_is_the_clients_mistake() {
+    let rt = Runtime::new().unwrap();
+    let (a, b) = (H2Upstream::start(&rt), H2Upstream::start(&rt));
+    let extra = "    protocol: h2c\n    outlier: { consecutive_failures: 1 }";
+    let h = hedging(&[a.addr, b.addr], extra, false, 1000);
+    // HTTP/1.0 without Host: no authority for the HTTP/2 request.
+    for _ in 0..3 {
+        let r = raw_request(h.port, b"GET /text HTTP/1.0\r\n\r\n");
+        assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    }
+    assert_eq!(h.metric("hydrus_outlier_ejections_total"), 0.0);
+    assert_eq!(
+        a.calls.load(Ordering::SeqCst) + b.calls.load(Ordering::SeqCst),
+        0
+    );
+    // With a Host, the same request is answered.
+    let r = raw_request(h.port, b"GET /text HTTP/1.0\r\nhost: x\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.1 200") && r.ends_with("hello"), "{r}");
 }

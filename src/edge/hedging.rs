@@ -23,7 +23,7 @@ use hydrus_filters::outlier::Outcome;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::protocols::http::client::HttpSession;
-use pingora::ErrorType;
+use pingora::{ErrorSource, ErrorType, RetryType};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -80,11 +80,13 @@ fn hedgeable(session: &Session, route_idempotent: bool) -> bool {
     (route_idempotent || (safe && no_body)) && !session.is_upgrade_req()
 }
 
-/// What each attempt sends: the upstream request and the client's whole body.
+/// What each attempt sends: the upstream request and the client's whole body; `grpc`: a call
+/// (whose answer `grpc-status: 14` in its header is a bad one).
 #[derive(Clone)]
 struct Outgoing {
     header: RequestHeader,
     body: Bytes,
+    grpc: bool,
 }
 
 /// A response that has begun: its header, and the upstream session its body and trailers are
@@ -98,11 +100,31 @@ struct Response {
 
 /// The attempt that answered: its response, and its endpoint's attempt, whose outcome for
 /// passive health is known only when the response has been relayed (a body cut short, or
-/// trailers saying `UNAVAILABLE`, count against the endpoint as on pingora's path).
+/// trailers saying `UNAVAILABLE`, count against the endpoint as on pingora's path). `None`: a
+/// bad answer (see [`bad`]), counted against its endpoint at once, whether relayed or not.
 struct Answer<'c> {
     response: Response,
-    attempt: Attempt<'c>,
+    attempt: Option<Attempt<'c>>,
 }
+
+/// Whether an answer counts against its endpoint, as on pingora's path: a gateway error (502,
+/// 503, 504), or a call answered `UNAVAILABLE` in its header (trailers-only). Such an answer
+/// does not end a hedge race while the other attempt still runs.
+fn bad(header: &ResponseHeader, grpc: bool) -> bool {
+    outcome_of(header.status.as_u16()) == Outcome::Failure
+        || grpc && super::grpc::status_of(&header.headers) == Some(14)
+}
+
+/// How an exchange failed; `stale`: on a pooled connection the upstream had closed as it was
+/// reused (pingora marks such errors retryable on a reused connection only).
+struct Failed {
+    error: Box<Error>,
+    stale: bool,
+}
+
+/// How many times an attempt that met a stale pooled connection is tried again on its
+/// endpoint (as on pingora's path, see `error_while_proxy`).
+const MAX_STALE_RETRIES: u32 = 2;
 
 /// The client's body, ready to send, or the request already settled.
 enum Body {
@@ -203,6 +225,7 @@ fn outgoing(session: &Session, ctx: &Ctx, body: Bytes) -> Result<Outgoing> {
     Ok(Outgoing {
         header: upstream,
         body,
+        grpc: ctx.grpc,
     })
 }
 
@@ -211,10 +234,18 @@ fn outgoing(session: &Session, ctx: &Ctx, body: Bytes) -> Result<Outgoing> {
 const MAX_INTERIM: usize = 8;
 
 /// Send a request on an upstream session: a request without a body ends its HTTP/2 stream
-/// with its HEADERS, as pingora's path does (not with an empty DATA frame).
+/// with its HEADERS, as pingora's path does (not with an empty DATA frame). A request the
+/// HTTP/2 client refuses before writing anything (no authority: an HTTP/1.0 request without
+/// `Host`) is the client's error (answered 400): nothing of it reached the endpoint.
 async fn send(s: &mut HttpSession, req: Outgoing) -> Result<()> {
-    if let (HttpSession::H2(h2), true) = (&mut *s, req.body.is_empty()) {
-        return h2.write_request_header(Box::new(req.header), true);
+    if let HttpSession::H2(h2) = &mut *s {
+        let end = req.body.is_empty();
+        h2.write_request_header(Box::new(req.header), end)
+            .map_err(|e| if unsent(&e) { e.into_down() } else { e })?;
+        if end {
+            return Ok(());
+        }
+        return h2.write_request_body(req.body, true).await;
     }
     s.write_request_header(Box::new(req.header)).await?;
     if req.body.is_empty() {
@@ -222,6 +253,12 @@ async fn send(s: &mut HttpSession, req: Outgoing) -> Result<()> {
     } else {
         s.write_request_body(req.body, true).await
     }
+}
+
+/// Whether the HTTP/2 client refused a request's header as it is, before writing anything:
+/// its own check of the header (no or a bad authority).
+fn unsent(e: &Error) -> bool {
+    *e.etype() == ErrorType::InvalidHTTPHeader
 }
 
 /// The response's final header. An HTTP/1.1 upstream may send interim ones first: they are
@@ -370,17 +407,18 @@ impl Proxy {
             Ok(_) if ctx.grpc && ctx.grpc_status == Some(14) => Some(Outcome::Failure),
             Ok(_) => ctx.upstream_status.map(outcome_of),
         };
-        match outcome {
-            Some(o) => attempt.end(o, &self.state),
-            None => drop(attempt),
+        // (A bad answer was counted when it came.)
+        if let (Some(o), Some(attempt)) = (outcome, attempt) {
+            attempt.end(o, &self.state);
         }
         relayed.map(|_| true)
     }
 
     /// The race between the first attempt (on `a`) and a reissue (on `b`) after `timeout`
     /// (`None`: no reissue); when the first fails before any reissue, one more try on `b`, as
-    /// any retry. An attempt ends with its response header. A request sent once (no timeout)
-    /// is tried again only when its connection failed: nothing of it reached the endpoint.
+    /// any retry. An attempt ends with its response header; a bad answer (see [`bad`]) is held
+    /// while the other attempt still runs. A request sent once (no timeout) is tried again
+    /// only when its connection failed: nothing of it reached the endpoint.
     async fn race_attempts<'c>(
         &self,
         stage: &HedgeStage,
@@ -396,6 +434,8 @@ impl Proxy {
             || self.attempt(cluster, b, upstream.clone()),
             timeout,
             &stage.budget,
+            // (A bad answer was counted at once: it holds no attempt.)
+            |answer: &Answer<'_>| answer.attempt.is_some(),
         )
         .await;
         if let Some(timeout) = timeout {
@@ -411,7 +451,9 @@ impl Proxy {
         }
         if let Err(e) = &result {
             let unsent = error_kind(e) == "connect";
+            // (Not an error the client's request made: it would meet it anywhere.)
             let retry = winner == Winner::Primary
+                && *e.esource() != ErrorSource::Downstream
                 && b != a
                 && (timeout.is_some() || unsent)
                 && ctx
@@ -427,7 +469,10 @@ impl Proxy {
     }
 
     /// One attempt of a hedged request, up to its response header. A failed one counts against
-    /// its endpoint at once; an answered one when its response ends (see `send_hedged`).
+    /// its endpoint at once; a bad answer too; a good one when its response ends (see
+    /// `send_hedged`). One that met a stale pooled connection is tried again on the same
+    /// endpoint, counted as nothing (not charged to the retry budget either); one the client's
+    /// request made impossible (nothing was sent) is counted as nothing.
     async fn attempt<'c>(
         &self,
         cluster: &'c Cluster,
@@ -437,44 +482,77 @@ impl Proxy {
         if endpoint >= cluster.endpoints.len() {
             return Error::e_explain(ErrorType::InternalError, "no such endpoint");
         }
-        let attempt = Attempt::start(cluster, endpoint);
-        match self.exchange(endpoint, cluster, req).await {
-            Ok(response) => {
-                // It answered: not hung, whatever the exchange's outcome.
-                cluster.outliers.progress(endpoint, crate::clock::now_ms());
-                Ok(Answer { response, attempt })
-            }
-            Err(e) => {
-                if error_kind(&e) == "connect" {
-                    // Per attempt, as `fail_to_connect` counts them; other kinds are counted
-                    // once, for the request, in `fail_to_proxy`.
-                    self.state
-                        .metrics
-                        .upstream_errors
-                        .with_label_values(&[cluster.name.as_str(), "connect"])
-                        .inc();
+        let mut stale_retries = 0;
+        let e = loop {
+            let attempt = Attempt::start(cluster, endpoint);
+            match self.exchange(endpoint, cluster, req.clone()).await {
+                Ok(response) => {
+                    // It answered: not hung, whatever the exchange's outcome.
+                    cluster.outliers.progress(endpoint, crate::clock::now_ms());
+                    let attempt = if bad(&response.header, req.grpc) {
+                        attempt.end(Outcome::Failure, &self.state);
+                        None
+                    } else {
+                        Some(attempt)
+                    };
+                    return Ok(Answer { response, attempt });
                 }
-                attempt.end(Outcome::Failure, &self.state);
-                Err(e)
+                Err(Failed { error, stale: true }) if stale_retries < MAX_STALE_RETRIES => {
+                    // The upstream closed a kept-alive connection: not the endpoint's failure.
+                    log::debug!("stale pooled connection, tried again: {error}");
+                    stale_retries += 1;
+                }
+                Err(Failed { error, .. }) if *error.esource() == ErrorSource::Downstream => {
+                    return Err(error);
+                }
+                Err(Failed { error, .. }) => {
+                    attempt.end(Outcome::Failure, &self.state);
+                    break error;
+                }
             }
+        };
+        if error_kind(&e) == "connect" {
+            // Per attempt, as `fail_to_connect` counts them; other kinds are counted once,
+            // for the request, in `fail_to_proxy`.
+            self.state
+                .metrics
+                .upstream_errors
+                .with_label_values(&[cluster.name.as_str(), "connect"])
+                .inc();
         }
+        Err(e)
     }
 
+    /// One exchange on a connection to the endpoint, up to the response's final header.
     async fn exchange(
         &self,
         endpoint: usize,
         cluster: &Cluster,
         req: Outgoing,
-    ) -> Result<Response> {
+    ) -> std::result::Result<Response, Failed> {
         let peer = peer(cluster, endpoint);
-        let (mut s, _reused) = self
+        let (mut s, reused) = self
             .connector
             .get_http_session(&peer)
             .await
-            .map_err(upstream_error)?;
+            .map_err(|e| Failed {
+                error: upstream_error(e),
+                stale: false,
+            })?;
         s.set_read_timeout(Some(cluster.source.read_timeout));
-        send(&mut s, req).await.map_err(upstream_error)?;
-        let header = final_header(&mut s).await.map_err(upstream_error)?;
+        let header = match send(&mut s, req).await {
+            Ok(()) => final_header(&mut s).await,
+            Err(e) => Err(e),
+        };
+        let header = header.map_err(|e| Failed {
+            stale: reused && matches!(e.retry, RetryType::ReusedOnly),
+            // (A request the client made impossible stays the client's error.)
+            error: if *e.esource() == ErrorSource::Downstream {
+                e
+            } else {
+                upstream_error(e)
+            },
+        })?;
         Ok(Response {
             header,
             upstream: s,

@@ -145,7 +145,7 @@ async fn h2_answer(
 
 /// An HTTP/1.x server answering each request with the bytes `reply` gives for its head (request
 /// line and header fields, as received), closing the connection after it when it says so. Its
-/// requests' heads are kept.
+/// requests' heads are kept. [`Canned::start_once`]: each connection answers one request only.
 pub struct Canned {
     pub addr: SocketAddr,
     pub heads: Arc<Mutex<Vec<String>>>,
@@ -155,6 +155,17 @@ type Reply = dyn Fn(&str) -> (Vec<u8>, bool) + Send + Sync;
 
 impl Canned {
     pub fn start(reply: impl Fn(&str) -> (Vec<u8>, bool) + Send + Sync + 'static) -> Self {
+        Self::serve(reply, false)
+    }
+
+    /// Each connection answers its first request, kept alive (no `Connection` field said
+    /// otherwise), and is closed when its next request arrives, unanswered: a server that
+    /// closed an idle kept-alive connection just as the client reused it.
+    pub fn start_once(reply: impl Fn(&str) -> (Vec<u8>, bool) + Send + Sync + 'static) -> Self {
+        Self::serve(reply, true)
+    }
+
+    fn serve(reply: impl Fn(&str) -> (Vec<u8>, bool) + Send + Sync + 'static, once: bool) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let heads: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -163,7 +174,7 @@ impl Canned {
             for s in listener.incoming() {
                 let Ok(s) = s else { return };
                 let (seen, reply) = (seen.clone(), reply.clone());
-                std::thread::spawn(move || canned_connection(s, &seen, &*reply));
+                std::thread::spawn(move || canned_connection(s, &seen, &*reply, once));
             }
         });
         Self { addr, heads }
@@ -174,17 +185,25 @@ impl Canned {
     }
 }
 
-fn canned_connection(mut s: std::net::TcpStream, seen: &Mutex<Vec<String>>, reply: &Reply) {
+fn canned_connection(
+    mut s: std::net::TcpStream,
+    seen: &Mutex<Vec<String>>,
+    reply: &Reply,
+    once: bool,
+) {
     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
-    loop {
+    for answered in 0.. {
         // One byte at a time: no read-ahead into the next request.
         while !buf.ends_with(b"\r\n\r\n") {
             match s.read(&mut byte) {
                 Ok(1) => buf.push(byte[0]),
                 _ => return,
             }
+        }
+        if once && answered > 0 {
+            return;
         }
         let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
         buf.clear();

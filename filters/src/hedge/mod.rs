@@ -63,7 +63,7 @@ pub struct HedgeMetrics {
 #[allow(clippy::expect_used)] // constant, valid metric definitions
 impl HedgeMetrics {
     fn new(r: &Registry) -> Self {
-        let hedges = IntCounterVec::new(Opts::new("hydrus_hedges_total", "Hedging by hedge route (strategy, or cluster without a hydrus stage): `sent` reissues, `won` (the reissue answered first; an attempt that failed answers nothing), `lost` (the first attempt still did, or neither), `denied` (past the timeout but out of budget)."), &["route", "result"]).expect("metric");
+        let hedges = IntCounterVec::new(Opts::new("hydrus_hedges_total", "Hedging by hedge route (strategy, or cluster without a hydrus stage): `sent` reissues, `won` (the reissue answered well first; a failure or a gateway error, 502 to 504 or gRPC UNAVAILABLE, is no answer while the other attempt runs), `lost` (the first attempt still did, or neither), `denied` (past the timeout but out of budget)."), &["route", "result"]).expect("metric");
         let reloads = IntCounterVec::new(
             Opts::new(
                 "hydrus_hedge_table_reloads_total",
@@ -139,11 +139,11 @@ impl HedgeStage {
             HedgeOutcome::Denied => count("denied"),
             HedgeOutcome::Reissued(w) => {
                 count("sent");
+                // Won: the reissue answered well (a bad answer of its own is no win).
                 count(if w == Winner::Hedge { "won" } else { "lost" });
-                let answered = if w == Winner::Hedge {
-                    "hedge"
-                } else {
-                    "primary"
+                let answered = match w {
+                    Winner::Hedge | Winner::HedgeFallback => "hedge",
+                    Winner::Primary | Winner::PrimaryAfterHedge => "primary",
                 };
                 state.log.push("hedge", LogValue::Str(answered));
             }

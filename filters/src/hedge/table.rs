@@ -178,30 +178,38 @@ impl Budget {
 pub enum Winner {
     /// The first attempt, without a reissue.
     Primary,
-    /// The first attempt, after a reissue was sent (the reissue was cancelled).
+    /// The first attempt, after a reissue was sent (the reissue was cancelled, or did no
+    /// better).
     PrimaryAfterHedge,
-    /// The reissue (the first attempt was cancelled).
+    /// The reissue, with a good answer (the first attempt was cancelled, or did no better).
     Hedge,
+    /// The reissue's answer, not a good one, the first attempt having failed: an answer
+    /// rather than an error, but the reissue did not win.
+    HedgeFallback,
 }
 
 /// Run `primary`; if it has not finished after `timeout` and the budget allows, start
-/// `hedge()` too and return whichever succeeds first. The other is dropped: cancelled.
-/// Without a timeout, or with the budget spent, this is just `primary`.
+/// `hedge()` too and return whichever gives a good answer (`good`) first. The other is
+/// dropped: cancelled. Without a timeout, or with the budget spent, this is just `primary`.
 ///
-/// An attempt that fails does not end the race: the other one is still waited for (up to its
-/// own timeouts), so a reissue refused at once cannot cancel a healthy slow first attempt.
-/// `Winner::Hedge` is returned only for a reissue that succeeded; when both fail, the first
-/// attempt's error comes back (`PrimaryAfterHedge`).
-pub async fn race<T, E, P, H, F>(
+/// An attempt that fails or answers badly (a gateway error, say) does not end the race: its
+/// result is held while the other one is still waited for (up to its own timeouts), so a
+/// reissue refused or answered 503 at once cannot cancel a healthy slow first attempt.
+/// `Winner::Hedge` is returned only for a reissue's good answer. When neither is good, the
+/// first attempt's result comes back (`PrimaryAfterHedge`), unless it is an error and the
+/// reissue answered (`HedgeFallback`).
+pub async fn race<T, E, P, H, F, G>(
     primary: P,
     hedge: H,
     timeout: Option<Duration>,
     budget: &Budget,
+    good: G,
 ) -> (Result<T, E>, Winner)
 where
     P: Future<Output = Result<T, E>>,
     H: FnOnce() -> F,
     F: Future<Output = Result<T, E>>,
+    G: Fn(&T) -> bool,
 {
     tokio::pin!(primary);
     let Some(timeout) = timeout else {
@@ -217,19 +225,39 @@ where
     }
     let second = hedge();
     tokio::pin!(second);
-    tokio::select! {
+    let (first, primary_first) = tokio::select! {
         biased;
-        v = &mut primary => match v {
-            Ok(v) => (Ok(v), Winner::PrimaryAfterHedge),
-            Err(e) => match second.await {
-                Ok(v) => (Ok(v), Winner::Hedge),
-                Err(_) => (Err(e), Winner::PrimaryAfterHedge),
-            },
-        },
-        v = &mut second => match v {
-            Ok(v) => (Ok(v), Winner::Hedge),
-            Err(_) => (primary.await, Winner::PrimaryAfterHedge),
-        },
+        v = &mut primary => (v, true),
+        v = &mut second => (v, false),
+    };
+    let (p, h) = if primary_first {
+        if first.as_ref().is_ok_and(&good) {
+            return (first, Winner::PrimaryAfterHedge);
+        }
+        (first, second.await)
+    } else {
+        if first.as_ref().is_ok_and(&good) {
+            return (first, Winner::Hedge);
+        }
+        (primary.await, first)
+    };
+    settle(p, h, good)
+}
+
+/// Both attempts of a race have ended, at most one of them with a good answer: that one, else
+/// the first attempt's result, or the reissue's answer when the first attempt failed.
+fn settle<T, E>(
+    p: Result<T, E>,
+    h: Result<T, E>,
+    good: impl Fn(&T) -> bool,
+) -> (Result<T, E>, Winner) {
+    if p.as_ref().is_ok_and(&good) {
+        return (p, Winner::PrimaryAfterHedge);
+    }
+    match (p, h) {
+        (_, Ok(h)) if good(&h) => (Ok(h), Winner::Hedge),
+        (Err(_), Ok(h)) => (Ok(h), Winner::HedgeFallback),
+        (p, _) => (p, Winner::PrimaryAfterHedge),
     }
 }
 
@@ -276,6 +304,11 @@ mod tests {
         )
     }
 
+    /// An answer is good unless it says `bad`.
+    fn good(v: &&'static str) -> bool {
+        !v.starts_with("bad")
+    }
+
     fn funded() -> Budget {
         let b = Budget::new(1.0, 10.0);
         for _ in 0..10 {
@@ -298,6 +331,7 @@ mod tests {
             },
             Some(Duration::from_millis(20)),
             &funded(),
+            good,
         )
         .await;
         assert_eq!((v, w), (Ok("hedge"), Winner::Hedge));
@@ -316,6 +350,7 @@ mod tests {
             || -> std::pin::Pin<Box<dyn Future<Output = Answer>>> { panic!("no hedge expected") },
             Some(Duration::from_millis(20)),
             &funded(),
+            good,
         )
         .await;
         assert_eq!((v, w), (Ok("primary"), Winner::Primary));
@@ -333,6 +368,7 @@ mod tests {
             move || attempt(100, "hedge", hc),
             Some(Duration::from_millis(20)),
             &funded(),
+            good,
         )
         .await;
         assert_eq!((v, w), (Ok("primary"), Winner::PrimaryAfterHedge));
@@ -351,6 +387,7 @@ mod tests {
             || -> std::pin::Pin<Box<dyn Future<Output = Answer>>> { panic!("no budget") },
             Some(Duration::from_millis(20)),
             &empty,
+            good,
         )
         .await;
         assert_eq!((v, w), (Ok("primary"), Winner::Primary));
@@ -367,6 +404,7 @@ mod tests {
             move || attempt(1, "err: refused", hc),
             Some(Duration::from_millis(100)),
             &funded(),
+            good,
         )
         .await;
         assert_eq!((v, w), (Ok("primary"), Winner::PrimaryAfterHedge));
@@ -384,6 +422,7 @@ mod tests {
             move || attempt(200, "hedge", hc),
             Some(Duration::from_millis(100)),
             &funded(),
+            good,
         )
         .await;
         assert_eq!((v, w), (Ok("hedge"), Winner::Hedge));
@@ -400,6 +439,7 @@ mod tests {
             move || attempt(1, "err: hedge", hc),
             Some(Duration::from_millis(100)),
             &funded(),
+            good,
         )
         .await;
         assert_eq!((v, w), (Err("err: primary"), Winner::PrimaryAfterHedge));
@@ -410,9 +450,73 @@ mod tests {
             move || attempt(300, "err: hedge", hc),
             Some(Duration::from_millis(100)),
             &funded(),
+            good,
         )
         .await;
         assert_eq!((v, w), (Err("err: primary"), Winner::PrimaryAfterHedge));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bad_answer_is_held_while_the_other_attempt_runs() {
+        // The reissue answers 503 at once: the healthy slow first attempt still answers.
+        let (p, h) = flags();
+        let t0 = Instant::now();
+        let hc = h.clone();
+        let (v, w) = race(
+            attempt(300, "primary", p.clone()),
+            move || attempt(1, "bad: 503", hc),
+            Some(Duration::from_millis(50)),
+            &funded(),
+            good,
+        )
+        .await;
+        assert_eq!((v, w), (Ok("primary"), Winner::PrimaryAfterHedge));
+        assert_eq!(t0.elapsed(), Duration::from_millis(300));
+        assert!(!p.load(Ordering::SeqCst), "the primary ran to its answer");
+        // The first attempt answers badly after the reissue was sent: the reissue's good
+        // answer wins.
+        let (p, h) = flags();
+        let hc = h.clone();
+        let (v, w) = race(
+            attempt(60, "bad: 503", p),
+            move || attempt(100, "hedge", hc),
+            Some(Duration::from_millis(50)),
+            &funded(),
+            good,
+        )
+        .await;
+        assert_eq!((v, w), (Ok("hedge"), Winner::Hedge));
+        assert!(!h.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn when_neither_answers_well_the_first_attempt_answers_and_nothing_won() {
+        let run = |p_ms, p_v, h_ms, h_v| async move {
+            let (p, h) = flags();
+            race(
+                attempt(p_ms, p_v, p),
+                move || attempt(h_ms, h_v, h),
+                Some(Duration::from_millis(50)),
+                &funded(),
+                good,
+            )
+            .await
+        };
+        // Both bad, in either order: the first attempt's answer.
+        let first = (Ok("bad: a"), Winner::PrimaryAfterHedge);
+        assert_eq!(run(300, "bad: a", 1, "bad: b").await, first);
+        assert_eq!(run(60, "bad: a", 100, "bad: b").await, first);
+        // A bad answer and a failure: the first attempt's answer.
+        assert_eq!(run(300, "bad: a", 1, "err: b").await, first);
+        // The first attempt failed, the reissue answered badly: an answer, but not a win.
+        let fallback = (Ok("bad: b"), Winner::HedgeFallback);
+        assert_eq!(run(300, "err: a", 1, "bad: b").await, fallback);
+        assert_eq!(run(60, "err: a", 100, "bad: b").await, fallback);
+        // Before the timeout, a bad answer is the answer: nothing else is running.
+        assert_eq!(
+            run(10, "bad: a", 1, "b").await,
+            (Ok("bad: a"), Winner::Primary)
+        );
     }
 
     #[test]
