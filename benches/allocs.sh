@@ -9,15 +9,13 @@
 # Env: HYDRUS_BIN (an alloc-stats build; default: built here into target/alloc-stats).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 secs=${1:-5}
 if [ -z "${HYDRUS_BIN:-}" ]; then
   cargo build --release --quiet --bin hydrus --features alloc-stats --target-dir target/alloc-stats
   HYDRUS_BIN=./target/alloc-stats/release/hydrus
 fi
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$work"; }
-trap cleanup EXIT
+bench_workdir 0.3
 UP=18380; FULL=18381; EMPTY=18382; ADMF=18391; ADME=18392
 cat > "$work/up.conf" <<CONF
 worker_processes 1;
@@ -38,29 +36,12 @@ cat > "$work/full.yaml" <<CONF
 listen: 127.0.0.1:$FULL
 admin: { listen: "127.0.0.1:$ADMF" }
 $common
-filters:
-  - rollout: { percent: 50 }
-  - hydrus:
-      default_strategy: s20
-      ktable: { path: $PWD/config/ktable.yaml }
-      strategies:
-        - { name: s10, cost: 6, qoe_scale: 0.90, set_query: { candidates: "10" } }
-        - { name: s20, cost: 10, qoe_scale: 1.00, set_query: { candidates: "20" } }
-        - { name: s40, cost: 18, qoe_scale: 1.08, cluster: ranking-large, set_headers: { x-model: large }, set_query: { candidates: "40" } }
-        - { name: s80, cost: 34, qoe_scale: 1.12, cluster: ranking-large, set_headers: { x-model: large }, set_query: { candidates: "80" } }
-  - log:
-      file: { dir: $work/logs }
 CONF
+full_chain_filters "$work/logs" >> "$work/full.yaml"
 printf 'listen: 127.0.0.1:%s\nadmin: { listen: "127.0.0.1:%s" }\n%s\nfilters: []\n' $EMPTY $ADME "$common" > "$work/empty.yaml"
 RUST_LOG=warn "$HYDRUS_BIN" serve --config "$work/full.yaml" & pids+=($!)
 RUST_LOG=warn "$HYDRUS_BIN" serve --config "$work/empty.yaml" & pids+=($!)
-cat > "$work/req.lua" <<'LUA'
-local i = 0
-request = function()
-  i = i + 1
-  return wrk.format("GET", "/rank?user=1", {["x-user-id"] = "user-" .. (i % 100000), ["x-qoe-score"] = string.format("%.2f", (i * 37 % 100) / 100)})
-end
-LUA
+req_lua "$work/req.lua"
 for port in $ADMF $ADME; do
   for _ in $(seq 100); do curl -s -o /dev/null "127.0.0.1:$port/ready" && break; sleep 0.1; done
 done

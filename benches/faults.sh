@@ -13,14 +13,7 @@ conns=${2:-32}
 need_debian nginx wrk cmake python3
 cargo build --release --quiet --bin hydrus
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.5
-  rm -rf "$work"
-}
-trap cleanup EXIT
+bench_workdir
 
 GOOD=18280; BAD=18281; HY=18282; ADM=18283; NGX=18284
 

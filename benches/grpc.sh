@@ -32,14 +32,7 @@ cargo build --release --quiet --bin hydrus --example grpc_upstream
 HYDRUS_BIN=${HYDRUS_BIN:-./target/release/hydrus}
 SERVER_BIN=./target/release/examples/grpc_upstream
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.5
-  rm -rf "$work"
-}
-trap cleanup EXIT
+bench_workdir
 
 UP=18280; UP2=18286; FULL=18281; EMPTY=18282; NGX=18283; ADMF=18291; ADME=18292
 CHECK=/grpc.health.v1.Health/Check

@@ -25,14 +25,7 @@ fi
 HYDRUS_BIN=${HYDRUS_BIN:-./target/release/hydrus}
 BARE_BIN=${BARE_BIN:-./target/release/examples/bare_proxy}
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 1
-  rm -rf "$work"
-}
-trap cleanup EXIT
+bench_workdir 1
 UP=18480
 mkdir -p "$work/cg" "$work/up"
 cat > "$work/up/nginx.conf" <<CONF
@@ -64,20 +57,7 @@ clusters:
 route: { cluster: ranking-small }
 CONF
   if [ "$3" = full ]; then
-    cat >> "$work/$1.yaml" <<CONF
-filters:
-  - rollout: { percent: 50 }
-  - hydrus:
-      default_strategy: s20
-      ktable: { path: $PWD/config/ktable.yaml }
-      strategies:
-        - { name: s10, cost: 6, qoe_scale: 0.90, set_query: { candidates: "10" } }
-        - { name: s20, cost: 10, qoe_scale: 1.00, set_query: { candidates: "20" } }
-        - { name: s40, cost: 18, qoe_scale: 1.08, cluster: ranking-large, set_headers: { x-model: large }, set_query: { candidates: "40" } }
-        - { name: s80, cost: 34, qoe_scale: 1.12, cluster: ranking-large, set_headers: { x-model: large }, set_query: { candidates: "80" } }
-  - log:
-      file: { dir: $work/logs-$1 }
-CONF
+    full_chain_filters "$work/logs-$1" >> "$work/$1.yaml"
   else
     echo "filters: []" >> "$work/$1.yaml"
   fi
@@ -104,14 +84,7 @@ for spec in ${COMPARE:-}; do
   names+=("$name"); port[$name]=$p; p=$((p + 1))
 done
 
-cat > "$work/req.lua" <<'LUA'
-local i = 0
-request = function()
-  i = i + 1
-  local q = (i * 37 % 100) / 100
-  return wrk.format("GET", "/rank?user=1", {["x-user-id"] = "user-" .. (i % 100000), ["x-qoe-score"] = string.format("%.2f", q)})
-end
-LUA
+req_lua "$work/req.lua"
 for n in "${names[@]}"; do
   for _ in $(seq 300); do curl -s -o /dev/null "127.0.0.1:${port[$n]}/" && break; sleep 0.2; done
 done

@@ -31,14 +31,7 @@ cargo build --release --quiet --bin hydrus --example bare_proxy
 HYDRUS_BIN=${HYDRUS_BIN:-./target/release/hydrus}
 BARE_BIN=${BARE_BIN:-./target/release/examples/bare_proxy}
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.5
-  rm -rf "$work"
-}
-trap cleanup EXIT
+bench_workdir
 
 UP=18180; FULL=18181; EMPTY=18182; NGX=18183; HAP=18184; BARE=18185; ADMF=18191; ADME=18192
 
@@ -107,19 +100,8 @@ cat > "$work/full.yaml" <<CONF
 listen: 127.0.0.1:$FULL
 admin: { listen: "127.0.0.1:$ADMF" }
 $common
-filters:
-  - rollout: { percent: 50 }
-  - hydrus:
-      default_strategy: s20
-      ktable: { path: $PWD/config/ktable.yaml }
-      strategies:
-        - { name: s10, cost: 6, qoe_scale: 0.90, set_query: { candidates: "10" } }
-        - { name: s20, cost: 10, qoe_scale: 1.00, set_query: { candidates: "20" } }
-        - { name: s40, cost: 18, qoe_scale: 1.08, cluster: ranking-large, set_headers: { x-model: large }, set_query: { candidates: "40" } }
-        - { name: s80, cost: 34, qoe_scale: 1.12, cluster: ranking-large, set_headers: { x-model: large }, set_query: { candidates: "80" } }
-  - log:
-      file: { dir: $work/logs }
 CONF
+full_chain_filters "$work/logs" >> "$work/full.yaml"
 cat > "$work/empty.yaml" <<CONF
 listen: 127.0.0.1:$EMPTY
 admin: { listen: "127.0.0.1:$ADME" }
@@ -145,14 +127,7 @@ for spec in ${COMPARE:-}; do
 done
 
 # Requests carry a user id (varying) and a QoE score, as a front end would send them.
-cat > "$work/req.lua" <<'LUA'
-local i = 0
-request = function()
-  i = i + 1
-  local q = (i * 37 % 100) / 100
-  return wrk.format("GET", "/rank?user=1", {["x-user-id"] = "user-" .. (i % 100000), ["x-qoe-score"] = string.format("%.2f", q)})
-end
-LUA
+req_lua "$work/req.lua"
 
 for port in $UP $FULL $EMPTY $BARE $NGX $HAP ${extra_ports[@]+"${extra_ports[@]}"}; do
   for _ in $(seq 100); do curl -s -o /dev/null "127.0.0.1:$port/" && break; sleep 0.1; done
