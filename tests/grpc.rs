@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::raw::{grpc_response, open_call};
 use common::*;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -338,12 +339,7 @@ async fn answer_call(
     }
     tokio::time::sleep(delay).await;
     let ok = got == GRPC_REQUEST;
-    let response = http::Response::builder()
-        .status(200)
-        .header("content-type", "application/grpc")
-        .body(())
-        .unwrap();
-    let Ok(mut send) = respond.send_response(response, false) else {
+    let Ok(mut send) = respond.send_response(grpc_response(), false) else {
         return;
     };
     // A HealthCheckResponse{status: SERVING}: field 1, varint 1.
@@ -359,34 +355,10 @@ async fn answer_call(
 /// A HealthCheckRequest for service "x": field 1, length 1, "x", in a gRPC frame.
 const GRPC_REQUEST: &[u8] = &[0, 0, 0, 0, 3, 0x0a, 0x01, b'x'];
 
-/// A gRPC call to `path` opened on a new raw HTTP/2 connection to hydrus (with the user id
-/// header when given): its response and its request body, still open.
-async fn open_call(
-    port: u16,
-    path: &str,
-    user: Option<&str>,
-) -> (h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>) {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(conn);
-    let mut client = client.ready().await.unwrap();
-    let mut req = http::Request::builder()
-        .method("POST")
-        .uri(format!("http://127.0.0.1:{port}{path}"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers");
-    if let Some(user) = user {
-        req = req.header("x-user-id", user);
-    }
-    client.send_request(req.body(()).unwrap(), false).unwrap()
-}
-
 /// One call over a raw HTTP/2 connection to hydrus: the response's status, its trailers.
 fn raw_call(rt: &Runtime, port: u16) -> (u16, http::HeaderMap) {
     rt.block_on(async move {
-        let (response, mut send) =
+        let (response, mut send, _client) =
             open_call(port, "/grpc.health.v1.Health/Check", Some("u1")).await;
         send.send_data(bytes::Bytes::from_static(GRPC_REQUEST), true)
             .unwrap();
@@ -501,12 +473,7 @@ async fn stream_call(
     mut respond: h2::server::SendResponse<bytes::Bytes>,
 ) {
     let echo = req.uri().path() == "/t.S/Echo";
-    let response = http::Response::builder()
-        .status(200)
-        .header("content-type", "application/grpc")
-        .body(())
-        .unwrap();
-    let Ok(mut send) = respond.send_response(response, false) else {
+    let Ok(mut send) = respond.send_response(grpc_response(), false) else {
         return;
     };
     let mut body = req.into_body();
@@ -581,7 +548,7 @@ fn streaming_calls_on_a_hedged_idempotent_route_reach_the_server_once_and_stream
     // Server streaming: one request message, five answers over 600 ms. The race ends at the
     // first response header; the messages then come as the server sends them.
     rt.block_on(async {
-        let (response, mut send) = open_call(h.port, "/t.S/Serve", Some("u1")).await;
+        let (response, mut send, _client) = open_call(h.port, "/t.S/Serve", Some("u1")).await;
         let start = Instant::now();
         send.send_data(bytes::Bytes::from_static(GRPC_REQUEST), true)
             .unwrap();
@@ -612,7 +579,7 @@ fn streaming_calls_on_a_hedged_idempotent_route_reach_the_server_once_and_stream
     // not hedged, and not held until it ends: the first two messages come back echoed
     // before the client sends its last one.
     rt.block_on(async {
-        let (response, mut send) = open_call(h.port, "/t.S/Echo", Some("u2")).await;
+        let (response, mut send, _client) = open_call(h.port, "/t.S/Echo", Some("u2")).await;
         let start = Instant::now();
         send.send_data(message(1), false).unwrap();
         send.send_data(message(2), false).unwrap();
@@ -657,7 +624,7 @@ fn raw_start(
 ) -> Result<(u16, bool, Option<String>), String> {
     let path = path.to_string();
     rt.block_on(async move {
-        let (response, mut send) = open_call(port, &path, None).await;
+        let (response, mut send, _client) = open_call(port, &path, None).await;
         send.send_data(bytes::Bytes::from_static(&GRPC_REQUEST[..4]), false)
             .unwrap();
         if body_done {

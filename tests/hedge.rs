@@ -284,19 +284,7 @@ fn a_client_that_leaves_mid_stream_frees_the_upstream_at_once() {
     );
     let port = h.port;
     rt.block_on(async move {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
-        tokio::spawn(conn);
-        let mut client = client.ready().await.unwrap();
-        let mut req = http::Request::builder()
-            .method("POST")
-            .uri(format!("http://127.0.0.1:{port}/t.S/Quiet"));
-        for (k, v) in GRPC {
-            req = req.header(k, v);
-        }
-        let (response, mut send) = client.send_request(req.body(()).unwrap(), false).unwrap();
+        let (response, mut send, client) = open_call(port, "/t.S/Quiet", None).await;
         send.send_data(bytes::Bytes::from_static(ONE_MESSAGE), true)
             .unwrap();
         let wait = Duration::from_secs(5);
@@ -360,19 +348,7 @@ fn a_large_streaming_call_is_sent_once_even_when_it_fails_after_sending() {
     body.extend_from_slice(ONE_MESSAGE);
     let port = h.port;
     rt.block_on(async move {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
-        tokio::spawn(conn);
-        let mut client = client.ready().await.unwrap();
-        let mut req = http::Request::builder()
-            .method("POST")
-            .uri(format!("http://127.0.0.1:{port}/t.S/Drop"));
-        for (k, v) in GRPC {
-            req = req.header(k, v);
-        }
-        let (response, mut send) = client.send_request(req.body(()).unwrap(), false).unwrap();
+        let (response, mut send, _client) = open_call(port, "/t.S/Drop", None).await;
         send.send_data(bytes::Bytes::from(body), true).unwrap();
         let answer = tokio::time::timeout(Duration::from_secs(10), response).await;
         assert!(

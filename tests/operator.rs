@@ -25,6 +25,13 @@ fn template(up: &Upstream, percent: &str, ktable_path: &str) -> String {
         .template()
 }
 
+/// A test directory holding `table` as `k.yaml` (the templates' `{dir}/k.yaml`).
+fn with_ktable(table: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("k.yaml"), table).unwrap();
+    dir
+}
+
 fn send(h: &Hydrus, n: usize, q: &str) {
     for i in 0..n {
         let (status, _) = get_with(
@@ -39,12 +46,7 @@ fn send(h: &Hydrus, n: usize, q: &str) {
 #[test]
 fn shadow_mode_at_zero_percent_shows_what_hydrus_would_do() {
     let up = Upstream::start("a");
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("k.yaml"),
-        ktable(&[("default", 0.004)], None),
-    )
-    .unwrap();
+    let dir = with_ktable(&ktable(&[("default", 0.004)], None));
     let mut h = Hydrus::start_in(dir, &template(&up, "0", "{dir}/k.yaml"));
     send(&h, 40, "0.6");
     // Every request got the default strategy...
@@ -86,12 +88,7 @@ fn shadow_mode_at_zero_percent_shows_what_hydrus_would_do() {
 #[test]
 fn cost_per_request_counts_only_what_hydrus_decided() {
     let up = Upstream::start("a");
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("k.yaml"),
-        ktable(&[("default", 0.004)], None),
-    )
-    .unwrap();
+    let dir = with_ktable(&ktable(&[("default", 0.004)], None));
     let t = Config::new()
         .grace("1s", None)
         .cluster("pool", &[up.addr])
@@ -147,13 +144,12 @@ fn cost_per_request_counts_only_what_hydrus_decided() {
 #[test]
 fn a_k_table_for_other_strategies_is_not_used_until_solved_from_the_shadow_logs() {
     let up = Upstream::start("a");
-    let dir = tempfile::tempdir().unwrap();
     // A table solved for another strategy set (the shipped example, say).
     let foreign = ktable(&[("default", 0.004)], None).replace(
         "window_secs: 900\n",
         "window_secs: 900\nstrategy_set: 0123456789abcdef\n",
     );
-    std::fs::write(dir.path().join("k.yaml"), foreign).unwrap();
+    let dir = with_ktable(&foreign);
     let h = Hydrus::start_in(dir, &template(&up, "100", "{dir}/k.yaml"));
     // `hydrus check` says so, naming both sets.
     let out = Command::new(bin())

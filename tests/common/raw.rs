@@ -74,7 +74,8 @@ impl H2Upstream {
     }
 }
 
-fn grpc_response() -> http::Response<()> {
+/// The header of a gRPC call's answer: 200, `content-type: application/grpc`.
+pub fn grpc_response() -> http::Response<()> {
     http::Response::builder()
         .status(200)
         .header("content-type", "application/grpc")
@@ -308,4 +309,33 @@ pub fn h2_frames(
             return frames;
         }
     }
+}
+
+/// A call's response, its request body (still open) and its connection's client handle (the
+/// connection stays open while it is held).
+pub type OpenCall = (
+    h2::client::ResponseFuture,
+    h2::SendStream<bytes::Bytes>,
+    h2::client::SendRequest<bytes::Bytes>,
+);
+
+/// A gRPC call to `path` opened on a new raw HTTP/2 connection to hydrus (with the user id
+/// header when given).
+pub async fn open_call(port: u16, path: &str, user: Option<&str>) -> OpenCall {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let mut req = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://127.0.0.1:{port}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    if let Some(user) = user {
+        req = req.header("x-user-id", user);
+    }
+    let (response, send) = client.send_request(req.body(()).unwrap(), false).unwrap();
+    (response, send, client)
 }

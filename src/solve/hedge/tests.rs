@@ -1,6 +1,7 @@
 //! SumVar against brute force, and reissues cutting the tail within budget.
 
 use super::*;
+use hydrus_filters::hedge::RouteHedge;
 use proptest::prelude::*;
 
 fn objective(routes: &[Vec<Candidate>], pick: &[usize]) -> (f64, f64) {
@@ -103,33 +104,43 @@ fn slow_share(seed: u64, n: usize, slow: f64) -> Vec<f64> {
         .collect()
 }
 
-#[test]
-fn a_budget_smaller_than_the_slow_share_buys_its_share_of_the_cut() {
+/// Solve route s20, `slow` of its requests slow, at each budget (ascending): every budget is
+/// spent within 10% on the table's own data, buys a p99 cut, never a smaller one than a
+/// smaller budget, and sets a timeout. Each budget's s20 entry.
+fn solved_at_budgets(seed: u64, slow: f64, budgets: &[f64]) -> Vec<(f64, RouteHedge)> {
     let mut inputs = HedgeInputs::default();
     inputs
         .routes
-        .insert("s20".into(), slow_share(7, 20_000, 0.03));
+        .insert("s20".into(), slow_share(seed, 20_000, slow));
     let mut last_p99 = f64::INFINITY;
-    for budget in [0.005, 0.01, 0.02, 0.03, 0.04] {
-        let (table, report) = solve(&inputs, budget).expect("solves");
-        // The budget is spent, within 10%, on the table's own data.
-        assert!(
-            (report.extra_load - budget).abs() <= 0.1 * budget,
-            "budget {budget}: spent {}",
-            report.extra_load
-        );
-        // Every budget buys something, and more budget buys more.
-        assert!(
-            report.p99_with_reissue_ms < report.p99_ms,
-            "{budget}: {report:?}"
-        );
-        assert!(
-            report.p99_with_reissue_ms <= last_p99 + 1e-9,
-            "{budget}: {report:?}"
-        );
-        last_p99 = report.p99_with_reissue_ms;
-        let r = &table.routes["s20"];
-        assert!(r.timeout_ms.is_some());
+    budgets
+        .iter()
+        .map(|&budget| {
+            let (table, report) = solve(&inputs, budget).expect("solves");
+            assert!(
+                (report.extra_load - budget).abs() <= 0.1 * budget,
+                "{slow} slow, budget {budget}: spent {}",
+                report.extra_load
+            );
+            assert!(
+                report.p99_with_reissue_ms < report.p99_ms,
+                "{slow} slow, {budget}: {report:?}"
+            );
+            assert!(
+                report.p99_with_reissue_ms <= last_p99 + 1e-9,
+                "{slow} slow, {budget}: {report:?}"
+            );
+            last_p99 = report.p99_with_reissue_ms;
+            let r = table.routes["s20"].clone();
+            assert!(r.timeout_ms.is_some(), "{slow} slow, {budget}: {r:?}");
+            (budget, r)
+        })
+        .collect()
+}
+
+#[test]
+fn a_budget_smaller_than_the_slow_share_buys_its_share_of_the_cut() {
+    for (budget, r) in solved_at_budgets(7, 0.03, &[0.005, 0.01, 0.02, 0.03, 0.04]) {
         if budget < 0.03 {
             // Less budget than slow requests: a share of them is reissued.
             let p = r.probability.expect("a mixed policy");
@@ -138,28 +149,7 @@ fn a_budget_smaller_than_the_slow_share_buys_its_share_of_the_cut() {
     }
     // The slow share grew to 10%: every budget from 3% to 8% still buys its share of the cut
     // (re-solving must never be worse than keeping the table solved for 3%).
-    inputs
-        .routes
-        .insert("s20".into(), slow_share(11, 20_000, 0.10));
-    let mut last_p99 = f64::INFINITY;
-    for budget in [0.03, 0.04, 0.05, 0.06, 0.07, 0.08] {
-        let (table, report) = solve(&inputs, budget).expect("solves");
-        assert!(
-            (report.extra_load - budget).abs() <= 0.1 * budget,
-            "10% slow, budget {budget}: spent {}",
-            report.extra_load
-        );
-        assert!(
-            report.p99_with_reissue_ms < report.p99_ms,
-            "10% slow, {budget}: {report:?}"
-        );
-        assert!(
-            report.p99_with_reissue_ms <= last_p99 + 1e-9,
-            "10% slow, {budget}: {report:?}"
-        );
-        last_p99 = report.p99_with_reissue_ms;
-        assert!(table.routes["s20"].timeout_ms.is_some(), "{budget}");
-    }
+    solved_at_budgets(11, 0.10, &[0.03, 0.04, 0.05, 0.06, 0.07, 0.08]);
 }
 
 #[test]
