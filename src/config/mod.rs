@@ -83,6 +83,8 @@ pub struct Running {
     /// The identity headers (user id, device id, request id, QoE, scenario), in the order of
     /// `hydrus_filters::stage::USER_ID` ...
     pub identity: [HeaderName; 5],
+    /// `identity` with `_` read as `-`: made once, compared with every request's header names.
+    pub identity_normalized: [String; 5],
     pub routes: Vec<Arc<RouteRuntime>>,
     /// The listener's TLS, when `tls:` is set: each new connection's handshake takes it from
     /// the running config, so a reload rotates certificates.
@@ -197,6 +199,9 @@ fn compile(file: &Path, text: &str, source: Config, m: &Metrics) -> Result<Runni
         source,
         start,
         clusters,
+        identity_normalized: identity
+            .each_ref()
+            .map(|n| hydrus_filters::stage::normalized(n).into_owned()),
         identity,
         routes: routes.routes,
         tls,

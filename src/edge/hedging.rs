@@ -27,6 +27,17 @@ use pingora::{ErrorSource, ErrorType, RetryType};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The fields a message's `Connection` header nominates (hop-by-hop, with it).
+fn connection_nominated(headers: &http::HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect()
+}
+
 /// Remove the hop-by-hop fields of a request (RFC 9110 7.6.1): `Connection` and what it
 /// nominates, and the standard ones. pingora does this on its own path; the hedge path writes
 /// requests itself. `te: trailers` stays, as on pingora's path to an HTTP/2 upstream: gRPC
@@ -36,17 +47,10 @@ fn strip_hop_by_hop(req: &mut RequestHeader) {
         .headers
         .get(http::header::TE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    let nominated: Vec<HeaderName> = req
-        .headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| *n != http::header::HOST)
-        .collect();
-    for n in nominated {
-        req.remove_header(&n);
+    for n in connection_nominated(&req.headers) {
+        if n != http::header::HOST {
+            req.remove_header(&n);
+        }
     }
     for n in [
         "connection",

@@ -79,7 +79,6 @@ pub fn prepare_upstream(upstream: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
     let passthrough = !route.route.managed;
     // Exact identity names are handled below (kept when already right); every other owned
     // name, and every spelling of an identity name that is not the exact one, goes.
-    let ids_normalized = ids.each_ref().map(normalized);
     let strip: Vec<HeaderName> = upstream
         .headers
         .keys()
@@ -91,7 +90,7 @@ pub fn prepare_upstream(upstream: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
                         || (ctx.grpc && chain.owned_query_names.iter().any(|q| *q == n))
                         || ids
                             .iter()
-                            .zip(&ids_normalized)
+                            .zip(&running.identity_normalized)
                             .any(|(i, ni)| *i != **k && *ni == n)))
         })
         .cloned()

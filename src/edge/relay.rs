@@ -6,7 +6,7 @@ use super::super::upstream::upstream_error;
 use super::super::Proxy;
 use super::Response;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName};
+use http::HeaderMap;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::protocols::http::client::HttpSession;
@@ -17,15 +17,7 @@ use pingora::ErrorType;
 /// and the fields it nominates, and the standard hop-by-hop ones. (`Trailer`: trailers do not
 /// reach an HTTP/1.1 client here, and an HTTP/2 one gets them as they come.)
 fn strip_hop_by_hop(header: &mut ResponseHeader) {
-    let nominated: Vec<HeaderName> = header
-        .headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for n in nominated {
+    for n in super::connection_nominated(&header.headers) {
         header.remove_header(&n);
     }
     for n in [
