@@ -450,3 +450,90 @@ fn follow_rewrites_the_table_as_windows_close() {
     let got = t.expected_qoe(0, slot_new).unwrap();
     assert!((got - qoe / n).abs() <= 1e-9 * got, "{got} vs {}", qoe / n);
 }
+
+/// One proxy, three routes logging to one directory: `rank` and `rank-b` decide with hydrus,
+/// `search` only logs. The solver uses every record of the route it solves, skips the rest
+/// and says why, and refuses two hydrus routes' records without `--route`.
+#[test]
+fn mixed_route_logs_lose_no_usable_record() {
+    let up = Upstream::start("ranker");
+    let template = Config::new()
+        .cluster("ranker", &[up.addr])
+        .route(
+            route("rank", "ranker")
+                .matching("{ path_prefix: /rank }")
+                .filter(&rollout("0"))
+                .filter(&hydrus3("{dir}/ktable.yaml"))
+                .filter(&file_log()),
+        )
+        .route(
+            route("rank-b", "ranker")
+                .matching("{ path_prefix: /b }")
+                .filter(&hydrus3("{dir}/ktable-b.yaml"))
+                .filter(&file_log()),
+        )
+        .route(route("search", "ranker").filter(&file_log()))
+        .template();
+    let h = Hydrus::start(&template);
+    let (ranks, searches, bs) = (300, 100, 40);
+    for i in 0..ranks {
+        let qv = format!("{:.3}", q(i));
+        let user = format!("u{i}");
+        let hs = [("x-user-id", user.as_str()), ("x-qoe-score", qv.as_str())];
+        assert_eq!(get_with(&h.url("/rank"), &hs).unwrap().0, 200);
+        if i % 3 == 0 {
+            // A record with no decision after every third rank record: the newest, each time.
+            assert_eq!(get_with(&h.url("/search"), &hs).unwrap().0, 200);
+        }
+        if i < bs {
+            assert_eq!(get_with(&h.url("/b"), &hs).unwrap().0, 200);
+        }
+    }
+    let total = (ranks + searches + bs) as f64;
+    assert!(eventually(Duration::from_secs(10), || {
+        h.metric(r#"hydrus_log_records_total{result="written"}"#) == total
+    }));
+    let logs = h.path("logs");
+    let out = h.path("solved.yaml");
+    let o = solve(&[
+        "--logs",
+        logs.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("records of several routes with a hydrus stage: rank (300 records), rank-b (40 records)")
+            && stderr.contains("--route NAME"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+    let o = solve(&[
+        "--logs",
+        logs.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--route",
+        "rank",
+        "--format",
+        "json",
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("skipped 100 with no hydrus decision")
+            && stderr.contains("skipped 40 of another route than --route")
+            && !stderr.contains("strategy set"),
+        "{stderr}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let solved: u64 = report["windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w.get("filled_from").is_none())
+        .map(|w| w["records"].as_u64().unwrap())
+        .sum();
+    assert_eq!(solved, ranks);
+}

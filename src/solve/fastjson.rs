@@ -15,6 +15,8 @@ pub struct Fields {
     pub scenario_raw: bool,
     pub strategy_set: Option<(usize, usize)>,
     pub chosen: (usize, usize),
+    /// The route the record names, when it names one.
+    pub route: Option<(usize, usize)>,
 }
 
 /// One `value_info` entry: the strategy's name (a byte range), cost and QoE.
@@ -342,6 +344,7 @@ const VALUE_INFO: usize = 2;
 const SCENARIO: usize = 3;
 const STRATEGY_SET: usize = 4;
 const SCENARIO_RAW: usize = 5;
+const ROUTE: usize = 6;
 
 /// Which field the solver reads `key` is, if any: by its length and first bytes before the
 /// whole of it (the other keys of a record rarely get past the first test).
@@ -353,6 +356,7 @@ fn field_of(key: &[u8]) -> Option<usize> {
         (8, b's') => (b"scenario", SCENARIO),
         (12, b's') if key[1] == b't' => (b"strategy_set", STRATEGY_SET),
         (12, b's') => (b"scenario_raw", SCENARIO_RAW),
+        (5, b'r') => (b"route", ROUTE),
         _ => return None,
     };
     (key == name).then_some(field)
@@ -377,8 +381,9 @@ pub fn parse(line: &[u8], values: &mut Vec<Value>) -> Option<Fields> {
         i: 0,
     };
     let mut f = Fields::default();
-    // Which fields were seen: ts_ms, chosen, value_info, scenario, strategy_set, scenario_raw.
-    let mut seen = [false; 6];
+    // Which fields were seen: ts_ms, chosen, value_info, scenario, strategy_set, scenario_raw,
+    // route.
+    let mut seen = [false; 7];
     s.eat(b'{')?;
     loop {
         let key = s.text()?;
@@ -403,6 +408,10 @@ pub fn parse(line: &[u8], values: &mut Vec<Value>) -> Option<Fields> {
             Some(STRATEGY_SET) => {
                 f.strategy_set = s.optional_string()?;
                 STRATEGY_SET
+            }
+            Some(ROUTE) => {
+                f.route = s.optional_string()?;
+                ROUTE
             }
             Some(_) => {
                 // `scenario_raw`: serde reads `null` as absent.

@@ -35,6 +35,8 @@ pub enum FollowError {
     Group(#[from] super::kafka_group::GroupError),
     #[error(transparent)]
     Output(#[from] OutputError),
+    #[error(transparent)]
+    SeveralRoutes(#[from] super::input::SeveralRoutes),
 }
 
 /// Where new records come from.
@@ -169,10 +171,12 @@ pub fn run<P: Pool + WindowData>(
     let windows = (86_400 / opts.window_secs) as usize;
     let window_ms = u64::from(opts.window_secs) * 1000;
     let mut rows = base_rows(&fo.out, opts.window_secs);
-    let mut c = Collector::with_pool(opts.window_secs, Keying::Absolute, template);
+    let mut c = Collector::with_pool(opts.window_secs, Keying::Absolute, template)
+        .for_route(opts.route.clone());
     let mut first = true;
     loop {
         source.poll(&mut c)?;
+        c.stats.one_route()?;
         let now = now_ms();
         if std::mem::take(&mut first) && !c.pools.is_empty() {
             // At start, a table from everything read so far, open windows included (they are

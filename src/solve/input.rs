@@ -62,6 +62,9 @@ pub(crate) struct LightRecord<'a> {
     pub(crate) chosen: Cow<'a, str>,
     #[serde(borrow)]
     pub(crate) value_info: Vec<LightValue<'a>>,
+    /// The route the request took (records written before routes name none).
+    #[serde(borrow, default)]
+    pub(crate) route: Option<Cow<'a, str>>,
 }
 
 /// What reading found.
@@ -75,14 +78,27 @@ pub struct ReadStats {
     /// `file:line: why` of the first few malformed lines.
     pub malformed_examples: Vec<String>,
     pub incomplete: u64,
-    /// Records without usable values (no value_info, or the chosen strategy not among them).
+    /// Records of a hydrus decision without usable values (no QoE header, so no value_info;
+    /// a value that is not a finite number; the chosen strategy not among them).
     pub unusable: u64,
+    /// Records with no hydrus decision at all: neither a strategy set nor values (a route
+    /// without a hydrus stage, e.g. an `e2e` or passthrough route logging to the same place).
+    /// Skipped; they never decide which strategy set is the newest.
+    #[serde(default)]
+    pub no_decision: u64,
+    /// Usable records of another route than `--route` names (skipped).
+    #[serde(default)]
+    pub other_route: u64,
+    /// Usable records by route (`""`: records written before routes, which belong to any).
+    /// A k-table belongs to one route: records of several, without `--route`, are refused.
+    #[serde(default)]
+    pub routes: BTreeMap<String, u64>,
     /// Records whose scenario the proxy did not recognise (`scenario_raw`), or beyond the
     /// first [`MAX_SCENARIOS`] distinct scenarios: skipped, never made a row.
     #[serde(default)]
     pub undeclared_scenario: u64,
-    /// Records of another strategy set than the newest records' (skipped: a k-table is
-    /// solved for one set).
+    /// Usable records of another strategy set than the newest usable records' (skipped: a
+    /// k-table is solved for one set).
     #[serde(default)]
     pub other_strategy_set: u64,
 }
@@ -152,6 +168,8 @@ pub struct Collector<P: Pool = Instance> {
     set_newest_ts: Option<u64>,
     /// Usable records collected for the current set.
     collected: u64,
+    /// Only records of this route are solved (`--route`); `None`: every route's.
+    route: Option<String>,
     /// Reused per line: the fast scanner's `value_info`, and a pool's key.
     values: Vec<fastjson::Value>,
     key: (String, usize),
@@ -185,6 +203,13 @@ impl<P: Pool> Collector<P> {
         }
     }
 
+    /// Solve only the records of `route` (`--route`); the others are counted as another
+    /// route's.
+    pub fn for_route(mut self, route: Option<String>) -> Self {
+        self.route = route;
+        self
+    }
+
     /// A collector starting each window from `template` (an empty pool).
     pub fn with_pool(window_secs: u32, keying: Keying, template: P) -> Self {
         Self {
@@ -198,6 +223,7 @@ impl<P: Pool> Collector<P> {
             strategy_set: None,
             set_newest_ts: None,
             collected: 0,
+            route: None,
             values: Vec::new(),
             key: (String::new(), 0),
         }
@@ -230,6 +256,7 @@ impl<P: Pool> Collector<P> {
                     scenario_raw: f.scenario_raw,
                     strategy_set: f.strategy_set.map(range),
                     chosen: range(f.chosen),
+                    route: f.route.map(range),
                 };
                 self.add_record(&view, values.iter().map(|&(s, c, q)| (range(s), c, q)))
             }
@@ -254,6 +281,7 @@ impl<P: Pool> Collector<P> {
             scenario_raw: rec.scenario_raw.is_some(),
             strategy_set: rec.strategy_set.as_deref().map(str::as_bytes),
             chosen: rec.chosen.as_bytes(),
+            route: rec.route.as_deref().map(str::as_bytes),
         };
         let values = rec
             .value_info
@@ -262,7 +290,10 @@ impl<P: Pool> Collector<P> {
         self.add_record(&view, values)
     }
 
-    /// One parsed record; returns its window key when it was usable.
+    /// One parsed record; returns its window key when it was usable. A record is judged in
+    /// this order: an undeclared scenario; no decision at all; unusable values; another route
+    /// than `--route`; only then is its strategy set compared with the newest usable one's, so
+    /// that nothing the solver cannot use decides which set is solved.
     fn add_record<'v>(
         &mut self,
         rec: &RecordView,
@@ -273,27 +304,38 @@ impl<P: Pool> Collector<P> {
             self.stats.undeclared_scenario += 1;
             return None;
         }
-        let set = rec.strategy_set.map(String::from_utf8_lossy);
-        if !self.same_set(set.as_deref(), rec.ts_ms) {
-            self.stats.other_strategy_set += 1;
-            return None;
-        }
         self.scratch.clear();
         let mut chosen = None;
+        let mut finite = true;
         for (j, (strategy, cost, qoe)) in values.enumerate() {
-            if !(cost.is_finite() && cost >= 0.0 && qoe.is_finite()) {
-                self.stats.unusable += 1;
-                return None;
-            }
+            finite &= cost.is_finite() && cost >= 0.0 && qoe.is_finite();
             if strategy == rec.chosen {
                 chosen = Some(j as u32);
             }
             self.scratch.push((cost, qoe));
         }
-        let Some(chosen) = chosen.filter(|_| !self.scratch.is_empty()) else {
+        if rec.strategy_set.is_none() && self.scratch.is_empty() {
+            self.stats.no_decision += 1;
+            return None;
+        }
+        let Some(chosen) = chosen.filter(|_| finite && !self.scratch.is_empty()) else {
             self.stats.unusable += 1;
             return None;
         };
+        // (A record that names no route predates routes, when a proxy ran one chain: it is
+        // any route's.)
+        if let (Some(want), Some(route)) = (&self.route, rec.route) {
+            if want.as_bytes() != route {
+                self.stats.other_route += 1;
+                return None;
+            }
+        }
+        self.count_route(rec.route.unwrap_or_default());
+        let set = rec.strategy_set.map(String::from_utf8_lossy);
+        if !self.same_set(set.as_deref(), rec.ts_ms) {
+            self.stats.other_strategy_set += 1;
+            return None;
+        }
         let window = match self.keying {
             Keying::OfDay => hydrus_filters::ktable::window_of(rec.ts_ms, self.window_secs),
             Keying::Absolute => (rec.ts_ms / 1000 / u64::from(self.window_secs)) as usize,
@@ -332,6 +374,53 @@ struct RecordView<'a> {
     scenario_raw: bool,
     strategy_set: Option<&'a [u8]>,
     chosen: &'a [u8],
+    route: Option<&'a [u8]>,
+}
+
+/// Most distinct routes counted in [`ReadStats::routes`] (a config has at most 64).
+const MAX_ROUTES: usize = 64;
+
+/// Add `n` records of `route` (no allocation once the route is known).
+fn add_route(routes: &mut BTreeMap<String, u64>, route: &str, n: u64) {
+    if let Some(count) = routes.get_mut(route) {
+        *count += n;
+    } else if routes.len() < MAX_ROUTES {
+        routes.insert(route.to_string(), n);
+    }
+}
+
+impl<P: Pool> Collector<P> {
+    /// Count a usable record of `route`.
+    fn count_route(&mut self, route: &[u8]) {
+        add_route(&mut self.stats.routes, &String::from_utf8_lossy(route), 1);
+    }
+}
+
+/// Records of several routes with a hydrus stage were read without `--route`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("records of several routes with a hydrus stage: {}; each route has its own strategies and k-table: solve one route at a time with --route NAME", .0.join(", "))]
+pub struct SeveralRoutes(pub Vec<String>);
+
+impl ReadStats {
+    /// Refuse records of several routes: a k-table is solved for one route's strategies.
+    pub fn one_route(&self) -> Result<(), SeveralRoutes> {
+        match self.several_routes() {
+            Some(routes) => Err(SeveralRoutes(routes)),
+            None => Ok(()),
+        }
+    }
+
+    /// The routes whose usable records were read, when there are several (records written
+    /// before routes belong to any).
+    pub fn several_routes(&self) -> Option<Vec<String>> {
+        let named: Vec<String> = self
+            .routes
+            .iter()
+            .filter(|(r, _)| !r.is_empty())
+            .map(|(r, n)| format!("{r} ({n} records)"))
+            .collect();
+        (named.len() > 1).then_some(named)
+    }
 }
 
 impl<P: Pool> Collector<P> {
@@ -370,6 +459,11 @@ impl<P: Pool> Collector<P> {
         s.unusable += o.unusable;
         s.undeclared_scenario += o.undeclared_scenario;
         s.other_strategy_set += o.other_strategy_set;
+        s.no_decision += o.no_decision;
+        s.other_route += o.other_route;
+        for (route, n) in &o.routes {
+            add_route(&mut s.routes, route, *n);
+        }
         for e in &o.malformed_examples {
             if s.malformed_examples.len() < EXAMPLES {
                 s.malformed_examples.push(e.clone());
@@ -548,7 +642,7 @@ mod tests {
     #[test]
     fn counts_malformed_incomplete_and_unusable() {
         let text = format!(
-            "{GOOD}\nnot json\n{}\n{GOOD}\n{{\"ts_ms\":1,\"chosen\":\"x\",\"value_info\":[]}}\n{GOOD}",
+            "{GOOD}\nnot json\n{}\n{GOOD}\n{{\"ts_ms\":1,\"chosen\":\"x\",\"value_info\":[],\"strategy_set\":\"ab\"}}\n{GOOD}",
             r#"{"ts_ms": "#
         );
         let mut c = Collector::new(900, Keying::OfDay);
@@ -569,6 +663,92 @@ mod tests {
         let inst = &c.pools[&("default".to_string(), 0)];
         assert_eq!(inst.len(), 2);
         assert_eq!(inst.logged(), (4.0, 0.6));
+    }
+
+    /// A rank route's record (strategy set `set`) at `ts_ms`.
+    fn rank(ts_ms: u64, route: &str, set: &str) -> String {
+        format!(
+            r#"{{"ts_ms":{ts_ms},"scenario":"default","group":"hydrus","chosen":"b","value_info":[{{"strategy":"a","cost":1.0,"qoe":0.1}},{{"strategy":"b","cost":2.0,"qoe":0.3}}],"strategy_set":"{set}","route":"{route}"}}"#
+        )
+    }
+
+    /// A record of a route without a hydrus stage (an e2e route's, as the proxy writes it).
+    fn e2e(ts_ms: u64) -> String {
+        format!(
+            r#"{{"ts_ms":{ts_ms},"request_id":"r","user_id":"u","device_id":"","scenario":"default","group":"hydrus","chosen":"default","k":null,"value_info":[],"status":200,"upstream_ms":1.0,"route":"search","e2e_bucket":2}}"#
+        )
+    }
+
+    fn collect(lines: &[String], route: Option<&str>) -> Collector {
+        let text = lines.join("\n") + "\n";
+        let mut c = Collector::new(900, Keying::OfDay).for_route(route.map(str::to_string));
+        read_lines(&mut text.as_bytes(), "f.jsonl", 0, None, &mut c).expect("reads");
+        c
+    }
+
+    #[test]
+    fn records_without_a_decision_never_displace_the_strategy_set() {
+        // 100 rank records with a newer e2e record after every tenth: all 100 are solved.
+        let mut lines = Vec::new();
+        for i in 0..100u64 {
+            lines.push(rank(1000 + i * 10, "rank", "s1"));
+            if i % 10 == 9 {
+                lines.push(e2e(1005 + i * 10));
+            }
+        }
+        let c = collect(&lines, None);
+        assert_eq!(c.stats.records, 110);
+        assert_eq!(c.stats.no_decision, 10);
+        assert_eq!((c.stats.other_strategy_set, c.stats.unusable), (0, 0));
+        assert_eq!(c.pools[&("default".to_string(), 0)].len(), 100);
+        assert_eq!(c.strategy_set.as_deref(), Some("s1"));
+        assert_eq!(c.stats.several_routes(), None);
+    }
+
+    #[test]
+    fn unusable_records_of_a_newer_set_never_displace_the_usable_ones() {
+        let mut lines: Vec<String> = (0..20).map(|i| rank(1000 + i, "rank", "s1")).collect();
+        // A newer set's decisions without a QoE header: no values to solve from.
+        lines.push(
+            r#"{"ts_ms":5000,"chosen":"b","value_info":[],"strategy_set":"s2","route":"rank"}"#
+                .into(),
+        );
+        lines.push(rank(1100, "rank", "s1"));
+        let c = collect(&lines, None);
+        assert_eq!((c.stats.unusable, c.stats.other_strategy_set), (1, 0));
+        assert_eq!(c.pools[&("default".to_string(), 0)].len(), 21);
+        assert_eq!(c.strategy_set.as_deref(), Some("s1"));
+        // A newer set's usable records still replace an older set's.
+        lines.push(rank(6000, "rank", "s2"));
+        let c = collect(&lines, None);
+        assert_eq!(c.stats.other_strategy_set, 21);
+        assert_eq!(c.strategy_set.as_deref(), Some("s2"));
+    }
+
+    #[test]
+    fn records_of_two_hydrus_routes_are_solved_one_route_at_a_time() {
+        let mut lines: Vec<String> = (0..30).map(|i| rank(1000 + i, "rank", "s1")).collect();
+        lines.extend((0..12).map(|i| rank(1000 + i, "rank-b", "s9")));
+        // A record written before routes belongs to any route.
+        lines.push(r#"{"ts_ms":900,"chosen":"b","value_info":[{"strategy":"a","cost":1.0,"qoe":0.1},{"strategy":"b","cost":2.0,"qoe":0.3}],"strategy_set":"s1"}"#.into());
+        let all = collect(&lines, None);
+        assert_eq!(
+            all.stats.several_routes(),
+            Some(vec![
+                "rank (30 records)".to_string(),
+                "rank-b (12 records)".to_string()
+            ])
+        );
+        let rank_only = collect(&lines, Some("rank"));
+        assert_eq!(rank_only.stats.several_routes(), None);
+        assert_eq!(rank_only.stats.other_route, 12);
+        assert_eq!(rank_only.stats.other_strategy_set, 0);
+        assert_eq!(rank_only.pools[&("default".to_string(), 0)].len(), 31);
+        // Merged from chunks, the routes add up the same.
+        let (a, b) = lines.split_at(20);
+        let mut merged = collect(a, None);
+        merged.merge(collect(b, None));
+        assert_eq!(merged.stats.routes, all.stats.routes);
     }
 
     #[test]

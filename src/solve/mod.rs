@@ -65,6 +65,9 @@ pub struct SolveOptions {
     pub budget: Budget,
     pub method: Method,
     pub epsilon: f64,
+    /// Solve only this route's records (`--route`); without it, records of several routes
+    /// with a hydrus stage are refused.
+    pub route: Option<String>,
 }
 
 /// One window's result, as reported.
@@ -326,6 +329,7 @@ mod tests {
             budget: Budget::Logged,
             method: Method::Exact,
             epsilon: 1e-9,
+            route: None,
         };
         let mut pools = Pools::new();
         pools.insert(

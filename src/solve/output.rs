@@ -191,20 +191,29 @@ fn window_ranges(rs: &[&WindowReport]) -> Vec<String> {
 /// What reading found, one line (and one more per malformed example), for stderr.
 pub fn stats_line(s: &ReadStats) -> String {
     let mut line = format!(
-        "read {} records ({} lines, {} files); {} malformed, {} unusable, {} incomplete",
-        s.records, s.lines, s.files, s.malformed, s.unusable, s.incomplete
+        "read {} records ({} lines, {} files); {} malformed, {} incomplete",
+        s.records, s.lines, s.files, s.malformed, s.incomplete
     );
-    if s.other_strategy_set > 0 {
-        line.push_str(&format!(
-            "; {} of an older strategy set (skipped: the table is solved for the newest)",
-            s.other_strategy_set
-        ));
-    }
-    if s.undeclared_scenario > 0 {
-        line.push_str(&format!(
-            "; {} with an undeclared scenario (skipped)",
-            s.undeclared_scenario
-        ));
+    let skipped = [
+        (
+            s.no_decision,
+            "with no hydrus decision (routes without a hydrus stage)",
+        ),
+        (
+            s.unusable,
+            "unusable (a decision without a QoE header, or with values that are not numbers)",
+        ),
+        (s.undeclared_scenario, "with an undeclared scenario"),
+        (s.other_route, "of another route than --route"),
+        (
+            s.other_strategy_set,
+            "of an older strategy set (the table is solved for the newest)",
+        ),
+    ];
+    for (n, why) in skipped {
+        if n > 0 {
+            line.push_str(&format!("; skipped {n} {why}"));
+        }
     }
     for e in &s.malformed_examples {
         line.push_str(&format!("\n  malformed: {e}"));

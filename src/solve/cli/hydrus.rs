@@ -37,6 +37,7 @@ fn solve_options(args: &SolveArgs) -> Result<SolveOptions, SolveError> {
         budget,
         method: args.method,
         epsilon: args.epsilon,
+        route: args.route.clone(),
     })
 }
 
@@ -109,14 +110,16 @@ pub(super) fn run(args: &SolveArgs) -> Result<(), SolveError> {
         return solve_and_write(args, &opts, c, Batch::Files, started);
     }
     if keeps_records(&opts) && args.emit_summary.is_none() {
-        let proto = Collector::new(opts.window_secs, Keying::OfDay);
+        let proto = Collector::new(opts.window_secs, Keying::OfDay).for_route(opts.route.clone());
         let (batch, c) = Batch::read(args, proto)?;
         return solve_and_write(args, &opts, c, batch, started);
     }
-    let proto = Collector::with_pool(opts.window_secs, Keying::OfDay, summary);
+    let proto = Collector::with_pool(opts.window_secs, Keying::OfDay, summary)
+        .for_route(opts.route.clone());
     let (batch, c) = Batch::read(args, proto)?;
     if let Some(path) = &args.emit_summary {
         eprintln!("{}", stats_line(&c.stats));
+        one_route(args, &c.stats)?;
         summary_file::write(path, &c)?;
         eprintln!("wrote {}: {} window(s)", path.display(), c.pools.len());
         if args.out.is_none() {
@@ -171,6 +174,16 @@ fn keeps_records(opts: &SolveOptions) -> bool {
     opts.method == Method::Bisection || matches!(opts.budget, Budget::Total(_))
 }
 
+/// Refuse what was read when it holds several routes' decisions (see `--route`).
+fn one_route(args: &SolveArgs, stats: &ReadStats) -> Result<(), SolveError> {
+    stats
+        .one_route()
+        .map_err(|source| SolveError::SeveralRoutes {
+            logs: args.source_name(),
+            source,
+        })
+}
+
 /// Solve what `c` collected, write the k-table and the reports.
 fn solve_and_write<P: Pool + WindowData>(
     args: &SolveArgs,
@@ -181,6 +194,7 @@ fn solve_and_write<P: Pool + WindowData>(
 ) -> Result<(), SolveError> {
     let read_time = started.elapsed();
     eprintln!("{}", stats_line(&c.stats));
+    one_route(args, &c.stats)?;
     if !c.pools.values().any(|p| p.has_records()) {
         return Err(SolveError::NoUsableRecord {
             logs: args.source_name(),

@@ -46,6 +46,12 @@ pub enum SolveError {
     Stdout(#[source] std::io::Error),
     #[error(transparent)]
     Input(#[from] InputError),
+    #[error("{logs}: {source}")]
+    SeveralRoutes {
+        logs: String,
+        #[source]
+        source: super::input::SeveralRoutes,
+    },
     #[error(transparent)]
     Follow(#[from] FollowError),
     #[cfg(feature = "kafka")]
@@ -124,6 +130,11 @@ pub struct SolveArgs {
     /// (kafka://BROKERS/TOPIC); each member merges them and writes --out.
     #[arg(long, requires = "follow")]
     pub summaries: Option<String>,
+    /// Solve the k-table of this route (its `name` in the config) from its records only.
+    /// Needed when the logs hold decisions of several routes with a hydrus stage (each has
+    /// its own strategies and k-table); records of routes without one are always skipped.
+    #[arg(long)]
+    pub route: Option<String>,
     /// What to solve: the Hydrus k-table or the E2E decision table.
     #[arg(long, value_enum, default_value = "hydrus")]
     pub policy: Policy,

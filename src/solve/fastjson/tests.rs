@@ -13,6 +13,7 @@ type Read = (
     Option<String>,
     String,
     Vec<(String, f64, f64)>,
+    Option<String>,
 );
 
 fn by_serde(line: &[u8]) -> Option<Read> {
@@ -29,6 +30,7 @@ fn by_serde(line: &[u8]) -> Option<Read> {
         r.strategy_set.map(|s| s.to_string()),
         r.chosen.to_string(),
         values,
+        r.route.map(|s| s.to_string()),
     ))
 }
 
@@ -44,6 +46,7 @@ fn by_scanner(line: &[u8]) -> Option<Read> {
         f.strategy_set.map(text),
         text(f.chosen),
         values,
+        f.route.map(text),
     ))
 }
 

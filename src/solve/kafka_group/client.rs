@@ -35,6 +35,12 @@ pub enum GroupError {
     Poll(#[source] RdKafkaError),
     #[error("{topic}: {failed} summary message(s) not delivered")]
     Delivery { topic: String, failed: u64 },
+    #[error("{topic}: {source}")]
+    SeveralRoutes {
+        topic: String,
+        #[source]
+        source: crate::solve::input::SeveralRoutes,
+    },
 }
 
 /// Counts the summary messages the broker did not take.

@@ -152,7 +152,8 @@ impl Member {
             opts.window_secs,
             Keying::Absolute,
             WindowSummary::new(DEFAULT_CAP, opts.budget),
-        );
+        )
+        .for_route(opts.route.clone());
         Ok(Self {
             logs,
             log_topic,
@@ -353,6 +354,15 @@ impl Member {
         windows: usize,
         marks: &BTreeMap<i32, i64>,
     ) -> Result<(), GroupError> {
+        for h in self.held.values() {
+            h.collector
+                .stats
+                .one_route()
+                .map_err(|source| GroupError::SeveralRoutes {
+                    topic: self.log_topic.clone(),
+                    source,
+                })?;
+        }
         let positions = self.positions()?;
         let ready: Vec<i32> = self
             .held
