@@ -127,15 +127,25 @@ fn promtool_accepts_the_rules_and_the_live_metrics() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // With the spend controller on: every family the proxy can export is in the text.
     let up = Upstream::start("a");
-    let h = start(&[&up]);
-    for i in 0..20 {
+    let h = start_with_spend_control(&up);
+    for i in 0..40 {
         get_with(
             &h.url("/"),
             &[("x-user-id", &format!("u{i}")), ("x-qoe-score", "0.5")],
         )
         .unwrap();
+        if i == 19 {
+            // Past the loop's period: the next request updates it.
+            std::thread::sleep(Duration::from_millis(1100));
+        }
     }
+    assert!(
+        h.metrics().contains("hydrus_spend_correction{"),
+        "{}",
+        h.metrics()
+    );
     let mut child = Command::new(promtool())
         .args(["check", "metrics"])
         .stdin(Stdio::piped())

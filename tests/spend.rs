@@ -160,7 +160,7 @@ fn the_controller_brings_spend_per_request_back_after_a_score_shift() {
         );
     }
     let m = h.metrics();
-    let correction = metric_value(&m, "hydrus_spend_m{scenario=\"default\"}").unwrap();
+    let correction = metric_value(&m, "hydrus_spend_correction{scenario=\"default\"}").unwrap();
     assert!(
         (0.45..0.75).contains(&correction),
         "m ~ {SHIFT}: {correction}"
@@ -191,5 +191,68 @@ fn without_the_controller_spend_stays_off_target() {
         // 10 per request: 24% under what the solver expected.
         assert!(c / EXPECTED - 1.0 < -0.15, "{after:?}");
     }
-    assert!(metric_value(&h.metrics(), "hydrus_spend_m").is_none());
+    assert!(metric_value(&h.metrics(), "hydrus_spend_correction").is_none());
+}
+
+/// After a pause (60 s for the default loop; 6 s for this one, 10 times faster), the first
+/// requests move the correction no more than a normal update does: two cheap ones, then two
+/// expensive ones, each once the period is over. While no request comes, the measured spend
+/// decays and the cost per request is no longer exported.
+#[test]
+fn a_pause_neither_swings_the_correction_nor_freezes_the_gauges() {
+    let up = Upstream::start("a");
+    let h = start(&up, true);
+    let load = Load::start(h.url("/rank"), 4);
+    warm_up(&h, 300.0);
+    load.shifted.store(true, Ordering::SeqCst);
+    std::thread::sleep(SETTLE + Duration::from_secs(1));
+    load.finish();
+    let paused = Instant::now();
+    let m = |h: &Hydrus| {
+        metric_value(
+            &h.metrics(),
+            "hydrus_spend_correction{scenario=\"default\"}",
+        )
+        .unwrap()
+    };
+    let per_request = |h: &Hydrus| {
+        metric_value(
+            &h.metrics(),
+            "hydrus_spend_cost_per_request{scenario=\"default\"}",
+        )
+    };
+    let per_second = |h: &Hydrus| {
+        metric_value(
+            &h.metrics(),
+            "hydrus_spend_cost_per_second{scenario=\"default\"}",
+        )
+        .unwrap()
+    };
+    let busy = per_second(&h);
+    let settled = m(&h);
+    assert!((0.45..0.75).contains(&settled), "m ~ {SHIFT}: {settled}");
+    assert!(
+        eventually(Duration::from_secs(4), || per_request(&h).is_none()),
+        "the cost per request of a loop without requests is still exported"
+    );
+    assert!(per_second(&h) < busy * 0.01, "{busy} -> {}", per_second(&h));
+    std::thread::sleep(Duration::from_secs(6).saturating_sub(paused.elapsed()));
+    let mut after = Vec::new();
+    for score in ["0.05", "0.05", "0.95", "0.95"] {
+        let (status, _) = get_with(
+            &h.url("/rank"),
+            &[("x-qoe-score", score), ("x-user-id", "u")],
+        )
+        .unwrap();
+        assert_eq!(status, 200);
+        // The next request is past the period: each one ends a period.
+        std::thread::sleep(Duration::from_millis(150));
+        after.push(m(&h));
+    }
+    for (i, moved) in after.iter().enumerate() {
+        assert!(
+            (moved / settled).ln().abs() < 0.2,
+            "request {i} after the pause moved m {settled} -> {moved}: {after:?}"
+        );
+    }
 }

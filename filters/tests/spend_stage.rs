@@ -123,7 +123,7 @@ fn the_stage_steers_k_and_a_new_ktable_resets_it() {
     let (k, _) = request(&r, 0.5, t0 + 51_000);
     assert!((k / 0.005 - 0.6).abs() < 0.1, "k = {k}");
     r.chain.refresh_gauges(t0 + 51_000);
-    let m = gauge(&registry, "hydrus_spend_m").unwrap();
+    let m = gauge(&registry, "hydrus_spend_correction").unwrap();
     assert!((m - 0.6).abs() < 0.1, "{m}");
     assert_eq!(
         gauge(&registry, "hydrus_spend_target_cost_per_request"),
@@ -138,5 +138,5 @@ fn the_stage_steers_k_and_a_new_ktable_resets_it() {
     install(&r, &table(12.0));
     assert_eq!(request(&r, 0.5, t0 + 52_000).0, 0.005);
     r.chain.refresh_gauges(t0 + 52_000);
-    assert_eq!(gauge(&registry, "hydrus_spend_m"), Some(1.0));
+    assert_eq!(gauge(&registry, "hydrus_spend_correction"), Some(1.0));
 }

@@ -14,6 +14,12 @@
 //! cost to two atomic counters; the first request to end after each `period` (a compare-and-
 //! swap on the period's start, at the request's own time) updates `m`. No thread, no timer:
 //! the loop is driven by the requests' clock, so it is deterministic under a fake clock.
+//!
+//! A pause (no request for longer than the usual interval between updates) is not one long
+//! step: the loop holds `m` through it, and the first update after it measures and integrates
+//! over one usual interval, with the cost per request weighted by requests, so that the first
+//! few requests after a pause move `m` no more than a normal update does. The gauges' measured
+//! rates decay while no request ends.
 
 use prometheus::{GaugeVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
@@ -253,16 +259,41 @@ pub struct Snapshot {
 /// The loop's own state, touched once per period.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct LoopState {
-    /// Smoothed cost per second and requests per second (`None` before the first period).
+    /// Smoothed cost per second and requests per second while requests end (`None` before
+    /// the first period): their ratio is the cost per request the loop steers, weighted by
+    /// requests; the cost rate is what a cap judges.
     pub rates: Option<(f64, f64)>,
+    /// The usual time between updates, smoothed (0 before the first): a longer stretch is a
+    /// pause, which the loop holds through.
+    pub interval_s: f64,
     /// The integral term, in `ln m`.
     pub integral: f64,
     pub target_per_request: Option<f64>,
 }
 
+/// How fast the usual interval follows the intervals seen.
+const INTERVAL_WEIGHT: f64 = 0.2;
+
 impl LoopState {
-    /// One period of `dt_s` seconds with `cost` handed out over `requests`: smooth, compare
-    /// with the targets and return the new `m`.
+    /// The stretch an update of `dt_s` seconds measures and integrates over: all of it
+    /// under steady traffic, at most the usual interval after a pause. A pause holds no data:
+    /// the first requests after it are one update, as heavy as a normal one, not a step
+    /// multiplied by the whole gap (nor, with the rates reset, a cost per request taken from
+    /// those few requests alone).
+    fn span(&mut self, s: &Settings, dt_s: f64) -> f64 {
+        let period_s = s.period_ms as f64 / 1000.0;
+        let usual = if self.interval_s > 0.0 {
+            self.interval_s
+        } else {
+            period_s
+        };
+        // (A pause moves the usual interval by a bounded amount only.)
+        self.interval_s = usual + INTERVAL_WEIGHT * (dt_s.min(3.0 * usual) - usual);
+        dt_s.min(usual.max(period_s)).max(f64::MIN_POSITIVE)
+    }
+
+    /// One update after `dt_s` seconds with `cost` handed out over `requests`: smooth,
+    /// compare with the targets and return the new `m`.
     pub fn step(
         &mut self,
         s: &Settings,
@@ -272,11 +303,12 @@ impl LoopState {
         target_per_request: Option<f64>,
     ) -> f64 {
         self.target_per_request = target_per_request;
-        let now = (cost / dt_s, requests / dt_s);
+        let span = self.span(s, dt_s);
+        let now = (cost / span, requests / span);
         let (c, r) = match self.rates {
             None => now,
             Some((c, r)) => {
-                let a = 1.0 - (-dt_s / s.smoothing_s).exp();
+                let a = 1.0 - (-span / s.smoothing_s).exp();
                 (c + a * (now.0 - c), r + a * (now.1 - r))
             }
         };
@@ -300,7 +332,7 @@ impl LoopState {
         let error = error.clamp(-10.0, 10.0);
         let ceiling = s.ln_max;
         let p = s.gain_p * error;
-        let mut next = self.integral + s.gain_i * error * dt_s;
+        let mut next = self.integral + s.gain_i * error * span;
         // Anti-windup: the integral grows only until the output reaches its bound (it is not
         // pulled back either), and never leaves the bounds itself.
         if error > 0.0 {
@@ -311,7 +343,24 @@ impl LoopState {
         self.integral = next.clamp(floor, ceiling);
         (p + self.integral).clamp(floor, ceiling).exp()
     }
+
+    /// What the gauges show `idle_s` seconds after the last update: the cost per second
+    /// decays once a usual interval has passed without one, and the cost per request is
+    /// no longer a measurement after [`STALE_SMOOTHINGS`] smoothing times.
+    fn measured(&self, s: &Settings, idle_s: f64) -> (Option<f64>, Option<f64>) {
+        let Some((c, r)) = self.rates else {
+            return (None, None);
+        };
+        let period_s = s.period_ms as f64 / 1000.0;
+        let quiet = (idle_s - self.interval_s.max(period_s)).max(0.0);
+        let per_request = (r > 0.0 && quiet < STALE_SMOOTHINGS * s.smoothing_s).then(|| c / r);
+        (per_request, Some(c * (-quiet / s.smoothing_s).exp()))
+    }
 }
+
+/// Smoothing times without a request after which the cost per request is not exported (the
+/// cost per second has decayed below 1% of what it was by then).
+pub const STALE_SMOOTHINGS: f64 = 5.0;
 
 /// One scenario's loop on one proxy.
 #[derive(Debug)]
@@ -395,13 +444,18 @@ impl SpendLoop {
         self.m.store(m.to_bits(), Relaxed);
     }
 
-    pub fn snapshot(&self) -> Snapshot {
+    /// What the gauges show at `now_ms` (the requests' clock): the measured rates decay
+    /// while no request ends, so that nothing judges a stale spend.
+    pub fn snapshot(&self, now_ms: u64) -> Snapshot {
         let st = self.state.lock().map(|s| *s).unwrap_or_default();
+        let last = self.period_start.load(Relaxed);
+        let idle_s = now_ms.saturating_sub(last) as f64 / 1000.0;
+        let (per_request, per_second) = st.measured(&self.settings, idle_s);
         Snapshot {
             target_per_request: st.target_per_request,
             target_per_second: self.cap,
-            per_request: st.rates.and_then(|(c, r)| (r > 0.0).then(|| c / r)),
-            per_second: st.rates.map(|(c, _)| c),
+            per_request,
+            per_second,
             m: self.m(),
         }
     }
@@ -430,7 +484,7 @@ impl SpendMetrics {
             target_per_second: g("hydrus_spend_target_cost_per_second", "Spend controller: this proxy's cap on cost per second, when set."),
             per_request: g("hydrus_spend_cost_per_request", "Spend controller: measured cost per request (treatment, decided by the rule), smoothed."),
             per_second: g("hydrus_spend_cost_per_second", "Spend controller: measured cost per second (treatment, decided by the rule), smoothed."),
-            m: g("hydrus_spend_m", "Spend controller: the correction m multiplying k_t."),
+            m: g("hydrus_spend_correction", "Spend controller: the correction m multiplying k_t (a ratio)."),
             k_effective: g("hydrus_k_effective", "k_t times the spend controller's m: the k the rule applies."),
         }
     }

@@ -44,6 +44,149 @@ fn drive(l: &SpendLoop, p: &Plant, start_ms: u64, secs: u64, target: Option<f64>
     per_second
 }
 
+/// Requests at the given times (ms), each costing what the plant says at the `m` of its
+/// decision; returns each request's cost.
+fn drive_at(l: &SpendLoop, p: &Plant, times: &[u64], target: Option<f64>) -> Vec<f64> {
+    times
+        .iter()
+        .map(|&now| {
+            let c = p.cost(l.m());
+            if l.record(c, now) {
+                l.tick(now, target);
+            }
+            c
+        })
+        .collect()
+}
+
+/// The largest change of `ln m` from one update to the next while `f` runs.
+fn largest_step(l: &SpendLoop, mut f: impl FnMut(&SpendLoop) -> bool) -> f64 {
+    let mut largest: f64 = 0.0;
+    let mut last = l.m();
+    while f(l) {
+        largest = largest.max((l.m() / last).ln().abs());
+        last = l.m();
+    }
+    largest
+}
+
+#[test]
+fn a_pause_is_held_through_not_taken_as_one_long_step() {
+    let l = SpendLoop::new(settings(), None);
+    let p = Plant {
+        base: 10.0,
+        shift: 1.3,
+        elasticity: 0.5,
+        rate: 100,
+    };
+    // Settled on a shift: m ~ 1.69.
+    drive(&l, &p, 1_000_000, 60, Some(10.0));
+    let settled = l.m();
+    assert!((settled / 1.69 - 1.0).abs() < 0.02, "{settled}");
+    // The largest move of a normal update while settled traffic goes on.
+    let mut t = 1_060_000;
+    let normal = largest_step(&l, |l| {
+        drive(l, &p, t, 1, Some(10.0));
+        t += 1000;
+        t < 1_070_000
+    });
+    // 60 s without a request, then two cheap requests, then two expensive ones (what the
+    // field saw: m 0.545 -> 5.40 within 0.5 s).
+    let cheap = Plant { shift: 0.5, ..p };
+    let dear = Plant { shift: 3.0, ..p };
+    let before = l.m();
+    drive_at(&l, &cheap, &[1_130_000, 1_130_100], Some(10.0));
+    let after_cheap = l.m();
+    drive_at(&l, &dear, &[1_131_200, 1_131_300], Some(10.0));
+    let after_dear = l.m();
+    for (what, m) in [("cheap", after_cheap), ("dear", after_dear)] {
+        // No more than a normal update's move, or a twentieth in ln m, whichever is larger.
+        let moved = (m / before).ln().abs();
+        assert!(
+            moved <= normal.max(0.05) * 2.0,
+            "{what}: m {before} -> {m} ({moved}; a normal update moves {normal})"
+        );
+    }
+    // Then the traffic as before: spend stays within 5% of the target throughout.
+    let resumed = drive(&l, &p, 1_132_000, 60, Some(10.0));
+    for (s, c) in resumed.iter().enumerate() {
+        assert!(
+            (c / 10.0 - 1.0).abs() < 0.05,
+            "second {s} after the pause: {c}"
+        );
+    }
+}
+
+#[test]
+fn a_route_idle_for_minutes_settles_as_a_busy_one_does() {
+    let l = SpendLoop::new(settings(), None);
+    let mut p = Plant {
+        base: 10.0,
+        shift: 1.0,
+        elasticity: 0.5,
+        rate: 100,
+    };
+    drive(&l, &p, 1_000_000, 20, Some(10.0));
+    // The last request closes a period: nothing is left counted from before the pause.
+    drive_at(&l, &p, &[1_020_000], Some(10.0));
+    // Five minutes idle; the scores have shifted meanwhile.
+    p.shift = 1.3;
+    let after = drive(&l, &p, 1_320_000, 90, Some(10.0));
+    for (s, c) in after.iter().enumerate().skip(30) {
+        assert!((c / 10.0 - 1.0).abs() < 0.05, "second {s}: {c}");
+    }
+    // As a busy loop does after a step, it comes down to the target without a swing below.
+    assert!(
+        after.iter().all(|c| *c > 9.5),
+        "the first update after the pause swung: {after:?}"
+    );
+    // The gauges: while idle, the cost per second decays and the cost per request goes.
+    let busy = l.snapshot(1_410_000);
+    assert!(busy.per_request.is_some() && busy.per_second.is_some_and(|c| c > 900.0));
+    let idle = l.snapshot(1_410_000 + 4_000);
+    assert!(idle
+        .per_second
+        .is_some_and(|c| c < busy.per_second.unwrap_or(0.0) * 0.5));
+    let gone = l.snapshot(1_410_000 + 20_000);
+    assert_eq!(gone.per_request, None);
+    assert!(gone.per_second.is_some_and(|c| c < 10.0), "{gone:?}");
+    assert!((gone.m - l.m()).abs() < 1e-12, "m holds");
+}
+
+#[test]
+fn a_canary_at_one_request_a_second_settles_as_the_readme_says() {
+    use rand::{Rng, SeedableRng};
+    for seed in 0..5 {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let l = SpendLoop::new(settings(), None);
+        let mut p = Plant {
+            base: 10.0,
+            shift: 1.0,
+            elasticity: 0.5,
+            rate: 1,
+        };
+        // Poisson arrivals, one a second on average, for 10 minutes.
+        let mut t = 1_000_000.0_f64;
+        let mut arrivals = Vec::new();
+        while t < 1_600_000.0 {
+            t += -1000.0 * (1.0 - rng.random::<f64>()).ln();
+            arrivals.push(t as u64);
+        }
+        let (before, after): (Vec<u64>, Vec<u64>) = arrivals.iter().partition(|&&a| a < 1_300_000);
+        drive_at(&l, &p, &before, Some(10.0));
+        p.shift = 1.3;
+        let costs = drive_at(&l, &p, &after, Some(10.0));
+        // From 30 s after the shift on, every request's cost is within 5% of the target.
+        for (a, c) in after.iter().zip(&costs).filter(|(a, _)| **a >= 1_330_000) {
+            assert!(
+                (c / 10.0 - 1.0).abs() < 0.05,
+                "seed {seed}, {} s after the shift: {c}",
+                (a - 1_300_000) / 1000
+            );
+        }
+    }
+}
+
 #[test]
 fn without_a_target_m_holds_at_1() {
     let l = SpendLoop::new(settings(), None);
@@ -55,7 +198,7 @@ fn without_a_target_m_holds_at_1() {
     };
     drive(&l, &p, 1_000_000, 20, None);
     assert_eq!(l.m(), 1.0);
-    let s = l.snapshot();
+    let s = l.snapshot(1_020_000);
     assert!(
         s.per_request.is_some_and(|c| (c - 30.0).abs() < 1e-6),
         "{s:?}"
@@ -110,7 +253,7 @@ fn a_cap_brakes_a_surge_and_never_spends_more_than_the_open_loop() {
         assert!(per_second <= 1500.0 * 1.05, "second {s}: {per_second}");
     }
     assert!(l.m() > 1.2, "{}", l.m());
-    let s = l.snapshot();
+    let s = l.snapshot(1_110_000);
     assert_eq!(s.target_per_second, Some(1500.0));
 }
 
@@ -145,7 +288,7 @@ fn one_update_per_period() {
     l.tick(2_000, Some(10.0));
     l.tick(2_000, Some(10.0));
     assert!(!l.record(10.0, 2_100), "a new period began");
-    let s = l.snapshot();
+    let s = l.snapshot(2_100);
     // 4 requests, cost 60 over 1 s (the first window of measurement is taken whole).
     assert_eq!(s.per_second, Some(60.0));
     assert_eq!(s.per_request, Some(15.0));

@@ -527,7 +527,7 @@ impl Stage for HydrusStage {
             let w = k.table.window_of(now_ms);
             for (name, l) in self.spend_series() {
                 let row = k.table.scenario_index(name.as_bytes());
-                let mut snapshot = l.snapshot();
+                let mut snapshot = l.snapshot(now_ms);
                 // The target of the current window, whether or not a request has ended in it.
                 snapshot.target_per_request = row.and_then(|i| k.table.expected_cost(i, w));
                 let k_t = row.and_then(|i| k.table.k(i, w));
