@@ -198,9 +198,11 @@ filters:
     let kinds: Vec<_> = hydrus_filters::kinds()
         .map(|k| (k, k.metrics(&registry)))
         .collect();
-    let fallbacks =
-        prometheus::IntCounterVec::new(prometheus::Opts::new("f", "f"), &["route", "reason"])
-            .unwrap();
+    let fallbacks = prometheus::IntCounterVec::new(
+        prometheus::Opts::new("f", "f"),
+        &["route", "group", "reason"],
+    )
+    .unwrap();
     let identity = [
         "x-user-id",
         "x-device-id",

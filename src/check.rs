@@ -50,11 +50,11 @@ fn table_warnings(running: &Running) -> Vec<String> {
             )
         })
         .collect();
-    for w in running
-        .routes
-        .iter()
-        .filter_map(|r| strategy_set_warning(r))
-    {
+    for w in running.routes.iter().flat_map(|r| {
+        strategy_set_warning(r)
+            .into_iter()
+            .chain(missing_scenarios_warning(r))
+    }) {
         if !out.contains(&w) {
             out.push(w);
         }
@@ -78,4 +78,28 @@ fn strategy_set_warning(route: &crate::config::RouteRuntime) -> Option<String> {
             path.display()
         )),
     }
+}
+
+/// Whether a route declares scenarios (`hydrus.scenarios`) its k-table has no row for: their
+/// requests fall back (`unknown_scenario`), and control records of them carry no `k`.
+fn missing_scenarios_warning(route: &crate::config::RouteRuntime) -> Option<String> {
+    let h = route.route.chain.hydrus()?;
+    let declared = h.filter.scenarios.as_ref()?;
+    let (k, path) = (h.ktable.get()?, h.ktable.source.path.as_ref()?);
+    let default = hydrus_filters::ktable::DEFAULT_SCENARIO;
+    let missing: Vec<&str> = declared
+        .iter()
+        .map(String::as_str)
+        .filter(|s| *s != default)
+        .chain([default])
+        .filter(|s| k.table.scenario_index(s.as_bytes()).is_none())
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "k-table {}: no row for the declared scenario(s) {} of route {}: their treatment requests fall back (unknown_scenario) until `hydrus solve` writes a table from their logs",
+            path.display(),
+            missing.join(", "),
+            route.name()
+        )
+    })
 }

@@ -115,7 +115,7 @@ impl Metrics {
         let m = Self {
             decision_seconds: f.keep(Histogram::with_opts(HistogramOpts::new("hydrus_decision_seconds", "Time the filter chain spends deciding one request (its own overhead).").buckets(DECISION.to_vec())).expect("metric")),
             requests: f.counters("hydrus_requests_total", "Requests by route, applied strategy (`default` on routes without a hydrus stage), group and k-table scenario.", &["route", "strategy", "group", "scenario"]),
-            fallbacks: f.counters("hydrus_fallback_total", "Requests that got the default strategy (or E2E's default policy) because of bad input or a missing, stale or mismatched table, and requests without a user id on a route with a rollout, by route.", &["route", "reason"]),
+            fallbacks: f.counters("hydrus_fallback_total", "Requests that got the default strategy (or E2E's default policy) because of bad input or a missing, stale or mismatched table, and requests without a user id on a route with a rollout, by route and group (control: what treatment would have fallen back on, shadow mode).", &["route", "group", "reason"]),
             config_reloads: f.counters("hydrus_config_reloads_total", "Config reloads by result.", &["result"]),
             upstream_seconds: f.histograms("hydrus_upstream_seconds", "Upstream response-header time by route and strategy.", LATENCY, &["route", "strategy"]),
             request_seconds: f.histograms("hydrus_request_seconds", "Whole-request time in the proxy by route and group.", LATENCY, &["route", "group"]),

@@ -83,6 +83,68 @@ fn shadow_mode_at_zero_percent_shows_what_hydrus_would_do() {
     }
 }
 
+/// At 0%, shadow mode also shows what treatment would do wrong: missing or garbled QoE
+/// headers and unknown scenarios are counted for control (`group="control"`) and carried in
+/// control's records; `hydrus check` warns about a declared scenario the k-table lacks.
+#[test]
+fn shadow_mode_counts_what_treatment_would_fall_back_on() {
+    let up = Upstream::start("a");
+    let dir = with_ktable(&ktable(&[("default", 0.004)], None));
+    let t = template(&up, "0", "{dir}/k.yaml").replace(
+        "default_strategy: s20",
+        "default_strategy: s20\n          scenarios: [feed]",
+    );
+    let mut h = Hydrus::start_in(dir, &t);
+    let cases: [(&[(&str, &str)], &str); 3] = [
+        (&[], "missing_qoe"),
+        (&[("x-qoe-score", "lots")], "garbled_qoe"),
+        (
+            &[("x-qoe-score", "0.6"), ("x-scenario", "feed")],
+            "unknown_scenario",
+        ),
+    ];
+    for (i, (headers, _)) in cases.iter().enumerate() {
+        let user = format!("user-{i}");
+        let mut all = vec![("x-user-id", user.as_str())];
+        all.extend_from_slice(headers);
+        assert_eq!(get_with(&h.url("/rank"), &all).unwrap().0, 200);
+    }
+    assert!(eventually(Duration::from_secs(5), || {
+        h.metric("hydrus_requests_total") >= 3.0
+    }));
+    for (_, reason) in cases {
+        let series = |g: &str| format!(r#"hydrus_fallback_total{{group="{g}",reason="{reason}"}}"#);
+        assert_eq!(h.metric(&series("control")), 1.0, "{reason}");
+        assert_eq!(h.metric(&series("hydrus")), 0.0, "{reason}");
+    }
+    let check = Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&h.config_path)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stdout).to_string()
+        + &String::from_utf8_lossy(&check.stderr);
+    assert!(check.status.success(), "{said}");
+    assert!(
+        said.contains("no row for the declared scenario(s) feed of route default"),
+        "{said}"
+    );
+    h.terminate();
+    let records = read_records(&h.path("logs"));
+    let fallbacks: Vec<Option<&str>> = records.iter().map(|r| r.fallback.as_deref()).collect();
+    assert_eq!(
+        fallbacks,
+        [
+            Some("missing_qoe"),
+            Some("garbled_qoe"),
+            Some("unknown_scenario")
+        ]
+    );
+    assert!(records
+        .iter()
+        .all(|r| r.group == "control" && r.chosen == "s20"));
+}
+
 /// The A/B readout's cost per request is over the requests a hydrus stage decided: a route
 /// without one (counted in `hydrus_requests_total` as `group="hydrus"`) does not dilute it.
 #[test]

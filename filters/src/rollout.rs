@@ -22,6 +22,9 @@ pub enum Group {
 }
 
 impl Group {
+    /// Both groups, in [`Group::index`] order.
+    pub const ALL: [Group; 2] = [Group::Treatment, Group::Control];
+
     /// The value of `x-hydrus-group` and of the log record's `group`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -185,7 +188,8 @@ impl StageKind for RolloutKind {
         Some(Arc::new(RolloutStage {
             rollout,
             percent: c.percent,
-            missing_user_id: cx.fallback("missing_user_id"),
+            // (A request without a user id goes to control.)
+            missing_user_id: cx.fallback(Group::Control, "missing_user_id"),
             percent_family: m.percent.clone(),
             route: cx.route.to_string(),
         }))

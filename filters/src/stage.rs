@@ -136,6 +136,12 @@ pub struct RequestState {
     pub now_ms: u64,
 }
 
+/// Where the counter of `reason` (its index among a kind's reasons, of which there are
+/// `reasons`) for `group` is in what [`CompileCtx::fallbacks_by_group`] made.
+pub fn fallback_index(group: Group, reason: usize, reasons: usize) -> usize {
+    group.index() * reasons + reason
+}
+
 impl RequestState {
     pub fn new(cluster: usize) -> Self {
         Self {
@@ -268,15 +274,27 @@ pub struct CompileCtx<'a> {
     pub before: &'a [&'static str],
     /// This kind's metric families (from [`StageKind::metrics`]).
     pub metrics: &'a (dyn Any + Send + Sync),
-    /// `hydrus_fallback_total{route, reason}`, shared by the kinds that fall back.
+    /// `hydrus_fallback_total{route, group, reason}`, shared by the kinds that fall back.
     pub fallbacks: &'a prometheus::IntCounterVec,
     pub problems: &'a mut Problems,
 }
 
 impl CompileCtx<'_> {
-    /// This route's `hydrus_fallback_total` series of `reason` (exported at 0 from now on).
-    pub fn fallback(&self, reason: &str) -> prometheus::IntCounter {
-        self.fallbacks.with_label_values(&[self.route, reason])
+    /// This route's `hydrus_fallback_total` series of `reason` for `group` (exported at 0
+    /// from now on).
+    pub fn fallback(&self, group: Group, reason: &str) -> prometheus::IntCounter {
+        self.fallbacks
+            .with_label_values(&[self.route, group.as_str(), reason])
+    }
+
+    /// This route's `hydrus_fallback_total` series of each of `reasons`, for each group:
+    /// index them with [`fallback_index`].
+    pub fn fallbacks_by_group(&self, reasons: &[&str]) -> Vec<prometheus::IntCounter> {
+        Group::ALL
+            .iter()
+            .flat_map(|g| reasons.iter().map(move |r| (g, r)))
+            .map(|(g, r)| self.fallback(*g, r))
+            .collect()
     }
 
     /// `rel` resolved against the config file's directory.

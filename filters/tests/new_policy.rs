@@ -124,7 +124,7 @@ filters:
     let kinds = env_kinds(&registry);
     let fallbacks = prometheus::IntCounterVec::new(
         prometheus::Opts::new("hydrus_fallback_total", "fallbacks"),
-        &["route", "reason"],
+        &["route", "group", "reason"],
     )
     .unwrap();
     let identity = [

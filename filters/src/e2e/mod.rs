@@ -7,8 +7,8 @@ pub mod table;
 pub use table::*;
 
 use crate::stage::{
-    normalized, register, CompileCtx, Input, LogValue, RequestState, Stage, StageKind, Upstream,
-    HOP_OR_FRAMING,
+    fallback_index, normalized, register, CompileCtx, Input, LogValue, RequestState, Stage,
+    StageKind, Upstream, HOP_OR_FRAMING,
 };
 use crate::table::{ReloadableTable, Table, TableError, TableSlot, TableSourceConfig};
 use http::{HeaderName, HeaderValue};
@@ -204,7 +204,8 @@ impl Stage for E2eStage {
                         .iter()
                         .position(|r| *r == f.reason())
                     {
-                        if let Some(c) = self.fallbacks.get(i) {
+                        let n = E2eFallback::ALL_REASONS.len();
+                        if let Some(c) = self.fallbacks.get(fallback_index(state.group, i, n)) {
                             c.inc();
                         }
                     }
@@ -360,10 +361,7 @@ impl StageKind for E2eKind {
             table: Arc::new(table),
             rr: AtomicUsize::new(0),
             family: m.decisions.clone(),
-            fallbacks: E2eFallback::ALL_REASONS
-                .iter()
-                .map(|r| cx.fallback(r))
-                .collect(),
+            fallbacks: cx.fallbacks_by_group(E2eFallback::ALL_REASONS),
             age: m.age.clone(),
             loaded: m.loaded.clone(),
             route: cx.route.to_string(),

@@ -7,8 +7,8 @@ use crate::qoe::{self, QoeError, QoeRange, QoeVector};
 use crate::rollout::Group;
 use crate::strategy::StrategySet;
 
-/// Why a treatment request got the default strategy. `reason()` is the `reason` label of
-/// `hydrus_fallback_total`.
+/// Why a treatment request got the default strategy (or, on a control request, why treatment
+/// would have: shadow mode). `reason()` is the `reason` label of `hydrus_fallback_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fallback {
     MissingQoe,
@@ -69,7 +69,8 @@ pub struct Decision {
     /// `k_t` of the request's scenario and window, when the k-table has it, times the spend
     /// controller's correction `m` (1 without one): the `k` the rule applied.
     pub k: Option<f64>,
-    /// Set when a treatment request fell back to the default strategy.
+    /// Set when a treatment request fell back to the default strategy; on a control request,
+    /// when treatment would have (shadow mode: control shows what treatment would do wrong).
     pub fallback: Option<Fallback>,
     /// Each strategy's QoE, when the header parsed: the log record's `value_info`.
     pub qoe: Option<QoeVector>,
@@ -187,7 +188,8 @@ impl HydrusFilter {
         });
         match (group, chosen) {
             // Control keeps the default; what treatment would have done is its shadow.
-            (Group::Control, c) => decision.would_choose = c.ok(),
+            (Group::Control, Ok(j)) => decision.would_choose = Some(j),
+            (Group::Control, Err(f)) => decision.fallback = Some(f),
             (Group::Treatment, Ok(j)) => decision.strategy = j,
             (Group::Treatment, Err(f)) => decision.fallback = Some(f),
         }
@@ -258,6 +260,14 @@ mod tests {
         assert_eq!(d.would_choose, Some(2));
         let stale = f.decide(Group::Control, &inputs(Some(b"0.5"), None), Some(&t), true);
         assert_eq!(stale.would_choose, None);
+        // Control counts what treatment would have fallen back on, keeping the default.
+        assert_eq!(
+            (stale.strategy, stale.fallback),
+            (1, Some(Fallback::StaleKTable))
+        );
+        let garbled = f.decide(Group::Control, &inputs(Some(b"x"), None), Some(&t), false);
+        assert_eq!(garbled.strategy, 1);
+        assert_eq!(garbled.fallback.map(Fallback::reason), Some("garbled_qoe"));
     }
 
     #[test]

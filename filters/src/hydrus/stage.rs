@@ -7,7 +7,7 @@ use super::ktable::{KTable, DEFAULT_SCENARIO};
 use super::spend::{SpendControl, SpendLoop, SpendMetrics};
 use super::SCENARIO_OTHER;
 use crate::rollout::Group;
-use crate::stage::{register, Input, RequestState, Stage, Upstream, QOE, SCENARIO};
+use crate::stage::{fallback_index, register, Input, RequestState, Stage, Upstream, QOE, SCENARIO};
 use crate::table::{ReloadableTable, Table, TableError, TableSlot, TableSource};
 use arc_swap::ArcSwap;
 use http::{HeaderName, HeaderValue};
@@ -364,9 +364,13 @@ impl HydrusStage {
                 .iter()
                 .map(|s| m.shadow.with_label_values(&[route, s.as_str()]))
                 .collect(),
-            fallbacks: Fallback::ALL_REASONS
+            fallbacks: groups
                 .iter()
-                .map(|r| self.fallback_family.with_label_values(&[route, r]))
+                .flat_map(|g| Fallback::ALL_REASONS.iter().map(move |r| (g, r)))
+                .map(|(g, r)| {
+                    self.fallback_family
+                        .with_label_values(&[route, g.as_str(), r])
+                })
                 .collect(),
             labels,
             loop_names: match &ktable {
@@ -415,8 +419,11 @@ impl Stage for HydrusStage {
             |row| h.spend_loop(id, row).map_or(1.0, SpendLoop::m),
         );
         if let Some(f) = d.fallback {
-            if let Some(i) = Fallback::ALL_REASONS.iter().position(|r| *r == f.reason()) {
-                if let Some(c) = h.fallbacks.get(i) {
+            // (On a control request: what treatment would have fallen back on.)
+            let reasons = Fallback::ALL_REASONS;
+            if let Some(i) = reasons.iter().position(|r| *r == f.reason()) {
+                let at = fallback_index(state.group, i, reasons.len());
+                if let Some(c) = h.fallbacks.get(at) {
                     c.inc();
                 }
             }
