@@ -421,3 +421,86 @@ fn small_things_an_operator_meets() {
         h.log()
     );
 }
+
+/// Resident memory of a process, from /proc (kB).
+fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A k-table of `rows` scenarios (`s0`, `s1`, ... and `default`), one window a day.
+fn wide_ktable(rows: usize) -> String {
+    let mut t = String::from("window_secs: 86400\nscenarios:\n  default: [0.004]\n");
+    for i in 0..rows - 1 {
+        t.push_str(&format!("  s{i}: [0.004]\n"));
+    }
+    t
+}
+
+/// A k-table is bounded: one with more rows than a proxy keeps is refused (the running one
+/// kept, memory unchanged), and the series of rows a smaller table no longer has are gone.
+#[test]
+fn a_k_table_with_too_many_rows_is_refused_and_gone_rows_leave_no_series() {
+    let up = Upstream::start("a");
+    let dir = with_ktable(&wide_ktable(200));
+    let h = Hydrus::start_in(dir, &template(&up, "100", "{dir}/k.yaml"));
+    for i in 0..200 {
+        let scenario = if i == 0 {
+            "default".to_string()
+        } else {
+            format!("s{}", i - 1)
+        };
+        let headers = [
+            ("x-user-id", "u"),
+            ("x-qoe-score", "0.6"),
+            ("x-scenario", scenario.as_str()),
+        ];
+        assert_eq!(get_with(&h.url("/rank"), &headers).unwrap().0, 200);
+    }
+    let series = |m: &str, name: &str| m.lines().filter(|l| l.starts_with(name)).count();
+    assert!(eventually(Duration::from_secs(5), || {
+        series(&h.metrics(), "hydrus_k{") == 200
+    }));
+    let before = rss_kb(h.pid());
+    let big = wide_ktable(50_001);
+    assert!(big.len() > 700_000, "{}", big.len());
+    write_atomic(&h.path("k.yaml"), &big);
+    assert!(eventually(Duration::from_secs(10), || {
+        h.metric(r#"hydrus_ktable_reloads_total{result="error"}"#) == 1.0
+    }));
+    assert!(
+        h.log().contains("50001 scenarios: at most 256"),
+        "{}",
+        h.log()
+    );
+    let m = h.metrics();
+    assert_eq!(series(&m, "hydrus_k{"), 200, "the running table is kept");
+    // Parsing it took memory for a moment; it is given back (jemalloc returns freed pages
+    // within its decay time, 10 s, while the proxy serves).
+    let peak = rss_kb(h.pid());
+    let returned = eventually(Duration::from_secs(20), || {
+        send(&h, 20, "0.5");
+        rss_kb(h.pid()) < before + 8 * 1024
+    });
+    let after = rss_kb(h.pid());
+    eprintln!(
+        "RSS before the 50,001-row table: {before} kB, just after: {peak} kB, then: {after} kB"
+    );
+    assert!(returned, "RSS {before} kB before, {after} kB after");
+    // A one-row table replaces the 200-row one: the other rows' series go.
+    write_atomic(&h.path("k.yaml"), &ktable(&[("default", 0.004)], None));
+    assert!(eventually(Duration::from_secs(10), || {
+        h.metric(r#"hydrus_ktable_reloads_total{result="ok"}"#) == 2.0
+    }));
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let m = h.metrics();
+            series(&m, "hydrus_k{") == 1
+                && !m.contains("scenario=\"s7\"")
+                && m.contains("hydrus_requests_total{")
+        }),
+        "{}",
+        h.metrics()
+    );
+}

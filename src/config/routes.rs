@@ -29,6 +29,8 @@ pub struct RouteHandles {
     /// `hydrus_requests_total`, `[strategy][group][scenario slot]` flattened.
     requests: Vec<IntCounter>,
     slots: usize,
+    /// The scenario labels of the slots.
+    labels: Vec<String>,
     /// `hydrus_upstream_seconds` by strategy (one `default` entry without a hydrus stage).
     pub upstream_by_strategy: Vec<Histogram>,
     pub request_by_group: [Histogram; 2],
@@ -113,6 +115,7 @@ impl RouteRuntime {
         RouteHandles {
             requests,
             slots: labels.len(),
+            labels,
             upstream_by_strategy: strategies
                 .iter()
                 .map(|s| f.upstream.with_label_values(&[name, s.as_str()]))
@@ -125,8 +128,19 @@ impl RouteRuntime {
     /// A table of the chain was loaded, replaced or dropped.
     pub fn tables_changed(&self) {
         self.route.chain.tables_changed();
-        self.handles
-            .store(Arc::new(Self::handles_for(&self.route, &self.families)));
+        let new = Self::handles_for(&self.route, &self.families);
+        // The request series of scenarios no longer declared (a smaller k-table's rows) go.
+        let old = self.handles.load();
+        let name = self.name();
+        for gone in old.labels.iter().filter(|l| !new.labels.contains(l)) {
+            for s in self.strategy_labels() {
+                for g in Group::ALL {
+                    let v = [name, s.as_str(), g.as_str(), gone.as_str()];
+                    let _ = self.families.requests.remove_label_values(&v);
+                }
+            }
+        }
+        self.handles.store(Arc::new(new));
     }
 
     /// Take over what the same route loaded before a config reload.

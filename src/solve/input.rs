@@ -103,9 +103,9 @@ pub struct ReadStats {
     pub other_strategy_set: u64,
 }
 
-/// Most distinct scenarios the solver keeps: a k-table row each. Logs written before scenarios
-/// were declared may name any value a client sent.
-pub const MAX_SCENARIOS: usize = 1024;
+/// Most distinct scenarios the solver keeps: a k-table row each, as many as a proxy loads.
+/// Logs written before scenarios were declared may name any value a client sent.
+pub use hydrus_filters::ktable::MAX_SCENARIOS;
 
 const EXAMPLES: usize = 5;
 

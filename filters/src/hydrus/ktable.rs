@@ -22,6 +22,10 @@ use std::collections::{BTreeMap, HashMap};
 /// The scenario a request without a scenario header belongs to.
 pub const DEFAULT_SCENARIO: &str = "default";
 
+/// Most rows a k-table may have: as many scenarios as a config may declare (without a list,
+/// a table's rows are the declared ones), and what `hydrus solve` makes rows of at most.
+pub const MAX_SCENARIOS: usize = super::MAX_SCENARIOS;
+
 /// The file format, as written and read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,6 +62,11 @@ pub enum KTableError {
     Window(u32),
     #[error("no scenarios: at least one is needed")]
     NoScenario,
+    /// More rows than a proxy keeps: each row labels metric series and spend loops.
+    #[error(
+        "{got} scenarios: at most {max} (each labels metric series; hydrus solve writes no more)"
+    )]
+    TooManyScenarios { got: usize, max: usize },
     #[error("scenario `{name}` has {got} values; window_secs {window_secs} needs {want}")]
     Count {
         name: String,
@@ -130,6 +139,12 @@ impl KTable {
         }
         if file.scenarios.is_empty() {
             return Err(KTableError::NoScenario);
+        }
+        if file.scenarios.len() > MAX_SCENARIOS {
+            return Err(KTableError::TooManyScenarios {
+                got: file.scenarios.len(),
+                max: MAX_SCENARIOS,
+            });
         }
         let want = (86_400 / w) as usize;
         let mut names = Vec::new();

@@ -15,7 +15,7 @@ use prometheus::{
     Counter, CounterVec, GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
 use std::any::Any;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// `x-hydrus-strategy`: the strategy applied, on the upstream request.
 pub const HEADER_STRATEGY: HeaderName = HeaderName::from_static("x-hydrus-strategy");
@@ -195,6 +195,9 @@ pub struct HydrusStage {
     handles: ArcSwap<HydrusHandles>,
     /// The spend controller (`spend_control`), when on.
     spend: Option<SpendControl>,
+    /// The scenarios whose `hydrus_k` (and expectation) series are exported: removed when
+    /// their row goes, so a large table replaced by a small one leaves nothing behind.
+    k_series: Mutex<Vec<String>>,
 }
 
 /// The families a stage keeps (cloned handles to the registered families).
@@ -281,6 +284,7 @@ impl HydrusStage {
             metrics: refs,
             fallback_family: fallbacks.clone(),
             spend: None,
+            k_series: Mutex::new(Vec::new()),
         };
         stage.rebuild_handles();
         stage
@@ -330,15 +334,35 @@ impl HydrusStage {
                 .scenario_names()
                 .iter()
                 .map(|n| {
+                    // (Only a row requests can name runs a loop.)
                     sc.scenario(n)
+                        .filter(|_| self.filter.declared(n.as_bytes(), Some(&k.table)))
                         .map(|cap| Arc::new(SpendLoop::new(sc.settings, cap)))
                 })
                 .collect(),
             _ => Vec::new(),
         };
         self.retire_spend_gauges();
-        let groups = [Group::Treatment, Group::Control];
+        let groups = Group::ALL;
         let route = self.route.as_str();
+        // Series of scenarios no longer declared (a table's rows without a list) go with them.
+        for gone in self
+            .handles
+            .load()
+            .labels
+            .iter()
+            .filter(|l| !labels.contains(l))
+        {
+            for g in groups {
+                for d in ["applied", "shadow"] {
+                    let v = [route, g.as_str(), gone.as_str(), d];
+                    let _ = m.cost.remove_label_values(&v);
+                    let _ = m.cost_requests.remove_label_values(&v);
+                    let _ = m.qoe.remove_label_values(&v);
+                    let _ = m.qoe_requests.remove_label_values(&v);
+                }
+            }
+        }
         let spend = groups
             .iter()
             .flat_map(|g| labels.iter().map(move |l| (g, l)))
@@ -383,6 +407,20 @@ impl HydrusStage {
             loops,
             loops_table: table_id(ktable.as_ref()),
         }));
+    }
+
+    /// Remove the `hydrus_k` and expectation series of the scenarios exported before but not
+    /// in `now`, and remember `now`.
+    fn retire_k_series(&self, now: &[String]) {
+        let mut series = self.k_series.lock().unwrap_or_else(PoisonError::into_inner);
+        for gone in series.iter().filter(|s| !now.contains(s)) {
+            let v = [self.route.as_str(), gone.as_str()];
+            let _ = self.metrics.k.remove_label_values(&v);
+            for g in &self.metrics.expected {
+                let _ = g.remove_label_values(&v);
+            }
+        }
+        now.clone_into(&mut series);
     }
 
     fn spend_of(&self, j: usize, d: &super::Decision) -> Spend {
@@ -509,7 +547,12 @@ impl Stage for HydrusStage {
                 loaded.set(1);
                 age.set(k.age(now_ms).as_secs_f64());
                 let w = k.table.window_of(now_ms);
+                let mut exported = Vec::new();
                 for (i, name) in k.table.scenario_names().iter().enumerate() {
+                    if !self.filter.declared(name.as_bytes(), Some(&k.table)) {
+                        continue; // a row no request can name: no series
+                    }
+                    exported.push(name.clone());
                     let v = [self.route.as_str(), name.as_str()];
                     if let Some(k) = k.table.k(i, w) {
                         m.k.with_label_values(&v).set(k);
@@ -524,10 +567,12 @@ impl Stage for HydrusStage {
                         }
                     }
                 }
+                self.retire_k_series(&exported);
             }
             None => {
                 loaded.set(0);
                 age.set(0.0);
+                self.retire_k_series(&[]);
             }
         }
         if let Some(k) = self.ktable.get() {
@@ -549,15 +594,7 @@ impl Stage for HydrusStage {
         let _ = m.ktable_loaded.remove_label_values(&route);
         let _ = m.ktable_age.remove_label_values(&route);
         self.retire_spend_gauges();
-        if let Some(k) = self.ktable.get() {
-            for name in k.table.scenario_names() {
-                let v = [self.route.as_str(), name.as_str()];
-                let _ = m.k.remove_label_values(&v);
-                for g in &m.expected {
-                    let _ = g.remove_label_values(&v);
-                }
-            }
-        }
+        self.retire_k_series(&[]);
     }
 
     fn as_any(&self) -> &dyn Any {
