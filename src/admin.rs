@@ -75,17 +75,14 @@ pub(crate) fn secret_property(key: &str) -> bool {
         .any(|w| k.contains(w))
 }
 
-const REDACTED: &str = "<redacted>";
+use hydrus_filters::table::REDACTED;
 
-/// Replace the `user:password@` of every `http://` URL in the config with `<redacted>@`.
+/// Redact the credentials and query values of every `http(s)://` URL in the config.
 fn redact_url_credentials(v: &mut serde_json::Value) {
     match v {
         serde_json::Value::String(s) => {
-            if let Some(rest) = s.strip_prefix("http://") {
-                let authority_end = rest.find('/').unwrap_or(rest.len());
-                if let Some(at) = rest[..authority_end].rfind('@') {
-                    *s = format!("http://{REDACTED}@{}", &rest[at + 1..]);
-                }
+            if s.starts_with("http://") || s.starts_with("https://") {
+                *s = hydrus_filters::table::redacted_url(s);
             }
         }
         serde_json::Value::Array(a) => a.iter_mut().for_each(redact_url_credentials),
@@ -221,7 +218,7 @@ filters:
   - rollout: { percent: 5, salt: pepper }
   - hydrus:
       default_strategy: a
-      ktable: { url: "http://ops:tablepass@127.0.0.1:1/k.yaml" }
+      ktable: { url: "http://ops:tablepass@127.0.0.1:1/k.yaml?token=tabletoken" }
       strategies: [{ name: a, cost: 1 }]
   - log:
       kafka:
@@ -235,11 +232,14 @@ filters:
         let m = crate::metrics::Metrics::new();
         let r = crate::config::load_str(std::path::Path::new("h.yaml"), text, &m).expect("valid");
         let v = redacted_config(&r.source).to_string();
-        for secret in ["pepper", "hunter2", "s2\"", "tablepass"] {
+        for secret in ["pepper", "hunter2", "s2\"", "tablepass", "tabletoken"] {
             assert!(!v.contains(secret), "{secret} in {v}");
         }
         assert!(v.contains(r#""acks":"all""#), "{v}");
         assert!(v.contains(REDACTED));
-        assert!(v.contains("http://<redacted>@127.0.0.1:1/k.yaml"), "{v}");
+        assert!(
+            v.contains("http://<redacted>@127.0.0.1:1/k.yaml?token=<redacted>"),
+            "{v}"
+        );
     }
 }

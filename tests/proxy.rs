@@ -598,7 +598,9 @@ fn k_table_from_a_url_is_polled_with_etag() {
         &small,
         &big,
         ALL_TREATED,
-        &format!("url: http://{addr}/ktable.yaml\npoll_interval: 100ms"),
+        &format!(
+            "url: http://ops:tablepass@{addr}/ktable.yaml?token=tabletoken\npoll_interval: 100ms"
+        ),
     );
     let h = Hydrus::start(&t);
     assert!(eventually(Duration::from_secs(5), || h
@@ -616,6 +618,23 @@ fn k_table_from_a_url_is_polled_with_etag() {
     }));
     send(&h, &[("x-user-id", "u"), ("x-qoe-score", "0.6")]);
     assert_eq!(last(&small, &big).header("x-hydrus-strategy"), Some("s10"));
+    // A table that does not load is logged with its URL: its secrets never are, nor shown.
+    *kt.lock().unwrap() = ("window_secs: [".into(), "\"v3\"".into());
+    assert!(eventually(Duration::from_secs(5), || {
+        h.metric(r#"hydrus_ktable_reloads_total{result="error"}"#) >= 1.0
+    }));
+    let shown = [
+        h.log(),
+        get(&format!("{}/config", h.admin())).unwrap().1,
+        get(&format!("{}/ktable", h.admin())).unwrap().1,
+    ];
+    for text in &shown {
+        assert!(
+            !text.contains("tablepass") && !text.contains("tabletoken"),
+            "{text}"
+        );
+    }
+    assert!(shown.iter().all(|t| t.contains("<redacted>@")), "{shown:?}");
     stop.store(true, Ordering::SeqCst);
     server.unblock();
     srv.join().unwrap();

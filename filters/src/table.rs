@@ -222,3 +222,89 @@ impl<T: Table> ReloadableTable for TableSlot<T> {
         self.reloads[usize::from(!ok)].inc();
     }
 }
+
+/// What replaces a secret in a printed URL.
+pub const REDACTED: &str = "<redacted>";
+
+/// A URL as it may be printed (in `/config`, `/ktable`, logs): its credentials (`user:pass@`)
+/// and every query value replaced by [`REDACTED`], the fragment dropped; the scheme, host,
+/// port, path and query keys kept, so that an operator still sees which table it is.
+pub fn redacted_url(url: &str) -> String {
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => url.split_at(i + 3),
+        None => ("", url),
+    };
+    let rest = rest.split('#').next().unwrap_or_default();
+    let (before_query, query) = match rest.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (rest, None),
+    };
+    let authority_end = before_query.find('/').unwrap_or(before_query.len());
+    let (authority, path) = before_query.split_at(authority_end);
+    let mut out = String::with_capacity(url.len());
+    out.push_str(scheme);
+    match authority.rfind('@') {
+        Some(at) => {
+            out.push_str(REDACTED);
+            out.push_str(&authority[at..]);
+        }
+        None => out.push_str(authority),
+    }
+    out.push_str(path);
+    if let Some(q) = query {
+        out.push('?');
+        let pairs: Vec<String> = q
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) => format!("{k}={REDACTED}"),
+                None => pair.to_string(),
+            })
+            .collect();
+        out.push_str(&pairs.join("&"));
+    }
+    out
+}
+
+/// `text` with every `http://` or `https://` URL in it redacted as [`redacted_url`] does (an
+/// error message from an HTTP client may repeat the URL it was given).
+pub fn redact_urls_in(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = ["http://", "https://"]
+        .iter()
+        .filter_map(|s| rest.find(s))
+        .min()
+    {
+        out.push_str(&rest[..i]);
+        let end = rest[i..]
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | ')'))
+            .map_or(rest.len(), |e| i + e);
+        // (Punctuation ending a sentence is not the URL's.)
+        let end = i + rest[i..end].trim_end_matches([':', ',', '.', ';']).len();
+        out.push_str(&redacted_url(&rest[i..end]));
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::*;
+
+    #[test]
+    fn credentials_and_query_values_are_redacted() {
+        assert_eq!(
+            redacted_url("http://alice:s3cret@tables.internal:8080/k.yaml?token=abc&v=2#x"),
+            "http://<redacted>@tables.internal:8080/k.yaml?token=<redacted>&v=<redacted>"
+        );
+        assert_eq!(redacted_url("http://h/k.yaml"), "http://h/k.yaml");
+        assert_eq!(redacted_url("http://h?flag"), "http://h?flag");
+        // An `@` in the path is not a credential.
+        assert_eq!(redacted_url("http://h/a@b"), "http://h/a@b");
+        assert_eq!(
+            redact_urls_in("GET http://u:p@h/k?t=1: connection refused (http://u:p@h/k?t=1)"),
+            "GET http://<redacted>@h/k?t=<redacted>: connection refused (http://<redacted>@h/k?t=<redacted>)"
+        );
+    }
+}

@@ -2,7 +2,7 @@
 //! whether a changing file has settled, conditional GETs.
 
 use crate::state::{now_ms, system_time_ms};
-use hydrus_filters::table::TableSource;
+use hydrus_filters::table::{redact_urls_in, redacted_url, TableSource};
 use std::path::Path;
 use std::time::{Instant, SystemTime};
 
@@ -175,10 +175,10 @@ impl Watched {
         match String::from_utf8(self.seen.bytes.clone()) {
             Ok(text) => Change::New {
                 text,
-                source: url.to_string(),
+                source: redacted_url(url),
                 modified_ms: last_modified,
             },
-            Err(_) => Change::Failed(SourceError::NotUtf8(url.to_string())),
+            Err(_) => Change::Failed(SourceError::NotUtf8(redacted_url(url))),
         }
     }
 }
@@ -187,9 +187,10 @@ impl Watched {
 type Fetched = Option<(Vec<u8>, Option<String>, Option<u64>)>;
 
 fn fetch(agent: &ureq::Agent, url: &str, etag: Option<&str>) -> Result<Fetched, SourceError> {
+    // (Credentials and query values never reach a log line or an admin page.)
     let failed = |message: String| SourceError::Url {
-        url: url.to_string(),
-        message,
+        url: redacted_url(url),
+        message: redact_urls_in(&message),
     };
     let mut req = agent.get(url);
     if let Some(tag) = etag {
