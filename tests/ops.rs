@@ -340,10 +340,22 @@ fn graceful_upgrade_loses_no_request_of_clients_that_never_retry() {
             new.log()
         );
         serving.signal("QUIT");
+        let signalled = Instant::now();
         let status = serving.wait_exit(Duration::from_secs(30));
         assert!(
             status.success(),
             "round {round}: old exits cleanly: {status}"
+        );
+        // The README's bound: pingora's fixed 5 s after handing the listeners over, then
+        // grace_period (2 s) + shutdown.timeout (3 s) + log.drain_timeout (10 s); 1 s to spare.
+        let took = signalled.elapsed();
+        assert!(
+            took <= Duration::from_secs(5 + 2 + 3 + 10 + 1),
+            "round {round}: the old process took {took:?} to exit"
+        );
+        assert!(
+            took >= Duration::from_secs(5 + 2),
+            "round {round}: exited after {took:?}: the close wait and the grace period"
         );
         // The new process serves (it also took the admin listener over).
         assert!(
