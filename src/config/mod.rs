@@ -174,7 +174,10 @@ fn compile(file: &Path, text: &str, source: Config, m: &Metrics) -> Result<Runni
             clusters.push(Arc::new(cluster));
         }
     }
-    let names: Vec<String> = clusters.iter().map(|cl| cl.name.clone()).collect();
+    // Every cluster written, also one with errors: a route naming it is not wrong too (its
+    // errors are reported once, at the cluster). (The indices are the running clusters' when
+    // every cluster compiled; otherwise the config is refused.)
+    let names: Vec<String> = source.clusters.keys().cloned().collect();
     let identity = source.headers.compile(&mut c);
     let routes = routes::compile_routes(
         &mut c,

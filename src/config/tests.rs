@@ -78,6 +78,18 @@ fn unknown_field_names_line() {
 }
 
 #[test]
+fn a_cluster_error_is_reported_once_not_at_every_route_using_it() {
+    let text = GOOD.replace(
+        "    endpoints: [\"127.0.0.1:9001\", \"localhost:9002\"]",
+        "    endpoints: [\"127.0.0.1:9001\", \"127.0.0.1:9001\"]\n    outlier: { max_ejection_percent: 150 }",
+    );
+    let e = errors(&text);
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(e.iter().all(|e| e.contains("clusters.big")), "{e:?}");
+    assert!(!e.iter().any(|e| e.contains("no cluster named")), "{e:?}");
+}
+
+#[test]
 fn semantic_errors_name_line_and_field() {
     let text = GOOD.replace("cluster: big", "cluster: huge");
     let e = errors(&text);
