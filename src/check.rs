@@ -4,12 +4,11 @@
 use crate::config::{self, Running};
 use crate::metrics::Metrics;
 use crate::state::now_ms;
-use std::path::Path;
 
 /// What `hydrus check` found: errors (the config does not load) or the warnings to print.
-pub fn check(file: &Path) -> Result<Vec<String>, config::ConfigErrors> {
+pub fn check(file: &config::ConfigFile) -> Result<Vec<String>, config::ConfigErrors> {
     // Stages register their metric families in a registry of their own.
-    let running = config::load(file, &Metrics::new())?;
+    let running = config::load_from(file, &Metrics::new(), config::Purpose::Check)?;
     let mut warnings: Vec<String> = running.warnings.iter().map(|w| w.to_string()).collect();
     warnings.extend(table_warnings(&running));
     Ok(warnings)

@@ -14,9 +14,10 @@ struct Cli {
 enum Command {
     /// Run the proxy.
     Serve {
-        /// The YAML config.
-        #[arg(short, long, default_value = "config/hydrus.yaml")]
-        config: PathBuf,
+        /// The YAML config; default: config/hydrus.yaml if there is one here, else the
+        /// default config built into hydrus (its relative paths as if it were that file).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
         /// Take over the listening sockets of a running hydrus (graceful upgrade): start the
         /// new binary with this flag, then send SIGQUIT to the old one.
         #[arg(short, long)]
@@ -28,8 +29,9 @@ enum Command {
     Simulate(hydrus::simulate::SimulateArgs),
     /// Check a config file as `serve` would, print OK or every problem with its line, and exit.
     Check {
-        #[arg(short, long, default_value = "config/hydrus.yaml")]
-        config: PathBuf,
+        /// The YAML config; default as for `serve`.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
     },
     /// Print the help of hydrus, or of one of its commands.
     Help {
@@ -115,6 +117,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Serve { config, upgrade } => {
+            let config = hydrus::config::ConfigFile::from_flag(config);
             match hydrus::serve::serve(&config, hydrus::serve::ServeOptions { upgrade }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -137,18 +140,26 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Check { config } => match hydrus::check::check(&config) {
-            Ok(warnings) => {
-                for w in &warnings {
-                    eprintln!("warning: {w}");
-                }
-                println!("OK: {}", config.display());
-                ExitCode::SUCCESS
+        Command::Check { config } => {
+            let config = hydrus::config::ConfigFile::from_flag(config);
+            check(&config)
+        }
+    }
+}
+
+/// `hydrus check`: OK after any warnings, or every problem.
+fn check(config: &hydrus::config::ConfigFile) -> ExitCode {
+    match hydrus::check::check(config) {
+        Ok(warnings) => {
+            for w in &warnings {
+                eprintln!("warning: {w}");
             }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            }
-        },
+            println!("OK: {}", config.describe());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
     }
 }

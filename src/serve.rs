@@ -15,7 +15,7 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{ExecutionPhase, RunArgs, Server};
 use pingora::services::listening::Service;
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,9 +69,16 @@ fn preflight(start: &StartOnly) -> Result<(), ServeError> {
     Ok(())
 }
 
-pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), ServeError> {
+pub fn serve(config: &config::ConfigFile, opts: ServeOptions) -> Result<(), ServeError> {
     let metrics = Arc::new(Metrics::new());
-    let running: Running = config::load(config_path, &metrics)?;
+    let running: Running = config::load_from(config, &metrics, config::Purpose::Serve)?;
+    if *config == config::ConfigFile::Embedded {
+        log::info!(
+            "no --config and no {} here: running {}",
+            config::DEFAULT_PATH,
+            config.describe()
+        );
+    }
     let start = running.start.clone();
     if !opts.upgrade {
         preflight(&start)?;
@@ -92,7 +99,7 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), ServeError> {
     }
     let cap = running.limits.max_connections.unwrap_or(auto_cap);
     let state = Arc::new(State::new(running, metrics, queue));
-    let reload_tx = tables::spawn(state.clone(), config_path.to_path_buf())?;
+    let reload_tx = tables::spawn(state.clone(), config.clone())?;
     let _health = crate::health::spawn(state.clone())?;
     let mut server = Server::new_with_opt_and_conf(options(opts.upgrade), server_conf(&start));
     server.bootstrap();

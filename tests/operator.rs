@@ -504,3 +504,98 @@ fn a_k_table_with_too_many_rows_is_refused_and_gone_rows_leave_no_series() {
         h.metrics()
     );
 }
+
+/// The README's first command on a machine that has only the binary: `hydrus serve` with no
+/// config file anywhere runs the default built into it (the demo ranker behind the proxy, on
+/// 127.0.0.1:8080, 8081 and 9901), and `hydrus check` checks that one.
+#[test]
+fn the_embedded_default_config_runs_where_there_is_no_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = Command::new(bin())
+        .arg("check")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&check.stdout).trim(),
+        "OK: the embedded default config (as config/hydrus.yaml)"
+    );
+    let log_path = dir.path().join("hydrus.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let child = Command::new(bin())
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("RUST_LOG", "info")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut h = Hydrus {
+        config_path: dir.path().join("config/hydrus.yaml"),
+        dir,
+        port: 8080,
+        admin_port: 9901,
+        child: Some(child),
+        log_path,
+        nofile: None,
+    };
+    h.wait_ready();
+    let (status, body) = get_with(
+        &h.url("/rank"),
+        &[("x-user-id", "carol"), ("x-qoe-score", "0.1")],
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    // No k-table here yet (config/ktable.yaml, which `hydrus solve` writes): the default.
+    assert!(body.contains("\"strategy\":\"s20\""), "{body}");
+    assert!(eventually(Duration::from_secs(5), || {
+        h.metric(r#"hydrus_fallback_total{reason="no_ktable"}"#) == 1.0
+    }));
+    assert!(
+        h.log().contains("running the embedded default config"),
+        "{}",
+        h.log()
+    );
+    // Its log files go where the default config says, relative to config/: ./logs.
+    h.terminate();
+    assert_eq!(read_records(&h.path("logs")).len(), 1);
+}
+
+/// `hydrus check` may run where the proxy does not (a CI box): an endpoint name that does
+/// not resolve there is a warning, not an error.
+#[test]
+fn check_warns_about_an_endpoint_name_that_does_not_resolve_here() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(
+        &path,
+        "listen: 127.0.0.1:8080\nclusters:\n  a:\n    endpoints: [\"ranker.invalid:8080\"]\nroute:\n  cluster: a\n",
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains(
+            "clusters.a.endpoints[0]: `ranker.invalid:8080` does not resolve on this machine"
+        ),
+        "{said}"
+    );
+    // What is not a host name at all is still an error.
+    std::fs::write(
+        &path,
+        "listen: 127.0.0.1:8080\nclusters:\n  a:\n    endpoints: [\"ranker invalid\"]\nroute:\n  cluster: a\n",
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}

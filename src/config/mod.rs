@@ -126,22 +126,100 @@ impl Running {
     }
 }
 
+/// The default config, built into the binary: `hydrus serve` runs it when no `--config` is
+/// given and there is no `config/hydrus.yaml` where it runs.
+pub const EMBEDDED: &str = include_str!("../../config/hydrus.yaml");
+
+/// Where the default config is looked for, and what the embedded one is anchored at (its
+/// relative paths resolve as if it were this file of the current directory).
+pub const DEFAULT_PATH: &str = "config/hydrus.yaml";
+
+/// Where a config comes from: a file, or the copy built into the binary.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConfigFile {
+    Path(PathBuf),
+    Embedded,
+}
+
+impl ConfigFile {
+    /// `--config` as given; without it, `config/hydrus.yaml` when there is one here, else the
+    /// embedded default.
+    pub fn from_flag(flag: Option<PathBuf>) -> Self {
+        match flag {
+            Some(p) => Self::Path(p),
+            None if Path::new(DEFAULT_PATH).exists() => Self::Path(DEFAULT_PATH.into()),
+            None => Self::Embedded,
+        }
+    }
+
+    /// The file's path (the embedded config's anchor).
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Path(p) => p,
+            Self::Embedded => Path::new(DEFAULT_PATH),
+        }
+    }
+
+    /// Its text now.
+    pub fn read(&self) -> std::io::Result<Vec<u8>> {
+        match self {
+            Self::Path(p) => std::fs::read(p),
+            Self::Embedded => Ok(EMBEDDED.as_bytes().to_vec()),
+        }
+    }
+
+    /// As messages name it.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Path(p) => p.display().to_string(),
+            Self::Embedded => format!("the embedded default config (as {DEFAULT_PATH})"),
+        }
+    }
+}
+
+/// What a config is loaded for: serving (every endpoint name must resolve here), or `hydrus
+/// check`, which may run on another machine than the proxy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Purpose {
+    #[default]
+    Serve,
+    Check,
+}
+
 /// Read, parse, check and compile a config file.
 pub fn load(file: &Path, m: &Metrics) -> Result<Running, ConfigErrors> {
-    let text = std::fs::read_to_string(file).map_err(|e| {
-        ConfigErrors(vec![ConfigError::whole(
-            file,
-            None,
-            None,
-            format!("cannot read: {e}"),
-        )])
-    })?;
-    load_str(file, &text, m)
+    load_from(&ConfigFile::Path(file.to_path_buf()), m, Purpose::Serve)
+}
+
+/// Read, parse, check and compile a config, for `purpose`.
+pub fn load_from(cf: &ConfigFile, m: &Metrics, purpose: Purpose) -> Result<Running, ConfigErrors> {
+    let file = cf.path();
+    let text = cf
+        .read()
+        .and_then(|b| String::from_utf8(b).map_err(std::io::Error::other))
+        .map_err(|e| {
+            ConfigErrors(vec![ConfigError::whole(
+                file,
+                None,
+                None,
+                format!("cannot read: {e}"),
+            )])
+        })?;
+    load_text(file, &text, m, purpose)
 }
 
 /// Parse, check and compile config text; `file` names it in errors and anchors relative paths.
 /// Stages register nothing: their metric families are `m`'s.
 pub fn load_str(file: &Path, text: &str, m: &Metrics) -> Result<Running, ConfigErrors> {
+    load_text(file, text, m, Purpose::Serve)
+}
+
+fn load_text(
+    file: &Path,
+    text: &str,
+    m: &Metrics,
+    purpose: Purpose,
+) -> Result<Running, ConfigErrors> {
     let source: Config = serde_yaml::from_str(text).map_err(|e| {
         let loc = e.location();
         // serde_yaml appends " at line L column C" to the message; the prefix says it already.
@@ -157,11 +235,18 @@ pub fn load_str(file: &Path, text: &str, m: &Metrics) -> Result<Running, ConfigE
             hydrus_filters::stage::with_duration_hint(msg),
         )])
     })?;
-    compile(file, text, source, m)
+    compile(file, text, source, m, purpose)
 }
 
-fn compile(file: &Path, text: &str, source: Config, m: &Metrics) -> Result<Running, ConfigErrors> {
+fn compile(
+    file: &Path,
+    text: &str,
+    source: Config,
+    m: &Metrics,
+    purpose: Purpose,
+) -> Result<Running, ConfigErrors> {
     let mut c = Checker::new(file, text);
+    c.purpose = purpose;
     let start = start_only(&mut c, &source, file);
     settings::check_limits(&mut c, &source.limits, &source.server);
     let mut clusters = Vec::new();

@@ -7,7 +7,7 @@
 
 pub mod watch;
 
-use crate::config::{self, Running};
+use crate::config::{self, ConfigFile, Running};
 use crate::state::{now_ms, State};
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use hydrus_filters::table::ReloadableTable;
@@ -50,7 +50,7 @@ struct TableWatch {
 /// The reloader thread's state.
 pub struct Reloader {
     state: Arc<State>,
-    config_path: PathBuf,
+    config: ConfigFile,
     config_seen: Seen,
     config_settling: Settling,
     /// When a settling file is to be looked at again.
@@ -68,16 +68,16 @@ pub struct Reloader {
 
 impl Reloader {
     /// Load the tables the config names (at start), and get ready to watch the files.
-    pub fn new(state: Arc<State>, config_path: PathBuf, tx: Sender<Trigger>) -> Self {
+    pub fn new(state: Arc<State>, config: ConfigFile, tx: Sender<Trigger>) -> Self {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(5)))
             .http_status_as_error(false)
             .build()
             .into();
         let mut r = Self {
-            config_seen: Seen::read(&config_path).unwrap_or_default(),
+            config_seen: config_seen(&config).unwrap_or_default(),
             state,
-            config_path,
+            config,
             config_settling: Settling::default(),
             wake_at: None,
             tables: Vec::new(),
@@ -112,7 +112,11 @@ impl Reloader {
     /// Only events naming one of the files wake the reloader: a busy directory (a log written
     /// next to the config) would otherwise have it read every file 50 times a second.
     fn rewatch(&mut self) {
-        let mut files = vec![self.config_path.clone()];
+        // (The embedded config has no file to watch.)
+        let mut files: Vec<PathBuf> = match &self.config {
+            ConfigFile::Path(p) => vec![p.clone()],
+            ConfigFile::Embedded => Vec::new(),
+        };
         files.extend(
             self.tables
                 .iter()
@@ -177,11 +181,11 @@ impl Reloader {
 
     /// Look at the config file; load it when it changed (and settled).
     fn check_config(&mut self, force: bool) {
-        let seen = match Seen::read(&self.config_path) {
+        let seen = match config_seen(&self.config) {
             Ok(s) => s,
             Err(e) => {
                 if force {
-                    log::error!("config reload: {}: {e}", self.config_path.display());
+                    log::error!("config reload: {}: {e}", self.config.describe());
                     self.count_config("error");
                 }
                 return;
@@ -199,7 +203,7 @@ impl Reloader {
         }
         self.config_seen = seen;
         let text = String::from_utf8_lossy(&self.config_seen.bytes).into_owned();
-        match config::load_str(&self.config_path, &text, &self.state.metrics) {
+        match config::load_str(self.config.path(), &text, &self.state.metrics) {
             Err(errors) => {
                 for e in &errors.0 {
                     log::error!("config reload refused, keeping the running config: {e}");
@@ -228,7 +232,7 @@ impl Reloader {
                 Removed::Route(name) => {
                     log::warn!(
                         "config reloaded from {}: route `{name}` that was running is gone from it",
-                        self.config_path.display()
+                        self.config.describe()
                     );
                     "route"
                 }
@@ -236,7 +240,7 @@ impl Reloader {
                     log::warn!(
                         "config reloaded from {}: the `{kind}` filter that was running on route \
                          `{route}` is gone from it",
-                        self.config_path.display()
+                        self.config.describe()
                     );
                     kind
                 }
@@ -250,7 +254,7 @@ impl Reloader {
         self.state.set_config(new);
         self.retarget();
         self.count_config("ok");
-        log::info!("config reloaded from {}", self.config_path.display());
+        log::info!("config reloaded from {}", self.config.describe());
     }
 
     /// Look at every table source; install what changed.
@@ -373,6 +377,17 @@ fn failed(t: &mut TableWatch, why: String) {
     }
 }
 
+/// The config's bytes now (and its file's modification time).
+fn config_seen(config: &ConfigFile) -> std::io::Result<Seen> {
+    match config {
+        ConfigFile::Path(p) => Seen::read(p),
+        ConfigFile::Embedded => Ok(Seen {
+            bytes: config::EMBEDDED.as_bytes().to_vec(),
+            modified_ms: None,
+        }),
+    }
+}
+
 fn parent_dir(p: &Path) -> PathBuf {
     match p.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -381,9 +396,9 @@ fn parent_dir(p: &Path) -> PathBuf {
 }
 
 /// Start the reloader thread and the SIGHUP listener; returns the trigger sender.
-pub fn spawn(state: Arc<State>, config_path: PathBuf) -> Result<Sender<Trigger>, ReloadError> {
+pub fn spawn(state: Arc<State>, config: ConfigFile) -> Result<Sender<Trigger>, ReloadError> {
     let (tx, rx) = unbounded();
-    let reloader = Reloader::new(state, config_path, tx.clone());
+    let reloader = Reloader::new(state, config, tx.clone());
     std::thread::Builder::new()
         .name("hydrus-reload".into())
         .spawn(move || reloader.run(rx))
