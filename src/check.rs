@@ -53,6 +53,7 @@ fn table_warnings(running: &Running) -> Vec<String> {
         strategy_set_warning(r)
             .into_iter()
             .chain(missing_scenarios_warning(r))
+            .chain(spend_scenario_warnings(r))
     }) {
         if !out.contains(&w) {
             out.push(w);
@@ -101,4 +102,28 @@ fn missing_scenarios_warning(route: &crate::config::RouteRuntime) -> Option<Stri
             route.name()
         )
     })
+}
+
+/// A scenario `spend_control.scenarios` names that requests can never name (a typo: without a
+/// `scenarios` list, the declared ones are the k-table's rows): it runs no loop.
+fn spend_scenario_warnings(route: &crate::config::RouteRuntime) -> Vec<String> {
+    let Some(h) = route.route.chain.hydrus() else {
+        return Vec::new();
+    };
+    let (Some(sc), Some(k)) = (h.spend_control(), h.ktable.get()) else {
+        return Vec::new();
+    };
+    let Some(named) = sc.named() else {
+        return Vec::new();
+    };
+    named
+        .filter(|n| !h.filter.declared(n.as_bytes(), Some(&k.table)))
+        .map(|n| {
+            format!(
+                "route {}: spend_control.scenarios.{n}: no scenario of that name is declared or in the k-table ({}): it runs no loop (a typo?)",
+                route.name(),
+                k.source
+            )
+        })
+        .collect()
 }

@@ -129,6 +129,25 @@ fn shadow_mode_counts_what_treatment_would_fall_back_on() {
         said.contains("no row for the declared scenario(s) feed of route default"),
         "{said}"
     );
+    // A typo in a spend-controlled scenario's name (without a `scenarios` list, the k-table's
+    // rows are the declared ones): a loop that never runs.
+    let typo = std::fs::read_to_string(&h.config_path).unwrap().replace(
+        "scenarios: [feed]",
+        "spend_control: { scenarios: { defualt: {} } }",
+    );
+    let typo_path = h.config_path.with_file_name("typo.yaml");
+    std::fs::write(&typo_path, typo).unwrap();
+    let check = Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&typo_path)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stderr);
+    assert!(check.status.success(), "{said}");
+    assert!(
+        said.contains("spend_control.scenarios.defualt: no scenario of that name"),
+        "{said}"
+    );
     h.terminate();
     let records = read_records(&h.path("logs"));
     let fallbacks: Vec<Option<&str>> = records.iter().map(|r| r.fallback.as_deref()).collect();

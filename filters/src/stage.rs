@@ -24,6 +24,19 @@ pub const REQUEST_ID: usize = 2;
 pub const QOE: usize = 3;
 pub const SCENARIO: usize = 4;
 
+/// A duration as a message says it: whole days as `N day(s)` (humantime would say `1day`, and
+/// a year `11months 30days 3h 50m 24s`), the rest as it is written in a config (`2h 30m`).
+pub fn readable(d: Duration) -> String {
+    const DAY: u64 = 86_400;
+    let s = d.as_secs();
+    match s / DAY {
+        n if n > 0 && s % DAY == 0 && d.subsec_nanos() == 0 => {
+            format!("{n} day{}", if n == 1 { "" } else { "s" })
+        }
+        _ => humantime::format_duration(d).to_string(),
+    }
+}
+
 /// A header name as servers that fold `_` into `-` (CGI, WSGI, some proxies) see it.
 pub fn normalized(name: &HeaderName) -> std::borrow::Cow<'_, str> {
     let s = name.as_str();
@@ -233,10 +246,7 @@ impl Problems {
         }
         let year = Duration::from_secs(365 * 86_400);
         if d > year {
-            self.error(
-                field,
-                format!("must be at most {}", humantime::format_duration(year)),
-            );
+            self.error(field, format!("must be at most {}", readable(year)));
         }
     }
 

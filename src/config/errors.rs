@@ -184,7 +184,7 @@ impl<'a> Checker<'a> {
         if d > max {
             self.error(
                 field,
-                format!("must be at most {}", humantime::format_duration(max)),
+                format!("must be at most {}", hydrus_filters::stage::readable(max)),
             );
         }
     }

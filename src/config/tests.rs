@@ -78,6 +78,22 @@ fn unknown_field_names_line() {
 }
 
 #[test]
+fn duration_bounds_read_as_people_write_them() {
+    let text = GOOD.replace("        max_age: 1h", "        max_age: 400d");
+    let e = errors(&text);
+    assert!(
+        e.len() == 1 && e[0].ends_with("ktable.max_age: must be at most 365 days"),
+        "{e:?}"
+    );
+    let text = format!("{GOOD}shutdown:\n  grace_period: 2d\n");
+    let e = errors(&text);
+    assert!(
+        e.len() == 1 && e[0].ends_with("shutdown.grace_period: must be at most 1 day"),
+        "{e:?}"
+    );
+}
+
+#[test]
 fn a_cluster_error_is_reported_once_not_at_every_route_using_it() {
     let text = GOOD.replace(
         "    endpoints: [\"127.0.0.1:9001\", \"localhost:9002\"]",

@@ -234,6 +234,11 @@ impl SpendControlConfig {
 }
 
 impl SpendControl {
+    /// The scenarios `spend_control.scenarios` names (`None`: every scenario).
+    pub fn named(&self) -> Option<impl Iterator<Item = &str>> {
+        self.caps.as_ref().map(|m| m.keys().map(String::as_str))
+    }
+
     /// Whether a scenario runs a loop, and its cap: `None` when it runs none.
     pub fn scenario(&self, name: &str) -> Option<Option<f64>> {
         match &self.caps {

@@ -290,6 +290,11 @@ impl HydrusStage {
         stage
     }
 
+    /// The spend controller's settings, when it runs.
+    pub fn spend_control(&self) -> Option<&SpendControl> {
+        self.spend.as_ref()
+    }
+
     /// Run the spend controller (`spend_control`).
     pub fn with_spend_control(mut self, spend: Option<SpendControl>) -> Self {
         self.spend = spend;
