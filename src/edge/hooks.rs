@@ -2,7 +2,7 @@
 
 use super::prepare::prepare_upstream;
 use super::upstream::outcome_of;
-use super::{peer, Ctx, Hold, Proxy};
+use super::{peer, Ctx, Hold, Proxy, Routed};
 use crate::cluster::Tried;
 use crate::state::now_ms;
 use async_trait::async_trait;
@@ -104,8 +104,14 @@ impl ProxyHttp for Proxy {
             .metrics
             .decision_seconds
             .observe(t0.elapsed().as_secs_f64());
-        if !routed {
-            return Box::pin(self.refused(session, ctx, "no_route", 404)).await;
+        match routed {
+            Routed::Yes => {}
+            Routed::EscapedSlash => {
+                return Box::pin(self.refused(session, ctx, "escaped_slash", 400)).await;
+            }
+            Routed::NoRoute => {
+                return Box::pin(self.refused(session, ctx, "no_route", 404)).await;
+            }
         }
         if session.req_header().method.is_idempotent() {
             // Lets a failed attempt's request body be sent again to another endpoint.

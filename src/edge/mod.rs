@@ -8,8 +8,9 @@
 //! - [`hedging`]: the hedge stage's reissues.
 //!
 //! No hook returns an error because of what a client sent: bad input falls back to the default
-//! strategy and is counted. Errors only come from the upstream (502/504, as any proxy), and a
-//! request no route matches is answered 404 (counted).
+//! strategy and is counted. Errors only come from the upstream (502/504, as any proxy); a
+//! request hydrus cannot proxy as it was sent (see [`Proxy::refused`]) and one no route matches
+//! are answered by hydrus (400, 404, 431: counted).
 
 pub mod conns;
 pub mod grpc;
@@ -87,14 +88,24 @@ pub struct Ctx {
     grpc_status: Option<u8>,
 }
 
+/// Whether a request found its route.
+enum Routed {
+    Yes,
+    /// Its path holds an encoded slash or a backslash (`limits.escaped_slashes: reject`).
+    EscapedSlash,
+    NoRoute,
+}
+
 impl Proxy {
-    /// Find the request's route and run its stages. `false` when no route matches.
-    fn decide(&self, session: &Session, ctx: &mut Ctx) -> bool {
+    /// Find the request's route and run its stages.
+    fn decide(&self, session: &Session, ctx: &mut Ctx) -> Routed {
         let running = self.state.config.load_full();
         let req = session.req_header();
-        let path = normalize_path(req.uri.path());
+        let Ok(path) = normalize_path(req.uri.path(), running.limits.escaped_slashes) else {
+            return Routed::EscapedSlash;
+        };
         let Some(route) = running.route_for(&req.method, &path, &req.headers).cloned() else {
-            return false;
+            return Routed::NoRoute;
         };
         for (slot, name) in ctx.ids.iter_mut().zip(&running.identity) {
             *slot = req.headers.get(name).cloned();
@@ -120,11 +131,12 @@ impl Proxy {
         }
         ctx.running = Some(running);
         ctx.route = Some(route);
-        true
+        Routed::Yes
     }
 
     /// Refuse what hydrus cannot proxy: headers over the limit (431), a request target whose
-    /// query hydrus cannot see (400), no route (404). Counted by reason.
+    /// query hydrus cannot see, an encoded slash in the path (400),
+    /// no route (404). Counted by reason.
     /// A gRPC call gets the matching gRPC status instead.
     async fn refused(
         &self,

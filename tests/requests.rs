@@ -1,0 +1,179 @@
+//! Request validation and forwarding, through the real binary: a path with an encoded slash or
+//! backslash is refused (or, with `limits.escaped_slashes: unescape`, routed and forwarded as
+//! the path it spells).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+use tokio::runtime::Runtime;
+
+/// The ranking service's `/rank` is decided (s40 asks for 40 candidates and the large model),
+/// its other paths pass through to the same service.
+const HYDRUS: &str = "hydrus:
+  default_strategy: s20
+  ktable:
+    path: {dir}/ktable.yaml
+  strategies:
+    - { name: s10, cost: 6, qoe_scale: 0.9, set_query: { candidates: \"10\" } }
+    - { name: s20, cost: 10, set_query: { candidates: \"20\" } }
+    - { name: s40, cost: 18, qoe_scale: 1.08, set_query: { candidates: \"40\" }, set_headers: { x-model: large } }";
+
+fn rank_and_rest(up: &std::net::SocketAddr, top: &str) -> String {
+    let mut c = Config::new();
+    if !top.is_empty() {
+        c = c.top(top);
+    }
+    c.cluster("ranking", &[*up])
+        .route(
+            route("rank", "ranking")
+                .matching("{ path_prefix: /rank }")
+                .filter(&rollout("100"))
+                .filter(HYDRUS)
+                .filter(&file_log()),
+        )
+        .route(route("rest", "ranking"))
+        .template()
+}
+
+fn start(template: &str) -> Hydrus {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("ktable.yaml"),
+        ktable(&[("default", 0.004)], None),
+    )
+    .unwrap();
+    Hydrus::start_in(dir, template)
+}
+
+/// A ranking request as a client that forges what hydrus owns sends it.
+fn forged(target: &str) -> String {
+    format!(
+        "GET {target} HTTP/1.1\r\nhost: x\r\nx-user-id: u1\r\nx-qoe-score: 0.6\r\nx-model: forged\r\nconnection: close\r\n\r\n"
+    )
+}
+
+/// The targets that spell `/rank?candidates=999` with an encoded slash or a backslash.
+const SLASHED: [&str; 6] = [
+    "/%2Frank?candidates=999",
+    "/%2frank?candidates=999",
+    "/other/..%2Frank?candidates=999",
+    "/other/..%2frank?candidates=999",
+    "/%5Crank?candidates=999",
+    "/\\rank?candidates=999",
+];
+
+/// One request on a new HTTP/2 connection (prior knowledge) to hydrus: its response header.
+fn h2_request(rt: &Runtime, port: u16, req: http::Request<()>) -> http::response::Parts {
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(conn);
+        let mut client = client.ready().await.unwrap();
+        let (response, _) = client.send_request(req, true).unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(5), response)
+            .await
+            .expect("an answer within 5 s")
+            .expect("a response, not a reset");
+        response.into_parts().0
+    })
+}
+
+#[test]
+fn encoded_slashes_and_backslashes_in_the_path_are_refused_by_default() {
+    let up = Upstream::start("ranking");
+    let h = start(&rank_and_rest(&up.addr, ""));
+    for target in SLASHED {
+        let answer = raw_request(h.port, forged(target).as_bytes());
+        assert!(answer.starts_with("HTTP/1.1 400"), "{target}: {answer}");
+    }
+    // A gRPC call gets a gRPC status (INTERNAL, as gRPC maps a 400), not an HTTP error.
+    let rt = Runtime::new().unwrap();
+    let call = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://127.0.0.1:{}/%2Frank", h.port))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let answer = h2_request(&rt, h.port, call);
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.headers["grpc-status"], "13");
+    assert_eq!(up.count(), 0, "nothing reached the ranking service");
+    assert_eq!(
+        h.metric("hydrus_requests_rejected_total{reason=\"escaped_slash\"}"),
+        SLASHED.len() as f64 + 1.0
+    );
+    // An encoded slash in the query is the query's business: passed through as sent.
+    let answer = raw_request(h.port, forged("/rank?next=%2Fhome").as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = up.take().pop().unwrap();
+    assert_eq!(
+        (seen.path.as_str(), seen.query_one("next")),
+        ("/rank", Some("%2Fhome"))
+    );
+}
+
+#[test]
+fn with_unescape_an_encoded_slash_takes_the_route_it_spells() {
+    let up = Upstream::start("ranking");
+    let h = start(&rank_and_rest(
+        &up.addr,
+        "limits:\n  escaped_slashes: unescape",
+    ));
+    for target in SLASHED {
+        let answer = raw_request(h.port, forged(target).as_bytes());
+        assert!(answer.starts_with("HTTP/1.1 200"), "{target}: {answer}");
+        let seen = up.take().pop().unwrap();
+        // Decided as `/rank` and forwarded as it: what the client sent of hydrus's is gone.
+        assert_eq!(seen.path, "/rank", "{target}");
+        assert_eq!(seen.header("x-hydrus-group"), Some("hydrus"), "{target}");
+        assert_eq!(seen.header("x-hydrus-strategy"), Some("s40"), "{target}");
+        assert_eq!(seen.query.get("candidates"), Some(&vec!["40".to_string()]));
+        assert_eq!(seen.header("x-model"), Some("large"), "{target}");
+        assert_eq!(seen.header_count("x-model"), 1, "{target}");
+    }
+    assert!(eventually(Duration::from_secs(5), || {
+        read_records(&h.path("logs")).len() >= SLASHED.len()
+    }));
+    let records = read_records(&h.path("logs"));
+    assert_eq!(records.len(), SLASHED.len());
+    assert!(records.iter().all(|r| r.route.as_deref() == Some("rank")));
+    assert_eq!(
+        h.metric("hydrus_requests_rejected_total{reason=\"escaped_slash\"}"),
+        0.0
+    );
+    // The setting is shown as running.
+    let (_, config) = get(&format!("{}/config", h.admin())).unwrap();
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(
+        config["config"]["limits"]["escaped_slashes"], "unescape",
+        "{config}"
+    );
+    // Any other value is a config error naming the field.
+    let bad = h.path("bad.yaml");
+    std::fs::write(
+        &bad,
+        render(
+            &rank_and_rest(&up.addr, "limits:\n  escaped_slashes: decode"),
+            1,
+            2,
+            h.dir.path(),
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("escaped_slashes") && stderr.contains("unescape"),
+        "{stderr}"
+    );
+}
