@@ -1,10 +1,12 @@
 //! Request validation and forwarding, through the real binary: a path with an encoded slash or
 //! backslash is refused (or, with `limits.escaped_slashes: unescape`, routed and forwarded as
-//! the path it spells).
+//! the path it spells), a request without a good `Host` is refused (HTTP/1.0 may omit it: the
+//! endpoint's is sent).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
+use common::raw::H2Upstream;
 use common::*;
 use std::time::Duration;
 use tokio::runtime::Runtime;
@@ -175,5 +177,111 @@ fn with_unescape_an_encoded_slash_takes_the_route_it_spells() {
     assert!(
         stderr.contains("escaped_slashes") && stderr.contains("unescape"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn http11_without_one_good_host_is_refused() {
+    let up = Upstream::start("ranking");
+    let h = start(&rank_and_rest(&up.addr, ""));
+    let counted = [
+        "GET /rank HTTP/1.1\r\nconnection: close\r\n\r\n",
+        "GET /rank HTTP/1.1\r\nhost: \r\nconnection: close\r\n\r\n",
+        "GET /rank HTTP/1.1\r\nhost: a/b\r\nconnection: close\r\n\r\n",
+        "GET /rank HTTP/1.1\r\nhost: a:b\r\nconnection: close\r\n\r\n",
+        "GET /rank HTTP/1.1\r\nhost: a\\b\r\nconnection: close\r\n\r\n",
+        "GET /rank HTTP/1.0\r\nhost: \r\n\r\n",
+    ];
+    for request in counted {
+        let answer = raw_request(h.port, request.as_bytes());
+        assert!(answer.starts_with("HTTP/1.1 400"), "{request:?}: {answer}");
+    }
+    // Two `Host` fields: pingora's parser refuses them before hydrus sees the request.
+    let two = "GET /rank HTTP/1.1\r\nhost: a\r\nhost: b\r\nconnection: close\r\n\r\n";
+    let answer = raw_request(h.port, two.as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(up.count(), 0, "nothing reached the ranking service");
+    assert_eq!(
+        h.metric("hydrus_requests_rejected_total{reason=\"bad_host\"}"),
+        counted.len() as f64
+    );
+    // A good one is forwarded as sent.
+    let ok = "GET /rank HTTP/1.1\r\nhost: ranker.svc:8080\r\nconnection: close\r\n\r\n";
+    let answer = raw_request(h.port, ok.as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = up.take().pop().unwrap();
+    assert_eq!(seen.header("host"), Some("ranker.svc:8080"));
+}
+
+#[test]
+fn http10_without_host_reaches_the_upstream_with_the_endpoints_host() {
+    let up = Upstream::start("ranking");
+    let rt = Runtime::new().unwrap();
+    let h2 = H2Upstream::start(&rt);
+    let template = Config::new()
+        .cluster("ranking", &[up.addr])
+        .cluster_with("grpc", &[h2.addr], "    protocol: h2c")
+        .route(route("h2", "grpc").matching("{ path_prefix: /text }"))
+        .route(
+            route("rank", "ranking")
+                .matching("{ path_prefix: /rank }")
+                .filter(&rollout("100"))
+                .filter(HYDRUS),
+        )
+        .route(route("rest", "ranking"))
+        .template();
+    let h = start(&template);
+    for target in ["/rank", "/other"] {
+        let request = format!("GET {target} HTTP/1.0\r\n\r\n");
+        let answer = raw_request(h.port, request.as_bytes());
+        assert!(answer.contains(" 200 "), "{target}: {answer}");
+        let seen = up.take().pop().unwrap();
+        // As nginx sends its `$proxy_host`: the endpoint as the cluster lists it.
+        assert_eq!(seen.header_count("host"), 1, "{target}: {seen:?}");
+        assert_eq!(seen.header("host"), Some(up.addr.to_string().as_str()));
+    }
+    // One that names its host keeps it.
+    let answer = raw_request(h.port, b"GET /rank HTTP/1.0\r\nhost: front\r\n\r\n");
+    assert!(answer.contains(" 200 "), "{answer}");
+    assert_eq!(up.take().pop().unwrap().header("host"), Some("front"));
+    // To an HTTP/2 endpoint it is the `:authority`.
+    let answer = raw_request(h.port, b"GET /text HTTP/1.0\r\n\r\n");
+    assert!(answer.contains(" 200 "), "{answer}");
+    let seen = h2.seen().pop().unwrap();
+    assert_eq!(seen.authority, Some(h2.addr.to_string()));
+}
+
+#[test]
+fn h2_requests_name_their_host_by_authority_or_host_else_are_refused() {
+    let up = Upstream::start("ranking");
+    let h = start(&rank_and_rest(&up.addr, ""));
+    let rt = Runtime::new().unwrap();
+    let get = |uri: &str, host: Option<&str>| {
+        let mut r = http::Request::builder().uri(uri);
+        if let Some(host) = host {
+            r = r.header("host", host);
+        }
+        h2_request(&rt, h.port, r.body(()).unwrap()).status
+    };
+    // `:authority`: the HTTP/1.1 upstream's `Host`.
+    assert_eq!(get("http://front.example/other", None), 200);
+    assert_eq!(
+        up.take().pop().unwrap().header("host"),
+        Some("front.example")
+    );
+    // No `:authority`, a `Host`: that one.
+    assert_eq!(get("/other", Some("front.example")), 200);
+    assert_eq!(
+        up.take().pop().unwrap().header("host"),
+        Some("front.example")
+    );
+    // An empty `Host` names no host, as in HTTP/1.1. (Neither field: pingora's HTTP/2 server
+    // answers 400 itself.)
+    assert_eq!(get("/other", Some("")), 400);
+    assert_eq!(get("/other", None), 400);
+    assert_eq!(up.count(), 0);
+    assert_eq!(
+        h.metric("hydrus_requests_rejected_total{reason=\"bad_host\"}"),
+        1.0
     );
 }

@@ -21,6 +21,7 @@
 //! - [`route`]: routes (which requests a chain runs on) and chains.
 //! - [`outlier`], [`retry`], [`query`]: passive endpoint health, the retry budget, owned query
 //!   keys (used by the edge for every route).
+//! - [`request`]: the checks of a request's framing fields (`Host`).
 
 pub mod e2e;
 pub mod hedge;
@@ -28,6 +29,7 @@ pub mod hydrus;
 pub mod log;
 pub mod outlier;
 pub mod query;
+pub mod request;
 pub mod retry;
 pub mod rollout;
 pub mod route;

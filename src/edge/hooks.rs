@@ -1,6 +1,6 @@
 //! pingora's hooks, in the order a request meets them.
 
-use super::prepare::prepare_upstream;
+use super::prepare::{for_the_hop, prepare_upstream};
 use super::upstream::outcome_of;
 use super::{peer, Ctx, Hold, Proxy, Routed};
 use crate::cluster::Tried;
@@ -82,6 +82,9 @@ impl ProxyHttp for Proxy {
         }
         if !Self::target_ok(session.req_header()) {
             return Box::pin(self.refused(session, ctx, "bad_target", 400)).await;
+        }
+        if !Self::host_ok(session.req_header()) {
+            return Box::pin(self.refused(session, ctx, "bad_host", 400)).await;
         }
         // (An HTTP/2 request says it has no body by ending its stream.)
         let h2_done = session.is_http2() && session.as_mut().is_body_done();
@@ -317,6 +320,9 @@ impl ProxyHttp for Proxy {
         ctx: &mut Box<Ctx>,
     ) -> Result<()> {
         prepare_upstream(upstream, ctx)?;
+        if let Some((cluster, Some(i))) = ctx.hold.as_ref().map(|h| (&h.cluster, h.endpoint)) {
+            for_the_hop(upstream, cluster, i)?;
+        }
         ctx.upstream_sent = Some(Instant::now());
         Ok(())
     }

@@ -135,7 +135,7 @@ impl Proxy {
     }
 
     /// Refuse what hydrus cannot proxy: headers over the limit (431), a request target whose
-    /// query hydrus cannot see, an encoded slash in the path (400),
+    /// query hydrus cannot see, a missing or bad `Host`, an encoded slash in the path (400),
     /// no route (404). Counted by reason.
     /// A gRPC call gets the matching gRPC status instead.
     async fn refused(
@@ -164,6 +164,22 @@ impl Proxy {
     fn target_ok(req: &RequestHeader) -> bool {
         let raw = req.raw_path();
         raw.starts_with(b"/") || raw == b"*" || req.uri.scheme().is_some()
+    }
+
+    /// Whether the request names its host as RFC 9112 3.2 wants: HTTP/1.1 with one valid
+    /// `Host` (nginx answers 400 otherwise too), HTTP/1.0 with none or one valid, HTTP/2 with
+    /// `:authority` or a valid `Host`. (pingora refuses two `Host` fields itself, and a `Host`
+    /// that differs from the target's authority.)
+    fn host_ok(req: &RequestHeader) -> bool {
+        let mut hosts = req.headers.get_all(http::header::HOST).iter();
+        match (hosts.next(), hosts.next()) {
+            (Some(h), None) => hydrus_filters::request::host_ok(h.as_bytes()),
+            (Some(_), Some(_)) => false,
+            (None, _) => match req.version {
+                http::Version::HTTP_2 => req.uri.authority().is_some(),
+                v => matches!(v, http::Version::HTTP_09 | http::Version::HTTP_10),
+            },
+        }
     }
 
     /// The request's size on the wire, roughly: request line and header fields.
