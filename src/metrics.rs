@@ -56,10 +56,11 @@ pub const CLOSE_REASONS: [&str; 5] = [
 ];
 
 /// Why hydrus answered a request itself (`hydrus_requests_rejected_total`).
-pub const REJECT_REASONS: [&str; 5] = [
+pub const REJECT_REASONS: [&str; 6] = [
     "header_too_large",
     "bad_target",
     "bad_host",
+    "bad_content_length",
     "escaped_slash",
     "no_route",
 ];
@@ -136,7 +137,7 @@ impl Metrics {
             endpoint_ejected: f.gauges("hydrus_endpoint_ejected", "1 while passive health sets the endpoint aside (ejected, or holding requests without answering).", &["cluster", "endpoint"]),
             downstream_connections: f.gauge("hydrus_downstream_connections", "Open client connections on the proxy listener."),
             downstream_closed: f.counters("hydrus_downstream_connections_closed_total", "Client connections hydrus closed or refused: `idle_timeout`, `header_timeout`, `body_timeout`, `evicted` (not being served, to admit a new one at the cap), `refused` (at the cap, none evictable), `tls_handshake` (a TLS handshake failed or did not finish within the header timeout).", &["reason"]),
-            requests_rejected: f.counters("hydrus_requests_rejected_total", "Requests answered by hydrus itself without proxying: `header_too_large` (431), `bad_target` (400), `bad_host` (400: an HTTP/1.1 request without `Host`, or a `Host` that is empty or not `host[:port]`), `escaped_slash` (400: `%2F`, `%5C` or a backslash in the path, under `limits.escaped_slashes: reject`), `no_route` (404: no route matched), `body_too_large` (413: a body over the hedge filter's `max_body_bytes` on a route marked idempotent). A gRPC call gets the matching `grpc-status` instead of the HTTP status.", &["reason"]),
+            requests_rejected: f.counters("hydrus_requests_rejected_total", "Requests answered by hydrus itself without proxying: `header_too_large` (431), `bad_target` (400), `bad_host` (400: an HTTP/1.1 request without `Host`, or a `Host` that is empty or not `host[:port]`), `bad_content_length` (400: `Content-Length` values that differ or are not numbers; pingora's parser refuses these first, uncounted), `escaped_slash` (400: `%2F`, `%5C` or a backslash in the path, under `limits.escaped_slashes: reject`), `no_route` (404: no route matched), `body_too_large` (413: a body over the hedge filter's `max_body_bytes` on a route marked idempotent). A gRPC call gets the matching `grpc-status` instead of the HTTP status.", &["reason"]),
             log_fields_truncated: f.counters("hydrus_log_fields_truncated_total", "Request header values cut to fit a log record.", &["field"]),
             config_dropped: f.counters("hydrus_config_reload_dropped_total", "Running filters and routes a reload removed: by filter kind (a route that stays lost it), or `route` (a route gone).", &["kind"]),
             allocations: f.keep(IntCounter::new("hydrus_process_allocations_total", "Heap allocations by the process (0 unless built with the alloc-stats feature).").expect("metric")),

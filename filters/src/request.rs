@@ -1,7 +1,9 @@
-//! What the edge checks of a request's framing fields before it routes one: plain functions
-//! over bytes (the edge hands in header values).
+//! What the edge checks of a request's framing fields before it routes one, and how it makes
+//! them fit the upstream's hop: plain functions over bytes (the edge hands in header values).
 //!
 //! - [`host_ok`]: a `Host` value as RFC 9112 3.2 wants it (else 400, as nginx answers).
+//! - [`content_length`]: `Content-Length` fields reconciled as RFC 9110 8.6 allows.
+//! - [`joined_cookies`]: HTTP/2's several `cookie` fields as the one an HTTP/1.1 hop carries.
 
 /// Whether `value` is a `Host` field value: `uri-host [ ":" port ]` (RFC 9110 7.2, RFC 3986
 /// 3.2.2), its host not empty: a registered name (unreserved characters, sub-delimiters,
@@ -66,6 +68,51 @@ fn reg_name(b: &[u8]) -> bool {
     true
 }
 
+/// `Content-Length` values that are not numbers or differ: the message's framing is
+/// unknowable (a 400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadContentLength;
+
+/// The `Content-Length` a request's fields give (RFC 9110 8.6): each field a comma-separated
+/// list of decimal values, all of them equal. `Ok(None)`: no field.
+pub fn content_length<'a>(
+    fields: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<Option<u64>, BadContentLength> {
+    let mut found: Option<u64> = None;
+    for field in fields {
+        for v in field.split(|c| *c == b',') {
+            let v = v.trim_ascii();
+            if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+                return Err(BadContentLength);
+            }
+            let n = std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or(BadContentLength)?;
+            match found {
+                Some(m) if m != n => return Err(BadContentLength),
+                _ => found = Some(n),
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Several `cookie` fields (HTTP/2 sends one per cookie, RFC 9113 8.2.3) as the one field an
+/// HTTP/1.1 hop must carry: their values joined with `; `. `None` with fewer than two.
+pub fn joined_cookies<'a>(fields: impl IntoIterator<Item = &'a [u8]>) -> Option<Vec<u8>> {
+    let mut out: Vec<u8> = Vec::new();
+    let mut n = 0;
+    for f in fields {
+        if n > 0 {
+            out.extend_from_slice(b"; ");
+        }
+        out.extend_from_slice(f);
+        n += 1;
+    }
+    (n > 1).then_some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +153,37 @@ mod tests {
             assert!(!host_ok(bad.as_bytes()), "{bad:?}");
         }
         assert!(!host_ok(b"a\xffb"));
+    }
+
+    #[test]
+    fn content_lengths_reconciled_or_refused() {
+        let cl = |fields: &[&str]| content_length(fields.iter().map(|f| f.as_bytes()));
+        assert_eq!(cl(&[]), Ok(None));
+        assert_eq!(cl(&["5"]), Ok(Some(5)));
+        assert_eq!(cl(&["5, 5"]), Ok(Some(5)));
+        assert_eq!(cl(&["5", "5"]), Ok(Some(5)));
+        assert_eq!(cl(&["5,5", " 5 "]), Ok(Some(5)));
+        assert_eq!(cl(&["0"]), Ok(Some(0)));
+        for bad in [
+            &["5, 6"][..],
+            &["5", "6"],
+            &["5,"],
+            &[""],
+            &["-5"],
+            &["+5"],
+            &["5x"],
+            &["99999999999999999999999"],
+        ] {
+            assert_eq!(cl(bad), Err(BadContentLength), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn cookies_joined_for_an_http1_hop() {
+        let j = |fields: &[&str]| joined_cookies(fields.iter().map(|f| f.as_bytes()));
+        assert_eq!(j(&[]), None);
+        assert_eq!(j(&["a=1"]), None);
+        assert_eq!(j(&["a=1", "b=2"]), Some(b"a=1; b=2".to_vec()));
+        assert_eq!(j(&["a=1", "b=2", "c=3"]), Some(b"a=1; b=2; c=3".to_vec()));
     }
 }

@@ -86,6 +86,9 @@ impl ProxyHttp for Proxy {
         if !Self::host_ok(session.req_header()) {
             return Box::pin(self.refused(session, ctx, "bad_host", 400)).await;
         }
+        if !Self::one_content_length(session.req_header_mut()) {
+            return Box::pin(self.refused(session, ctx, "bad_content_length", 400)).await;
+        }
         // (An HTTP/2 request says it has no body by ending its stream.)
         let h2_done = session.is_http2() && session.as_mut().is_body_done();
         let req = session.req_header();

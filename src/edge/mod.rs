@@ -182,6 +182,25 @@ impl Proxy {
         }
     }
 
+    /// Make `Content-Length` one field with one value (`5, 5` or two `5` fields, which pingora
+    /// accepts as framing but would forward as sent, become `5`, RFC 9110 8.6). `false` when
+    /// its values differ or are not numbers (pingora's parser refuses those first).
+    fn one_content_length(req: &mut RequestHeader) -> bool {
+        let fields = req.headers.get_all(http::header::CONTENT_LENGTH);
+        let mut iter = fields.iter();
+        match (iter.next(), iter.next()) {
+            (None, _) => return true,
+            (Some(one), None) if one.as_bytes().iter().all(u8::is_ascii_digit) => return true,
+            _ => {}
+        }
+        match hydrus_filters::request::content_length(fields.iter().map(|v| v.as_bytes())) {
+            Ok(Some(n)) => req
+                .insert_header(http::header::CONTENT_LENGTH, n.to_string())
+                .is_ok(),
+            _ => false,
+        }
+    }
+
     /// The request's size on the wire, roughly: request line and header fields.
     fn header_bytes(req: &RequestHeader) -> usize {
         let line = req.method.as_str().len() + req.raw_path().len() + 12;

@@ -169,7 +169,8 @@ fn identity_exactly_once(
 /// - a `Host`: a request without one (HTTP/1.0 may omit it) gets its URI's authority, else the
 ///   endpoint as the cluster's `endpoints` write it (`HOST:PORT`), as nginx sends its
 ///   `$proxy_host`; an HTTP/1.1 upstream must be sent one, an HTTP/2 one needs `:authority`;
-/// - to an HTTP/1.1 endpoint: HTTP/1.1.
+/// - to an HTTP/1.1 endpoint: HTTP/1.1, and one `cookie` field, the HTTP/2 client's several
+///   joined with `; ` (RFC 9113 8.2.3).
 pub fn for_the_hop(upstream: &mut RequestHeader, cluster: &Cluster, endpoint: usize) -> Result<()> {
     let h1 = !cluster.transport.protocol.is_h2();
     if h1 {
@@ -187,6 +188,13 @@ pub fn for_the_hop(upstream: &mut RequestHeader, cluster: &Cluster, endpoint: us
                 .unwrap_or_default(),
         };
         upstream.insert_header(http::header::HOST, host)?;
+    }
+    if h1 {
+        let cookies = upstream.headers.get_all(http::header::COOKIE).iter();
+        if let Some(joined) = hydrus_filters::request::joined_cookies(cookies.map(|v| v.as_bytes()))
+        {
+            upstream.insert_header(http::header::COOKIE, joined)?;
+        }
     }
     Ok(())
 }
