@@ -2,7 +2,8 @@
 //! backslash is refused (or, with `limits.escaped_slashes: unescape`, routed and forwarded as
 //! the path it spells), a request without a good `Host` is refused (HTTP/1.0 may omit it: the
 //! endpoint's is sent), HTTP/2's `cookie` fields reach an HTTP/1.1 upstream as one,
-//! `Content-Length` reaches it as one value.
+//! `Content-Length` reaches it as one value, and identity headers that are not UTF-8 are
+//! logged apart.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -346,6 +347,65 @@ fn content_length_reaches_the_upstream_as_one_value() {
         assert!(answer.starts_with("HTTP/1.1 400"), "{lengths:?}: {answer}");
     }
     assert_eq!(up.count(), 0);
+}
+
+#[test]
+fn identity_headers_that_are_not_utf8_are_logged_apart() {
+    // (An upstream that reads header bytes as they come, UTF-8 or not.)
+    let up = common::raw::Canned::start(|_| {
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+            false,
+        )
+    });
+    let h = start(&rank_and_rest(&up.addr, ""));
+    let send = |user: &[u8], extra: &[u8]| {
+        let mut request =
+            b"GET /rank HTTP/1.1\r\nhost: x\r\nx-qoe-score: 0.6\r\nx-user-id: ".to_vec();
+        request.extend_from_slice(user);
+        request.extend_from_slice(b"\r\n");
+        request.extend_from_slice(extra);
+        request.extend_from_slice(b"connection: close\r\n\r\n");
+        let answer = raw_request(h.port, &request);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    };
+    send(b"u\xff1", b"x-device-id: d0\r\n");
+    send(
+        b"u\xfe1",
+        b"x-device-id: d1\r\nx-request-id: r\xe91\r\nx-scenario: s\xff\r\n",
+    );
+    send(b"u\\xFF1", b"x-device-id: d2\r\n");
+    assert!(eventually(Duration::from_secs(5), || {
+        read_records(&h.path("logs")).len() >= 3
+    }));
+    let mut records = read_records(&h.path("logs"));
+    records.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+    let users: Vec<&str> = records.iter().map(|r| r.user_id.as_str()).collect();
+    // Each invalid byte as `\xNN`, a backslash in an escaped value as `\\`; a UTF-8 value as
+    // sent, its record marking nothing.
+    assert_eq!(users, ["u\\xFF1", "u\\xFE1", "u\\xFF1"]);
+    assert_eq!(records[0].escaped, ["user_id"]);
+    assert_eq!(
+        records[1].escaped,
+        ["user_id", "request_id", "scenario_raw"]
+    );
+    assert_eq!(records[1].request_id, "r\\xE91");
+    assert_eq!(
+        (
+            records[1].scenario.as_str(),
+            records[1].scenario_raw.as_deref()
+        ),
+        ("other", Some("s\\xFF"))
+    );
+    assert!(records[2].escaped.is_empty());
+    assert_eq!(
+        h.metric("hydrus_log_fields_escaped_total{field=\"user_id\"}"),
+        2.0
+    );
+    assert_eq!(
+        h.metric("hydrus_log_fields_escaped_total{field=\"scenario_raw\"}"),
+        1.0
+    );
 }
 
 #[test]
