@@ -155,6 +155,7 @@ fn bench_record(c: &mut Criterion) {
         route: Some("rank"),
         grpc_status: None,
         extra: &extra,
+        escaped: &[],
     };
     let mut buf = Vec::with_capacity(1024);
     c.bench_function("log_record_encode/8", |b| {

@@ -37,6 +37,7 @@ pub struct Metrics {
     pub downstream_closed: IntCounterVec,
     pub requests_rejected: IntCounterVec,
     pub log_fields_truncated: IntCounterVec,
+    pub log_fields_escaped: IntCounterVec,
     pub config_dropped: IntCounterVec,
     pub allocations: IntCounter,
     /// Every stage kind's families (`hydrus_k`, `hydrus_e2e_decisions_total`, ...).
@@ -56,7 +57,14 @@ pub const CLOSE_REASONS: [&str; 5] = [
 ];
 
 /// Why hydrus answered a request itself (`hydrus_requests_rejected_total`).
-pub const REJECT_REASONS: [&str; 3] = ["header_too_large", "bad_target", "no_route"];
+pub const REJECT_REASONS: [&str; 6] = [
+    "header_too_large",
+    "bad_target",
+    "bad_host",
+    "bad_content_length",
+    "escaped_slash",
+    "no_route",
+];
 
 /// Latency buckets (seconds) for the proxy and upstream: 0.1 ms to 10 s.
 const LATENCY: &[f64] = &[
@@ -130,8 +138,9 @@ impl Metrics {
             endpoint_ejected: f.gauges("hydrus_endpoint_ejected", "1 while passive health sets the endpoint aside (ejected, or holding requests without answering).", &["cluster", "endpoint"]),
             downstream_connections: f.gauge("hydrus_downstream_connections", "Open client connections on the proxy listener."),
             downstream_closed: f.counters("hydrus_downstream_connections_closed_total", "Client connections hydrus closed or refused: `idle_timeout`, `header_timeout`, `body_timeout`, `evicted` (not being served, to admit a new one at the cap), `refused` (at the cap, none evictable), `tls_handshake` (a TLS handshake failed or did not finish within the header timeout).", &["reason"]),
-            requests_rejected: f.counters("hydrus_requests_rejected_total", "Requests answered by hydrus itself without proxying: `header_too_large` (431), `bad_target` (400), `no_route` (404: no route matched), `body_too_large` (413: a body over the hedge filter's `max_body_bytes` on a route marked idempotent). A gRPC call gets the matching `grpc-status` instead of the HTTP status.", &["reason"]),
+            requests_rejected: f.counters("hydrus_requests_rejected_total", "Requests answered by hydrus itself without proxying: `header_too_large` (431), `bad_target` (400), `bad_host` (400: an HTTP/1.1 request without `Host`, or a `Host` that is empty or not `host[:port]`), `bad_content_length` (400: `Content-Length` values that differ or are not numbers; pingora's parser refuses these first, uncounted), `escaped_slash` (400: `%2F`, `%5C` or a backslash in the path, under `limits.escaped_slashes: reject`), `no_route` (404: no route matched), `body_too_large` (413: a body over the hedge filter's `max_body_bytes` on a route marked idempotent). A gRPC call gets the matching `grpc-status` instead of the HTTP status.", &["reason"]),
             log_fields_truncated: f.counters("hydrus_log_fields_truncated_total", "Request header values cut to fit a log record.", &["field"]),
+            log_fields_escaped: f.counters("hydrus_log_fields_escaped_total", "Request header values that were not UTF-8, written escaped in a log record (and named in its `escaped` field), by record field.", &["field"]),
             config_dropped: f.counters("hydrus_config_reload_dropped_total", "Running filters and routes a reload removed: by filter kind (a route that stays lost it), or `route` (a route gone).", &["kind"]),
             allocations: f.keep(IntCounter::new("hydrus_process_allocations_total", "Heap allocations by the process (0 unless built with the alloc-stats feature).").expect("metric")),
             stages: hydrus_filters::kinds()

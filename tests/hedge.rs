@@ -449,9 +449,10 @@ fn a_request_an_h2_upstream_cannot_take_is_the_clients_mistake() {
     let (a, b) = (H2Upstream::start(&rt), H2Upstream::start(&rt));
     let extra = "    protocol: h2c\n    outlier: { consecutive_failures: 1 }";
     let h = hedging(&[a.addr, b.addr], extra, false, 1000);
-    // HTTP/1.0 without Host: no authority for the HTTP/2 request.
+    // A `Host` the HTTP/2 client makes no authority of (a percent-escape: a valid HTTP/1.1
+    // host, which the `http` crate refuses in an authority).
     for _ in 0..3 {
-        let r = raw_request(h.port, b"GET /text HTTP/1.0\r\n\r\n");
+        let r = raw_request(h.port, b"GET /text HTTP/1.0\r\nhost: %41x\r\n\r\n");
         assert!(r.starts_with("HTTP/1.1 400"), "{r}");
     }
     assert_eq!(h.metric("hydrus_outlier_ejections_total"), 0.0);
@@ -459,7 +460,23 @@ fn a_request_an_h2_upstream_cannot_take_is_the_clients_mistake() {
         a.calls.load(Ordering::SeqCst) + b.calls.load(Ordering::SeqCst),
         0
     );
-    // With a Host, the same request is answered.
+    // With a plain Host, the same request is answered; without one (HTTP/1.0), it is sent
+    // with the endpoint as its authority.
     let r = raw_request(h.port, b"GET /text HTTP/1.0\r\nhost: x\r\n\r\n");
     assert!(r.starts_with("HTTP/1.1 200") && r.ends_with("hello"), "{r}");
+    let r = raw_request(h.port, b"GET /text HTTP/1.0\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.1 200") && r.ends_with("hello"), "{r}");
+    let mut authorities: Vec<String> = a
+        .seen()
+        .into_iter()
+        .chain(b.seen())
+        .filter_map(|s| s.authority)
+        .collect();
+    authorities.sort();
+    let endpoint = |x: &String| *x == a.addr.to_string() || *x == b.addr.to_string();
+    assert_eq!(authorities.len(), 2, "{authorities:?}");
+    assert!(
+        endpoint(&authorities[0]) && authorities[1] == "x",
+        "{authorities:?}"
+    );
 }

@@ -21,6 +21,8 @@
 //! - [`route`]: routes (which requests a chain runs on) and chains.
 //! - [`outlier`], [`retry`], [`query`]: passive endpoint health, the retry budget, owned query
 //!   keys (used by the edge for every route).
+//! - [`request`]: the checks of a request's framing fields (`Host`, `Content-Length`) and the
+//!   `cookie` join for an HTTP/1.1 hop.
 
 pub mod e2e;
 pub mod hedge;
@@ -28,6 +30,7 @@ pub mod hydrus;
 pub mod log;
 pub mod outlier;
 pub mod query;
+pub mod request;
 pub mod retry;
 pub mod rollout;
 pub mod route;

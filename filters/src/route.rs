@@ -140,14 +140,22 @@ impl Matcher {
                     format!("{field}.{which}"),
                     format!("`{p}` must start with /"),
                 );
-            } else if normalize_path(p) != p.as_str() {
-                problems.error(
-                    format!("{field}.{which}"),
-                    format!(
-                        "`{p}` is not a normalized path (requests are matched normalized): write `{}`",
-                        normalize_path(p)
+            } else {
+                match normalize_path(p, EscapedSlashes::Reject) {
+                    Err(EscapedSlash) => problems.error(
+                        format!("{field}.{which}"),
+                        format!(
+                            "`{p}` holds an encoded slash or a backslash (`%2F`, `%5C`, `\\`), which no request path is matched with"
+                        ),
                     ),
-                );
+                    Ok(n) if n != p.as_str() => problems.error(
+                        format!("{field}.{which}"),
+                        format!(
+                            "`{p}` is not a normalized path (requests are matched normalized): write `{n}`"
+                        ),
+                    ),
+                    Ok(_) => {}
+                }
             }
         }
         let methods = m.methods.as_ref().map(|list| {
@@ -180,23 +188,47 @@ impl Matcher {
     }
 }
 
+/// What a request path's encoded slashes (`%2F`) and backslashes (`%5C`, or `\` as sent) get
+/// (`limits.escaped_slashes`), as Envoy's `path_with_escaped_slashes_action`. Left as they are,
+/// they would be a path hydrus routes one way and an upstream that decodes them (nginx does)
+/// serves as another: `/%2Frank` is not `/rank` to a route, but is to the ranking service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EscapedSlashes {
+    /// The request is refused (400).
+    #[default]
+    Reject,
+    /// Each is read as `/`, then the path is normalized, routed and forwarded so: the upstream
+    /// sees the path the route matched, with no encoded slash or backslash left.
+    Unescape,
+}
+
+/// A request path holding an encoded slash or a backslash, under [`EscapedSlashes::Reject`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EscapedSlash;
+
 /// A request path as routes match it, and as it is forwarded: RFC 3986 normalization
 /// (percent-encoded unreserved characters decoded, other escapes' hex digits in upper case,
 /// `.` and `..` segments resolved) and repeated slashes merged, as Envoy's `normalize_path` and
-/// `merge_slashes`. Otherwise `//rank` or `/%72ank` could reach an upstream that reads it as
-/// `/rank` by a route that does not decide for `/rank`. Borrowed when already normal; targets
-/// that are not a path (`*`) are left alone.
-pub fn normalize_path(path: &str) -> std::borrow::Cow<'_, str> {
+/// `merge_slashes`; encoded slashes and backslashes refused or read as `/` (see
+/// [`EscapedSlashes`]). Otherwise `//rank`, `/%72ank` or `/%2Frank` could reach an upstream
+/// that reads it as `/rank` by a route that does not decide for `/rank`. Borrowed when already
+/// normal; targets that are not a path (`*`) are left alone.
+pub fn normalize_path(
+    path: &str,
+    slashes: EscapedSlashes,
+) -> Result<std::borrow::Cow<'_, str>, EscapedSlash> {
     let b = path.as_bytes();
     let normal = !b.contains(&b'%')
+        && !b.contains(&b'\\')
         && !b.windows(2).any(|w| w == b"//")
         && !b
             .split(|c| *c == b'/')
             .any(|seg| seg == b"." || seg == b"..");
     if normal || b.first() != Some(&b'/') {
-        return std::borrow::Cow::Borrowed(path);
+        return Ok(std::borrow::Cow::Borrowed(path));
     }
-    let decoded = decode_unreserved(b);
+    let decoded = decode_unreserved(b, slashes)?;
     let mut segments: Vec<&[u8]> = Vec::new();
     let mut trailing_slash = false;
     for seg in decoded[1..].split(|c| *c == b'/') {
@@ -221,14 +253,21 @@ pub fn normalize_path(path: &str) -> std::borrow::Cow<'_, str> {
         out.push(b'/');
     }
     // Only ASCII bytes were decoded: the result is UTF-8 when the input was.
-    std::borrow::Cow::Owned(String::from_utf8(out).unwrap_or_else(|_| path.to_string()))
+    Ok(std::borrow::Cow::Owned(
+        String::from_utf8(out).unwrap_or_else(|_| path.to_string()),
+    ))
 }
 
 /// Percent-escapes of unreserved characters decoded; the others' hex digits in upper case; a
 /// `%` that starts no escape written `%25`, so that decoding never makes a new escape (`/%%30a`
-/// would otherwise become `/%0a`, a newline to whoever decodes it once more).
-fn decode_unreserved(b: &[u8]) -> Vec<u8> {
+/// would otherwise become `/%0a`, a newline to whoever decodes it once more). `%2F`, `%5C` and
+/// `\` refused or made `/` (`slashes`).
+fn decode_unreserved(b: &[u8], slashes: EscapedSlashes) -> Result<Vec<u8>, EscapedSlash> {
     let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let slash = || match slashes {
+        EscapedSlashes::Reject => Err(EscapedSlash),
+        EscapedSlashes::Unescape => Ok(b'/'),
+    };
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
@@ -241,6 +280,8 @@ fn decode_unreserved(b: &[u8]) -> Vec<u8> {
                 let c = h * 16 + l;
                 if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
                     out.push(c);
+                } else if matches!(c, b'/' | b'\\') {
+                    out.push(slash()?);
                 } else {
                     const HEX: &[u8; 16] = b"0123456789ABCDEF";
                     out.extend_from_slice(&[b'%', HEX[usize::from(h)], HEX[usize::from(l)]]);
@@ -251,13 +292,17 @@ fn decode_unreserved(b: &[u8]) -> Vec<u8> {
                 out.extend_from_slice(b"%25");
                 i += 1;
             }
+            None if b[i] == b'\\' => {
+                out.push(slash()?);
+                i += 1;
+            }
             None => {
                 out.push(b[i]);
                 i += 1;
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// A route's stages, in YAML order, and what they own of the upstream request.

@@ -5,6 +5,7 @@
 use super::errors::{Checker, DAY};
 use http::HeaderName;
 use hydrus_filters::log::LogRuntime;
+use hydrus_filters::route::EscapedSlashes;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -123,6 +124,9 @@ pub struct LimitsConfig {
     /// pingora puts a timer around every write, which costs CPU on every request.
     #[serde(with = "humantime_serde")]
     pub send_timeout: Option<Duration>,
+    /// A request path with an encoded slash or backslash (`%2F`, `%5C`, `\`): `reject` (400)
+    /// or `unescape` (read as `/`, then routed and forwarded normalized).
+    pub escaped_slashes: EscapedSlashes,
 }
 
 impl Default for LimitsConfig {
@@ -134,6 +138,7 @@ impl Default for LimitsConfig {
             body_timeout: Duration::from_secs(60),
             max_request_header_bytes: 64 << 10,
             send_timeout: None,
+            escaped_slashes: EscapedSlashes::Reject,
         }
     }
 }

@@ -239,8 +239,8 @@ const MAX_INTERIM: usize = 8;
 
 /// Send a request on an upstream session: a request without a body ends its HTTP/2 stream
 /// with its HEADERS, as pingora's path does (not with an empty DATA frame). A request the
-/// HTTP/2 client refuses before writing anything (no authority: an HTTP/1.0 request without
-/// `Host`) is the client's error (answered 400): nothing of it reached the endpoint.
+/// HTTP/2 client refuses before writing anything (a bad authority) is the client's error
+/// (answered 400): nothing of it reached the endpoint.
 async fn send(s: &mut HttpSession, req: Outgoing) -> Result<()> {
     if let HttpSession::H2(h2) = &mut *s {
         let end = req.body.is_empty();
@@ -532,8 +532,14 @@ impl Proxy {
         &self,
         endpoint: usize,
         cluster: &Cluster,
-        req: Outgoing,
+        mut req: Outgoing,
     ) -> std::result::Result<Response, Failed> {
+        super::prepare::for_the_hop(&mut req.header, cluster, endpoint).map_err(|error| {
+            Failed {
+                error,
+                stale: false,
+            }
+        })?;
         let peer = peer(cluster, endpoint);
         let (mut s, reused) = self
             .connector

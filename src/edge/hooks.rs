@@ -1,8 +1,8 @@
 //! pingora's hooks, in the order a request meets them.
 
-use super::prepare::prepare_upstream;
+use super::prepare::{for_the_hop, prepare_upstream};
 use super::upstream::outcome_of;
-use super::{peer, Ctx, Hold, Proxy};
+use super::{peer, Ctx, Hold, Proxy, Routed};
 use crate::cluster::Tried;
 use crate::state::now_ms;
 use async_trait::async_trait;
@@ -83,6 +83,12 @@ impl ProxyHttp for Proxy {
         if !Self::target_ok(session.req_header()) {
             return Box::pin(self.refused(session, ctx, "bad_target", 400)).await;
         }
+        if !Self::host_ok(session.req_header()) {
+            return Box::pin(self.refused(session, ctx, "bad_host", 400)).await;
+        }
+        if !Self::one_content_length(session.req_header_mut()) {
+            return Box::pin(self.refused(session, ctx, "bad_content_length", 400)).await;
+        }
         // (An HTTP/2 request says it has no body by ending its stream.)
         let h2_done = session.is_http2() && session.as_mut().is_body_done();
         let req = session.req_header();
@@ -104,8 +110,14 @@ impl ProxyHttp for Proxy {
             .metrics
             .decision_seconds
             .observe(t0.elapsed().as_secs_f64());
-        if !routed {
-            return Box::pin(self.refused(session, ctx, "no_route", 404)).await;
+        match routed {
+            Routed::Yes => {}
+            Routed::EscapedSlash => {
+                return Box::pin(self.refused(session, ctx, "escaped_slash", 400)).await;
+            }
+            Routed::NoRoute => {
+                return Box::pin(self.refused(session, ctx, "no_route", 404)).await;
+            }
         }
         if session.req_header().method.is_idempotent() {
             // Lets a failed attempt's request body be sent again to another endpoint.
@@ -311,6 +323,9 @@ impl ProxyHttp for Proxy {
         ctx: &mut Box<Ctx>,
     ) -> Result<()> {
         prepare_upstream(upstream, ctx)?;
+        if let Some((cluster, Some(i))) = ctx.hold.as_ref().map(|h| (&h.cluster, h.endpoint)) {
+            for_the_hop(upstream, cluster, i)?;
+        }
         ctx.upstream_sent = Some(Instant::now());
         Ok(())
     }

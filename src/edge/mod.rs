@@ -8,8 +8,9 @@
 //! - [`hedging`]: the hedge stage's reissues.
 //!
 //! No hook returns an error because of what a client sent: bad input falls back to the default
-//! strategy and is counted. Errors only come from the upstream (502/504, as any proxy), and a
-//! request no route matches is answered 404 (counted).
+//! strategy and is counted. Errors only come from the upstream (502/504, as any proxy); a
+//! request hydrus cannot proxy as it was sent (see [`Proxy::refused`]) and one no route matches
+//! are answered by hydrus (400, 404, 431: counted).
 
 pub mod conns;
 pub mod grpc;
@@ -87,14 +88,24 @@ pub struct Ctx {
     grpc_status: Option<u8>,
 }
 
+/// Whether a request found its route.
+enum Routed {
+    Yes,
+    /// Its path holds an encoded slash or a backslash (`limits.escaped_slashes: reject`).
+    EscapedSlash,
+    NoRoute,
+}
+
 impl Proxy {
-    /// Find the request's route and run its stages. `false` when no route matches.
-    fn decide(&self, session: &Session, ctx: &mut Ctx) -> bool {
+    /// Find the request's route and run its stages.
+    fn decide(&self, session: &Session, ctx: &mut Ctx) -> Routed {
         let running = self.state.config.load_full();
         let req = session.req_header();
-        let path = normalize_path(req.uri.path());
+        let Ok(path) = normalize_path(req.uri.path(), running.limits.escaped_slashes) else {
+            return Routed::EscapedSlash;
+        };
         let Some(route) = running.route_for(&req.method, &path, &req.headers).cloned() else {
-            return false;
+            return Routed::NoRoute;
         };
         for (slot, name) in ctx.ids.iter_mut().zip(&running.identity) {
             *slot = req.headers.get(name).cloned();
@@ -120,11 +131,12 @@ impl Proxy {
         }
         ctx.running = Some(running);
         ctx.route = Some(route);
-        true
+        Routed::Yes
     }
 
     /// Refuse what hydrus cannot proxy: headers over the limit (431), a request target whose
-    /// query hydrus cannot see (400), no route (404). Counted by reason.
+    /// query hydrus cannot see, a missing or bad `Host`, an encoded slash in the path (400),
+    /// no route (404). Counted by reason.
     /// A gRPC call gets the matching gRPC status instead.
     async fn refused(
         &self,
@@ -152,6 +164,41 @@ impl Proxy {
     fn target_ok(req: &RequestHeader) -> bool {
         let raw = req.raw_path();
         raw.starts_with(b"/") || raw == b"*" || req.uri.scheme().is_some()
+    }
+
+    /// Whether the request names its host as RFC 9112 3.2 wants: HTTP/1.1 with one valid
+    /// `Host` (nginx answers 400 otherwise too), HTTP/1.0 with none or one valid, HTTP/2 with
+    /// `:authority` or a valid `Host`. (pingora refuses two `Host` fields itself, and a `Host`
+    /// that differs from the target's authority.)
+    fn host_ok(req: &RequestHeader) -> bool {
+        let mut hosts = req.headers.get_all(http::header::HOST).iter();
+        match (hosts.next(), hosts.next()) {
+            (Some(h), None) => hydrus_filters::request::host_ok(h.as_bytes()),
+            (Some(_), Some(_)) => false,
+            (None, _) => match req.version {
+                http::Version::HTTP_2 => req.uri.authority().is_some(),
+                v => matches!(v, http::Version::HTTP_09 | http::Version::HTTP_10),
+            },
+        }
+    }
+
+    /// Make `Content-Length` one field with one value (`5, 5` or two `5` fields, which pingora
+    /// accepts as framing but would forward as sent, become `5`, RFC 9110 8.6). `false` when
+    /// its values differ or are not numbers (pingora's parser refuses those first).
+    fn one_content_length(req: &mut RequestHeader) -> bool {
+        let fields = req.headers.get_all(http::header::CONTENT_LENGTH);
+        let mut iter = fields.iter();
+        match (iter.next(), iter.next()) {
+            (None, _) => return true,
+            (Some(one), None) if one.as_bytes().iter().all(u8::is_ascii_digit) => return true,
+            _ => {}
+        }
+        match hydrus_filters::request::content_length(fields.iter().map(|v| v.as_bytes())) {
+            Ok(Some(n)) => req
+                .insert_header(http::header::CONTENT_LENGTH, n.to_string())
+                .is_ok(),
+            _ => false,
+        }
     }
 
     /// The request's size on the wire, roughly: request line and header fields.

@@ -7,6 +7,7 @@
 //! passes requests through untouched but for `x-hydrus-*`.
 
 use super::Ctx;
+use crate::cluster::Cluster;
 use http::{HeaderName, HeaderValue};
 use hydrus_filters::query::set_query;
 use hydrus_filters::stage::{normalized, Upstream, REQUEST_ID};
@@ -158,6 +159,41 @@ fn identity_exactly_once(
             if let Some(v) = value {
                 upstream.insert_header(name.clone(), v.clone())?;
             }
+        }
+    }
+    Ok(())
+}
+
+/// What the hop to an endpoint needs of the request, whatever its route decided:
+///
+/// - a `Host`: a request without one (HTTP/1.0 may omit it) gets its URI's authority, else the
+///   endpoint as the cluster's `endpoints` write it (`HOST:PORT`), as nginx sends its
+///   `$proxy_host`; an HTTP/1.1 upstream must be sent one, an HTTP/2 one needs `:authority`;
+/// - to an HTTP/1.1 endpoint: HTTP/1.1, and one `cookie` field, the HTTP/2 client's several
+///   joined with `; ` (RFC 9113 8.2.3).
+pub fn for_the_hop(upstream: &mut RequestHeader, cluster: &Cluster, endpoint: usize) -> Result<()> {
+    let h1 = !cluster.transport.protocol.is_h2();
+    if h1 {
+        // (pingora's path has done so; the hedge path sends the client's header.)
+        upstream.set_version(http::Version::HTTP_11);
+    }
+    if upstream.headers.get(http::header::HOST).is_none() {
+        let host = match upstream.uri.authority() {
+            Some(a) => a.as_str().to_string(),
+            None => cluster
+                .source
+                .endpoints
+                .get(endpoint)
+                .cloned()
+                .unwrap_or_default(),
+        };
+        upstream.insert_header(http::header::HOST, host)?;
+    }
+    if h1 {
+        let cookies = upstream.headers.get_all(http::header::COOKIE).iter();
+        if let Some(joined) = hydrus_filters::request::joined_cookies(cookies.map(|v| v.as_bytes()))
+        {
+            upstream.insert_header(http::header::COOKIE, joined)?;
         }
     }
     Ok(())

@@ -48,32 +48,56 @@ pub struct Pending {
     pub grpc_status: Option<u8>,
 }
 
-/// Counters of header values cut to fit a record, by field.
+/// One record field copied from a request header: its name in the record, and its counters
+/// of values cut to fit (`hydrus_log_fields_truncated_total`) and of values that were not UTF-8
+/// (`hydrus_log_fields_escaped_total`).
+pub struct Field {
+    name: &'static str,
+    cut: IntCounter,
+    escaped: IntCounter,
+}
+
+/// The record's fields copied from request headers.
 pub struct Truncations {
-    user_id: IntCounter,
-    device_id: IntCounter,
-    request_id: IntCounter,
-    scenario: IntCounter,
+    user_id: Field,
+    device_id: Field,
+    request_id: Field,
+    scenario: Field,
 }
 
 impl Truncations {
     pub fn new(m: &Metrics) -> Self {
-        let c = |f: &str| m.log_fields_truncated.with_label_values(&[f]);
+        // (`scenario` is cut under its own name, and escaped only as `scenario_raw`: a
+        // declared scenario is UTF-8.)
+        let c = |cut: &str, name: &'static str| Field {
+            name,
+            cut: m.log_fields_truncated.with_label_values(&[cut]),
+            escaped: m.log_fields_escaped.with_label_values(&[name]),
+        };
         Self {
-            user_id: c("user_id"),
-            device_id: c("device_id"),
-            request_id: c("request_id"),
-            scenario: c("scenario"),
+            user_id: c("user_id", "user_id"),
+            device_id: c("device_id", "device_id"),
+            request_id: c("request_id", "request_id"),
+            scenario: c("scenario", "scenario_raw"),
         }
     }
 }
 
-fn capped<'a>(v: Option<&'a HeaderValue>, counter: &IntCounter) -> Cow<'a, str> {
-    let (text, cut) = capped_text(v.map_or(&[][..], HeaderValue::as_bytes));
-    if cut {
-        counter.inc();
+/// A header's value as its record field holds it, counted; an escaped one named in `escaped`.
+fn capped<'a>(
+    v: Option<&'a HeaderValue>,
+    field: &Field,
+    escaped: &mut Vec<&'static str>,
+) -> Cow<'a, str> {
+    let c = capped_text(v.map_or(&[][..], HeaderValue::as_bytes));
+    if c.cut {
+        field.cut.inc();
     }
-    text
+    if c.escaped {
+        field.escaped.inc();
+        escaped.push(field.name);
+    }
+    c.text
 }
 
 impl Pending {
@@ -94,13 +118,15 @@ impl Pending {
                 .and_then(|set| set.get(j))
                 .map(|s| s.name.as_str())
         };
+        // (No allocation unless a value is escaped.)
+        let mut escaped: Vec<&'static str> = Vec::new();
+        let user_id = capped(self.ids[USER_ID].as_ref(), &t.user_id, &mut escaped);
+        let device_id = capped(self.ids[DEVICE_ID].as_ref(), &t.device_id, &mut escaped);
         let request_id: Cow<'_, str> = match &self.generated_id {
             Some(g) => Cow::Borrowed(std::str::from_utf8(g).unwrap_or_default()),
-            None => capped(self.ids[REQUEST_ID].as_ref(), &t.request_id),
+            None => capped(self.ids[REQUEST_ID].as_ref(), &t.request_id, &mut escaped),
         };
-        let (scenario, scenario_raw) = self.scenario(t);
-        let user_id = capped(self.ids[USER_ID].as_ref(), &t.user_id);
-        let device_id = capped(self.ids[DEVICE_ID].as_ref(), &t.device_id);
+        let (scenario, scenario_raw) = self.scenario(t, &mut escaped);
         RecordRef {
             ts_ms: self.ts_ms,
             request_id: &request_id,
@@ -134,12 +160,17 @@ impl Pending {
             route: Some(self.route.name()),
             grpc_status: self.grpc_status,
             extra: &self.state.log,
+            escaped: &escaped,
         }
         .encode_into(out);
     }
 
     /// The scenario as recorded, and the value sent when it named no declared scenario.
-    fn scenario(&self, t: &Truncations) -> (Cow<'_, str>, Option<Cow<'_, str>>) {
+    fn scenario(
+        &self,
+        t: &Truncations,
+        escaped: &mut Vec<&'static str>,
+    ) -> (Cow<'_, str>, Option<Cow<'_, str>>) {
         let declared = self
             .state
             .decision
@@ -148,10 +179,10 @@ impl Pending {
         let raw = self.ids[SCENARIO].as_ref();
         match raw {
             None => (Cow::Borrowed(DEFAULT_SCENARIO), None),
-            Some(_) if declared => (capped(raw, &t.scenario), None),
+            Some(_) if declared => (capped(raw, &t.scenario, &mut Vec::new()), None),
             Some(_) => (
                 Cow::Borrowed(SCENARIO_OTHER),
-                Some(capped(raw, &t.scenario)),
+                Some(capped(raw, &t.scenario, escaped)),
             ),
         }
     }

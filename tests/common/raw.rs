@@ -14,6 +14,8 @@ use tokio::runtime::Runtime;
 pub struct H2Seen {
     pub method: String,
     pub path: String,
+    /// `:authority`, when the request had one.
+    pub authority: Option<String>,
     pub headers: http::HeaderMap,
     /// Whether the request's HEADERS ended its stream (no body, not even an empty DATA frame).
     pub headers_ended: bool,
@@ -58,6 +60,7 @@ impl H2Upstream {
                         seen.lock().unwrap().push(H2Seen {
                             method: req.method().to_string(),
                             path: req.uri().path().to_string(),
+                            authority: req.uri().authority().map(|a| a.to_string()),
                             headers: req.headers().clone(),
                             headers_ended: req.body().is_end_stream(),
                         });

@@ -124,6 +124,16 @@ pub fn encode(out: &mut Vec<u8>, r: &RecordRef<'_>) {
             LogValue::Str(v) => string(out, v),
         }
     }
+    if !r.escaped.is_empty() {
+        out.extend_from_slice(b",\"escaped\":[");
+        for (i, f) in r.escaped.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            string(out, f);
+        }
+        out.push(b']');
+    }
     out.extend_from_slice(b"}\n");
 }
 
@@ -173,6 +183,10 @@ mod tests {
             extra_f in any_float(),
             extra_u in any::<u64>(),
             with_qoe in any::<bool>(),
+            escaped in proptest::sample::subsequence(
+                vec!["user_id", "device_id", "request_id", "scenario_raw"],
+                0..=4,
+            ),
         ) {
             let set = StrategySet::new(
                 costs.iter().enumerate().map(|(i, &cost)| Plan {
@@ -219,6 +233,7 @@ mod tests {
                 route: o(6),
                 grpc_status: grpc,
                 extra: &extra,
+                escaped: &escaped,
             };
             let mut out = Vec::new();
             encode(&mut out, &r);

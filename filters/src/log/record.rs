@@ -83,26 +83,79 @@ pub struct LogRecord {
     /// response), as the client received it; `status` stays the HTTP status (200 for gRPC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpc_status: Option<u8>,
+    /// The fields copied from request headers whose value was not UTF-8, so is written
+    /// escaped (see [`escaped_text`]): `user_id`, `device_id`, `request_id`, `scenario_raw`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub escaped: Vec<String>,
 }
 
 /// Longest value hydrus copies from a request header into a record; longer ones are cut (at a
 /// character boundary) and counted, so a client cannot make records arbitrarily large.
 pub const MAX_FIELD_BYTES: usize = 256;
 
-/// `raw` as text for a record, cut to [`MAX_FIELD_BYTES`]; the flag says whether it was cut.
-/// Borrowed when it is short UTF-8 (the common case: no copy).
-pub fn capped_text(raw: &[u8]) -> (Cow<'_, str>, bool) {
+/// A request header's value as a record carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capped<'a> {
+    pub text: Cow<'a, str>,
+    /// It was longer than [`MAX_FIELD_BYTES`]: cut.
+    pub cut: bool,
+    /// It was not UTF-8: written escaped (see [`escaped_text`]).
+    pub escaped: bool,
+}
+
+/// `raw` as text for a record, cut to [`MAX_FIELD_BYTES`] (at a character boundary). UTF-8 is
+/// the text itself, borrowed when short (the common case: no copy); anything else is written
+/// escaped ([`escaped_text`]), so two different values never log the same (a lossy `U+FFFD`
+/// would make every id that differs only in its invalid bytes one).
+pub fn capped_text(raw: &[u8]) -> Capped<'_> {
     let cut = raw.len() > MAX_FIELD_BYTES;
     let mut raw = &raw[..raw.len().min(MAX_FIELD_BYTES)];
-    if cut {
-        // The cut may split a character: drop its remains rather than show U+FFFD.
-        if let Err(e) = std::str::from_utf8(raw) {
-            if e.error_len().is_none() {
-                raw = &raw[..e.valid_up_to()];
+    match std::str::from_utf8(raw) {
+        Ok(text) => {
+            return Capped {
+                text: Cow::Borrowed(text),
+                cut,
+                escaped: false,
             }
         }
+        // The cut split a character: drop its remains rather than escape them.
+        Err(e) if cut && e.error_len().is_none() => raw = &raw[..e.valid_up_to()],
+        Err(_) => {}
     }
-    (String::from_utf8_lossy(raw), cut)
+    match std::str::from_utf8(raw) {
+        Ok(text) => Capped {
+            text: Cow::Borrowed(text),
+            cut,
+            escaped: false,
+        },
+        Err(_) => Capped {
+            text: Cow::Owned(escaped_text(raw)),
+            cut,
+            escaped: true,
+        },
+    }
+}
+
+/// A value that is not UTF-8 as text that tells every such value apart: its UTF-8 parts as
+/// they are, but `\` written `\\`; each byte that is not part of a UTF-8 character as `\xNN`
+/// (two upper-case hex digits). One-to-one: reading `\\` as `\` and `\xNN` as the byte gives
+/// the value back.
+pub fn escaped_text(raw: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(raw.len() * 2);
+    for chunk in raw.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c == '\\' {
+                out.push_str("\\\\");
+            } else {
+                out.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02X}");
+        }
+    }
+    out
 }
 
 /// The `value_info` of a record, serialized straight from the strategy set and the request's
@@ -187,6 +240,12 @@ pub struct RecordRef<'a> {
     /// What the stages added (`external_delay_ms`, `e2e_bucket`, `hedge`, ...).
     #[serde(flatten)]
     pub extra: &'a crate::stage::LogFields,
+    #[serde(skip_serializing_if = "none")]
+    pub escaped: &'a [&'a str],
+}
+
+fn none(fields: &&[&str]) -> bool {
+    fields.is_empty()
 }
 
 fn serialize_values<S: Serializer>(v: &ValueInfoRef<'_>, s: S) -> Result<S::Ok, S::Error> {
@@ -254,6 +313,7 @@ mod tests {
             strategy_set: None,
             route: None,
             grpc_status: None,
+            escaped: vec![],
         };
         let mut out = Vec::new();
         r.encode_into(&mut out);
@@ -328,6 +388,7 @@ mod tests {
             route: Some("rank"),
             grpc_status: None,
             extra,
+            escaped: &[],
         }
     }
 
@@ -391,13 +452,98 @@ mod tests {
 
     #[test]
     fn header_fields_are_capped() {
-        let (s, cut) = capped_text(b"alice");
-        assert_eq!((s.as_ref(), cut), ("alice", false));
+        let c = capped_text(b"alice");
+        assert_eq!((c.text.as_ref(), c.cut, c.escaped), ("alice", false, false));
+        assert!(matches!(c.text, Cow::Borrowed(_)));
         let long = "é".repeat(MAX_FIELD_BYTES); // two bytes each
-        let (s, cut) = capped_text(long.as_bytes());
-        assert!(cut && s.len() <= MAX_FIELD_BYTES && s.chars().all(|c| c == 'é'));
+        let c = capped_text(long.as_bytes());
+        assert!(c.cut && !c.escaped && c.text.len() <= MAX_FIELD_BYTES);
+        assert!(c.text.chars().all(|ch| ch == 'é'));
         let odd = format!("a{long}");
-        let (s, cut) = capped_text(odd.as_bytes());
-        assert!(cut && s.starts_with('a') && !s.ends_with('\u{fffd}'), "{s}");
+        let c = capped_text(odd.as_bytes());
+        assert!(c.cut && !c.escaped && c.text.starts_with('a'), "{}", c.text);
+        assert!(!c.text.ends_with('\u{fffd}'), "{}", c.text);
+    }
+
+    #[test]
+    fn values_that_are_not_utf8_are_escaped() {
+        let c = capped_text(b"u\xff1");
+        assert_eq!(
+            (c.text.as_ref(), c.cut, c.escaped),
+            ("u\\xFF1", false, true)
+        );
+        assert_eq!(capped_text(b"u\xfe1").text, "u\\xFE1");
+        // A backslash is doubled in an escaped value only: a UTF-8 one is as sent.
+        assert_eq!(capped_text(b"a\\xFF\xff").text, "a\\\\xFF\\xFF");
+        assert_eq!(capped_text(b"a\\xFF").text, "a\\xFF");
+        assert!(!capped_text(b"a\\xFF").escaped);
+        assert_eq!(capped_text(b"\xc3\xa9\xe9").text, "é\\xE9");
+        // Cut, and not UTF-8 before the cut.
+        let mut long = vec![0xffu8];
+        long.extend_from_slice(&[b'a'; MAX_FIELD_BYTES]);
+        let c = capped_text(&long);
+        assert!(
+            c.cut && c.escaped && c.text.starts_with("\\xFFaaa"),
+            "{}",
+            c.text
+        );
+    }
+
+    /// Reading an escaped value back: `\\` as `\`, `\xNN` as the byte.
+    fn unescaped(text: &str) -> Vec<u8> {
+        let b = text.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            match (b[i], b.get(i + 1)) {
+                (b'\\', Some(b'\\')) => {
+                    out.push(b'\\');
+                    i += 2;
+                }
+                (b'\\', Some(b'x')) => {
+                    let hex = std::str::from_utf8(&b[i + 2..i + 4]).expect("hex");
+                    out.push(u8::from_str_radix(hex, 16).expect("hex"));
+                    i += 4;
+                }
+                (c, _) => {
+                    out.push(c);
+                    i += 1;
+                }
+            }
+        }
+        out
+    }
+
+    fn value() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let byte = prop_oneof![
+            Just(b'\\'),
+            Just(b'x'),
+            Just(b'F'),
+            Just(0xffu8),
+            Just(0xc3u8),
+            Just(0xa9u8),
+            any::<u8>()
+        ];
+        proptest::collection::vec(byte, 0..MAX_FIELD_BYTES)
+    }
+
+    proptest::proptest! {
+        /// Two different values never give the same logged text and mark; UTF-8 is logged as
+        /// sent, unmarked; an escaped value reads back as the value.
+        #[test]
+        fn logged_header_values_are_one_to_one(a in value(), b in value()) {
+            let (ca, cb) = (capped_text(&a), capped_text(&b));
+            if a != b {
+                proptest::prop_assert_ne!((&ca.text, ca.escaped), (&cb.text, cb.escaped));
+            }
+            match std::str::from_utf8(&a) {
+                Ok(s) => proptest::prop_assert_eq!((ca.text.as_ref(), ca.escaped), (s, false)),
+                Err(_) => {
+                    proptest::prop_assert!(ca.escaped);
+                    proptest::prop_assert_eq!(unescaped(&ca.text), a.clone());
+                }
+            }
+        }
     }
 }
