@@ -121,6 +121,29 @@ fn encoded_slashes_and_backslashes_in_the_path_are_refused_by_default() {
     );
 }
 
+/// RFC 9112 3.2.2: a server must accept a target in absolute form. It is routed and decided
+/// on as its path, and reaches the upstream in origin form with hydrus's query.
+#[test]
+fn an_absolute_form_target_is_routed_and_forwarded_in_origin_form() {
+    let up = Upstream::start("ranking");
+    let h = start(&rank_and_rest(&up.addr, ""));
+    for target in [
+        "http://x/rank?candidates=999",
+        "HTTP://x/rank?candidates=999",
+    ] {
+        let answer = raw_request(h.port, forged(target).as_bytes());
+        assert!(answer.starts_with("HTTP/1.1 200"), "{target}: {answer}");
+        let seen = up.take().pop().unwrap();
+        assert_eq!(seen.path, "/rank", "{target}");
+        assert_eq!(seen.header("x-hydrus-strategy"), Some("s40"), "{target}");
+        assert_eq!(seen.query.get("candidates"), Some(&vec!["40".to_string()]));
+    }
+    // Its authority must be the Host (pingora answers 400 otherwise).
+    let answer = raw_request(h.port, forged("http://y/rank").as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(up.count(), 0);
+}
+
 #[test]
 fn with_unescape_an_encoded_slash_takes_the_route_it_spells() {
     let up = Upstream::start("ranking");

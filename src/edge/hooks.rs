@@ -80,6 +80,7 @@ impl ProxyHttp for Proxy {
         if Self::header_bytes(req) > limit {
             return Box::pin(self.refused(session, ctx, "header_too_large", 431)).await;
         }
+        Self::origin_form(session.req_header_mut());
         if !Self::target_ok(session.req_header()) {
             return Box::pin(self.refused(session, ctx, "bad_target", 400)).await;
         }

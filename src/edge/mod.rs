@@ -201,6 +201,22 @@ impl Proxy {
         }
     }
 
+    /// An absolute-form target (`GET http://host/p?q HTTP/1.1`, which RFC 9112 3.2.2 says a
+    /// server must accept) made origin-form: its URI holds the path and query hydrus routes on
+    /// and edits, and pingora would otherwise send the target upstream as the client wrote it.
+    /// (pingora has checked that its authority is the `Host`.)
+    fn origin_form(req: &mut RequestHeader) {
+        let raw = req.raw_path();
+        let absolute = |scheme: &[u8]| {
+            raw.get(..scheme.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(scheme))
+        };
+        if absolute(b"http://") || absolute(b"https://") {
+            let uri = req.uri.clone();
+            req.set_uri(uri);
+        }
+    }
+
     /// The request's size on the wire, roughly: request line and header fields.
     fn header_bytes(req: &RequestHeader) -> usize {
         let line = req.method.as_str().len() + req.raw_path().len() + 12;
