@@ -80,10 +80,8 @@ use hydrus_filters::table::REDACTED;
 /// Redact the credentials and query values of every `http(s)://` URL in the config.
 fn redact_url_credentials(v: &mut serde_json::Value) {
     match v {
-        serde_json::Value::String(s) => {
-            if s.starts_with("http://") || s.starts_with("https://") {
-                *s = hydrus_filters::table::redacted_url(s);
-            }
+        serde_json::Value::String(s) if s.starts_with("http://") || s.starts_with("https://") => {
+            *s = hydrus_filters::table::redacted_url(s);
         }
         serde_json::Value::Array(a) => a.iter_mut().for_each(redact_url_credentials),
         serde_json::Value::Object(o) => o.values_mut().for_each(redact_url_credentials),

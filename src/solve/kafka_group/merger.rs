@@ -23,7 +23,8 @@ pub(super) enum GroupMessage {
         partitions: usize,
         window_abs: usize,
         member: String,
-        summary: SummaryFile,
+        /// (Boxed: a summary is much larger than a progress message.)
+        summary: Box<SummaryFile>,
     },
     /// Every window of the partition up to `closed_through` is published.
     Progress {
@@ -83,7 +84,7 @@ impl Merger {
                 if window_abs + windows <= newest {
                     return; // a day and more old: its slot holds a newer window
                 }
-                match summary_file::check(summary, Path::new(name)) {
+                match summary_file::check(*summary, Path::new(name)) {
                     Ok(s) => {
                         self.parts
                             .entry(window_abs)

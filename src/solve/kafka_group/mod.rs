@@ -401,7 +401,7 @@ impl Member {
                     partitions: self.partitions,
                     window_abs: *w,
                     member: self.name.clone(),
-                    summary,
+                    summary: Box::new(summary),
                 };
                 self.send(p, &self.window_key(*w, p), Some(&msg))?;
                 // The same window a day and more back is of no more use: compaction drops it.
