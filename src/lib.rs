@@ -11,7 +11,8 @@
 //! - [`logsink`]: the decision log's queue and its file and Kafka sinks.
 //! - [`admin`], [`metrics`], [`state`], [`serve`], [`check`]: around the proxy.
 //! - [`cluster`], [`health`]: upstream clusters and their active health checks.
-//! - [`solve`], [`simulate`]: the offline solver and the simulator.
+//! - [`solve_wiring`]: what `hydrus solve` needs of the proxy's config (its own crate,
+//!   `hydrus-solve`, never reaches into the proxy).
 
 pub mod admin;
 pub mod check;
@@ -25,8 +26,7 @@ pub mod health;
 pub mod logsink;
 pub mod metrics;
 pub mod serve;
-pub mod simulate;
-pub mod solve;
+pub mod solve_wiring;
 pub mod state;
 pub mod tables;
 pub mod tls;

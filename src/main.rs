@@ -24,9 +24,9 @@ enum Command {
         upgrade: bool,
     },
     /// Solve k_t per scenario and window of the day from decision logs; write the k-table.
-    Solve(Box<hydrus::solve::SolveArgs>),
+    Solve(Box<hydrus_solve::SolveArgs>),
     /// Trace-driven evaluation: the paper's comparisons and figures on a seeded population.
-    Simulate(hydrus::simulate::SimulateArgs),
+    Simulate(hydrus_solve::simulate::SimulateArgs),
     /// Check a config file as `serve` would, print OK or every problem with its line, and exit.
     Check {
         /// The YAML config; default as for `serve`.
@@ -126,23 +126,37 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Simulate(args) => match hydrus::simulate::main(&args) {
+        Command::Simulate(args) => match hydrus_solve::simulate::main(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::FAILURE
             }
         },
-        Command::Solve(args) => match hydrus::solve::run(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Solve(args) => solve(*args),
         Command::Check { config } => {
             let config = hydrus::config::ConfigFile::from_flag(config);
             check(&config)
+        }
+    }
+}
+
+/// `hydrus solve`: for `--policy e2e`, with what `--config`'s e2e filter says.
+fn solve(mut args: hydrus_solve::SolveArgs) -> ExitCode {
+    if let (hydrus_solve::Policy::E2e, Some(config)) = (args.policy, &args.config) {
+        match hydrus::solve_wiring::e2e_spec(config) {
+            Ok(spec) => args.e2e = Some(spec),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    match hydrus_solve::run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }

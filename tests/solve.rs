@@ -4,8 +4,8 @@
 mod common;
 
 use common::*;
-use hydrus::solve::algo::{solve_exact, Instance};
 use hydrus_filters::{KTable, LogRecord, ValueInfo};
+use hydrus_solve::hydrus::algo::{solve_exact, Instance};
 use std::io::Write;
 use std::path::Path;
 use std::process::Command;

@@ -24,6 +24,7 @@
 //! - [`request`]: the checks of a request's framing fields (`Host`, `Content-Length`) and the
 //!   `cookie` join for an HTTP/1.1 hop.
 
+pub mod clock;
 pub mod e2e;
 pub mod hedge;
 pub mod hydrus;

@@ -1,0 +1,32 @@
+//! `hydrus solve` needs one thing of the proxy: for `--policy e2e`, what the config's first e2e
+//! filter says. The solver crate takes it as plain values; this reads it from `--config`.
+
+use crate::config::ConfigErrors;
+use hydrus_solve::cli::E2eSpec;
+use std::path::Path;
+
+/// Why `--config` gave no e2e filter.
+#[derive(Debug, thiserror::Error)]
+pub enum E2eSpecError {
+    /// The config did not load (each problem names its file and line).
+    #[error(transparent)]
+    Config(#[from] ConfigErrors),
+    #[error("{}: has no e2e filter", .0.display())]
+    NoE2eFilter(std::path::PathBuf),
+}
+
+/// The first e2e filter of `config`'s routes, as the E2E solver takes it.
+pub fn e2e_spec(config: &Path) -> Result<E2eSpec, E2eSpecError> {
+    // The stages register their metric families in a registry of their own.
+    let running = crate::config::load(config, &crate::metrics::Metrics::new())?;
+    let e = running
+        .routes
+        .iter()
+        .find_map(|r| r.route.chain.e2e())
+        .ok_or_else(|| E2eSpecError::NoE2eFilter(config.to_path_buf()))?;
+    Ok(E2eSpec {
+        groups: e.group_names.clone(),
+        qoe_model: e.qoe_model,
+        priorities: e.priority_header.is_some(),
+    })
+}
