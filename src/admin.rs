@@ -1,9 +1,10 @@
 //! The admin listener: `/metrics` (Prometheus text), `/ready`, `/config` (the running config as
 //! JSON) and `/ktable`. It binds to loopback by default because `/config` shows everything.
 
-use crate::state::{now_ms, State};
+use crate::state::State;
 use async_trait::async_trait;
 use http::{Response, StatusCode};
+use hydrus_filters::clock::unix_ms;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::json;
@@ -43,7 +44,7 @@ impl Admin {
             route.is_none_or(|n| n == r.name()).then_some((r.name(), h))
         })?;
         let k = stage.ktable.get()?;
-        let now = now_ms();
+        let now = unix_ms();
         let window = k.table.window_of(now);
         let current: serde_json::Map<String, serde_json::Value> = k
             .table
@@ -65,14 +66,6 @@ impl Admin {
             "table": k.table.to_file(),
         }))
     }
-}
-
-/// Whether a librdkafka property may hold a secret (its value is not shown by `/config`).
-pub(crate) fn secret_property(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
-    ["password", "secret", "token", "jaas", "key", "credential"]
-        .iter()
-        .any(|w| k.contains(w))
 }
 
 use hydrus_filters::table::REDACTED;
@@ -99,7 +92,7 @@ fn redact_filter(f: &mut serde_json::Value) {
         .and_then(|p| p.as_object_mut())
     {
         for (k, val) in props.iter_mut() {
-            if secret_property(k) {
+            if crate::logsink::secret_property(k) {
                 *val = json!(REDACTED);
             }
         }

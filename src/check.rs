@@ -3,7 +3,7 @@
 
 use crate::config::{self, Running};
 use crate::metrics::Metrics;
-use crate::state::now_ms;
+use hydrus_filters::clock::unix_ms;
 
 /// What `hydrus check` found: errors (the config does not load) or the warnings to print.
 pub fn check(file: &config::ConfigFile) -> Result<Vec<String>, config::ConfigErrors> {
@@ -32,7 +32,7 @@ fn table_warnings(running: &Running) -> Vec<String> {
                 .map_err(|e| e.to_string())
                 .and_then(|text| {
                     table
-                        .install(&text, path.display().to_string(), None, now_ms())
+                        .install(&text, path.display().to_string(), None, unix_ms())
                         .map_err(|e| e.to_string())
                 });
             if let Err(e) = loaded {
@@ -86,7 +86,7 @@ fn missing_scenarios_warning(route: &crate::config::RouteRuntime) -> Option<Stri
     let h = route.route.chain.hydrus()?;
     let declared = h.filter.scenarios.as_ref()?;
     let (k, path) = (h.ktable.get()?, h.ktable.source.path.as_ref()?);
-    let default = hydrus_filters::ktable::DEFAULT_SCENARIO;
+    let default = hydrus_filters::hydrus::ktable::DEFAULT_SCENARIO;
     let missing: Vec<&str> = declared
         .iter()
         .map(String::as_str)

@@ -44,7 +44,7 @@ pub fn spawn(state: Arc<State>) -> Result<HealthChecks, HealthError> {
             rt.block_on(async move {
                 while !flag.load(Ordering::SeqCst) {
                     let running = state.config.load_full();
-                    let now = crate::clock::now_ms();
+                    let now = hydrus_filters::clock::monotonic_ms();
                     for c in &running.clusters {
                         if c.health_check_due(now) {
                             let c = c.clone();

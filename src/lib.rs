@@ -10,21 +10,21 @@
 //! - [`tables`]: hot reload of the config and of every stage's table.
 //! - [`logsink`]: the decision log's queue and its file and Kafka sinks.
 //! - [`admin`], [`metrics`], [`state`], [`serve`], [`check`]: around the proxy.
-//! - [`cluster`], [`health`]: upstream clusters and their active health checks.
+//! - [`cluster`], [`probe`], [`health`]: upstream clusters, their active health probes, and the
+//!   thread that runs them.
 //! - [`solve_wiring`]: what `hydrus solve` needs of the proxy's config (its own crate,
 //!   `hydrus-solve`, never reaches into the proxy).
 
 pub mod admin;
 pub mod check;
-pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod edge;
-pub mod grpc_health;
 pub mod health;
 pub mod logsink;
 pub mod metrics;
+pub mod probe;
 pub mod serve;
 pub mod solve_wiring;
 pub mod state;

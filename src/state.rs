@@ -6,22 +6,9 @@ use crate::config::Running;
 use crate::logsink::LogQueue;
 use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
+use hydrus_filters::clock::unix_ms;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
-
-/// Unix time in milliseconds.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-pub fn system_time_ms(t: SystemTime) -> Option<u64> {
-    t.duration_since(UNIX_EPOCH)
-        .ok()
-        .map(|d| d.as_millis() as u64)
-}
 
 /// Drop the gauge series of the stages that no longer run: a route gone, or a kind gone from
 /// a route.
@@ -121,14 +108,14 @@ impl State {
     /// Update the gauges: every stage's, and the endpoints'.
     pub fn refresh_gauges(&self) {
         self.refresh_endpoint_gauges();
-        self.config.load().refresh_gauges(now_ms());
+        self.config.load().refresh_gauges(unix_ms());
     }
 
     /// Update the per-endpoint gauges (active health, passive ejection), dropping the series
     /// of endpoints no longer configured.
     pub fn refresh_endpoint_gauges(&self) {
         let running = self.config.load();
-        let now = crate::clock::now_ms();
+        let now = hydrus_filters::clock::monotonic_ms();
         let mut current = Vec::new();
         for c in &running.clusters {
             for (i, addr) in c.endpoints.iter().enumerate() {

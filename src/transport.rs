@@ -1,7 +1,6 @@
 //! How hydrus talks to a cluster's endpoints: `protocol` (HTTP/1.1, HTTP/2 in clear text with
 //! prior knowledge, HTTP/2 over TLS) and `tls`, turned into pingora peers.
 
-use crate::cluster::Cluster;
 use crate::tls::UpstreamTls;
 use pingora::prelude::HttpPeer;
 use serde::{Deserialize, Serialize};
@@ -92,23 +91,6 @@ impl Transport {
         }
         peer
     }
-}
-
-/// An upstream endpoint with its cluster's transport and timeouts.
-pub fn peer(cluster: &Cluster, i: usize) -> HttpPeer {
-    let addr = cluster
-        .endpoints
-        .get(i)
-        .copied()
-        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
-    let mut peer = cluster.transport.peer(i, addr);
-    let s = &cluster.source;
-    peer.options.connection_timeout = Some(s.connect_timeout);
-    peer.options.total_connection_timeout = Some(s.connect_timeout);
-    peer.options.read_timeout = Some(s.read_timeout);
-    peer.options.write_timeout = Some(s.read_timeout);
-    peer.options.idle_timeout = Some(s.idle_timeout);
-    peer
 }
 
 /// The host part of an endpoint as written (`HOST:PORT`, `[V6]:PORT`): its default server name.

@@ -408,7 +408,7 @@ fn follow_rewrites_the_table_as_windows_close() {
         let t = KTable::parse(&std::fs::read_to_string(&out).ok()?).ok()?;
         t.k(0, slot)
     };
-    let slot_old = hydrus_filters::ktable::window_of(old, 2);
+    let slot_old = hydrus_filters::hydrus::ktable::window_of(old, 2);
     let want_old = {
         let i = instance(&first);
         solve_exact(&i, i.logged_budget()).k
@@ -422,7 +422,7 @@ fn follow_rewrites_the_table_as_windows_close() {
         .map(|i| record(start + (i % 50), i, "default", q(i), "s10"))
         .collect();
     write_lines(&logs.join("b.jsonl"), &second, "");
-    let slot_new = hydrus_filters::ktable::window_of(start, 2);
+    let slot_new = hydrus_filters::hydrus::ktable::window_of(start, 2);
     let want_new = {
         let i = instance(&second);
         solve_exact(&i, i.logged_budget()).k

@@ -102,7 +102,7 @@ fn fleet_logs(dir: &Path) -> Vec<Vec<LogRecord>> {
 }
 
 /// A table's file without when it was written.
-fn table_file(path: &Path) -> hydrus_filters::ktable::KTableFile {
+fn table_file(path: &Path) -> hydrus_filters::hydrus::ktable::KTableFile {
     let mut f = KTable::parse(&std::fs::read_to_string(path).unwrap())
         .unwrap()
         .to_file();

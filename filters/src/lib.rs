@@ -42,7 +42,6 @@ pub use hydrus::decide::decide;
 pub use hydrus::ktable::{KTable, KTableError};
 pub use hydrus::qoe::{QoeError, QoeRange, QoeVector};
 pub use hydrus::strategy::{Strategy, StrategyError, StrategySet, MAX_STRATEGIES};
-pub use hydrus::{decide, ktable, qoe, strategy};
 pub use hydrus::{Decision, Fallback, HydrusFilter, RequestInputs};
 pub use log::{LogRecord, ValueInfo};
 pub use rollout::{Group, Rollout};

@@ -1,7 +1,7 @@
 //! Writing tables, atomically (a proxy hot-reloads them and must never see half of one): the
 //! k-table, E2E and hedge solvers write their files the same way.
 
-use hydrus_filters::ktable::{KTable, KTableError};
+use hydrus_filters::hydrus::ktable::{KTable, KTableError};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 

@@ -2,7 +2,8 @@
 
 use super::errors::{Checker, YEAR};
 use super::relative_to;
-use crate::cluster::{Cluster, ClusterConfig, HealthCheckConfig, MAX_RETRIES};
+use crate::cluster::{Cluster, ClusterConfig, MAX_RETRIES};
+use crate::probe::HealthCheckConfig;
 use crate::tls::{UpstreamTls, UpstreamTlsConfig};
 use crate::transport::{host_of, Transport, UpstreamProtocol};
 use http::HeaderValue;

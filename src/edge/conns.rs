@@ -76,7 +76,8 @@ pub struct Slot {
 
 impl Slot {
     fn set_phase(&self, p: Phase) {
-        self.since.store(crate::clock::now_ms(), Ordering::Release);
+        self.since
+            .store(hydrus_filters::clock::monotonic_ms(), Ordering::Release);
         self.phase.store(p as u8, Ordering::Release);
     }
 
@@ -106,7 +107,7 @@ impl Slot {
         self.header_read.store(true, Ordering::Release);
         if !self.body_read.load(Ordering::Acquire) {
             let body = self.body_timeout_ms.load(Ordering::Acquire);
-            self.set_deadline(crate::clock::now_ms().saturating_add(body));
+            self.set_deadline(hydrus_filters::clock::monotonic_ms().saturating_add(body));
         }
     }
 
@@ -231,7 +232,7 @@ impl Connections {
     fn track(&self, phase: Phase) -> (u64, Arc<Slot>) {
         let slot = Arc::new(Slot {
             phase: AtomicU8::new(phase as u8),
-            since: AtomicU64::new(crate::clock::now_ms()),
+            since: AtomicU64::new(hydrus_filters::clock::monotonic_ms()),
             deadline: AtomicU64::new(0),
             body_timeout_ms: AtomicU64::new(0),
             kick: Notify::new(),
@@ -292,7 +293,7 @@ impl Connections {
     /// Wake every connection whose deadline has passed (its loop then closes it and counts
     /// why). One scan for all connections, instead of a timer per request.
     pub fn reap(&self) {
-        let now = crate::clock::now_ms();
+        let now = hydrus_filters::clock::monotonic_ms();
         let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         for s in slots.values().filter(|s| s.expired(now)) {
             s.kick.notify_one();

@@ -10,7 +10,6 @@
 //! answer (whose header comes before its messages) streams from that attempt as it comes, its
 //! trailers (the call's `grpc-status`) last. The response side is in [`relay`].
 
-#[path = "relay.rs"]
 mod relay;
 
 use super::upstream::{error_kind, outcome_of, peer, upstream_error, Attempt, Hold};
@@ -377,7 +376,7 @@ impl Proxy {
         timeout: Option<Duration>,
     ) -> Result<bool> {
         // The attempts go to different endpoints when the cluster has several.
-        let now = crate::clock::now_ms();
+        let now = hydrus_filters::clock::monotonic_ms();
         let key = ctx.ids[0].as_ref().map(HeaderValue::as_bytes);
         let Some(a) = cluster.select(key, &ctx.tried, now) else {
             return Ok(false);
@@ -492,7 +491,9 @@ impl Proxy {
             match self.exchange(endpoint, cluster, req.clone()).await {
                 Ok(response) => {
                     // It answered: not hung, whatever the exchange's outcome.
-                    cluster.outliers.progress(endpoint, crate::clock::now_ms());
+                    cluster
+                        .outliers
+                        .progress(endpoint, hydrus_filters::clock::monotonic_ms());
                     let attempt = if bad(&response.header, req.grpc) {
                         attempt.end(Outcome::Failure, &self.state);
                         None

@@ -4,9 +4,9 @@ use super::prepare::{for_the_hop, prepare_upstream};
 use super::upstream::outcome_of;
 use super::{peer, Ctx, Hold, Proxy, Routed};
 use crate::cluster::Tried;
-use crate::state::now_ms;
 use async_trait::async_trait;
 use http::header::HeaderValue;
+use hydrus_filters::clock::unix_ms;
 use hydrus_filters::outlier::Outcome;
 use hydrus_filters::stage::RequestState;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -25,7 +25,7 @@ impl ProxyHttp for Proxy {
     fn new_ctx(&self) -> Box<Ctx> {
         Box::new(Ctx {
             start: Instant::now(),
-            ts_ms: now_ms(),
+            ts_ms: unix_ms(),
             running: None,
             route: None,
             handles: None,
@@ -164,7 +164,7 @@ impl ProxyHttp for Proxy {
         if ctx.cluster_load.is_none() {
             ctx.cluster_load = Some(cluster.budget.in_flight().0);
         }
-        let now = crate::clock::now_ms();
+        let now = hydrus_filters::clock::monotonic_ms();
         let i = match ctx.retry_same.take() {
             Some(i) => i,
             None => {
@@ -352,7 +352,9 @@ impl ProxyHttp for Proxy {
         // It answered: not hung. Whether the exchange succeeded is known at its end.
         if let Some(h) = &ctx.hold {
             if let Some(i) = h.endpoint {
-                h.cluster.outliers.progress(i, crate::clock::now_ms());
+                h.cluster
+                    .outliers
+                    .progress(i, hydrus_filters::clock::monotonic_ms());
             }
         }
         Ok(())

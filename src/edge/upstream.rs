@@ -9,7 +9,7 @@ use pingora::prelude::*;
 use pingora::ErrorType;
 use std::sync::Arc;
 
-pub use crate::transport::peer;
+pub use crate::cluster::peer;
 
 /// An attempt on an endpoint, recorded in the cluster's passive health when it ends; one
 /// dropped unfinished (a cancelled hedge) counts as neither success nor failure.
@@ -21,7 +21,9 @@ pub struct Attempt<'a> {
 
 impl<'a> Attempt<'a> {
     pub fn start(cluster: &'a Cluster, endpoint: usize) -> Self {
-        cluster.outliers.started(endpoint, crate::clock::now_ms());
+        cluster
+            .outliers
+            .started(endpoint, hydrus_filters::clock::monotonic_ms());
         Self {
             cluster,
             endpoint,
@@ -45,7 +47,7 @@ impl Drop for Attempt<'_> {
 
 /// Count an attempt's outcome on its endpoint; log and count an ejection.
 pub fn record_outcome(state: &State, cluster: &Cluster, endpoint: usize, outcome: Outcome) {
-    let now = crate::clock::now_ms();
+    let now = hydrus_filters::clock::monotonic_ms();
     if let Recorded::Ejected { until_ms } = cluster.outliers.record(endpoint, outcome, now) {
         let addr = cluster
             .endpoints
@@ -148,7 +150,7 @@ impl Hold {
         if attempts > cluster.retry.attempts || tried.len() >= cluster.endpoints.len() {
             return false;
         }
-        let now = crate::clock::now_ms();
+        let now = hydrus_filters::clock::monotonic_ms();
         let isolated = failed.is_some_and(|i| {
             !cluster.outliers.available(i, now) && cluster.others_available(i, now)
         });

@@ -291,5 +291,4 @@ impl<F: LogFile> Sink for FileSink<F> {
 }
 
 #[cfg(test)]
-#[path = "file_tests.rs"]
 mod tests;

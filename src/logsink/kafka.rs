@@ -66,7 +66,7 @@ impl KafkaSink {
                 // librdkafka quotes bad property values in its errors: keep secrets out of logs.
                 let mut why = e.to_string();
                 for (k, v) in &cfg.properties {
-                    if crate::admin::secret_property(k) && !v.is_empty() {
+                    if super::secret_property(k) && !v.is_empty() {
                         why = why.replace(v.as_str(), "<redacted>");
                     }
                 }

@@ -373,3 +373,11 @@ fn run(sink: Box<dyn Sink>, queue: &Queue, control: &Control, c: Counters, enc: 
     }
     r.close();
 }
+
+/// Whether a librdkafka property may hold a secret (its value is not shown by `/config`).
+pub fn secret_property(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["password", "secret", "token", "jaas", "key", "credential"]
+        .iter()
+        .any(|w| k.contains(w))
+}

@@ -6,8 +6,8 @@
 use crate::config::{RouteRuntime, Running};
 use crate::metrics::Metrics;
 use http::HeaderValue;
+use hydrus_filters::hydrus::ktable::DEFAULT_SCENARIO;
 use hydrus_filters::hydrus::SCENARIO_OTHER;
-use hydrus_filters::ktable::DEFAULT_SCENARIO;
 use hydrus_filters::log::{capped_text, RecordRef, ValueInfoRef};
 use hydrus_filters::stage::RequestState;
 use hydrus_filters::stage::{DEVICE_ID, REQUEST_ID, SCENARIO, USER_ID};

@@ -8,8 +8,9 @@
 pub mod watch;
 
 use crate::config::{self, ConfigFile, Running};
-use crate::state::{now_ms, State};
+use crate::state::State;
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
+use hydrus_filters::clock::unix_ms;
 use hydrus_filters::table::ReloadableTable;
 use notify::{RecursiveMode, Watcher};
 use std::path::{Path, PathBuf};
@@ -348,7 +349,7 @@ fn refresh(t: &mut TableWatch, agent: &ureq::Agent, force: bool) -> Refreshed {
             modified_ms,
         } => match t
             .table
-            .install(&text, source.clone(), modified_ms, now_ms())
+            .install(&text, source.clone(), modified_ms, unix_ms())
         {
             Ok(described) => {
                 log::info!("{what} loaded from {source} ({described})");

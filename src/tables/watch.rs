@@ -1,7 +1,7 @@
 //! Watching one source (a file, or an `http://` URL) for new content: what was last seen,
 //! whether a changing file has settled, conditional GETs.
 
-use crate::state::{now_ms, system_time_ms};
+use hydrus_filters::clock::{unix_ms, unix_ms_of};
 use hydrus_filters::table::{redact_urls_in, redacted_url, TableSource};
 use std::path::Path;
 use std::time::{Instant, SystemTime};
@@ -51,7 +51,7 @@ impl Settling {
     pub fn settled(&mut self, bytes: &[u8], modified_ms: Option<u64>) -> Result<(), Instant> {
         let now = Instant::now();
         let quiet = modified_ms
-            .map(|m| now_ms().saturating_sub(m))
+            .map(|m| unix_ms().saturating_sub(m))
             .is_some_and(|age| age >= SETTLE.as_millis() as u64);
         match &self.pending {
             _ if quiet => {}
@@ -74,7 +74,7 @@ pub fn modified_ms(path: &Path) -> Option<u64> {
     std::fs::metadata(path)
         .and_then(|m| m.modified())
         .ok()
-        .and_then(system_time_ms)
+        .and_then(unix_ms_of)
 }
 
 /// What looking at a source found.
@@ -223,7 +223,7 @@ fn httpdate_ms(v: &str) -> Option<u64> {
     humantime::parse_rfc3339_weak(v)
         .ok()
         .or_else(|| parse_imf_fixdate(v))
-        .and_then(system_time_ms)
+        .and_then(unix_ms_of)
 }
 
 /// `Sun, 06 Nov 1994 08:49:37 GMT`, the HTTP date format.

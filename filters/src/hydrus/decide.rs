@@ -2,8 +2,8 @@
 //! maximizing `qoe_j - k * cost_j`. Ties go to the cheaper strategy (then configuration order), so
 //! the rule never spends more than the solver planned for: `hydrus solve` picks `k` assuming it.
 
-use crate::qoe::QoeVector;
-use crate::strategy::StrategySet;
+use crate::hydrus::qoe::QoeVector;
+use crate::hydrus::strategy::StrategySet;
 
 /// The chosen strategy's index, or `None` when the request has no candidate strategy.
 pub fn decide(set: &StrategySet, qoe: &QoeVector, k: f64) -> Option<usize> {
@@ -23,7 +23,7 @@ pub fn decide(set: &StrategySet, qoe: &QoeVector, k: f64) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::strategy::Strategy;
+    use crate::hydrus::strategy::Strategy;
     use proptest::prelude::*;
 
     fn set(costs: &[f64]) -> StrategySet {

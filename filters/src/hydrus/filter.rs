@@ -1,11 +1,11 @@
 //! The hydrus filter for one request: parse the QoE header, find `k_t` for the request's scenario
 //! and window, and choose the strategy; or fall back to the default strategy and say why.
 
-use crate::decide::decide;
-use crate::ktable::{KTable, DEFAULT_SCENARIO};
-use crate::qoe::{self, QoeError, QoeRange, QoeVector};
+use crate::hydrus::decide::decide;
+use crate::hydrus::ktable::{KTable, DEFAULT_SCENARIO};
+use crate::hydrus::qoe::{self, QoeError, QoeRange, QoeVector};
+use crate::hydrus::strategy::StrategySet;
 use crate::rollout::Group;
-use crate::strategy::StrategySet;
 
 /// Why a treatment request got the default strategy (or, on a control request, why treatment
 /// would have: shadow mode). `reason()` is the `reason` label of `hydrus_fallback_total`.
@@ -200,7 +200,7 @@ impl HydrusFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::strategy::Strategy;
+    use crate::hydrus::strategy::Strategy;
 
     fn filter() -> HydrusFilter {
         let s = |name: &str, cost: f64, qoe_scale: f64| Strategy {

@@ -3,7 +3,7 @@
 //! `s10=0.31,s20=0.35`. Strategies a per-strategy header leaves out are not candidates for
 //! that request.
 
-use crate::strategy::{StrategySet, MAX_STRATEGIES};
+use crate::hydrus::strategy::{StrategySet, MAX_STRATEGIES};
 
 /// Longest header value hydrus parses; longer ones are refused as garbled.
 pub const MAX_HEADER_LEN: usize = 4096;
@@ -158,7 +158,7 @@ pub fn parse(raw: &[u8], set: &StrategySet, range: QoeRange) -> Result<QoeVector
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::strategy::Strategy;
+    use crate::hydrus::strategy::Strategy;
     use proptest::prelude::*;
 
     fn set() -> StrategySet {

@@ -528,5 +528,4 @@ impl SpendMetrics {
 }
 
 #[cfg(test)]
-#[path = "spend_tests.rs"]
 mod tests;

@@ -216,8 +216,7 @@ struct HydrusMetricsRef {
     spend: SpendMetrics,
 }
 
-#[path = "stage_spend.rs"]
-mod stage_spend;
+mod spend;
 
 /// A k-table's address, to tell generations apart.
 fn table_id(k: Option<&Arc<crate::table::Loaded<KTable>>>) -> usize {

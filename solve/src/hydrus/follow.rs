@@ -10,7 +10,7 @@ use super::{FollowError, FollowOptions, SolveOptions, WindowData};
 use crate::read::follow::FollowSource;
 use crate::read::{Collector, Keying, Pool};
 use crate::write::write_ktable;
-use hydrus_filters::clock::unix_ms as now_ms;
+use hydrus_filters::clock::unix_ms;
 use std::collections::BTreeSet;
 
 /// Run until the source fails; each open window's records go into a pool like `template`
@@ -30,7 +30,7 @@ pub fn run<P: Pool + WindowData>(
     loop {
         source.poll(&mut c)?;
         c.stats.one_route()?;
-        let now = now_ms();
+        let now = unix_ms();
         if std::mem::take(&mut first) && !c.pools.is_empty() {
             // At start, a table from everything read so far, open windows included (they are
             // solved again when they close): proxies need not wait for a window to close.

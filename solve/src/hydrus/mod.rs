@@ -155,7 +155,7 @@ pub struct WindowReport {
 pub type Pools = BTreeMap<(String, usize), Instance>;
 
 /// A scenario's expectation per window, as the k-table carries it.
-pub use hydrus_filters::ktable::Expected;
+pub use hydrus_filters::hydrus::ktable::Expected;
 
 /// Setting one window of an [`Expected`] from a report.
 pub trait SetExpected {

@@ -2,7 +2,7 @@
 
 use super::{SetExpected, WindowReport};
 use crate::write::OutputError;
-use hydrus_filters::ktable::{Expected, KTable, KTableFile};
+use hydrus_filters::hydrus::ktable::{Expected, KTable, KTableFile};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;

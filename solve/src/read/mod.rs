@@ -125,7 +125,7 @@ pub struct ReadStats {
 
 /// Most distinct scenarios the solver keeps: a k-table row each, as many as a proxy loads.
 /// Logs written before scenarios were declared may name any value a client sent.
-pub use hydrus_filters::ktable::MAX_SCENARIOS;
+pub use hydrus_filters::hydrus::ktable::MAX_SCENARIOS;
 
 const EXAMPLES: usize = 5;
 
@@ -326,11 +326,11 @@ impl<P: Pool> Collector<P> {
             return None;
         }
         let window = match self.keying {
-            Keying::OfDay => hydrus_filters::ktable::window_of(rec.ts_ms, self.window_secs),
+            Keying::OfDay => hydrus_filters::hydrus::ktable::window_of(rec.ts_ms, self.window_secs),
             Keying::Absolute => (rec.ts_ms / 1000 / u64::from(self.window_secs)) as usize,
         };
         let scenario = rec.scenario.map_or(
-            Cow::Borrowed(hydrus_filters::ktable::DEFAULT_SCENARIO),
+            Cow::Borrowed(hydrus_filters::hydrus::ktable::DEFAULT_SCENARIO),
             String::from_utf8_lossy,
         );
         if !self.scenarios.contains(scenario.as_ref()) {

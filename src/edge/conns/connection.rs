@@ -69,13 +69,13 @@ impl Edge {
                 draining = true;
                 let until = *self
                     .drain_until
-                    .get_or_init(|| at(crate::clock::now_ms(), self.drain));
+                    .get_or_init(|| at(hydrus_filters::clock::monotonic_ms(), self.drain));
                 slot.set_deadline(deadline_ms.min(until));
             }
             if slot.evicted.load(Ordering::Acquire) {
                 return Wait::Evicted;
             }
-            if slot.expired(crate::clock::now_ms()) {
+            if slot.expired(hydrus_filters::clock::monotonic_ms()) {
                 return if draining { Wait::Shutdown } else { Wait::Idle };
             }
             tokio::select! {
@@ -157,7 +157,7 @@ impl Edge {
                     if slot.evicted.load(Ordering::Acquire) {
                         return None;
                     }
-                    if slot.expired(crate::clock::now_ms()) {
+                    if slot.expired(hydrus_filters::clock::monotonic_ms()) {
                         self.conns.m.tls_failed.inc();
                         return None;
                     }
@@ -190,7 +190,7 @@ impl Edge {
         } else {
             (
                 Phase::KeepAlive,
-                at(crate::clock::now_ms(), limits.idle_timeout),
+                at(hydrus_filters::clock::monotonic_ms(), limits.idle_timeout),
             )
         };
         let body_ms = limits.body_timeout.as_millis().min(u128::from(u64::MAX)) as u64;
@@ -222,7 +222,7 @@ impl Edge {
         slot.set_deadline(if first {
             first_deadline
         } else {
-            at(crate::clock::now_ms(), limits.header_timeout)
+            at(hydrus_filters::clock::monotonic_ms(), limits.header_timeout)
         });
         true
     }
@@ -278,7 +278,7 @@ impl Edge {
                     if !header && slot.evicted.load(Ordering::Acquire) {
                         return None;
                     }
-                    if slot.expired(crate::clock::now_ms()) {
+                    if slot.expired(hydrus_filters::clock::monotonic_ms()) {
                         // The request's hold on its upstream is given back as it drops.
                         if header {
                             self.conns.m.body_timeout.inc();
@@ -305,7 +305,7 @@ impl ServerApp for Edge {
         let running = self.state.config.load_full();
         let admitted = self.conns.admit(running.limits.max_connections)?;
         let slot = admitted.slot.clone();
-        let accepted_ms = crate::clock::now_ms();
+        let accepted_ms = hydrus_filters::clock::monotonic_ms();
         let mut stream = match &running.tls {
             Some(tls) => {
                 let deadline = at(accepted_ms, running.limits.header_timeout);

@@ -24,7 +24,7 @@ use super::SolveOptions;
 use super::{FollowError, FollowOptions};
 use crate::read::{Collector, Keying, LineSink};
 use crate::write::write_ktable;
-use hydrus_filters::clock::unix_ms as now_ms;
+use hydrus_filters::clock::unix_ms;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::Message;
@@ -501,7 +501,7 @@ impl Member {
 /// The newest window closed by the clock, `lateness` after its end.
 fn last_closed(window_secs: u32, lateness: Duration) -> Option<usize> {
     let window_ms = u64::from(window_secs) * 1000;
-    let t = now_ms().checked_sub(lateness.as_millis() as u64)?;
+    let t = unix_ms().checked_sub(lateness.as_millis() as u64)?;
     (t / window_ms).checked_sub(1).map(|w| w as usize)
 }
 

@@ -3,7 +3,7 @@
 //! configured service. The request goes over pingora's connector, with the cluster's own
 //! protocol and TLS; the messages are tonic-health's.
 
-use crate::cluster::HealthCheckConfig;
+use super::HealthCheckConfig;
 use crate::transport::Transport;
 use bytes::{BufMut, Bytes, BytesMut};
 use pingora::connectors::http::Connector;
