@@ -3,9 +3,9 @@
 #![allow(clippy::unwrap_used)]
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use hydrus_filters::log::{RecordRef, ValueInfoRef};
+use hydrus_filters::log::{Extra, RecordRef, ValueInfoRef};
 use hydrus_filters::route::{compile_route, Route, RouteConfig, RouteEnv};
-use hydrus_filters::stage::{Input, LogFields, LogValue, Problems, RequestState};
+use hydrus_filters::stage::{Candidates, Input, LogValue, Problems, RequestState, Strategies};
 use hydrus_filters::{
     Group, HydrusFilter, KTable, QoeRange, RequestInputs, Rollout, Strategy, StrategySet,
 };
@@ -126,9 +126,10 @@ fn bench_e2e(c: &mut Criterion) {
 fn bench_record(c: &mut Criterion) {
     let set8 = filter(8);
     let qoe = hydrus_filters::QoeVector::scaled(&set8.strategies, 0.5);
-    let mut extra = LogFields::default();
-    extra.push("external_delay_ms", LogValue::F64(412.0));
-    extra.push("e2e_bucket", LogValue::U64(3));
+    let extra = [
+        ("external_delay_ms", LogValue::F64(412.0)),
+        ("e2e_bucket", LogValue::U64(3)),
+    ];
     let record = RecordRef {
         ts_ms: 1_795_374_637_211,
         request_id: "17aeaac3aceba0fb8b2876aa24ad9b65",
@@ -138,10 +139,10 @@ fn bench_record(c: &mut Criterion) {
         group: "hydrus",
         chosen: "s40",
         k: Some(0.004),
-        value_info: ValueInfoRef {
-            strategies: Some(&set8.strategies),
-            qoe: Some(&qoe),
-        },
+        value_info: ValueInfoRef(Some((
+            &set8.strategies as &dyn Strategies,
+            &qoe as &dyn Candidates,
+        ))),
         status: 200,
         upstream_ms: Some(2.764463),
         fallback: None,
@@ -154,7 +155,7 @@ fn bench_record(c: &mut Criterion) {
         strategy_set: None,
         route: Some("rank"),
         grpc_status: None,
-        extra: &extra,
+        extra: Extra(&extra),
         escaped: &[],
     };
     let mut buf = Vec::with_capacity(1024);

@@ -40,7 +40,7 @@ impl Admin {
     pub fn ktable_json(&self, route: Option<&str>) -> Option<serde_json::Value> {
         let running = self.state.config.load();
         let (name, stage) = running.routes.iter().find_map(|r| {
-            let h = r.route.chain.hydrus()?;
+            let h = hydrus_filters::hydrus::of(&r.route.chain)?;
             route.is_none_or(|n| n == r.name()).then_some((r.name(), h))
         })?;
         let k = stage.ktable.get()?;

@@ -64,7 +64,7 @@ fn table_warnings(running: &Running) -> Vec<String> {
 
 /// Whether a route's k-table was solved for the strategies it serves.
 fn strategy_set_warning(route: &crate::config::RouteRuntime) -> Option<String> {
-    let h = route.route.chain.hydrus()?;
+    let h = hydrus_filters::hydrus::of(&route.route.chain)?;
     let (k, path) = (h.ktable.get()?, h.ktable.source.path.as_ref()?);
     let ours = &h.filter.fingerprint;
     match k.table.strategy_set() {
@@ -83,7 +83,7 @@ fn strategy_set_warning(route: &crate::config::RouteRuntime) -> Option<String> {
 /// Whether a route declares scenarios (`hydrus.scenarios`) its k-table has no row for: their
 /// requests fall back (`unknown_scenario`), and control records of them carry no `k`.
 fn missing_scenarios_warning(route: &crate::config::RouteRuntime) -> Option<String> {
-    let h = route.route.chain.hydrus()?;
+    let h = hydrus_filters::hydrus::of(&route.route.chain)?;
     let declared = h.filter.scenarios.as_ref()?;
     let (k, path) = (h.ktable.get()?, h.ktable.source.path.as_ref()?);
     let default = hydrus_filters::hydrus::ktable::DEFAULT_SCENARIO;
@@ -107,7 +107,7 @@ fn missing_scenarios_warning(route: &crate::config::RouteRuntime) -> Option<Stri
 /// A scenario `spend_control.scenarios` names that requests can never name (a typo: without a
 /// `scenarios` list, the declared ones are the k-table's rows): it runs no loop.
 fn spend_scenario_warnings(route: &crate::config::RouteRuntime) -> Vec<String> {
-    let Some(h) = route.route.chain.hydrus() else {
+    let Some(h) = hydrus_filters::hydrus::of(&route.route.chain) else {
         return Vec::new();
     };
     let (Some(sc), Some(k)) = (h.spend_control(), h.ktable.get()) else {

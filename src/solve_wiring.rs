@@ -22,7 +22,7 @@ pub fn e2e_spec(config: &Path) -> Result<E2eSpec, E2eSpecError> {
     let e = running
         .routes
         .iter()
-        .find_map(|r| r.route.chain.e2e())
+        .find_map(|r| hydrus_filters::e2e::of(&r.route.chain))
         .ok_or_else(|| E2eSpecError::NoE2eFilter(config.to_path_buf()))?;
     Ok(E2eSpec {
         groups: e.group_names.clone(),

@@ -44,7 +44,8 @@ pub use hydrus::qoe::{QoeError, QoeRange, QoeVector};
 pub use hydrus::strategy::{Strategy, StrategyError, StrategySet, MAX_STRATEGIES};
 pub use hydrus::{Decision, Fallback, HydrusFilter, RequestInputs};
 pub use log::{LogRecord, ValueInfo};
-pub use rollout::{Group, Rollout};
+pub use rollout::Rollout;
+pub use stage::Group;
 
 /// Every kind of stage a chain may name. Adding a policy: its module, and one line here.
 pub static KINDS: &[&dyn stage::StageKind] = &[

@@ -2,7 +2,7 @@
 //! or control (the default strategy). Raising `percent` only moves control users into treatment,
 //! so a gradual rollout never flips a treated user back and forth.
 
-use crate::stage::{register, CompileCtx, Input, RequestState, Stage, StageKind, USER_ID};
+use crate::stage::{register, CompileCtx, Group, Input, RequestState, Stage, StageKind, USER_ID};
 use prometheus::{GaugeVec, IntCounter, Opts};
 use serde::{Deserialize, Serialize};
 use std::any::Any;
@@ -11,35 +11,6 @@ use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 /// Buckets per 100%: percent has four decimal places of resolution.
 pub const BUCKETS: u64 = 1_000_000;
-
-/// Which arm of the experiment a request is in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Group {
-    /// hydrus chooses the strategy.
-    Treatment,
-    /// The default strategy, as before hydrus.
-    Control,
-}
-
-impl Group {
-    /// Both groups, in [`Group::index`] order.
-    pub const ALL: [Group; 2] = [Group::Treatment, Group::Control];
-
-    /// The value of `x-hydrus-group` and of the log record's `group`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Group::Treatment => "hydrus",
-            Group::Control => "control",
-        }
-    }
-
-    pub fn index(self) -> usize {
-        match self {
-            Group::Treatment => 0,
-            Group::Control => 1,
-        }
-    }
-}
 
 /// Why a rollout setting was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

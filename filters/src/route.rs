@@ -3,8 +3,9 @@
 //! satisfies, and that route's stages run on it in YAML order. Plain data: the edge hands in
 //! the method, path and headers.
 
-use crate::hydrus::HydrusStage;
-use crate::stage::{CompileCtx, Input, Problems, RequestState, Stage, StageKind, Upstream};
+use crate::stage::{
+    CompileCtx, Input, Problems, RecordParts, RequestState, Stage, StageKind, Upstream,
+};
 use crate::table::ReloadableTable;
 use http::{HeaderMap, HeaderName, Method};
 use serde::{Deserialize, Serialize};
@@ -315,9 +316,6 @@ pub struct Chain {
     /// become on a gRPC call: made once here, compared against every request's header names.
     pub owned_header_names: Vec<String>,
     pub owned_query_names: Vec<String>,
-    hydrus: Option<usize>,
-    log: Option<usize>,
-    hedge: Option<usize>,
 }
 
 impl Chain {
@@ -336,11 +334,7 @@ impl Chain {
                 }
             }
         }
-        let at = |kind: &str| stages.iter().position(|s| s.kind() == kind);
         Self {
-            hydrus: at("hydrus"),
-            log: at("log"),
-            hedge: at("hedge"),
             owned_header_names: owned_headers
                 .iter()
                 .map(|h| crate::stage::normalized(h).into_owned())
@@ -400,27 +394,31 @@ impl Chain {
         }
     }
 
-    fn typed<T: Any>(&self, at: Option<usize>) -> Option<&T> {
-        at.and_then(|i| self.stages.get(i))
-            .and_then(|s| s.as_any().downcast_ref::<T>())
-    }
-
-    pub fn hydrus(&self) -> Option<&HydrusStage> {
-        self.typed(self.hydrus)
-    }
-
-    pub fn e2e(&self) -> Option<&crate::e2e::E2eStage> {
+    /// The filter of type `T`, if the chain runs one (a kind's own module names its type:
+    /// `hydrus::of(chain)`).
+    pub fn find<T: Any>(&self) -> Option<&T> {
         self.stages
             .iter()
-            .find_map(|s| s.as_any().downcast_ref::<crate::e2e::E2eStage>())
+            .find_map(|s| s.as_any().downcast_ref::<T>())
     }
 
-    pub fn hedge(&self) -> Option<&crate::hedge::HedgeStage> {
-        self.typed(self.hedge)
+    /// The route's strategy labels: those of the filter that chooses strategies.
+    pub fn strategy_labels(&self) -> Option<Vec<String>> {
+        self.stages.iter().find_map(|s| s.strategy_labels())
     }
 
-    pub fn log(&self) -> Option<&crate::log::LogStage> {
-        self.typed(self.log)
+    /// The route's scenario labels: those of the filter that places scenarios.
+    pub fn scenario_labels(&self) -> Option<Vec<String>> {
+        self.stages.iter().find_map(|s| s.scenario_labels())
+    }
+
+    /// What the filters add to a request's log record, in chain order.
+    pub fn record<'a>(&'a self, state: &'a RequestState) -> RecordParts<'a> {
+        let mut parts = RecordParts::default();
+        for s in &self.stages {
+            s.record(state, &mut parts);
+        }
+        parts
     }
 
     pub fn is_empty(&self) -> bool {
@@ -555,8 +553,8 @@ fn compile_chain(
             problems,
         };
         if let Some(stage) = kind.compile(section, &mut cx) {
-            if let Some(h) = stage.as_any().downcast_ref::<HydrusStage>() {
-                strategies = Some(h.strategy_names());
+            if let Some(names) = stage.strategy_labels() {
+                strategies = Some(names);
             }
             stages.push(stage);
         }

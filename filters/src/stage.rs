@@ -7,10 +7,7 @@
 //! Adding a policy is one module with a `StageKind` and a `Stage`, plus one line in
 //! [`crate::kinds`].
 
-use crate::e2e::E2eDecision;
-use crate::hydrus::Decision;
-use crate::rollout::Group;
-use crate::table::ReloadableTable;
+use crate::table::{ReloadableTable, TableSource, TableSourceConfig};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use std::any::Any;
 use std::path::Path;
@@ -83,70 +80,72 @@ impl Input<'_> {
     }
 }
 
-/// A value a stage adds to the log record.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum LogValue {
-    F64(f64),
-    U64(u64),
-    Str(&'static str),
+/// Which arm of the experiment a request is in (the rollout filter puts it there; without
+/// one, every request is treatment): `x-hydrus-group`, the log record's `group`, a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Group {
+    /// hydrus chooses the strategy.
+    Treatment,
+    /// The default strategy, as before hydrus.
+    Control,
 }
 
-/// Log fields a stage adds, kept inline (no allocation for a few).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct LogFields {
-    fields: [Option<(&'static str, LogValue)>; 6],
-}
+impl Group {
+    /// Both groups, in [`Group::index`] order.
+    pub const ALL: [Group; 2] = [Group::Treatment, Group::Control];
 
-impl serde::Serialize for LogFields {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut map = s.serialize_map(None)?;
-        for (name, value) in self.iter() {
-            match value {
-                LogValue::F64(v) => map.serialize_entry(name, &v)?,
-                LogValue::U64(v) => map.serialize_entry(name, &v)?,
-                LogValue::Str(v) => map.serialize_entry(name, v)?,
-            }
-        }
-        map.end()
-    }
-}
-
-impl LogFields {
-    /// Add a field (a seventh and later are dropped: stages add one or two).
-    pub fn push(&mut self, name: &'static str, value: LogValue) {
-        if let Some(slot) = self.fields.iter_mut().find(|f| f.is_none()) {
-            *slot = Some((name, value));
+    /// The value of `x-hydrus-group` and of the log record's `group`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Group::Treatment => "hydrus",
+            Group::Control => "control",
         }
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&'static str, LogValue)> + '_ {
-        self.fields.iter().flatten().copied()
+    pub fn index(self) -> usize {
+        match self {
+            Group::Treatment => 0,
+            Group::Control => 1,
+        }
     }
 }
 
-/// What the stages decide for one request, in YAML order; the edge applies it.
-#[derive(Debug, Clone, Copy)]
+/// What the filters keep of one request, each under its own type (the hydrus decision, E2E's,
+/// the hedge's): the contract knows none of them. A chain holds a few such filters at most:
+/// kept inline, one box per value.
+#[derive(Default)]
+pub struct Slots([Option<Box<dyn Any + Send + Sync>>; MAX_SLOTS]);
+
+/// Most filters of one chain that keep per-request state (a chain names each kind once).
+pub const MAX_SLOTS: usize = 8;
+
+impl std::fmt::Debug for Slots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Slots({})", self.0.iter().flatten().count())
+    }
+}
+
+/// What the filters decide for one request, in YAML order; the edge applies it.
+#[derive(Debug)]
 pub struct RequestState {
     pub group: Group,
     /// The upstream cluster (an index into the config's clusters): the route's, unless a
-    /// stage chose another.
+    /// filter chose another.
     pub cluster: usize,
-    /// The hydrus decision, when a hydrus stage ran.
-    pub decision: Option<Decision>,
-    /// The request's scenario label slot (see the hydrus stage's labels), when it ran.
+    /// The strategy applied, as an index into the route's strategy labels (see
+    /// [`Stage::strategy_labels`]), when a filter chose one; else the route's only label.
+    pub strategy: Option<usize>,
+    /// The request's scenario, as a slot of the route's scenario labels (see
+    /// [`Stage::scenario_labels`]), when a filter placed it.
     pub scenario_slot: Option<usize>,
-    /// The E2E decision, when an e2e stage ran.
-    pub e2e: Option<E2eDecision>,
-    /// Reissue the request after this long without an answer (hedge).
-    pub hedge_after: Option<Duration>,
-    /// The first fallback reason a stage gave (for the record).
+    /// Whether the scenario header named a declared scenario: one that did not is logged as
+    /// `other`, with what was sent in `scenario_raw`.
+    pub scenario_declared: bool,
+    /// The first fallback reason a filter gave (for the record).
     pub fallback: Option<&'static str>,
-    /// More fields for the log record.
-    pub log: LogFields,
-    /// When the request was decided (Unix ms, the `Input`'s `now_ms`; set by the hydrus stage,
-    /// whose spend controller counts the request's cost at its end).
+    /// When the request was decided (Unix ms, the `Input`'s `now_ms`).
     pub now_ms: u64,
+    slots: Slots,
 }
 
 /// Where the counter of `reason` (its index among a kind's reasons, of which there are
@@ -160,13 +159,12 @@ impl RequestState {
         Self {
             group: Group::Treatment,
             cluster,
-            decision: None,
+            strategy: None,
             scenario_slot: None,
-            e2e: None,
-            hedge_after: None,
+            scenario_declared: true,
             fallback: None,
-            log: LogFields::default(),
             now_ms: 0,
+            slots: Slots::default(),
         }
     }
 
@@ -174,6 +172,73 @@ impl RequestState {
     pub fn fell_back(&mut self, reason: &'static str) {
         self.fallback.get_or_insert(reason);
     }
+
+    /// Keep `value` for this request (replacing one of the same type). A filter keeps its own
+    /// type there; beyond [`MAX_SLOTS`] values, the value is not kept.
+    pub fn put<T: Any + Send + Sync>(&mut self, value: T) {
+        if let Some(old) = self.get_mut::<T>() {
+            *old = value;
+        } else if let Some(free) = self.slots.0.iter_mut().find(|s| s.is_none()) {
+            *free = Some(Box::new(value));
+        }
+    }
+
+    /// The value of type `T` a filter kept for this request.
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        self.slots
+            .0
+            .iter()
+            .flatten()
+            .find_map(|b| b.downcast_ref::<T>())
+    }
+
+    pub fn get_mut<T: Any>(&mut self) -> Option<&mut T> {
+        self.slots
+            .0
+            .iter_mut()
+            .flatten()
+            .find_map(|b| b.downcast_mut::<T>())
+    }
+}
+
+/// A value a filter adds to the log record.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LogValue {
+    F64(f64),
+    U64(u64),
+    Str(&'static str),
+}
+
+/// The strategies a decision chose among, as the record's `value_info` names them.
+pub trait Strategies {
+    /// A strategy's name and cost.
+    fn strategy(&self, index: usize) -> Option<(&str, f64)>;
+    /// A strategy's entry in the record's JSON up to its QoE, `{"strategy":...,"cost":...,"qoe":`
+    /// (made once per strategy, not per record).
+    fn json_head(&self, index: usize) -> &[u8];
+}
+
+/// One request's candidates: the QoE predicted for each strategy it could get.
+pub trait Candidates {
+    /// Call `each` with every candidate's index among the [`Strategies`] and its QoE.
+    fn each(&self, each: &mut dyn FnMut(usize, f64));
+}
+
+/// What the filters add to a request's log record: the decision's fields (Listing 1 of the
+/// Hydrus paper; without a filter that decides, `chosen` is `default`, `k` null and
+/// `value_info` empty), and any number of fields of their own.
+#[derive(Default)]
+pub struct RecordParts<'a> {
+    pub chosen: Option<&'a str>,
+    pub k: Option<f64>,
+    /// The strategies and the request's candidates among them.
+    pub value_info: Option<(&'a dyn Strategies, &'a dyn Candidates)>,
+    /// On a control record: what treatment would have chosen (shadow mode).
+    pub would_choose: Option<&'a str>,
+    /// The fingerprint of the strategy set that decided.
+    pub strategy_set: Option<&'a str>,
+    /// Fields of the filters' own, in chain order.
+    pub extra: Vec<(&'static str, LogValue)>,
 }
 
 /// The upstream request, as stages may change it.
@@ -210,12 +275,24 @@ pub trait Stage: Send + Sync + 'static {
     fn adopt(&self, _old: &dyn Stage) {}
     /// The request ended with `status`: count it.
     fn done(&self, _state: &RequestState, _status: u16) {}
+    /// Add this filter's part of the request's log record (on the log sink's thread).
+    fn record<'a>(&'a self, _state: &'a RequestState, _parts: &mut RecordParts<'a>) {}
+    /// The strategy labels of a filter that chooses strategies ([`RequestState::strategy`]
+    /// indexes them): the route's `strategy` metric label values.
+    fn strategy_labels(&self) -> Option<Vec<String>> {
+        None
+    }
+    /// The scenario labels of a filter that places scenarios ([`RequestState::scenario_slot`]
+    /// indexes them; they may change with its tables).
+    fn scenario_labels(&self) -> Option<Vec<String>> {
+        None
+    }
     /// Update gauges (at each scrape, and when the config starts running).
     fn refresh_gauges(&self, _now_ms: u64) {}
     /// The route no longer runs this kind of stage: drop its gauge series, so none is left
     /// frozen at its last value.
     fn retire(&self) {}
-    /// For downcasts (adopt, and the edge's typed view of well-known stages).
+    /// For downcasts: a kind's `adopt`, and its own module's view of it in a chain.
     fn as_any(&self) -> &dyn Any;
 }
 
@@ -305,6 +382,32 @@ impl CompileCtx<'_> {
             .flat_map(|g| reasons.iter().map(move |r| (g, r)))
             .map(|(g, r)| self.fallback(*g, r))
             .collect()
+    }
+
+    /// A table's source as written (`ktable:`, `table:`), checked and resolved; problems at
+    /// `field` of the section.
+    pub fn table_source(&mut self, t: &TableSourceConfig, field: &str) -> TableSource {
+        match (&t.path, &t.url) {
+            (Some(_), None) => {}
+            (None, Some(u)) => {
+                if !u.starts_with("http://") {
+                    self.error(&format!("{field}.url"), "only http:// URLs are supported");
+                }
+            }
+            _ => self.error(field, "name exactly one of `path` or `url`"),
+        }
+        let poll = self.sub(&format!("{field}.poll_interval"));
+        self.problems.duration_positive(&poll, t.poll_interval);
+        if let Some(a) = t.max_age {
+            let f = self.sub(&format!("{field}.max_age"));
+            self.problems.duration_positive(&f, a);
+        }
+        TableSource {
+            path: t.path.as_ref().map(|p| self.path(p)),
+            url: t.url.clone(),
+            poll_interval: t.poll_interval,
+            max_age: t.max_age,
+        }
     }
 
     /// `rel` resolved against the config file's directory.

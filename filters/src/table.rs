@@ -40,33 +40,6 @@ pub struct TableSource {
     pub max_age: Option<Duration>,
 }
 
-impl TableSourceConfig {
-    /// Check and resolve (problems at `field` in `cx`).
-    pub fn compile(&self, cx: &mut crate::stage::CompileCtx<'_>, field: &str) -> TableSource {
-        match (&self.path, &self.url) {
-            (Some(_), None) => {}
-            (None, Some(u)) => {
-                if !u.starts_with("http://") {
-                    cx.error(&format!("{field}.url"), "only http:// URLs are supported");
-                }
-            }
-            _ => cx.error(field, "name exactly one of `path` or `url`"),
-        }
-        let poll = cx.sub(&format!("{field}.poll_interval"));
-        cx.problems.duration_positive(&poll, self.poll_interval);
-        if let Some(a) = self.max_age {
-            let f = cx.sub(&format!("{field}.max_age"));
-            cx.problems.duration_positive(&f, a);
-        }
-        TableSource {
-            path: self.path.as_ref().map(|p| cx.path(p)),
-            url: self.url.clone(),
-            poll_interval: self.poll_interval,
-            max_age: self.max_age,
-        }
-    }
-}
-
 /// A loaded table and what is known of its age.
 #[derive(Debug)]
 pub struct Loaded<T> {

@@ -1,13 +1,17 @@
-//! A new policy is one stage module: its section, its compile, its request hook, what it adds
-//! to the upstream request and the log record. This one (a made-up `tier` policy: premium
-//! users, by user-id prefix, get a header the ranking service reads) is registered next to the
-//! built-in kinds, compiled from YAML and run in a route's chain, as the proxy would.
+//! A new policy is one stage module: its section, its compile, its request hook and the state
+//! it keeps per request, what it adds to the upstream request and the log record. This one (a
+//! made-up `tier` policy: premium users, by user-id prefix, get a header the ranking service
+//! reads) is registered next to the built-in kinds with one line, compiled from YAML and run in
+//! a route's chain, as the proxy would; its record fields reach the JSON line, as many as it
+//! writes. Nothing of the contract names it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use hydrus_filters::log::{Extra, RecordRef, ValueInfoRef};
 use hydrus_filters::route::{compile_route, RouteConfig, RouteEnv};
 use hydrus_filters::stage::{
-    CompileCtx, Input, LogValue, Problems, RequestState, Stage, StageKind, Upstream, USER_ID,
+    CompileCtx, Input, LogValue, Problems, RecordParts, RequestState, Stage, StageKind, Upstream,
+    USER_ID,
 };
 use serde::Deserialize;
 use std::any::Any;
@@ -22,6 +26,16 @@ struct TierConfig {
     header: String,
     premium_prefix: String,
 }
+
+/// What the tier policy keeps of each request: its own type, in the request's state.
+struct Tier {
+    premium: bool,
+    /// How many characters of the user id matched (a second field for the record).
+    matched: u64,
+}
+
+/// Fields beyond any fixed count: the record takes as many as a policy writes.
+const MORE: [&str; 7] = ["t1", "t2", "t3", "t4", "t5", "t6", "t7"];
 
 struct TierStage {
     header: HeaderName,
@@ -38,17 +52,30 @@ impl Stage for TierStage {
         let premium = input
             .id(USER_ID)
             .is_some_and(|u| u.starts_with(&self.premium_prefix));
-        let tier = if premium { "premium" } else { "standard" };
-        state.log.push("tier", LogValue::Str(tier));
+        let matched = if premium {
+            self.premium_prefix.len() as u64
+        } else {
+            0
+        };
+        state.put(Tier { premium, matched });
     }
 
     fn edit_upstream(&self, state: &RequestState, up: &mut dyn Upstream) {
-        let premium = state
-            .log
-            .iter()
-            .any(|(k, v)| k == "tier" && v == LogValue::Str("premium"));
+        let premium = state.get::<Tier>().is_some_and(|t| t.premium);
         let value = if premium { "premium" } else { "standard" };
         up.set_header(&self.header, HeaderValue::from_static(value));
+    }
+
+    fn record<'a>(&'a self, state: &'a RequestState, parts: &mut RecordParts<'a>) {
+        let Some(t) = state.get::<Tier>() else {
+            return;
+        };
+        let tier = if t.premium { "premium" } else { "standard" };
+        parts.extra.push(("tier", LogValue::Str(tier)));
+        parts.extra.push(("tier_matched", LogValue::U64(t.matched)));
+        for (i, name) in MORE.iter().enumerate() {
+            parts.extra.push((name, LogValue::U64(i as u64)));
+        }
     }
 
     fn owned_headers(&self) -> &[HeaderName] {
@@ -164,9 +191,39 @@ filters:
         route.chain.decide(&input, &mut state);
         let mut up = Recorded(Vec::new());
         route.chain.edit_upstream(&state, &mut up);
-        (up.0, state.log.iter().collect::<Vec<_>>())
+        // The record, as the log sink writes it: the chain asks each filter for its part.
+        let parts = route.chain.record(&state);
+        let mut line = Vec::new();
+        RecordRef {
+            ts_ms: 1,
+            request_id: "r",
+            user_id: user,
+            device_id: "",
+            scenario: "default",
+            group: state.group.as_str(),
+            chosen: parts.chosen.unwrap_or("default"),
+            k: parts.k,
+            value_info: ValueInfoRef(parts.value_info),
+            status: 200,
+            upstream_ms: None,
+            fallback: None,
+            cluster: None,
+            total_ms: None,
+            cluster_load: None,
+            scenario_raw: None,
+            error: None,
+            would_choose: None,
+            strategy_set: parts.strategy_set,
+            route: Some("rank"),
+            grpc_status: None,
+            extra: Extra(&parts.extra),
+            escaped: &[],
+        }
+        .encode_into(&mut line);
+        let record: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        (up.0, record)
     };
-    let (headers, log) = tier_of("vip-alice");
+    let (headers, record) = tier_of("vip-alice");
     assert_eq!(
         headers,
         [(
@@ -174,8 +231,17 @@ filters:
             HeaderValue::from_static("premium")
         )]
     );
-    assert_eq!(log, [("tier", LogValue::Str("premium"))]);
-    assert_eq!(tier_of("bob").0[0].1, "standard");
+    assert_eq!(record["tier"], "premium");
+    assert_eq!(record["tier_matched"], 4);
+    for (i, name) in MORE.iter().enumerate() {
+        assert_eq!(record[name], i as u64, "{name} in {record}");
+    }
+    let (headers, record) = tier_of("bob");
+    assert_eq!(headers[0].1, "standard");
+    assert_eq!(
+        (&record["tier"], &record["tier_matched"]),
+        (&"standard".into(), &0.into())
+    );
 
     // Its section's mistakes are named like every other's.
     let bad: RouteConfig =

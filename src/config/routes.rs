@@ -74,7 +74,7 @@ impl RouteRuntime {
         };
         let handles = ArcSwap::from_pointee(Self::handles_for(&route, &families));
         Self {
-            logged: route.chain.log().is_some(),
+            logged: hydrus_filters::log::of(&route.chain).is_some(),
             route,
             handles,
             families,
@@ -89,19 +89,17 @@ impl RouteRuntime {
         self.handles.load_full()
     }
 
-    /// The strategy labels: the hydrus stage's, or `default`.
+    /// The strategy labels: those of the filter that chooses strategies, or `default`.
     pub fn strategy_labels(&self) -> Vec<String> {
-        match self.route.chain.hydrus() {
-            Some(h) => h.strategy_names(),
-            None => vec!["default".into()],
-        }
+        strategy_labels(&self.route)
     }
 
     fn handles_for(route: &Route, f: &Families) -> RouteHandles {
-        let (strategies, labels) = match route.chain.hydrus() {
-            Some(h) => (h.strategy_names(), h.handles().labels.clone()),
-            None => (vec!["default".to_string()], scenario_labels(&[])),
-        };
+        let strategies = strategy_labels(route);
+        let labels = route
+            .chain
+            .scenario_labels()
+            .unwrap_or_else(|| scenario_labels(&[]));
         let name = route.name.as_str();
         let groups = [Group::Treatment, Group::Control];
         let mut requests = Vec::new();
@@ -148,6 +146,14 @@ impl RouteRuntime {
         self.route.chain.adopt(&old.route.chain);
         self.tables_changed();
     }
+}
+
+/// A route's strategy labels: those of the filter that chooses strategies, or `default`.
+fn strategy_labels(route: &Route) -> Vec<String> {
+    route
+        .chain
+        .strategy_labels()
+        .unwrap_or_else(|| vec!["default".into()])
 }
 
 /// What the routes section compiled to.
@@ -287,7 +293,7 @@ fn one_log(
 ) -> Option<LogRuntime> {
     let mut log: Option<&LogRuntime> = None;
     for (i, r) in compiled {
-        let Some(stage) = r.chain.log() else {
+        let Some(stage) = hydrus_filters::log::of(&r.chain) else {
             continue;
         };
         let (rc, route_field, _) = &listed[*i];

@@ -45,7 +45,7 @@ fn compiles_the_single_route_shape_as_one_catch_all_route() {
     let route = &r.routes[0].route;
     assert_eq!(route.name, "default");
     assert_eq!(r.clusters[route.cluster].name, "small");
-    let h = route.chain.hydrus().expect("hydrus");
+    let h = hydrus_filters::hydrus::of(&route.chain).expect("hydrus");
     assert_eq!(h.actions[1].cluster, 0, "big sorts first");
     assert_eq!(
         h.ktable.source.path,
@@ -218,7 +218,7 @@ fn plain_scalars_read_as_strings_in_filter_sections() {
             "      kafka:\n        brokers: 127.0.0.1:9092\n        topic: t\n        properties: { linger.ms: 20, enable.idempotence: false }\n",
         );
     let r = load(&text).expect("valid");
-    let h = r.routes[0].route.chain.hydrus().expect("hydrus");
+    let h = hydrus_filters::hydrus::of(&r.routes[0].route.chain).expect("hydrus");
     assert_eq!(
         h.actions[0].query,
         [("candidates".to_string(), "10".to_string())]

@@ -292,13 +292,13 @@ impl Proxy {
     /// response was sent; otherwise pingora proxies it.
     pub(super) async fn hedged(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let (Some(timeout), Some(route), Some(running)) = (
-            ctx.state.hedge_after,
+            hydrus_filters::hedge::reissue_after(&ctx.state),
             ctx.route.clone(),
             ctx.running.clone(),
         ) else {
             return Ok(false);
         };
-        let Some(stage) = route.route.chain.hedge() else {
+        let Some(stage) = hydrus_filters::hedge::of(&route.route.chain) else {
             return Ok(false);
         };
         let Some(cluster) = running.clusters.get(ctx.state.cluster).cloned() else {

@@ -124,7 +124,7 @@ impl ProxyHttp for Proxy {
             // Lets a failed attempt's request body be sent again to another endpoint.
             session.enable_retry_buffering();
         }
-        if ctx.state.hedge_after.is_none() {
+        if hydrus_filters::hedge::reissue_after(&ctx.state).is_none() {
             return Ok(false);
         }
         // The rare paths (refusals, hedging) are boxed: awaited inline, their futures made this

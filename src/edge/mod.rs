@@ -233,9 +233,9 @@ impl Proxy {
         let chain = &route.route.chain;
         chain.done(&ctx.state, status);
         let handles = ctx.handles.take().unwrap_or_else(|| route.handles());
-        let strategy = ctx.state.decision.as_ref().map_or(0, |d| d.strategy);
+        let strategy = ctx.state.strategy.unwrap_or(0);
         let slot = ctx.state.scenario_slot.unwrap_or_else(|| {
-            // Without a hydrus stage: `default`, or `other` for any scenario sent.
+            // Without a filter placing scenarios: `default`, or `other` for any scenario sent.
             usize::from(ctx.ids[SCENARIO].is_some())
         });
         let group = ctx.state.group;
@@ -258,7 +258,7 @@ impl Proxy {
                 ts_ms: ctx.ts_ms,
                 ids: std::mem::take(&mut ctx.ids),
                 generated_id: ctx.generated_request_id,
-                state: ctx.state,
+                state: std::mem::replace(&mut ctx.state, RequestState::new(0)),
                 status,
                 upstream_ms: ctx.upstream_ms,
                 total_ms: total * 1000.0,

@@ -8,7 +8,7 @@ use crate::metrics::Metrics;
 use http::HeaderValue;
 use hydrus_filters::hydrus::ktable::DEFAULT_SCENARIO;
 use hydrus_filters::hydrus::SCENARIO_OTHER;
-use hydrus_filters::log::{capped_text, RecordRef, ValueInfoRef};
+use hydrus_filters::log::{capped_text, Extra, RecordRef, ValueInfoRef};
 use hydrus_filters::stage::RequestState;
 use hydrus_filters::stage::{DEVICE_ID, REQUEST_ID, SCENARIO, USER_ID};
 use prometheus::IntCounter;
@@ -110,14 +110,7 @@ impl Pending {
 
     /// Append the record as one JSON line.
     pub fn encode_into(&self, out: &mut Vec<u8>, t: &Truncations) {
-        let hydrus = self.route.route.chain.hydrus();
-        let strategies = hydrus.map(|h| &h.filter.strategies);
-        let d = self.state.decision.as_ref();
-        let name_of = |j: usize| {
-            strategies
-                .and_then(|set| set.get(j))
-                .map(|s| s.name.as_str())
-        };
+        let parts = self.route.route.chain.record(&self.state);
         // (No allocation unless a value is escaped.)
         let mut escaped: Vec<&'static str> = Vec::new();
         let user_id = capped(self.ids[USER_ID].as_ref(), &t.user_id, &mut escaped);
@@ -134,15 +127,9 @@ impl Pending {
             device_id: &device_id,
             scenario: &scenario,
             group: self.state.group.as_str(),
-            chosen: match d {
-                Some(d) => name_of(d.strategy).unwrap_or(""),
-                None => "default",
-            },
-            k: d.and_then(|d| d.k),
-            value_info: ValueInfoRef {
-                strategies,
-                qoe: d.and_then(|d| d.qoe.as_ref()),
-            },
+            chosen: parts.chosen.unwrap_or("default"),
+            k: parts.k,
+            value_info: ValueInfoRef(parts.value_info),
             status: self.status,
             upstream_ms: self.upstream_ms,
             fallback: self.state.fallback,
@@ -155,11 +142,11 @@ impl Pending {
             cluster_load: self.cluster_load,
             scenario_raw: scenario_raw.as_deref(),
             error: self.error,
-            would_choose: d.and_then(|d| d.would_choose).and_then(name_of),
-            strategy_set: hydrus.map(|h| h.filter.fingerprint.as_str()),
+            would_choose: parts.would_choose,
+            strategy_set: parts.strategy_set,
             route: Some(self.route.name()),
             grpc_status: self.grpc_status,
-            extra: &self.state.log,
+            extra: Extra(&parts.extra),
             escaped: &escaped,
         }
         .encode_into(out);
@@ -171,11 +158,7 @@ impl Pending {
         t: &Truncations,
         escaped: &mut Vec<&'static str>,
     ) -> (Cow<'_, str>, Option<Cow<'_, str>>) {
-        let declared = self
-            .state
-            .decision
-            .as_ref()
-            .is_none_or(|d| d.scenario_declared);
+        let declared = self.state.scenario_declared;
         let raw = self.ids[SCENARIO].as_ref();
         match raw {
             None => (Cow::Borrowed(DEFAULT_SCENARIO), None),

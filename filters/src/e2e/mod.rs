@@ -7,8 +7,8 @@ pub mod table;
 pub use table::*;
 
 use crate::stage::{
-    fallback_index, normalized, register, CompileCtx, Input, LogValue, RequestState, Stage,
-    StageKind, Upstream, HOP_OR_FRAMING,
+    fallback_index, normalized, register, CompileCtx, Input, LogValue, RecordParts, RequestState,
+    Stage, StageKind, Upstream, HOP_OR_FRAMING,
 };
 use crate::table::{ReloadableTable, Table, TableError, TableSlot, TableSourceConfig};
 use http::{HeaderName, HeaderValue};
@@ -140,6 +140,11 @@ impl E2eMetrics {
     }
 }
 
+/// The e2e filter of a chain, if it has one.
+pub fn of(chain: &crate::route::Chain) -> Option<&E2eStage> {
+    chain.find::<E2eStage>()
+}
+
 /// The e2e stage of one route.
 pub struct E2eStage {
     pub header: HeaderName,
@@ -219,19 +224,25 @@ impl Stage for E2eStage {
             state.cluster = c;
         }
         self.count(d.bucket, group);
+        state.put(d);
+    }
+
+    fn record<'a>(&'a self, state: &'a RequestState, parts: &mut RecordParts<'a>) {
+        let Some(d) = state.get::<E2eDecision>() else {
+            return;
+        };
         if let Some(ms) = d.external_ms {
-            state.log.push("external_delay_ms", LogValue::F64(ms));
+            parts.extra.push(("external_delay_ms", LogValue::F64(ms)));
         }
         if let Some(b) = d.bucket {
-            state.log.push("e2e_bucket", LogValue::U64(b as u64));
+            parts.extra.push(("e2e_bucket", LogValue::U64(b as u64)));
         }
-        state.e2e = Some(d);
     }
 
     fn edit_upstream(&self, state: &RequestState, up: &mut dyn Upstream) {
         let (Some(h), Some(bucket)) = (
             self.priority_header.as_ref(),
-            state.e2e.and_then(|e| e.bucket),
+            state.get::<E2eDecision>().and_then(|e| e.bucket),
         ) else {
             return;
         };
@@ -341,7 +352,7 @@ impl StageKind for E2eKind {
                 "d50_ms, width_ms > 0 and max > 0 must be finite numbers",
             );
         }
-        let source = ec.table.compile(cx, "table");
+        let source = cx.table_source(&ec.table, "table");
         if cx.problems.count() > before {
             return None;
         }

@@ -8,12 +8,15 @@ pub mod table;
 
 pub use table::*;
 
-use crate::stage::{register, CompileCtx, Input, LogValue, RequestState, Stage, StageKind};
+use crate::stage::{
+    register, CompileCtx, Input, LogValue, RecordParts, RequestState, Stage, StageKind,
+};
 use crate::table::{ReloadableTable, Table, TableError, TableSlot, TableSourceConfig};
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
 use std::any::Any;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// `- hedge:` as written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,6 +105,25 @@ pub enum HedgeOutcome {
     Reissued(Winner),
 }
 
+/// What the hedge filter keeps of a request it may reissue.
+#[derive(Debug, Clone, Copy)]
+struct Reissue {
+    /// Reissue it after this long without an answer.
+    after: Duration,
+    /// Which attempt answered (`hedge` or `primary`), once it was reissued.
+    answered: Option<&'static str>,
+}
+
+/// When to reissue a request, if its route's hedge filter would (the edge races the attempts).
+pub fn reissue_after(state: &RequestState) -> Option<Duration> {
+    state.get::<Reissue>().map(|h| h.after)
+}
+
+/// The hedge filter of a chain, if it has one.
+pub fn of(chain: &crate::route::Chain) -> Option<&HedgeStage> {
+    chain.find::<HedgeStage>()
+}
+
 /// The hedge stage of one route.
 pub struct HedgeStage {
     pub table: Arc<TableSlot<HedgeTable>>,
@@ -122,8 +144,8 @@ pub struct HedgeStage {
 impl HedgeStage {
     /// The hedge-table route a request is looked up by: its strategy, else its cluster.
     pub fn route_of(&self, state: &RequestState) -> Option<&str> {
-        match (&self.strategy_routes, &state.decision) {
-            (Some(names), Some(d)) => names.get(d.strategy).map(String::as_str),
+        match (&self.strategy_routes, state.strategy) {
+            (Some(names), Some(j)) => names.get(j).map(String::as_str),
             _ => self.cluster_routes.get(state.cluster).map(String::as_str),
         }
     }
@@ -145,7 +167,9 @@ impl HedgeStage {
                     Winner::Hedge | Winner::HedgeFallback => "hedge",
                     Winner::Primary | Winner::PrimaryAfterHedge => "primary",
                 };
-                state.log.push("hedge", LogValue::Str(answered));
+                if let Some(h) = state.get_mut::<Reissue>() {
+                    h.answered = Some(answered);
+                }
             }
         }
     }
@@ -162,8 +186,20 @@ impl Stage for HedgeStage {
         let Some(t) = table.filter(|t| !t.stale(self.table.source.max_age, input.now_ms)) else {
             return;
         };
-        if let Some(route) = self.route_of(state) {
-            state.hedge_after = t.table.timeout(route, rand::random::<f64>());
+        let after = self
+            .route_of(state)
+            .and_then(|route| t.table.timeout(route, rand::random::<f64>()));
+        if let Some(after) = after {
+            state.put(Reissue {
+                after,
+                answered: None,
+            });
+        }
+    }
+
+    fn record<'a>(&'a self, state: &'a RequestState, parts: &mut RecordParts<'a>) {
+        if let Some(answered) = state.get::<Reissue>().and_then(|h| h.answered) {
+            parts.extra.push(("hedge", LogValue::Str(answered)));
         }
     }
 
@@ -232,7 +268,7 @@ impl StageKind for HedgeKind {
         if !(hc.burst.is_finite() && hc.burst >= 1.0) {
             cx.error("burst", "must be a number >= 1");
         }
-        let source = hc.table.compile(cx, "table");
+        let source = cx.table_source(&hc.table, "table");
         if cx.problems.count() > before {
             return None;
         }

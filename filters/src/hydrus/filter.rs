@@ -5,7 +5,7 @@ use crate::hydrus::decide::decide;
 use crate::hydrus::ktable::{KTable, DEFAULT_SCENARIO};
 use crate::hydrus::qoe::{self, QoeError, QoeRange, QoeVector};
 use crate::hydrus::strategy::StrategySet;
-use crate::rollout::Group;
+use crate::stage::Group;
 
 /// Why a treatment request got the default strategy (or, on a control request, why treatment
 /// would have: shadow mode). `reason()` is the `reason` label of `hydrus_fallback_total`.

@@ -32,6 +32,16 @@ use strategy::{Strategy, StrategyError, StrategySet};
 /// Most scenarios a config may declare (each labels metric series).
 pub const MAX_SCENARIOS: usize = 256;
 
+/// The hydrus filter of a chain, if it has one.
+pub fn of(chain: &crate::route::Chain) -> Option<&HydrusStage> {
+    chain.find::<HydrusStage>()
+}
+
+/// The hydrus decision of a request, when a hydrus filter decided it.
+pub fn decision(state: &crate::stage::RequestState) -> Option<&Decision> {
+    state.get::<Decision>()
+}
+
 /// The metric label of undeclared scenarios: reserved.
 pub const SCENARIO_OTHER: &str = "other";
 
@@ -139,7 +149,7 @@ impl StageKind for HydrusKind {
             }
         };
         check_scenarios(hc.scenarios.as_deref(), cx);
-        let ktable = hc.ktable.compile(cx, "ktable");
+        let ktable = cx.table_source(&hc.ktable, "ktable");
         let spend = hc.spend_control.as_ref().and_then(|sc| {
             sc.compile(hc.scenarios.as_deref())
                 .map_err(|e| cx.error(&format!("spend_control.{}", e.field), e.problem))

@@ -99,6 +99,17 @@ impl QoeVector {
     }
 }
 
+impl crate::stage::Candidates for QoeVector {
+    fn each(&self, each: &mut dyn FnMut(usize, f64)) {
+        let mut present = self.present;
+        while present != 0 {
+            let j = present.trailing_zeros() as usize;
+            present &= present - 1;
+            each(j, self.values[j]);
+        }
+    }
+}
+
 fn check(q: f64, range: QoeRange) -> Result<f64, QoeError> {
     if q.is_nan() {
         Err(QoeError::NaN)

@@ -6,8 +6,11 @@ use super::filter::{Fallback, HydrusFilter, RequestInputs};
 use super::ktable::{KTable, DEFAULT_SCENARIO};
 use super::spend::{SpendControl, SpendLoop, SpendMetrics};
 use super::SCENARIO_OTHER;
-use crate::rollout::Group;
-use crate::stage::{fallback_index, register, Input, RequestState, Stage, Upstream, QOE, SCENARIO};
+use crate::stage::Group;
+use crate::stage::{
+    fallback_index, register, Candidates, Input, RecordParts, RequestState, Stage, Strategies,
+    Upstream, QOE, SCENARIO,
+};
 use crate::table::{ReloadableTable, Table, TableError, TableSlot, TableSource};
 use arc_swap::ArcSwap;
 use http::{HeaderName, HeaderValue};
@@ -474,14 +477,15 @@ impl Stage for HydrusStage {
         if let Some(a) = self.actions.get(d.strategy) {
             state.cluster = a.cluster;
         }
+        state.strategy = Some(d.strategy);
         state.scenario_slot = Some(h.scenario_slot(input.id(SCENARIO), d.scenario_declared));
-        state.decision = Some(d);
+        state.scenario_declared = d.scenario_declared;
+        state.put(d);
     }
 
     fn edit_upstream(&self, state: &RequestState, up: &mut dyn Upstream) {
         let Some(a) = state
-            .decision
-            .as_ref()
+            .get::<super::Decision>()
             .and_then(|d| self.actions.get(d.strategy))
         else {
             return;
@@ -519,7 +523,8 @@ impl Stage for HydrusStage {
     }
 
     fn done(&self, state: &RequestState, _status: u16) {
-        let (Some(d), Some(scenario_slot)) = (state.decision.as_ref(), state.scenario_slot) else {
+        let (Some(d), Some(scenario_slot)) = (state.get::<super::Decision>(), state.scenario_slot)
+        else {
             return;
         };
         let h = self.handles.load();
@@ -537,6 +542,30 @@ impl Stage for HydrusStage {
             }
         }
         self.spend_done(&h, state, d);
+    }
+
+    fn record<'a>(&'a self, state: &'a RequestState, parts: &mut RecordParts<'a>) {
+        let set = &self.filter.strategies;
+        let name = |j: usize| set.get(j).map(|s| s.name.as_str());
+        parts.strategy_set = Some(&self.filter.fingerprint);
+        let Some(d) = state.get::<super::Decision>() else {
+            return;
+        };
+        parts.chosen = Some(name(d.strategy).unwrap_or_default());
+        parts.k = d.k;
+        parts.would_choose = d.would_choose.and_then(name);
+        parts.value_info = d
+            .qoe
+            .as_ref()
+            .map(|q| (set as &dyn Strategies, q as &dyn Candidates));
+    }
+
+    fn strategy_labels(&self) -> Option<Vec<String>> {
+        Some(self.strategy_names())
+    }
+
+    fn scenario_labels(&self) -> Option<Vec<String>> {
+        Some(self.handles().labels.clone())
     }
 
     fn refresh_gauges(&self, now_ms: u64) {

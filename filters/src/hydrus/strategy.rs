@@ -46,6 +46,18 @@ pub struct StrategySet {
     value_heads: Vec<Box<[u8]>>,
 }
 
+impl crate::stage::Strategies for StrategySet {
+    fn strategy(&self, index: usize) -> Option<(&str, f64)> {
+        self.strategies
+            .get(index)
+            .map(|s| (s.name.as_str(), s.cost))
+    }
+
+    fn json_head(&self, index: usize) -> &[u8] {
+        self.value_head(index)
+    }
+}
+
 impl StrategySet {
     pub fn new(strategies: Vec<Strategy>, default: &str) -> Result<Self, StrategyError> {
         if strategies.is_empty() {

@@ -46,19 +46,17 @@ pub fn value_head(name: &str, cost: f64) -> Box<[u8]> {
 
 fn value_info(out: &mut Vec<u8>, v: &ValueInfoRef<'_>) {
     out.push(b'[');
-    if let (Some(set), Some(q)) = (v.strategies, v.qoe) {
+    if let Some((set, candidates)) = v.0 {
         let mut first = true;
-        for j in 0..set.len() {
-            if let Some(qoe) = q.get(j) {
-                if !first {
-                    out.push(b',');
-                }
-                first = false;
-                out.extend_from_slice(set.value_head(j));
-                float(out, qoe);
-                out.push(b'}');
+        candidates.each(&mut |j, qoe| {
+            if !first {
+                out.push(b',');
             }
-        }
+            first = false;
+            out.extend_from_slice(set.json_head(j));
+            float(out, qoe);
+            out.push(b'}');
+        });
     }
     out.push(b']');
 }
@@ -68,6 +66,14 @@ fn opt_str(out: &mut Vec<u8>, key: &[u8], v: Option<&str>) {
     if let Some(v) = v {
         out.extend_from_slice(key);
         string(out, v);
+    }
+}
+
+impl RecordRef<'_> {
+    /// Append this record as one JSON line (what `serde_json` would write for it, without its
+    /// map serializer).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        encode(out, self);
     }
 }
 
@@ -114,7 +120,7 @@ pub fn encode(out: &mut Vec<u8>, r: &RecordRef<'_>) {
         out.extend_from_slice(b",\"grpc_status\":");
         uint(out, u64::from(g));
     }
-    for (name, value) in r.extra.iter() {
+    for &(name, value) in r.extra.0 {
         out.push(b',');
         string(out, name);
         out.push(b':');
@@ -142,7 +148,8 @@ mod tests {
     use super::*;
     use crate::hydrus::qoe::QoeVector;
     use crate::hydrus::strategy::{Strategy as Plan, StrategySet};
-    use crate::stage::LogFields;
+    use crate::log::record::Extra;
+    use crate::stage::{Candidates, Strategies};
     use proptest::prelude::*;
 
     /// What serde_json writes for the record: the reference the direct writer must match.
@@ -202,10 +209,11 @@ mod tests {
                     q.set(j, *v);
                 }
             }
-            let mut extra = LogFields::default();
-            extra.push("external_delay_ms", LogValue::F64(extra_f));
-            extra.push("e2e_bucket", LogValue::U64(extra_u));
-            extra.push("hedge", LogValue::Str("pri\"mary"));
+            let extra = [
+                ("external_delay_ms", LogValue::F64(extra_f)),
+                ("e2e_bucket", LogValue::U64(extra_u)),
+                ("hedge", LogValue::Str("pri\"mary")),
+            ];
             let o = |i: usize| opts[i].as_deref();
             let r = RecordRef {
                 ts_ms,
@@ -216,10 +224,7 @@ mod tests {
                 group: &strs[4],
                 chosen: &strs[5],
                 k: floats[0],
-                value_info: ValueInfoRef {
-                    strategies: Some(&set),
-                    qoe: with_qoe.then_some(&q),
-                },
+                value_info: ValueInfoRef(with_qoe.then_some((&set as &dyn Strategies, &q as &dyn Candidates))),
                 status,
                 upstream_ms: floats[1],
                 fallback: o(0),
@@ -232,7 +237,7 @@ mod tests {
                 strategy_set: o(5),
                 route: o(6),
                 grpc_status: grpc,
-                extra: &extra,
+                extra: Extra(&extra),
                 escaped: &escaped,
             };
             let mut out = Vec::new();

@@ -93,6 +93,11 @@ pub enum SinkConfig {
     Kafka(KafkaSinkConfig),
 }
 
+/// The log filter of a chain, if it has one (its route's requests are logged).
+pub fn of(chain: &crate::route::Chain) -> Option<&LogStage> {
+    chain.find::<LogStage>()
+}
+
 /// The log stage: marks its route's requests as logged; the edge writes their records.
 pub struct LogStage {
     pub runtime: LogRuntime,

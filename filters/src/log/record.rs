@@ -2,8 +2,7 @@
 //! the solver needs). The field names are an interface: `hydrus solve`, dashboards and users'
 //! own pipelines read them. Add fields; never rename or remove one.
 
-use crate::hydrus::qoe::QoeVector;
-use crate::hydrus::strategy::StrategySet;
+use crate::stage::{Candidates, LogValue, Strategies};
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Serialize, Serializer};
 use std::borrow::Cow;
@@ -158,30 +157,55 @@ pub fn escaped_text(raw: &[u8]) -> String {
     out
 }
 
-/// The `value_info` of a record, serialized straight from the strategy set and the request's
-/// QoE vector (no per-strategy copies).
-#[derive(Debug, Clone, Copy)]
-pub struct ValueInfoRef<'a> {
-    pub strategies: Option<&'a StrategySet>,
-    pub qoe: Option<&'a QoeVector>,
+/// The `value_info` of a record, serialized straight from the strategies and the request's
+/// candidates (no per-strategy copies).
+#[derive(Clone, Copy, Default)]
+pub struct ValueInfoRef<'a>(pub Option<(&'a dyn Strategies, &'a dyn Candidates)>);
+
+impl std::fmt::Debug for ValueInfoRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ValueInfoRef")
+    }
 }
 
 impl Serialize for ValueInfoRef<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let (Some(set), Some(q)) = (self.strategies, self.qoe) else {
+        let Some((set, candidates)) = self.0 else {
             return s.serialize_seq(Some(0))?.end();
         };
-        let mut seq = s.serialize_seq(Some(q.count()))?;
-        for (j, st) in set.strategies().iter().enumerate() {
-            if let Some(qoe) = q.get(j) {
-                seq.serialize_element(&OneValue {
-                    strategy: &st.name,
-                    cost: st.cost,
+        let mut entries = Vec::new();
+        candidates.each(&mut |j, qoe| {
+            if let Some((strategy, cost)) = set.strategy(j) {
+                entries.push(OneValue {
+                    strategy,
+                    cost,
                     qoe,
-                })?;
+                });
             }
+        });
+        let mut seq = s.serialize_seq(Some(entries.len()))?;
+        for e in &entries {
+            seq.serialize_element(e)?;
         }
         seq.end()
+    }
+}
+
+/// The fields the filters added to a record, serialized as entries of the record itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Extra<'a>(pub &'a [(&'static str, LogValue)]);
+
+impl Serialize for Extra<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (name, value) in self.0 {
+            match value {
+                LogValue::F64(v) => map.serialize_entry(name, v)?,
+                LogValue::U64(v) => map.serialize_entry(name, v)?,
+                LogValue::Str(v) => map.serialize_entry(name, v)?,
+            }
+        }
+        map.end()
     }
 }
 
@@ -237,9 +261,9 @@ pub struct RecordRef<'a> {
     pub route: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grpc_status: Option<u8>,
-    /// What the stages added (`external_delay_ms`, `e2e_bucket`, `hedge`, ...).
+    /// What the filters added (`external_delay_ms`, `e2e_bucket`, `hedge`, ...).
     #[serde(flatten)]
-    pub extra: &'a crate::stage::LogFields,
+    pub extra: Extra<'a>,
     #[serde(skip_serializing_if = "none")]
     pub escaped: &'a [&'a str],
 }
@@ -250,14 +274,6 @@ fn none(fields: &&[&str]) -> bool {
 
 fn serialize_values<S: Serializer>(v: &ValueInfoRef<'_>, s: S) -> Result<S::Ok, S::Error> {
     v.serialize(s)
-}
-
-impl RecordRef<'_> {
-    /// Append this record as one JSON line (what `serde_json` would write for it, without its
-    /// map serializer: see [`super::json`]).
-    pub fn encode_into(&self, out: &mut Vec<u8>) {
-        super::json::encode(out, self);
-    }
 }
 
 impl LogRecord {
@@ -338,6 +354,9 @@ mod tests {
         assert_eq!(back.chosen_cost(), Some(10.0));
     }
 
+    use crate::hydrus::qoe::QoeVector;
+    use crate::hydrus::strategy::StrategySet;
+
     fn set() -> StrategySet {
         use crate::hydrus::strategy::Strategy;
         let s = |name: &str, cost: f64, qoe_scale: f64| Strategy {
@@ -348,19 +367,18 @@ mod tests {
         StrategySet::new(vec![s("s10", 6.0, 0.5), s("s20", 10.0, 1.0)], "s20").expect("valid")
     }
 
-    fn extra() -> crate::stage::LogFields {
-        use crate::stage::LogValue;
-        let mut extra = crate::stage::LogFields::default();
-        extra.push("external_delay_ms", LogValue::F64(120.5));
-        extra.push("e2e_bucket", LogValue::U64(2));
-        extra.push("hedge", LogValue::Str("hedge"));
-        extra
+    fn extra() -> Vec<(&'static str, LogValue)> {
+        vec![
+            ("external_delay_ms", LogValue::F64(120.5)),
+            ("e2e_bucket", LogValue::U64(2)),
+            ("hedge", LogValue::Str("hedge")),
+        ]
     }
 
     fn borrowed<'a>(
         set: &'a StrategySet,
         q: &'a QoeVector,
-        extra: &'a crate::stage::LogFields,
+        extra: &'a [(&'static str, LogValue)],
     ) -> RecordRef<'a> {
         RecordRef {
             ts_ms: 7,
@@ -371,10 +389,7 @@ mod tests {
             group: "control",
             chosen: "s20",
             k: Some(0.25),
-            value_info: ValueInfoRef {
-                strategies: Some(set),
-                qoe: Some(q),
-            },
+            value_info: ValueInfoRef(Some((set, q))),
             status: 200,
             upstream_ms: None,
             fallback: None,
@@ -387,7 +402,7 @@ mod tests {
             strategy_set: Some("00ff"),
             route: Some("rank"),
             grpc_status: None,
-            extra,
+            extra: Extra(extra),
             escaped: &[],
         }
     }
@@ -439,10 +454,7 @@ mod tests {
         let (set, extra) = (set(), extra());
         let q = QoeVector::scaled(&set, 0.5);
         let none = RecordRef {
-            value_info: ValueInfoRef {
-                strategies: Some(&set),
-                qoe: None,
-            },
+            value_info: ValueInfoRef(None),
             ..borrowed(&set, &q, &extra)
         };
         let mut out = Vec::new();

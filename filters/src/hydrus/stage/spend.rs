@@ -3,7 +3,7 @@
 
 use super::{table_id, HydrusHandles, HydrusStage};
 use crate::hydrus::spend::SpendLoop;
-use crate::rollout::Group;
+use crate::stage::Group;
 use crate::stage::RequestState;
 use std::sync::Arc;
 
