@@ -3,15 +3,15 @@
 #![allow(clippy::unwrap_used)]
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use hydrus_filters::filter::{Candidates, Input, LogValue, Problems, RequestState, Strategies};
 use hydrus_filters::log::{Extra, RecordRef, ValueInfoRef};
 use hydrus_filters::route::{compile_route, Route, RouteConfig, RouteEnv};
-use hydrus_filters::stage::{Candidates, Input, LogValue, Problems, RequestState, Strategies};
 use hydrus_filters::{
-    Group, HydrusFilter, KTable, QoeRange, RequestInputs, Rollout, Strategy, StrategySet,
+    Group, HydrusRule, KTable, QoeRange, RequestInputs, Rollout, Strategy, StrategySet,
 };
 use std::hint::black_box;
 
-fn filter(m: usize) -> HydrusFilter {
+fn filter(m: usize) -> HydrusRule {
     let strategies = (0..m)
         .map(|j| Strategy {
             name: format!("s{}", (j + 1) * 10),
@@ -19,7 +19,7 @@ fn filter(m: usize) -> HydrusFilter {
             qoe_scale: 0.85 + 0.3 * (j as f64 / m as f64).sqrt(),
         })
         .collect();
-    HydrusFilter::new(
+    HydrusRule::new(
         StrategySet::new(strategies, "s10").unwrap(),
         QoeRange { min: 0.0, max: 1.0 },
     )
@@ -240,7 +240,7 @@ fn single_shot_chain(spend: bool) {
         Some(http::HeaderValue::from_bytes(PAIRS_8).unwrap()),
         Some(http::HeaderValue::from_static("feed")),
     ];
-    // The request's start (the decision) and its end (the stages' counters and, with the
+    // The request's start (the decision) and its end (the filters' counters and, with the
     // controller on, its spend record), timed apart.
     let (decide, done): (Vec<u64>, Vec<u64>) = (0..200_000)
         .map(|i| {

@@ -36,14 +36,14 @@ fn json_reply(status: StatusCode, v: serde_json::Value) -> Response<Vec<u8>> {
 }
 
 impl Admin {
-    /// The k-table of a route's hydrus stage (`route` by name, else the first route with one).
+    /// The k-table of a route's hydrus filter (`route` by name, else the first route with one).
     pub fn ktable_json(&self, route: Option<&str>) -> Option<serde_json::Value> {
         let running = self.state.config.load();
-        let (name, stage) = running.routes.iter().find_map(|r| {
+        let (name, filter) = running.routes.iter().find_map(|r| {
             let h = hydrus_filters::hydrus::of(&r.route.chain)?;
             route.is_none_or(|n| n == r.name()).then_some((r.name(), h))
         })?;
-        let k = stage.ktable.get()?;
+        let k = filter.ktable.get()?;
         let now = unix_ms();
         let window = k.table.window_of(now);
         let current: serde_json::Map<String, serde_json::Value> = k
@@ -59,7 +59,7 @@ impl Admin {
             "loaded_at_ms": k.loaded_at_ms,
             "made_at_ms": k.made_at_ms,
             "age_seconds": k.age(now).as_secs_f64(),
-            "stale": k.stale(stage.ktable.source.max_age, now),
+            "stale": k.stale(filter.ktable.source.max_age, now),
             "window_secs": k.table.window_secs(),
             "current_window": window,
             "current_k": current,

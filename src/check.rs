@@ -7,14 +7,14 @@ use hydrus_filters::clock::unix_ms;
 
 /// What `hydrus check` found: errors (the config does not load) or the warnings to print.
 pub fn check(file: &config::ConfigFile) -> Result<Vec<String>, config::ConfigErrors> {
-    // Stages register their metric families in a registry of their own.
+    // Filters register their metric families in a registry of their own.
     let running = config::load_from(file, &Metrics::new(), config::Purpose::Check)?;
     let mut warnings: Vec<String> = running.warnings.iter().map(|w| w.to_string()).collect();
     warnings.extend(table_warnings(&running));
     Ok(warnings)
 }
 
-/// Load every table file the stages name (each once, naming the routes that read it). Not
+/// Load every table file the filters name (each once, naming the routes that read it). Not
 /// fatal: `serve` starts, and those routes fall back until a table loads.
 fn table_warnings(running: &Running) -> Vec<String> {
     let mut failed: Vec<(String, String, Vec<&str>)> = Vec::new();
@@ -66,7 +66,7 @@ fn table_warnings(running: &Running) -> Vec<String> {
 fn strategy_set_warning(route: &crate::config::RouteRuntime) -> Option<String> {
     let h = hydrus_filters::hydrus::of(&route.route.chain)?;
     let (k, path) = (h.ktable.get()?, h.ktable.source.path.as_ref()?);
-    let ours = &h.filter.fingerprint;
+    let ours = &h.rule.fingerprint;
     match k.table.strategy_set() {
         Some(fp) if fp != ours => Some(format!(
             "k-table {}: solved for strategy set {fp}, but this config's is {ours}: treatment requests fall back (ktable_mismatch) until `hydrus solve` writes a table from logs of these strategies",
@@ -84,7 +84,7 @@ fn strategy_set_warning(route: &crate::config::RouteRuntime) -> Option<String> {
 /// requests fall back (`unknown_scenario`), and control records of them carry no `k`.
 fn missing_scenarios_warning(route: &crate::config::RouteRuntime) -> Option<String> {
     let h = hydrus_filters::hydrus::of(&route.route.chain)?;
-    let declared = h.filter.scenarios.as_ref()?;
+    let declared = h.rule.scenarios.as_ref()?;
     let (k, path) = (h.ktable.get()?, h.ktable.source.path.as_ref()?);
     let default = hydrus_filters::hydrus::ktable::DEFAULT_SCENARIO;
     let missing: Vec<&str> = declared
@@ -117,7 +117,7 @@ fn spend_scenario_warnings(route: &crate::config::RouteRuntime) -> Vec<String> {
         return Vec::new();
     };
     named
-        .filter(|n| !h.filter.declared(n.as_bytes(), Some(&k.table)))
+        .filter(|n| !h.rule.declared(n.as_bytes(), Some(&k.table)))
         .map(|n| {
             format!(
                 "route {}: spend_control.scenarios.{n}: no scenario of that name is declared or in the k-table ({}): it runs no loop (a typo?)",

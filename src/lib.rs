@@ -2,12 +2,12 @@
 //! spends on each user, so that total QoE is highest within a resource budget.
 //!
 //! The per-request decision logic is plain Rust in the `hydrus-filters` crate (`filters/`):
-//! one module per policy, each a stage of a route's chain. This crate is the edge around it:
+//! one module per policy, each a filter of a route's chain. This crate is the edge around it:
 //!
-//! - [`config`]: the YAML file, checked and compiled into routes, clusters and stages.
-//! - [`edge`]: the pingora proxy (session -> stage inputs -> upstream request) and its
+//! - [`config`]: the YAML file, checked and compiled into routes, clusters and filters.
+//! - [`edge`]: the pingora proxy (session -> filter inputs -> upstream request) and its
 //!   connections.
-//! - [`tables`]: hot reload of the config and of every stage's table.
+//! - [`tables`]: hot reload of the config and of every filter's table.
 //! - [`logsink`]: the decision log's queue and its file and Kafka sinks.
 //! - [`admin`], [`metrics`], [`state`], [`serve`], [`check`]: around the proxy.
 //! - [`cluster`], [`probe`], [`health`]: upstream clusters, their active health probes, and the

@@ -1,9 +1,9 @@
 //! Prometheus metrics of the edge (requests, upstreams, connections, the log, reloads), and
-//! the registry every stage kind registers its own families in. The request path uses handles
+//! the registry every filter kind registers its own families in. The request path uses handles
 //! resolved once per config or table generation (see [`crate::config::RouteHandles`]), so it
 //! never hashes label values or takes the registry's locks.
 
-use hydrus_filters::stage::StageKind;
+use hydrus_filters::filter::FilterKind;
 use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -12,8 +12,8 @@ use prometheus::{
 use std::any::Any;
 use std::sync::Arc;
 
-/// A stage kind and its registered metric families.
-pub type KindMetrics = (&'static dyn StageKind, Arc<dyn Any + Send + Sync>);
+/// A filter kind and its registered metric families.
+pub type KindMetrics = (&'static dyn FilterKind, Arc<dyn Any + Send + Sync>);
 
 /// Every metric hydrus exports.
 pub struct Metrics {
@@ -40,8 +40,8 @@ pub struct Metrics {
     pub log_fields_escaped: IntCounterVec,
     pub config_dropped: IntCounterVec,
     pub allocations: IntCounter,
-    /// Every stage kind's families (`hydrus_k`, `hydrus_e2e_decisions_total`, ...).
-    pub stages: Vec<KindMetrics>,
+    /// Every filter kind's families (`hydrus_k`, `hydrus_e2e_decisions_total`, ...).
+    pub filters: Vec<KindMetrics>,
 }
 
 /// Set by a binary built with the `alloc-stats` feature: heap allocations so far.
@@ -122,7 +122,7 @@ impl Metrics {
         let f = Families(&r);
         let m = Self {
             decision_seconds: f.keep(Histogram::with_opts(HistogramOpts::new("hydrus_decision_seconds", "Time the filter chain spends deciding one request (its own overhead).").buckets(DECISION.to_vec())).expect("metric")),
-            requests: f.counters("hydrus_requests_total", "Requests by route, applied strategy (`default` on routes without a hydrus stage), group and k-table scenario.", &["route", "strategy", "group", "scenario"]),
+            requests: f.counters("hydrus_requests_total", "Requests by route, applied strategy (`default` on routes without a hydrus filter), group and k-table scenario.", &["route", "strategy", "group", "scenario"]),
             fallbacks: f.counters("hydrus_fallback_total", "Requests that got the default strategy (or E2E's default policy) because of bad input or a missing, stale or mismatched table, and requests without a user id on a route with a rollout, by route and group (control: what treatment would have fallen back on, shadow mode).", &["route", "group", "reason"]),
             config_reloads: f.counters("hydrus_config_reloads_total", "Config reloads by result.", &["result"]),
             upstream_seconds: f.histograms("hydrus_upstream_seconds", "Upstream response-header time by route and strategy.", LATENCY, &["route", "strategy"]),
@@ -143,7 +143,7 @@ impl Metrics {
             log_fields_escaped: f.counters("hydrus_log_fields_escaped_total", "Request header values that were not UTF-8, written escaped in a log record (and named in its `escaped` field), by record field.", &["field"]),
             config_dropped: f.counters("hydrus_config_reload_dropped_total", "Running filters and routes a reload removed: by filter kind (a route that stays lost it), or `route` (a route gone).", &["kind"]),
             allocations: f.keep(IntCounter::new("hydrus_process_allocations_total", "Heap allocations by the process (0 unless built with the alloc-stats feature).").expect("metric")),
-            stages: hydrus_filters::kinds()
+            filters: hydrus_filters::kinds()
                 .map(|k| (k, k.metrics(&r)))
                 .collect(),
             registry: r,
@@ -169,7 +169,7 @@ impl Metrics {
         for reason in REJECT_REASONS {
             self.requests_rejected.with_label_values(&[reason]);
         }
-        for (kind, _) in &self.stages {
+        for (kind, _) in &self.filters {
             self.config_dropped.with_label_values(&[kind.name()]);
         }
         self.config_dropped.with_label_values(&["route"]);

@@ -17,7 +17,7 @@ pub enum E2eSpecError {
 
 /// The first e2e filter of `config`'s routes, as the E2E solver takes it.
 pub fn e2e_spec(config: &Path) -> Result<E2eSpec, E2eSpecError> {
-    // The stages register their metric families in a registry of their own.
+    // The filters register their metric families in a registry of their own.
     let running = crate::config::load(config, &crate::metrics::Metrics::new())?;
     let e = running
         .routes

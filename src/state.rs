@@ -1,5 +1,5 @@
-//! The running state every request reads: the config (with its routes, their stages and the
-//! stages' tables) in an `ArcSwap`, replaced whole on reload, so a request sees one consistent
+//! The running state every request reads: the config (with its routes, their filters and the
+//! filters' tables) in an `ArcSwap`, replaced whole on reload, so a request sees one consistent
 //! snapshot and never waits on a lock.
 
 use crate::config::Running;
@@ -10,14 +10,14 @@ use hydrus_filters::clock::unix_ms;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-/// Drop the gauge series of the stages that no longer run: a route gone, or a kind gone from
+/// Drop the gauge series of the filters that no longer run: a route gone, or a kind gone from
 /// a route.
 fn retire_dropped(old: &Running, new: &Running) {
     for o in &old.routes {
         let kept = new.routes.iter().find(|r| r.name() == o.name());
-        for s in &o.route.chain.stages {
+        for s in &o.route.chain.filters {
             let runs =
-                kept.is_some_and(|r| r.route.chain.stages.iter().any(|n| n.kind() == s.kind()));
+                kept.is_some_and(|r| r.route.chain.filters.iter().any(|n| n.kind() == s.kind()));
             if !runs {
                 s.retire();
             }
@@ -70,8 +70,8 @@ impl State {
     }
 
     /// Swap in a reloaded config. A cluster whose section is unchanged keeps running (its
-    /// health, ejections and requests in flight carry over); a route's stages take over the
-    /// tables the same route's stages had loaded, when their sources are unchanged.
+    /// health, ejections and requests in flight carry over); a route's filters take over the
+    /// tables the same route's filters had loaded, when their sources are unchanged.
     pub fn set_config(&self, mut running: Running) {
         let old = self.config.load();
         for c in running.clusters.iter_mut() {
@@ -105,7 +105,7 @@ impl State {
         self.refresh_gauges();
     }
 
-    /// Update the gauges: every stage's, and the endpoints'.
+    /// Update the gauges: every filter's, and the endpoints'.
     pub fn refresh_gauges(&self) {
         self.refresh_endpoint_gauges();
         self.config.load().refresh_gauges(unix_ms());

@@ -56,7 +56,7 @@ fn shadow_mode_at_zero_percent_shows_what_hydrus_would_do() {
         .all(|s| s.header("x-hydrus-strategy") == Some("s20")));
     // ...and the dashboard shows what treatment would have chosen and spent.
     let m = |series: &str| h.metric(series);
-    // A request is counted in the logging hook, after its response is sent (its stages'
+    // A request is counted in the logging hook, after its response is sent (its filters'
     // counters before its request count): wait for the last.
     assert!(eventually(Duration::from_secs(5), || {
         m("hydrus_requests_total") >= 40.0
@@ -164,7 +164,7 @@ fn shadow_mode_counts_what_treatment_would_fall_back_on() {
         .all(|r| r.group == "control" && r.chosen == "s20"));
 }
 
-/// The A/B readout's cost per request is over the requests a hydrus stage decided: a route
+/// The A/B readout's cost per request is over the requests a hydrus filter decided: a route
 /// without one (counted in `hydrus_requests_total` as `group="hydrus"`) does not dilute it.
 #[test]
 fn cost_per_request_counts_only_what_hydrus_decided() {

@@ -504,7 +504,7 @@ fn mixed_route_logs_lose_no_usable_record() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{stderr}");
     assert!(
-        stderr.contains("records of several routes with a hydrus stage: rank (300 records), rank-b (40 records)")
+        stderr.contains("records of several routes with a hydrus filter: rank (300 records), rank-b (40 records)")
             && stderr.contains("--route NAME"),
         "{stderr}"
     );

@@ -1,7 +1,7 @@
 //! hydrus's decision logic, as plain Rust over plain data.
 //!
 //! Nothing here knows about pingora or sockets: the proxy in `src/` turns a request into an
-//! [`stage::Input`], runs the route's [`route::Chain`] of stages over it, and applies what they
+//! [`filter::Input`], runs the route's [`route::Chain`] of filters over it, and applies what they
 //! decided. That keeps every policy unit-testable, property-testable and benchmarkable without a
 //! server.
 //!
@@ -16,7 +16,7 @@
 //!
 //! And what they share:
 //!
-//! - [`stage`]: the contract every policy implements ([`stage::Stage`], [`stage::StageKind`]).
+//! - [`filter`]: the contract every policy implements ([`filter::Filter`], [`filter::FilterKind`]).
 //! - [`table`]: hot-reloaded tables, whatever their kind.
 //! - [`route`]: routes (which requests a chain runs on) and chains.
 //! - [`outlier`], [`retry`], [`query`]: passive endpoint health, the retry budget, owned query
@@ -26,6 +26,7 @@
 
 pub mod clock;
 pub mod e2e;
+pub mod filter;
 pub mod hedge;
 pub mod hydrus;
 pub mod log;
@@ -35,20 +36,19 @@ pub mod request;
 pub mod retry;
 pub mod rollout;
 pub mod route;
-pub mod stage;
 pub mod table;
 
+pub use filter::Group;
 pub use hydrus::decide::decide;
 pub use hydrus::ktable::{KTable, KTableError};
 pub use hydrus::qoe::{QoeError, QoeRange, QoeVector};
 pub use hydrus::strategy::{Strategy, StrategyError, StrategySet, MAX_STRATEGIES};
-pub use hydrus::{Decision, Fallback, HydrusFilter, RequestInputs};
+pub use hydrus::{Decision, Fallback, HydrusRule, RequestInputs};
 pub use log::{LogRecord, ValueInfo};
 pub use rollout::Rollout;
-pub use stage::Group;
 
-/// Every kind of stage a chain may name. Adding a policy: its module, and one line here.
-pub static KINDS: &[&dyn stage::StageKind] = &[
+/// Every kind of filter a chain may name. Adding a policy: its module, and one line here.
+pub static KINDS: &[&dyn filter::FilterKind] = &[
     &rollout::KIND,
     &hydrus::KIND,
     &e2e::KIND,
@@ -57,6 +57,6 @@ pub static KINDS: &[&dyn stage::StageKind] = &[
 ];
 
 /// [`KINDS`], as an iterator.
-pub fn kinds() -> impl Iterator<Item = &'static dyn stage::StageKind> {
+pub fn kinds() -> impl Iterator<Item = &'static dyn filter::FilterKind> {
     KINDS.iter().copied()
 }

@@ -2,7 +2,9 @@
 //! or control (the default strategy). Raising `percent` only moves control users into treatment,
 //! so a gradual rollout never flips a treated user back and forth.
 
-use crate::stage::{register, CompileCtx, Group, Input, RequestState, Stage, StageKind, USER_ID};
+use crate::filter::{
+    register, CompileCtx, Filter, FilterKind, Group, Input, RequestState, USER_ID,
+};
 use prometheus::{GaugeVec, IntCounter, Opts};
 use serde::{Deserialize, Serialize};
 use std::any::Any;
@@ -64,8 +66,8 @@ fn default_salt() -> String {
     "hydrus".into()
 }
 
-/// The rollout stage: puts each request's user in treatment or control.
-pub struct RolloutStage {
+/// The rollout filter: puts each request's user in treatment or control.
+pub struct RolloutFilter {
     pub rollout: Rollout,
     pub percent: f64,
     missing_user_id: IntCounter,
@@ -75,7 +77,7 @@ pub struct RolloutStage {
     route: String,
 }
 
-impl Stage for RolloutStage {
+impl Filter for RolloutFilter {
     fn kind(&self) -> &'static str {
         "rollout"
     }
@@ -115,7 +117,7 @@ pub struct RolloutKind;
 /// The `rollout` kind.
 pub static KIND: RolloutKind = RolloutKind;
 
-impl StageKind for RolloutKind {
+impl FilterKind for RolloutKind {
     fn name(&self) -> &'static str {
         "rollout"
     }
@@ -136,14 +138,14 @@ impl StageKind for RolloutKind {
     }
 
     fn running_section(&self, section: &serde_yaml::Value) -> Option<serde_json::Value> {
-        crate::stage::as_running::<RolloutConfig>(section)
+        crate::filter::as_running::<RolloutConfig>(section)
     }
 
     fn compile(
         &self,
         section: &serde_yaml::Value,
         cx: &mut CompileCtx<'_>,
-    ) -> Option<Arc<dyn Stage>> {
+    ) -> Option<Arc<dyn Filter>> {
         let c: RolloutConfig = cx.parse(section)?;
         if cx.before.contains(&"hydrus") {
             cx.error("", "rollout must come before hydrus in the chain");
@@ -156,7 +158,7 @@ impl StageKind for RolloutKind {
             }
         };
         let m = cx.metrics.downcast_ref::<RolloutMetrics>()?;
-        Some(Arc::new(RolloutStage {
+        Some(Arc::new(RolloutFilter {
             rollout,
             percent: c.percent,
             // (A request without a user id goes to control.)

@@ -1,10 +1,10 @@
-//! Routes: which requests a chain of stages runs on. A config lists routes in order; a request
+//! Routes: which requests a chain of filters runs on. A config lists routes in order; a request
 //! takes the first whose match (path exact or prefix, methods, a header's presence) it
-//! satisfies, and that route's stages run on it in YAML order. Plain data: the edge hands in
+//! satisfies, and that route's filters run on it in YAML order. Plain data: the edge hands in
 //! the method, path and headers.
 
-use crate::stage::{
-    CompileCtx, Input, Problems, RecordParts, RequestState, Stage, StageKind, Upstream,
+use crate::filter::{
+    CompileCtx, Filter, FilterKind, Input, Problems, RecordParts, RequestState, Upstream,
 };
 use crate::table::ReloadableTable;
 use http::{HeaderMap, HeaderName, Method};
@@ -25,9 +25,9 @@ pub struct RouteConfig {
     /// Which requests take this route; none: every request.
     #[serde(default, rename = "match")]
     pub matches: MatchConfig,
-    /// The upstream cluster (a stage may pick another).
+    /// The upstream cluster (a filter may pick another).
     pub cluster: String,
-    /// The stages, in the order they run: each a one-key map, `- rollout: {...}`.
+    /// The filters, in the order they run: each a one-key map, `- rollout: {...}`.
     #[serde(default)]
     pub filters: Vec<serde_yaml::Value>,
     /// Its requests may be sent twice although they have a body (unary gRPC calls that only
@@ -306,10 +306,10 @@ fn decode_unreserved(b: &[u8], slashes: EscapedSlashes) -> Result<Vec<u8>, Escap
     Ok(out)
 }
 
-/// A route's stages, in YAML order, and what they own of the upstream request.
+/// A route's filters, in YAML order, and what they own of the upstream request.
 pub struct Chain {
-    pub stages: Vec<Arc<dyn Stage>>,
-    /// Every header and query key a stage sets: removed from what the client sent.
+    pub filters: Vec<Arc<dyn Filter>>,
+    /// Every header and query key a filter sets: removed from what the client sent.
     pub owned_headers: Vec<HeaderName>,
     pub owned_query: Vec<String>,
     /// `owned_headers` normalized (`_` as `-`), and `owned_query` as the metadata names they
@@ -319,10 +319,10 @@ pub struct Chain {
 }
 
 impl Chain {
-    pub fn new(stages: Vec<Arc<dyn Stage>>) -> Self {
+    pub fn new(filters: Vec<Arc<dyn Filter>>) -> Self {
         let mut owned_headers: Vec<HeaderName> = Vec::new();
         let mut owned_query: Vec<String> = Vec::new();
-        for s in &stages {
+        for s in &filters {
             for h in s.owned_headers() {
                 if !owned_headers.contains(h) {
                     owned_headers.push(h.clone());
@@ -337,7 +337,7 @@ impl Chain {
         Self {
             owned_header_names: owned_headers
                 .iter()
-                .map(|h| crate::stage::normalized(h).into_owned())
+                .map(|h| crate::filter::normalized(h).into_owned())
                 .collect(),
             owned_query_names: owned_query
                 .iter()
@@ -345,50 +345,50 @@ impl Chain {
                 .collect(),
             owned_headers,
             owned_query,
-            stages,
+            filters,
         }
     }
 
-    /// Run the stages in order.
+    /// Run the filters in order.
     pub fn decide(&self, input: &Input<'_>, state: &mut RequestState) {
-        for s in &self.stages {
+        for s in &self.filters {
             s.decide(input, state);
         }
     }
 
     pub fn edit_upstream(&self, state: &RequestState, up: &mut dyn Upstream) {
-        for s in &self.stages {
+        for s in &self.filters {
             s.edit_upstream(state, up);
         }
     }
 
     pub fn done(&self, state: &RequestState, status: u16) {
-        for s in &self.stages {
+        for s in &self.filters {
             s.done(state, status);
         }
     }
 
     pub fn tables(&self) -> Vec<Arc<dyn ReloadableTable>> {
-        self.stages.iter().flat_map(|s| s.tables()).collect()
+        self.filters.iter().flat_map(|s| s.tables()).collect()
     }
 
     pub fn tables_changed(&self) {
-        for s in &self.stages {
+        for s in &self.filters {
             s.tables_changed();
         }
     }
 
     pub fn refresh_gauges(&self, now_ms: u64) {
-        for s in &self.stages {
+        for s in &self.filters {
             s.refresh_gauges(now_ms);
         }
     }
 
-    /// Take over what the same kind of stage of an older chain (the same route, before a
+    /// Take over what the same kind of filter of an older chain (the same route, before a
     /// config reload) loaded.
     pub fn adopt(&self, old: &Chain) {
-        for s in &self.stages {
-            if let Some(o) = old.stages.iter().find(|o| o.kind() == s.kind()) {
+        for s in &self.filters {
+            if let Some(o) = old.filters.iter().find(|o| o.kind() == s.kind()) {
                 s.adopt(o.as_ref());
             }
         }
@@ -397,32 +397,32 @@ impl Chain {
     /// The filter of type `T`, if the chain runs one (a kind's own module names its type:
     /// `hydrus::of(chain)`).
     pub fn find<T: Any>(&self) -> Option<&T> {
-        self.stages
+        self.filters
             .iter()
             .find_map(|s| s.as_any().downcast_ref::<T>())
     }
 
     /// The route's strategy labels: those of the filter that chooses strategies.
     pub fn strategy_labels(&self) -> Option<Vec<String>> {
-        self.stages.iter().find_map(|s| s.strategy_labels())
+        self.filters.iter().find_map(|s| s.strategy_labels())
     }
 
     /// The route's scenario labels: those of the filter that places scenarios.
     pub fn scenario_labels(&self) -> Option<Vec<String>> {
-        self.stages.iter().find_map(|s| s.scenario_labels())
+        self.filters.iter().find_map(|s| s.scenario_labels())
     }
 
     /// What the filters add to a request's log record, in chain order.
     pub fn record<'a>(&'a self, state: &'a RequestState) -> RecordParts<'a> {
         let mut parts = RecordParts::default();
-        for s in &self.stages {
+        for s in &self.filters {
             s.record(state, &mut parts);
         }
         parts
     }
 
     pub fn is_empty(&self) -> bool {
-        self.stages.is_empty()
+        self.filters.is_empty()
     }
 }
 
@@ -446,7 +446,7 @@ pub struct RouteEnv<'a> {
     pub cluster_names: &'a [String],
     pub identity: &'a [HeaderName; 5],
     /// Every kind, with its registered metric families.
-    pub kinds: &'a [(&'static dyn StageKind, Arc<dyn Any + Send + Sync>)],
+    pub kinds: &'a [(&'static dyn FilterKind, Arc<dyn Any + Send + Sync>)],
     pub fallbacks: &'a prometheus::IntCounterVec,
 }
 
@@ -498,17 +498,17 @@ pub fn compile_route(
         // That shape ran hedging after every decision, wherever it was written.
         entries.sort_by_key(|(_, e)| e.get("hedge").is_some());
     }
-    let stages = compile_chain(&entries, &at("filters"), &rc.name, cluster, env, problems);
+    let filters = compile_chain(&entries, &at("filters"), &rc.name, cluster, env, problems);
     if problems.count() > before {
         return None;
     }
     Some(Route {
-        managed: rc.single_route_shape || !stages.is_empty(),
+        managed: rc.single_route_shape || !filters.is_empty(),
         idempotent: rc.idempotent,
         name: rc.name.clone(),
         matcher: matcher?,
         cluster,
-        chain: Chain::new(stages),
+        chain: Chain::new(filters),
     })
 }
 
@@ -520,8 +520,8 @@ fn compile_chain(
     route_cluster: usize,
     env: &RouteEnv<'_>,
     problems: &mut Problems,
-) -> Vec<Arc<dyn Stage>> {
-    let mut stages: Vec<Arc<dyn Stage>> = Vec::new();
+) -> Vec<Arc<dyn Filter>> {
+    let mut filters: Vec<Arc<dyn Filter>> = Vec::new();
     let mut seen: Vec<&'static str> = Vec::new();
     let mut strategies: Option<Vec<String>> = None;
     for &(i, entry) in entries {
@@ -552,19 +552,19 @@ fn compile_chain(
             fallbacks: env.fallbacks,
             problems,
         };
-        if let Some(stage) = kind.compile(section, &mut cx) {
-            if let Some(names) = stage.strategy_labels() {
+        if let Some(filter) = kind.compile(section, &mut cx) {
+            if let Some(names) = filter.strategy_labels() {
                 strategies = Some(names);
             }
-            stages.push(stage);
+            filters.push(filter);
         }
         seen.push(kind.name());
     }
-    stages
+    filters
 }
 
 type KindEntry<'e> = (
-    &'static dyn StageKind,
+    &'static dyn FilterKind,
     &'e Arc<dyn Any + Send + Sync>,
     &'e serde_yaml::Value,
 );

@@ -1,6 +1,6 @@
 //! Hot-reloaded tables (the k-table, E2E's decision table, the hedge table): where a table
-//! comes from, the one loaded, and the slot a stage reads it from. One reload loop (in the
-//! edge) watches every stage's [`ReloadableTable`]s, whatever they are.
+//! comes from, the one loaded, and the slot a filter reads it from. One reload loop (in the
+//! edge) watches every filter's [`ReloadableTable`]s, whatever they are.
 
 use arc_swap::ArcSwapOption;
 use serde::{Deserialize, Serialize};
@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A table's source as written in a stage's section (`ktable:`, `table:`).
+/// A table's source as written in a filter's section (`ktable:`, `table:`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TableSourceConfig {
@@ -88,7 +88,7 @@ pub trait Table: Sized + Send + Sync + 'static {
 /// Something that checks a freshly parsed table against the running config.
 pub type TableCheck<T> = Box<dyn Fn(&T) -> Result<(), TableError> + Send + Sync>;
 
-/// The table a stage reads: swapped whole on reload, so a request sees one snapshot.
+/// The table a filter reads: swapped whole on reload, so a request sees one snapshot.
 pub struct TableSlot<T: Table> {
     pub source: TableSource,
     current: ArcSwapOption<Loaded<T>>,

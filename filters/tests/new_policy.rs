@@ -1,4 +1,4 @@
-//! A new policy is one stage module: its section, its compile, its request hook and the state
+//! A new policy is one filter module: its section, its compile, its request hook and the state
 //! it keeps per request, what it adds to the upstream request and the log record. This one (a
 //! made-up `tier` policy: premium users, by user-id prefix, get a header the ranking service
 //! reads) is registered next to the built-in kinds with one line, compiled from YAML and run in
@@ -7,12 +7,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
-use hydrus_filters::log::{Extra, RecordRef, ValueInfoRef};
-use hydrus_filters::route::{compile_route, RouteConfig, RouteEnv};
-use hydrus_filters::stage::{
-    CompileCtx, Input, LogValue, Problems, RecordParts, RequestState, Stage, StageKind, Upstream,
+use hydrus_filters::filter::{
+    CompileCtx, Filter, FilterKind, Input, LogValue, Problems, RecordParts, RequestState, Upstream,
     USER_ID,
 };
+use hydrus_filters::log::{Extra, RecordRef, ValueInfoRef};
+use hydrus_filters::route::{compile_route, RouteConfig, RouteEnv};
 use serde::Deserialize;
 use std::any::Any;
 use std::sync::Arc;
@@ -37,13 +37,13 @@ struct Tier {
 /// Fields beyond any fixed count: the record takes as many as a policy writes.
 const MORE: [&str; 7] = ["t1", "t2", "t3", "t4", "t5", "t6", "t7"];
 
-struct TierStage {
+struct TierFilter {
     header: HeaderName,
     owned: Vec<HeaderName>,
     premium_prefix: Vec<u8>,
 }
 
-impl Stage for TierStage {
+impl Filter for TierFilter {
     fn kind(&self) -> &'static str {
         "tier"
     }
@@ -89,7 +89,7 @@ impl Stage for TierStage {
 
 struct TierKind;
 
-impl StageKind for TierKind {
+impl FilterKind for TierKind {
     fn name(&self) -> &'static str {
         "tier"
     }
@@ -102,11 +102,11 @@ impl StageKind for TierKind {
         &self,
         section: &serde_yaml::Value,
         cx: &mut CompileCtx<'_>,
-    ) -> Option<Arc<dyn Stage>> {
+    ) -> Option<Arc<dyn Filter>> {
         let c: TierConfig = cx.parse(section)?;
         let f = cx.sub("header");
         let header = cx.problems.header_name(&f, &c.header)?;
-        Some(Arc::new(TierStage {
+        Some(Arc::new(TierFilter {
             owned: vec![header.clone()],
             header,
             premium_prefix: c.premium_prefix.into_bytes(),
@@ -130,15 +130,15 @@ impl Upstream for Recorded {
 
 fn env_kinds(
     r: &prometheus::Registry,
-) -> Vec<(&'static dyn StageKind, Arc<dyn Any + Send + Sync>)> {
+) -> Vec<(&'static dyn FilterKind, Arc<dyn Any + Send + Sync>)> {
     hydrus_filters::kinds()
-        .chain([&TIER as &dyn StageKind])
+        .chain([&TIER as &dyn FilterKind])
         .map(|k| (k, k.metrics(r)))
         .collect()
 }
 
 #[test]
-fn a_new_policy_is_one_stage_registered_next_to_the_others() {
+fn a_new_policy_is_one_filter_registered_next_to_the_others() {
     let yaml = r#"
 name: rank
 cluster: ranking

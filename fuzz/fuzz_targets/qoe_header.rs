@@ -2,7 +2,8 @@
 //! accepted value is in range.
 #![no_main]
 
-use hydrus_filters::{decide, qoe, QoeRange, Strategy, StrategySet};
+use hydrus_filters::hydrus::qoe;
+use hydrus_filters::{decide, QoeRange, Strategy, StrategySet};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,7 +2,7 @@
 //! `envoy --mode validate` does; and the checker that collects them while compiling.
 
 use super::locate::Locator;
-use hydrus_filters::stage::Problems;
+use hydrus_filters::filter::Problems;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -184,7 +184,7 @@ impl<'a> Checker<'a> {
         if d > max {
             self.error(
                 field,
-                format!("must be at most {}", hydrus_filters::stage::readable(max)),
+                format!("must be at most {}", hydrus_filters::filter::readable(max)),
             );
         }
     }

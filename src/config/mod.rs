@@ -3,7 +3,7 @@
 //!
 //! - [`settings`]: the process-wide sections, and [`StartOnly`].
 //! - [`clusters`]: upstream clusters.
-//! - [`routes`]: routes and their chains of stages (each stage's own section is compiled by
+//! - [`routes`]: routes and their chains of filters (each filter's own section is compiled by
 //!   its kind, in `hydrus-filters`).
 //! - [`errors`], [`locate`]: problems named by file, line, column and field.
 //!
@@ -81,7 +81,7 @@ pub struct Running {
     pub limits: LimitsConfig,
     pub clusters: Vec<Arc<Cluster>>,
     /// The identity headers (user id, device id, request id, QoE, scenario), in the order of
-    /// `hydrus_filters::stage::USER_ID` ...
+    /// `hydrus_filters::filter::USER_ID` ...
     pub identity: [HeaderName; 5],
     /// `identity` with `_` read as `-`: made once, compared with every request's header names.
     pub identity_normalized: [String; 5],
@@ -110,7 +110,7 @@ impl Running {
             .find(|r| r.route.matcher.matches(method, path, headers))
     }
 
-    /// Every stage's hot-reloaded tables.
+    /// Every filter's hot-reloaded tables.
     pub fn tables(&self) -> Vec<Arc<dyn hydrus_filters::table::ReloadableTable>> {
         self.routes
             .iter()
@@ -118,7 +118,7 @@ impl Running {
             .collect()
     }
 
-    /// Update every stage's gauges.
+    /// Update every filter's gauges.
     pub fn refresh_gauges(&self, now_ms: u64) {
         for r in &self.routes {
             r.route.chain.refresh_gauges(now_ms);
@@ -209,7 +209,7 @@ pub fn load_from(cf: &ConfigFile, m: &Metrics, purpose: Purpose) -> Result<Runni
 }
 
 /// Parse, check and compile config text; `file` names it in errors and anchors relative paths.
-/// Stages register nothing: their metric families are `m`'s.
+/// Filters register nothing: their metric families are `m`'s.
 pub fn load_str(file: &Path, text: &str, m: &Metrics) -> Result<Running, ConfigErrors> {
     load_text(file, text, m, Purpose::Serve)
 }
@@ -232,7 +232,7 @@ fn load_text(
             file,
             loc.as_ref().map(|l| l.line()),
             loc.as_ref().map(|l| l.column()),
-            hydrus_filters::stage::with_duration_hint(msg),
+            hydrus_filters::filter::with_duration_hint(msg),
         )])
     })?;
     compile(file, text, source, m, purpose)
@@ -289,7 +289,7 @@ fn compile(
         clusters,
         identity_normalized: identity
             .each_ref()
-            .map(|n| hydrus_filters::stage::normalized(n).into_owned()),
+            .map(|n| hydrus_filters::filter::normalized(n).into_owned()),
         identity,
         routes: routes.routes,
         tls,

@@ -1,12 +1,12 @@
 //! The `routes:` list (or the older single-route shape, `route` + `filters`), assembled into
-//! running routes: each a matcher, a cluster, its chain of stages, and the request-metric
+//! running routes: each a matcher, a cluster, its chain of filters, and the request-metric
 //! handles of its label values.
 
 use super::errors::Checker;
 use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
 use http::HeaderName;
-use hydrus_filters::hydrus::stage::scenario_labels;
+use hydrus_filters::hydrus::filter::scenario_labels;
 use hydrus_filters::log::{LogRuntime, SinkConfig};
 use hydrus_filters::route::{compile_route, shadowed, Route, RouteConfig, RouteEnv, MAX_ROUTES};
 use hydrus_filters::Group;
@@ -31,7 +31,7 @@ pub struct RouteHandles {
     slots: usize,
     /// The scenario labels of the slots.
     labels: Vec<String>,
-    /// `hydrus_upstream_seconds` by strategy (one `default` entry without a hydrus stage).
+    /// `hydrus_upstream_seconds` by strategy (one `default` entry without a hydrus filter).
     pub upstream_by_strategy: Vec<Histogram>,
     pub request_by_group: [Histogram; 2],
     pub overhead_by_group: [Histogram; 2],
@@ -58,7 +58,7 @@ struct Families {
 /// A route as the edge runs it.
 pub struct RouteRuntime {
     pub route: Route,
-    /// Whether its requests are logged (its chain has a `log` stage).
+    /// Whether its requests are logged (its chain has a `log` filter).
     pub logged: bool,
     handles: ArcSwap<RouteHandles>,
     families: Families,
@@ -159,7 +159,7 @@ fn strategy_labels(route: &Route) -> Vec<String> {
 /// What the routes section compiled to.
 pub struct Routes {
     pub routes: Vec<Arc<RouteRuntime>>,
-    /// The one log sink every `log` stage names.
+    /// The one log sink every `log` filter names.
     pub log: Option<LogRuntime>,
 }
 
@@ -187,7 +187,7 @@ pub fn compile_routes(
         file: c.file,
         cluster_names,
         identity,
-        kinds: &m.stages,
+        kinds: &m.filters,
         fallbacks: &m.fallbacks,
     };
     let mut compiled: Vec<(usize, Route)> = Vec::new();
@@ -285,7 +285,7 @@ fn written_routes(
     }
 }
 
-/// The log sink: every route's `log` stage must name the same one (there is one per process).
+/// The log sink: every route's `log` filter must name the same one (there is one per process).
 fn one_log(
     c: &mut Checker<'_>,
     compiled: &[(usize, Route)],
@@ -293,7 +293,7 @@ fn one_log(
 ) -> Option<LogRuntime> {
     let mut log: Option<&LogRuntime> = None;
     for (i, r) in compiled {
-        let Some(stage) = hydrus_filters::log::of(&r.chain) else {
+        let Some(filter) = hydrus_filters::log::of(&r.chain) else {
             continue;
         };
         let (rc, route_field, _) = &listed[*i];
@@ -306,14 +306,14 @@ fn one_log(
             .trim_start_matches('.')
             .to_string();
         match log {
-            None => log = Some(&stage.runtime),
-            Some(first) if *first != stage.runtime => c.error(
+            None => log = Some(&filter.runtime),
+            Some(first) if *first != filter.runtime => c.error(
                 field.clone(),
                 "every route's `log` filter must name the same sink and queue (there is one log per proxy)",
             ),
             Some(_) => {}
         }
-        if matches!(stage.runtime.sink, SinkConfig::Kafka(_)) && !cfg!(feature = "kafka") {
+        if matches!(filter.runtime.sink, SinkConfig::Kafka(_)) && !cfg!(feature = "kafka") {
             c.error(
                 format!("{field}.kafka"),
                 "this hydrus was built without the `kafka` feature",

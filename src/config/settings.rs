@@ -167,7 +167,7 @@ impl Default for HeaderNames {
 }
 
 impl HeaderNames {
-    /// Compiled, in the order of `hydrus_filters::stage::USER_ID` ... (a bad name is an error
+    /// Compiled, in the order of `hydrus_filters::filter::USER_ID` ... (a bad name is an error
     /// and keeps its default).
     pub fn compile(&self, c: &mut Checker<'_>) -> [HeaderName; 5] {
         let fields = [

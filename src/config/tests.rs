@@ -51,7 +51,7 @@ fn compiles_the_single_route_shape_as_one_catch_all_route() {
         h.ktable.source.path,
         Some(PathBuf::from("/etc/hydrus/k.yaml"))
     );
-    let kinds: Vec<&str> = route.chain.stages.iter().map(|s| s.kind()).collect();
+    let kinds: Vec<&str> = route.chain.filters.iter().map(|s| s.kind()).collect();
     assert_eq!(kinds, ["rollout", "hydrus", "log"]);
     match r.start.log.clone().expect("log").sink {
         SinkConfig::File(f) => assert_eq!(f.dir, PathBuf::from("/etc/hydrus/logs")),
@@ -242,7 +242,7 @@ fn the_single_route_shape_runs_hedging_after_the_decision_as_it_did() {
     let kinds: Vec<&str> = r.routes[0]
         .route
         .chain
-        .stages
+        .filters
         .iter()
         .map(|s| s.kind())
         .collect();

@@ -1,5 +1,5 @@
 //! gRPC through the edge. A call is an HTTP/2 request whose content type is
-//! `application/grpc[+...]`; its metadata are HTTP/2 headers, so the stages read the QoE, user
+//! `application/grpc[+...]`; its metadata are HTTP/2 headers, so the filters read the QoE, user
 //! and scenario metadata exactly as headers, and their `set_headers` reach the upstream as
 //! metadata. What differs:
 //!

@@ -1,6 +1,6 @@
-//! The hedge stage's reissues: for an idempotent request whose route's hedge stage gave it a
+//! The hedge filter's reissues: for an idempotent request whose route's hedge filter gave it a
 //! timeout, the edge makes the upstream calls itself, racing a reissue against a slow first
-//! attempt (within the stage's budget), and streams the winner's response to the client.
+//! attempt (within the filter's budget), and streams the winner's response to the client.
 //! Idempotent: a GET or HEAD without a body, or any request on a route marked `idempotent`
 //! (unary gRPC calls that only read): its body is read whole first and sent with each attempt.
 //!
@@ -17,7 +17,7 @@ use super::{Ctx, Proxy};
 use crate::cluster::Cluster;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderName, HeaderValue};
-use hydrus_filters::hedge::{race, HedgeOutcome, HedgeStage, Winner};
+use hydrus_filters::hedge::{race, HedgeFilter, HedgeOutcome, Winner};
 use hydrus_filters::outlier::Outcome;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
@@ -168,7 +168,7 @@ fn messages(body: &[u8]) -> Messages {
 enum Read {
     /// Whole, and hedgeable.
     Whole(Bytes),
-    /// Larger than the stage's `max_body_bytes`.
+    /// Larger than the filter's `max_body_bytes`.
     TooLarge,
     /// A call that is not unary: more than one message (`ended`: false, reading stopped at
     /// the second), or none or a cut one when the body ended.
@@ -211,7 +211,7 @@ async fn read_rest(session: &mut Session, mut read: BytesMut, max: usize) -> Res
     Ok(Some(read.freeze()))
 }
 
-/// The request each attempt sends: the client's, as the route's stages change it, with its
+/// The request each attempt sends: the client's, as the route's filters change it, with its
 /// body read whole.
 fn outgoing(session: &Session, ctx: &Ctx, body: Bytes) -> Result<Outgoing> {
     let mut upstream = session.req_header().clone();
@@ -288,7 +288,7 @@ async fn final_header(s: &mut HttpSession) -> Result<ResponseHeader> {
 }
 
 impl Proxy {
-    /// Hedge the request if its route's hedge stage gave it a timeout. Returns whether the
+    /// Hedge the request if its route's hedge filter gave it a timeout. Returns whether the
     /// response was sent; otherwise pingora proxies it.
     pub(super) async fn hedged(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let (Some(timeout), Some(route), Some(running)) = (
@@ -298,7 +298,7 @@ impl Proxy {
         ) else {
             return Ok(false);
         };
-        let Some(stage) = hydrus_filters::hedge::of(&route.route.chain) else {
+        let Some(filter) = hydrus_filters::hedge::of(&route.route.chain) else {
             return Ok(false);
         };
         let Some(cluster) = running.clusters.get(ctx.state.cluster).cloned() else {
@@ -307,7 +307,7 @@ impl Proxy {
         if !hedgeable(session, route.route.idempotent) || cluster.endpoints.is_empty() {
             return Ok(false);
         }
-        let (body, timeout) = match self.hedge_body(session, ctx, stage, timeout).await? {
+        let (body, timeout) = match self.hedge_body(session, ctx, filter, timeout).await? {
             Body::Send(body, timeout) => (body, timeout),
             Body::Settled(answered) => return Ok(answered),
         };
@@ -315,7 +315,7 @@ impl Proxy {
             slot.body_read();
         }
         let upstream = outgoing(session, ctx, body)?;
-        self.send_hedged(session, ctx, stage, &cluster, upstream, timeout)
+        self.send_hedged(session, ctx, filter, &cluster, upstream, timeout)
             .await
     }
 
@@ -325,7 +325,7 @@ impl Proxy {
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
-        stage: &HedgeStage,
+        filter: &HedgeFilter,
         timeout: Duration,
     ) -> Result<Body> {
         if ctx.grpc {
@@ -333,7 +333,7 @@ impl Proxy {
             // path (up to its buffer's size).
             session.enable_retry_buffering();
         }
-        let max = stage.max_body_bytes;
+        let max = filter.max_body_bytes;
         let (read, ended) = match read_body(session, max, ctx.grpc).await? {
             Read::Whole(b) => return Ok(Body::Send(b, Some(timeout))),
             // Read in part: it cannot go to pingora's path any more.
@@ -370,7 +370,7 @@ impl Proxy {
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
-        stage: &HedgeStage,
+        filter: &HedgeFilter,
         cluster: &Arc<Cluster>,
         upstream: Outgoing,
         timeout: Option<Duration>,
@@ -389,7 +389,7 @@ impl Proxy {
         ctx.cluster_load = Some(cluster.budget.in_flight().0);
         let sent = Instant::now();
         let Answer { response, attempt } = self
-            .race_attempts(stage, cluster, (a, b), upstream, timeout, ctx)
+            .race_attempts(filter, cluster, (a, b), upstream, timeout, ctx)
             .await?;
         ctx.upstream_ms = Some(sent.elapsed().as_secs_f64() * 1000.0);
         // (Logging tells a response cut short from one hydrus made up by this.)
@@ -424,7 +424,7 @@ impl Proxy {
     /// only when its connection failed: nothing of it reached the endpoint.
     async fn race_attempts<'c>(
         &self,
-        stage: &HedgeStage,
+        filter: &HedgeFilter,
         cluster: &'c Arc<Cluster>,
         (a, b): (usize, usize),
         upstream: Outgoing,
@@ -436,7 +436,7 @@ impl Proxy {
             self.attempt(cluster, a, upstream.clone()),
             || self.attempt(cluster, b, upstream.clone()),
             timeout,
-            &stage.budget,
+            &filter.budget,
             // (A bad answer was counted at once: it holds no attempt.)
             |answer: &Answer<'_>| answer.attempt.is_some(),
         )
@@ -450,7 +450,7 @@ impl Proxy {
                     HedgeOutcome::Reissued(w)
                 }
             };
-            stage.record(&mut ctx.state, outcome);
+            filter.record(&mut ctx.state, outcome);
         }
         if let Err(e) = &result {
             let unsent = error_kind(e) == "connect";

@@ -1,11 +1,11 @@
 //! The pingora edge: `ProxyHttp` hooks that turn a session into the inputs of its route's
-//! stages (`hydrus-filters`), and apply what they decided (cluster, headers, query) to the
+//! filters (`hydrus-filters`), and apply what they decided (cluster, headers, query) to the
 //! upstream request.
 //!
 //! - [`conns`]: the listener's connections (cap, eviction, idle/header/body deadlines, drain).
 //! - [`upstream`]: attempts on endpoints, passive health, retries.
 //! - [`prepare`]: the upstream request.
-//! - [`hedging`]: the hedge stage's reissues.
+//! - [`hedging`]: the hedge filter's reissues.
 //!
 //! No hook returns an error because of what a client sent: bad input falls back to the default
 //! strategy and is counted. Errors only come from the upstream (502/504, as any proxy); a
@@ -26,15 +26,15 @@ use crate::logsink::record::{hex_id, Pending, RequestId};
 use crate::state::State;
 use conns::Slot;
 use http::header::HeaderValue;
+use hydrus_filters::filter::{Input, RequestState, REQUEST_ID, SCENARIO};
 use hydrus_filters::route::normalize_path;
-use hydrus_filters::stage::{Input, RequestState, REQUEST_ID, SCENARIO};
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use std::sync::Arc;
 use std::time::Instant;
 use upstream::{peer, Hold};
 
-pub use hydrus_filters::hydrus::stage::HEADER_STRATEGY;
+pub use hydrus_filters::hydrus::filter::HEADER_STRATEGY;
 
 pub struct Proxy {
     pub state: Arc<State>,
@@ -60,7 +60,7 @@ pub struct Ctx {
     route: Option<Arc<RouteRuntime>>,
     /// Its metric handles as the decision saw them (scenario slots are of this generation).
     handles: Option<Arc<crate::config::RouteHandles>>,
-    /// What the route's stages decided.
+    /// What the route's filters decided.
     state: RequestState,
     /// The request's hold on its cluster, from its first attempt.
     hold: Option<Hold>,
@@ -97,7 +97,7 @@ enum Routed {
 }
 
 impl Proxy {
-    /// Find the request's route and run its stages.
+    /// Find the request's route and run its filters.
     fn decide(&self, session: &Session, ctx: &mut Ctx) -> Routed {
         let running = self.state.config.load_full();
         let req = session.req_header();
@@ -225,7 +225,7 @@ impl Proxy {
             .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
     }
 
-    /// Count the request (its route's metrics, its stages') and hand its record to the log.
+    /// Count the request (its route's metrics, its filters') and hand its record to the log.
     fn finish(&self, ctx: &mut Ctx, status: u16, error: Option<&'static str>) {
         let (Some(running), Some(route)) = (ctx.running.clone(), ctx.route.clone()) else {
             return;

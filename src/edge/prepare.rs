@@ -1,26 +1,26 @@
-//! The upstream request: what the route's stages decided, applied to the request hydrus sends.
+//! The upstream request: what the route's filters decided, applied to the request hydrus sends.
 //!
 //! What hydrus owns is never taken from the client: `x-hydrus-*` on every route; on a route
-//! with stages, also every header and query key a stage sets, and the identity headers, which
+//! with filters, also every header and query key a filter sets, and the identity headers, which
 //! reach the upstream exactly once with the values decided on (whatever the client's
-//! `Connection` header nominated, and however it spelled `_` for `-`). A route without stages
+//! `Connection` header nominated, and however it spelled `_` for `-`). A route without filters
 //! passes requests through untouched but for `x-hydrus-*`.
 
 use super::Ctx;
 use crate::cluster::Cluster;
 use http::{HeaderName, HeaderValue};
+use hydrus_filters::filter::{normalized, Upstream, REQUEST_ID};
 use hydrus_filters::query::set_query;
-use hydrus_filters::stage::{normalized, Upstream, REQUEST_ID};
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 
 /// `x-hydrus-group`: treatment (`hydrus`) or `control`, on the upstream request.
 pub const HEADER_GROUP: HeaderName = HeaderName::from_static("x-hydrus-group");
 
-/// The upstream request as stages change it.
+/// The upstream request as filters change it.
 struct UpstreamEdit<'a> {
     req: &'a mut RequestHeader,
-    /// Every query key the route's stages own: the first rewrite strips them all.
+    /// Every query key the route's filters own: the first rewrite strips them all.
     owned_query: &'a [String],
     query_done: bool,
     /// A gRPC call: query parameters travel as metadata (see [`super::grpc`]).

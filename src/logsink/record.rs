@@ -6,11 +6,11 @@
 use crate::config::{RouteRuntime, Running};
 use crate::metrics::Metrics;
 use http::HeaderValue;
+use hydrus_filters::filter::RequestState;
+use hydrus_filters::filter::{DEVICE_ID, REQUEST_ID, SCENARIO, USER_ID};
 use hydrus_filters::hydrus::ktable::DEFAULT_SCENARIO;
 use hydrus_filters::hydrus::SCENARIO_OTHER;
 use hydrus_filters::log::{capped_text, Extra, RecordRef, ValueInfoRef};
-use hydrus_filters::stage::RequestState;
-use hydrus_filters::stage::{DEVICE_ID, REQUEST_ID, SCENARIO, USER_ID};
 use prometheus::IntCounter;
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -32,13 +32,13 @@ pub fn hex_id(v: u128) -> RequestId {
 pub struct Pending {
     /// The config the request ran on: cluster names, by index.
     pub running: Arc<Running>,
-    /// The route it took: its name, and its hydrus stage's strategy names.
+    /// The route it took: its name, and its hydrus filter's strategy names.
     pub route: Arc<RouteRuntime>,
     pub ts_ms: u64,
     /// The identity headers as decided on.
     pub ids: [Option<HeaderValue>; 5],
     pub generated_id: Option<RequestId>,
-    /// What the route's stages decided (and added to the record).
+    /// What the route's filters decided (and added to the record).
     pub state: RequestState,
     pub status: u16,
     pub upstream_ms: Option<f64>,

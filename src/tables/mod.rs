@@ -1,4 +1,4 @@
-//! Hot reload of the config and of every table the routes' stages read (k-tables, E2E decision
+//! Hot reload of the config and of every table the routes' filters read (k-tables, E2E decision
 //! tables, hedge tables: whatever [`ReloadableTable`]s the chain declares). One thread wakes on
 //! file events (notify), on SIGHUP and at least every poll interval; whatever changed is loaded,
 //! checked and swapped in whole. A config or table that does not load leaves the running one in
@@ -42,7 +42,7 @@ pub enum ReloadError {
     Signal(std::io::Error),
 }
 
-/// One stage table and its source's watch.
+/// One filter table and its source's watch.
 struct TableWatch {
     table: Arc<dyn ReloadableTable>,
     watched: Watched,
@@ -445,8 +445,8 @@ fn removed(old: &Running, new: &Running) -> Vec<Removed> {
             gone.push(Removed::Route(name.clone()));
             continue;
         };
-        let kept: Vec<&str> = n.route.chain.stages.iter().map(|s| s.kind()).collect();
-        for s in &o.route.chain.stages {
+        let kept: Vec<&str> = n.route.chain.filters.iter().map(|s| s.kind()).collect();
+        for s in &o.route.chain.filters {
             let kind = s.kind();
             let f = Removed::Filter(name.clone(), kind);
             if !kept.contains(&kind) && !gone.contains(&f) {

@@ -1,14 +1,14 @@
 //! The E2E policy (SIGCOMM'19): `- e2e:` in a route's chain routes each request to a replica
 //! group by its external delay, from a decision table solved offline. Its section, compile,
-//! metrics and stage; the table and the per-request decision are in [`table`].
+//! metrics and filter; the table and the per-request decision are in [`table`].
 
 pub mod table;
 
 pub use table::*;
 
-use crate::stage::{
-    fallback_index, normalized, register, CompileCtx, Input, LogValue, RecordParts, RequestState,
-    Stage, StageKind, Upstream, HOP_OR_FRAMING,
+use crate::filter::{
+    fallback_index, normalized, register, CompileCtx, Filter, FilterKind, Input, LogValue,
+    RecordParts, RequestState, Upstream, HOP_OR_FRAMING,
 };
 use crate::table::{ReloadableTable, Table, TableError, TableSlot, TableSourceConfig};
 use http::{HeaderName, HeaderValue};
@@ -141,12 +141,12 @@ impl E2eMetrics {
 }
 
 /// The e2e filter of a chain, if it has one.
-pub fn of(chain: &crate::route::Chain) -> Option<&E2eStage> {
-    chain.find::<E2eStage>()
+pub fn of(chain: &crate::route::Chain) -> Option<&E2eFilter> {
+    chain.find::<E2eFilter>()
 }
 
-/// The e2e stage of one route.
-pub struct E2eStage {
+/// The e2e filter of one route.
+pub struct E2eFilter {
     pub header: HeaderName,
     /// Cluster indices of the groups, in config order (the table's `groups` must match).
     pub groups: Vec<usize>,
@@ -167,7 +167,7 @@ pub struct E2eStage {
     route: String,
 }
 
-impl E2eStage {
+impl E2eFilter {
     fn count(&self, bucket: Option<usize>, group: usize) {
         let n = self.groups.len().max(1);
         let slot = bucket.map_or(0, |b| b + 1) * n + group;
@@ -184,7 +184,7 @@ impl E2eStage {
     }
 }
 
-impl Stage for E2eStage {
+impl Filter for E2eFilter {
     fn kind(&self) -> &'static str {
         "e2e"
     }
@@ -262,8 +262,8 @@ impl Stage for E2eStage {
         vec![self.table.clone()]
     }
 
-    fn adopt(&self, old: &dyn Stage) {
-        if let Some(old) = old.as_any().downcast_ref::<E2eStage>() {
+    fn adopt(&self, old: &dyn Filter) {
+        if let Some(old) = old.as_any().downcast_ref::<E2eFilter>() {
             if old.group_names == self.group_names {
                 self.table.adopt(&old.table);
             }
@@ -304,7 +304,7 @@ pub struct E2eKind;
 /// The `e2e` kind.
 pub static KIND: E2eKind = E2eKind;
 
-impl StageKind for E2eKind {
+impl FilterKind for E2eKind {
     fn name(&self) -> &'static str {
         "e2e"
     }
@@ -314,14 +314,14 @@ impl StageKind for E2eKind {
     }
 
     fn running_section(&self, section: &serde_yaml::Value) -> Option<serde_json::Value> {
-        crate::stage::as_running::<E2eConfig>(section)
+        crate::filter::as_running::<E2eConfig>(section)
     }
 
     fn compile(
         &self,
         section: &serde_yaml::Value,
         cx: &mut CompileCtx<'_>,
-    ) -> Option<Arc<dyn Stage>> {
+    ) -> Option<Arc<dyn Filter>> {
         let ec: E2eConfig = cx.parse(section)?;
         let before = cx.problems.count();
         if cx.before.contains(&"hedge") {
@@ -359,7 +359,7 @@ impl StageKind for E2eKind {
         let m = cx.metrics.downcast_ref::<E2eMetrics>()?;
         let names = ec.groups.clone();
         let table = table_slot(source, m, names.clone());
-        Some(Arc::new(E2eStage {
+        Some(Arc::new(E2eFilter {
             header: header?,
             owned: priority_header.iter().cloned().collect(),
             decisions: (0..(MAX_BUCKETS + 1) * groups.len().max(1))

@@ -1,15 +1,15 @@
 //! The hedge policy (Kwiken, SIGCOMM'13): `- hedge:` in a route's chain reissues a slow
 //! idempotent request once, within a reissue budget, after a per-route timeout from a
-//! hot-reloaded table. Its section, compile, metrics and stage; the table, the budget and the
-//! race are in [`table`]. The stage decides the timeout; the edge runs the race (it owns the
-//! sockets) and reports what happened through [`HedgeStage::record`].
+//! hot-reloaded table. Its section, compile, metrics and filter; the table, the budget and the
+//! race are in [`table`]. The filter decides the timeout; the edge runs the race (it owns the
+//! sockets) and reports what happened through [`HedgeFilter::record`].
 
 pub mod table;
 
 pub use table::*;
 
-use crate::stage::{
-    register, CompileCtx, Input, LogValue, RecordParts, RequestState, Stage, StageKind,
+use crate::filter::{
+    register, CompileCtx, Filter, FilterKind, Input, LogValue, RecordParts, RequestState,
 };
 use crate::table::{ReloadableTable, Table, TableError, TableSlot, TableSourceConfig};
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
@@ -66,7 +66,7 @@ pub struct HedgeMetrics {
 #[allow(clippy::expect_used)] // constant, valid metric definitions
 impl HedgeMetrics {
     fn new(r: &Registry) -> Self {
-        let hedges = IntCounterVec::new(Opts::new("hydrus_hedges_total", "Hedging by hedge route (strategy, or cluster without a hydrus stage): `sent` reissues, `won` (the reissue answered well first; a failure or a gateway error, 502 to 504 or gRPC UNAVAILABLE, is no answer while the other attempt runs), `lost` (the first attempt still did, or neither), `denied` (past the timeout but out of budget)."), &["route", "result"]).expect("metric");
+        let hedges = IntCounterVec::new(Opts::new("hydrus_hedges_total", "Hedging by hedge route (strategy, or cluster without a hydrus filter): `sent` reissues, `won` (the reissue answered well first; a failure or a gateway error, 502 to 504 or gRPC UNAVAILABLE, is no answer while the other attempt runs), `lost` (the first attempt still did, or neither), `denied` (past the timeout but out of budget)."), &["route", "result"]).expect("metric");
         let reloads = IntCounterVec::new(
             Opts::new(
                 "hydrus_hedge_table_reloads_total",
@@ -120,18 +120,18 @@ pub fn reissue_after(state: &RequestState) -> Option<Duration> {
 }
 
 /// The hedge filter of a chain, if it has one.
-pub fn of(chain: &crate::route::Chain) -> Option<&HedgeStage> {
-    chain.find::<HedgeStage>()
+pub fn of(chain: &crate::route::Chain) -> Option<&HedgeFilter> {
+    chain.find::<HedgeFilter>()
 }
 
-/// The hedge stage of one route.
-pub struct HedgeStage {
+/// The hedge filter of one route.
+pub struct HedgeFilter {
     pub table: Arc<TableSlot<HedgeTable>>,
     pub max_body_bytes: usize,
     /// The reissue budget: earns the table's share per request, spent per reissue.
     pub budget: Budget,
     /// The hedge-table route of each strategy (by index), and of each cluster (by index,
-    /// used when no hydrus stage decided).
+    /// used when no hydrus filter decided).
     strategy_routes: Option<Vec<String>>,
     cluster_routes: Vec<String>,
     hedges: IntCounterVec,
@@ -141,7 +141,7 @@ pub struct HedgeStage {
     http_route: String,
 }
 
-impl HedgeStage {
+impl HedgeFilter {
     /// The hedge-table route a request is looked up by: its strategy, else its cluster.
     pub fn route_of(&self, state: &RequestState) -> Option<&str> {
         match (&self.strategy_routes, state.strategy) {
@@ -175,7 +175,7 @@ impl HedgeStage {
     }
 }
 
-impl Stage for HedgeStage {
+impl Filter for HedgeFilter {
     fn kind(&self) -> &'static str {
         "hedge"
     }
@@ -212,8 +212,8 @@ impl Stage for HedgeStage {
         self.budget.set_rate(rate);
     }
 
-    fn adopt(&self, old: &dyn Stage) {
-        if let Some(old) = old.as_any().downcast_ref::<HedgeStage>() {
+    fn adopt(&self, old: &dyn Filter) {
+        if let Some(old) = old.as_any().downcast_ref::<HedgeFilter>() {
             if old.table.source == self.table.source {
                 self.table.adopt(&old.table);
                 self.budget.carry_from(&old.budget);
@@ -242,7 +242,7 @@ pub struct HedgeKind;
 /// The `hedge` kind.
 pub static KIND: HedgeKind = HedgeKind;
 
-impl StageKind for HedgeKind {
+impl FilterKind for HedgeKind {
     fn name(&self) -> &'static str {
         "hedge"
     }
@@ -252,14 +252,14 @@ impl StageKind for HedgeKind {
     }
 
     fn running_section(&self, section: &serde_yaml::Value) -> Option<serde_json::Value> {
-        crate::stage::as_running::<HedgeConfig>(section)
+        crate::filter::as_running::<HedgeConfig>(section)
     }
 
     fn compile(
         &self,
         section: &serde_yaml::Value,
         cx: &mut CompileCtx<'_>,
-    ) -> Option<Arc<dyn Stage>> {
+    ) -> Option<Arc<dyn Filter>> {
         let hc: HedgeConfig = cx.parse(section)?;
         let before = cx.problems.count();
         if hc.max_body_bytes == 0 {
@@ -277,7 +277,7 @@ impl StageKind for HedgeKind {
             m.reloads.with_label_values(&["ok"]),
             m.reloads.with_label_values(&["error"]),
         ];
-        Some(Arc::new(HedgeStage {
+        Some(Arc::new(HedgeFilter {
             table: Arc::new(TableSlot::new(source, reloads)),
             max_body_bytes: hc.max_body_bytes,
             budget: Budget::new(0.0, hc.burst),

@@ -13,7 +13,7 @@
 //!     qoe_per_request: [0.42, 0.43, ...]
 //! ```
 //!
-//! The spend controller of the hydrus stage steers each proxy's spend per request to
+//! The spend controller of the hydrus filter steers each proxy's spend per request to
 //! `expected.cost_per_request` of the window.
 
 use serde::{Deserialize, Serialize};

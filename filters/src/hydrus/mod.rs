@@ -1,25 +1,25 @@
 //! The hydrus policy (the Hydrus paper's per-request allocation): `- hydrus:` in a route's
-//! chain. Its section, its checks and compile, its k-table, its metrics and its stage.
+//! chain. Its section, its checks and compile, its k-table, its metrics and its filter.
 //!
 //! - [`strategy`]: the strategy set (cost, QoE scale) from the config.
 //! - [`qoe`]: the QoE header parser.
 //! - [`decide`]: the decision rule, `argmax_j qoe_j - k * cost_j`, ties to the cheaper.
 //! - [`ktable`]: the per-window k-table written by `hydrus solve`.
-//! - [`filter`]: all of the above for one request, with its fallbacks.
-//! - [`stage`]: the stage a route runs.
+//! - [`rule`]: all of the above for one request, with its fallbacks.
+//! - [`filter`]: the filter a route runs.
 
 pub mod decide;
 pub mod filter;
 pub mod ktable;
 pub mod qoe;
+pub mod rule;
 pub mod spend;
-pub mod stage;
 pub mod strategy;
 
-pub use filter::{Decision, Fallback, HydrusFilter, RequestInputs};
-pub use stage::{HydrusMetrics, HydrusStage, StrategyAction};
+pub use filter::{HydrusFilter, HydrusMetrics, StrategyAction};
+pub use rule::{Decision, Fallback, HydrusRule, RequestInputs};
 
-use crate::stage::{normalized, CompileCtx, Stage, StageKind, HOP_OR_FRAMING};
+use crate::filter::{normalized, CompileCtx, Filter, FilterKind, HOP_OR_FRAMING};
 use crate::table::TableSourceConfig;
 use http::{HeaderName, HeaderValue};
 use qoe::QoeRange;
@@ -33,12 +33,12 @@ use strategy::{Strategy, StrategyError, StrategySet};
 pub const MAX_SCENARIOS: usize = 256;
 
 /// The hydrus filter of a chain, if it has one.
-pub fn of(chain: &crate::route::Chain) -> Option<&HydrusStage> {
-    chain.find::<HydrusStage>()
+pub fn of(chain: &crate::route::Chain) -> Option<&HydrusFilter> {
+    chain.find::<HydrusFilter>()
 }
 
 /// The hydrus decision of a request, when a hydrus filter decided it.
-pub fn decision(state: &crate::stage::RequestState) -> Option<&Decision> {
+pub fn decision(state: &crate::filter::RequestState) -> Option<&Decision> {
     state.get::<Decision>()
 }
 
@@ -100,7 +100,7 @@ pub struct HydrusKind;
 /// The `hydrus` kind.
 pub static KIND: HydrusKind = HydrusKind;
 
-impl StageKind for HydrusKind {
+impl FilterKind for HydrusKind {
     fn name(&self) -> &'static str {
         "hydrus"
     }
@@ -110,14 +110,14 @@ impl StageKind for HydrusKind {
     }
 
     fn running_section(&self, section: &serde_yaml::Value) -> Option<serde_json::Value> {
-        crate::stage::as_running::<HydrusConfig>(section)
+        crate::filter::as_running::<HydrusConfig>(section)
     }
 
     fn compile(
         &self,
         section: &serde_yaml::Value,
         cx: &mut CompileCtx<'_>,
-    ) -> Option<Arc<dyn Stage>> {
+    ) -> Option<Arc<dyn Filter>> {
         let hc: HydrusConfig = cx.parse(section)?;
         let before = cx.problems.count();
         if cx.before.contains(&"hedge") {
@@ -159,9 +159,9 @@ impl StageKind for HydrusKind {
             return None;
         }
         let m = cx.metrics.downcast_ref::<HydrusMetrics>()?;
-        let filter = filter::HydrusFilter::new(set?, qoe_range).with_scenarios(hc.scenarios);
+        let rule = rule::HydrusRule::new(set?, qoe_range).with_scenarios(hc.scenarios);
         Some(Arc::new(
-            HydrusStage::new(filter, actions, ktable, m, cx.fallbacks, cx.route)
+            HydrusFilter::new(rule, actions, ktable, m, cx.fallbacks, cx.route)
                 .with_spend_control(spend),
         ))
     }

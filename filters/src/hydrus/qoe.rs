@@ -99,7 +99,7 @@ impl QoeVector {
     }
 }
 
-impl crate::stage::Candidates for QoeVector {
+impl crate::filter::Candidates for QoeVector {
     fn each(&self, each: &mut dyn FnMut(usize, f64)) {
         let mut present = self.present;
         while present != 0 {

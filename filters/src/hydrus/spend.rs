@@ -482,7 +482,7 @@ impl SpendMetrics {
     pub fn new(r: &Registry) -> Self {
         let g = |name: &str, help: &str| {
             let v = GaugeVec::new(Opts::new(name, help), &["route", "scenario"]).expect("metric");
-            crate::stage::register(r, v)
+            crate::filter::register(r, v)
         };
         Self {
             target_per_request: g("hydrus_spend_target_cost_per_request", "Spend controller: the cost per request the k-table expects for the current window."),

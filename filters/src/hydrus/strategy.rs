@@ -46,7 +46,7 @@ pub struct StrategySet {
     value_heads: Vec<Box<[u8]>>,
 }
 
-impl crate::stage::Strategies for StrategySet {
+impl crate::filter::Strategies for StrategySet {
     fn strategy(&self, index: usize) -> Option<(&str, f64)> {
         self.strategies
             .get(index)

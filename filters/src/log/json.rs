@@ -4,7 +4,7 @@
 //! for [`super::RecordRef`] (checked by the tests below): the format is an interface.
 
 use super::record::{RecordRef, ValueInfoRef};
-use crate::stage::LogValue;
+use crate::filter::LogValue;
 
 /// `"text"`, escaped as `serde_json` escapes it (control characters, `"` and `\`).
 pub fn string(out: &mut Vec<u8>, text: &str) {
@@ -146,10 +146,10 @@ pub fn encode(out: &mut Vec<u8>, r: &RecordRef<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::filter::{Candidates, Strategies};
     use crate::hydrus::qoe::QoeVector;
     use crate::hydrus::strategy::{Strategy as Plan, StrategySet};
     use crate::log::record::Extra;
-    use crate::stage::{Candidates, Strategies};
     use proptest::prelude::*;
 
     /// What serde_json writes for the record: the reference the direct writer must match.

@@ -1,14 +1,14 @@
 //! The log policy (section 4.2 of the Hydrus paper): `- log:` in a route's chain publishes one
 //! decision record per request of that route. Its section and checks, and the record format
 //! ([`record`]). The queue and the sinks are the edge's (`src/logsink/`): there is one log per
-//! proxy, so every route's `log` stage names the same sink, and changing it takes a restart.
+//! proxy, so every route's `log` filter names the same sink, and changing it takes a restart.
 
 pub mod json;
 pub mod record;
 
 pub use record::*;
 
-use crate::stage::{CompileCtx, Input, RequestState, Stage, StageKind};
+use crate::filter::{CompileCtx, Filter, FilterKind, Input, RequestState};
 use serde::{Deserialize, Serialize};
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -94,16 +94,16 @@ pub enum SinkConfig {
 }
 
 /// The log filter of a chain, if it has one (its route's requests are logged).
-pub fn of(chain: &crate::route::Chain) -> Option<&LogStage> {
-    chain.find::<LogStage>()
+pub fn of(chain: &crate::route::Chain) -> Option<&LogFilter> {
+    chain.find::<LogFilter>()
 }
 
-/// The log stage: marks its route's requests as logged; the edge writes their records.
-pub struct LogStage {
+/// The log filter: marks its route's requests as logged; the edge writes their records.
+pub struct LogFilter {
     pub runtime: LogRuntime,
 }
 
-impl Stage for LogStage {
+impl Filter for LogFilter {
     fn kind(&self) -> &'static str {
         "log"
     }
@@ -120,7 +120,7 @@ pub struct LogKind;
 /// The `log` kind.
 pub static KIND: LogKind = LogKind;
 
-impl StageKind for LogKind {
+impl FilterKind for LogKind {
     fn name(&self) -> &'static str {
         "log"
     }
@@ -130,14 +130,14 @@ impl StageKind for LogKind {
     }
 
     fn running_section(&self, section: &serde_yaml::Value) -> Option<serde_json::Value> {
-        crate::stage::as_running::<LogConfig>(section)
+        crate::filter::as_running::<LogConfig>(section)
     }
 
     fn compile(
         &self,
         section: &serde_yaml::Value,
         cx: &mut CompileCtx<'_>,
-    ) -> Option<Arc<dyn Stage>> {
+    ) -> Option<Arc<dyn Filter>> {
         let lc: LogConfig = cx.parse(section)?;
         let before = cx.problems.count();
         let sink = match (&lc.file, &lc.kafka) {
@@ -164,7 +164,7 @@ impl StageKind for LogKind {
         if cx.problems.count() > before {
             return None;
         }
-        Some(Arc::new(LogStage {
+        Some(Arc::new(LogFilter {
             runtime: LogRuntime {
                 queue_capacity: lc.queue_capacity,
                 sink: sink?,

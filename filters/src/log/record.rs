@@ -2,7 +2,7 @@
 //! the solver needs). The field names are an interface: `hydrus solve`, dashboards and users'
 //! own pipelines read them. Add fields; never rename or remove one.
 
-use crate::stage::{Candidates, LogValue, Strategies};
+use crate::filter::{Candidates, LogValue, Strategies};
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Serialize, Serializer};
 use std::borrow::Cow;

@@ -130,7 +130,7 @@ pub struct SolveArgs {
     #[arg(long, requires = "follow")]
     pub summaries: Option<String>,
     /// Solve the k-table of this route (its `name` in the config) from its records only.
-    /// Needed when the logs hold decisions of several routes with a hydrus stage (each has
+    /// Needed when the logs hold decisions of several routes with a hydrus filter (each has
     /// its own strategies and k-table); records of routes without one are always skipped.
     #[arg(long)]
     pub route: Option<String>,

@@ -115,7 +115,7 @@ pub struct SolveOptions {
     pub method: Method,
     pub epsilon: f64,
     /// Solve only this route's records (`--route`); without it, records of several routes
-    /// with a hydrus stage are refused.
+    /// with a hydrus filter are refused.
     pub route: Option<String>,
 }
 

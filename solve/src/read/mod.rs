@@ -102,7 +102,7 @@ pub struct ReadStats {
     /// a value that is not a finite number; the chosen strategy not among them).
     pub unusable: u64,
     /// Records with no hydrus decision at all: neither a strategy set nor values (a route
-    /// without a hydrus stage, e.g. an `e2e` or passthrough route logging to the same place).
+    /// without a hydrus filter, e.g. an `e2e` or passthrough route logging to the same place).
     /// Skipped; they never decide which strategy set is the newest.
     #[serde(default)]
     pub no_decision: u64,
@@ -385,9 +385,9 @@ impl<P: Pool> Collector<P> {
     }
 }
 
-/// Records of several routes with a hydrus stage were read without `--route`.
+/// Records of several routes with a hydrus filter were read without `--route`.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("records of several routes with a hydrus stage: {}; each route has its own strategies and k-table: solve one route at a time with --route NAME", .0.join(", "))]
+#[error("records of several routes with a hydrus filter: {}; each route has its own strategies and k-table: solve one route at a time with --route NAME", .0.join(", "))]
 pub struct SeveralRoutes(pub Vec<String>);
 
 impl ReadStats {
@@ -630,7 +630,7 @@ pub fn stats_line(s: &ReadStats) -> String {
     let skipped = [
         (
             s.no_decision,
-            "with no hydrus decision (routes without a hydrus stage)",
+            "with no hydrus decision (routes without a hydrus filter)",
         ),
         (
             s.unusable,
@@ -732,7 +732,7 @@ mod tests {
         )
     }
 
-    /// A record of a route without a hydrus stage (an e2e route's, as the proxy writes it).
+    /// A record of a route without a hydrus filter (an e2e route's, as the proxy writes it).
     fn e2e(ts_ms: u64) -> String {
         format!(
             r#"{{"ts_ms":{ts_ms},"request_id":"r","user_id":"u","device_id":"","scenario":"default","group":"hydrus","chosen":"default","k":null,"value_info":[],"status":200,"upstream_ms":1.0,"route":"search","e2e_bucket":2}}"#

@@ -36,7 +36,7 @@ fn record(
             None,
         ],
         generated_id: None,
-        state: hydrus_filters::stage::RequestState::new(0),
+        state: hydrus_filters::filter::RequestState::new(0),
         status: 200,
         upstream_ms: Some(1.0),
         total_ms: 2.0,

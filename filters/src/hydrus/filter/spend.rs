@@ -1,13 +1,13 @@
-//! The hydrus stage's side of the spend controller: what a request's end feeds the loop, and
+//! The hydrus filter's side of the spend controller: what a request's end feeds the loop, and
 //! the loops' gauge series.
 
-use super::{table_id, HydrusHandles, HydrusStage};
+use super::{table_id, HydrusFilter, HydrusHandles};
+use crate::filter::Group;
+use crate::filter::RequestState;
 use crate::hydrus::spend::SpendLoop;
-use crate::stage::Group;
-use crate::stage::RequestState;
 use std::sync::Arc;
 
-impl HydrusStage {
+impl HydrusFilter {
     /// The spend loops' series, by scenario name (the running k-table's rows).
     pub(super) fn spend_series(&self) -> Vec<(String, Arc<SpendLoop>)> {
         let h = self.handles.load();
@@ -50,11 +50,7 @@ impl HydrusStage {
         let Some(l) = h.loops.get(row).and_then(|l| l.as_deref()) else {
             return;
         };
-        let cost = self
-            .filter
-            .strategies
-            .get(d.strategy)
-            .map_or(0.0, |s| s.cost);
+        let cost = self.rule.strategies.get(d.strategy).map_or(0.0, |s| s.cost);
         if l.record(cost, state.now_ms) {
             let target = self.ktable.get().and_then(|k| {
                 let w = k.table.window_of(state.now_ms);

@@ -1,10 +1,10 @@
-//! The filter chain's contract. Every policy (rollout, hydrus, e2e, hedge, log) is a [`Stage`]:
-//! compiled from its YAML section by its [`StageKind`], holding its hot-reloaded table (if it has
+//! The filter chain's contract. Every policy (rollout, hydrus, e2e, hedge, log) is a [`Filter`]:
+//! compiled from its YAML section by its [`FilterKind`], holding its hot-reloaded table (if it has
 //! one) and its metric handles, deciding for each request over plain data, and adding to the
-//! log record. A route runs its stages in YAML order over one [`RequestState`]; the edge turns a
+//! log record. A route runs its filters in YAML order over one [`RequestState`]; the edge turns a
 //! pingora session into an [`Input`] and applies the outcome through [`Upstream`].
 //!
-//! Adding a policy is one module with a `StageKind` and a `Stage`, plus one line in
+//! Adding a policy is one module with a `FilterKind` and a `Filter`, plus one line in
 //! [`crate::kinds`].
 
 use crate::table::{ReloadableTable, TableSource, TableSourceConfig};
@@ -44,7 +44,7 @@ pub fn normalized(name: &HeaderName) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// Headers that frame a message or concern one hop: never set by a stage (they would also
+/// Headers that frame a message or concern one hop: never set by a filter (they would also
 /// become "owned" and be stripped from every client request).
 pub const HOP_OR_FRAMING: &[&str] = &[
     "host",
@@ -60,7 +60,7 @@ pub const HOP_OR_FRAMING: &[&str] = &[
     "expect",
 ];
 
-/// What one request offers the stages.
+/// What one request offers the filters.
 pub struct Input<'a> {
     pub method: &'a Method,
     pub path: &'a str,
@@ -133,10 +133,10 @@ pub struct RequestState {
     /// filter chose another.
     pub cluster: usize,
     /// The strategy applied, as an index into the route's strategy labels (see
-    /// [`Stage::strategy_labels`]), when a filter chose one; else the route's only label.
+    /// [`Filter::strategy_labels`]), when a filter chose one; else the route's only label.
     pub strategy: Option<usize>,
     /// The request's scenario, as a slot of the route's scenario labels (see
-    /// [`Stage::scenario_labels`]), when a filter placed it.
+    /// [`Filter::scenario_labels`]), when a filter placed it.
     pub scenario_slot: Option<usize>,
     /// Whether the scenario header named a declared scenario: one that did not is logged as
     /// `other`, with what was sent in `scenario_raw`.
@@ -241,7 +241,7 @@ pub struct RecordParts<'a> {
     pub extra: Vec<(&'static str, LogValue)>,
 }
 
-/// The upstream request, as stages may change it.
+/// The upstream request, as filters may change it.
 pub trait Upstream {
     /// Set (replace) a header.
     fn set_header(&mut self, name: &HeaderName, value: HeaderValue);
@@ -250,14 +250,14 @@ pub trait Upstream {
 }
 
 /// One policy of a route's chain.
-pub trait Stage: Send + Sync + 'static {
+pub trait Filter: Send + Sync + 'static {
     /// Its kind, as in YAML (`hydrus`, ...).
     fn kind(&self) -> &'static str;
-    /// Decide for one request, after the stages before it in the chain.
+    /// Decide for one request, after the filters before it in the chain.
     fn decide(&self, input: &Input<'_>, state: &mut RequestState);
-    /// Apply this stage's effects to the upstream request.
+    /// Apply this filter's effects to the upstream request.
     fn edit_upstream(&self, _state: &RequestState, _up: &mut dyn Upstream) {}
-    /// Headers and query keys this stage sets: hydrus owns them, so they are removed from what
+    /// Headers and query keys this filter sets: hydrus owns them, so they are removed from what
     /// clients send.
     fn owned_headers(&self) -> &[HeaderName] {
         &[]
@@ -265,14 +265,14 @@ pub trait Stage: Send + Sync + 'static {
     fn owned_query_keys(&self) -> &[String] {
         &[]
     }
-    /// The hot-reloaded tables this stage reads.
+    /// The hot-reloaded tables this filter reads.
     fn tables(&self) -> Vec<Arc<dyn ReloadableTable>> {
         Vec::new()
     }
-    /// A table of this stage was loaded, replaced or dropped.
+    /// A table of this filter was loaded, replaced or dropped.
     fn tables_changed(&self) {}
-    /// Take over what a previous generation of this stage (before a config reload) loaded.
-    fn adopt(&self, _old: &dyn Stage) {}
+    /// Take over what a previous generation of this filter (before a config reload) loaded.
+    fn adopt(&self, _old: &dyn Filter) {}
     /// The request ended with `status`: count it.
     fn done(&self, _state: &RequestState, _status: u16) {}
     /// Add this filter's part of the request's log record (on the log sink's thread).
@@ -289,7 +289,7 @@ pub trait Stage: Send + Sync + 'static {
     }
     /// Update gauges (at each scrape, and when the config starts running).
     fn refresh_gauges(&self, _now_ms: u64) {}
-    /// The route no longer runs this kind of stage: drop its gauge series, so none is left
+    /// The route no longer runs this kind of filter: drop its gauge series, so none is left
     /// frozen at its last value.
     fn retire(&self) {}
     /// For downcasts: a kind's `adopt`, and its own module's view of it in a chain.
@@ -339,7 +339,7 @@ impl Problems {
     }
 }
 
-/// What compiling a stage's section needs from the config around it.
+/// What compiling a filter's section needs from the config around it.
 pub struct CompileCtx<'a> {
     /// The section's path, e.g. `routes[0].filters[1].hydrus`.
     pub field: String,
@@ -353,13 +353,13 @@ pub struct CompileCtx<'a> {
     pub route_cluster: usize,
     /// Cluster names, by index.
     pub cluster_names: &'a [String],
-    /// The strategy names of a hydrus stage earlier in the chain, if any.
+    /// The strategy names of a hydrus filter earlier in the chain, if any.
     pub strategies: Option<&'a [String]>,
     /// The identity headers' names, in [`USER_ID`] ... order.
     pub identity: &'a [HeaderName; 5],
-    /// The kinds before this stage in its chain.
+    /// The kinds before this filter in its chain.
     pub before: &'a [&'static str],
-    /// This kind's metric families (from [`StageKind::metrics`]).
+    /// This kind's metric families (from [`FilterKind::metrics`]).
     pub metrics: &'a (dyn Any + Send + Sync),
     /// `hydrus_fallback_total{route, group, reason}`, shared by the kinds that fall back.
     pub fallbacks: &'a prometheus::IntCounterVec,
@@ -503,8 +503,8 @@ pub fn with_duration_hint(mut msg: String) -> String {
     msg
 }
 
-/// A kind of stage: its YAML name, its metric families, and how a section compiles.
-pub trait StageKind: Sync {
+/// A kind of filter: its YAML name, its metric families, and how a section compiles.
+pub trait FilterKind: Sync {
     fn name(&self) -> &'static str;
     /// Register this kind's metric families (once per registry).
     fn metrics(&self, registry: &prometheus::Registry) -> Arc<dyn Any + Send + Sync>;
@@ -518,7 +518,7 @@ pub trait StageKind: Sync {
         &self,
         section: &serde_yaml::Value,
         cx: &mut CompileCtx<'_>,
-    ) -> Option<Arc<dyn Stage>>;
+    ) -> Option<Arc<dyn Filter>>;
 }
 
 /// Register a metric (names are constants: registration fails only on a duplicate).

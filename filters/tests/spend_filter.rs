@@ -1,11 +1,11 @@
-//! The spend controller inside the hydrus stage, compiled from YAML and run as the edge runs a
+//! The spend controller inside the hydrus filter, compiled from YAML and run as the edge runs a
 //! chain, under a fake clock: requests' ends drive the loop, the next decisions use `k_t * m`,
 //! the gauges show it, and a new k-table starts the loop afresh.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use hydrus_filters::filter::{Input, Problems, RequestState};
 use hydrus_filters::route::{compile_route, Route, RouteConfig, RouteEnv};
-use hydrus_filters::stage::{Input, Problems, RequestState};
 
 const YAML: &str = r#"
 name: rank
@@ -111,7 +111,7 @@ fn gauge(registry: &prometheus::Registry, name: &str) -> Option<f64> {
 }
 
 #[test]
-fn the_stage_steers_k_and_a_new_ktable_resets_it() {
+fn the_filter_steers_k_and_a_new_ktable_resets_it() {
     let registry = prometheus::Registry::new();
     let r = route(&registry);
     let t0 = 1_795_305_600_000;
