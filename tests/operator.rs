@@ -1,4 +1,4 @@
-//! An operator's first week, as the README's Operations section walks it: shadow mode at 0%,
+//! An operator's first week, as docs/operations.md walks it: shadow mode at 0%,
 //! the first solve from the shadow logs, k-tables bound to their strategy set, log files moved
 //! away by logrotate, and the small things (help, durations, process metrics). Real binary,
 //! loopback only, every wait bounded.

@@ -302,7 +302,7 @@ fn graceful_upgrade_loses_no_request_of_clients_that_never_retry() {
         Duration::from_secs(60),
     );
     std::thread::sleep(Duration::from_millis(500));
-    // The README's sequence, twice in a row: the second upgrade is where a socket left over
+    // docs/operations.md's sequence, twice in a row: the second upgrade is where a socket left over
     // from the first would be mistaken for the new process being ready.
     let mut retired = Vec::new();
     for round in 0..2 {
@@ -346,7 +346,7 @@ fn graceful_upgrade_loses_no_request_of_clients_that_never_retry() {
             status.success(),
             "round {round}: old exits cleanly: {status}"
         );
-        // The README's bound: pingora's fixed 5 s after handing the listeners over, then
+        // docs/operations.md's bound: pingora's fixed 5 s after handing the listeners over, then
         // grace_period (2 s) + shutdown.timeout (3 s) + log.drain_timeout (10 s); 1 s to spare.
         let took = signalled.elapsed();
         assert!(

@@ -1,4 +1,5 @@
-//! `hydrus simulate`: its invariants, and the README's results being what its command prints.
+//! `hydrus simulate`: its invariants, and the results in docs/results.md being what its command
+//! prints.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -30,14 +31,14 @@ fn simulate(args: &[&str]) -> (String, serde_json::Value, tempfile::TempDir) {
 }
 
 #[test]
-fn the_readme_table_is_what_its_command_prints() {
-    // The README shows: cargo run --release -- simulate --seed 42 --out benches/results/simulate
+fn the_results_table_is_what_its_command_prints() {
+    // docs/results.md shows: cargo run --release -- simulate --seed 42 --out benches/results/simulate
     let (md, _, dir) = simulate(&["--seed", "42"]);
-    let readme = std::fs::read_to_string(format!("{ROOT}/README.md")).unwrap();
-    assert!(readme.contains("simulate --seed 42 --out benches/results/simulate"));
+    let page = std::fs::read_to_string(format!("{ROOT}/docs/results.md")).unwrap();
+    assert!(page.contains("simulate --seed 42 --out benches/results/simulate"));
     assert!(
-        readme.contains(md.trim()),
-        "README results differ from the command's output:\n{md}"
+        page.contains(md.trim()),
+        "docs/results.md differs from the command's output:\n{md}"
     );
     let committed =
         std::fs::read_to_string(format!("{ROOT}/benches/results/simulate/results.md")).unwrap();
@@ -130,8 +131,8 @@ fn a_population_from_decision_logs() {
 }
 
 #[test]
-fn the_readme_hedging_table_is_what_its_command_prints() {
-    // The README shows: cargo run --release -- simulate --hedge --seed 42 --out benches/results/simulate
+fn the_hedging_table_is_what_its_command_prints() {
+    // docs/results.md shows: cargo run --release -- simulate --hedge --seed 42 --out benches/results/simulate
     let (md, _, dir) = {
         let dir = tempfile::tempdir().unwrap();
         let out = Command::new(bin())
@@ -146,11 +147,11 @@ fn the_readme_hedging_table_is_what_its_command_prints() {
         );
         (String::from_utf8(out.stdout).unwrap(), (), dir)
     };
-    let readme = std::fs::read_to_string(format!("{ROOT}/README.md")).unwrap();
-    assert!(readme.contains("simulate --hedge --seed 42 --out benches/results/simulate"));
+    let page = std::fs::read_to_string(format!("{ROOT}/docs/results.md")).unwrap();
+    assert!(page.contains("simulate --hedge --seed 42 --out benches/results/simulate"));
     assert!(
-        readme.contains(md.trim()),
-        "README hedging results differ:\n{md}"
+        page.contains(md.trim()),
+        "docs/results.md hedging results differ:\n{md}"
     );
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("hedge.json")).unwrap())
@@ -173,8 +174,8 @@ fn the_readme_hedging_table_is_what_its_command_prints() {
 }
 
 #[test]
-fn the_shifted_day_meets_the_spend_goals_and_the_readme_shows_it() {
-    // The README shows: cargo run --release -- simulate --shift --seed 42 --out benches/results/simulate
+fn the_shifted_day_meets_the_spend_goals_and_the_results_page_shows_it() {
+    // docs/results.md shows: cargo run --release -- simulate --shift --seed 42 --out benches/results/simulate
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(bin())
         .args(["simulate", "--shift", "--seed", "42", "--out"])
@@ -187,9 +188,12 @@ fn the_shifted_day_meets_the_spend_goals_and_the_readme_shows_it() {
         String::from_utf8_lossy(&out.stderr)
     );
     let md = String::from_utf8(out.stdout).unwrap();
-    let readme = std::fs::read_to_string(format!("{ROOT}/README.md")).unwrap();
-    assert!(readme.contains("simulate --shift --seed 42 --out benches/results/simulate"));
-    assert!(readme.contains(md.trim()), "README differs from:\n{md}");
+    let page = std::fs::read_to_string(format!("{ROOT}/docs/results.md")).unwrap();
+    assert!(page.contains("simulate --shift --seed 42 --out benches/results/simulate"));
+    assert!(
+        page.contains(md.trim()),
+        "docs/results.md differs from:\n{md}"
+    );
     let committed =
         std::fs::read_to_string(format!("{ROOT}/benches/results/simulate/shift.md")).unwrap();
     assert_eq!(committed, md);

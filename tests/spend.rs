@@ -19,7 +19,7 @@ const K: f64 = 0.005;
 const EXPECTED: f64 = 13.2;
 const SHIFT: f64 = 0.6;
 /// The test's loop: 10 times faster than the defaults (period 1 s, smoothing 3 s, gain_i 0.3),
-/// so its settling time (30 s with the defaults, README) is 3 s.
+/// so its settling time (30 s with the defaults, docs/spend-control.md) is 3 s.
 const SETTLE: Duration = Duration::from_secs(3);
 
 fn ktable_with_expectation() -> String {

@@ -1,7 +1,7 @@
 //! Summary files: what `hydrus solve --emit-summary FILE` writes from the records one process
 //! saw, and `hydrus solve --merge FILES...` combines into the k-table. A versioned, documented
-//! format (README, "Summary files"); a reader refuses another version or bucket layout rather
-//! than guess.
+//! format (docs/solver.md, "Summary file"); a reader refuses another version or bucket layout
+//! rather than guess.
 
 use super::summary::{Bucket, SummaryParts, WindowSummary, MANTISSA_BITS};
 use super::Budget;

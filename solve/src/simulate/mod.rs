@@ -177,7 +177,7 @@ fn pct(x: f64) -> String {
     format!("{:+.1}%", x * 100.0)
 }
 
-/// The results table, as in the README.
+/// The results table, as in docs/results.md.
 pub fn markdown(r: &Results) -> String {
     let mut s = String::new();
     s.push_str(&format!(

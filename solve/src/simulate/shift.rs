@@ -315,7 +315,7 @@ fn pct(x: f64) -> String {
     format!("{:.1}%", x * 100.0)
 }
 
-/// The results table, as in the README.
+/// The results table, as in docs/results.md.
 pub fn markdown(r: &ShiftResults) -> String {
     let mut s = format!(
         "Seed {}, {} users, {} requests/s (x2 in the surge), cap {:.0} cost/s; every minute from {} s after a shift begins.\n\n",

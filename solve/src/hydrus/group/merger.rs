@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-/// What the summaries topic carries (JSON, tagged by `kind`); README, "Solving in a group".
+/// What the summaries topic carries (JSON, tagged by `kind`); docs/solver.md, "Solving in a group".
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub(super) enum GroupMessage {
