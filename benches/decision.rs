@@ -5,6 +5,15 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use hydrus_filters::filter::{Candidates, Input, LogValue, Problems, RequestState, Strategies};
 use hydrus_filters::log::{Extra, RecordRef, ValueInfoRef};
+use hydrus_filters::outcome::RequestEnd;
+
+/// A request's end as the chain's `done` sees it.
+const END: RequestEnd = RequestEnd {
+    status: 200,
+    grpc_status: None,
+    client_gone: false,
+    seconds: 0.004,
+};
 use hydrus_filters::route::{compile_route, Route, RouteConfig, RouteEnv};
 use hydrus_filters::{
     Group, HydrusRule, KTable, QoeRange, RequestInputs, Rollout, Strategy, StrategySet,
@@ -256,7 +265,7 @@ fn single_shot_chain(spend: bool) {
             route.chain.decide(&input, &mut state);
             let decide = t.elapsed().as_nanos() as u64;
             let t = std::time::Instant::now();
-            route.chain.done(black_box(&state), 200);
+            route.chain.done(black_box(&state), &END);
             (decide, t.elapsed().as_nanos() as u64)
         })
         .unzip();

@@ -1,5 +1,5 @@
 //! The admin listener: `/metrics` (Prometheus text), `/ready`, `/config` (the running config as
-//! JSON) and `/ktable`. It binds to loopback by default because `/config` shows everything.
+//! JSON), `/ktable` and `/rollout` (where each route's rollout stands). It binds to loopback by default because `/config` shows everything.
 
 use crate::state::State;
 use async_trait::async_trait;
@@ -36,6 +36,20 @@ fn json_reply(status: StatusCode, v: serde_json::Value) -> Response<Vec<u8>> {
 }
 
 impl Admin {
+    /// Where each route's rollout stands: its share now, its ramp's step and the next, its
+    /// guard's state and figures; one object per route with a rollout filter.
+    pub fn rollout_json(&self) -> serde_json::Value {
+        let running = self.state.config.load();
+        let now = unix_ms();
+        let routes: Vec<_> = running
+            .routes
+            .iter()
+            .filter_map(|r| hydrus_filters::rollout::of(&r.route.chain))
+            .map(|f| f.standing(now))
+            .collect();
+        json!(routes)
+    }
+
     /// The k-table of a route's hydrus filter (`route` by name, else the first route with one).
     pub fn ktable_json(&self, route: Option<&str>) -> Option<serde_json::Value> {
         let running = self.state.config.load();
@@ -184,9 +198,10 @@ impl ServeHttp for Admin {
                     json!({"error": "no k-table loaded; requests get the default strategy"}),
                 ),
             },
+            "/rollout" => json_reply(StatusCode::OK, self.rollout_json()),
             _ => json_reply(
                 StatusCode::NOT_FOUND,
-                json!({"error": "not found", "endpoints": ["/metrics", "/ready", "/config", "/ktable"]}),
+                json!({"error": "not found", "endpoints": ["/metrics", "/ready", "/config", "/ktable", "/rollout"]}),
             ),
         }
     }

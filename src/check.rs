@@ -5,13 +5,28 @@ use crate::config::{self, Running};
 use crate::metrics::Metrics;
 use hydrus_filters::clock::unix_ms;
 
-/// What `hydrus check` found: errors (the config does not load) or the warnings to print.
-pub fn check(file: &config::ConfigFile) -> Result<Vec<String>, config::ConfigErrors> {
+/// What `hydrus check` prints of a config that loads.
+pub struct Checked {
+    pub warnings: Vec<String>,
+    /// Each route's ramp: its timetable.
+    pub timetables: Vec<String>,
+}
+
+/// What `hydrus check` found: errors (the config does not load), or what to print.
+pub fn check(file: &config::ConfigFile) -> Result<Checked, config::ConfigErrors> {
     // Filters register their metric families in a registry of their own.
     let running = config::load_from(file, &Metrics::new(), config::Purpose::Check)?;
     let mut warnings: Vec<String> = running.warnings.iter().map(|w| w.to_string()).collect();
     warnings.extend(table_warnings(&running));
-    Ok(warnings)
+    let timetables = running
+        .routes
+        .iter()
+        .filter_map(|r| hydrus_filters::rollout::of(&r.route.chain)?.timetable())
+        .collect();
+    Ok(Checked {
+        warnings,
+        timetables,
+    })
 }
 
 /// Load every table file the filters name (each once, naming the routes that read it). Not

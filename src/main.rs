@@ -164,9 +164,12 @@ fn solve(mut args: hydrus_solve::SolveArgs) -> ExitCode {
 /// `hydrus check`: OK after any warnings, or every problem.
 fn check(config: &hydrus::config::ConfigFile) -> ExitCode {
     match hydrus::check::check(config) {
-        Ok(warnings) => {
-            for w in &warnings {
+        Ok(checked) => {
+            for w in &checked.warnings {
                 eprintln!("warning: {w}");
+            }
+            for t in &checked.timetables {
+                println!("{t}");
             }
             println!("OK: {}", config.describe());
             ExitCode::SUCCESS

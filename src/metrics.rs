@@ -20,6 +20,7 @@ pub struct Metrics {
     pub registry: Registry,
     pub decision_seconds: Histogram,
     pub requests: IntCounterVec,
+    pub responses: IntCounterVec,
     pub fallbacks: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub upstream_seconds: HistogramVec,
@@ -122,6 +123,7 @@ impl Metrics {
         let f = Families(&r);
         let m = Self {
             decision_seconds: f.keep(Histogram::with_opts(HistogramOpts::new("hydrus_decision_seconds", "Time the filter chain spends deciding one request (its own overhead).").buckets(DECISION.to_vec())).expect("metric")),
+            responses: f.counters("hydrus_responses_total", "Requests by how they ended, counted once at the end whoever answered: by route, group, applied strategy and class (2xx ... 5xx; a gRPC call's status name; client_gone).", &["route", "group", "strategy", "class"]),
             requests: f.counters("hydrus_requests_total", "Requests by route, applied strategy (`default` on routes without a hydrus filter), group and k-table scenario.", &["route", "strategy", "group", "scenario"]),
             fallbacks: f.counters("hydrus_fallback_total", "Requests that got the default strategy (or E2E's default policy) because of bad input or a missing, stale or mismatched table, and requests without a user id on a route with a rollout, by route and group (control: what treatment would have fallen back on, shadow mode).", &["route", "group", "reason"]),
             config_reloads: f.counters("hydrus_config_reloads_total", "Config reloads by result.", &["result"]),

@@ -273,8 +273,8 @@ pub trait Filter: Send + Sync + 'static {
     fn tables_changed(&self) {}
     /// Take over what a previous generation of this filter (before a config reload) loaded.
     fn adopt(&self, _old: &dyn Filter) {}
-    /// The request ended with `status`: count it.
-    fn done(&self, _state: &RequestState, _status: u16) {}
+    /// The request ended (how: its status, its time, ...): count it.
+    fn done(&self, _state: &RequestState, _end: &crate::outcome::RequestEnd) {}
     /// Add this filter's part of the request's log record (on the log sink's thread).
     fn record<'a>(&'a self, _state: &'a RequestState, _parts: &mut RecordParts<'a>) {}
     /// The strategy labels of a filter that chooses strategies ([`RequestState::strategy`]

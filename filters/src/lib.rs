@@ -30,6 +30,7 @@ pub mod filter;
 pub mod hedge;
 pub mod hydrus;
 pub mod log;
+pub mod outcome;
 pub mod outlier;
 pub mod query;
 pub mod request;

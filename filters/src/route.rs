@@ -362,9 +362,9 @@ impl Chain {
         }
     }
 
-    pub fn done(&self, state: &RequestState, status: u16) {
+    pub fn done(&self, state: &RequestState, end: &crate::outcome::RequestEnd) {
         for s in &self.filters {
-            s.done(state, status);
+            s.done(state, end);
         }
     }
 

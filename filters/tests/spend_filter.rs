@@ -83,7 +83,13 @@ fn request(r: &Route, q: f64, now_ms: u64) -> (f64, f64) {
     };
     let mut state = RequestState::new(r.cluster);
     r.chain.decide(&input, &mut state);
-    r.chain.done(&state, 200);
+    r.chain.done(
+        &state,
+        &hydrus_filters::outcome::RequestEnd {
+            status: 200,
+            ..Default::default()
+        },
+    );
     let d = hydrus_filters::hydrus::decision(&state).unwrap();
     let cost = [6.0, 10.0, 18.0][d.strategy];
     (d.k.unwrap(), cost)

@@ -8,11 +8,12 @@ use arc_swap::ArcSwap;
 use http::HeaderName;
 use hydrus_filters::hydrus::filter::scenario_labels;
 use hydrus_filters::log::{LogRuntime, SinkConfig};
+use hydrus_filters::outcome;
 use hydrus_filters::route::{compile_route, shadowed, Route, RouteConfig, RouteEnv, MAX_ROUTES};
 use hydrus_filters::Group;
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// `route:` of the single-route shape: the cluster of its one catch-all route.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,6 +36,12 @@ pub struct RouteHandles {
     pub upstream_by_strategy: Vec<Histogram>,
     pub request_by_group: [Histogram; 2],
     pub overhead_by_group: [Histogram; 2],
+    /// `hydrus_responses_total`, `[strategy][group][class]` flattened, each resolved when first
+    /// counted (most classes never are: no series at 0 for them).
+    responses: Vec<OnceLock<IntCounter>>,
+    responses_family: IntCounterVec,
+    route: String,
+    strategies: Vec<String>,
 }
 
 impl RouteHandles {
@@ -45,11 +52,36 @@ impl RouteHandles {
             c.inc();
         }
     }
+
+    /// Count a request hydrus answered itself before any decision ran (a header too large, a
+    /// bad target or Host): strategy `none`.
+    pub fn refused(&self, group: Group, class: usize) {
+        let c = outcome::CLASSES.get(class).copied().unwrap_or_default();
+        self.responses_family
+            .with_label_values(&[self.route.as_str(), group.as_str(), "none", c])
+            .inc();
+    }
+
+    /// Count how a request ended (`class`: an index into [`outcome::CLASSES`]).
+    pub fn response(&self, strategy: usize, group: Group, class: usize) {
+        let i = (strategy * 2 + group.index()) * outcome::CLASSES.len() + class;
+        let Some(slot) = self.responses.get(i) else {
+            return;
+        };
+        slot.get_or_init(|| {
+            let s = self.strategies.get(strategy).map_or("", String::as_str);
+            let c = outcome::CLASSES.get(class).copied().unwrap_or_default();
+            self.responses_family
+                .with_label_values(&[self.route.as_str(), group.as_str(), s, c])
+        })
+        .inc();
+    }
 }
 
 /// The request families, kept to rebuild handles when labels change.
 struct Families {
     requests: IntCounterVec,
+    responses: IntCounterVec,
     upstream: HistogramVec,
     request: HistogramVec,
     overhead: HistogramVec,
@@ -68,6 +100,7 @@ impl RouteRuntime {
     fn new(route: Route, m: &Metrics) -> Self {
         let families = Families {
             requests: m.requests.clone(),
+            responses: m.responses.clone(),
             upstream: m.upstream_seconds.clone(),
             request: m.request_seconds.clone(),
             overhead: m.overhead_seconds.clone(),
@@ -114,12 +147,18 @@ impl RouteRuntime {
             requests,
             slots: labels.len(),
             labels,
+            responses: (0..strategies.len() * 2 * outcome::CLASSES.len())
+                .map(|_| OnceLock::new())
+                .collect(),
+            responses_family: f.responses.clone(),
+            route: name.to_string(),
             upstream_by_strategy: strategies
                 .iter()
                 .map(|s| f.upstream.with_label_values(&[name, s.as_str()]))
                 .collect(),
             request_by_group: groups.map(|g| f.request.with_label_values(&[name, g.as_str()])),
             overhead_by_group: groups.map(|g| f.overhead.with_label_values(&[name, g.as_str()])),
+            strategies,
         }
     }
 

@@ -27,6 +27,7 @@ use crate::state::State;
 use conns::Slot;
 use http::header::HeaderValue;
 use hydrus_filters::filter::{Input, RequestState, REQUEST_ID, SCENARIO};
+use hydrus_filters::outcome::RequestEnd;
 use hydrus_filters::route::normalize_path;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
@@ -150,13 +151,47 @@ impl Proxy {
             .requests_rejected
             .with_label_values(&[reason])
             .inc();
-        if ctx.grpc {
-            ctx.grpc_status = Some(grpc::respond(session, status).await?);
-            return Ok(true);
-        }
-        session.set_keepalive(None);
-        session.respond_error(status).await?;
+        let answered = if ctx.grpc {
+            let code = grpc::respond(session, status).await?;
+            ctx.grpc_status = Some(code);
+            (status, Some(code))
+        } else {
+            session.set_keepalive(None);
+            session.respond_error(status).await?;
+            (status, None)
+        };
+        self.count_refused(session, ctx, answered);
         Ok(true)
+    }
+
+    /// A refused request that matches a route counts in that route's outcomes, in the group the
+    /// rollout puts its user in (no decision ran: no route, no group, for one that matches none).
+    fn count_refused(&self, session: &Session, ctx: &Ctx, (status, grpc): (u16, Option<u8>)) {
+        if ctx.route.is_some() {
+            return; // decided on: its end counts it
+        }
+        let running = self.state.config.load();
+        let req = session.req_header();
+        let Ok(path) = normalize_path(req.uri.path(), running.limits.escaped_slashes) else {
+            return;
+        };
+        let Some(route) = running.route_for(&req.method, &path, &req.headers) else {
+            return;
+        };
+        let user = req
+            .headers
+            .get(&running.identity[hydrus_filters::filter::USER_ID])
+            .map(HeaderValue::as_bytes);
+        let group = hydrus_filters::rollout::of(&route.route.chain)
+            .map_or(hydrus_filters::Group::Treatment, |r| {
+                r.group_for(user, ctx.ts_ms)
+            });
+        let end = RequestEnd {
+            status,
+            grpc_status: grpc,
+            ..RequestEnd::default()
+        };
+        route.handles().refused(group, end.class());
     }
 
     /// Whether the request target is one whose query hydrus can see: origin-form (`/path?q`),
@@ -231,7 +266,14 @@ impl Proxy {
             return;
         };
         let chain = &route.route.chain;
-        chain.done(&ctx.state, status);
+        let total = ctx.start.elapsed().as_secs_f64();
+        let end = RequestEnd {
+            status,
+            grpc_status: ctx.grpc_status,
+            client_gone: status == 0 || error == Some("downstream"),
+            seconds: total,
+        };
+        chain.done(&ctx.state, &end);
         let handles = ctx.handles.take().unwrap_or_else(|| route.handles());
         let strategy = ctx.state.strategy.unwrap_or(0);
         let slot = ctx.state.scenario_slot.unwrap_or_else(|| {
@@ -240,7 +282,7 @@ impl Proxy {
         });
         let group = ctx.state.group;
         handles.request(strategy, group, slot);
-        let total = ctx.start.elapsed().as_secs_f64();
+        handles.response(strategy, group, end.class());
         if let Some(h) = handles.request_by_group.get(group.index()) {
             h.observe(total);
         }

@@ -522,7 +522,7 @@ impl Filter for HydrusFilter {
         }
     }
 
-    fn done(&self, state: &RequestState, _status: u16) {
+    fn done(&self, state: &RequestState, _end: &crate::outcome::RequestEnd) {
         let (Some(d), Some(scenario_slot)) = (state.get::<super::Decision>(), state.scenario_slot)
         else {
             return;
