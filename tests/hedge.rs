@@ -1,5 +1,6 @@
 //! Kwiken hedging end to end: a slow-tailed loopback cluster; the proxy logs unhedged traffic,
-//! the solver apportions a reissue budget from those logs, the proxy reissues within it.
+//! the solver apportions a reissue budget from those logs, the proxy reissues within it. The
+//! hedge path forwards as the proxy's does (no hop-by-hop header passed on).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -479,4 +480,45 @@ fn a_request_an_h2_upstream_cannot_take_is_the_clients_mistake() {
         endpoint(&authorities[0]) && authorities[1] == "x",
         "{authorities:?}"
     );
+}
+
+#[test]
+fn the_hedge_path_forwards_no_hop_by_hop_header() {
+    let up = Upstream::start("a");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("hedge.yaml"),
+        "budget: 0.5\nroutes:\n  pool: { timeout_ms: 1000 }\n",
+    )
+    .unwrap();
+    let h = Hydrus::start_in(
+        dir,
+        &pool_filtered(
+            &[up.addr],
+            "hedge:\n  table: { path: \"{dir}/hedge.yaml\" }",
+        ),
+    );
+    assert!(eventually(Duration::from_secs(5), || h
+        .metric("hydrus_hedge_table_loaded")
+        == 1.0));
+    let answer = raw_request(
+        h.port,
+        // (`te: trailers` alone is passed on, as pingora's path does: gRPC servers require it;
+        // see answers_done_at_their_header_end_the_stream_with_it.)
+        b"GET /x HTTP/1.1\r\nhost: x\r\nx-user-id: alice\r\nx-extra: 1\r\nkeep-alive: timeout=5\r\nte: gzip\r\nproxy-connection: keep-alive\r\nconnection: x-extra, keep-alive\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = up.take();
+    assert_eq!(seen.len(), 1);
+    let s = &seen[0];
+    for hop in [
+        "connection",
+        "keep-alive",
+        "te",
+        "proxy-connection",
+        "x-extra",
+    ] {
+        assert_eq!(s.header_count(hop), 0, "{hop}: {:?}", s.raw_headers);
+    }
+    assert_eq!(s.header("x-user-id"), Some("alice"));
 }

@@ -1,6 +1,7 @@
 //! Decision logs end to end: every proxied request becomes exactly one record, in files or in
 //! Kafka; a stalled sink never fails a request, drops are counted, and nothing the queue
-//! accepted is lost, including across SIGTERM.
+//! accepted is lost, including across SIGTERM; a failing sink gives up at SIGTERM in time and
+//! says what it lost; a log file deleted or rotated away is replaced.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -217,6 +218,97 @@ fn sigterm_drains_the_queue_before_exit() {
     assert!(status.success(), "clean exit: {status}\n{}", h.log());
     let records = read_records(&h.path("logs"));
     assert_records_match(&records, &up, n);
+}
+
+#[test]
+fn sigterm_with_a_failing_sink_exits_in_time_and_counts_what_it_lost() {
+    let up = Upstream::start("a");
+    let dir = tempfile::tempdir().unwrap();
+    // A regular file where the log directory should be: every write fails, even as root.
+    std::fs::write(dir.path().join("logs"), b"not a dir").unwrap();
+    let t = pool_filtered(
+        &[up.addr],
+        "log:\n  queue_capacity: 50\n  drain_timeout: 1s\n  file:\n    dir: {dir}/logs",
+    );
+    let mut h = Hydrus::start_in(dir, &t);
+    let sent = requests(&h.url("/"), 200, 2, |_| vec![]);
+    assert!(sent.iter().all(|s| s.status == 200));
+    // A record is pushed in the logging hook, after its response is sent: wait for the last.
+    assert!(eventually(Duration::from_secs(5), || {
+        h.metric(r#"hydrus_log_records_total{result="accepted"}"#)
+            + h.metric(r#"hydrus_log_records_total{result="dropped"}"#)
+            >= 200.0
+    }));
+    let accepted = h.metric(r#"hydrus_log_records_total{result="accepted"}"#);
+    assert!((50.0..=52.0).contains(&accepted), "{accepted}");
+    let t0 = Instant::now();
+    let status = h.terminate();
+    assert!(status.success());
+    assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
+    let log = h.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("accepted record(s) not written"))
+        .unwrap_or_else(|| panic!("{log}"));
+    let n: f64 = line
+        .split(": ")
+        .find_map(|p| p.split(' ').next().and_then(|w| w.parse().ok()))
+        .unwrap();
+    assert_eq!(n, accepted, "{line}");
+}
+
+fn log_files(h: &Hydrus) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(h.path("logs"))
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn lines_in(paths: &[std::path::PathBuf]) -> usize {
+    paths
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap().lines().count())
+        .sum()
+}
+
+#[test]
+fn a_log_file_deleted_or_rotated_away_is_replaced() {
+    let up = Upstream::start("a");
+    let h = Hydrus::start(&hydrus3_template(&up, "0", "{dir}/k.yaml"));
+    let written = |n: f64| {
+        eventually(Duration::from_secs(10), || {
+            h.metric(r#"hydrus_log_records_total{result="written"}"#) == n
+        })
+    };
+    send_users(&h, 20, "0.5");
+    assert!(written(20.0));
+    // Deleted by hand: the next records go to a new file, in the directory.
+    for f in log_files(&h) {
+        std::fs::remove_file(f).unwrap();
+    }
+    send_users(&h, 20, "0.5");
+    assert!(written(40.0));
+    assert_eq!(lines_in(&log_files(&h)), 20, "{}", h.log());
+    // Renamed away, as logrotate does: the renamed file keeps what it had, a new one the rest.
+    let current = log_files(&h);
+    for f in &current {
+        std::fs::rename(f, f.with_extension("jsonl.1")).unwrap();
+    }
+    send_users(&h, 20, "0.5");
+    assert!(written(60.0));
+    let now: Vec<_> = log_files(&h)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    assert_eq!(lines_in(&now), 20);
+    // SIGUSR1 reopens, as for nginx: a new file.
+    let before = log_files(&h).len();
+    h.signal("USR1");
+    send_users(&h, 5, "0.5");
+    assert!(written(65.0));
+    assert_eq!(log_files(&h).len(), before + 1);
+    assert!(h.log().contains("was moved or deleted"));
 }
 
 mod kafka {

@@ -451,6 +451,33 @@ fn follow_rewrites_the_table_as_windows_close() {
     assert!((got - qoe / n).abs() <= 1e-9 * got, "{got} vs {}", qoe / n);
 }
 
+#[test]
+fn solve_follow_writes_a_table_at_start() {
+    let up = Upstream::start("a");
+    let h = Hydrus::start(&hydrus3_template(&up, "0", "{dir}/k.yaml"));
+    send_users(&h, 50, "0.5");
+    assert!(eventually(Duration::from_secs(10), || {
+        h.metric(r#"hydrus_log_records_total{result="written"}"#) == 50.0
+    }));
+    // The current 15-minute window is still open; --follow still writes a table at once.
+    let out = h.path("followed.yaml");
+    let mut child = Command::new(bin())
+        .args(["solve", "--follow", "--logs"])
+        .arg(h.path("logs"))
+        .arg("--out")
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let written = eventually(Duration::from_secs(10), || out.exists());
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(written, "a table within seconds, not at the window's close");
+    let t = KTable::parse(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert!(t.strategy_set().is_some());
+}
+
 /// One proxy, three routes logging to one directory: `rank` and `rank-b` decide with hydrus,
 /// `search` only logs. The solver uses every record of the route it solves, skips the rest
 /// and says why, and refuses two hydrus routes' records without `--route`.

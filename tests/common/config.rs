@@ -1,7 +1,9 @@
 //! A config builder: the preamble every test shares (loopback listener and admin, a quick
 //! shutdown, its own upgrade socket), clusters, and routes with their filters. It renders a
-//! template (`{port}`, `{admin}`, `{dir}` filled in by [`super::render`]).
+//! template (`{port}`, `{admin}`, `{dir}` filled in by [`super::render`]). Below it, the templates
+//! built with it that several test files share.
 
+use super::Upstream;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 
@@ -201,4 +203,157 @@ pub fn file_log() -> String {
     dir: {dir}/logs
     flush_interval: 100ms"
         .into()
+}
+
+// Templates several test files share.
+
+/// hydrus in front of the `pool` cluster (its section's `cluster_extra` lines), no filters;
+/// `top`: more top-level YAML.
+pub fn pool_template(endpoints: &[SocketAddr], cluster_extra: &str, top: &str) -> String {
+    let mut c = Config::new().cluster_with("pool", endpoints, cluster_extra);
+    if !top.is_empty() {
+        c = c.top(top);
+    }
+    c.route(route("default", "pool")).template()
+}
+
+/// hydrus in front of the `pool` cluster, running one filter.
+pub fn pool_filtered(endpoints: &[SocketAddr], filter: &str) -> String {
+    Config::new()
+        .cluster("pool", endpoints)
+        .route(route("default", "pool").filter(filter))
+        .template()
+}
+
+/// hydrus with strategies that set query keys and a header, `rollout` percent of users in
+/// treatment (a salted rollout); `extra`: more of the hydrus section (indented by 6).
+pub fn strategy_template(up: &Upstream, rollout: &str, extra: &str) -> String {
+    strategy_config(up, Some(rollout), extra)
+}
+
+/// As [`strategy_template`]; without a rollout filter when `rollout` is `None`.
+pub fn strategy_config(up: &Upstream, rollout: Option<&str>, extra: &str) -> String {
+    let extra: Vec<&str> = extra
+        .lines()
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .collect();
+    let hydrus = format!(
+        r#"hydrus:
+  default_strategy: s20
+{}
+  ktable:
+    path: {{dir}}/ktable.yaml
+  strategies:
+    - {{ name: s10, cost: 6, qoe_scale: 0.9, set_query: {{ candidates: "10" }} }}
+    - {{ name: s20, cost: 10, set_query: {{ candidates: "20" }} }}
+    - {{ name: s40, cost: 18, qoe_scale: 1.08, set_headers: {{ x-model: large }}, set_query: {{ candidates: "40" }} }}"#,
+        extra.join("\n")
+    );
+    let mut r = route("default", "pool");
+    if let Some(p) = rollout {
+        r = r.filter(&format!("rollout:\n  percent: {p}\n  salt: s3cret-salt"));
+    }
+    Config::new()
+        .cluster("pool", &[up.addr])
+        .route(
+            r.filter(&hydrus)
+                .filter("log:\n  file:\n    dir: {dir}/logs"),
+        )
+        .template()
+}
+
+/// Two clusters (`small`, `big`); three strategies; `percent` of users in treatment; the hydrus
+/// filter with a k-table file in the temp dir (`extra_ktable`: more of its `ktable` section).
+/// Hand values for q (single QoE) at k = 0.004:
+///   s10: 0.90q - 0.024   s20: q - 0.040   s40: 1.08q - 0.072
+///   s20 beats s10 when q > 0.16; s40 beats s20 when q > 0.4.
+pub fn template(small: &Upstream, big: &Upstream, percent: &str, extra_ktable: &str) -> String {
+    template_with(
+        small,
+        big,
+        percent,
+        &format!("path: {{dir}}/ktable.yaml\n{}", extra_ktable.trim()),
+    )
+}
+
+/// The same, with the k-table's source fields as given.
+pub fn template_with(small: &Upstream, big: &Upstream, percent: &str, ktable: &str) -> String {
+    let ktable: Vec<String> = ktable.lines().map(|l| format!("    {l}")).collect();
+    let hydrus = format!(
+        r#"hydrus:
+  default_strategy: s20
+  ktable:
+{}
+  strategies:
+    - name: s10
+      cost: 6
+      qoe_scale: 0.9
+      set_query: {{ candidates: "10" }}
+    - name: s20
+      cost: 10
+      set_query: {{ candidates: "20" }}
+    - name: s40
+      cost: 18
+      qoe_scale: 1.08
+      cluster: big
+      set_headers: {{ x-model: large }}
+      set_query: {{ candidates: "40" }}"#,
+        ktable.join("\n")
+    );
+    Config::new()
+        .grace("1s", Some("2s"))
+        .cluster("small", &[small.addr])
+        .cluster("big", &[big.addr])
+        .route(
+            route("default", "small")
+                .filter(&rollout(percent))
+                .filter(&hydrus),
+        )
+        .template()
+}
+
+/// One endpoint behind `rollout` (`percent`), [`hydrus3`] reading `ktable_path` and the
+/// [`file_log`]. Three strategies; at k = 0.004 a QoE of 0.6 makes s40 the argmax (see
+/// tests/decision.rs).
+pub fn hydrus3_template(up: &Upstream, percent: &str, ktable_path: &str) -> String {
+    Config::new()
+        .grace("1s", None)
+        .cluster("pool", &[up.addr])
+        .route(
+            route("default", "pool")
+                .filter(&rollout(percent))
+                .filter(&hydrus3(ktable_path))
+                .filter(&file_log()),
+        )
+        .template()
+}
+
+/// hydrus in front of the `pool` cluster (and `slow`, when given, for the `heavy` strategy),
+/// with `percent` of users in treatment; a pid file, and the file log under `{dir}/logs`.
+pub fn pool_heavy_template(
+    upstreams: &[&Upstream],
+    slow: Option<&Upstream>,
+    percent: u32,
+) -> String {
+    let endpoints: Vec<_> = upstreams.iter().map(|u| u.addr).collect();
+    let mut hydrus = hydrus3("{dir}/ktable.yaml");
+    let mut c = Config::new()
+        .grace("2s", Some("3s"))
+        .shutdown("pid_file: {dir}/hydrus.pid")
+        .cluster_with(
+            "pool",
+            &endpoints,
+            "    connect_timeout: 300ms\n    outlier: { base_ejection_time: 300ms, max_ejection_time: 1s }",
+        );
+    if let Some(slow) = slow {
+        c = c.cluster_with("slow", &[slow.addr], "    read_timeout: 300ms");
+        hydrus.push_str("\n    - { name: heavy, cost: 50, cluster: slow }");
+    }
+    c.route(
+        route("default", "pool")
+            .filter(&rollout(&percent.to_string()))
+            .filter(&hydrus)
+            .filter("log:\n  file:\n    dir: {dir}/logs"),
+    )
+    .template()
 }

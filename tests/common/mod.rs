@@ -6,13 +6,16 @@ pub mod config;
 pub mod raw;
 
 #[allow(unused_imports)] // not every test binary builds a config
-pub use config::{file_log, hydrus3, rollout, route, Config};
+pub use config::{
+    file_log, hydrus3, hydrus3_template, pool_filtered, pool_heavy_template, pool_template,
+    rollout, route, strategy_config, strategy_template, template, template_with, Config,
+};
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -967,5 +970,155 @@ impl KeepAliveLoad {
             all.other.extend(r.other);
         }
         all
+    }
+}
+
+// Helpers several test files share.
+
+/// [`Hydrus::metric`] of the series `name` with `labels`: the sum over the series carrying them,
+/// 0 when none does.
+pub fn metric_of(h: &Hydrus, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    h.metric(&format!("{name}{{{}}}", inner.join(",")))
+}
+
+/// Whether the server closed `s` within `limit` (reads EOF or a reset).
+pub fn closed_within(s: &mut std::net::TcpStream, limit: Duration) -> Option<Duration> {
+    use std::io::Read;
+    let t = Instant::now();
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let mut b = [0u8; 4096];
+    while t.elapsed() < limit {
+        match s.read(&mut b) {
+            Ok(0) => return Some(t.elapsed()),
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return Some(t.elapsed()),
+        }
+    }
+    None
+}
+
+/// hydrus on [`strategy_template`], with a k-table of `kt` written first.
+pub fn start_strategies(up: &Upstream, rollout: &str, extra: &str, kt: &[(&str, f64)]) -> Hydrus {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ktable.yaml"), ktable(kt, None)).unwrap();
+    Hydrus::start_in(dir, &strategy_template(up, rollout, extra))
+}
+
+/// The rollout percent that puts every user in treatment.
+pub const ALL_TREATED: &str = "100";
+
+/// The two clusters' upstreams (`small`, `big`) and hydrus on [`template`], with `rollout`
+/// percent of users in treatment and the k-table `kt` written first when given.
+pub fn start(
+    rollout: &str,
+    kt: Option<String>,
+    extra_ktable: &str,
+) -> (Upstream, Upstream, Hydrus) {
+    let small = Upstream::start("small");
+    let big = Upstream::start("big");
+    let dir = tempfile::tempdir().unwrap();
+    if let Some(kt) = kt {
+        std::fs::write(dir.path().join("ktable.yaml"), kt).unwrap();
+    }
+    let h = Hydrus::start_in(dir, &template(&small, &big, rollout, extra_ktable));
+    (small, big, h)
+}
+
+/// A GET of `/rank?user=1&candidates=999` with `headers`.
+pub fn send(h: &Hydrus, headers: &[(&str, &str)]) -> (u16, String) {
+    get_with(&h.url("/rank?user=1&candidates=999"), headers).unwrap()
+}
+
+/// The last request either upstream saw.
+pub fn last(small: &Upstream, big: &Upstream) -> Seen {
+    let mut all = small.seen();
+    all.extend(big.seen());
+    assert_eq!(
+        all.len(),
+        1,
+        "exactly one request reached an upstream: {all:?}"
+    );
+    small.take();
+    big.take();
+    all.pop().unwrap()
+}
+
+/// A test directory holding `table` as `k.yaml` (the templates' `{dir}/k.yaml`).
+pub fn with_ktable(table: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("k.yaml"), table).unwrap();
+    dir
+}
+
+/// `n` GETs of `/rank`, from users `user-0`, `user-1`, ... with QoE `q`; each answered 200.
+pub fn send_users(h: &Hydrus, n: usize, q: &str) {
+    for i in 0..n {
+        let (status, _) = get_with(
+            &h.url("/rank"),
+            &[("x-user-id", &format!("user-{i}")), ("x-qoe-score", q)],
+        )
+        .unwrap();
+        assert_eq!(status, 200);
+    }
+}
+
+/// Steady load from `threads` threads until stopped (at most `limit`); counts statuses.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failed: Arc<Mutex<Vec<String>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(port: u16, threads: usize, limit: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let failed = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..threads)
+            .map(|t| {
+                let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+                std::thread::spawn(move || {
+                    let deadline = Instant::now() + limit;
+                    let url = format!("http://127.0.0.1:{port}/rank");
+                    for i in 0..5_000_000u64 {
+                        if stop.load(Ordering::SeqCst) || Instant::now() > deadline {
+                            return;
+                        }
+                        let user = format!("u{t}-{}", i % 5000);
+                        let q = format!("{:.2}", (i % 100) as f64 / 100.0);
+                        let headers = [("x-user-id", user.as_str()), ("x-qoe-score", q.as_str())];
+                        match get_with(&url, &headers) {
+                            Ok((200, _)) => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok((s, b)) => failed.lock().unwrap().push(format!("{s} {b}")),
+                            Err(e) => failed.lock().unwrap().push(e),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            ok,
+            failed,
+            threads,
+        }
+    }
+
+    pub fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        (
+            self.ok.load(Ordering::SeqCst),
+            Arc::try_unwrap(self.failed).unwrap().into_inner().unwrap(),
+        )
     }
 }
