@@ -97,10 +97,14 @@ fn start_with_spend_control(up: &Upstream) -> Hydrus {
         ktable(&[("default", 0.004)], None)
     );
     std::fs::write(dir.path().join("ktable.yaml"), table).unwrap();
-    let t = pool_heavy_template(&[up], None, 50).replace(
-        "qoe_scale: 1.08 }",
-        "qoe_scale: 1.08 }\n          spend_control: { scenarios: { default: { max_cost_per_second: 100000 } } }",
-    );
+    let t = pool_heavy_template(&[up], None, 50)
+        .replace(
+            "qoe_scale: 1.08 }",
+            "qoe_scale: 1.08 }\n          spend_control: { scenarios: { default: { max_cost_per_second: 100000 } } }",
+        )
+        // A rollout guard: its series too.
+        .replace("rollout: { percent: 50 }", "rollout: { percent: 50, guard: {} }");
+    assert!(t.contains("guard: {}"), "{t}");
     Hydrus::start_in(dir, &t)
 }
 
@@ -185,7 +189,7 @@ fn prometheus_scrapes_hydrus_and_every_dashboard_query_answers() {
     assert_eq!(status, 200);
     let rules: serde_json::Value = serde_json::from_str(&body).unwrap();
     let list = rules["data"]["groups"][0]["rules"].as_array().unwrap();
-    assert_eq!(list.len(), 17);
+    assert_eq!(list.len(), 20);
     let _ = prom.kill();
     let _ = prom.wait();
 }

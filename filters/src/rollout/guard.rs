@@ -10,8 +10,8 @@
 //!   the difference of proportions (Agresti-Caffo: one error and one success added to each
 //!   group, so that few or no errors still give a variance);
 //! - latency: are more than 1% of treatment's requests slower than `max_p99_ratio` times
-//!   control's p99? A binomial z-test on the count above that line (counted conservatively, by
-//!   whole histogram buckets, and control's p99 taken at its bucket's upper edge).
+//!   control's p99? A binomial z-test on the count above that line (control's p99 and the count
+//!   read off histograms of quarter powers of two, interpolated within a bucket).
 //!
 //! Each evaluation uses the critical value of `false_alarm_rate / evaluations per window`, so
 //! that the chance of a false trip in any window is at most `false_alarm_rate` (Bonferroni): a
@@ -392,7 +392,7 @@ impl GuardState {
         let figures = |(n, e, hist): &(u64, u64, [u64; LATENCY_BUCKETS])| Figures {
             requests: *n,
             errors: *e,
-            p99_ms: p99(hist, *n).map(|i| bucket_high(i) * 1000.0),
+            p99_ms: p99(hist, *n).map(|s| s * 1000.0),
         };
         let mut v = Verdict {
             treatment: figures(&t),
@@ -402,14 +402,7 @@ impl GuardState {
         };
         if t.0 >= s.min_requests && c.0 >= s.min_requests {
             v.errors_z = Some(errors_z(t.1, t.0, c.1, c.0, s.max_error_increase));
-            v.p99_z = p99(&c.2, c.0).map(|i| {
-                let line = bucket_high(i) * s.max_p99_ratio;
-                let above: u64 = (0..LATENCY_BUCKETS)
-                    .filter(|&j| bucket_low(j) >= line)
-                    .map(|j| t.2[j])
-                    .sum();
-                tail_z(above, t.0)
-            });
+            v.p99_z = p99(&c.2, c.0).map(|p| tail_z(above(&t.2, p * s.max_p99_ratio), t.0));
         }
         let reason = match (v.errors_z, v.p99_z) {
             (Some(z), _) if z > s.critical => Some(Reason::Errors),
@@ -445,17 +438,46 @@ impl GuardState {
     }
 }
 
-/// The bucket holding the 99th percentile of `n` requests.
-fn p99(hist: &[u64; LATENCY_BUCKETS], n: u64) -> Option<usize> {
+/// A point `f` (0 to 1) of the way through latency bucket `i`, on a log scale.
+fn within(i: usize, f: f64) -> f64 {
+    let (lo, hi) = (bucket_low(i).max(0.0005), bucket_high(i));
+    lo * (hi / lo).powf(f)
+}
+
+/// The 99th percentile of `n` requests, in seconds, interpolated within its bucket.
+fn p99(hist: &[u64; LATENCY_BUCKETS], n: u64) -> Option<f64> {
     if n == 0 {
         return None;
     }
-    let want = (n as f64 * 0.99).ceil() as u64;
-    let mut seen = 0;
-    hist.iter().position(|c| {
-        seen += c;
-        seen >= want
-    })
+    let want = n as f64 * 0.99;
+    let mut seen = 0.0;
+    for (i, &c) in hist.iter().enumerate() {
+        let next = seen + c as f64;
+        if next >= want && c > 0 {
+            return Some(within(i, (want - seen) / c as f64));
+        }
+        seen = next;
+    }
+    None
+}
+
+/// How many of the requests in `hist` took longer than `line` seconds: whole buckets above it,
+/// and the share of the bucket it falls in (on a log scale).
+fn above(hist: &[u64; LATENCY_BUCKETS], line: f64) -> f64 {
+    hist.iter()
+        .enumerate()
+        .map(|(i, &c)| {
+            let (lo, hi) = (bucket_low(i).max(0.0005), bucket_high(i));
+            let share = if lo >= line {
+                1.0
+            } else if hi <= line {
+                0.0
+            } else {
+                (hi / line).ln() / (hi / lo).ln()
+            };
+            share * c as f64
+        })
+        .sum()
 }
 
 /// The z of "treatment's error ratio exceeds control's by more than `margin`" (Agresti-Caffo).
@@ -468,9 +490,9 @@ pub fn errors_z(errors_t: u64, n_t: u64, errors_c: u64, n_c: u64, margin: f64) -
 }
 
 /// The z of "more than 1% of `n` requests are above the line", from the `above` that are.
-pub fn tail_z(above: u64, n: u64) -> f64 {
+pub fn tail_z(above: f64, n: u64) -> f64 {
     let n = n as f64;
-    (above as f64 - TAIL * n) / (TAIL * (1.0 - TAIL) * n).sqrt()
+    (above - TAIL * n) / (TAIL * (1.0 - TAIL) * n).sqrt()
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub mod hedge;
 pub mod plots;
 pub mod policies;
 pub mod population;
+pub mod ramp;
 pub mod shift;
 
 pub use experiments::run;
@@ -83,6 +84,22 @@ pub struct SimulateArgs {
     /// Hedging mode: requests per (train, test) sample.
     #[arg(long, default_value_t = 100_000)]
     pub requests: usize,
+    /// Rollout mode: a ramp with a regression injected into treatment, when the guard trips it
+    /// and how many users met it; then runs without one, how often the guard trips on noise
+    /// (writes ramp.json and ramp.md).
+    #[arg(long, conflicts_with_all = ["hedge", "shift"])]
+    pub ramp: bool,
+    /// Rollout mode: treatment's errors exceed control's by this share (0.05: 5 points).
+    #[arg(long, default_value_t = 0.05)]
+    pub error_increase: f64,
+    /// Rollout mode: treatment's request times are this much longer (0.3: 30%).
+    #[arg(long, default_value_t = 0.0)]
+    pub p99_increase: f64,
+    /// Rollout mode: runs without a regression, and requests in each.
+    #[arg(long, default_value_t = 20)]
+    pub ramp_seeds: u64,
+    #[arg(long, default_value_t = 50_000)]
+    pub ramp_requests: u64,
 }
 
 /// One policy at the default policy's cost.
@@ -273,6 +290,24 @@ pub fn main(args: &SimulateArgs) -> Result<(), SimulateError> {
     };
     if args.shift {
         return shift_main(args, &write);
+    }
+    if args.ramp {
+        let r = ramp::run(ramp::RampSetup {
+            seed: args.seed,
+            error_increase: args.error_increase,
+            p99_increase: args.p99_increase,
+            seeds: args.ramp_seeds,
+            requests: args.ramp_requests,
+        });
+        let md = ramp::markdown(&r);
+        let json = serde_json::to_string_pretty(&r).map_err(|source| SimulateError::Json {
+            file: "ramp.json",
+            source,
+        })?;
+        write("ramp.json", &json)?;
+        write("ramp.md", &md)?;
+        print!("{md}");
+        return Ok(());
     }
     if args.hedge {
         let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
