@@ -179,8 +179,9 @@ fn bench_record(c: &mut Criterion) {
 
 /// A route's whole chain as the edge runs it: rollout, then hydrus over 8 strategies (with its
 /// fallback counters and scenario labels), from the same YAML a user writes; with `spend`, the
-/// spend controller on (the request path reads its correction m).
-fn chain(spend: bool) -> Route {
+/// spend controller on (the request path reads its correction m); with `guard`, the rollout
+/// guard (each request's end counted in its window).
+fn chain(spend: bool, guard: bool) -> Route {
     let yaml = r#"
 name: rank
 cluster: ranking
@@ -199,11 +200,14 @@ filters:
         - { name: s70, cost: 16, qoe_scale: 1.06, set_query: { candidates: "70" } }
         - { name: s80, cost: 18, qoe_scale: 1.08, set_query: { candidates: "80" } }
 "#;
-    let yaml = if spend {
+    let mut yaml = if spend {
         format!("{yaml}      spend_control: {{}}\n")
     } else {
         yaml.to_string()
     };
+    if guard {
+        yaml = yaml.replace("{ percent: 50 }", "{ percent: 50, guard: {} }");
+    }
     let rc: RouteConfig = serde_yaml::from_str(&yaml).unwrap();
     let registry = prometheus::Registry::new();
     let kinds: Vec<_> = hydrus_filters::kinds()
@@ -239,8 +243,8 @@ filters:
     route
 }
 
-fn single_shot_chain(spend: bool) {
-    let route = chain(spend);
+fn single_shot_chain(spend: bool, guard: bool) {
+    let route = chain(spend, guard);
     let headers = http::HeaderMap::new();
     let ids: [Option<http::HeaderValue>; 5] = [
         Some(http::HeaderValue::from_static("user-123456")),
@@ -269,20 +273,43 @@ fn single_shot_chain(spend: bool) {
             (decide, t.elapsed().as_nanos() as u64)
         })
         .unzip();
-    let what = if spend {
-        "rollout+hydrus(spend_control)/8"
-    } else {
-        "rollout+hydrus/8"
+    let what = match (spend, guard) {
+        (true, _) => "rollout+hydrus(spend_control)/8",
+        (false, true) => "rollout(guard)+hydrus/8",
+        (false, false) => "rollout+hydrus/8",
     };
     percentiles(&format!("chain/{what}"), decide);
     percentiles(&format!("chain-done/{what}"), done);
 }
 
+/// The outcome counter at a request's end (`hydrus_responses_total`), on a route as the proxy
+/// compiles it: one lookup and one add.
+fn single_shot_outcome() {
+    let m = hydrus::metrics::Metrics::new();
+    let text = "listen: 127.0.0.1:1\nclusters:\n  a:\n    endpoints: [\"127.0.0.1:2\"]\nroutes:\n  - name: rank\n    cluster: a\n";
+    let running = hydrus::config::load_str(std::path::Path::new("bench.yaml"), text, &m).unwrap();
+    let handles = running.routes[0].handles();
+    let ns: Vec<u64> = (0..200_000)
+        .map(|i| {
+            let end = RequestEnd {
+                status: if i % 100 == 0 { 503 } else { 200 },
+                ..END
+            };
+            let t = std::time::Instant::now();
+            handles.response(0, hydrus_filters::Group::Treatment, black_box(&end).class());
+            t.elapsed().as_nanos() as u64
+        })
+        .collect();
+    percentiles("outcome-counter", ns);
+}
+
 fn bench(c: &mut Criterion) {
     bench_filter(c);
     single_shot_filter();
-    single_shot_chain(false);
-    single_shot_chain(true);
+    single_shot_chain(false, false);
+    single_shot_chain(true, false);
+    single_shot_chain(false, true);
+    single_shot_outcome();
     bench_e2e(c);
     bench_record(c);
 }
