@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 mod connection;
+mod deadline;
 mod h2;
 pub use connection::Edge;
 
@@ -122,6 +123,7 @@ struct Handles {
     idle_timeout: IntCounter,
     header_timeout: IntCounter,
     body_timeout: IntCounter,
+    send_timeout: IntCounter,
     evicted: IntCounter,
     refused: IntCounter,
     tls_failed: IntCounter,
@@ -197,6 +199,7 @@ impl Connections {
                 idle_timeout: closed("idle_timeout"),
                 header_timeout: closed("header_timeout"),
                 body_timeout: closed("body_timeout"),
+                send_timeout: closed("send_timeout"),
                 evicted: closed("evicted"),
                 refused: closed("refused"),
                 tls_failed: closed("tls_handshake"),

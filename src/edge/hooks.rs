@@ -233,12 +233,16 @@ impl ProxyHttp for Proxy {
         e
     }
 
-    /// A client that went away is not an error worth a log line per request.
+    /// A client that went away (or stopped reading) is not an error worth a log line per
+    /// request.
     fn suppress_error_log(&self, _session: &Session, _ctx: &Box<Ctx>, e: &Error) -> bool {
         *e.esource() == ErrorSource::Downstream
             && matches!(
                 e.etype(),
-                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+                ErrorType::ConnectionClosed
+                    | ErrorType::ReadError
+                    | ErrorType::WriteError
+                    | ErrorType::WriteTimedout
             )
     }
 
@@ -355,6 +359,18 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Box<Ctx>) {
+        if let Some(e) = e.filter(|e| {
+            *e.esource() == ErrorSource::Downstream && *e.etype() == ErrorType::WriteTimedout
+        }) {
+            // An HTTP/2 stream whose window stayed shut for `limits.send_timeout`: reset.
+            // (A connection whose writes block is closed by its `Deadline`, counted there.)
+            log::debug!("client stopped reading: {e}");
+            self.state
+                .metrics
+                .downstream_closed
+                .with_label_values(&["send_timeout"])
+                .inc();
+        }
         if let Some(hold) = ctx.hold.as_mut() {
             let outcome = match (e, ctx.upstream_status) {
                 (Some(e), _) if *e.esource() == ErrorSource::Upstream => Some(Outcome::Failure),

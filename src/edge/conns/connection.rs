@@ -2,6 +2,7 @@
 //! set), HTTP/2 (by ALPN, or the prior-knowledge preface in clear text) handed to pingora's
 //! HTTP/2 server, or the HTTP/1 keep-alive loop with its deadlines and eviction.
 
+use super::deadline::Deadline;
 use super::{Connections, Phase, Slot};
 use crate::edge::Proxy;
 use crate::state::State;
@@ -263,9 +264,8 @@ impl Edge {
         slot.header_read.store(false, Ordering::Release);
         slot.body_read.store(false, Ordering::Release);
         let mut session = session;
-        if let Some(t) = self.state.config.load().limits.send_timeout {
-            session.set_write_timeout(Some(t));
-        }
+        // (Writes to the client are under `limits.send_timeout` at the stream, see `deadline`;
+        // an HTTP/2 stream's wait for its window, under the same, is set in `h2`.)
         session.set_connection_user_context(Some(Box::new(slot.clone())));
         let serve = self.proxy.process_new_http(session, shutdown);
         tokio::pin!(serve);
@@ -306,7 +306,7 @@ impl ServerApp for Edge {
         let admitted = self.conns.admit(running.limits.max_connections)?;
         let slot = admitted.slot.clone();
         let accepted_ms = crate::clock::now_ms();
-        let mut stream = match &running.tls {
+        let stream = match &running.tls {
             Some(tls) => {
                 let deadline = at(accepted_ms, running.limits.header_timeout);
                 self.tls_handshake(stream, tls.clone(), &slot, deadline)
@@ -314,6 +314,12 @@ impl ServerApp for Edge {
             }
             None => stream,
         };
+        // Every write to the client from here on is under the send deadline.
+        let mut stream: Stream = Box::new(Deadline::new(
+            stream,
+            running.limits.send_timeout,
+            self.conns.m.send_timeout.clone(),
+        ));
         let header_timeout = running.limits.header_timeout;
         drop(running);
         if !self
@@ -355,4 +361,21 @@ impl ServerApp for Edge {
     /// [`Edge::drain`]). pingora's own cleanup would make every request that arrives during the
     /// drain be dropped unread.
     async fn cleanup(&self) {}
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+
+    /// A loopback connection: hydrus's end as pingora's stream, and the client's end.
+    pub(crate) async fn pair() -> (Stream, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        let server = pingora::protocols::l4::stream::Stream::from(server);
+        (Box::new(server), client)
+    }
 }

@@ -123,9 +123,14 @@ impl Edge {
                     let edge = self.clone();
                     let shutdown = shutdown.clone();
                     let slot = self.conns.stream_slot(limits.body_timeout);
+                    let send_timeout = limits.send_timeout;
                     tokio::spawn(async move {
                         let _in_flight = in_flight;
                         let mut session = ServerSession::new_http2(s);
+                        // A stream whose window stays shut this long is reset (the
+                        // connection's own writes are under the same deadline, see
+                        // `deadline`).
+                        session.set_write_timeout(Some(send_timeout));
                         // (pingora carries a connection's context to the hooks for HTTP/1
                         // only: the stream's slot rides on its request instead.)
                         session

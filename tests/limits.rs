@@ -1,0 +1,318 @@
+//! What clients that hold resources without using them can cost: clients that stop reading
+//! their answers (HTTP/2 streams whose window never opens, HTTP/1.1 connections whose answers
+//! pile up unread), idle HTTP/2 connections at the connection cap, and HTTP/1.1 requests
+//! pipelined in one write. The real binary, loopback upstreams; every wait bounded.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::runtime::Runtime;
+
+/// The length of the answers that are not `/big`.
+const SMALL: usize = 1200;
+
+/// An HTTP/1.1 upstream that answers `/big` with `big` bytes, anything else with [`SMALL`]
+/// bytes. It counts its open connections (open until the peer closes it or a write to it
+/// fails).
+struct Sized {
+    addr: SocketAddr,
+    open: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+/// Counts a connection open while it lives.
+struct Open(Arc<AtomicUsize>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Sized {
+    fn start(big: usize) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let counts = Counts { stop: stop.clone() };
+        let o = open.clone();
+        std::thread::spawn(move || {
+            while !counts.stop.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        o.fetch_add(1, Ordering::SeqCst);
+                        let guard = Open(o.clone());
+                        let counts = counts.clone();
+                        std::thread::spawn(move || {
+                            let _open = guard;
+                            sized_connection(s, big, &counts);
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        Self { addr, open, stop }
+    }
+
+    fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Sized {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// What a [`Sized`] upstream's connections share: its stop flag.
+#[derive(Clone)]
+struct Counts {
+    stop: Arc<AtomicBool>,
+}
+
+fn sized_connection(mut s: TcpStream, big: usize, c: &Counts) {
+    s.set_nonblocking(false).unwrap();
+    s.set_nodelay(true).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    // (A write that hangs this long means the test has failed already.)
+    s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        // A request head (no request sent here has a body).
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            match s.read(&mut chunk) {
+                Ok(0) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if c.stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        buf.drain(..end);
+        let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+        let len = match path.as_str() {
+            "/big" => big,
+            _ => SMALL,
+        };
+        let header = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n");
+        if s.write_all(header.as_bytes()).is_err() {
+            return;
+        }
+        let piece = vec![b'x'; 64 << 10];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(piece.len());
+            if s.write_all(&piece[..n]).is_err() {
+                return;
+            }
+            left -= n;
+        }
+    }
+}
+
+/// hydrus in front of `up` with `limits` (YAML lines under `limits:`).
+fn start(up: &Sized, limits: &str) -> Hydrus {
+    let mut c = Config::new()
+        .cluster("sized", &[up.addr])
+        .route(route("all", "sized"));
+    if !limits.is_empty() {
+        c = c.top(&format!("limits:\n{limits}"));
+    }
+    Hydrus::start(&c.template())
+}
+
+fn closed_count(h: &Hydrus, reason: &str) -> f64 {
+    metric_value(
+        &h.metrics(),
+        &format!("hydrus_downstream_connections_closed_total{{reason=\"{reason}\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
+/// Read `s` until the peer closes it (EOF or reset), within `limit`: the bytes read, or `None`
+/// when it stayed open.
+fn read_to_close(s: &mut TcpStream, limit: Duration) -> Option<Vec<u8>> {
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let t = Instant::now();
+    let mut out = Vec::new();
+    let mut chunk = vec![0u8; 1 << 16];
+    while t.elapsed() < limit {
+        match s.read(&mut chunk) {
+            Ok(0) => return Some(out),
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return Some(out),
+        }
+    }
+    None
+}
+
+/// A new HTTP/2 connection (h2 crate, window as given; `None`: the crate's default).
+async fn h2_client(port: u16, window: Option<u32>) -> h2::client::SendRequest<Bytes> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut b = h2::client::Builder::new();
+    if let Some(w) = window {
+        b.initial_window_size(w);
+    }
+    let (client, conn) = b.handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    client.ready().await.unwrap()
+}
+
+fn get_request(port: u16, path: &str) -> http::Request<()> {
+    http::Request::get(format!("http://127.0.0.1:{port}{path}"))
+        .body(())
+        .unwrap()
+}
+
+/// GET `path` on `client` and read the whole answer: (status, body length).
+async fn h2_get(
+    client: &mut h2::client::SendRequest<Bytes>,
+    port: u16,
+    path: &str,
+) -> (u16, usize) {
+    let (resp, _) = client.send_request(get_request(port, path), true).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+        .await
+        .expect("an answer within 10 s")
+        .unwrap();
+    let status = resp.status().as_u16();
+    let mut body = resp.into_body();
+    let mut len = 0;
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        len += chunk.len();
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    (status, len)
+}
+
+#[test]
+fn the_send_deadline_is_on_by_default() {
+    let up = Sized::start(0);
+    let h = start(&up, "");
+    let (status, body) = get(&format!("{}/config", h.admin())).unwrap();
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["config"]["limits"]["send_timeout"], "1m", "{body}");
+}
+
+#[test]
+fn http2_streams_whose_window_never_opens_are_reset_and_free_their_upstream() {
+    const N: usize = 20;
+    let up = Sized::start(2 << 20);
+    let h = start(&up, "  send_timeout: 2s");
+    let rt = Runtime::new().unwrap();
+    let port = h.port;
+    // A client that opens N streams with a window of 0 and never opens it.
+    let (client, bodies) = rt.block_on(async {
+        let mut client = h2_client(port, Some(0)).await;
+        let mut answers = Vec::new();
+        for _ in 0..N {
+            client = client.ready().await.unwrap();
+            let (resp, _) = client
+                .send_request(get_request(port, "/big"), true)
+                .unwrap();
+            answers.push(resp);
+        }
+        let mut bodies = Vec::new();
+        for a in answers {
+            let resp = tokio::time::timeout(Duration::from_secs(10), a)
+                .await
+                .expect("every answer's header arrives")
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            bodies.push(resp.into_body());
+        }
+        (client, bodies)
+    });
+    // Each stream holds an upstream connection while its body waits for the window...
+    assert!(
+        eventually(Duration::from_secs(5), || up.open() == N),
+        "upstream connections: {}",
+        up.open()
+    );
+    // ...until hydrus gives up on it at the deadline: the stream is reset, not a byte sent.
+    rt.block_on(async {
+        for (i, mut b) in bodies.into_iter().enumerate() {
+            match tokio::time::timeout(Duration::from_secs(10), b.data()).await {
+                Ok(Some(Err(e))) => assert!(e.is_reset() && e.is_remote(), "stream {i}: {e}"),
+                other => panic!("stream {i} not reset within 10 s: {other:?}"),
+            }
+        }
+    });
+    // The upstream connections are closed: a body nobody reads is not worth finishing.
+    assert!(
+        eventually(Duration::from_secs(5), || up.open() == 0),
+        "upstream connections still open: {}",
+        up.open()
+    );
+    assert!(
+        closed_count(&h, "send_timeout") >= N as f64,
+        "{}",
+        h.metrics()
+    );
+    // New clients are served, on both protocols.
+    assert_eq!(get(&h.url("/small")).unwrap().0, 200);
+    rt.block_on(async {
+        let mut fresh = h2_client(port, None).await;
+        assert_eq!(h2_get(&mut fresh, port, "/small").await, (200, SMALL));
+    });
+    drop(client);
+}
+
+#[test]
+fn an_http1_client_that_stops_reading_is_cut_off_and_frees_the_upstream() {
+    let big = 32 << 20;
+    let up = Sized::start(big);
+    let h = start(&up, "  send_timeout: 2s");
+    // A large answer, never read: a body write blocks once the socket buffers are full.
+    let mut large = TcpStream::connect(("127.0.0.1", h.port)).unwrap();
+    large
+        .write_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    assert!(eventually(Duration::from_secs(5), || up.open() == 1));
+    // It is cut off at the deadline, and the upstream connection it held is closed.
+    assert!(
+        eventually(Duration::from_secs(15), || up.open() == 0),
+        "upstream connection still open"
+    );
+    let got = read_to_close(&mut large, Duration::from_secs(10)).expect("large closed");
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    assert!(got.len() < big, "{} bytes: not the whole answer", got.len());
+    assert!(closed_count(&h, "send_timeout") >= 1.0, "{}", h.metrics());
+    // Others are served.
+    assert_eq!(get(&h.url("/small")).unwrap().0, 200);
+}
