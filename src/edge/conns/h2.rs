@@ -4,10 +4,16 @@
 //! connection cap, for ever). Like pingora's loop: GOAWAY on shutdown, then the streams in
 //! flight finish; the connection closed after `limits.idle_timeout` without a stream; one that
 //! keeps sending malformed streams closed.
+//!
+//! A client that stops reading cannot hold more than bounded memory: at most [`MAX_STREAMS`]
+//! streams, each buffering at most [`SEND_BUFFER`] bytes of its answer in the HTTP/2 layer; a
+//! stream whose window stays shut for `limits.send_timeout` is reset, which gives back its
+//! upstream connection.
 
 use super::connection::Edge;
-use pingora::apps::HttpServerApp;
-use pingora::protocols::http::v2::server::{handshake, H2Accept, HttpSession};
+use pingora::protocols::http::v2::server::{
+    default_h2_options, handshake, H2Accept, H2Options, HttpSession,
+};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Digest, Stream};
 use pingora::server::ShutdownWatch;
@@ -18,6 +24,31 @@ use tokio::sync::Notify;
 
 /// Rejected (malformed) streams after which a connection is closed, as pingora does.
 const MAX_REJECTED_STREAMS: usize = 32;
+
+/// Concurrent streams a client may open on one connection (`SETTINGS_MAX_CONCURRENT_STREAMS`):
+/// pingora's default, and gRPC's usual one.
+const MAX_STREAMS: u32 = 100;
+
+/// Bytes of a stream's answer the HTTP/2 layer buffers for a client that has opened its window
+/// but does not read them off the connection (the h2 crate's default is 400 KiB): four DATA
+/// frames of the default size.
+const SEND_BUFFER: usize = 64 << 10;
+
+/// Bytes a client may send on a stream, and on the whole connection, before hydrus has read
+/// them: the protocol's default window, stated (request bodies buffered per connection stay
+/// within it).
+const RECEIVE_WINDOW: u32 = 65_535;
+
+/// The HTTP/2 server's settings: pingora's bounded defaults (the request header list at most
+/// 64 KiB) with the stream count, send buffers and receive windows above.
+fn options() -> H2Options {
+    let mut o = default_h2_options();
+    o.max_concurrent_streams(MAX_STREAMS)
+        .max_send_buffer_size(SEND_BUFFER)
+        .initial_window_size(RECEIVE_WINDOW)
+        .initial_connection_window_size(RECEIVE_WINDOW);
+    o
+}
 
 /// The streams in flight on a connection.
 #[derive(Default)]
@@ -72,7 +103,7 @@ impl Edge {
             proxy_digest: stream.get_proxy_digest(),
             socket_digest: stream.get_socket_digest(),
         });
-        let mut conn = match handshake(stream, self.proxy.h2_options()).await {
+        let mut conn = match handshake(stream, Some(options())).await {
             Ok(c) => c,
             Err(e) => {
                 log::debug!("HTTP/2 handshake failed: {e}");
