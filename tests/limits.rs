@@ -7,6 +7,7 @@
 mod common;
 
 use bytes::Bytes;
+use common::raw::{frame, literal};
 use common::*;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -15,15 +16,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
 
-/// The length of the answers that are not `/big`.
+/// The length of the answers that are neither `/big` nor `/slow`.
 const SMALL: usize = 1200;
 
-/// An HTTP/1.1 upstream that answers `/big` with `big` bytes, anything else with [`SMALL`]
-/// bytes. It counts its open connections (open until the peer closes it or a write to it
-/// fails).
+/// An HTTP/1.1 upstream that answers `/big` with `big` bytes, `/slow` after 1.5 s, anything
+/// else with [`SMALL`] bytes at once. It counts its open connections (open until the peer
+/// closes it or a write to it fails) and the `/slow` requests it received.
 struct Sized {
     addr: SocketAddr,
     open: Arc<AtomicUsize>,
+    slow: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 }
 
@@ -42,8 +44,12 @@ impl Sized {
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let open = Arc::new(AtomicUsize::new(0));
+        let slow = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let counts = Counts { stop: stop.clone() };
+        let counts = Counts {
+            slow: slow.clone(),
+            stop: stop.clone(),
+        };
         let o = open.clone();
         std::thread::spawn(move || {
             while !counts.stop.load(Ordering::SeqCst) {
@@ -61,7 +67,12 @@ impl Sized {
                 }
             }
         });
-        Self { addr, open, stop }
+        Self {
+            addr,
+            open,
+            slow,
+            stop,
+        }
     }
 
     fn open(&self) -> usize {
@@ -75,9 +86,10 @@ impl Drop for Sized {
     }
 }
 
-/// What a [`Sized`] upstream's connections share: its stop flag.
+/// What a [`Sized`] upstream's connections share: its counters and its stop flag.
 #[derive(Clone)]
 struct Counts {
+    slow: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 }
 
@@ -117,6 +129,11 @@ fn sized_connection(mut s: TcpStream, big: usize, c: &Counts) {
         let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
         let len = match path.as_str() {
             "/big" => big,
+            "/slow" => {
+                c.slow.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(1500));
+                SMALL
+            }
             _ => SMALL,
         };
         let header = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n");
@@ -315,4 +332,107 @@ fn an_http1_client_that_stops_reading_is_cut_off_and_frees_the_upstream() {
     assert!(closed_count(&h, "send_timeout") >= 1.0, "{}", h.metrics());
     // Others are served.
     assert_eq!(get(&h.url("/small")).unwrap().0, 200);
+}
+
+/// One raw HTTP/2 frame: (type, flags, stream, payload).
+type RawFrame = (u8, u8, u32, Vec<u8>);
+
+fn read_frame(s: &mut TcpStream) -> Option<RawFrame> {
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head).ok()?;
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).ok()?;
+    Some((head[3], head[4], stream, payload))
+}
+
+/// Answer what the server asks of an HTTP/2 client: SETTINGS and PING acknowledged.
+fn acknowledge(s: &mut TcpStream, f: &RawFrame) {
+    let (kind, flags, _, payload) = f;
+    if (*kind == 4 || *kind == 6) && flags & 1 == 0 {
+        // (A SETTINGS acknowledgement carries nothing; a PING's echoes its payload.)
+        let echo: &[u8] = if *kind == 6 { payload } else { &[] };
+        let mut ack = Vec::new();
+        frame(&mut ack, *kind, 1, 0, echo);
+        let _ = s.write_all(&ack);
+    }
+}
+
+/// A raw HTTP/2 connection that made one GET of `path` and read its whole answer; left open.
+fn h2_used_once(port: u16, path: &str) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    frame(&mut out, 4, 0, 0, &[]);
+    let mut block = Vec::new();
+    for (k, v) in [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":path", path),
+        (":authority", "x"),
+    ] {
+        literal(&mut block, k, v);
+    }
+    frame(&mut out, 1, 4 | 1, 1, &block);
+    s.write_all(&out).unwrap();
+    loop {
+        let f = read_frame(&mut s).expect("the answer arrives");
+        acknowledge(&mut s, &f);
+        let (kind, flags, stream, _) = f;
+        assert_ne!(kind, 3, "stream reset");
+        if stream == 1 && kind <= 1 && flags & 1 != 0 {
+            return s;
+        }
+    }
+}
+
+#[test]
+fn idle_http2_connections_make_room_at_the_cap() {
+    let up = Sized::start(0);
+    let h = start(&up, "  max_connections: 4");
+    let rt = Runtime::new().unwrap();
+    let port = h.port;
+    // Three HTTP/2 connections that made one request each and stay open, and one with a
+    // request in flight: the cap is full.
+    let mut idle: Vec<TcpStream> = (0..3).map(|_| h2_used_once(port, "/small")).collect();
+    // (The busy connection's client is handed back with its answer: it stays open.)
+    let busy = rt.spawn(async move {
+        let mut c = h2_client(port, None).await;
+        (h2_get(&mut c, port, "/slow").await, c)
+    });
+    assert!(eventually(Duration::from_secs(5), || up
+        .slow
+        .load(Ordering::SeqCst)
+        == 1));
+    // A new HTTP/1.1 client is served: idle HTTP/2 connections made room.
+    let mut status = None;
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            status = get(&h.url("/small")).ok().map(|r| r.0);
+            status.is_some()
+        }),
+        "a new client was not served at the cap\n{}",
+        h.log()
+    );
+    assert_eq!(status, Some(200));
+    // So is a new HTTP/2 client.
+    rt.block_on(async {
+        let mut fresh = h2_client(port, None).await;
+        assert_eq!(h2_get(&mut fresh, port, "/small").await, (200, SMALL));
+    });
+    // The connection with a request in flight was left alone.
+    let (answer, _busy_client) = rt.block_on(busy).unwrap();
+    assert_eq!(answer, (200, SMALL));
+    // The idle ones were told to go away (GOAWAY), then closed.
+    for (i, s) in idle.iter_mut().enumerate() {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut goaway = false;
+        while let Some(f) = read_frame(s) {
+            acknowledge(s, &f);
+            goaway |= f.0 == 7;
+        }
+        assert!(goaway, "idle connection {i}: no GOAWAY before it closed");
+    }
+    assert!(closed_count(&h, "evicted") >= 3.0, "{}", h.metrics());
 }

@@ -336,12 +336,14 @@ impl ServerApp for Edge {
         }
         if h2.is_ok_and(|h2| h2) {
             // pingora's HTTP/2 server runs each stream through the same hooks; the
-            // connection stays counted against the cap (as busy) until it closes, idle
-            // connections closed after `limits.idle_timeout` by pingora.
-            slot.set_phase(Phase::Busy);
+            // connection stays counted against the cap until it closes: busy while a stream
+            // is in flight, else evictable (as one whose first request is arriving, until it
+            // has made one; then as an idle keep-alive one). Closed after
+            // `limits.idle_timeout` without a stream.
+            slot.set_phase(Phase::Header);
             slot.set_deadline(0);
             let _admitted = admitted;
-            self.serve_h2(stream, shutdown).await;
+            self.serve_h2(stream, &slot, shutdown).await;
             return None;
         }
         let mut settings = None;

@@ -5,12 +5,15 @@
 //! flight finish; the connection closed after `limits.idle_timeout` without a stream; one that
 //! keeps sending malformed streams closed.
 //!
-//! A client that stops reading cannot hold more than bounded memory: at most [`MAX_STREAMS`]
-//! streams, each buffering at most [`SEND_BUFFER`] bytes of its answer in the HTTP/2 layer; a
-//! stream whose window stays shut for `limits.send_timeout` is reset, which gives back its
-//! upstream connection.
+//! At the connection cap, a connection without a stream in flight is evictable as an idle
+//! keep-alive HTTP/1.1 one is: it is sent GOAWAY and closed once the client has seen it (at most
+//! [`EVICTED_DRAIN`] later). A client that stops reading cannot hold more than bounded memory:
+//! at most [`MAX_STREAMS`] streams, each buffering at most [`SEND_BUFFER`] bytes of its answer
+//! in the HTTP/2 layer; a stream whose window stays shut for `limits.send_timeout` is reset,
+//! which gives back its upstream connection.
 
 use super::connection::Edge;
+use super::{Phase, Slot};
 use pingora::protocols::http::v2::server::{
     default_h2_options, handshake, H2Accept, H2Options, HttpSession,
 };
@@ -39,6 +42,10 @@ const SEND_BUFFER: usize = 64 << 10;
 /// within it).
 const RECEIVE_WINDOW: u32 = 65_535;
 
+/// How long an evicted connection may take to see its GOAWAY and finish a stream that began
+/// just before, before it is closed anyway.
+const EVICTED_DRAIN: Duration = Duration::from_secs(1);
+
 /// The HTTP/2 server's settings: pingora's bounded defaults (the request header list at most
 /// 64 KiB) with the stream count, send buffers and receive windows above.
 fn options() -> H2Options {
@@ -50,11 +57,12 @@ fn options() -> H2Options {
     o
 }
 
-/// The streams in flight on a connection.
-#[derive(Default)]
+/// The streams in flight on a connection, and the connection's slot under the cap: busy while
+/// a stream is in flight, evictable (idle keep-alive) while none is.
 struct Active {
     count: AtomicUsize,
     idle: Notify,
+    slot: Arc<Slot>,
 }
 
 /// One stream in flight; dropping it says so.
@@ -62,15 +70,30 @@ struct InFlight(Arc<Active>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_one();
+        let a = &self.0;
+        if a.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            a.slot.set_phase(Phase::KeepAlive);
+            // (A stream that started meanwhile keeps the connection busy.)
+            if a.count.load(Ordering::Acquire) > 0 {
+                a.slot.set_phase(Phase::Busy);
+            }
+            a.idle.notify_one();
         }
     }
 }
 
 impl Active {
+    fn new(slot: Arc<Slot>) -> Self {
+        Self {
+            count: AtomicUsize::new(0),
+            idle: Notify::new(),
+            slot,
+        }
+    }
+
     fn start(self: &Arc<Self>) -> InFlight {
         self.count.fetch_add(1, Ordering::AcqRel);
+        self.slot.set_phase(Phase::Busy);
         InFlight(self.clone())
     }
 
@@ -95,8 +118,13 @@ impl Active {
 }
 
 impl Edge {
-    /// Serve an HTTP/2 connection until it closes.
-    pub(super) async fn serve_h2(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
+    /// Serve an HTTP/2 connection until it closes; `own`: the connection's slot under the cap.
+    pub(super) async fn serve_h2(
+        self: &Arc<Self>,
+        stream: Stream,
+        own: &Arc<Slot>,
+        shutdown: &ShutdownWatch,
+    ) {
         let digest = Arc::new(Digest {
             ssl_digest: stream.get_ssl_digest(),
             timing_digest: stream.get_timing_digest(),
@@ -111,15 +139,25 @@ impl Edge {
             }
         };
         let limits = self.state.config.load().limits.clone();
-        let active = Arc::new(Active::default());
+        let active = Arc::new(Active::new(own.clone()));
         let mut sd = shutdown.clone();
         let mut draining = *shutdown.borrow();
         if draining {
             conn.graceful_shutdown();
         }
+        // Evicted: when the drain ends (clock ms).
+        let mut evicted_until: Option<u64> = None;
         let mut rejected = 0;
         loop {
-            let accepted = if draining {
+            let accepted = if let Some(until) = evicted_until {
+                let left = until.saturating_sub(crate::clock::now_ms());
+                let accept = HttpSession::from_h2_conn(&mut conn, digest.clone());
+                match tokio::time::timeout(Duration::from_millis(left), accept).await {
+                    Ok(a) => a,
+                    // (Streams still in flight lose their connection now.)
+                    Err(_) => return,
+                }
+            } else if draining {
                 HttpSession::from_h2_conn(&mut conn, digest.clone()).await
             } else {
                 tokio::select! {
@@ -127,6 +165,16 @@ impl Edge {
                     _ = sd.changed() => {
                         conn.graceful_shutdown();
                         draining = true;
+                        continue;
+                    }
+                    _ = own.kick.notified() => {
+                        // (Only eviction kicks an HTTP/2 connection: it has no deadline.)
+                        if own.evicted.load(Ordering::Acquire) {
+                            conn.graceful_shutdown();
+                            evicted_until = Some(crate::clock::now_ms().saturating_add(
+                                EVICTED_DRAIN.as_millis().min(u128::from(u64::MAX)) as u64,
+                            ));
+                        }
                         continue;
                     }
                     a = HttpSession::from_h2_conn(&mut conn, digest.clone()) => a,
