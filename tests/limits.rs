@@ -20,11 +20,13 @@ use tokio::runtime::Runtime;
 const SMALL: usize = 1200;
 
 /// An HTTP/1.1 upstream that answers `/big` with `big` bytes, `/slow` after 1.5 s, anything
-/// else with [`SMALL`] bytes at once. It counts its open connections (open until the peer
-/// closes it or a write to it fails) and the `/slow` requests it received.
+/// else with [`SMALL`] bytes at once (to HEAD: the header alone). It counts its open
+/// connections (open until the peer closes it or a write to it fails), the requests it
+/// answered and the `/slow` ones it received.
 struct Sized {
     addr: SocketAddr,
     open: Arc<AtomicUsize>,
+    served: Arc<AtomicUsize>,
     slow: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 }
@@ -44,9 +46,11 @@ impl Sized {
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let open = Arc::new(AtomicUsize::new(0));
+        let served = Arc::new(AtomicUsize::new(0));
         let slow = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let counts = Counts {
+            served: served.clone(),
             slow: slow.clone(),
             stop: stop.clone(),
         };
@@ -70,6 +74,7 @@ impl Sized {
         Self {
             addr,
             open,
+            served,
             slow,
             stop,
         }
@@ -77,6 +82,10 @@ impl Sized {
 
     fn open(&self) -> usize {
         self.open.load(Ordering::SeqCst)
+    }
+
+    fn served(&self) -> usize {
+        self.served.load(Ordering::SeqCst)
     }
 }
 
@@ -89,6 +98,7 @@ impl Drop for Sized {
 /// What a [`Sized`] upstream's connections share: its counters and its stop flag.
 #[derive(Clone)]
 struct Counts {
+    served: Arc<AtomicUsize>,
     slow: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 }
@@ -141,7 +151,8 @@ fn sized_connection(mut s: TcpStream, big: usize, c: &Counts) {
             return;
         }
         let piece = vec![b'x'; 64 << 10];
-        let mut left = len;
+        // (An answer to HEAD is its header alone.)
+        let mut left = if head.starts_with("HEAD ") { 0 } else { len };
         while left > 0 {
             let n = left.min(piece.len());
             if s.write_all(&piece[..n]).is_err() {
@@ -149,6 +160,7 @@ fn sized_connection(mut s: TcpStream, big: usize, c: &Counts) {
             }
             left -= n;
         }
+        c.served.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -310,6 +322,19 @@ fn http2_streams_whose_window_never_opens_are_reset_and_free_their_upstream() {
     drop(client);
 }
 
+/// A connection to `port` with a small segment size and receive buffer: the kernel then gives
+/// hydrus's end a send buffer of a few hundred KB (not the 4 MB of a loopback connection), which
+/// a client that stops reading fills quickly.
+fn connect_narrow(port: u16) -> TcpStream {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+    s.set_tcp_mss(536).unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    s.connect(&SocketAddr::from(([127, 0, 0, 1], port)).into())
+        .unwrap();
+    s.into()
+}
+
 #[test]
 fn an_http1_client_that_stops_reading_is_cut_off_and_frees_the_upstream() {
     let big = 32 << 20;
@@ -320,16 +345,40 @@ fn an_http1_client_that_stops_reading_is_cut_off_and_frees_the_upstream() {
     large
         .write_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n")
         .unwrap();
-    assert!(eventually(Duration::from_secs(5), || up.open() == 1));
-    // It is cut off at the deadline, and the upstream connection it held is closed.
+    // HEAD requests pipelined and never read: each answer is a header alone, written by the
+    // flush that ends it (which pingora does not time), until the buffers are full.
+    let mut heads = connect_narrow(h.port);
+    heads
+        .set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut sent = 0;
+    while sent < 100_000
+        && heads
+            .write_all(b"HEAD /small HTTP/1.1\r\nhost: x\r\n\r\n")
+            .is_ok()
+    {
+        sent += 1;
+    }
+    // Both are cut off at the deadline, and the upstream connections they held are closed;
+    // the pipelined requests were answered, in order, until the client stopped reading.
     assert!(
         eventually(Duration::from_secs(15), || up.open() == 0),
-        "upstream connection still open"
+        "upstream connections still open: {} ({} of {sent} HEAD requests answered upstream)",
+        up.open(),
+        up.served()
     );
+    let answered = up.served();
+    assert!(answered > 100 && answered < sent, "{answered} of {sent}");
     let got = read_to_close(&mut large, Duration::from_secs(10)).expect("large closed");
     assert!(got.starts_with(b"HTTP/1.1 200"));
     assert!(got.len() < big, "{} bytes: not the whole answer", got.len());
-    assert!(closed_count(&h, "send_timeout") >= 1.0, "{}", h.metrics());
+    let got = read_to_close(&mut heads, Duration::from_secs(10)).expect("heads closed");
+    let read = got.windows(12).filter(|w| w == b"HTTP/1.1 200").count();
+    assert!(
+        read <= answered,
+        "{read} answers read, {answered} served upstream"
+    );
+    assert!(closed_count(&h, "send_timeout") >= 2.0, "{}", h.metrics());
     // Others are served.
     assert_eq!(get(&h.url("/small")).unwrap().0, 200);
 }
@@ -435,4 +484,70 @@ fn idle_http2_connections_make_room_at_the_cap() {
         assert!(goaway, "idle connection {i}: no GOAWAY before it closed");
     }
     assert!(closed_count(&h, "evicted") >= 3.0, "{}", h.metrics());
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let up = Upstream::start("a");
+    let h = Hydrus::start(
+        &Config::new()
+            .cluster("a", &[up.addr])
+            .route(route("all", "a"))
+            .template(),
+    );
+    // Three requests in one write (the second with a body), the last closing the connection.
+    let mut s = TcpStream::connect(("127.0.0.1", h.port)).unwrap();
+    s.write_all(
+        b"GET /one HTTP/1.1\r\nhost: x\r\n\r\n\
+          POST /two HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello\
+          GET /three HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let got = read_to_close(&mut s, Duration::from_secs(10)).expect("closed after the third");
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 3, "{text}");
+    let seen: Vec<(String, String)> = up.take().into_iter().map(|r| (r.method, r.path)).collect();
+    let want = [("GET", "/one"), ("POST", "/two"), ("GET", "/three")];
+    assert_eq!(
+        seen,
+        want.map(|(m, p)| (m.to_string(), p.to_string())).to_vec()
+    );
+    // On a connection used one request at a time (a body among them), then pipelined.
+    let mut s = TcpStream::connect(("127.0.0.1", h.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    for req in [
+        &b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n"[..],
+        b"POST /b HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello",
+    ] {
+        s.write_all(req).unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("\"group\"") {
+            let n = s.read(&mut chunk).unwrap();
+            assert!(n > 0, "closed after {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&chunk[..n]);
+        }
+    }
+    s.write_all(
+        b"GET /c HTTP/1.1\r\nhost: x\r\n\r\nGET /d HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let got = read_to_close(&mut s, Duration::from_secs(10)).expect("closed after /d");
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
+    let seen: Vec<String> = up.take().into_iter().map(|r| r.path).collect();
+    assert_eq!(seen, ["/a", "/b", "/c", "/d"]);
+    // A request that arrives while the one before is still being answered waits its turn.
+    up.delay_ms.store(300, Ordering::SeqCst);
+    let mut s = TcpStream::connect(("127.0.0.1", h.port)).unwrap();
+    s.write_all(b"GET /first HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    s.write_all(b"GET /second HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let got = read_to_close(&mut s, Duration::from_secs(10)).expect("closed after the second");
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
+    let seen: Vec<String> = up.take().into_iter().map(|r| r.path).collect();
+    assert_eq!(seen, ["/first", "/second"]);
 }

@@ -385,6 +385,11 @@ impl ProxyHttp for Proxy {
         }
         // The hold itself is given back when the context drops.
         ctx.hold = None;
+        if let (Some(slot), Some(h1)) = (&ctx.slot, session.as_downstream().as_http1()) {
+            // (What the connection then tells pipelined requests by, see `conns`.)
+            let n = h1.get_headers_raw_bytes().len() + h1.body_bytes_read();
+            slot.consumed(n as u64);
+        }
         let written = session.response_written();
         let status = written.map_or(0, |r| r.status.as_u16());
         // A response that began and then failed: the client got it cut short. (A response

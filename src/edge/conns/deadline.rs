@@ -43,6 +43,8 @@ pub struct Deadline {
     expired: bool,
     /// Counts connections whose deadline passed.
     closed: IntCounter,
+    /// Bytes read from the stream so far.
+    read: u64,
 }
 
 impl std::fmt::Debug for Deadline {
@@ -68,7 +70,18 @@ impl Deadline {
             armed: false,
             expired: false,
             closed,
+            read: 0,
         }
+    }
+
+    /// Bytes read from the stream so far.
+    pub fn read_bytes(&self) -> u64 {
+        self.read
+    }
+
+    /// Peek the stream (see [`Peek`]), without the boxed future of a call through the trait.
+    pub async fn peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        self.inner.try_peek(buf).await
     }
 
     /// The outcome of one write attempt: progress disarms the timer; a blocked write arms it
@@ -111,7 +124,10 @@ impl AsyncRead for Deadline {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.read += buf.filled().len().saturating_sub(before) as u64;
+        r
     }
 }
 
