@@ -49,10 +49,11 @@ pub struct Metrics {
 pub static ALLOCATIONS: std::sync::OnceLock<fn() -> u64> = std::sync::OnceLock::new();
 
 /// Why hydrus closed a client connection (`hydrus_downstream_connections_closed_total`).
-pub const CLOSE_REASONS: [&str; 5] = [
+pub const CLOSE_REASONS: [&str; 6] = [
     "idle_timeout",
     "header_timeout",
     "body_timeout",
+    "send_timeout",
     "evicted",
     "refused",
 ];
@@ -139,7 +140,7 @@ impl Metrics {
             endpoint_healthy: f.gauges("hydrus_endpoint_healthy", "1 when the endpoint passes its active health check (always 1 without one).", &["cluster", "endpoint"]),
             endpoint_ejected: f.gauges("hydrus_endpoint_ejected", "1 while passive health sets the endpoint aside (ejected, or holding requests without answering).", &["cluster", "endpoint"]),
             downstream_connections: f.gauge("hydrus_downstream_connections", "Open client connections on the proxy listener."),
-            downstream_closed: f.counters("hydrus_downstream_connections_closed_total", "Client connections hydrus closed or refused: `idle_timeout`, `header_timeout`, `body_timeout`, `evicted` (not being served, to admit a new one at the cap), `refused` (at the cap, none evictable), `tls_handshake` (a TLS handshake failed or did not finish within the header timeout).", &["reason"]),
+            downstream_closed: f.counters("hydrus_downstream_connections_closed_total", "Client connections hydrus closed or refused: `idle_timeout`, `header_timeout`, `body_timeout`, `send_timeout` (a write to the client made no progress for `limits.send_timeout`: the connection closed, or an HTTP/2 stream reset), `evicted` (not being served, to admit a new one at the cap), `refused` (at the cap, none evictable), `tls_handshake` (a TLS handshake failed or did not finish within the header timeout).", &["reason"]),
             requests_rejected: f.counters("hydrus_requests_rejected_total", "Requests answered by hydrus itself without proxying: `header_too_large` (431), `bad_target` (400), `bad_host` (400: an HTTP/1.1 request without `Host`, or a `Host` that is empty or not `host[:port]`), `bad_content_length` (400: `Content-Length` values that differ or are not numbers; pingora's parser refuses these first, uncounted), `escaped_slash` (400: `%2F`, `%5C` or a backslash in the path, under `limits.escaped_slashes: reject`), `no_route` (404: no route matched), `body_too_large` (413: a body over the hedge filter's `max_body_bytes` on a route marked idempotent). A gRPC call gets the matching `grpc-status` instead of the HTTP status.", &["reason"]),
             log_fields_truncated: f.counters("hydrus_log_fields_truncated_total", "Request header values cut to fit a log record.", &["field"]),
             log_fields_escaped: f.counters("hydrus_log_fields_escaped_total", "Request header values that were not UTF-8, written escaped in a log record (and named in its `escaped` field), by record field.", &["field"]),

@@ -26,3 +26,45 @@ static START: LazyLock<Instant> = LazyLock::new(Instant::now);
 pub fn monotonic_ms() -> u64 {
     START.elapsed().as_millis() as u64
 }
+
+/// An HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`, a `Last-Modified`), or RFC 3339, as Unix ms.
+pub fn unix_ms_of_http_date(v: &str) -> Option<u64> {
+    humantime::parse_rfc3339_weak(v)
+        .ok()
+        .or_else(|| imf_fixdate(v))
+        .and_then(unix_ms_of)
+}
+
+/// `Sun, 06 Nov 1994 08:49:37 GMT`, the HTTP date format.
+fn imf_fixdate(v: &str) -> Option<SystemTime> {
+    let parts: Vec<&str> = v.split_whitespace().collect();
+    if parts.len() != 6 || parts[5] != "GMT" {
+        return None;
+    }
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = MONTHS.iter().position(|m| *m == parts[2])? + 1;
+    let text = format!(
+        "{}-{:02}-{:02}T{}Z",
+        parts[3],
+        month,
+        parts[1].parse::<u32>().ok()?,
+        parts[4]
+    );
+    humantime::parse_rfc3339(&text).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_http_dates() {
+        assert_eq!(
+            unix_ms_of_http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777_000)
+        );
+        assert_eq!(unix_ms_of_http_date("yesterday"), None);
+    }
+}

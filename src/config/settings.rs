@@ -119,11 +119,12 @@ pub struct LimitsConfig {
     pub body_timeout: Duration,
     /// Larger request headers (request line and fields) are answered 431.
     pub max_request_header_bytes: usize,
-    /// A response write to the client that makes no progress for this long ends the request
-    /// (a client that stops reading holds no upstream connection for longer). Off by default:
-    /// pingora puts a timer around every write, which costs CPU on every request.
+    /// A write to the client that makes no progress for this long ends the request and closes
+    /// the connection; an HTTP/2 stream whose flow-control window stays shut this long is
+    /// reset. A client that stops reading holds its upstream connection and buffers no longer.
+    /// 60 s, as nginx's `send_timeout`: the timer is armed only when a write blocks.
     #[serde(with = "humantime_serde")]
-    pub send_timeout: Option<Duration>,
+    pub send_timeout: Duration,
     /// A request path with an encoded slash or backslash (`%2F`, `%5C`, `\`): `reject` (400)
     /// or `unescape` (read as `/`, then routed and forwarded normalized).
     pub escaped_slashes: EscapedSlashes,
@@ -137,7 +138,7 @@ impl Default for LimitsConfig {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(60),
             max_request_header_bytes: 64 << 10,
-            send_timeout: None,
+            send_timeout: Duration::from_secs(60),
             escaped_slashes: EscapedSlashes::Reject,
         }
     }
@@ -235,13 +236,10 @@ pub fn check_limits(c: &mut Checker<'_>, l: &LimitsConfig, sv: &ServerSettings) 
         ("limits.idle_timeout", l.idle_timeout),
         ("limits.header_timeout", l.header_timeout),
         ("limits.body_timeout", l.body_timeout),
+        ("limits.send_timeout", l.send_timeout),
     ] {
         c.duration_positive(f, d);
         c.duration_at_most(f, d, DAY);
-    }
-    if let Some(d) = l.send_timeout {
-        c.duration_positive("limits.send_timeout", d);
-        c.duration_at_most("limits.send_timeout", d, DAY);
     }
     if l.max_request_header_bytes < 1024 {
         c.error("limits.max_request_header_bytes", "must be at least 1024");

@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 mod connection;
+mod deadline;
 mod h2;
 pub use connection::Edge;
 
@@ -72,7 +73,13 @@ pub struct Slot {
     /// Set by the proxy once the current request's header has been read, and once its body has.
     header_read: AtomicBool,
     body_read: AtomicBool,
+    /// The bytes the current HTTP/1 request took off the stream, as pingora counts them (its
+    /// header and body), once it is done; [`UNKNOWN`] until then.
+    consumed: AtomicU64,
 }
+
+/// [`Slot::consumed`] before the request is done.
+const UNKNOWN: u64 = u64::MAX;
 
 impl Slot {
     fn set_phase(&self, p: Phase) {
@@ -116,6 +123,11 @@ impl Slot {
         self.body_read.store(true, Ordering::Release);
         self.set_deadline(0);
     }
+
+    /// The HTTP/1 request is done, having taken `n` bytes off the stream (its header and body).
+    pub fn consumed(&self, n: u64) {
+        self.consumed.store(n, Ordering::Release);
+    }
 }
 
 struct Handles {
@@ -123,6 +135,7 @@ struct Handles {
     idle_timeout: IntCounter,
     header_timeout: IntCounter,
     body_timeout: IntCounter,
+    send_timeout: IntCounter,
     evicted: IntCounter,
     refused: IntCounter,
     tls_failed: IntCounter,
@@ -198,6 +211,7 @@ impl Connections {
                 idle_timeout: closed("idle_timeout"),
                 header_timeout: closed("header_timeout"),
                 body_timeout: closed("body_timeout"),
+                send_timeout: closed("send_timeout"),
                 evicted: closed("evicted"),
                 refused: closed("refused"),
                 tls_failed: closed("tls_handshake"),
@@ -239,6 +253,7 @@ impl Connections {
             evicted: AtomicBool::new(false),
             header_read: AtomicBool::new(false),
             body_read: AtomicBool::new(false),
+            consumed: AtomicU64::new(UNKNOWN),
         });
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.slots

@@ -246,12 +246,16 @@ impl ProxyHttp for Proxy {
         e
     }
 
-    /// A client that went away is not an error worth a log line per request.
+    /// A client that went away (or stopped reading) is not an error worth a log line per
+    /// request.
     fn suppress_error_log(&self, _session: &Session, _ctx: &Box<Ctx>, e: &Error) -> bool {
         *e.esource() == ErrorSource::Downstream
             && matches!(
                 e.etype(),
-                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+                ErrorType::ConnectionClosed
+                    | ErrorType::ReadError
+                    | ErrorType::WriteError
+                    | ErrorType::WriteTimedout
             )
     }
 
@@ -373,6 +377,18 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Box<Ctx>) {
+        if let Some(e) = e.filter(|e| {
+            *e.esource() == ErrorSource::Downstream && *e.etype() == ErrorType::WriteTimedout
+        }) {
+            // An HTTP/2 stream whose window stayed shut for `limits.send_timeout`: reset.
+            // (A connection whose writes block is closed by its `Deadline`, counted there.)
+            log::debug!("client stopped reading: {e}");
+            self.state
+                .metrics
+                .downstream_closed
+                .with_label_values(&["send_timeout"])
+                .inc();
+        }
         if let Some(hold) = ctx.hold.as_mut() {
             let outcome = match (e, ctx.upstream_status) {
                 (Some(e), _) if *e.esource() == ErrorSource::Upstream => Some(Outcome::Failure),
@@ -387,6 +403,11 @@ impl ProxyHttp for Proxy {
         }
         // The hold itself is given back when the context drops.
         ctx.hold = None;
+        if let (Some(slot), Some(h1)) = (&ctx.slot, session.as_downstream().as_http1()) {
+            // (What the connection then tells pipelined requests by, see `conns`.)
+            let n = h1.get_headers_raw_bytes().len() + h1.body_bytes_read();
+            slot.consumed(n as u64);
+        }
         let written = session.response_written();
         let status = written.map_or(0, |r| r.status.as_u16());
         // A response that began and then failed: the client got it cut short. (A response

@@ -4,7 +4,7 @@
 use hydrus_filters::clock::{unix_ms, unix_ms_of};
 use hydrus_filters::table::{redact_urls_in, redacted_url, TableSource};
 use std::path::Path;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 /// A changed file is loaded only once it has stopped changing for this long: editors and
 /// config-management tools may write a file in several chunks, and its first half must not go
@@ -209,7 +209,8 @@ fn fetch(agent: &ureq::Agent, url: &str, etag: Option<&str>) -> Result<Fetched, 
             .map(str::to_string)
     };
     let new_tag = header("etag");
-    let last_modified = header("last-modified").and_then(|v| httpdate_ms(&v));
+    let last_modified =
+        header("last-modified").and_then(|v| hydrus_filters::clock::unix_ms_of_http_date(&v));
     let body = resp
         .body_mut()
         .with_config()
@@ -217,45 +218,4 @@ fn fetch(agent: &ureq::Agent, url: &str, etag: Option<&str>) -> Result<Fetched, 
         .read_to_vec()
         .map_err(|e| failed(e.to_string()))?;
     Ok(Some((body, new_tag, last_modified)))
-}
-
-fn httpdate_ms(v: &str) -> Option<u64> {
-    humantime::parse_rfc3339_weak(v)
-        .ok()
-        .or_else(|| parse_imf_fixdate(v))
-        .and_then(unix_ms_of)
-}
-
-/// `Sun, 06 Nov 1994 08:49:37 GMT`, the HTTP date format.
-fn parse_imf_fixdate(v: &str) -> Option<SystemTime> {
-    let parts: Vec<&str> = v.split_whitespace().collect();
-    if parts.len() != 6 || parts[5] != "GMT" {
-        return None;
-    }
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let month = MONTHS.iter().position(|m| *m == parts[2])? + 1;
-    let text = format!(
-        "{}-{:02}-{:02}T{}Z",
-        parts[3],
-        month,
-        parts[1].parse::<u32>().ok()?,
-        parts[4]
-    );
-    humantime::parse_rfc3339(&text).ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_http_dates() {
-        assert_eq!(
-            httpdate_ms("Sun, 06 Nov 1994 08:49:37 GMT"),
-            Some(784_111_777_000)
-        );
-        assert_eq!(httpdate_ms("yesterday"), None);
-    }
 }

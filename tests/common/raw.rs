@@ -240,7 +240,7 @@ pub const DATA: u8 = 0;
 pub const END_STREAM: u8 = 1;
 
 /// An HPACK literal field without indexing, its name and value not Huffman-coded.
-fn literal(out: &mut Vec<u8>, name: &str, value: &str) {
+pub fn literal(out: &mut Vec<u8>, name: &str, value: &str) {
     out.push(0);
     out.push(name.len() as u8);
     out.extend_from_slice(name.as_bytes());
@@ -248,7 +248,8 @@ fn literal(out: &mut Vec<u8>, name: &str, value: &str) {
     out.extend_from_slice(value.as_bytes());
 }
 
-fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+/// An HTTP/2 frame: its 9-byte header and payload.
+pub fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
     out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
     out.extend_from_slice(&[kind, flags]);
     out.extend_from_slice(&stream.to_be_bytes());

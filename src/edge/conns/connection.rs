@@ -2,24 +2,40 @@
 //! set), HTTP/2 (by ALPN, or the prior-knowledge preface in clear text) handed to pingora's
 //! HTTP/2 server, or the HTTP/1 keep-alive loop with its deadlines and eviction.
 
+use super::deadline::Deadline;
 use super::{Connections, Phase, Slot};
 use crate::edge::Proxy;
 use crate::state::State;
 use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::Stream;
+use pingora::protocols::{Ssl, Stream};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A client connection's stream, under its send deadline. (Kept as itself between requests, so
+/// that its peeks and byte count need no dynamic dispatch; each session gets it as a `Stream`.)
+type Client = Box<Deadline>;
+
 /// Wait for the first byte of a request on `stream`: `Ok(true)` when one arrived, `Ok(false)`
 /// when the stream cannot be peeked (then there is nothing to wait for here).
-async fn first_byte(stream: &mut Stream) -> std::io::Result<bool> {
+async fn first_byte(stream: &mut Deadline) -> std::io::Result<bool> {
     let mut b = [0u8; 1];
-    stream.try_peek(&mut b).await
+    stream.peek(&mut b).await
+}
+
+/// Which request of a connection is awaited.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// Its first.
+    First,
+    /// One after an answer: the connection is idle until it begins.
+    KeepAlive,
+    /// One that began with the last (see [`pipelined`]).
+    Pipelined,
 }
 
 /// Why a connection's wait for its next request ended.
@@ -54,7 +70,7 @@ pub struct Edge {
 impl Edge {
     async fn wait_for_request(
         &self,
-        stream: &mut Stream,
+        stream: &mut Deadline,
         slot: &Slot,
         phase: Phase,
         deadline_ms: u64,
@@ -96,7 +112,7 @@ impl Edge {
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Whether the connection speaks HTTP/2: by ALPN over TLS, by its preface in clear text.
-async fn is_h2(stream: &mut Stream) -> bool {
+async fn is_h2(stream: &mut Deadline) -> bool {
     if stream.get_ssl_digest().is_some() {
         return matches!(
             stream.selected_alpn_proto(),
@@ -108,8 +124,7 @@ async fn is_h2(stream: &mut Stream) -> bool {
     // starting with `P` has more than 4 bytes: `PUT / HTTP/1.0` and an empty line).
     for n in [1, 4, H2_PREFACE.len()] {
         let mut buf = [0u8; H2_PREFACE.len()];
-        if !matches!(stream.try_peek(&mut buf[..n]).await, Ok(true)) || buf[..n] != H2_PREFACE[..n]
-        {
+        if !matches!(stream.peek(&mut buf[..n]).await, Ok(true)) || buf[..n] != H2_PREFACE[..n] {
             return false;
         }
     }
@@ -170,19 +185,56 @@ impl Edge {
 /// The persistent settings of a served connection's session, carried to its next request.
 type Persistent = Option<pingora::apps::HttpPersistentSettings>;
 
+/// Whether pingora carries, in `settings`, bytes of the next request that it read with the last
+/// one (the client pipelined it): then that request has begun, and no byte of it may be left
+/// on the stream to wait for. pingora keeps those bytes private; its `Debug` says whether there
+/// are any (`pipelined_prefix: Some(..)`), read here up to that field and no further.
+fn pipelined(settings: &pingora::apps::HttpPersistentSettings) -> bool {
+    use std::fmt::Write;
+    /// Where the scan is: before the field's name, after it, after its `: `.
+    struct Scan(u8, bool);
+    impl Write for Scan {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            match (self.0, s) {
+                (0, "pipelined_prefix") | (1, ": ") => self.0 += 1,
+                (1, _) => self.0 = 0,
+                (2, _) => {
+                    self.1 = s.starts_with("Some");
+                    // Decided: stop formatting.
+                    return Err(std::fmt::Error);
+                }
+                _ => {}
+            }
+            Ok(())
+        }
+    }
+    let mut scan = Scan(0, false);
+    let _ = write!(scan, "{settings:?}");
+    scan.1
+}
+
 impl Edge {
     /// Wait for the connection's next request within its deadline: whether one began.
     async fn next_request(
         &self,
-        stream: &mut Stream,
+        stream: &mut Deadline,
         slot: &Slot,
-        first: bool,
+        next: Next,
         accepted_ms: u64,
         shutdown: &ShutdownWatch,
     ) -> bool {
         let limits = self.state.config.load().limits.clone();
-        // (HTTP/1.1 pipelining stays off, pingora's default: no request is ever buffered
-        // ahead, so the next one starts with a byte on the stream.)
+        let first = next == Next::First;
+        if next == Next::Pipelined {
+            // pingora read the start of this request with the last one (the client pipelined
+            // it): it has begun, although nothing of it may be left on the stream to wait for.
+            slot.set_phase(Phase::Header);
+            slot.set_deadline(at(
+                hydrus_filters::clock::monotonic_ms(),
+                limits.header_timeout,
+            ));
+            return true;
+        }
         // The first request's wait counts against its header deadline.
         let first_deadline = at(accepted_ms, limits.header_timeout);
         let (phase, deadline) = if first {
@@ -230,7 +282,7 @@ impl Edge {
     /// A session for the request that began on `stream`.
     fn session(
         &self,
-        stream: Stream,
+        stream: Client,
         settings: Persistent,
         shutdown: &ShutdownWatch,
     ) -> ServerSession {
@@ -240,6 +292,10 @@ impl Edge {
             None => {
                 let idle = self.state.config.load().limits.idle_timeout;
                 session.set_keepalive(Some(idle.as_secs().max(1)));
+                // Requests pipelined behind this one (sent before its answer) are answered in
+                // order, one after the other, as nginx and HAProxy do: pingora hands the bytes
+                // it read past a request to the next session (the setting is carried on).
+                session.set_pipelining_enabled(true);
                 if let Some(o) = self.proxy.server_options() {
                     session.set_keepalive_reuses_remaining(o.keepalive_request_limit);
                 }
@@ -262,10 +318,10 @@ impl Edge {
     ) -> Option<(Stream, Persistent)> {
         slot.header_read.store(false, Ordering::Release);
         slot.body_read.store(false, Ordering::Release);
+        slot.consumed.store(super::UNKNOWN, Ordering::Release);
         let mut session = session;
-        if let Some(t) = self.state.config.load().limits.send_timeout {
-            session.set_write_timeout(Some(t));
-        }
+        // (Writes to the client are under `limits.send_timeout` at the stream, see `deadline`;
+        // an HTTP/2 stream's wait for its window, under the same, is set in `h2`.)
         session.set_connection_user_context(Some(Box::new(slot.clone())));
         let serve = self.proxy.process_new_http(session, shutdown);
         tokio::pin!(serve);
@@ -306,7 +362,7 @@ impl ServerApp for Edge {
         let admitted = self.conns.admit(running.limits.max_connections)?;
         let slot = admitted.slot.clone();
         let accepted_ms = hydrus_filters::clock::monotonic_ms();
-        let mut stream = match &running.tls {
+        let stream = match &running.tls {
             Some(tls) => {
                 let deadline = at(accepted_ms, running.limits.header_timeout);
                 self.tls_handshake(stream, tls.clone(), &slot, deadline)
@@ -314,10 +370,16 @@ impl ServerApp for Edge {
             }
             None => stream,
         };
+        // Every write to the client from here on is under the send deadline.
+        let mut stream: Client = Box::new(Deadline::new(
+            stream,
+            running.limits.send_timeout,
+            self.conns.m.send_timeout.clone(),
+        ));
         let header_timeout = running.limits.header_timeout;
         drop(running);
         if !self
-            .next_request(&mut stream, &slot, true, accepted_ms, shutdown)
+            .next_request(&mut stream, &slot, Next::First, accepted_ms, shutdown)
             .await
         {
             return None;
@@ -330,20 +392,35 @@ impl ServerApp for Edge {
         }
         if h2.is_ok_and(|h2| h2) {
             // pingora's HTTP/2 server runs each stream through the same hooks; the
-            // connection stays counted against the cap (as busy) until it closes, idle
-            // connections closed after `limits.idle_timeout` by pingora.
-            slot.set_phase(Phase::Busy);
+            // connection stays counted against the cap until it closes: busy while a stream
+            // is in flight, else evictable (as one whose first request is arriving, until it
+            // has made one; then as an idle keep-alive one). Closed after
+            // `limits.idle_timeout` without a stream.
+            slot.set_phase(Phase::Header);
             slot.set_deadline(0);
             let _admitted = admitted;
-            self.serve_h2(stream, shutdown).await;
+            self.serve_h2(stream, &slot, shutdown).await;
             return None;
         }
         let mut settings = None;
+        let mut next = Next::First;
         loop {
+            let read_before = stream.read_bytes();
             let session = self.session(stream, settings.take(), shutdown);
-            (stream, settings) = self.serve(session, &slot, shutdown).await?;
+            let served;
+            (served, settings) = self.serve(session, &slot, shutdown).await?;
+            // (The session hands back the stream it was given.)
+            stream = served.into_any().downcast::<Deadline>().ok()?;
+            // A request that began on the stream and took all it read left nothing of the next
+            // (the usual case, told without asking pingora); else pingora's record says.
+            let read = stream.read_bytes().wrapping_sub(read_before);
+            let took_all = next != Next::Pipelined && read == slot.consumed.load(Ordering::Acquire);
+            next = match &settings {
+                Some(s) if !took_all && pipelined(s) => Next::Pipelined,
+                _ => Next::KeepAlive,
+            };
             if !self
-                .next_request(&mut stream, &slot, false, accepted_ms, shutdown)
+                .next_request(&mut stream, &slot, next, accepted_ms, shutdown)
                 .await
             {
                 return None;
@@ -355,4 +432,33 @@ impl ServerApp for Edge {
     /// [`Edge::drain`]). pingora's own cleanup would make every request that arrives during the
     /// drain be dropped unread.
     async fn cleanup(&self) {}
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+
+    /// A loopback connection: hydrus's end as pingora's stream, and the client's end.
+    pub(crate) async fn pair() -> (Stream, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        let server = pingora::protocols::l4::stream::Stream::from(server);
+        (Box::new(server), client)
+    }
+
+    #[tokio::test]
+    async fn pipelined_bytes_carried_to_the_next_request_are_seen() {
+        let (stream, _client) = pair().await;
+        let session = ServerSession::new_http1(stream);
+        let mut settings = pingora::apps::HttpPersistentSettings::for_session(&session);
+        assert!(!pipelined(&settings));
+        settings.set_user_context(Box::new(7u64));
+        assert!(!pipelined(&settings));
+        settings.set_pipelined_prefix(bytes::BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]));
+        assert!(pipelined(&settings));
+    }
 }
