@@ -12,6 +12,7 @@ const END: RequestEnd = RequestEnd {
     status: 200,
     grpc_status: None,
     client_gone: false,
+    upstream_failed: false,
     seconds: 0.004,
 };
 use hydrus_filters::route::{compile_route, Route, RouteConfig, RouteEnv};

@@ -54,6 +54,9 @@ pub struct RequestEnd {
     pub grpc_status: Option<u8>,
     /// Whether the client went away before its answer was sent.
     pub client_gone: bool,
+    /// Whether the upstream failed after the answer began (the client got it cut short, with
+    /// the status it had begun with): an error whatever that status.
+    pub upstream_failed: bool,
     /// The whole request's time in the proxy, in seconds.
     pub seconds: f64,
 }

@@ -20,7 +20,6 @@ pub mod upstream;
 
 pub use prepare::HEADER_GROUP;
 
-use crate::cluster::Tried;
 use crate::config::{RouteRuntime, Running};
 use crate::logsink::record::{hex_id, Pending, RequestId};
 use crate::state::State;
@@ -28,6 +27,7 @@ use conns::Slot;
 use http::header::HeaderValue;
 use hydrus_filters::filter::{Input, RequestState, REQUEST_ID, SCENARIO};
 use hydrus_filters::outcome::RequestEnd;
+use hydrus_filters::retry::Tried;
 use hydrus_filters::route::normalize_path;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
@@ -271,6 +271,7 @@ impl Proxy {
             status,
             grpc_status: ctx.grpc_status,
             client_gone: status == 0 || error == Some("downstream"),
+            upstream_failed: error == Some("upstream_body"),
             seconds: total,
         };
         chain.done(&ctx.state, &end);

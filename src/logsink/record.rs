@@ -62,13 +62,15 @@ pub struct Truncations {
     user_id: Field,
     device_id: Field,
     request_id: Field,
+    /// The scenario header as `scenario` (on a route where it is not checked against declared
+    /// scenarios, any value), and as `scenario_raw` (an undeclared one).
     scenario: Field,
+    scenario_raw: Field,
 }
 
 impl Truncations {
     pub fn new(m: &Metrics) -> Self {
-        // (`scenario` is cut under its own name, and escaped only as `scenario_raw`: a
-        // declared scenario is UTF-8.)
+        // (The scenario header is cut under `scenario` either way.)
         let c = |cut: &str, name: &'static str| Field {
             name,
             cut: m.log_fields_truncated.with_label_values(&[cut]),
@@ -78,7 +80,8 @@ impl Truncations {
             user_id: c("user_id", "user_id"),
             device_id: c("device_id", "device_id"),
             request_id: c("request_id", "request_id"),
-            scenario: c("scenario", "scenario_raw"),
+            scenario: c("scenario", "scenario"),
+            scenario_raw: c("scenario", "scenario_raw"),
         }
     }
 }
@@ -162,10 +165,10 @@ impl Pending {
         let raw = self.ids[SCENARIO].as_ref();
         match raw {
             None => (Cow::Borrowed(DEFAULT_SCENARIO), None),
-            Some(_) if declared => (capped(raw, &t.scenario, &mut Vec::new()), None),
+            Some(_) if declared => (capped(raw, &t.scenario, escaped), None),
             Some(_) => (
                 Cow::Borrowed(SCENARIO_OTHER),
-                Some(capped(raw, &t.scenario, escaped)),
+                Some(capped(raw, &t.scenario_raw, escaped)),
             ),
         }
     }

@@ -280,11 +280,11 @@ pub struct LoopState {
 const INTERVAL_WEIGHT: f64 = 0.2;
 
 impl LoopState {
-    /// The stretch an update of `dt_s` seconds measures and integrates over: all of it
-    /// under steady traffic, at most the usual interval after a pause. A pause holds no data:
-    /// the first requests after it are one update, as heavy as a normal one, not a step
-    /// multiplied by the whole gap (nor, with the rates reset, a cost per request taken from
-    /// those few requests alone).
+    /// The stretch an update of `dt_s` seconds measures and integrates over: all of it, but
+    /// after a pause (more than 3 usual intervals: rare between random arrivals) one usual
+    /// interval. A pause holds no data: the first requests after it are one update, as heavy
+    /// as a normal one, not a step multiplied by the whole gap (nor, with the rates reset, a
+    /// cost per request taken from those few requests alone).
     fn span(&mut self, s: &Settings, dt_s: f64) -> f64 {
         let period_s = s.period_ms as f64 / 1000.0;
         let usual = if self.interval_s > 0.0 {
@@ -294,7 +294,12 @@ impl LoopState {
         };
         // (A pause moves the usual interval by a bounded amount only.)
         self.interval_s = usual + INTERVAL_WEIGHT * (dt_s.min(3.0 * usual) - usual);
-        dt_s.min(usual.max(period_s)).max(f64::MIN_POSITIVE)
+        let usual = usual.max(period_s);
+        if dt_s > 3.0 * usual {
+            usual
+        } else {
+            dt_s.max(f64::MIN_POSITIVE)
+        }
     }
 
     /// One update after `dt_s` seconds with `cost` handed out over `requests`: smooth,

@@ -13,8 +13,9 @@
 //!   control's p99? A binomial z-test on the count above that line (control's p99 and the count
 //!   read off histograms of quarter powers of two, interpolated within a bucket).
 //!
-//! Each evaluation uses the critical value of `false_alarm_rate / evaluations per window`, so
-//! that the chance of a false trip in any window is at most `false_alarm_rate` (Bonferroni): a
+//! Each test at each evaluation uses the critical value of `false_alarm_rate / (2 x evaluations
+//! per window)`, so that the chance of a false trip in any window is at most `false_alarm_rate`
+//! (Bonferroni over both tests and every evaluation): a
 //! 1% step with a few hundred requests does not trip on noise, a real regression trips within
 //! seconds of the evidence (about 600 treatment requests for 5 points more errors over 1%).
 
@@ -120,8 +121,9 @@ impl GuardConfig {
         if !(self.max_error_increase.is_finite() && (0.0..1.0).contains(&self.max_error_increase)) {
             return Err(e("max_error_increase", "must be a share from 0 up to 1"));
         }
-        if !(self.max_p99_ratio.is_finite() && self.max_p99_ratio >= 1.0) {
-            return Err(e("max_p99_ratio", "must be a number >= 1"));
+        // (Control's p99 is itself an estimate: a line at it would trip on its noise.)
+        if !(self.max_p99_ratio.is_finite() && self.max_p99_ratio >= 1.1) {
+            return Err(e("max_p99_ratio", "must be a number >= 1.1"));
         }
         if !(self.false_alarm_rate > 0.0 && self.false_alarm_rate < 0.5) {
             return Err(e(
@@ -138,7 +140,8 @@ impl GuardConfig {
                     ),
                 }
             })?;
-        let evaluations = (window_ms / EVALUATE_EVERY_MS).max(1) as f64;
+        // Two tests at each evaluation.
+        let evaluations = 2.0 * (window_ms / EVALUATE_EVERY_MS).max(1) as f64;
         Ok(GuardSettings {
             window_ms,
             bucket_ms: (window_ms / BUCKETS as u64).max(1),
@@ -326,6 +329,18 @@ impl GuardState {
         Arc::new(Self::default())
     }
 
+    /// A fresh window that keeps this one's trip (and the verdict that gave it): for a reload
+    /// that changes the window, whose old counts are of other stretches of time.
+    pub fn with_trip_only(&self) -> Arc<Self> {
+        let fresh = Self::default();
+        fresh.tripped.store(self.tripped.load(Relaxed), Relaxed);
+        if self.tripped().is_some() {
+            let last = *self.last.lock().unwrap_or_else(PoisonError::into_inner);
+            *fresh.last.lock().unwrap_or_else(PoisonError::into_inner) = last;
+        }
+        Arc::new(fresh)
+    }
+
     /// Why it tripped, if it did.
     #[inline]
     pub fn tripped(&self) -> Option<Reason> {
@@ -345,7 +360,7 @@ impl GuardState {
             }
             if let Some(g) = b.groups.get(group.index()) {
                 g.requests.fetch_add(1, Relaxed);
-                if s.errors.is_error(end.class()) {
+                if s.errors.is_error(end.class()) || end.upstream_failed {
                     g.errors.fetch_add(1, Relaxed);
                 }
                 if let Some(l) = g.latency.get(latency_bucket(end.seconds)) {
@@ -535,12 +550,13 @@ mod tests {
         bad("min_requests: 0", "min_requests");
         bad("max_error_increase: 1.5", "max_error_increase");
         bad("max_p99_ratio: 0.9", "max_p99_ratio");
+        bad("max_p99_ratio: 1.05", "max_p99_ratio");
         bad("error_statuses: [UNAVAILBLE]", "error_statuses");
         bad("false_alarm_rate: 0", "false_alarm_rate");
         let s = settings("{}");
         assert_eq!((s.window_ms, s.min_requests), (300_000, 500));
-        // 0.1% over 300 evaluations a window.
-        assert!((s.critical - normal_quantile(1.0 - 0.001 / 300.0)).abs() < 1e-12);
+        // 0.1% over 2 tests at 300 evaluations a window.
+        assert!((s.critical - normal_quantile(1.0 - 0.001 / 600.0)).abs() < 1e-12);
     }
 
     /// Requests of both groups, one every `every_ms`, treatment a `share` of them, each an
@@ -639,5 +655,15 @@ mod tests {
             }
         }
         assert_eq!(g.tripped(), Some(Reason::Errors));
+        // A reload with another window: the trip and its figures stay, the counts do not.
+        let s2 = settings("{ window: 60s, min_requests: 10 }");
+        let carried = g.with_trip_only();
+        assert_eq!(carried.tripped(), Some(Reason::Errors));
+        assert_eq!(carried.verdict(), g.verdict());
+        assert_eq!(carried.window(&s2, now)[0].0, 0);
+        assert!(g.window(&s, now)[1].0 > 0);
+        let watching = GuardState::default();
+        watching.record(&s, Group::Control, &end(false, 0.01), now);
+        assert_eq!(watching.with_trip_only().tripped(), None);
     }
 }

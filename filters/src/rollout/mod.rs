@@ -303,8 +303,19 @@ impl Filter for RolloutFilter {
         else {
             return;
         };
-        if let Some(o) = old.guard.as_ref().filter(|o| o.identity == g.identity) {
-            g.state.store(o.state.load_full());
+        // (The same route's only: a reload adopts every old route for a route it renamed.)
+        let same = old.route == self.route;
+        if let Some(o) = old
+            .guard
+            .as_ref()
+            .filter(|o| same && o.identity == g.identity)
+        {
+            let state = o.state.load_full();
+            if o.settings.window_ms == g.settings.window_ms {
+                g.state.store(state);
+            } else {
+                g.state.store(state.with_trip_only());
+            }
         }
     }
 
