@@ -13,8 +13,8 @@
 use crate::probe::{self, HealthCheckConfig};
 use crate::tls::UpstreamTlsConfig;
 use crate::transport::{Transport, UpstreamProtocol};
-use hydrus_filters::outlier::{OutlierConfig, Outliers};
-use hydrus_filters::retry::{RetryBudget, RetryConfig};
+use hydrus_filters::outlier::{OutlierSection, Outliers};
+use hydrus_filters::retry::{RetryBudget, RetryConfig, Tried, MAX_RETRIES};
 use pingora::lb::discovery::Static;
 use pingora::lb::selection::{Consistent, RoundRobin};
 use pingora::lb::{Backend, Backends, LoadBalancer};
@@ -50,7 +50,7 @@ pub struct ClusterConfig {
     pub outlier: OutlierSection,
     /// Retries of idempotent requests on another endpoint.
     #[serde(default)]
-    pub retry: RetrySection,
+    pub retry: RetryConfig,
     /// What the endpoints speak: `http1`, `h2c` or `h2`.
     #[serde(default)]
     pub protocol: UpstreamProtocol,
@@ -79,88 +79,6 @@ pub enum LbPolicy {
     /// Ketama hashing of the user id header: a user's requests go to the same endpoint while it
     /// is available. Requests without a user id are spread round robin.
     ConsistentHash,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OutlierSection {
-    /// Failed attempts in a row that eject an endpoint; 0: never eject.
-    pub consecutive_failures: u32,
-    #[serde(with = "humantime_serde")]
-    pub base_ejection_time: Duration,
-    #[serde(with = "humantime_serde")]
-    pub max_ejection_time: Duration,
-    pub max_ejection_percent: u32,
-    /// An endpoint holding requests without answering any for this long gets no new ones until
-    /// it answers; 0s: off. Default: half the cluster's `read_timeout`.
-    #[serde(with = "humantime_serde")]
-    pub stall_after: Option<Duration>,
-}
-
-impl Default for OutlierSection {
-    fn default() -> Self {
-        let d = OutlierConfig::default();
-        Self {
-            consecutive_failures: d.consecutive_failures,
-            base_ejection_time: Duration::from_millis(d.base_ejection_ms),
-            max_ejection_time: Duration::from_millis(d.max_ejection_ms),
-            max_ejection_percent: d.max_ejection_percent,
-            stall_after: None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RetrySection {
-    /// Retries after the first attempt, each on another endpoint; 0: none.
-    pub attempts: u32,
-    /// Retries in flight as a share (percent) of the cluster's requests in flight.
-    pub budget_percent: f64,
-    /// Retries in flight always allowed.
-    pub min_concurrency: u32,
-}
-
-impl Default for RetrySection {
-    fn default() -> Self {
-        let d = RetryConfig::default();
-        Self {
-            attempts: d.attempts,
-            budget_percent: d.budget_percent,
-            min_concurrency: d.min_concurrency,
-        }
-    }
-}
-
-/// Most retries of one request.
-pub const MAX_RETRIES: u32 = 3;
-
-/// The endpoints one request has tried (at most `1 + MAX_RETRIES`).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Tried {
-    slots: [usize; 1 + MAX_RETRIES as usize],
-    len: usize,
-}
-
-impl Tried {
-    pub fn contains(&self, i: usize) -> bool {
-        self.slots[..self.len].contains(&i)
-    }
-
-    pub fn push(&mut self, i: usize) {
-        if self.len < self.slots.len() {
-            self.slots[self.len] = i;
-            self.len += 1;
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
 }
 
 enum Balancer {
@@ -269,16 +187,7 @@ impl Cluster {
             LbPolicy::ConsistentHash => Balancer::Hash(balancer(&backends, hc, &transport)),
         };
         let o = &source.outlier;
-        let outliers = Outliers::new(
-            OutlierConfig {
-                consecutive_failures: o.consecutive_failures,
-                base_ejection_ms: o.base_ejection_time.as_millis() as u64,
-                max_ejection_ms: o.max_ejection_time.as_millis() as u64,
-                max_ejection_percent: o.max_ejection_percent,
-                stall_after_ms: o.stall_after.unwrap_or(source.read_timeout / 2).as_millis() as u64,
-            },
-            endpoints.len(),
-        );
+        let outliers = Outliers::new(o.config(source.read_timeout), endpoints.len());
         let r = &source.retry;
         let mut by_addr: Vec<(SocketAddr, usize)> =
             endpoints.iter().enumerate().map(|(i, a)| (*a, i)).collect();
@@ -288,8 +197,7 @@ impl Cluster {
             name: name.to_string(),
             retry: RetryConfig {
                 attempts: r.attempts.min(MAX_RETRIES),
-                budget_percent: r.budget_percent,
-                min_concurrency: r.min_concurrency,
+                ..*r
             },
             source,
             endpoints,

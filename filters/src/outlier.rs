@@ -7,7 +7,9 @@
 //!
 //! Plain atomics over a caller-given clock (milliseconds), so the rules are tested without time.
 
+use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 /// The outlier-detection settings of one cluster.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -33,6 +35,49 @@ impl Default for OutlierConfig {
             max_ejection_ms: 300_000,
             max_ejection_percent: 50,
             stall_after_ms: 1_000,
+        }
+    }
+}
+
+/// `clusters.NAME.outlier` as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutlierSection {
+    /// Failed attempts in a row that eject an endpoint; 0: never eject.
+    pub consecutive_failures: u32,
+    #[serde(with = "humantime_serde")]
+    pub base_ejection_time: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_ejection_time: Duration,
+    pub max_ejection_percent: u32,
+    /// An endpoint holding requests without answering any for this long gets no new ones until
+    /// it answers; 0s: off. Default: half the cluster's `read_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub stall_after: Option<Duration>,
+}
+
+impl Default for OutlierSection {
+    fn default() -> Self {
+        let d = OutlierConfig::default();
+        Self {
+            consecutive_failures: d.consecutive_failures,
+            base_ejection_time: Duration::from_millis(d.base_ejection_ms),
+            max_ejection_time: Duration::from_millis(d.max_ejection_ms),
+            max_ejection_percent: d.max_ejection_percent,
+            stall_after: None,
+        }
+    }
+}
+
+impl OutlierSection {
+    /// The settings of a cluster whose reads time out after `read_timeout`.
+    pub fn config(&self, read_timeout: Duration) -> OutlierConfig {
+        OutlierConfig {
+            consecutive_failures: self.consecutive_failures,
+            base_ejection_ms: self.base_ejection_time.as_millis() as u64,
+            max_ejection_ms: self.max_ejection_time.as_millis() as u64,
+            max_ejection_percent: self.max_ejection_percent,
+            stall_after_ms: self.stall_after.unwrap_or(read_timeout / 2).as_millis() as u64,
         }
     }
 }

@@ -2,9 +2,12 @@
 //! requests in flight (and at least `min_concurrency`), so that retrying never multiplies the
 //! load on a cluster that is failing as a whole.
 
+use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// `clusters.NAME.retry` as written.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct RetryConfig {
     /// Retries of one request after its first attempt (each to another endpoint).
     pub attempts: u32,
@@ -21,6 +24,37 @@ impl Default for RetryConfig {
             budget_percent: 20.0,
             min_concurrency: 3,
         }
+    }
+}
+
+/// Most retries of one request.
+pub const MAX_RETRIES: u32 = 3;
+
+/// The endpoints one request has tried (at most `1 + MAX_RETRIES`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tried {
+    slots: [usize; 1 + MAX_RETRIES as usize],
+    len: usize,
+}
+
+impl Tried {
+    pub fn contains(&self, i: usize) -> bool {
+        self.slots[..self.len].contains(&i)
+    }
+
+    pub fn push(&mut self, i: usize) {
+        if self.len < self.slots.len() {
+            self.slots[self.len] = i;
+            self.len += 1;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
 

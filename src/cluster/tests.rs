@@ -13,7 +13,7 @@ fn cluster(lb: LbPolicy, n: u16) -> Cluster {
         lb,
         health_check: None,
         outlier: OutlierSection::default(),
-        retry: RetrySection::default(),
+        retry: RetryConfig::default(),
         protocol: UpstreamProtocol::Http1,
         tls: None,
     };

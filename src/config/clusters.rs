@@ -2,11 +2,12 @@
 
 use super::errors::{Checker, YEAR};
 use super::relative_to;
-use crate::cluster::{Cluster, ClusterConfig, MAX_RETRIES};
+use crate::cluster::{Cluster, ClusterConfig};
 use crate::probe::HealthCheckConfig;
 use crate::tls::{UpstreamTls, UpstreamTlsConfig};
 use crate::transport::{host_of, Transport, UpstreamProtocol};
 use http::HeaderValue;
+use hydrus_filters::retry::MAX_RETRIES;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 

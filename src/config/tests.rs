@@ -68,6 +68,12 @@ fn errors(text: &str) -> Vec<String> {
     }
 }
 
+/// `text` is refused with an error that says `says`.
+fn assert_refused(text: &str, says: &str) {
+    let e = errors(text);
+    assert!(e.iter().any(|e| e.contains(says)), "{e:?}");
+}
+
 #[test]
 fn unknown_field_names_line() {
     let text = GOOD.replace("          qoe_scale: 0.9\n", "          qoe_scael: 0.9\n");
@@ -184,28 +190,18 @@ fn routes_match_in_order_and_shadowed_ones_are_reported() {
 
 #[test]
 fn route_mistakes_are_named() {
-    let e = errors(&ROUTES.replace("name: rest", "name: rank"));
-    assert!(
-        e.iter()
-            .any(|e| e.contains("routes[1].name: `rank` is used by an earlier route")),
-        "{e:?}"
+    assert_refused(
+        &ROUTES.replace("name: rest", "name: rank"),
+        "routes[1].name: `rank` is used by an earlier route",
     );
-    let e = errors(&ROUTES.replace("- rollout: { percent: 50 }", "- rolout: { percent: 50 }"));
-    assert!(
-        e.iter().any(|e| e
-            .contains("unknown filter `rolout`, expected one of rollout, hydrus, e2e, hedge, log")),
-        "{e:?}"
+    assert_refused(
+        &ROUTES.replace("- rollout: { percent: 50 }", "- rolout: { percent: 50 }"),
+        "unknown filter `rolout`, expected one of rollout, hydrus, e2e, hedge, log",
     );
-    let e = errors(&ROUTES.replace("  - name: rest\n    cluster: ranking\n", "  - name: rest\n    cluster: ranking\n    filters:\n      - log: { file: { dir: other } }\n"));
-    assert!(
-        e.iter().any(|e| e.contains("must name the same sink")),
-        "{e:?}"
-    );
-    let e = errors(&format!("{GOOD}routes: []\n"));
-    assert!(
-        e.iter()
-            .any(|e| e.contains("`routes` replaces `route` and `filters`")),
-        "{e:?}"
+    assert_refused(&ROUTES.replace("  - name: rest\n    cluster: ranking\n", "  - name: rest\n    cluster: ranking\n    filters:\n      - log: { file: { dir: other } }\n"), "must name the same sink");
+    assert_refused(
+        &format!("{GOOD}routes: []\n"),
+        "`routes` replaces `route` and `filters`",
     );
 }
 
@@ -255,11 +251,9 @@ fn the_single_route_shape_runs_hedging_after_the_decision_as_it_did() {
         "      - rollout: { percent: 50 }\n",
         "      - hedge: { table: { path: h.yaml } }\n      - hydrus: { default_strategy: a, ktable: { path: k.yaml }, strategies: [{ name: a, cost: 1 }] }\n",
     );
-    let e = errors(&routes);
-    assert!(
-        e.iter()
-            .any(|e| e.contains("routes[0].filters[1].hydrus: hydrus must come before hedge")),
-        "{e:?}"
+    assert_refused(
+        &routes,
+        "routes[0].filters[1].hydrus: hydrus must come before hedge",
     );
 }
 

@@ -3,12 +3,12 @@
 use super::prepare::{for_the_hop, prepare_upstream};
 use super::upstream::outcome_of;
 use super::{peer, Ctx, Hold, Proxy, Routed};
-use crate::cluster::Tried;
 use async_trait::async_trait;
 use http::header::HeaderValue;
 use hydrus_filters::clock::unix_ms;
 use hydrus_filters::filter::RequestState;
 use hydrus_filters::outlier::Outcome;
+use hydrus_filters::retry::Tried;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;

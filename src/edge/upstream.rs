@@ -2,9 +2,10 @@
 //! request keeps on its cluster (in flight, retry-budget slots, the attempt in flight), how an
 //! attempt's outcome counts for passive health, and when a failed attempt may be retried.
 
-use crate::cluster::{Cluster, Tried};
+use crate::cluster::Cluster;
 use crate::state::State;
 use hydrus_filters::outlier::{Outcome, Recorded};
+use hydrus_filters::retry::Tried;
 use pingora::prelude::*;
 use pingora::ErrorType;
 use std::sync::Arc;
