@@ -5,6 +5,7 @@
 
 pub mod json;
 pub mod record;
+pub mod redeliver;
 
 pub use record::*;
 
