@@ -174,7 +174,10 @@ impl ServeHttp for Admin {
                 )
             }
             "/ready" => {
-                if self.state.ready.load(Ordering::SeqCst) {
+                // Not before every cluster has an endpoint (a name may not resolve yet).
+                let running = self.state.config.load();
+                let served = running.clusters.iter().all(|c| !c.endpoints.is_empty());
+                if self.state.ready.load(Ordering::SeqCst) && served {
                     reply(StatusCode::OK, "text/plain", b"ready\n".to_vec())
                 } else {
                     reply(

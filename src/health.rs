@@ -1,7 +1,10 @@
-//! Active health checks: one thread with its own small runtime runs each cluster's checks
-//! (`clusters.NAME.health_check`) every interval, on whatever clusters the running config has,
-//! so a reload that adds a cluster or changes its checks is picked up at the next tick.
+//! Keeping clusters' endpoints current: one thread with its own small runtime runs each
+//! cluster's active health checks (`clusters.NAME.health_check`) every interval, and resolves
+//! the names among its endpoints again when due (`clusters.NAME.discovery`), on whatever
+//! clusters the running config has, so a reload that adds a cluster or changes its checks is
+//! picked up at the next tick.
 
+use crate::cluster::Cluster;
 use crate::state::State;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -50,6 +53,23 @@ pub fn spawn(state: Arc<State>) -> Result<HealthChecks, HealthError> {
                             let c = c.clone();
                             tokio::spawn(async move { c.run_health_checks().await });
                         }
+                        if c.discovers() && c.rediscover.due(now) {
+                            let (c, state) = (c.clone(), state.clone());
+                            tokio::spawn(async move { rediscover(&state, &c).await });
+                        }
+                    }
+                    for (name, size) in hydrus_filters::fleet::fleets() {
+                        if size.due(now) {
+                            let state = state.clone();
+                            tokio::spawn(async move {
+                                let (ep, cfg) = crate::state::fleet_query(&name);
+                                let found = match ep {
+                                    Ok(ep) => hydrus_discovery::resolve(&[ep], &cfg).await,
+                                    Err(e) => Err(e),
+                                };
+                                crate::state::fleet_counted(&state.metrics, &name, &size, found);
+                            });
+                        }
                     }
                     tokio::time::sleep(TICK).await;
                 }
@@ -60,4 +80,47 @@ pub fn spawn(state: Arc<State>) -> Result<HealthChecks, HealthError> {
             source,
         })?;
     Ok(HealthChecks { stop })
+}
+
+/// Resolve a cluster's names again; on a new set, swap in the cluster on it. New addresses
+/// join once they pass the active health check (where one is configured); a failed or empty
+/// answer keeps the set the cluster has.
+async fn rediscover(state: &State, c: &Arc<Cluster>) {
+    let cfg = c.discovery();
+    let found = hydrus_discovery::resolve(&c.specs, &cfg).await;
+    let now = hydrus_filters::clock::monotonic_ms();
+    let count = |result: &str| {
+        let labels = [c.name.as_str(), result];
+        state
+            .metrics
+            .discovery_updates
+            .with_label_values(&labels)
+            .inc();
+    };
+    let found = match found {
+        Ok(f) => {
+            c.rediscover.done(now, cfg.next_after(f.ttl));
+            f.addrs
+        }
+        Err(e) => {
+            log::warn!(
+                "cluster `{}`: {e}; keeping its {} endpoints",
+                c.name,
+                c.endpoints.len()
+            );
+            count(e.label());
+            c.rediscover.done(now, cfg.next_after(None));
+            return;
+        }
+    };
+    let admitted = c.admit(found).await;
+    if admitted == c.found {
+        count("unchanged");
+        return;
+    }
+    let (before, after) = (c.endpoints.len(), admitted.len());
+    if state.replace_cluster(c, c.rebuilt(&admitted)) {
+        count("changed");
+        log::info!("cluster `{}`: {before} -> {after} endpoints", c.name);
+    }
 }

@@ -10,24 +10,23 @@
 //! - [`tables`]: hot reload of the config and of every filter's table.
 //! - [`logsink`]: the decision log's queue and its file and Kafka sinks.
 //! - [`admin`], [`metrics`], [`state`], [`serve`], [`check`]: around the proxy.
-//! - [`cluster`], [`probe`], [`health`]: upstream clusters, their active health probes, and the
-//!   thread that runs them.
+//! - [`cluster`], [`probe`], [`transport`], [`tls`]: upstream clusters, their health probes,
+//!   protocols and TLS (their own crate, `hydrus-upstream`, with `hydrus-discovery` for names);
+//!   [`health`]: the thread that checks their health and resolves their names again.
 //! - [`solve_wiring`]: what `hydrus solve` needs of the proxy's config (its own crate,
 //!   `hydrus-solve`, never reaches into the proxy).
 
+pub use hydrus_upstream::{cluster, probe, tls, transport};
+
 pub mod admin;
 pub mod check;
-pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod edge;
 pub mod health;
 pub mod logsink;
 pub mod metrics;
-pub mod probe;
 pub mod serve;
 pub mod solve_wiring;
 pub mod state;
 pub mod tables;
-pub mod tls;
-pub mod transport;

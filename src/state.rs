@@ -2,11 +2,14 @@
 //! filters' tables) in an `ArcSwap`, replaced whole on reload, so a request sees one consistent
 //! snapshot and never waits on a lock.
 
+use crate::cluster::Cluster;
 use crate::config::Running;
 use crate::logsink::LogQueue;
 use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
+use hydrus_discovery::{DiscoveryConfig, ResolveFailed};
 use hydrus_filters::clock::unix_ms;
+use hydrus_filters::fleet::{FleetName, FleetSize};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -25,6 +28,93 @@ fn retire_dropped(old: &Running, new: &Running) {
     }
 }
 
+/// Resolve the names of the clusters a config just compiled (not those carried over from
+/// `old`, which keep their sets): a changed section whose endpoints are written as before starts
+/// on the set the old one had; else the names are resolved now. A name that does not resolve
+/// leaves its cluster without those addresses until discovery finds them.
+fn resolve_names(running: &mut Running, old: Option<&Running>, metrics: &Metrics) {
+    let now = hydrus_filters::clock::monotonic_ms();
+    for c in running.clusters.iter_mut() {
+        if !c.discovers() || old.is_some_and(|o| o.clusters.iter().any(|o| Arc::ptr_eq(o, c))) {
+            continue;
+        }
+        let before = old.and_then(|o| o.clusters.iter().find(|o| o.name == c.name));
+        let cfg = c.discovery();
+        let found = match before {
+            Some(b) if b.specs == c.specs && !b.endpoints.is_empty() => b.found.clone(),
+            _ => match hydrus_discovery::resolve_blocking(&c.specs, &cfg) {
+                Ok(f) => {
+                    c.rediscover.done(now, cfg.next_after(f.ttl));
+                    f.addrs
+                }
+                Err(e) => {
+                    log::warn!("cluster `{}`: {e}; it has no endpoint for it yet", c.name);
+                    let labels = [c.name.as_str(), e.label()];
+                    metrics.discovery_updates.with_label_values(&labels).inc();
+                    c.rediscover.done(now, cfg.next_after(None));
+                    continue;
+                }
+            },
+        };
+        // Addresses written as such stay whatever the names resolve to.
+        let mut all = c.found.clone();
+        all.extend(found.into_iter().filter(|(a, _)| c.position(*a).is_none()));
+        *c = Arc::new(c.rebuilt(&all));
+    }
+}
+
+/// What to resolve to count a fleet, and how.
+pub fn fleet_query(
+    name: &FleetName,
+) -> (
+    Result<hydrus_discovery::Endpoint, ResolveFailed>,
+    DiscoveryConfig,
+) {
+    let cfg = DiscoveryConfig {
+        interval: name.interval.unwrap_or(hydrus_discovery::DEFAULT_INTERVAL),
+        resolver: name.resolver,
+    };
+    let ep = hydrus_discovery::Endpoint::parse(&name.dns).map_err(|e| ResolveFailed::Failed {
+        name: name.dns.clone(),
+        why: e.to_string(),
+    });
+    (ep, cfg)
+}
+
+/// A fleet's name answered (or not): its count, the gauge, and when to ask again. A failed or
+/// empty answer keeps the last count.
+pub fn fleet_counted(
+    metrics: &Metrics,
+    name: &FleetName,
+    size: &FleetSize,
+    found: Result<hydrus_discovery::Found, ResolveFailed>,
+) {
+    let now = hydrus_filters::clock::monotonic_ms();
+    let (_, cfg) = fleet_query(name);
+    match found {
+        Ok(f) => {
+            let n = u32::try_from(f.addrs.len()).unwrap_or(u32::MAX);
+            if n != size.found() {
+                log::info!("fleet `{}`: {} -> {n} proxies", name.dns, size.found());
+            }
+            size.set(n);
+            let gauge = metrics
+                .fleet_proxies
+                .with_label_values(&[name.dns.as_str()]);
+            gauge.set(i64::from(n));
+            size.done(now, cfg.next_after(f.ttl));
+        }
+        Err(e) => {
+            let kept = size.proxies();
+            log::warn!(
+                "fleet `{}`: {e}; sharing its cap among {kept} proxies",
+                name.dns
+            );
+            size.done(now, cfg.next_after(None));
+        }
+    }
+}
+
 pub struct State {
     pub config: ArcSwap<Running>,
     pub metrics: Arc<Metrics>,
@@ -36,7 +126,13 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(running: Running, metrics: Arc<Metrics>, log: Option<LogQueue>) -> Self {
+    pub fn new(mut running: Running, metrics: Arc<Metrics>, log: Option<LogQueue>) -> Self {
+        resolve_names(&mut running, None, &metrics);
+        for (name, size) in hydrus_filters::fleet::fleets() {
+            let (ep, cfg) = fleet_query(&name);
+            let found = ep.and_then(|ep| hydrus_discovery::resolve_blocking(&[ep], &cfg));
+            fleet_counted(&metrics, &name, &size, found);
+        }
         let state = Self {
             config: ArcSwap::from_pointee(running),
             metrics,
@@ -66,6 +162,13 @@ impl State {
                     .outlier_ejections
                     .with_label_values(&[c.name.as_str(), &e.to_string()]);
             }
+            if c.discovers() {
+                for result in ["changed", "unchanged", "failed", "empty"] {
+                    self.metrics
+                        .discovery_updates
+                        .with_label_values(&[c.name.as_str(), result]);
+                }
+            }
         }
     }
 
@@ -83,6 +186,7 @@ impl State {
                 *c = o.clone();
             }
         }
+        resolve_names(&mut running, Some(&old), &self.metrics);
         for r in &running.routes {
             match old.routes.iter().find(|o| o.name() == r.name()) {
                 Some(o) => r.adopt(o),
@@ -95,6 +199,27 @@ impl State {
         self.config.store(new.clone());
         retire_dropped(&old, &new);
         self.refresh_gauges();
+    }
+
+    /// Put `new` (the same cluster on another endpoint set) in place of `old`, unless a reload
+    /// replaced `old` meanwhile. Requests in flight keep the set they started on.
+    pub fn replace_cluster(&self, old: &Arc<Cluster>, new: Cluster) -> bool {
+        let new = Arc::new(new);
+        let mut replaced = false;
+        self.config.rcu(|cur| {
+            let mut r = Running::clone(cur);
+            replaced = false;
+            if let Some(slot) = r.clusters.iter_mut().find(|c| Arc::ptr_eq(c, old)) {
+                *slot = new.clone();
+                replaced = true;
+            }
+            r
+        });
+        if replaced {
+            self.touch_cluster_series(&self.config.load());
+            self.refresh_endpoint_gauges();
+        }
+        replaced
     }
 
     /// A table was loaded, replaced or dropped: the routes rebuild what depends on it.
@@ -117,7 +242,12 @@ impl State {
         let running = self.config.load();
         let now = hydrus_filters::clock::monotonic_ms();
         let mut current = Vec::new();
+        self.metrics.cluster_endpoints.reset();
         for c in &running.clusters {
+            self.metrics
+                .cluster_endpoints
+                .with_label_values(&[c.name.as_str()])
+                .set(c.endpoints.len() as i64);
             for (i, addr) in c.endpoints.iter().enumerate() {
                 let labels = (c.name.clone(), addr.to_string());
                 let l = [labels.0.as_str(), labels.1.as_str()];
@@ -138,6 +268,7 @@ impl State {
         for (c, e) in series.iter().filter(|s| !current.contains(s)) {
             let _ = self.metrics.endpoint_healthy.remove_label_values(&[c, e]);
             let _ = self.metrics.endpoint_ejected.remove_label_values(&[c, e]);
+            let _ = self.metrics.outlier_ejections.remove_label_values(&[c, e]);
         }
         *series = current;
     }

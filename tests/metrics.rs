@@ -189,7 +189,7 @@ fn prometheus_scrapes_hydrus_and_every_dashboard_query_answers() {
     assert_eq!(status, 200);
     let rules: serde_json::Value = serde_json::from_str(&body).unwrap();
     let list = rules["data"]["groups"][0]["rules"].as_array().unwrap();
-    assert_eq!(list.len(), 20);
+    assert_eq!(list.len(), 22);
     let _ = prom.kill();
     let _ = prom.wait();
 }

@@ -27,6 +27,7 @@
 pub mod clock;
 pub mod e2e;
 pub mod filter;
+pub mod fleet;
 pub mod hedge;
 pub mod hydrus;
 pub mod log;

@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The outlier-detection settings of one cluster.
@@ -144,7 +145,9 @@ impl EndpointState {
 #[derive(Debug)]
 pub struct Outliers {
     cfg: OutlierConfig,
-    endpoints: Vec<EndpointState>,
+    /// Shared with the cluster's next endpoint set when its addresses change (DNS), so an
+    /// endpoint that stays keeps its ejection and what it has in flight.
+    endpoints: Vec<Arc<EndpointState>>,
 }
 
 /// What [`Outliers::record`] did.
@@ -161,7 +164,22 @@ impl Outliers {
     pub fn new(cfg: OutlierConfig, endpoints: usize) -> Self {
         Self {
             cfg,
-            endpoints: (0..endpoints).map(|_| EndpointState::default()).collect(),
+            endpoints: (0..endpoints).map(|_| Arc::default()).collect(),
+        }
+    }
+
+    /// The passive health of a new endpoint set: endpoint `i` is the old `was[i]` (its state
+    /// carried over) or new.
+    pub fn carried(&self, was: &[Option<usize>]) -> Self {
+        Self {
+            cfg: self.cfg,
+            endpoints: was
+                .iter()
+                .map(|w| {
+                    w.and_then(|j| self.endpoints.get(j).cloned())
+                        .unwrap_or_default()
+                })
+                .collect(),
         }
     }
 
@@ -170,7 +188,7 @@ impl Outliers {
     }
 
     pub fn endpoint(&self, i: usize) -> Option<&EndpointState> {
-        self.endpoints.get(i)
+        self.endpoints.get(i).map(|e| &**e)
     }
 
     pub fn len(&self) -> usize {

@@ -5,8 +5,9 @@ use super::relative_to;
 use crate::cluster::{Cluster, ClusterConfig};
 use crate::probe::HealthCheckConfig;
 use crate::tls::{UpstreamTls, UpstreamTlsConfig};
-use crate::transport::{host_of, Transport, UpstreamProtocol};
+use crate::transport::{Transport, UpstreamProtocol};
 use http::HeaderValue;
+use hydrus_discovery::Endpoint;
 use hydrus_filters::retry::MAX_RETRIES;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,7 +21,7 @@ pub fn compile_cluster(
 ) -> Option<Cluster> {
     let before = c.count();
     let field = format!("clusters.{name}");
-    let endpoints = endpoints(c, &field, &cc.endpoints);
+    let specs = endpoints(c, &field, cc);
     c.duration_positive(&format!("{field}.connect_timeout"), cc.connect_timeout);
     c.duration_positive(&format!("{field}.read_timeout"), cc.read_timeout);
     c.duration_at_most(&format!("{field}.idle_timeout"), cc.idle_timeout, YEAR);
@@ -28,21 +29,23 @@ pub fn compile_cluster(
         health_check(c, &format!("{field}.health_check"), hc);
     }
     outlier_and_retry(c, &field, cc);
-    let transport = transport(c, file, &field, cc, &endpoints);
+    let transport = transport(c, file, &field, cc);
     if c.count() > before {
         return None;
     }
-    Some(Cluster::new(name, cc.clone(), endpoints, transport))
+    // Addresses now; names once the cluster runs (`State` resolves them before serving).
+    let literal: Vec<(SocketAddr, String)> = specs
+        .iter()
+        .filter_map(|e| match e {
+            Endpoint::Addr(a) => Some((*a, a.ip().to_string())),
+            Endpoint::Name { .. } => None,
+        })
+        .collect();
+    Some(Cluster::new(name, cc.clone(), specs, &literal, transport))
 }
 
 /// The cluster's protocol and TLS, its files read now (relative to the config's).
-fn transport(
-    c: &mut Checker<'_>,
-    file: &Path,
-    field: &str,
-    cc: &ClusterConfig,
-    resolved: &[SocketAddr],
-) -> Transport {
+fn transport(c: &mut Checker<'_>, file: &Path, field: &str, cc: &ClusterConfig) -> Transport {
     let section = match (&cc.tls, cc.protocol) {
         (Some(t), _) => Some(t.clone()),
         (None, UpstreamProtocol::H2) => Some(UpstreamTlsConfig {
@@ -87,38 +90,47 @@ fn transport(
             }
         }
     });
-    // (With an endpoint that did not resolve or is listed twice, the cluster is an error.)
-    let server_names = resolved
-        .iter()
-        .zip(&cc.endpoints)
-        .map(|(a, e)| {
-            let name = tls.as_ref().and_then(|t| t.sni.clone());
-            (*a, name.unwrap_or_else(|| host_of(e).to_string()))
-        })
-        .collect();
+    let first_name = cc.endpoints.iter().find_map(|e| match Endpoint::parse(e) {
+        Ok(Endpoint::Name { host, .. }) => Some(host),
+        _ => None,
+    });
+    let default_name = tls.as_ref().and_then(|t| t.sni.clone()).or(first_name);
     Transport {
         protocol: cc.protocol,
         tls,
-        server_names,
+        server_names: Vec::new(),
+        default_name: default_name.unwrap_or_default(),
     }
 }
 
-fn endpoints(c: &mut Checker<'_>, field: &str, list: &[String]) -> Vec<SocketAddr> {
+fn endpoints(c: &mut Checker<'_>, field: &str, cc: &ClusterConfig) -> Vec<Endpoint> {
+    let list = &cc.endpoints;
     if list.is_empty() {
         c.error(
             format!("{field}.endpoints"),
             "at least one endpoint is needed",
         );
     }
-    let mut endpoints: Vec<SocketAddr> = Vec::new();
+    let mut endpoints: Vec<Endpoint> = Vec::new();
     for (i, e) in list.iter().enumerate() {
         let f = format!("{field}.endpoints[{i}]");
-        if let Some(a) = c.resolve(&f, e) {
-            if endpoints.contains(&a) {
-                c.error(f, format!("`{e}` ({a}) is listed twice"));
-            } else {
-                endpoints.push(a);
-            }
+        match c.endpoint(&f, e) {
+            Some(a) if endpoints.contains(&a) => c.error(f, format!("`{e}` is listed twice")),
+            Some(a) => endpoints.push(a),
+            None => {}
+        }
+    }
+    if let Some(d) = &cc.discovery {
+        let f = format!("{field}.discovery.interval");
+        c.duration_at_most(&f, d.interval, YEAR);
+        if d.interval < hydrus_discovery::MIN_INTERVAL {
+            c.error(f, "at least 1s");
+        }
+        if !endpoints.iter().any(Endpoint::is_name) {
+            c.warn(
+                format!("{field}.discovery"),
+                "no endpoint is a name: there is nothing to resolve",
+            );
         }
     }
     if endpoints.len() > u16::MAX as usize {

@@ -71,23 +71,6 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
-/// Whether `text` is `NAME:PORT` with a host name a resolver could answer for.
-fn host_port(text: &str) -> bool {
-    let Some((host, port)) = text.rsplit_once(':') else {
-        return false;
-    };
-    port.parse::<u16>().is_ok_and(|p| p > 0)
-        && !host.is_empty()
-        && host.len() <= 253
-        && host.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
-}
-
 /// Collects problems while a config compiles; fields are located in the file's text.
 pub struct Checker<'a> {
     pub file: &'a Path,
@@ -153,23 +136,26 @@ impl<'a> Checker<'a> {
         }
     }
 
-    pub fn resolve(&mut self, field: &str, text: &str) -> Option<SocketAddr> {
-        if let Ok(a) = text.parse::<SocketAddr>() {
-            return Some(a);
-        }
-        match text.to_socket_addrs().map(|mut it| it.next()) {
-            Ok(Some(a)) => Some(a),
-            // `hydrus check` may run elsewhere than the proxy (a CI box cannot resolve
-            // `ranker.svc`): a name that is well formed is only a warning there.
-            _ if self.purpose == super::Purpose::Check && host_port(text) => {
-                self.warn(
-                    field,
-                    format!("`{text}` does not resolve on this machine: `hydrus serve` refuses it until it does where it runs"),
-                );
-                None
+    /// An endpoint as written: an address, or a name resolved while serving. `hydrus check`
+    /// warns about a name this machine cannot resolve (it may run elsewhere than the proxy).
+    pub fn endpoint(&mut self, field: &str, text: &str) -> Option<hydrus_discovery::Endpoint> {
+        match hydrus_discovery::Endpoint::parse(text) {
+            Ok(e) => {
+                if e.is_name()
+                    && self.purpose == super::Purpose::Check
+                    && text
+                        .to_socket_addrs()
+                        .map_or(true, |mut it| it.next().is_none())
+                {
+                    self.warn(
+                        field,
+                        format!("`{text}` does not resolve on this machine: until it does where hydrus runs, the cluster has no endpoint there (503, not ready)"),
+                    );
+                }
+                Some(e)
             }
-            _ => {
-                self.error(field, format!("`{text}` is not a HOST:PORT that resolves"));
+            Err(e) => {
+                self.error(field, e.to_string());
                 None
             }
         }

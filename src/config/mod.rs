@@ -73,6 +73,7 @@ pub struct Config {
 }
 
 /// The running configuration: everything a request needs, checked and compiled once.
+#[derive(Clone)]
 pub struct Running {
     pub file: PathBuf,
     pub source: Config,

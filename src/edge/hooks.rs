@@ -160,6 +160,13 @@ impl ProxyHttp for Proxy {
             .clusters
             .get(ctx.state.cluster)
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream cluster"))?;
+        if cluster.endpoints.is_empty() {
+            // A name that has not resolved yet: unavailable (gRPC UNAVAILABLE), not an error.
+            return Error::e_explain(
+                ErrorType::HTTPStatus(503),
+                "the cluster has no endpoint yet",
+            );
+        }
         let hold = ctx.hold.get_or_insert_with(|| Hold::new(cluster.clone()));
         if ctx.cluster_load.is_none() {
             ctx.cluster_load = Some(cluster.budget.in_flight().0);

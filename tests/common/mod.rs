@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod config;
+pub mod dns;
 pub mod raw;
 
 #[allow(unused_imports)] // not every test binary builds a config
@@ -395,6 +396,13 @@ impl Hydrus {
 
     /// Start under a soft and a hard open-file limit (`prlimit --nofile=SOFT:HARD`).
     pub fn start_under(dir: tempfile::TempDir, template: &str, nofile: Option<(u64, u64)>) -> Self {
+        let mut h = Self::launch(dir, template, nofile);
+        h.wait_ready();
+        h
+    }
+
+    /// Start without waiting for `/ready` (which may rightly say not ready).
+    pub fn launch(dir: tempfile::TempDir, template: &str, nofile: Option<(u64, u64)>) -> Self {
         let port = free_port();
         let admin_port = free_port();
         let config_path = dir.path().join("hydrus.yaml");
@@ -410,7 +418,6 @@ impl Hydrus {
             nofile,
         };
         h.spawn(false);
-        h.wait_ready();
         h
     }
 

@@ -344,7 +344,7 @@ impl HydrusFilter {
                     // (Only a row requests can name runs a loop.)
                     sc.scenario(n)
                         .filter(|_| self.rule.declared(n.as_bytes(), Some(&k.table)))
-                        .map(|cap| Arc::new(SpendLoop::new(sc.settings, cap)))
+                        .map(|cap| Arc::new(SpendLoop::with_cap(sc.settings, cap)))
                 })
                 .collect(),
             _ => Vec::new(),

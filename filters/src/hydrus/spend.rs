@@ -21,11 +21,12 @@
 //! few requests after a pause move `m` no more than a normal update does. The gauges' measured
 //! rates decay while no request ends.
 
+use crate::fleet::{fleet, FleetName, FleetSize};
 use prometheus::{GaugeVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Costs are summed in fixed point: millionths.
@@ -66,9 +67,49 @@ pub struct ScenarioSpendConfig {
     /// A cap on the fleet's spend, shared evenly by `proxies`.
     #[serde(default)]
     pub fleet_max_cost_per_second: Option<f64>,
-    /// How many proxies share `fleet_max_cost_per_second`.
+    /// How many proxies share `fleet_max_cost_per_second`: a number, or `{ dns: NAME:PORT }`
+    /// whose address count (resolved again while serving) is the fleet's size.
     #[serde(default)]
-    pub proxies: Option<u32>,
+    pub proxies: Option<Proxies>,
+}
+
+/// `proxies:` as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Proxies {
+    Count(u32),
+    Dns(FleetName),
+}
+
+/// A scenario's cap on this proxy's spend.
+#[derive(Debug, Clone)]
+pub enum Cap {
+    /// `max_cost_per_second`, or a fleet's cap over a fixed number of proxies.
+    Fixed(f64),
+    /// A fleet's cap over the proxies its name counts now.
+    Fleet { total: f64, size: Arc<FleetSize> },
+}
+
+impl PartialEq for Cap {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Fixed(a), Self::Fixed(b)) => a == b,
+            (Self::Fleet { total: a, size: x }, Self::Fleet { total: b, size: y }) => {
+                a == b && Arc::ptr_eq(x, y)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Cap {
+    /// Cost per second.
+    pub fn per_second(&self) -> f64 {
+        match self {
+            Self::Fixed(v) => *v,
+            Self::Fleet { total, size } => total / f64::from(size.proxies()),
+        }
+    }
 }
 
 fn default_period() -> Duration {
@@ -139,7 +180,7 @@ impl Settings {
 pub struct SpendControl {
     pub settings: Settings,
     /// `None`: every scenario, no cap.
-    caps: Option<BTreeMap<String, Option<f64>>>,
+    caps: Option<BTreeMap<String, Option<Cap>>>,
 }
 
 fn err(field: &str, problem: impl Into<String>) -> SpendConfigError {
@@ -149,22 +190,34 @@ fn err(field: &str, problem: impl Into<String>) -> SpendConfigError {
     }
 }
 
-fn cap_of(name: &str, s: &ScenarioSpendConfig) -> Result<Option<f64>, SpendConfigError> {
+fn cap_of(name: &str, s: &ScenarioSpendConfig) -> Result<Option<Cap>, SpendConfigError> {
     let f = |x: &str| format!("scenarios.{name}.{x}");
     let positive = |v: f64| v.is_finite() && v > 0.0;
-    match (
-        s.max_cost_per_second,
-        s.fleet_max_cost_per_second,
-        s.proxies,
-    ) {
+    let proxies = match &s.proxies {
+        Some(Proxies::Dns(n)) => {
+            if let Some(p) = n.problem() {
+                return Err(err(&f("proxies.dns"), p));
+            }
+            match s.fleet_max_cost_per_second {
+                Some(v) if positive(v) && s.max_cost_per_second.is_none() => {
+                    let size = fleet(n);
+                    return Ok(Some(Cap::Fleet { total: v, size }));
+                }
+                _ => Some(1),
+            }
+        }
+        Some(Proxies::Count(c)) => Some(*c),
+        None => None,
+    };
+    match (s.max_cost_per_second, s.fleet_max_cost_per_second, proxies) {
         (Some(_), Some(_), _) => Err(err(
             &f("fleet_max_cost_per_second"),
             "give max_cost_per_second or fleet_max_cost_per_second, not both",
         )),
-        (Some(v), None, None) if positive(v) => Ok(Some(v)),
+        (Some(v), None, None) if positive(v) => Ok(Some(Cap::Fixed(v))),
         (Some(_), None, None) => Err(err(&f("max_cost_per_second"), "must be a number > 0")),
         (_, None, Some(_)) => Err(err(&f("proxies"), "only with fleet_max_cost_per_second")),
-        (None, Some(v), Some(n)) if positive(v) && n >= 1 => Ok(Some(v / f64::from(n))),
+        (None, Some(v), Some(n)) if positive(v) && n >= 1 => Ok(Some(Cap::Fixed(v / f64::from(n)))),
         (None, Some(_), Some(0)) => Err(err(&f("proxies"), "must be at least 1")),
         (None, Some(_), Some(_)) => {
             Err(err(&f("fleet_max_cost_per_second"), "must be a number > 0"))
@@ -240,10 +293,10 @@ impl SpendControl {
     }
 
     /// Whether a scenario runs a loop, and its cap: `None` when it runs none.
-    pub fn scenario(&self, name: &str) -> Option<Option<f64>> {
+    pub fn scenario(&self, name: &str) -> Option<Option<Cap>> {
         match &self.caps {
             None => Some(None),
-            Some(map) => map.get(name).copied(),
+            Some(map) => map.get(name).cloned(),
         }
     }
 }
@@ -376,7 +429,7 @@ pub const STALE_SMOOTHINGS: f64 = 5.0;
 #[derive(Debug)]
 pub struct SpendLoop {
     settings: Settings,
-    cap: Option<f64>,
+    cap: Option<Cap>,
     m: AtomicU64,
     cost: AtomicU64,
     requests: AtomicU64,
@@ -387,6 +440,11 @@ pub struct SpendLoop {
 
 impl SpendLoop {
     pub fn new(settings: Settings, cap: Option<f64>) -> Self {
+        Self::with_cap(settings, cap.map(Cap::Fixed))
+    }
+
+    /// A loop under a cap that may follow the fleet's size.
+    pub fn with_cap(settings: Settings, cap: Option<Cap>) -> Self {
         Self {
             settings,
             cap,
@@ -446,7 +504,7 @@ impl SpendLoop {
         };
         let m = st.step(
             &self.settings,
-            self.cap,
+            self.cap.as_ref().map(Cap::per_second),
             dt_s,
             (cost, requests),
             target_per_request,
@@ -463,7 +521,7 @@ impl SpendLoop {
         let (per_request, per_second) = st.measured(&self.settings, idle_s);
         Snapshot {
             target_per_request: st.target_per_request,
-            target_per_second: self.cap,
+            target_per_second: self.cap.as_ref().map(Cap::per_second),
             per_request,
             per_second,
             m: self.m(),

@@ -321,10 +321,68 @@ fn the_section_is_checked() {
     let sc = parse("scenarios: {default: {}, feed: {fleet_max_cost_per_second: 900, proxies: 3}}")
         .compile(Some(&["feed".into()]))
         .expect("valid");
-    assert_eq!(sc.scenario("default"), Some(None));
-    assert_eq!(sc.scenario("feed"), Some(Some(300.0)));
-    assert_eq!(sc.scenario("search"), None);
+    let cap = |sc: &SpendControl, n: &str| sc.scenario(n).map(|c| c.map(|c| c.per_second()));
+    assert_eq!(cap(&sc, "default"), Some(None));
+    assert_eq!(cap(&sc, "feed"), Some(Some(300.0)));
+    assert_eq!(cap(&sc, "search"), None);
     let all = parse("{}").compile(None).expect("valid");
-    assert_eq!(all.scenario("anything"), Some(None));
+    assert_eq!(cap(&all, "anything"), Some(None));
+    // A fleet counted by DNS: the cap follows the count.
+    let sc = parse("scenarios: {feed: {fleet_max_cost_per_second: 900, proxies: {dns: \"peers.spend-test:9901\", interval: 5s}}}")
+        .compile(None)
+        .expect("valid");
+    assert_eq!(cap(&sc, "feed"), Some(Some(900.0)), "alone until counted");
+    let size = crate::fleet::fleets()
+        .into_iter()
+        .find(|(n, _)| n.dns == "peers.spend-test:9901")
+        .expect("registered")
+        .1;
+    size.set(3);
+    assert_eq!(cap(&sc, "feed"), Some(Some(300.0)));
+    size.set(4);
+    assert_eq!(cap(&sc, "feed"), Some(Some(225.0)));
+    let bad = parse("scenarios: {feed: {fleet_max_cost_per_second: 900, proxies: {dns: peers}}}")
+        .compile(None)
+        .expect_err("no port");
+    assert_eq!(bad.field, "scenarios.feed.proxies.dns");
     assert!(serde_yaml::from_str::<SpendControlConfig>("bogus: 1").is_err());
+}
+
+#[test]
+fn a_fleet_cap_follows_the_fleets_size_within_5_percent() {
+    // A fleet cap of 3000 per second; this proxy's traffic would spend 2000 at m = 1.
+    let size = Arc::new(crate::fleet::FleetSize::default());
+    size.set(2);
+    let cap = Cap::Fleet {
+        total: 3000.0,
+        size: size.clone(),
+    };
+    let l = SpendLoop::with_cap(settings(), Some(cap));
+    let p = Plant {
+        base: 10.0,
+        shift: 1.0,
+        elasticity: 0.8,
+        rate: 200,
+    };
+    // Two proxies: 1500 each, under the 2000 the traffic would spend.
+    let two = drive(&l, &p, 1_000_000, 90, None);
+    for (s, c) in two.iter().enumerate().skip(30) {
+        assert!(c * 200.0 <= 1500.0 * 1.05, "second {s}: {}", c * 200.0);
+    }
+    assert!(two[89] * 200.0 >= 1500.0 * 0.95, "{}", two[89] * 200.0);
+    // The fleet grows to 4: 750 each, held within 5% once settled.
+    size.set(4);
+    assert_eq!(l.snapshot(1_090_000).target_per_second, Some(750.0));
+    let four = drive(&l, &p, 1_090_000, 90, None);
+    for (s, c) in four.iter().enumerate().skip(30) {
+        let spent = c * 200.0;
+        assert!((spent / 750.0 - 1.0).abs() <= 0.05, "second {s}: {spent}");
+    }
+    // It shrinks to 3: 1000 each.
+    size.set(3);
+    let three = drive(&l, &p, 1_180_000, 90, None);
+    for (s, c) in three.iter().enumerate().skip(30) {
+        let spent = c * 200.0;
+        assert!((spent / 1000.0 - 1.0).abs() <= 0.05, "second {s}: {spent}");
+    }
 }

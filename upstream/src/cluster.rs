@@ -8,29 +8,38 @@
 //! requests go to all of them (Envoy's panic routing) rather than failing.
 //!
 //! A running cluster is shared across config reloads while its section is unchanged, so health
-//! and ejections survive a reload that touches something else.
+//! and ejections survive a reload that touches something else. An endpoint written as a name
+//! is resolved to all its addresses, and again while serving ([`hydrus_discovery`]): a new set
+//! is a new running cluster ([`Cluster::rebuilt`]) that keeps the health, ejections and
+//! schedules of the addresses that stay; requests in flight finish on the set they started on.
 
 use crate::probe::{self, HealthCheckConfig};
 use crate::tls::UpstreamTlsConfig;
 use crate::transport::{Transport, UpstreamProtocol};
+use hydrus_discovery::{DiscoveryConfig, Endpoint};
 use hydrus_filters::outlier::{OutlierSection, Outliers};
 use hydrus_filters::retry::{RetryBudget, RetryConfig, Tried, MAX_RETRIES};
 use pingora::lb::discovery::Static;
 use pingora::lb::selection::{Consistent, RoundRobin};
-use pingora::lb::{Backend, Backends, LoadBalancer};
+use pingora::lb::{Backend, Backends, HealthRegistry, LoadBalancer};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// `clusters.NAME` as written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
-    /// `HOST:PORT` of each endpoint.
+    /// `ADDRESS:PORT` or `NAME:PORT` of each endpoint; a name stands for all its addresses.
     pub endpoints: Vec<String>,
+    /// How names among the endpoints are resolved again while serving (every 30 s through the
+    /// system's resolver without this section).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<DiscoveryConfig>,
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Longest wait for each read from the upstream.
@@ -91,6 +100,8 @@ pub struct Cluster {
     pub name: String,
     pub source: ClusterConfig,
     pub endpoints: Vec<SocketAddr>,
+    /// The endpoints with the host each was found for (the name written, or the address).
+    pub found: Vec<(SocketAddr, String)>,
     /// Protocol and TLS to the endpoints.
     pub transport: Transport,
     /// The endpoints sorted by address, with their positions.
@@ -107,6 +118,33 @@ pub struct Cluster {
     /// one is running.
     next_check_ms: AtomicU64,
     checking: AtomicBool,
+    /// The active health of every address, kept across endpoint sets.
+    health: Arc<HealthRegistry>,
+    /// The endpoints as written, and when their names are resolved next.
+    pub specs: Vec<Endpoint>,
+    pub rediscover: Arc<Rediscover>,
+}
+
+/// When a cluster's names are resolved next (ms, monotonic), and whether a pass is running:
+/// shared by the endpoint sets of one cluster section.
+#[derive(Debug, Default)]
+pub struct Rediscover {
+    pub next_ms: AtomicU64,
+    pub busy: AtomicBool,
+}
+
+impl Rediscover {
+    /// Claim the next pass if it is due.
+    pub fn due(&self, now_ms: u64) -> bool {
+        now_ms >= self.next_ms.load(Ordering::Relaxed) && !self.busy.swap(true, Ordering::AcqRel)
+    }
+
+    /// A pass ended: the next one in `after`.
+    pub fn done(&self, now_ms: u64, after: Duration) {
+        let next = now_ms.saturating_add(after.as_millis() as u64);
+        self.next_ms.store(next, Ordering::Relaxed);
+        self.busy.store(false, Ordering::Release);
+    }
 }
 
 impl std::fmt::Debug for Cluster {
@@ -135,20 +173,14 @@ pub fn peer(cluster: &Cluster, i: usize) -> pingora::upstreams::peer::HttpPeer {
     peer
 }
 
-fn balancer<S>(
-    backends: &[Backend],
-    hc: Option<&HealthCheckConfig>,
-    t: &Transport,
-) -> LoadBalancer<S>
+fn balancer<S>(backends: &[Backend], health: &Arc<HealthRegistry>) -> LoadBalancer<S>
 where
     S: pingora::lb::selection::BackendSelection + 'static,
     S::Iter: pingora::lb::selection::BackendIter,
 {
     let set: BTreeSet<Backend> = backends.iter().cloned().collect();
-    let mut lb = LoadBalancer::<S>::from_backends(Backends::new(Static::new(set)));
-    if let Some(hc) = hc {
-        lb.set_health_check(probe::build(hc, t));
-    }
+    let view = Backends::new_with_health_registry(Static::new(set), health.clone());
+    let lb = LoadBalancer::<S>::from_backends(view);
     // Static discovery answers at once: the balancer is built before this returns.
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     let polled = {
@@ -163,31 +195,111 @@ where
     lb
 }
 
+/// The balancer's backend for an address, weight 1.
+fn backend_at(addr: SocketAddr) -> Backend {
+    Backend {
+        addr: pingora::protocols::l4::socket::SocketAddr::Inet(addr),
+        weight: 1,
+        // Empty: cloning a Backend with extensions allocates, and the balancer clones the ones
+        // it returns (the index is found from the address instead).
+        ext: Default::default(),
+    }
+}
+
+/// What an endpoint set inherits from the set before it.
+struct Inherited {
+    health: Arc<HealthRegistry>,
+    outliers: Outliers,
+    rediscover: Arc<Rediscover>,
+}
+
 impl Cluster {
-    /// Build a running cluster from its checked section and resolved endpoints (distinct).
+    /// Build a running cluster from its checked section, its endpoints as written, and the
+    /// addresses found for them (distinct, each with its server name).
     pub fn new(
         name: &str,
         source: ClusterConfig,
-        endpoints: Vec<SocketAddr>,
+        specs: Vec<Endpoint>,
+        found: &[(SocketAddr, String)],
         transport: Transport,
     ) -> Self {
-        let backends: Vec<Backend> = endpoints
-            .iter()
-            .map(|a| Backend {
-                addr: pingora::protocols::l4::socket::SocketAddr::Inet(*a),
-                weight: 1,
-                // Empty: cloning a Backend with extensions allocates, and the balancer clones
-                // the ones it returns (the index is found from the address instead).
-                ext: Default::default(),
-            })
-            .collect();
-        let hc = source.health_check.as_ref();
-        let balancer = match source.lb {
-            LbPolicy::RoundRobin => Balancer::RoundRobin(balancer(&backends, hc, &transport)),
-            LbPolicy::ConsistentHash => Balancer::Hash(balancer(&backends, hc, &transport)),
-        };
         let o = &source.outlier;
-        let outliers = Outliers::new(o.config(source.read_timeout), endpoints.len());
+        let inherited = Inherited {
+            health: Arc::new(HealthRegistry::new()),
+            outliers: Outliers::new(o.config(source.read_timeout), found.len()),
+            rediscover: Arc::default(),
+        };
+        let c = Self::build(name, source, specs, found, transport, inherited);
+        if let Some(hc) = &c.source.health_check {
+            // Once per cluster section: its endpoint sets share the checks' results.
+            c.health.set_health_check(probe::build(hc, &c.transport));
+        }
+        c
+    }
+
+    /// This cluster on another endpoint set (its names resolved again): the addresses that stay
+    /// keep their active health and ejections.
+    pub fn rebuilt(&self, found: &[(SocketAddr, String)]) -> Self {
+        let was: Vec<Option<usize>> = found.iter().map(|(a, _)| self.position(*a)).collect();
+        let inherited = Inherited {
+            health: self.health.clone(),
+            outliers: self.outliers.carried(&was),
+            rediscover: self.rediscover.clone(),
+        };
+        let next_check = self.next_check_ms.load(Ordering::Relaxed);
+        let c = Self::build(
+            &self.name,
+            self.source.clone(),
+            self.specs.clone(),
+            found,
+            self.transport.clone(),
+            inherited,
+        );
+        c.next_check_ms.store(next_check, Ordering::Relaxed);
+        c
+    }
+
+    /// The position of an address among the endpoints.
+    pub fn position(&self, addr: SocketAddr) -> Option<usize> {
+        self.index_of(&backend_at(addr))
+    }
+
+    /// Whether the endpoints include a name (resolved again while serving).
+    pub fn discovers(&self) -> bool {
+        self.specs.iter().any(Endpoint::is_name)
+    }
+
+    /// How names are resolved: the section's `discovery`, else the defaults.
+    pub fn discovery(&self) -> DiscoveryConfig {
+        self.source.discovery.clone().unwrap_or_default()
+    }
+
+    /// The active health check for new endpoints to pass before they join, if any.
+    fn probe(&self) -> Option<Box<dyn pingora::lb::health_check::HealthCheck + Send + Sync>> {
+        let hc = self.source.health_check.as_ref()?;
+        Some(probe::build(hc, &self.transport))
+    }
+
+    fn build(
+        name: &str,
+        source: ClusterConfig,
+        specs: Vec<Endpoint>,
+        found: &[(SocketAddr, String)],
+        mut transport: Transport,
+        inherited: Inherited,
+    ) -> Self {
+        let sni = transport.tls.as_ref().and_then(|t| t.sni.clone());
+        transport.server_names = found
+            .iter()
+            .map(|(a, host)| (*a, sni.clone().unwrap_or_else(|| host.clone())))
+            .collect();
+        let endpoints: Vec<SocketAddr> = found.iter().map(|(a, _)| *a).collect();
+        let health = inherited.health;
+        let backends: Vec<Backend> = endpoints.iter().map(|a| backend_at(*a)).collect();
+        let balancer = match source.lb {
+            LbPolicy::RoundRobin => Balancer::RoundRobin(balancer(&backends, &health)),
+            LbPolicy::ConsistentHash => Balancer::Hash(balancer(&backends, &health)),
+        };
         let r = &source.retry;
         let mut by_addr: Vec<(SocketAddr, usize)> =
             endpoints.iter().enumerate().map(|(i, a)| (*a, i)).collect();
@@ -201,27 +313,33 @@ impl Cluster {
             },
             source,
             endpoints,
+            found: found.to_vec(),
             transport,
             backends,
             balancer,
-            outliers,
+            outliers: inherited.outliers,
             budget: RetryBudget::default(),
             unkeyed: AtomicUsize::new(0),
             next_check_ms: AtomicU64::new(0),
             checking: AtomicBool::new(false),
+            health,
+            specs,
+            rediscover: inherited.rediscover,
         }
     }
 
-    /// Whether this running cluster can serve as `new` (a reload keeps it): same section, same
-    /// endpoints, same certificates.
+    /// Whether this running cluster can serve as `new` (a reload keeps it): same section
+    /// (endpoints as written included: names are resolved by discovery, not by a reload), same
+    /// certificates.
     pub fn same_as(&self, new: &Cluster) -> bool {
-        self.source == new.source
-            && self.endpoints == new.endpoints
-            && self.transport.same_as(&new.transport)
+        self.source == new.source && self.transport.same_tls(&new.transport)
     }
 
     fn select_with(&self, key: &[u8], accept: impl Fn(usize, bool) -> bool) -> Option<usize> {
         let n = self.backends.len();
+        if n == 0 {
+            return None;
+        }
         let iterations = 4 * n + 8;
         let f = |b: &Backend, healthy: bool| self.index_of(b).is_some_and(|i| accept(i, healthy));
         let picked = match &self.balancer {
@@ -274,6 +392,41 @@ impl Cluster {
         (0..n).map(|k| (start + k) % n).find(|&i| ok(i))
     }
 
+    /// What of `found` may take requests: the addresses the cluster has, and the new ones that
+    /// pass its active health check (all, without one). If none would be left, all of `found`
+    /// (as with every endpoint unhealthy, requests spread over them rather than fail).
+    pub async fn admit(&self, found: Vec<(SocketAddr, String)>) -> Vec<(SocketAddr, String)> {
+        let Some(probe) = self.probe() else {
+            return found;
+        };
+        let probe: Arc<dyn pingora::lb::health_check::HealthCheck + Send + Sync> = Arc::from(probe);
+        let mut checks = Vec::new();
+        for (a, _) in found.iter().filter(|(a, _)| self.position(*a).is_none()) {
+            let (probe, addr) = (probe.clone(), *a);
+            let b = backend_at(addr);
+            checks.push((
+                addr,
+                tokio::spawn(async move { probe.check(&b).await.is_ok() }),
+            ));
+        }
+        let mut failed = Vec::new();
+        for (addr, check) in checks {
+            if !check.await.unwrap_or(false) {
+                failed.push(addr);
+            }
+        }
+        let kept: Vec<_> = found
+            .iter()
+            .filter(|(a, _)| !failed.contains(a))
+            .cloned()
+            .collect();
+        if kept.is_empty() {
+            found
+        } else {
+            kept
+        }
+    }
+
     /// Whether the active health check passes (always, without one).
     pub fn healthy(&self, i: usize) -> bool {
         let Some(b) = self.backends.get(i) else {
@@ -310,10 +463,7 @@ impl Cluster {
             }
         }
         let _done = Done(&self.checking);
-        match &self.balancer {
-            Balancer::RoundRobin(lb) => lb.backends().run_health_check(true).await,
-            Balancer::Hash(lb) => lb.backends().run_health_check(true).await,
-        }
+        self.health.run_health_check(true).await;
     }
 
     /// The endpoint after `a` in order that may take new requests (healthy, not set aside),

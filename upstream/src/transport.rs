@@ -36,14 +36,16 @@ pub struct Transport {
     pub tls: Option<UpstreamTls>,
     /// Each endpoint's address and server name (SNI and verification, when TLS is on).
     pub server_names: Vec<(SocketAddr, String)>,
+    /// The server name of an address not (yet) among those: `tls.sni`, else the first name
+    /// among the endpoints (a health check built before discovery found the address).
+    pub default_name: String,
 }
 
 impl Transport {
-    /// Whether two transports would connect the same way (a reload keeps the running
-    /// cluster, and its pooled connections, only then).
-    pub fn same_as(&self, other: &Transport) -> bool {
+    /// Whether two transports would connect the same way, whatever their endpoints (a reload
+    /// keeps the running cluster, and its pooled connections, only then).
+    pub fn same_tls(&self, other: &Transport) -> bool {
         self.protocol == other.protocol
-            && self.server_names == other.server_names
             && match (&self.tls, &other.tls) {
                 (None, None) => true,
                 (Some(a), Some(b)) => {
@@ -55,12 +57,14 @@ impl Transport {
 
     /// A peer for the endpoint at `addr` (for health checks, which know endpoints by address).
     pub fn peer_at(&self, addr: SocketAddr) -> HttpPeer {
-        let i = self
-            .server_names
-            .iter()
-            .position(|(a, _)| *a == addr)
-            .unwrap_or(usize::MAX);
-        self.peer(i, addr)
+        match self.server_names.iter().position(|(a, _)| *a == addr) {
+            Some(i) => self.peer(i, addr),
+            None => {
+                let mut t = self.clone();
+                t.server_names = vec![(addr, self.default_name.clone())];
+                t.peer(0, addr)
+            }
+        }
     }
 
     /// A peer for endpoint `i` at `addr`, without the cluster's timeouts.
@@ -93,22 +97,9 @@ impl Transport {
     }
 }
 
-/// The host part of an endpoint as written (`HOST:PORT`, `[V6]:PORT`): its default server name.
-pub fn host_of(endpoint: &str) -> &str {
-    let host = endpoint.rsplit_once(':').map_or(endpoint, |(h, _)| h);
-    host.trim_start_matches('[').trim_end_matches(']')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_server_name_is_the_endpoints_host() {
-        assert_eq!(host_of("ranker.svc:8443"), "ranker.svc");
-        assert_eq!(host_of("127.0.0.1:443"), "127.0.0.1");
-        assert_eq!(host_of("[::1]:443"), "::1");
-    }
 
     #[test]
     fn h2_peers_multiplex_and_tls_peers_verify() {
@@ -116,6 +107,7 @@ mod tests {
             protocol: UpstreamProtocol::H2c,
             tls: None,
             server_names: vec![],
+            default_name: String::new(),
         };
         let p = t.peer(0, SocketAddr::from(([127, 0, 0, 1], 1)));
         assert_eq!(p.options.alpn.get_min_http_version(), 2);
