@@ -174,9 +174,8 @@ impl ServeHttp for Admin {
                 )
             }
             "/ready" => {
-                // Not before every cluster has an endpoint (a name may not resolve yet).
-                let running = self.state.config.load();
-                let served = running.clusters.iter().all(|c| !c.endpoints.is_empty());
+                // Not before every cluster has had an endpoint (a name may not resolve yet).
+                let served = self.state.endpoints_found.load(Ordering::Relaxed);
                 if self.state.ready.load(Ordering::SeqCst) && served {
                     reply(StatusCode::OK, "text/plain", b"ready\n".to_vec())
                 } else {

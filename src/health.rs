@@ -88,39 +88,49 @@ pub fn spawn(state: Arc<State>) -> Result<HealthChecks, HealthError> {
 async fn rediscover(state: &State, c: &Arc<Cluster>) {
     let cfg = c.discovery();
     let found = hydrus_discovery::resolve(&c.specs, &cfg).await;
-    let now = hydrus_filters::clock::monotonic_ms();
     let count = |result: &str| {
         let labels = [c.name.as_str(), result];
-        state
-            .metrics
-            .discovery_updates
-            .with_label_values(&labels)
-            .inc();
+        let m = &state.metrics;
+        m.discovery_updates.with_label_values(&labels).inc();
     };
-    let found = match found {
-        Ok(f) => {
-            c.rediscover.done(now, cfg.next_after(f.ttl));
-            f.addrs
-        }
+    // (The next pass is scheduled once this one is done, so that two never overlap.)
+    let done = |after| {
+        c.rediscover
+            .done(hydrus_filters::clock::monotonic_ms(), after)
+    };
+    let f = match found {
+        Ok(f) => f,
         Err(e) => {
-            log::warn!(
-                "cluster `{}`: {e}; keeping its {} endpoints",
-                c.name,
-                c.endpoints.len()
-            );
+            let n = c.endpoints.len();
+            log::warn!("cluster `{}`: {e}; keeping its {n} endpoints", c.name);
             count(e.label());
-            c.rediscover.done(now, cfg.next_after(None));
-            return;
+            return done(cfg.retry_after_failure());
         }
     };
-    let admitted = c.admit(found).await;
+    let next = cfg.next_after(f.ttl);
+    let mut addrs = f.addrs;
+    // A family that did not answer beside the other: its addresses stay as they were.
+    for u in &f.unanswered {
+        let same = |(a, h): &&(std::net::SocketAddr, String)| {
+            a.is_ipv6() == u.v6 && a.port() == u.port && *h == u.host
+        };
+        let kept: Vec<_> = c.found.iter().filter(same).cloned().collect();
+        for k in kept {
+            if !addrs.contains(&k) {
+                addrs.push(k);
+            }
+        }
+    }
+    addrs.sort();
+    let admitted = c.admit(addrs).await;
     if admitted == c.found {
         count("unchanged");
-        return;
+        return done(next);
     }
     let (before, after) = (c.endpoints.len(), admitted.len());
     if state.replace_cluster(c, c.rebuilt(&admitted)) {
         count("changed");
         log::info!("cluster `{}`: {before} -> {after} endpoints", c.name);
     }
+    done(next);
 }

@@ -7,7 +7,7 @@ use crate::config::Running;
 use crate::logsink::LogQueue;
 use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
-use hydrus_discovery::{DiscoveryConfig, ResolveFailed};
+use hydrus_discovery::{DiscoveryConfig, Found, ResolveFailed};
 use hydrus_filters::clock::unix_ms;
 use hydrus_filters::fleet::{FleetName, FleetSize};
 use std::sync::atomic::AtomicBool;
@@ -29,37 +29,72 @@ fn retire_dropped(old: &Running, new: &Running) {
 }
 
 /// Resolve the names of the clusters a config just compiled (not those carried over from
-/// `old`, which keep their sets): a changed section whose endpoints are written as before starts
-/// on the set the old one had; else the names are resolved now. A name that does not resolve
-/// leaves its cluster without those addresses until discovery finds them.
+/// `old`, which keep their sets), each cluster on a thread of its own: a changed section whose
+/// endpoints are written as before starts on the set the old one had; else the names are
+/// resolved now, and if that fails the cluster starts on the old one's addresses for the names
+/// it still lists (none at start: then it has no endpoint until discovery finds one).
 fn resolve_names(running: &mut Running, old: Option<&Running>, metrics: &Metrics) {
     let now = hydrus_filters::clock::monotonic_ms();
-    for c in running.clusters.iter_mut() {
-        if !c.discovers() || old.is_some_and(|o| o.clusters.iter().any(|o| Arc::ptr_eq(o, c))) {
+    let fresh = |c: &Arc<Cluster>| {
+        c.discovers() && !old.is_some_and(|o| o.clusters.iter().any(|o| Arc::ptr_eq(o, c)))
+    };
+    let before = |c: &Cluster| old.and_then(|o| o.clusters.iter().find(|o| o.name == c.name));
+    let answers: Vec<(usize, Result<Found, ResolveFailed>)> = std::thread::scope(|s| {
+        let jobs: Vec<_> = running
+            .clusters
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| fresh(c))
+            .filter(|(_, c)| {
+                !before(c).is_some_and(|b| b.specs == c.specs && !b.endpoints.is_empty())
+            })
+            .map(|(i, c)| {
+                let c = c.clone();
+                (
+                    i,
+                    s.spawn(move || hydrus_discovery::resolve_blocking(&c.specs, &c.discovery())),
+                )
+            })
+            .collect();
+        jobs.into_iter()
+            .map(|(i, j)| {
+                (
+                    i,
+                    j.join()
+                        .unwrap_or_else(|_| Err(ResolveFailed::Setup("panicked".into()))),
+                )
+            })
+            .collect()
+    });
+    for (i, c) in running.clusters.iter_mut().enumerate() {
+        if !fresh(c) {
             continue;
         }
-        let before = old.and_then(|o| o.clusters.iter().find(|o| o.name == c.name));
+        let b = before(c);
         let cfg = c.discovery();
-        let found = match before {
-            Some(b) if b.specs == c.specs && !b.endpoints.is_empty() => b.found.clone(),
-            _ => match hydrus_discovery::resolve_blocking(&c.specs, &cfg) {
-                Ok(f) => {
-                    c.rediscover.done(now, cfg.next_after(f.ttl));
-                    f.addrs
-                }
-                Err(e) => {
-                    log::warn!("cluster `{}`: {e}; it has no endpoint for it yet", c.name);
-                    let labels = [c.name.as_str(), e.label()];
-                    metrics.discovery_updates.with_label_values(&labels).inc();
-                    c.rediscover.done(now, cfg.next_after(None));
-                    continue;
-                }
-            },
+        let found = match answers.iter().find(|(j, _)| *j == i).map(|(_, a)| a) {
+            None => b.map(|b| b.found.clone()).unwrap_or_default(),
+            Some(Ok(f)) => {
+                c.rediscover.done(now, cfg.next_after(f.ttl));
+                f.addrs.clone()
+            }
+            Some(Err(e)) => {
+                let kept = b.map(|b| c.still_listed(&b.found)).unwrap_or_default();
+                log::warn!(
+                    "cluster `{}`: {e}; starting on {} endpoints until it resolves",
+                    c.name,
+                    kept.len()
+                );
+                let labels = [c.name.as_str(), e.label()];
+                metrics.discovery_updates.with_label_values(&labels).inc();
+                c.rediscover.done(now, cfg.retry_after_failure());
+                let mut all = c.found.clone();
+                all.extend(kept.into_iter().filter(|(a, _)| c.position(*a).is_none()));
+                all.sort();
+                all
+            }
         };
-        // Addresses written as such stay whatever the names resolve to.
-        let mut all = c.found.clone();
-        all.extend(found.into_iter().filter(|(a, _)| c.position(*a).is_none()));
-        *c = Arc::new(c.rebuilt(&all));
+        *c = Arc::new(c.rebuilt(&found));
     }
 }
 
@@ -93,7 +128,7 @@ pub fn fleet_counted(
     let (_, cfg) = fleet_query(name);
     match found {
         Ok(f) => {
-            let n = u32::try_from(f.addrs.len()).unwrap_or(u32::MAX);
+            let n = u32::try_from(f.replicas()).unwrap_or(u32::MAX);
             if n != size.found() {
                 log::info!("fleet `{}`: {} -> {n} proxies", name.dns, size.found());
             }
@@ -110,7 +145,7 @@ pub fn fleet_counted(
                 "fleet `{}`: {e}; sharing its cap among {kept} proxies",
                 name.dns
             );
-            size.done(now, cfg.next_after(None));
+            size.done(now, cfg.retry_after_failure());
         }
     }
 }
@@ -123,6 +158,10 @@ pub struct State {
     endpoint_series: std::sync::Mutex<Vec<(String, String)>>,
     /// False once shutdown began: `/ready` answers 503 so load balancers stop sending.
     pub ready: AtomicBool,
+    /// Set once every cluster has had an endpoint (a name may not resolve at start): until then
+    /// `/ready` says not ready; a cluster a reload adds does not take readiness away.
+    pub endpoints_found: AtomicBool,
+    swap: std::sync::Mutex<()>,
 }
 
 impl State {
@@ -139,8 +178,11 @@ impl State {
             log,
             endpoint_series: std::sync::Mutex::new(Vec::new()),
             ready: AtomicBool::new(false),
+            endpoints_found: AtomicBool::new(false),
+            swap: std::sync::Mutex::new(()),
         };
         state.touch_cluster_series(&state.config.load());
+        state.refresh_endpoint_gauges();
         state
     }
 
@@ -187,6 +229,18 @@ impl State {
             }
         }
         resolve_names(&mut running, Some(&old), &self.metrics);
+        // Discovery may have swapped in a carried cluster's next endpoint set while the names
+        // above resolved: carry that one (under the lock discovery swaps under).
+        let _swapping = self.swapping();
+        let current = self.config.load();
+        for c in running.clusters.iter_mut() {
+            let carried = old.clusters.iter().any(|o| Arc::ptr_eq(o, c));
+            if let Some(now) = current.clusters.iter().find(|n| n.name == c.name) {
+                if carried && !Arc::ptr_eq(now, c) && now.same_as(c) {
+                    *c = now.clone();
+                }
+            }
+        }
         for r in &running.routes {
             match old.routes.iter().find(|o| o.name() == r.name()) {
                 Some(o) => r.adopt(o),
@@ -204,22 +258,26 @@ impl State {
     /// Put `new` (the same cluster on another endpoint set) in place of `old`, unless a reload
     /// replaced `old` meanwhile. Requests in flight keep the set they started on.
     pub fn replace_cluster(&self, old: &Arc<Cluster>, new: Cluster) -> bool {
-        let new = Arc::new(new);
-        let mut replaced = false;
-        self.config.rcu(|cur| {
-            let mut r = Running::clone(cur);
-            replaced = false;
-            if let Some(slot) = r.clusters.iter_mut().find(|c| Arc::ptr_eq(c, old)) {
-                *slot = new.clone();
-                replaced = true;
-            }
-            r
-        });
-        if replaced {
-            self.touch_cluster_series(&self.config.load());
-            self.refresh_endpoint_gauges();
-        }
-        replaced
+        let swapping = self.swapping();
+        let cur = self.config.load_full();
+        let Some(i) = cur.clusters.iter().position(|c| Arc::ptr_eq(c, old)) else {
+            return false;
+        };
+        let mut r = Running::clone(&cur);
+        r.clusters[i] = Arc::new(new);
+        self.config.store(Arc::new(r));
+        drop(swapping);
+        self.touch_cluster_series(&self.config.load());
+        self.refresh_endpoint_gauges();
+        true
+    }
+
+    /// Held while the running config is swapped by a reload or by discovery, so that neither
+    /// undoes the other.
+    fn swapping(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.swap
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A table was loaded, replaced or dropped: the routes rebuild what depends on it.
@@ -242,6 +300,10 @@ impl State {
         let running = self.config.load();
         let now = hydrus_filters::clock::monotonic_ms();
         let mut current = Vec::new();
+        if running.clusters.iter().all(|c| !c.endpoints.is_empty()) {
+            self.endpoints_found
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         self.metrics.cluster_endpoints.reset();
         for c in &running.clusters {
             self.metrics

@@ -342,3 +342,38 @@ fn a_fleet_cap_follows_the_number_of_peers_dns_finds() {
         h.log()
     );
 }
+
+#[test]
+fn a_reload_keeps_what_discovery_found_even_while_dns_is_down() {
+    let ups = replicas(2);
+    let port = ups[0].addr.port();
+    let ips: Vec<String> = ups.iter().map(|u| u.addr.ip().to_string()).collect();
+    let mut dns = Dns::start(&hosts(NAME, &[&ips[0], &ips[1]]));
+    let h = Hydrus::start(&config(&dns, port, ""));
+    dns.stop();
+    // The cluster's section changes, and a cluster whose name resolves nowhere joins.
+    let more = "    connect_timeout: 500ms\n  later:\n    endpoints: [\"nowhere.hydrus.test:80\"]\n    discovery: { interval: 1s, resolver: \"127.0.0.1:9\" }\n";
+    let reloads = |h: &Hydrus| metric_of(h, "hydrus_config_reloads_total", &[("result", "ok")]);
+    let before = reloads(&h);
+    h.rewrite_config(&config(&dns, port, more));
+    assert!(
+        eventually(Duration::from_secs(15), || reloads(&h) > before),
+        "{}",
+        h.log()
+    );
+    let endpoints = |c: &str| metric_of(&h, "hydrus_cluster_endpoints", &[("cluster", c)]);
+    assert_eq!(
+        endpoints("ranking"),
+        2.0,
+        "the changed section starts on the addresses it had"
+    );
+    assert_eq!(endpoints("later"), 0.0);
+    for i in 0..20 {
+        let got = get_with(&h.url("/rank"), &[("x-user-id", &format!("u{i}"))]).unwrap();
+        assert_eq!(got.0, 200);
+    }
+    assert!(
+        matches!(get(&format!("{}/ready", h.admin())), Ok((200, _))),
+        "a cluster a reload adds does not take readiness away"
+    );
+}

@@ -37,8 +37,9 @@ impl Endpoint {
         if !is_dns_name(host) {
             return Err(EndpointError::BadHost(text.to_string()));
         }
+        // As written: a final dot means fully qualified (no search domains).
         Ok(Self::Name {
-            host: host.trim_end_matches('.').to_string(),
+            host: host.to_string(),
             port,
         })
     }
@@ -82,7 +83,7 @@ mod tests {
         assert_eq!(
             Endpoint::parse("ranker.prod.svc.cluster.local.:8080"),
             Ok(Endpoint::Name {
-                host: "ranker.prod.svc.cluster.local".into(),
+                host: "ranker.prod.svc.cluster.local.".into(),
                 port: 8080
             })
         );

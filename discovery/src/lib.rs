@@ -10,7 +10,7 @@ mod endpoint;
 mod resolve;
 
 pub use endpoint::{Endpoint, EndpointError};
-pub use resolve::{resolve, resolve_blocking, Found, ResolveFailed};
+pub use resolve::{resolve, resolve_blocking, Found, ResolveFailed, Unanswered};
 
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -20,8 +20,11 @@ use std::time::Duration;
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 /// The shortest interval, whatever the TTL says: a record with TTL 0 is not a busy loop.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
-/// How long one query may take before it counts as failed.
-pub const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one name's lookup (its A and AAAA queries, retried) may take before it counts as
+/// failed.
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(3);
+/// At most this long between tries while a name does not resolve (a shorter interval wins).
+pub const FAILURE_RETRY: Duration = Duration::from_secs(5);
 
 /// `clusters.NAME.discovery` (and `proxies: { dns: ... }`'s resolver) as written.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +53,12 @@ impl Default for DiscoveryConfig {
 }
 
 impl DiscoveryConfig {
+    /// When to try again after a failed or empty answer: soon, so that a blip at start or
+    /// reload does not leave a cluster without endpoints for a whole interval.
+    pub fn retry_after_failure(&self) -> Duration {
+        self.next_after(Some(FAILURE_RETRY))
+    }
+
     /// When to resolve again after an answer whose shortest TTL was `ttl`.
     pub fn next_after(&self, ttl: Option<Duration>) -> Duration {
         let every = self.interval.max(MIN_INTERVAL);

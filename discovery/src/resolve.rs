@@ -12,11 +12,31 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 /// What one pass found: each address with the host it was written as (its TLS server name),
-/// sorted by address; and the shortest TTL among the answers.
+/// sorted by address; the shortest TTL among the answers; and the address families a name got
+/// no answer for while the other family answered (the caller keeps what it had for those).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Found {
     pub addrs: Vec<(SocketAddr, String)>,
     pub ttl: Option<Duration>,
+    pub unanswered: Vec<Unanswered>,
+}
+
+/// A name's address family whose query failed (not "no such record") beside answers of the
+/// other family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unanswered {
+    pub host: String,
+    pub port: u16,
+    pub v6: bool,
+}
+
+impl Found {
+    /// How many replicas the answer names: the larger of its IPv4 and IPv6 address counts (a
+    /// dual-stack replica has one of each).
+    pub fn replicas(&self) -> usize {
+        let v6 = self.addrs.iter().filter(|(a, _)| a.is_ipv6()).count();
+        v6.max(self.addrs.len() - v6)
+    }
 }
 
 /// Why a pass found nothing usable: the cluster keeps the addresses it has.
@@ -52,7 +72,7 @@ fn resolver(cfg: &DiscoveryConfig) -> Result<TokioResolver, ResolveFailed> {
         None => Resolver::builder(provider).map_err(|e| ResolveFailed::Setup(e.to_string()))?,
     };
     let opts = builder.options_mut();
-    opts.timeout = QUERY_TIMEOUT / 2;
+    opts.timeout = Duration::from_secs(1);
     opts.attempts = 2;
     opts.cache_size = 0;
     Ok(builder.build())
@@ -60,13 +80,14 @@ fn resolver(cfg: &DiscoveryConfig) -> Result<TokioResolver, ResolveFailed> {
 
 /// Resolve every name among `endpoints` (addresses are kept as written). Fails when any name
 /// fails: a cluster's set changes only on a whole answer. An AAAA failure beside A answers (or
-/// the reverse) is not a failure.
+/// the reverse) is not a failure: it is listed in [`Found::unanswered`].
 pub async fn resolve(
     endpoints: &[Endpoint],
     cfg: &DiscoveryConfig,
 ) -> Result<Found, ResolveFailed> {
     let mut found: BTreeMap<SocketAddr, String> = BTreeMap::new();
     let mut ttl: Option<Duration> = None;
+    let mut unanswered = Vec::new();
     let names = endpoints.iter().any(Endpoint::is_name);
     let r = if names { Some(resolver(cfg)?) } else { None };
     for e in endpoints {
@@ -75,13 +96,27 @@ pub async fn resolve(
                 found.entry(*a).or_insert_with(|| a.ip().to_string());
             }
             (Endpoint::Name { host, port }, Some(r)) => {
-                let (ips, t) = lookup(r, host).await?;
-                ttl = Some(ttl.map_or(t, |x| x.min(t)));
-                for ip in ips {
+                let failed = |why: String| ResolveFailed::Failed {
+                    name: host.clone(),
+                    why,
+                };
+                let answer = tokio::time::timeout(QUERY_TIMEOUT, lookup(r, host))
+                    .await
+                    .map_err(|_| failed(format!("no answer within {QUERY_TIMEOUT:?}")))??;
+                if let Some(t) = answer.ttl {
+                    ttl = Some(ttl.map_or(t, |x| x.min(t)));
+                }
+                let server_name = host.trim_end_matches('.');
+                for ip in answer.ips {
                     found
                         .entry(SocketAddr::new(ip, *port))
-                        .or_insert_with(|| host.clone());
+                        .or_insert_with(|| server_name.to_string());
                 }
+                unanswered.extend(answer.unanswered.map(|v6| Unanswered {
+                    host: server_name.to_string(),
+                    port: *port,
+                    v6,
+                }));
             }
             (Endpoint::Name { .. }, None) => {}
         }
@@ -89,29 +124,50 @@ pub async fn resolve(
     Ok(Found {
         addrs: found.into_iter().collect(),
         ttl,
+        unanswered,
     })
 }
 
-/// A and AAAA for one name: the addresses and the shortest TTL.
-async fn lookup(r: &TokioResolver, host: &str) -> Result<(Vec<IpAddr>, Duration), ResolveFailed> {
-    // Fully qualified unless it has no dot, so search domains apply only to short names.
-    let fq = if host.contains('.') {
-        format!("{host}.")
-    } else {
-        host.to_string()
-    };
-    let (v4, v6) = tokio::join!(r.ipv4_lookup(fq.as_str()), r.ipv6_lookup(fq.as_str()));
+/// One name's answer: its addresses, the shortest TTL (none from the system's resolver), and
+/// the family that failed beside answers of the other (`Some(true)`: IPv6).
+struct Answer {
+    ips: Vec<IpAddr>,
+    ttl: Option<Duration>,
+    unanswered: Option<bool>,
+}
+
+/// A and AAAA for one name, as written: a name without a final dot gets the resolver's search
+/// domains (`ranker.prod` in Kubernetes), as with the system's resolver. `localhost` is asked
+/// of the system's resolver (`/etc/hosts`), which may give it one address where a DNS
+/// resolver would give two.
+async fn lookup(r: &TokioResolver, host: &str) -> Result<Answer, ResolveFailed> {
+    if host.trim_end_matches('.').eq_ignore_ascii_case("localhost") {
+        let ips: Vec<IpAddr> = tokio::net::lookup_host((host, 0))
+            .await
+            .map_err(|e| ResolveFailed::Failed {
+                name: host.to_string(),
+                why: e.to_string(),
+            })?
+            .map(|a| a.ip())
+            .collect();
+        return Ok(Answer {
+            ips,
+            ttl: None,
+            unanswered: None,
+        });
+    }
+    let (v4, v6) = tokio::join!(r.ipv4_lookup(host), r.ipv6_lookup(host));
     let now = Instant::now();
     let left = |until: Instant| until.saturating_duration_since(now);
     let mut ips = Vec::new();
     let mut ttl = None::<Duration>;
-    let mut errors: Vec<ResolveError> = Vec::new();
+    let (mut e4, mut e6) = (None::<ResolveError>, None::<ResolveError>);
     match v4 {
         Ok(l) => {
             ttl = Some(left(l.valid_until()));
             ips.extend(l.iter().map(|a| IpAddr::V4(a.0)));
         }
-        Err(e) => errors.push(e),
+        Err(e) => e4 = Some(e),
     }
     match v6 {
         Ok(l) => {
@@ -119,12 +175,28 @@ async fn lookup(r: &TokioResolver, host: &str) -> Result<(Vec<IpAddr>, Duration)
             ttl = Some(ttl.map_or(t, |x| x.min(t)));
             ips.extend(l.iter().map(|a| IpAddr::V6(a.0)));
         }
-        Err(e) => errors.push(e),
+        Err(e) => e6 = Some(e),
     }
+    let failed = |e: &Option<ResolveError>| e.as_ref().is_some_and(|e| !e.is_no_records_found());
     if !ips.is_empty() {
-        return Ok((ips, ttl.unwrap_or_default()));
+        let unanswered = if failed(&e4) {
+            Some(false)
+        } else if failed(&e6) {
+            Some(true)
+        } else {
+            None
+        };
+        return Ok(Answer {
+            ips,
+            ttl,
+            unanswered,
+        });
     }
-    match errors.into_iter().find(|e| !e.is_no_records_found()) {
+    match [e4, e6]
+        .into_iter()
+        .flatten()
+        .find(|e| !e.is_no_records_found())
+    {
         Some(e) => Err(ResolveFailed::Failed {
             name: host.to_string(),
             why: e.to_string(),
@@ -179,6 +251,32 @@ mod tests {
         let addrs: Vec<String> = f.addrs.iter().map(|(a, _)| a.to_string()).collect();
         assert_eq!(addrs, ["127.0.0.1:80", "127.0.0.2:80"]);
         assert_eq!(f.ttl, None);
+    }
+
+    #[test]
+    fn localhost_is_what_the_system_says_and_replicas_count_each_family_once() {
+        let eps = [Endpoint::parse("localhost:80").unwrap()];
+        let cfg = DiscoveryConfig {
+            resolver: Some("127.0.0.1:9".parse().unwrap()),
+            ..Default::default()
+        };
+        let f = resolve_blocking(&eps, &cfg).unwrap();
+        let system: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs("localhost:80")
+            .unwrap()
+            .collect();
+        assert!(
+            f.addrs.iter().all(|(a, _)| system.contains(a)),
+            "{f:?} {system:?}"
+        );
+        assert!(f.addrs.iter().all(|(_, h)| h == "localhost"));
+        let dual = Found {
+            addrs: ["10.0.0.1:80", "10.0.0.2:80", "[fd00::1]:80", "[fd00::2]:80"]
+                .iter()
+                .map(|a| (a.parse().unwrap(), "x".to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        assert_eq!(dual.replicas(), 2);
     }
 
     #[test]

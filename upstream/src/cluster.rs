@@ -110,8 +110,9 @@ pub struct Cluster {
     balancer: Balancer,
     pub outliers: Outliers,
     pub retry: RetryConfig,
-    /// Requests in flight to this cluster and the retries among them.
-    pub budget: RetryBudget,
+    /// Requests in flight to this cluster and the retries among them (shared by its endpoint
+    /// sets: one budget whatever set a request started on).
+    pub budget: Arc<RetryBudget>,
     /// Round-robin position for hashed clusters' requests without a key.
     unkeyed: AtomicUsize,
     /// When the next active health check is due (ms since start of the process), and whether
@@ -208,6 +209,7 @@ fn backend_at(addr: SocketAddr) -> Backend {
 
 /// What an endpoint set inherits from the set before it.
 struct Inherited {
+    budget: Arc<RetryBudget>,
     health: Arc<HealthRegistry>,
     outliers: Outliers,
     rediscover: Arc<Rediscover>,
@@ -225,6 +227,7 @@ impl Cluster {
     ) -> Self {
         let o = &source.outlier;
         let inherited = Inherited {
+            budget: Arc::default(),
             health: Arc::new(HealthRegistry::new()),
             outliers: Outliers::new(o.config(source.read_timeout), found.len()),
             rediscover: Arc::default(),
@@ -242,6 +245,7 @@ impl Cluster {
     pub fn rebuilt(&self, found: &[(SocketAddr, String)]) -> Self {
         let was: Vec<Option<usize>> = found.iter().map(|(a, _)| self.position(*a)).collect();
         let inherited = Inherited {
+            budget: self.budget.clone(),
             health: self.health.clone(),
             outliers: self.outliers.carried(&was),
             rediscover: self.rediscover.clone(),
@@ -262,6 +266,23 @@ impl Cluster {
     /// The position of an address among the endpoints.
     pub fn position(&self, addr: SocketAddr) -> Option<usize> {
         self.index_of(&backend_at(addr))
+    }
+
+    /// Of `found` (another set's addresses), those of names this cluster lists at the same port.
+    pub fn still_listed(&self, found: &[(SocketAddr, String)]) -> Vec<(SocketAddr, String)> {
+        let listed = |a: &SocketAddr, h: &str| {
+            self.specs.iter().any(|e| match e {
+                Endpoint::Name { host, port } => {
+                    *port == a.port() && host.trim_end_matches('.') == h
+                }
+                Endpoint::Addr(_) => false,
+            })
+        };
+        found
+            .iter()
+            .filter(|(a, h)| listed(a, h))
+            .cloned()
+            .collect()
     }
 
     /// Whether the endpoints include a name (resolved again while serving).
@@ -318,7 +339,7 @@ impl Cluster {
             backends,
             balancer,
             outliers: inherited.outliers,
-            budget: RetryBudget::default(),
+            budget: inherited.budget,
             unkeyed: AtomicUsize::new(0),
             next_check_ms: AtomicU64::new(0),
             checking: AtomicBool::new(false),
@@ -393,8 +414,9 @@ impl Cluster {
     }
 
     /// What of `found` may take requests: the addresses the cluster has, and the new ones that
-    /// pass its active health check (all, without one). If none would be left, all of `found`
-    /// (as with every endpoint unhealthy, requests spread over them rather than fail).
+    /// pass its active health check (all, without one). If none would be left, the set the
+    /// cluster has; with none, all of `found` (as with every endpoint unhealthy, requests
+    /// spread over them rather than fail).
     pub async fn admit(&self, found: Vec<(SocketAddr, String)>) -> Vec<(SocketAddr, String)> {
         let Some(probe) = self.probe() else {
             return found;
@@ -415,15 +437,21 @@ impl Cluster {
                 failed.push(addr);
             }
         }
+        if !failed.is_empty() {
+            log::info!(
+                "cluster `{}`: new endpoints {failed:?} failed their health check: not added yet",
+                self.name
+            );
+        }
         let kept: Vec<_> = found
             .iter()
             .filter(|(a, _)| !failed.contains(a))
             .cloned()
             .collect();
-        if kept.is_empty() {
-            found
-        } else {
-            kept
+        match (kept.is_empty(), self.found.is_empty()) {
+            (false, _) => kept,
+            (true, false) => self.found.clone(),
+            (true, true) => found,
         }
     }
 
