@@ -43,13 +43,26 @@ impl Dnsmasq {
             .stderr(Stdio::null())
             .spawn()
             .expect("dnsmasq (.ci/install test installs it)");
-        std::thread::sleep(Duration::from_millis(300));
-        Self {
+        let d = Self {
             child,
             hosts: file,
             port,
             _dir: tempdir::Dir(dir),
+        };
+        // Up once it answers (an unknown name is an answer).
+        let probe = [Endpoint::parse("probe.test.:1").unwrap()];
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while let Err(e) = resolve_blocking(&probe, &d.config()) {
+            if e.label() == "empty" {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "dnsmasq did not answer: {e}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
+        d
     }
 
     fn serve(&self, hosts: &str) {
