@@ -99,6 +99,7 @@ fn transport(c: &mut Checker<'_>, file: &Path, field: &str, cc: &ClusterConfig) 
         protocol: cc.protocol,
         tls,
         server_names: Vec::new(),
+        latest_names: Default::default(),
         default_name: default_name.unwrap_or_default(),
     }
 }

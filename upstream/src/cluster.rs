@@ -314,6 +314,9 @@ impl Cluster {
             .iter()
             .map(|(a, host)| (*a, sni.clone().unwrap_or_else(|| host.clone())))
             .collect();
+        transport
+            .latest_names
+            .store(Arc::new(transport.server_names.clone()));
         let endpoints: Vec<SocketAddr> = found.iter().map(|(a, _)| *a).collect();
         let health = inherited.health;
         let backends: Vec<Backend> = endpoints.iter().map(|a| backend_at(*a)).collect();

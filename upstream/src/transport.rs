@@ -2,9 +2,11 @@
 //! prior knowledge, HTTP/2 over TLS) and `tls`, turned into pingora peers.
 
 use crate::tls::UpstreamTls;
+use arc_swap::ArcSwap;
 use pingora::prelude::HttpPeer;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 /// `clusters.NAME.protocol`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,8 +38,11 @@ pub struct Transport {
     pub tls: Option<UpstreamTls>,
     /// Each endpoint's address and server name (SNI and verification, when TLS is on).
     pub server_names: Vec<(SocketAddr, String)>,
-    /// The server name of an address not (yet) among those: `tls.sni`, else the first name
-    /// among the endpoints (a health check built before discovery found the address).
+    /// The server names of the cluster's latest endpoint set, shared by every clone of this
+    /// transport: health checks, set up once per cluster, find addresses discovery added since.
+    pub latest_names: Arc<ArcSwap<Vec<(SocketAddr, String)>>>,
+    /// The server name of an address in no set: `tls.sni`, else the first name among the
+    /// endpoints.
     pub default_name: String,
 }
 
@@ -57,14 +62,19 @@ impl Transport {
 
     /// A peer for the endpoint at `addr` (for health checks, which know endpoints by address).
     pub fn peer_at(&self, addr: SocketAddr) -> HttpPeer {
-        match self.server_names.iter().position(|(a, _)| *a == addr) {
-            Some(i) => self.peer(i, addr),
-            None => {
-                let mut t = self.clone();
-                t.server_names = vec![(addr, self.default_name.clone())];
-                t.peer(0, addr)
-            }
+        if let Some(i) = self.server_names.iter().position(|(a, _)| *a == addr) {
+            return self.peer(i, addr);
         }
+        let mut t = self.clone();
+        t.server_names = vec![(addr, self.server_name_of(addr))];
+        t.peer(0, addr)
+    }
+
+    /// The server name of an address of the cluster's latest endpoint set, else the default.
+    fn server_name_of(&self, addr: SocketAddr) -> String {
+        let latest = self.latest_names.load();
+        let name = latest.iter().find(|(a, _)| *a == addr).map(|(_, n)| n);
+        name.unwrap_or(&self.default_name).clone()
     }
 
     /// A peer for endpoint `i` at `addr`, without the cluster's timeouts.
@@ -102,11 +112,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_health_check_set_up_before_an_address_was_found_knows_its_server_name() {
+        let t = Transport {
+            default_name: "first.svc".into(),
+            ..Transport::default()
+        };
+        let probe = t.clone();
+        let (a, b) = (
+            SocketAddr::from(([10, 0, 0, 1], 443)),
+            SocketAddr::from(([10, 0, 0, 2], 443)),
+        );
+        t.latest_names.store(Arc::new(vec![
+            (a, "second.svc".into()),
+            (b, "first.svc".into()),
+        ]));
+        assert_eq!(probe.server_name_of(a), "second.svc");
+        assert_eq!(probe.server_name_of(b), "first.svc");
+        let gone = SocketAddr::from(([10, 0, 0, 9], 443));
+        assert_eq!(probe.server_name_of(gone), "first.svc");
+    }
+
+    #[test]
     fn h2_peers_multiplex_and_tls_peers_verify() {
         let t = Transport {
             protocol: UpstreamProtocol::H2c,
             tls: None,
             server_names: vec![],
+            latest_names: Arc::default(),
             default_name: String::new(),
         };
         let p = t.peer(0, SocketAddr::from(([127, 0, 0, 1], 1)));
