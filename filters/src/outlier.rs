@@ -7,6 +7,7 @@
 //!
 //! Plain atomics over a caller-given clock (milliseconds), so the rules are tested without time.
 
+use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -148,6 +149,9 @@ pub struct Outliers {
     /// Shared with the cluster's next endpoint set when its addresses change (DNS), so an
     /// endpoint that stays keeps its ejection and what it has in flight.
     endpoints: Vec<Arc<EndpointState>>,
+    /// The newest endpoint set of the cluster, shared by all its sets: the ejection cap is
+    /// judged on it, also for a request still on an older set.
+    newest: Arc<ArcSwap<Vec<Arc<EndpointState>>>>,
 }
 
 /// What [`Outliers::record`] did.
@@ -162,24 +166,29 @@ pub enum Recorded {
 
 impl Outliers {
     pub fn new(cfg: OutlierConfig, endpoints: usize) -> Self {
+        let endpoints: Vec<Arc<EndpointState>> = (0..endpoints).map(|_| Arc::default()).collect();
         Self {
             cfg,
-            endpoints: (0..endpoints).map(|_| Arc::default()).collect(),
+            newest: Arc::new(ArcSwap::from_pointee(endpoints.clone())),
+            endpoints,
         }
     }
 
     /// The passive health of a new endpoint set: endpoint `i` is the old `was[i]` (its state
     /// carried over) or new.
     pub fn carried(&self, was: &[Option<usize>]) -> Self {
+        let endpoints: Vec<Arc<EndpointState>> = was
+            .iter()
+            .map(|w| {
+                w.and_then(|j| self.endpoints.get(j).cloned())
+                    .unwrap_or_default()
+            })
+            .collect();
+        self.newest.store(Arc::new(endpoints.clone()));
         Self {
             cfg: self.cfg,
-            endpoints: was
-                .iter()
-                .map(|w| {
-                    w.and_then(|j| self.endpoints.get(j).cloned())
-                        .unwrap_or_default()
-                })
-                .collect(),
+            endpoints,
+            newest: self.newest.clone(),
         }
     }
 
@@ -255,8 +264,9 @@ impl Outliers {
     }
 
     fn may_eject_one_more(&self, now_ms: u64) -> bool {
-        let n = self.endpoints.len();
-        let ejected = self.endpoints.iter().filter(|e| e.ejected(now_ms)).count();
+        let newest = self.newest.load();
+        let n = newest.len();
+        let ejected = newest.iter().filter(|e| e.ejected(now_ms)).count();
         let cap = (n * self.cfg.max_ejection_percent as usize / 100).max(1);
         ejected < cap && ejected + 1 < n
     }
@@ -297,6 +307,23 @@ mod tests {
     fn fail(o: &Outliers, i: usize, now: u64) -> Recorded {
         o.started(i, now);
         o.record(i, Outcome::Failure, now)
+    }
+
+    #[test]
+    fn the_ejection_cap_is_judged_on_the_newest_endpoint_set() {
+        // Four endpoints; DNS then leaves two of them (0 and 1).
+        let old = Outliers::new(cfg(), 4);
+        let new = old.carried(&[Some(0), Some(1)]);
+        for _ in 0..3 {
+            fail(&new, 0, 0);
+        }
+        assert!(!new.available(0, 1), "one of two may be ejected");
+        // A request still on the four-endpoint set fails endpoint 1 three times: under 50% of
+        // four it could be ejected, but that would leave the newest set with none.
+        for _ in 0..3 {
+            fail(&old, 1, 2);
+        }
+        assert!(new.available(1, 3), "the newest set keeps an endpoint");
     }
 
     #[test]
