@@ -59,7 +59,7 @@ pub fn spawn(state: Arc<State>) -> Result<HealthChecks, HealthError> {
                         }
                     }
                     for (name, size) in hydrus_filters::fleet::fleets() {
-                        if size.due(now) {
+                        if size.schedule.due(now) {
                             let state = state.clone();
                             tokio::spawn(async move {
                                 let (ep, cfg) = crate::state::fleet_query(&name);

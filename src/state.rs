@@ -137,7 +137,7 @@ pub fn fleet_counted(
                 .fleet_proxies
                 .with_label_values(&[name.dns.as_str()]);
             gauge.set(i64::from(n));
-            size.done(now, cfg.next_after(f.ttl));
+            size.schedule.done(now, cfg.next_after(f.ttl));
         }
         Err(e) => {
             let kept = size.proxies();
@@ -145,7 +145,7 @@ pub fn fleet_counted(
                 "fleet `{}`: {e}; sharing its cap among {kept} proxies",
                 name.dns
             );
-            size.done(now, cfg.retry_after_failure());
+            size.schedule.done(now, cfg.retry_after_failure());
         }
     }
 }

@@ -42,6 +42,20 @@ fn config(dns: &Dns, port: u16, extra: &str) -> String {
     )
 }
 
+/// `NAME` at these replicas' addresses, as a hosts file.
+fn named(ups: &[Upstream]) -> String {
+    let ips: Vec<String> = ups.iter().map(|u| u.addr.ip().to_string()).collect();
+    hosts(NAME, &ips.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// A DNS server answering `NAME` with the first `listed` replicas, and hydrus in front of the
+/// name (re-resolved every second; `extra`: more of the cluster's section).
+fn behind_the_name(ups: &[Upstream], listed: usize, extra: &str) -> (Dns, Hydrus) {
+    let dns = Dns::start(&named(&ups[..listed]));
+    let h = Hydrus::start(&config(&dns, ups[0].addr.port(), extra));
+    (dns, h)
+}
+
 /// Clients sending until stopped (at most 60 s): requests sent, and those not answered 200.
 struct Load {
     stop: Arc<AtomicBool>,
@@ -104,10 +118,7 @@ fn first_request_within(up: &Upstream, limit: Duration) -> Option<Duration> {
 #[test]
 fn addresses_that_come_and_go_under_load_cost_no_request() {
     let ups = replicas(4);
-    let port = ups[0].addr.port();
-    let ip = |i: usize| ups[i].addr.ip().to_string();
-    let dns = Dns::start(&hosts(NAME, &[&ip(0), &ip(1)]));
-    let h = Hydrus::start(&config(&dns, port, ""));
+    let (dns, h) = behind_the_name(&ups, 2, "");
     let endpoints =
         |h: &Hydrus| metric_of(h, "hydrus_cluster_endpoints", &[("cluster", "ranking")]);
     assert_eq!(endpoints(&h), 2.0, "both addresses of the name at start");
@@ -122,7 +133,7 @@ fn addresses_that_come_and_go_under_load_cost_no_request() {
     );
 
     // 2 -> 4: the new ones get traffic within interval + 1 s.
-    dns.serve(&hosts(NAME, &[&ip(0), &ip(1), &ip(2), &ip(3)]));
+    dns.serve(&named(&ups));
     let joined = [&ups[2], &ups[3]].map(|u| first_request_within(u, Duration::from_secs(6)));
     eprintln!("new addresses' first requests after the DNS change: {joined:?}");
     assert!(
@@ -133,7 +144,7 @@ fn addresses_that_come_and_go_under_load_cost_no_request() {
     assert!(eventually(Duration::from_secs(5), || endpoints(&h) == 4.0));
 
     // 4 -> 1: the removed ones get no new request after interval + 1 s.
-    dns.serve(&hosts(NAME, &[&ip(3)]));
+    dns.serve(&named(&ups[3..]));
     assert!(
         eventually(Duration::from_secs(6), || endpoints(&h) == 1.0),
         "{}",
@@ -193,7 +204,7 @@ fn a_name_that_does_not_resolve_yet_is_unavailable_until_it_does() {
         h.log()
     );
 
-    dns.serve(&hosts(NAME, &[&ups[0].addr.ip().to_string()]));
+    dns.serve(&named(&ups));
     let t0 = Instant::now();
     assert!(
         eventually(Duration::from_secs(6), || matches!(
@@ -212,10 +223,7 @@ fn a_name_that_does_not_resolve_yet_is_unavailable_until_it_does() {
 #[test]
 fn a_resolver_that_goes_away_changes_nothing_that_serves() {
     let ups = replicas(2);
-    let port = ups[0].addr.port();
-    let ips: Vec<String> = ups.iter().map(|u| u.addr.ip().to_string()).collect();
-    let mut dns = Dns::start(&hosts(NAME, &[&ips[0], &ips[1]]));
-    let h = Hydrus::start(&config(&dns, port, ""));
+    let (mut dns, h) = behind_the_name(&ups, 2, "");
     dns.stop();
     let failed = r#"hydrus_discovery_updates_total{cluster="ranking",result="failed"}"#;
     assert!(
@@ -243,13 +251,10 @@ fn a_resolver_that_goes_away_changes_nothing_that_serves() {
 #[test]
 fn a_new_address_joins_once_it_passes_its_health_check() {
     let ups = replicas(2);
-    let port = ups[0].addr.port();
-    let ips: Vec<String> = ups.iter().map(|u| u.addr.ip().to_string()).collect();
     ups[1].health_status.store(500, Ordering::SeqCst);
-    let dns = Dns::start(&hosts(NAME, &[&ips[0]]));
     let check = "    health_check: { path: /healthz, interval: 1s, timeout: 500ms }\n";
-    let h = Hydrus::start(&config(&dns, port, check));
-    dns.serve(&hosts(NAME, &[&ips[0], &ips[1]]));
+    let (dns, h) = behind_the_name(&ups, 1, check);
+    dns.serve(&named(&ups));
     // Resolved again (several times), but the new address fails its check: it stays out.
     std::thread::sleep(Duration::from_secs(3));
     for i in 0..30 {
@@ -346,16 +351,13 @@ fn a_fleet_cap_follows_the_number_of_peers_dns_finds() {
 #[test]
 fn a_reload_keeps_what_discovery_found_even_while_dns_is_down() {
     let ups = replicas(2);
-    let port = ups[0].addr.port();
-    let ips: Vec<String> = ups.iter().map(|u| u.addr.ip().to_string()).collect();
-    let mut dns = Dns::start(&hosts(NAME, &[&ips[0], &ips[1]]));
-    let h = Hydrus::start(&config(&dns, port, ""));
+    let (mut dns, h) = behind_the_name(&ups, 2, "");
     dns.stop();
     // The cluster's section changes, and a cluster whose name resolves nowhere joins.
     let more = "    connect_timeout: 500ms\n  later:\n    endpoints: [\"nowhere.hydrus.test:80\"]\n    discovery: { interval: 1s, resolver: \"127.0.0.1:9\" }\n";
     let reloads = |h: &Hydrus| metric_of(h, "hydrus_config_reloads_total", &[("result", "ok")]);
     let before = reloads(&h);
-    h.rewrite_config(&config(&dns, port, more));
+    h.rewrite_config(&config(&dns, ups[0].addr.port(), more));
     assert!(
         eventually(Duration::from_secs(15), || reloads(&h) > before),
         "{}",
@@ -376,4 +378,58 @@ fn a_reload_keeps_what_discovery_found_even_while_dns_is_down() {
         matches!(get(&format!("{}/ready", h.admin())), Ok((200, _))),
         "a cluster a reload adds does not take readiness away"
     );
+}
+
+/// What one resolution of `eps` through `dns` found, as text.
+fn resolved(dns: &Dns, eps: &[hydrus_discovery::Endpoint]) -> Vec<String> {
+    let cfg = hydrus_discovery::DiscoveryConfig {
+        interval: Duration::from_secs(1),
+        resolver: Some(dns.addr),
+    };
+    match hydrus_discovery::resolve_blocking(eps, &cfg) {
+        Ok(f) => f.addrs.iter().map(|(a, _)| a.to_string()).collect(),
+        Err(e) => vec![e.label().to_string()],
+    }
+}
+
+#[test]
+fn the_resolver_finds_every_address_and_a_fresh_answer_after_a_change() {
+    use hydrus_discovery::{resolve_blocking, DiscoveryConfig, Endpoint};
+    let dns = Dns::start(&hosts("ranker.test", &["127.0.0.2", "127.0.0.3"]));
+    let eps = [Endpoint::parse("ranker.test:8080").unwrap()];
+    assert_eq!(resolved(&dns, &eps), ["127.0.0.2:8080", "127.0.0.3:8080"]);
+    let cfg = DiscoveryConfig {
+        interval: Duration::from_secs(1),
+        resolver: Some(dns.addr),
+    };
+    let found = resolve_blocking(&eps, &cfg).unwrap();
+    assert_eq!(
+        found.addrs[0].1, "ranker.test",
+        "the server name is the name written"
+    );
+    assert!(
+        found.ttl.unwrap() <= Duration::from_secs(1),
+        "{:?}",
+        found.ttl
+    );
+
+    let answers =
+        |want: &[&str]| eventually(Duration::from_secs(5), || resolved(&dns, &eps) == want);
+    dns.serve(&hosts(
+        "ranker.test",
+        &["127.0.0.2", "127.0.0.3", "127.0.0.4", "::1"],
+    ));
+    let four = [
+        "127.0.0.2:8080",
+        "127.0.0.3:8080",
+        "127.0.0.4:8080",
+        "[::1]:8080",
+    ];
+    assert!(answers(&four), "{:?}", resolved(&dns, &eps));
+    // A name with only an A record: the AAAA query's empty answer is not a failure.
+    dns.serve(&hosts("ranker.test", &["127.0.0.5"]));
+    assert!(answers(&["127.0.0.5:8080"]), "{:?}", resolved(&dns, &eps));
+    // A name gone is an empty answer, told apart from a resolver that does not answer.
+    dns.serve(&hosts("other.test", &["127.0.0.5"]));
+    assert!(answers(&["empty"]), "{:?}", resolved(&dns, &eps));
 }

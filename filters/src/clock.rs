@@ -2,7 +2,9 @@
 //! windows of the day, table ages), and a monotonic clock, for what is timed (deadlines,
 //! ejections, health-check schedules), which never jumps with the wall clock.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::LazyLock;
+use std::time::Duration;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// Unix time in milliseconds.
@@ -25,6 +27,30 @@ static START: LazyLock<Instant> = LazyLock::new(Instant::now);
 /// never going back).
 pub fn monotonic_ms() -> u64 {
     START.elapsed().as_millis() as u64
+}
+
+/// When a recurring task (resolving a name again) is next due on the monotonic clock, and
+/// whether a run is under way: a run is claimed when due and the next one set when it ends, so
+/// two never overlap.
+#[derive(Debug, Default)]
+pub struct Schedule {
+    next_ms: AtomicU64,
+    busy: AtomicBool,
+}
+
+impl Schedule {
+    /// Claim the next run if it is due at `now_ms`.
+    pub fn due(&self, now_ms: u64) -> bool {
+        now_ms >= self.next_ms.load(Ordering::Relaxed) && !self.busy.swap(true, Ordering::AcqRel)
+    }
+
+    /// A run ended at `now_ms`: the next one `after` it.
+    pub fn done(&self, now_ms: u64, after: Duration) {
+        let after = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+        self.next_ms
+            .store(now_ms.saturating_add(after), Ordering::Relaxed);
+        self.busy.store(false, Ordering::Release);
+    }
 }
 
 /// An HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`, a `Last-Modified`), or RFC 3339, as Unix ms.

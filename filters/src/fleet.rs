@@ -4,10 +4,11 @@
 //! while serving and stores what it found here. Each name is registered once per process and
 //! dropped when no running filter holds it.
 
+use crate::clock::Schedule;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -43,10 +44,9 @@ impl FleetName {
 /// The size of one fleet, and when its name is resolved next.
 #[derive(Debug, Default)]
 pub struct FleetSize {
-    /// Addresses found at the last good answer; 0 before any.
+    /// Replicas found at the last good answer; 0 before any.
     count: AtomicU32,
-    next_ms: AtomicU64,
-    busy: AtomicBool,
+    pub schedule: Schedule,
 }
 
 impl FleetSize {
@@ -63,18 +63,6 @@ impl FleetSize {
 
     pub fn set(&self, n: u32) {
         self.count.store(n, Relaxed);
-    }
-
-    /// Claim the next resolution if it is due (monotonic ms).
-    pub fn due(&self, now_ms: u64) -> bool {
-        now_ms >= self.next_ms.load(Relaxed) && !self.busy.swap(true, Relaxed)
-    }
-
-    /// A resolution ended: the next one in `after`.
-    pub fn done(&self, now_ms: u64, after: Duration) {
-        let after = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
-        self.next_ms.store(now_ms.saturating_add(after), Relaxed);
-        self.busy.store(false, Relaxed);
     }
 }
 

@@ -17,6 +17,7 @@ use crate::probe::{self, HealthCheckConfig};
 use crate::tls::UpstreamTlsConfig;
 use crate::transport::{Transport, UpstreamProtocol};
 use hydrus_discovery::{DiscoveryConfig, Endpoint};
+use hydrus_filters::clock::Schedule;
 use hydrus_filters::outlier::{OutlierSection, Outliers};
 use hydrus_filters::retry::{RetryBudget, RetryConfig, Tried, MAX_RETRIES};
 use pingora::lb::discovery::Static;
@@ -121,31 +122,10 @@ pub struct Cluster {
     checking: AtomicBool,
     /// The active health of every address, kept across endpoint sets.
     health: Arc<HealthRegistry>,
-    /// The endpoints as written, and when their names are resolved next.
+    /// The endpoints as written, and when their names are resolved next (shared by the
+    /// cluster's endpoint sets).
     pub specs: Vec<Endpoint>,
-    pub rediscover: Arc<Rediscover>,
-}
-
-/// When a cluster's names are resolved next (ms, monotonic), and whether a pass is running:
-/// shared by the endpoint sets of one cluster section.
-#[derive(Debug, Default)]
-pub struct Rediscover {
-    pub next_ms: AtomicU64,
-    pub busy: AtomicBool,
-}
-
-impl Rediscover {
-    /// Claim the next pass if it is due.
-    pub fn due(&self, now_ms: u64) -> bool {
-        now_ms >= self.next_ms.load(Ordering::Relaxed) && !self.busy.swap(true, Ordering::AcqRel)
-    }
-
-    /// A pass ended: the next one in `after`.
-    pub fn done(&self, now_ms: u64, after: Duration) {
-        let next = now_ms.saturating_add(after.as_millis() as u64);
-        self.next_ms.store(next, Ordering::Relaxed);
-        self.busy.store(false, Ordering::Release);
-    }
+    pub rediscover: Arc<Schedule>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -212,7 +192,7 @@ struct Inherited {
     budget: Arc<RetryBudget>,
     health: Arc<HealthRegistry>,
     outliers: Outliers,
-    rediscover: Arc<Rediscover>,
+    rediscover: Arc<Schedule>,
 }
 
 impl Cluster {
