@@ -10,6 +10,7 @@ pub mod algo;
 pub mod follow;
 #[cfg(feature = "kafka")]
 pub mod group;
+pub mod multi;
 pub mod output;
 pub mod summary;
 pub mod summary_file;
