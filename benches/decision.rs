@@ -22,11 +22,33 @@ use hydrus_filters::{
 use std::hint::black_box;
 
 fn filter(m: usize) -> HydrusRule {
+    filter_on(m, 1)
+}
+
+/// `m` strategies costing `resources` resources (one: plain numbers).
+fn filter_on(m: usize, resources: usize) -> HydrusRule {
     let strategies = (0..m)
-        .map(|j| Strategy {
-            name: format!("s{}", (j + 1) * 10),
-            cost: 4.0 + 2.0 * j as f64,
-            qoe_scale: 0.85 + 0.3 * (j as f64 / m as f64).sqrt(),
+        .map(|j| {
+            let c = 4.0 + 2.0 * j as f64;
+            let cost = if resources == 1 {
+                c.into()
+            } else {
+                hydrus_filters::resource::PerResource::Many(
+                    (0..resources)
+                        .map(|r| {
+                            (
+                                format!("r{r}"),
+                                c * (1.0 + r as f64) / (1.0 + j as f64 % 3.0),
+                            )
+                        })
+                        .collect(),
+                )
+            };
+            Strategy {
+                name: format!("s{}", (j + 1) * 10),
+                cost,
+                qoe_scale: 0.85 + 0.3 * (j as f64 / m as f64).sqrt(),
+            }
         })
         .collect();
     HydrusRule::new(
@@ -37,6 +59,30 @@ fn filter(m: usize) -> HydrusRule {
 
 fn table() -> KTable {
     KTable::constant(900, &[("default", 0.004), ("feed", 0.01)]).unwrap()
+}
+
+/// A constant table with one `k` per resource `r0..rN`.
+fn table_on(resources: usize) -> KTable {
+    use hydrus_filters::hydrus::ktable::{KTableFile, Row};
+    let names: Vec<String> = (0..resources).map(|r| format!("r{r}")).collect();
+    let row = || {
+        Row::Many(
+            names
+                .iter()
+                .enumerate()
+                .map(|(r, n)| (n.clone(), vec![0.002 * (1.0 + r as f64); 96]))
+                .collect(),
+        )
+    };
+    KTable::new(KTableFile {
+        window_secs: 900,
+        generated_at_ms: None,
+        strategy_set: None,
+        resources: Some(names.clone()),
+        scenarios: [("default".to_string(), row()), ("feed".to_string(), row())].into(),
+        expected: Default::default(),
+    })
+    .unwrap()
 }
 
 /// The hydrus filter alone, for 4, 8 and 32 strategies and both header forms.
@@ -51,7 +97,7 @@ fn bench_filter(c: &mut Criterion) {
             .map(|j| format!("s{}={:.3}", (j + 1) * 10, 0.3 + j as f64 * 0.01))
             .collect::<Vec<_>>()
             .join(",");
-        for (kind, header) in [("single", "0.4375".to_string()), ("pairs", pairs)] {
+        for (kind, header) in [("single", "0.4375".to_string()), ("pairs", pairs.clone())] {
             g.bench_with_input(BenchmarkId::new(kind, m), &header, |b, header| {
                 b.iter(|| {
                     let group = rollout.assign(Some(black_box(b"user-123456".as_slice())));
@@ -66,6 +112,22 @@ fn bench_filter(c: &mut Criterion) {
                 })
             });
         }
+        // Strategies that cost 3 resources, one k each.
+        let (f3, table3) = (filter_on(m, 3), table_on(3));
+        g.bench_with_input(
+            BenchmarkId::new("pairs_3_resources", m),
+            &pairs,
+            |b, header| {
+                b.iter(|| {
+                    let inputs = RequestInputs {
+                        qoe: Some(black_box(header.as_bytes())),
+                        scenario: Some(black_box(b"feed".as_slice())),
+                        now_ms: black_box(1_795_374_637_211),
+                    };
+                    f3.decide(Group::Treatment, &inputs, Some(&table3), false)
+                })
+            },
+        );
     }
     g.finish();
 }
@@ -88,8 +150,15 @@ const PAIRS_8: &[u8] =
     b"s10=0.300,s20=0.310,s30=0.320,s40=0.330,s50=0.340,s60=0.350,s70=0.360,s80=0.370";
 
 fn single_shot_filter() {
-    let table = table();
-    let f = filter(8);
+    single_shot("decision/pairs/8", &filter(8), &table());
+    single_shot(
+        "decision/pairs_3_resources/8",
+        &filter_on(8, 3),
+        &table_on(3),
+    );
+}
+
+fn single_shot(what: &str, f: &HydrusRule, table: &KTable) {
     let ns: Vec<u64> = (0..200_000)
         .map(|i| {
             let t = std::time::Instant::now();
@@ -98,11 +167,13 @@ fn single_shot_filter() {
                 scenario: Some(black_box(b"feed".as_slice())),
                 now_ms: black_box(1_795_374_637_211 + i),
             };
-            black_box(f.decide(Group::Treatment, &inputs, Some(&table), false));
+            let d = f.decide(Group::Treatment, &inputs, Some(table), false);
+            assert!(d.fallback.is_none(), "{what}: {:?}", d.fallback);
+            black_box(d);
             t.elapsed().as_nanos() as u64
         })
         .collect();
-    percentiles("decision/pairs/8", ns);
+    percentiles(what, ns);
 }
 
 /// E2E: parse the external delay, find its bucket, draw the replica group.
@@ -148,7 +219,7 @@ fn bench_record(c: &mut Criterion) {
         scenario: "default",
         group: "hydrus",
         chosen: "s40",
-        k: Some(0.004),
+        k: hydrus_filters::log::KRef(Some((set8.strategies.resources(), &[0.004]))),
         value_info: ValueInfoRef(Some((
             &set8.strategies as &dyn Strategies,
             &qoe as &dyn Candidates,

@@ -152,6 +152,22 @@ fn solve(mut args: hydrus_solve::SolveArgs) -> ExitCode {
             }
         }
     }
+    if let (hydrus_solve::Policy::Hydrus, Some(config)) = (args.policy, &args.config) {
+        match hydrus::solve_wiring::resource_budgets(config, args.route.as_deref()) {
+            // (`--budget-per-request` flags win over the config.)
+            Ok(budgets) => {
+                for (name, b) in budgets {
+                    if !args.budget_per_request.iter().any(|(n, _)| *n == name) {
+                        args.budget_per_request.push((name, b));
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     match hydrus_solve::run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,5 +1,6 @@
-//! `hydrus solve` needs one thing of the proxy: for `--policy e2e`, what the config's first e2e
-//! filter says. The solver crate takes it as plain values; this reads it from `--config`.
+//! `hydrus solve` needs two things of the proxy: for `--policy e2e`, what the config's first
+//! e2e filter says; for `--policy hydrus`, the hydrus filter's budgets per resource. The solver
+//! crate takes them as plain values; this reads them from `--config`.
 
 use crate::config::ConfigErrors;
 use hydrus_solve::cli::E2eSpec;
@@ -29,4 +30,35 @@ pub fn e2e_spec(config: &Path) -> Result<E2eSpec, E2eSpecError> {
         qoe_model: e.qoe_model,
         priorities: e.priority_header.is_some(),
     })
+}
+
+/// Why `--config` gave no hydrus filter to take budgets from.
+#[derive(Debug, thiserror::Error)]
+pub enum BudgetsError {
+    #[error(transparent)]
+    Config(#[from] ConfigErrors),
+    #[error("{}: no route {} has a hydrus filter", .config.display(), .route.as_deref().map_or(String::new(), |r| format!("named `{r}`")))]
+    NoHydrusFilter {
+        config: std::path::PathBuf,
+        route: Option<String>,
+    },
+}
+
+/// `resources.NAME.budget_per_request` of the hydrus filter of `route` (without a name: the
+/// first route with one).
+pub fn resource_budgets(
+    config: &Path,
+    route: Option<&str>,
+) -> Result<std::collections::BTreeMap<String, f64>, BudgetsError> {
+    let running = crate::config::load(config, &crate::metrics::Metrics::new())?;
+    running
+        .routes
+        .iter()
+        .filter(|r| route.is_none_or(|name| r.route.name == name))
+        .find_map(|r| hydrus_filters::hydrus::of(&r.route.chain))
+        .map(|h| h.resource_budgets.clone())
+        .ok_or_else(|| BudgetsError::NoHydrusFilter {
+            config: config.to_path_buf(),
+            route: route.map(str::to_string),
+        })
 }

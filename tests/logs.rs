@@ -93,7 +93,7 @@ fn assert_records_match(records: &[LogRecord], upstream: &Upstream, n: usize) {
         assert_eq!(r.status, 200);
         assert!(r.upstream_ms.is_some());
         assert_eq!(r.value_info.len(), 3, "{r:?}");
-        assert_eq!(r.k, Some(0.004));
+        assert_eq!(r.k, Some(0.004.into()));
     }
     assert_eq!(records.len(), n, "exactly one record per request");
 }

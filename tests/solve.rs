@@ -26,7 +26,7 @@ fn record(ts_ms: u64, i: u64, scenario: &str, q: f64, chosen: &str) -> LogRecord
             .iter()
             .map(|(name, cost, scale)| ValueInfo {
                 strategy: name.to_string(),
-                cost: *cost,
+                cost: (*cost).into(),
                 qoe: q * scale,
             })
             .collect(),
@@ -63,7 +63,11 @@ fn solve(args: &[&str]) -> std::process::Output {
 fn instance(records: &[LogRecord]) -> Instance {
     let mut inst = Instance::new();
     for r in records {
-        let opts: Vec<(f64, f64)> = r.value_info.iter().map(|v| (v.cost, v.qoe)).collect();
+        let opts: Vec<(f64, f64)> = r
+            .value_info
+            .iter()
+            .map(|v| (v.cost.total(), v.qoe))
+            .collect();
         let chosen = r
             .value_info
             .iter()

@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use hydrus_filters::hydrus::ktable::Row;
 use hydrus_filters::{KTable, LogRecord, ValueInfo};
 use hydrus_solve::hydrus::algo::{solve_exact, Instance};
 use std::io::Write;
@@ -34,7 +35,7 @@ fn record(ts_ms: u64, i: u64, scenario: &str, chosen: &str) -> LogRecord {
             .enumerate()
             .map(|(j, (name, cost, scale))| ValueInfo {
                 strategy: name.to_string(),
-                cost: *cost,
+                cost: (*cost).into(),
                 qoe: q * scale * (1.0 + wobble * j as f64),
             })
             .collect(),
@@ -70,7 +71,11 @@ fn solve(args: &[&str]) -> std::process::Output {
 fn instance(records: &[&LogRecord]) -> Instance {
     let mut inst = Instance::new();
     for r in records {
-        let opts: Vec<(f64, f64)> = r.value_info.iter().map(|v| (v.cost, v.qoe)).collect();
+        let opts: Vec<(f64, f64)> = r
+            .value_info
+            .iter()
+            .map(|v| (v.cost.total(), v.qoe))
+            .collect();
         let chosen = r.value_info.iter().position(|v| v.strategy == r.chosen);
         inst.push(&opts, chosen.map(|j| j as u32));
     }
@@ -221,8 +226,12 @@ fn summaries_of_each_host_merge_into_the_single_process_table() {
     );
     for (name, e) in &s.expected {
         let me = &m.expected[name];
+        let one = |r: &Row<Option<f64>>| match r {
+            Row::One(v) => v.clone(),
+            Row::Many(_) => panic!("one resource"),
+        };
         for (a, b) in [
-            (&me.cost_per_request, &e.cost_per_request),
+            (&one(&me.cost_per_request), &one(&e.cost_per_request)),
             (&me.qoe_per_request, &e.qoe_per_request),
         ] {
             assert_eq!(a.len(), b.len());

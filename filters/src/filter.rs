@@ -211,8 +211,10 @@ pub enum LogValue {
 
 /// The strategies a decision chose among, as the record's `value_info` names them.
 pub trait Strategies {
-    /// A strategy's name and cost.
-    fn strategy(&self, index: usize) -> Option<(&str, f64)>;
+    /// A strategy's name and cost per resource (one value with one resource).
+    fn strategy(&self, index: usize) -> Option<(&str, &[f64])>;
+    /// The resources costs are in, in the order of [`Strategies::strategy`]'s values.
+    fn resources(&self) -> &[String];
     /// A strategy's entry in the record's JSON up to its QoE, `{"strategy":...,"cost":...,"qoe":`
     /// (made once per strategy, not per record).
     fn json_head(&self, index: usize) -> &[u8];
@@ -230,7 +232,8 @@ pub trait Candidates {
 #[derive(Default)]
 pub struct RecordParts<'a> {
     pub chosen: Option<&'a str>,
-    pub k: Option<f64>,
+    /// `k` per resource, with the resources' names (one value: one resource).
+    pub k: Option<(&'a [String], &'a [f64])>,
     /// The strategies and the request's candidates among them.
     pub value_info: Option<(&'a dyn Strategies, &'a dyn Candidates)>,
     /// On a control record: what treatment would have chosen (shadow mode).

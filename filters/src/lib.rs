@@ -35,6 +35,7 @@ pub mod outcome;
 pub mod outlier;
 pub mod query;
 pub mod request;
+pub mod resource;
 pub mod retry;
 pub mod rollout;
 pub mod route;

@@ -11,7 +11,7 @@ use hydrus_filters::filter::{
     CompileCtx, Filter, FilterKind, Input, LogValue, Problems, RecordParts, RequestState, Upstream,
     USER_ID,
 };
-use hydrus_filters::log::{Extra, RecordRef, ValueInfoRef};
+use hydrus_filters::log::{Extra, KRef, RecordRef, ValueInfoRef};
 use hydrus_filters::route::{compile_route, RouteConfig, RouteEnv};
 use serde::Deserialize;
 use std::any::Any;
@@ -202,7 +202,7 @@ filters:
             scenario: "default",
             group: state.group.as_str(),
             chosen: parts.chosen.unwrap_or("default"),
-            k: parts.k,
+            k: KRef(parts.k),
             value_info: ValueInfoRef(parts.value_info),
             status: 200,
             upstream_ms: None,

@@ -100,13 +100,13 @@ fn e2e_file(n: usize) -> PathBuf {
             scenario: "default".into(),
             group: if i % 10 == 0 { "control" } else { "hydrus" }.into(),
             chosen: NAMES[chosen as usize].into(),
-            k: Some(0.0012),
+            k: Some(0.0012.into()),
             value_info: opts
                 .iter()
                 .zip(NAMES)
                 .map(|(&(cost, qoe), name)| ValueInfo {
                     strategy: name.into(),
-                    cost,
+                    cost: cost.into(),
                     qoe,
                 })
                 .collect(),

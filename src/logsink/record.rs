@@ -10,7 +10,7 @@ use hydrus_filters::filter::RequestState;
 use hydrus_filters::filter::{DEVICE_ID, REQUEST_ID, SCENARIO, USER_ID};
 use hydrus_filters::hydrus::ktable::DEFAULT_SCENARIO;
 use hydrus_filters::hydrus::SCENARIO_OTHER;
-use hydrus_filters::log::{capped_text, Extra, RecordRef, ValueInfoRef};
+use hydrus_filters::log::{capped_text, Extra, KRef, RecordRef, ValueInfoRef};
 use prometheus::IntCounter;
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -131,7 +131,7 @@ impl Pending {
             scenario: &scenario,
             group: self.state.group.as_str(),
             chosen: parts.chosen.unwrap_or("default"),
-            k: parts.k,
+            k: KRef(parts.k),
             value_info: ValueInfoRef(parts.value_info),
             status: self.status,
             upstream_ms: self.upstream_ms,

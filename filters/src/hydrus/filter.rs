@@ -70,15 +70,15 @@ impl HydrusMetrics {
         let opts = Opts::new;
         let spend = ["route", "group", "scenario", "decision"];
         let m = Self {
-            k: GaugeVec::new(opts("hydrus_k", "k_t in use for the current window, by route and scenario."), &["route", "scenario"]).expect("metric"),
+            k: GaugeVec::new(opts("hydrus_k", "k_t in use for the current window, by route, scenario and resource (`default` when costs are plain numbers)."), &["route", "scenario", "resource"]).expect("metric"),
             expected: [
-                GaugeVec::new(opts("hydrus_ktable_expected_cost_per_request", "The cost per request the k-table's solver expected for the current window, by route and scenario (the planned spend)."), &["route", "scenario"]).expect("metric"),
+                GaugeVec::new(opts("hydrus_ktable_expected_cost_per_request", "The cost per request the k-table's solver expected for the current window, by route, scenario and resource (the planned spend)."), &["route", "scenario", "resource"]).expect("metric"),
                 GaugeVec::new(opts("hydrus_ktable_expected_qoe_per_request", "The QoE per request the k-table's solver expected for the current window, by route and scenario."), &["route", "scenario"]).expect("metric"),
             ],
             ktable_age: prometheus::GaugeVec::new(opts("hydrus_ktable_age_seconds", "Age of the running k-table."), &["route"]).expect("metric"),
             ktable_loaded: IntGaugeVec::new(opts("hydrus_ktable_loaded", "1 when a k-table is loaded."), &["route"]).expect("metric"),
             ktable_reloads: IntCounterVec::new(opts("hydrus_ktable_reloads_total", "k-table loads by result."), &["result"]).expect("metric"),
-            cost: CounterVec::new(opts("hydrus_cost_total", "Sum of the cost of the strategy applied (`decision=applied`), and for control requests of the one treatment would have chosen (`decision=shadow`)."), &spend).expect("metric"),
+            cost: CounterVec::new(opts("hydrus_cost_total", "Sum of the cost of the strategy applied (`decision=applied`), and for control requests of the one treatment would have chosen (`decision=shadow`); with several resources, the cost summed over them (per resource: hydrus_spend_cost_per_second)."), &spend).expect("metric"),
             qoe: CounterVec::new(opts("hydrus_predicted_qoe_total", "Sum of the QoE predicted for the strategy applied (or, `decision=shadow`, the one treatment would have chosen), over requests with a QoE header."), &spend).expect("metric"),
             qoe_requests: IntCounterVec::new(opts("hydrus_predicted_qoe_requests_total", "Requests counted in hydrus_predicted_qoe_total."), &spend).expect("metric"),
             cost_requests: IntCounterVec::new(opts("hydrus_cost_requests_total", "Requests counted in hydrus_cost_total: those a hydrus filter decided (the denominator of cost per request; routes without a hydrus filter are not in it)."), &spend).expect("metric"),
@@ -142,21 +142,25 @@ pub struct HydrusHandles {
     spend: Vec<SpendCounters>,
     shadow: Vec<IntCounter>,
     fallbacks: Vec<IntCounter>,
-    /// The spend loops by k-table row (none where the scenario is not controlled), for the
-    /// k-table they were built for (its address: a request that sees another table uses none).
+    /// The spend loops by k-table row and resource (`row * K + r`; none where the scenario
+    /// is not controlled), for the k-table they were built for (its address: a request that
+    /// sees another table uses none).
     loops: Vec<Option<Arc<SpendLoop>>>,
     loops_table: usize,
-    /// The controlled scenarios' names (their gauge series).
-    loop_names: Vec<String>,
+    /// Loops per row: the strategies' resources.
+    loop_resources: usize,
+    /// The controlled scenarios' names with each resource (their gauge series).
+    loop_names: Vec<(String, String)>,
 }
 
 impl HydrusHandles {
-    /// The spend loop of a k-table row, when that table is the one these handles were built for.
-    fn spend_loop(&self, table: usize, row: usize) -> Option<&SpendLoop> {
+    /// The spend loop of a k-table row and resource, when that table is the one these handles
+    /// were built for.
+    fn spend_loop(&self, table: usize, row: usize, r: usize) -> Option<&SpendLoop> {
         if table != self.loops_table {
             return None;
         }
-        self.loops.get(row)?.as_deref()
+        self.loops.get(row * self.loop_resources + r)?.as_deref()
     }
 
     /// The label slot of a scenario header's value (none: `default`); an undeclared one is
@@ -198,9 +202,11 @@ pub struct HydrusFilter {
     handles: ArcSwap<HydrusHandles>,
     /// The spend controller (`spend_control`), when on.
     spend: Option<SpendControl>,
+    /// `resources.NAME.budget_per_request` as configured (what `hydrus solve --config` uses).
+    pub resource_budgets: std::collections::BTreeMap<String, f64>,
     /// The scenarios whose `hydrus_k` (and expectation) series are exported: removed when
     /// their row goes, so a large table replaced by a small one leaves nothing behind.
-    k_series: Mutex<Vec<String>>,
+    k_series: Mutex<Vec<(String, String)>>,
 }
 
 /// The families a filter keeps (cloned handles to the registered families).
@@ -281,11 +287,13 @@ impl HydrusFilter {
                 fallbacks: Vec::new(),
                 loops: Vec::new(),
                 loops_table: 0,
+                loop_resources: 1,
                 loop_names: Vec::new(),
             }),
             metrics: refs,
             fallback_family: fallbacks.clone(),
             spend: None,
+            resource_budgets: std::collections::BTreeMap::new(),
             k_series: Mutex::new(Vec::new()),
         };
         filter.rebuild_handles();
@@ -334,17 +342,24 @@ impl HydrusFilter {
         let labels = scenario_labels(&self.declared_scenarios());
         let m = &self.metrics;
         let ktable = self.ktable.get();
-        // A new k-table (or config) starts every loop afresh, at m = 1.
-        let loops = match (&self.spend, &ktable) {
+        // A new k-table (or config) starts every loop afresh, at m = 1. One loop per
+        // resource of a controlled row.
+        let resources = self.rule.strategies.resources();
+        let per_row = resources.len();
+        let loops: Vec<Option<Arc<SpendLoop>>> = match (&self.spend, &ktable) {
             (Some(sc), Some(k)) => k
                 .table
                 .scenario_names()
                 .iter()
-                .map(|n| {
+                .flat_map(|n| {
                     // (Only a row requests can name runs a loop.)
-                    sc.scenario(n)
-                        .filter(|_| self.rule.declared(n.as_bytes(), Some(&k.table)))
-                        .map(|cap| Arc::new(SpendLoop::with_cap(sc.settings, cap)))
+                    let caps = sc
+                        .scenario(n)
+                        .filter(|_| self.rule.declared(n.as_bytes(), Some(&k.table)));
+                    (0..per_row).map(move |r| {
+                        let cap = caps.as_ref()?.get(r).cloned().flatten();
+                        Some(Arc::new(SpendLoop::with_cap(sc.settings, cap)))
+                    })
                 })
                 .collect(),
             _ => Vec::new(),
@@ -405,34 +420,40 @@ impl HydrusFilter {
                 .collect(),
             labels,
             loop_names: match &ktable {
-                Some(k) => (k.table.scenario_names().iter().zip(&loops))
+                Some(k) => (k.table.scenario_names().iter())
+                    .flat_map(|n| resources.iter().map(move |r| (n, r)))
+                    .zip(&loops)
                     .filter(|(_, l)| l.is_some())
-                    .map(|(n, _)| n.clone())
+                    .map(|((n, r), _)| (n.clone(), r.clone()))
                     .collect(),
                 None => Vec::new(),
             },
             loops,
+            loop_resources: per_row,
             loops_table: table_id(ktable.as_ref()),
         }));
     }
 
     /// Remove the `hydrus_k` and expectation series of the scenarios exported before but not
     /// in `now`, and remember `now`.
-    fn retire_k_series(&self, now: &[String]) {
+    fn retire_k_series(&self, now: &[(String, String)]) {
         let mut series = self.k_series.lock().unwrap_or_else(PoisonError::into_inner);
-        for gone in series.iter().filter(|s| !now.contains(s)) {
-            let v = [self.route.as_str(), gone.as_str()];
+        for (scenario, resource) in series.iter().filter(|s| !now.contains(s)) {
+            let v = [self.route.as_str(), scenario.as_str(), resource.as_str()];
             let _ = self.metrics.k.remove_label_values(&v);
-            for g in &self.metrics.expected {
-                let _ = g.remove_label_values(&v);
-            }
+            let _ = self.metrics.expected[0].remove_label_values(&v);
+            let _ = self.metrics.expected[1].remove_label_values(&v[..2]);
         }
         now.clone_into(&mut series);
     }
 
     fn spend_of(&self, j: usize, d: &super::Decision) -> Spend {
         Spend {
-            cost: self.rule.strategies.get(j).map_or(0.0, |s| s.cost),
+            cost: if j < self.rule.strategies.len() {
+                self.rule.strategies.cost(j)
+            } else {
+                0.0
+            },
             qoe: d.qoe.as_ref().and_then(|q| q.get(j)),
         }
     }
@@ -461,7 +482,7 @@ impl Filter for HydrusFilter {
             &inputs,
             ktable.as_ref().map(|k| &k.table),
             stale,
-            |row| h.spend_loop(id, row).map_or(1.0, SpendLoop::m),
+            |row, r| h.spend_loop(id, row, r).map_or(1.0, SpendLoop::m),
         );
         if let Some(f) = d.fallback {
             // (On a control request: what treatment would have fallen back on.)
@@ -552,7 +573,7 @@ impl Filter for HydrusFilter {
             return;
         };
         parts.chosen = Some(name(d.strategy).unwrap_or_default());
-        parts.k = d.k;
+        parts.k = d.k.as_ref().map(|k| (set.resources(), k.as_slice()));
         parts.would_choose = d.would_choose.and_then(name);
         parts.value_info = d
             .qoe
@@ -581,24 +602,28 @@ impl Filter for HydrusFilter {
                 age.set(k.age(now_ms).as_secs_f64());
                 let w = k.table.window_of(now_ms);
                 let mut exported = Vec::new();
+                let resources = k.table.resources();
                 for (i, name) in k.table.scenario_names().iter().enumerate() {
                     if !self.rule.declared(name.as_bytes(), Some(&k.table)) {
                         continue; // a row no request can name: no series
                     }
-                    exported.push(name.clone());
-                    let v = [self.route.as_str(), name.as_str()];
-                    if let Some(k) = k.table.k(i, w) {
-                        m.k.with_label_values(&v).set(k);
-                    }
-                    let expected = [k.table.expected_cost(i, w), k.table.expected_qoe(i, w)];
-                    for (g, x) in m.expected.iter().zip(expected) {
-                        match x {
-                            Some(x) => g.with_label_values(&v).set(x),
-                            None => {
-                                let _ = g.remove_label_values(&v);
-                            }
+                    let put = |g: &GaugeVec, v: &[&str], x: Option<f64>| match x {
+                        Some(x) => g.with_label_values(v).set(x),
+                        None => {
+                            let _ = g.remove_label_values(v);
                         }
+                    };
+                    for (r, resource) in resources.iter().enumerate() {
+                        exported.push((name.clone(), resource.clone()));
+                        let v = [self.route.as_str(), name.as_str(), resource.as_str()];
+                        let k_r = k.table.ks(i, w).and_then(|ks| ks.get(r).copied());
+                        if let Some(k_r) = k_r {
+                            m.k.with_label_values(&v).set(k_r);
+                        }
+                        put(&m.expected[0], &v, k.table.expected_cost_of(i, w, r));
                     }
+                    let v = [self.route.as_str(), name.as_str()];
+                    put(&m.expected[1], &v, k.table.expected_qoe(i, w));
                 }
                 self.retire_k_series(&exported);
             }
@@ -610,13 +635,15 @@ impl Filter for HydrusFilter {
         }
         if let Some(k) = self.ktable.get() {
             let w = k.table.window_of(now_ms);
-            for (name, l) in self.spend_series() {
+            for (name, r, l) in self.spend_series() {
                 let row = k.table.scenario_index(name.as_bytes());
                 let mut snapshot = l.snapshot(now_ms);
                 // The target of the current window, whether or not a request has ended in it.
-                snapshot.target_per_request = row.and_then(|i| k.table.expected_cost(i, w));
-                let k_t = row.and_then(|i| k.table.k(i, w));
-                m.spend.set(&self.route, &name, &snapshot, k_t);
+                snapshot.target_per_request = row.and_then(|i| k.table.expected_cost_of(i, w, r));
+                let k_t = row.and_then(|i| k.table.ks(i, w)?.get(r).copied());
+                let resource = self.rule.strategies.resources().get(r);
+                let resource = resource.map_or(crate::resource::DEFAULT_RESOURCE, String::as_str);
+                m.spend.set(&self.route, &name, resource, &snapshot, k_t);
             }
         }
     }

@@ -13,9 +13,24 @@
 //!     qoe_per_request: [0.42, 0.43, ...]
 //! ```
 //!
+//! With several resources (strategies whose cost is a map by resource), `resources` names them
+//! and each row holds one list of `k` per resource, as does `expected.cost_per_request`:
+//!
+//! ```yaml
+//! window_secs: 900
+//! resources: [large, small]
+//! scenarios:
+//!   default: { large: [0.0002, ...], small: [0.001, ...] }
+//! expected:
+//!   default:
+//!     cost_per_request: { large: [12.0, ...], small: [3.1, ...] }
+//!     qoe_per_request: [0.42, ...]
+//! ```
+//!
 //! The spend controller of the hydrus filter steers each proxy's spend per request to
-//! `expected.cost_per_request` of the window.
+//! `expected.cost_per_request` of the window (per resource).
 
+use crate::resource::{name_ok, DEFAULT_RESOURCE, MAX_RESOURCES};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 
@@ -37,10 +52,47 @@ pub struct KTableFile {
     /// for ([`crate::StrategySet::fingerprint`]); a proxy running another set does not use it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy_set: Option<String>,
-    pub scenarios: BTreeMap<String, Vec<f64>>,
+    /// With several resources: their names (each row then holds a list per resource).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Vec<String>>,
+    pub scenarios: BTreeMap<String, Row<f64>>,
     /// What the solver expected per request under each window's `k`, by scenario.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub expected: BTreeMap<String, Expected>,
+}
+
+/// One value per window: one list, or (with several resources) one list per resource.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Row<T> {
+    One(Vec<T>),
+    Many(BTreeMap<String, Vec<T>>),
+}
+
+impl<T> Default for Row<T> {
+    fn default() -> Self {
+        Self::One(Vec::new())
+    }
+}
+
+impl<T> From<Vec<T>> for Row<T> {
+    fn from(v: Vec<T>) -> Self {
+        Self::One(v)
+    }
+}
+
+impl<T: Clone> Row<T> {
+    /// The lists in `resources` order (`None`: the form does not fit them: a list for several
+    /// resources, a map for one, or a map whose names are not exactly these).
+    fn lists(&self, resources: &[String], several: bool) -> Option<Vec<&Vec<T>>> {
+        match self {
+            Self::One(v) if !several => Some(vec![v]),
+            Self::Many(m) if several && m.len() == resources.len() => {
+                resources.iter().map(|r| m.get(r)).collect()
+            }
+            _ => None,
+        }
+    }
 }
 
 /// A scenario's expectation per window (each list as long as its `k` row; `null` where no
@@ -48,7 +100,8 @@ pub struct KTableFile {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Expected {
-    pub cost_per_request: Vec<Option<f64>>,
+    /// One list, or one per resource with several.
+    pub cost_per_request: Row<Option<f64>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub qoe_per_request: Vec<Option<f64>>,
 }
@@ -82,6 +135,11 @@ pub enum KTableError {
     },
     #[error("expected.{name}: no such scenario in `scenarios`")]
     ExpectedScenario { name: String },
+    #[error("resources: {0}")]
+    Resources(String),
+    /// A row's form does not fit `resources` (or its absence).
+    #[error("{place}: {problem}")]
+    Form { place: String, problem: String },
     #[error("expected.{name}.{field}: {problem}")]
     ExpectedValues {
         name: String,
@@ -96,11 +154,59 @@ pub struct KTable {
     window_secs: u32,
     generated_at_ms: Option<u64>,
     strategy_set: Option<String>,
+    /// `[default]` for a table written without `resources`.
+    resources: Vec<String>,
+    /// Whether the file named its resources (rows as maps).
+    named: bool,
     names: Vec<String>,
+    /// Per scenario, window `w`'s `k` of resource `r` at `w * K + r`.
     ks: Vec<Vec<f64>>,
-    /// By scenario index, when the table says.
+    /// By scenario index, when the table says, as written.
     expected: Vec<Option<Expected>>,
+    /// By scenario index: the expected cost per request of window `w`, resource `r` at
+    /// `w * K + r` (empty when the table says nothing).
+    expected_cost: Vec<Vec<Option<f64>>>,
     index: HashMap<String, usize>,
+}
+
+/// Interleave per-resource lists of one length into `w * K + r` order.
+fn interleave<T: Copy>(lists: &[&Vec<T>]) -> Vec<T> {
+    let n = lists.first().map_or(0, |l| l.len());
+    (0..n)
+        .flat_map(|w| lists.iter().map(move |l| l[w]))
+        .collect()
+}
+
+/// The resources a file names, checked (`[default]` without the field).
+fn resources_of(file: &KTableFile) -> Result<(Vec<String>, bool), KTableError> {
+    let Some(list) = &file.resources else {
+        return Ok((vec![DEFAULT_RESOURCE.to_string()], false));
+    };
+    let bad = |why: String| Err(KTableError::Resources(why));
+    if list.is_empty() || list.len() > MAX_RESOURCES {
+        return bad(format!("{} names: give 1 to {MAX_RESOURCES}", list.len()));
+    }
+    for (i, r) in list.iter().enumerate() {
+        if !name_ok(r) {
+            return bad(format!("`{r}`: use 1-64 letters, digits, `_`, `-` or `.`"));
+        }
+        if list[..i].contains(r) {
+            return bad(format!("`{r}` is listed twice"));
+        }
+    }
+    Ok((list.clone(), true))
+}
+
+/// What a row must look like, for the error message.
+fn form(resources: &[String], several: bool) -> String {
+    if several {
+        format!(
+            "must be a map with one list per resource ({})",
+            resources.join(", ")
+        )
+    } else {
+        "must be one list (the table names no `resources`)".to_string()
+    }
 }
 
 /// Check one expectation list: none, or one value (finite, >= 0, or null) per window.
@@ -146,31 +252,45 @@ impl KTable {
                 max: MAX_SCENARIOS,
             });
         }
+        let (resources, named) = resources_of(&file)?;
         let want = (86_400 / w) as usize;
         let mut names = Vec::new();
         let mut ks = Vec::new();
-        for (name, values) in file.scenarios {
-            if values.len() != want {
-                return Err(KTableError::Count {
-                    name,
-                    got: values.len(),
-                    want,
-                    window_secs: w,
+        for (name, row) in &file.scenarios {
+            let Some(lists) = row.lists(&resources, named) else {
+                return Err(KTableError::Form {
+                    place: format!("scenarios.{name}"),
+                    problem: form(&resources, named),
                 });
+            };
+            for (r, values) in resources.iter().zip(&lists) {
+                let label = if named {
+                    format!("{name}.{r}")
+                } else {
+                    name.clone()
+                };
+                if values.len() != want {
+                    return Err(KTableError::Count {
+                        name: label,
+                        got: values.len(),
+                        want,
+                        window_secs: w,
+                    });
+                }
+                if let Some((window, &value)) = values
+                    .iter()
+                    .enumerate()
+                    .find(|(_, v)| !v.is_finite() || **v < 0.0)
+                {
+                    return Err(KTableError::Value {
+                        name: label,
+                        window,
+                        value,
+                    });
+                }
             }
-            if let Some((window, &value)) = values
-                .iter()
-                .enumerate()
-                .find(|(_, v)| !v.is_finite() || **v < 0.0)
-            {
-                return Err(KTableError::Value {
-                    name,
-                    window,
-                    value,
-                });
-            }
-            names.push(name);
-            ks.push(values);
+            names.push(name.clone());
+            ks.push(interleave(&lists));
         }
         let index: HashMap<String, usize> = names
             .iter()
@@ -178,21 +298,34 @@ impl KTable {
             .map(|(i, n)| (n.clone(), i))
             .collect();
         let mut expected = vec![None; names.len()];
+        let mut expected_cost = vec![Vec::new(); names.len()];
         for (name, e) in file.expected {
             let Some(&i) = index.get(&name) else {
                 return Err(KTableError::ExpectedScenario { name });
             };
-            check_expected(&name, "cost_per_request", &e.cost_per_request, want, false)?;
+            let Some(lists) = e.cost_per_request.lists(&resources, named) else {
+                return Err(KTableError::Form {
+                    place: format!("expected.{name}.cost_per_request"),
+                    problem: form(&resources, named),
+                });
+            };
+            for values in &lists {
+                check_expected(&name, "cost_per_request", values, want, false)?;
+            }
             check_expected(&name, "qoe_per_request", &e.qoe_per_request, want, true)?;
+            expected_cost[i] = interleave(&lists);
             expected[i] = Some(e);
         }
         Ok(Self {
             window_secs: w,
             generated_at_ms: file.generated_at_ms,
             strategy_set: file.strategy_set,
+            resources,
+            named,
             names,
             ks,
             expected,
+            expected_cost,
             index,
         })
     }
@@ -211,9 +344,10 @@ impl KTable {
             window_secs,
             generated_at_ms: None,
             strategy_set: None,
+            resources: None,
             scenarios: scenarios
                 .iter()
-                .map(|(name, k)| (name.to_string(), vec![*k; n]))
+                .map(|(name, k)| (name.to_string(), vec![*k; n].into()))
                 .collect(),
             expected: BTreeMap::new(),
         })
@@ -224,11 +358,12 @@ impl KTable {
             window_secs: self.window_secs,
             generated_at_ms: self.generated_at_ms,
             strategy_set: self.strategy_set.clone(),
+            resources: self.named.then(|| self.resources.clone()),
             scenarios: self
                 .names
                 .iter()
                 .cloned()
-                .zip(self.ks.iter().cloned())
+                .zip(self.ks.iter().map(|ks| self.row_form(ks)))
                 .collect(),
             expected: self
                 .names
@@ -237,6 +372,36 @@ impl KTable {
                 .filter_map(|(n, e)| Some((n.clone(), e.clone()?)))
                 .collect(),
         }
+    }
+
+    /// A row's `w * K + r` values in the file's form.
+    fn row_form(&self, ks: &[f64]) -> Row<f64> {
+        if !self.named {
+            return Row::One(ks.to_vec());
+        }
+        let k = self.resources.len();
+        Row::Many(
+            self.resources
+                .iter()
+                .enumerate()
+                .map(|(r, name)| {
+                    (
+                        name.clone(),
+                        ks.iter().skip(r).step_by(k).copied().collect(),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    /// The resources, in the order of [`KTable::ks`]: `[default]` for a table that names none.
+    pub fn resources(&self) -> &[String] {
+        &self.resources
+    }
+
+    /// Whether the table names its resources (several, or one by name).
+    pub fn names_resources(&self) -> bool {
+        self.named
     }
 
     pub fn to_yaml(&self) -> String {
@@ -275,15 +440,32 @@ impl KTable {
         self.index.get(name).copied()
     }
 
-    /// `k` for a scenario index and window.
+    /// `k` for a scenario index and window (of the first resource: the one of a table that
+    /// names none).
     pub fn k(&self, scenario: usize, window: usize) -> Option<f64> {
-        self.ks.get(scenario)?.get(window).copied()
+        self.ks(scenario, window)?.first().copied()
     }
 
-    /// The cost per request the solver expected for a scenario index and window, if it said.
+    /// `k` per resource for a scenario index and window, in [`KTable::resources`] order.
+    pub fn ks(&self, scenario: usize, window: usize) -> Option<&[f64]> {
+        let k = self.resources.len();
+        self.ks.get(scenario)?.get(window * k..(window + 1) * k)
+    }
+
+    /// The cost per request the solver expected for a scenario index and window, if it said
+    /// (of the first resource).
     pub fn expected_cost(&self, scenario: usize, window: usize) -> Option<f64> {
-        let e = self.expected.get(scenario)?.as_ref()?;
-        e.cost_per_request.get(window).copied().flatten()
+        self.expected_cost_of(scenario, window, 0)
+    }
+
+    /// [`KTable::expected_cost`] of resource index `r`.
+    pub fn expected_cost_of(&self, scenario: usize, window: usize, r: usize) -> Option<f64> {
+        let k = self.resources.len();
+        self.expected_cost
+            .get(scenario)?
+            .get(window * k + r)
+            .copied()
+            .flatten()
     }
 
     /// The QoE per request the solver expected, if it said.
@@ -292,6 +474,8 @@ impl KTable {
         e.qoe_per_request.get(window).copied().flatten()
     }
 
+    /// A scenario's `k` per window (of a table that names no resources; with several, the
+    /// windows' values interleaved by resource).
     pub fn row(&self, scenario: usize) -> Option<&[f64]> {
         self.ks.get(scenario).map(|v| v.as_slice())
     }
@@ -349,6 +533,10 @@ mod tests {
         assert_eq!(t.expected_qoe(0, 0), Some(0.4));
         assert_eq!(KTable::parse(&t.to_yaml()).expect("round trip"), t);
         let short = text.replace("[6.5, null]", "[6.5]");
+        assert!(matches!(
+            KTable::parse(&text.replace("[6.5, null]", "{ large: [6.5, null] }")),
+            Err(KTableError::Form { .. })
+        ));
         let e = KTable::parse(&short).expect_err("short");
         assert!(
             e.to_string()
@@ -365,5 +553,41 @@ mod tests {
                 name: "feed".into()
             }
         );
+    }
+
+    #[test]
+    fn several_resources() {
+        let text = "window_secs: 43200\nresources:\n- large\n- small\nscenarios:\n  default:\n    large:\n    - 0.1\n    - 0.2\n    small:\n    - 1.0\n    - 2.0\nexpected:\n  default:\n    cost_per_request:\n      large:\n      - 12.0\n      - null\n      small:\n      - 3.0\n      - 4.0\n";
+        let t = KTable::parse(text).expect("valid");
+        assert_eq!(t.resources(), &["large", "small"]);
+        assert_eq!(t.ks(0, 1), Some(&[0.2, 2.0][..]));
+        assert_eq!(t.k(0, 1), Some(0.2));
+        assert_eq!(t.expected_cost_of(0, 0, 1), Some(3.0));
+        assert_eq!(t.expected_cost_of(0, 1, 0), None);
+        // Written back byte for byte.
+        assert_eq!(t.to_yaml(), text);
+        // A one-resource table stays as it was.
+        let one = "window_secs: 43200\nscenarios:\n  default:\n  - 0.1\n  - 0.2\n";
+        assert_eq!(KTable::parse(one).expect("valid").to_yaml(), one);
+        let e = KTable::parse(&text.replace("  default:\n    large:", "  default:\n    gpu:"))
+            .expect_err("names");
+        assert!(
+            e.to_string().contains(
+                "scenarios.default: must be a map with one list per resource (large, small)"
+            ),
+            "{e}"
+        );
+        let e =
+            KTable::parse(&text.replace("- 1.0\n    - 2.0", "- 1.0\n    - -2.0")).expect_err("neg");
+        assert!(
+            e.to_string().contains("scenario `default.small`, window 1"),
+            "{e}"
+        );
+        let e = KTable::parse(&text.replace("- large\n- small", "- large\n- large"))
+            .expect_err("twice");
+        assert!(e.to_string().contains("`large` is listed twice"), "{e}");
+        let e = KTable::parse("window_secs: 43200\nscenarios:\n  default: { a: [1, 2] }\n")
+            .expect_err("no resources");
+        assert!(e.to_string().contains("must be one list"), "{e}");
     }
 }

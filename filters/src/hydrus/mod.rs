@@ -60,17 +60,31 @@ pub struct HydrusConfig {
     pub scenarios: Option<Vec<String>>,
     pub ktable: TableSourceConfig,
     pub strategies: Vec<StrategyConfig>,
+    /// Per resource (the names strategies' cost maps use): its budget. Without an entry, the
+    /// solver's default: what the logged (control) decisions spent.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub resources: BTreeMap<String, ResourceConfig>,
     /// The spend controller: off without this section.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spend_control: Option<spend::SpendControlConfig>,
+}
+
+/// `resources.NAME` in the hydrus section.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceConfig {
+    /// The resource's budget per request (`hydrus solve --config` reads it).
+    #[serde(default)]
+    pub budget_per_request: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StrategyConfig {
     pub name: String,
-    /// Resource cost per request, in the unit the budget is in (e.g. ms of ranking time).
-    pub cost: f64,
+    /// Resource cost per request, in the unit the budget is in (e.g. ms of ranking time): a
+    /// number, or one per resource (`{ large: 34, small: 2 }`).
+    pub cost: crate::resource::PerResource,
     /// QoE under this strategy relative to the default strategy's (the paper's coefficient).
     #[serde(default = "default_scale")]
     pub qoe_scale: f64,
@@ -150,8 +164,12 @@ impl FilterKind for HydrusKind {
         };
         check_scenarios(hc.scenarios.as_deref(), cx);
         let ktable = cx.table_source(&hc.ktable, "ktable");
+        if let Some(set) = &set {
+            check_resources(&hc.resources, set.resources(), cx);
+        }
+        let resources = set.as_ref().map_or(&[][..], |s| s.resources());
         let spend = hc.spend_control.as_ref().and_then(|sc| {
-            sc.compile(hc.scenarios.as_deref())
+            sc.compile(hc.scenarios.as_deref(), resources)
                 .map_err(|e| cx.error(&format!("spend_control.{}", e.field), e.problem))
                 .ok()
         });
@@ -160,10 +178,12 @@ impl FilterKind for HydrusKind {
         }
         let m = cx.metrics.downcast_ref::<HydrusMetrics>()?;
         let rule = rule::HydrusRule::new(set?, qoe_range).with_scenarios(hc.scenarios);
-        Some(Arc::new(
-            HydrusFilter::new(rule, actions, ktable, m, cx.fallbacks, cx.route)
-                .with_spend_control(spend),
-        ))
+        let mut filter = HydrusFilter::new(rule, actions, ktable, m, cx.fallbacks, cx.route)
+            .with_spend_control(spend);
+        filter.resource_budgets = (hc.resources.iter())
+            .filter_map(|(name, r)| Some((name.clone(), r.budget_per_request?)))
+            .collect();
+        Some(Arc::new(filter))
     }
 }
 
@@ -173,7 +193,7 @@ fn strategy_set(hc: &HydrusConfig, cx: &mut CompileCtx<'_>) -> Option<StrategySe
         .iter()
         .map(|s| Strategy {
             name: s.name.clone(),
-            cost: s.cost,
+            cost: s.cost.clone(),
             qoe_scale: s.qoe_scale,
         })
         .collect();
@@ -188,7 +208,11 @@ fn strategy_set(hc: &HydrusConfig, cx: &mut CompileCtx<'_>) -> Option<StrategySe
             };
             let place = match &e {
                 StrategyError::Duplicate(n) | StrategyError::BadName(n) => at(n),
-                StrategyError::BadCost { name, .. } => format!("{}.cost", at(name)),
+                StrategyError::BadCost { name, .. }
+                | StrategyError::BadResource { name, .. }
+                | StrategyError::NoResource { name }
+                | StrategyError::MixedCosts { name } => format!("{}.cost", at(name)),
+                StrategyError::TooManyResources(_) => "strategies".into(),
                 StrategyError::BadScale { name, .. } => format!("{}.qoe_scale", at(name)),
                 StrategyError::UnknownDefault(_) => "default_strategy".into(),
                 StrategyError::Empty | StrategyError::TooMany(_) => "strategies".into(),
@@ -260,6 +284,30 @@ fn action(s: &StrategyConfig, i: usize, cx: &mut CompileCtx<'_>) -> StrategyActi
         headers,
         query,
         name_value: HeaderValue::from_str(&s.name).unwrap_or(HeaderValue::from_static("invalid")),
+    }
+}
+
+/// `resources`: each one a resource the strategies' costs name, with a budget > 0.
+fn check_resources(
+    resources: &BTreeMap<String, ResourceConfig>,
+    named: &[String],
+    cx: &mut CompileCtx<'_>,
+) {
+    for (name, r) in resources {
+        let f = format!("resources.{name}");
+        if !named.contains(name) {
+            cx.error(
+                &f,
+                format!(
+                    "no strategy's cost names `{name}` (the resources are: {})",
+                    named.join(", ")
+                ),
+            );
+        } else if let Some(b) = r.budget_per_request {
+            if !(b.is_finite() && b > 0.0) {
+                cx.error(&format!("{f}.budget_per_request"), "must be a number > 0");
+            }
+        }
     }
 }
 

@@ -177,12 +177,12 @@ mod tests {
             vec![
                 Strategy {
                     name: "s10".into(),
-                    cost: 6.0,
+                    cost: 6.0.into(),
                     qoe_scale: 0.5,
                 },
                 Strategy {
                     name: "s20".into(),
-                    cost: 10.0,
+                    cost: 10.0.into(),
                     qoe_scale: 1.0,
                 },
             ],
@@ -246,7 +246,7 @@ mod tests {
         let set = StrategySet::new(
             vec![Strategy {
                 name: "big".into(),
-                cost: 1.0,
+                cost: 1.0.into(),
                 qoe_scale: 2.0,
             }],
             "big",

@@ -2,10 +2,11 @@
 //! and window, and choose the strategy; or fall back to the default strategy and say why.
 
 use crate::filter::Group;
-use crate::hydrus::decide::decide;
+use crate::hydrus::decide::decide_per_resource;
 use crate::hydrus::ktable::{KTable, DEFAULT_SCENARIO};
 use crate::hydrus::qoe::{self, QoeError, QoeRange, QoeVector};
 use crate::hydrus::strategy::StrategySet;
+use crate::resource::Ks;
 
 /// Why a treatment request got the default strategy (or, on a control request, why treatment
 /// would have: shadow mode). `reason()` is the `reason` label of `hydrus_fallback_total`.
@@ -66,9 +67,9 @@ pub struct RequestInputs<'a> {
 pub struct Decision {
     /// The strategy to apply (an index into the strategy set).
     pub strategy: usize,
-    /// `k_t` of the request's scenario and window, when the k-table has it, times the spend
-    /// controller's correction `m` (1 without one): the `k` the rule applied.
-    pub k: Option<f64>,
+    /// `k_t` of the request's scenario and window (one per resource), when the k-table has
+    /// it, times the spend controller's correction `m` (1 without one): the `k` the rule applied.
+    pub k: Option<Ks>,
     /// Set when a treatment request fell back to the default strategy; on a control request,
     /// when treatment would have (shadow mode: control shows what treatment would do wrong).
     pub fallback: Option<Fallback>,
@@ -104,11 +105,16 @@ impl HydrusRule {
         }
     }
 
-    /// Whether a k-table was solved for another strategy set (one that does not say is taken).
+    /// Whether a k-table was solved for another strategy set (one that does not say is taken,
+    /// when it is for the same resources: several resources must be named alike, in order).
     pub fn mismatched(&self, ktable: &KTable) -> bool {
-        ktable
-            .strategy_set()
-            .is_some_and(|fp| fp != self.fingerprint)
+        let resources = self.strategies.resources();
+        let other_resources = (resources.len() > 1 || ktable.resources().len() > 1)
+            && ktable.resources() != resources;
+        other_resources
+            || ktable
+                .strategy_set()
+                .is_some_and(|fp| fp != self.fingerprint)
     }
 
     /// Declare the scenarios requests may name (beyond `default`).
@@ -136,18 +142,18 @@ impl HydrusRule {
         ktable: Option<&KTable>,
         stale: bool,
     ) -> Decision {
-        self.decide_with(group, inputs, ktable, stale, |_| 1.0)
+        self.decide_with(group, inputs, ktable, stale, |_, _| 1.0)
     }
 
-    /// [`HydrusRule::decide`] with `k_t` multiplied by `correction(row)`, the spend
-    /// controller's `m` for the scenario's k-table row.
+    /// [`HydrusRule::decide`] with each `k_t` multiplied by `correction(row, resource)`, the
+    /// spend controller's `m` for the scenario's k-table row and the resource (its index).
     pub fn decide_with(
         &self,
         group: Group,
         inputs: &RequestInputs<'_>,
         ktable: Option<&KTable>,
         stale: bool,
-        correction: impl Fn(usize) -> f64,
+        correction: impl Fn(usize, usize) -> f64,
     ) -> Decision {
         let qoe = match inputs.qoe {
             None => Err(Fallback::MissingQoe),
@@ -160,8 +166,9 @@ impl HydrusRule {
             .and_then(|t| t.scenario_index(scenario_name));
         let k = match (ktable, scenario) {
             (Some(t), Some(s)) => t
-                .k(s, t.window_of(inputs.now_ms))
-                .map(|k| k * correction(s)),
+                .ks(s, t.window_of(inputs.now_ms))
+                .and_then(Ks::from_slice)
+                .map(|k| k.scaled(|r| correction(s, r))),
             _ => None,
         };
         let mut decision = Decision {
@@ -184,7 +191,7 @@ impl HydrusRule {
             if self.mismatched(t) {
                 return Err(Fallback::KTableMismatch);
             }
-            decide(&self.strategies, &q, k).ok_or(Fallback::NoCandidate)
+            decide_per_resource(&self.strategies, &q, k.as_slice()).ok_or(Fallback::NoCandidate)
         });
         match (group, chosen) {
             // Control keeps the default; what treatment would have done is its shadow.
@@ -205,7 +212,7 @@ mod tests {
     fn filter() -> HydrusRule {
         let s = |name: &str, cost: f64, qoe_scale: f64| Strategy {
             name: name.into(),
-            cost,
+            cost: cost.into(),
             qoe_scale,
         };
         HydrusRule::new(
@@ -237,7 +244,10 @@ mod tests {
             Some(&t),
             false,
         );
-        assert_eq!((d.strategy, d.fallback, d.k), (2, None, Some(0.001)));
+        assert_eq!(
+            (d.strategy, d.fallback, d.k),
+            (2, None, Some(Ks::one(0.001)))
+        );
         // k = 0.1: 0.45-0.6, 0.5-1.0, 0.55-2.0 -> s10
         let d = f.decide(
             Group::Treatment,
@@ -255,7 +265,7 @@ mod tests {
         let d = f.decide(Group::Control, &inputs(Some(b"0.5"), None), Some(&t), false);
         assert_eq!((d.strategy, d.fallback), (1, None));
         assert_eq!(d.qoe.and_then(|q| q.get(2)), Some(0.5 * 1.1));
-        assert_eq!(d.k, Some(0.001));
+        assert_eq!(d.k, Some(Ks::one(0.001)));
         // What treatment would have chosen (k = 0.001, q = 0.5: s40), for shadow mode.
         assert_eq!(d.would_choose, Some(2));
         let stale = f.decide(Group::Control, &inputs(Some(b"0.5"), None), Some(&t), true);

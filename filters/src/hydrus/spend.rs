@@ -22,6 +22,7 @@
 //! rates decay while no request ends.
 
 use crate::fleet::{fleet, FleetName, FleetSize};
+use crate::resource::PerResource;
 use prometheus::{GaugeVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -61,12 +62,13 @@ pub struct SpendControlConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScenarioSpendConfig {
-    /// A cap on this proxy's spend, in cost per second.
+    /// A cap on this proxy's spend, in cost per second (with several resources, per resource:
+    /// `{ large: 5000 }`; a resource left out has none).
     #[serde(default)]
-    pub max_cost_per_second: Option<f64>,
-    /// A cap on the fleet's spend, shared evenly by `proxies`.
+    pub max_cost_per_second: Option<PerResource>,
+    /// A cap on the fleet's spend, shared evenly by `proxies` (per resource likewise).
     #[serde(default)]
-    pub fleet_max_cost_per_second: Option<f64>,
+    pub fleet_max_cost_per_second: Option<PerResource>,
     /// How many proxies share `fleet_max_cost_per_second`: a number, or `{ dns: NAME:PORT }`
     /// whose address count (resolved again while serving) is the fleet's size.
     #[serde(default)]
@@ -179,8 +181,10 @@ impl Settings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpendControl {
     pub settings: Settings,
-    /// `None`: every scenario, no cap.
-    caps: Option<BTreeMap<String, Option<Cap>>>,
+    /// `None`: every scenario, no cap. Otherwise per scenario one cap per resource.
+    caps: Option<BTreeMap<String, Vec<Option<Cap>>>>,
+    /// How many resources: loops per controlled scenario.
+    resources: usize,
 }
 
 fn err(field: &str, problem: impl Into<String>) -> SpendConfigError {
@@ -190,16 +194,86 @@ fn err(field: &str, problem: impl Into<String>) -> SpendConfigError {
     }
 }
 
-fn cap_of(name: &str, s: &ScenarioSpendConfig) -> Result<Option<Cap>, SpendConfigError> {
-    let f = |x: &str| format!("scenarios.{name}.{x}");
+/// A scenario's caps, one per resource (in `resources` order).
+fn caps_of(
+    name: &str,
+    s: &ScenarioSpendConfig,
+    resources: &[String],
+) -> Result<Vec<Option<Cap>>, SpendConfigError> {
+    let several = resources.len() > 1;
+    let per = |field: &str, v: &Option<PerResource>| -> Result<(), SpendConfigError> {
+        let f = format!("scenarios.{name}.{field}");
+        match v {
+            Some(PerResource::One(_)) if several => Err(err(
+                &f,
+                format!(
+                    "the strategies cost several resources ({}): give one cap per resource, e.g. {{ {}: 5000 }}",
+                    resources.join(", "),
+                    resources.first().map_or("large", String::as_str)
+                ),
+            )),
+            Some(PerResource::Many(m)) => match m.keys().find(|r| !resources.contains(r)) {
+                Some(r) => Err(err(
+                    &format!("{f}.{r}"),
+                    format!("not a resource the strategies' costs name ({})", resources.join(", ")),
+                )),
+                None => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    };
+    per("max_cost_per_second", &s.max_cost_per_second)?;
+    per("fleet_max_cost_per_second", &s.fleet_max_cost_per_second)?;
+    let of = |v: &Option<PerResource>, r: &str| match v {
+        None => None,
+        Some(PerResource::One(x)) => Some(*x),
+        Some(PerResource::Many(m)) => m.get(r).copied(),
+    };
+    resources
+        .iter()
+        .map(|r| {
+            let (max, fleet) = (
+                of(&s.max_cost_per_second, r),
+                of(&s.fleet_max_cost_per_second, r),
+            );
+            // (With several resources a cap-less resource needs no `proxies`.)
+            if several && max.is_none() && fleet.is_none() {
+                return Ok(None);
+            }
+            let at = if several {
+                format!("{name}.{{}}.{r}")
+            } else {
+                format!("{name}.{{}}")
+            };
+            cap_of(&at, max, fleet, s.proxies.as_ref())
+        })
+        .collect()
+}
+
+/// One resource's cap; `at` is `SCENARIO.{}` with `{}` where the field goes.
+fn cap_of(
+    at: &str,
+    max: Option<f64>,
+    fleet_max: Option<f64>,
+    proxies: Option<&Proxies>,
+) -> Result<Option<Cap>, SpendConfigError> {
+    let f = |x: &str| {
+        let (field, rest) = x.split_once('.').unwrap_or((x, ""));
+        let place = format!("scenarios.{}", at.replace("{}", field));
+        if rest.is_empty() {
+            place
+        } else {
+            format!("{place}.{rest}")
+        }
+    };
     let positive = |v: f64| v.is_finite() && v > 0.0;
-    let proxies = match &s.proxies {
+    let proxies = match proxies {
         Some(Proxies::Dns(n)) => {
             if let Some(p) = n.problem() {
                 return Err(err(&f("proxies.dns"), p));
             }
-            match s.fleet_max_cost_per_second {
-                Some(v) if positive(v) && s.max_cost_per_second.is_none() => {
+            match fleet_max {
+                Some(v) if positive(v) && max.is_none() => {
                     let size = fleet(n);
                     return Ok(Some(Cap::Fleet { total: v, size }));
                 }
@@ -209,7 +283,7 @@ fn cap_of(name: &str, s: &ScenarioSpendConfig) -> Result<Option<Cap>, SpendConfi
         Some(Proxies::Count(c)) => Some(*c),
         None => None,
     };
-    match (s.max_cost_per_second, s.fleet_max_cost_per_second, proxies) {
+    match (max, fleet_max, proxies) {
         (Some(_), Some(_), _) => Err(err(
             &f("fleet_max_cost_per_second"),
             "give max_cost_per_second or fleet_max_cost_per_second, not both",
@@ -232,8 +306,19 @@ fn cap_of(name: &str, s: &ScenarioSpendConfig) -> Result<Option<Cap>, SpendConfi
 
 impl SpendControlConfig {
     /// Check and compile; `declared`: when the config lists scenarios, the names a controlled
-    /// scenario must be among (`default` always is).
-    pub fn compile(&self, declared: Option<&[String]>) -> Result<SpendControl, SpendConfigError> {
+    /// scenario must be among (`default` always is); `resources`: the strategies' (one loop
+    /// each per scenario; none given: one).
+    pub fn compile(
+        &self,
+        declared: Option<&[String]>,
+        resources: &[String],
+    ) -> Result<SpendControl, SpendConfigError> {
+        let one = [crate::resource::DEFAULT_RESOURCE.to_string()];
+        let resources = if resources.is_empty() {
+            &one[..]
+        } else {
+            resources
+        };
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let day = Duration::from_secs(86_400);
         if self.period.is_zero() || self.period > day {
@@ -267,7 +352,7 @@ impl SpendControlConfig {
                             "not a declared scenario (hydrus.scenarios)",
                         ));
                     }
-                    caps.insert(name.clone(), cap_of(name, s)?);
+                    caps.insert(name.clone(), caps_of(name, s, resources)?);
                 }
                 Some(caps)
             }
@@ -282,6 +367,7 @@ impl SpendControlConfig {
                 ln_max: hi.ln(),
             },
             caps,
+            resources: resources.len(),
         })
     }
 }
@@ -292,12 +378,18 @@ impl SpendControl {
         self.caps.as_ref().map(|m| m.keys().map(String::as_str))
     }
 
-    /// Whether a scenario runs a loop, and its cap: `None` when it runs none.
-    pub fn scenario(&self, name: &str) -> Option<Option<Cap>> {
+    /// Whether a scenario runs loops (one per resource), and their caps: `None` when it runs
+    /// none.
+    pub fn scenario(&self, name: &str) -> Option<Vec<Option<Cap>>> {
         match &self.caps {
-            None => Some(None),
+            None => Some(vec![None; self.resources.max(1)]),
             Some(map) => map.get(name).cloned(),
         }
+    }
+
+    /// Loops per controlled scenario: one per resource.
+    pub fn resources(&self) -> usize {
+        self.resources.max(1)
     }
 }
 
@@ -529,7 +621,8 @@ impl SpendLoop {
     }
 }
 
-/// The controller's gauges, by route and scenario; set at each scrape from the running loops.
+/// The controller's gauges, by route, scenario and resource (`default` when costs are plain
+/// numbers); set at each scrape from the running loops.
 #[derive(Clone)]
 pub struct SpendMetrics {
     target_per_request: GaugeVec,
@@ -544,7 +637,8 @@ pub struct SpendMetrics {
 impl SpendMetrics {
     pub fn new(r: &Registry) -> Self {
         let g = |name: &str, help: &str| {
-            let v = GaugeVec::new(Opts::new(name, help), &["route", "scenario"]).expect("metric");
+            let v = GaugeVec::new(Opts::new(name, help), &["route", "scenario", "resource"])
+                .expect("metric");
             crate::filter::register(r, v)
         };
         Self {
@@ -558,8 +652,8 @@ impl SpendMetrics {
     }
 
     /// Set a loop's series from its snapshot (series without a value are dropped).
-    pub fn set(&self, route: &str, scenario: &str, s: &Snapshot, k_t: Option<f64>) {
-        let v = [route, scenario];
+    pub fn set(&self, route: &str, scenario: &str, resource: &str, s: &Snapshot, k_t: Option<f64>) {
+        let v = [route, scenario, resource];
         let put = |g: &GaugeVec, x: Option<f64>| match x {
             Some(x) => g.with_label_values(&v).set(x),
             None => {
@@ -575,8 +669,8 @@ impl SpendMetrics {
     }
 
     /// Drop a loop's series.
-    pub fn remove(&self, route: &str, scenario: &str) {
-        let v = [route, scenario];
+    pub fn remove(&self, route: &str, scenario: &str, resource: &str) {
+        let v = [route, scenario, resource];
         for g in [
             &self.target_per_request,
             &self.target_per_second,

@@ -35,13 +35,32 @@ fn opt_float(out: &mut Vec<u8>, v: Option<f64>) {
 }
 
 /// `{"strategy":"NAME","cost":COST,"qoe":`: a strategy's entry in `value_info` but its QoE.
-pub fn value_head(name: &str, cost: f64) -> Box<[u8]> {
+/// With several resources the cost is an object by resource, `{"large":34.0,"small":2.0}`.
+pub fn value_head(name: &str, resources: &[String], costs: &[f64]) -> Box<[u8]> {
     let mut out = b"{\"strategy\":".to_vec();
     string(&mut out, name);
     out.extend_from_slice(b",\"cost\":");
-    float(&mut out, cost);
+    per_resource(&mut out, resources, costs);
     out.extend_from_slice(b",\"qoe\":");
     out.into_boxed_slice()
+}
+
+/// One number per resource: a plain number for one resource, else an object by resource.
+pub fn per_resource(out: &mut Vec<u8>, resources: &[String], values: &[f64]) {
+    if let [one] = values {
+        float(out, *one);
+        return;
+    }
+    out.push(b'{');
+    for (i, (r, v)) in resources.iter().zip(values).enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        string(out, r);
+        out.push(b':');
+        float(out, *v);
+    }
+    out.push(b'}');
 }
 
 fn value_info(out: &mut Vec<u8>, v: &ValueInfoRef<'_>) {
@@ -94,7 +113,10 @@ pub fn encode(out: &mut Vec<u8>, r: &RecordRef<'_>) {
     out.extend_from_slice(b",\"chosen\":");
     string(out, r.chosen);
     out.extend_from_slice(b",\"k\":");
-    opt_float(out, r.k);
+    match r.k.0 {
+        Some((resources, ks)) => per_resource(out, resources, ks),
+        None => out.extend_from_slice(b"null"),
+    }
     out.extend_from_slice(b",\"value_info\":");
     value_info(out, &r.value_info);
     out.extend_from_slice(b",\"status\":");
@@ -149,7 +171,7 @@ mod tests {
     use crate::filter::{Candidates, Strategies};
     use crate::hydrus::qoe::QoeVector;
     use crate::hydrus::strategy::{Strategy as Plan, StrategySet};
-    use crate::log::record::Extra;
+    use crate::log::record::{Extra, KRef};
     use proptest::prelude::*;
 
     /// What serde_json writes for the record: the reference the direct writer must match.
@@ -190,19 +212,30 @@ mod tests {
             extra_f in any_float(),
             extra_u in any::<u64>(),
             with_qoe in any::<bool>(),
+            two in any::<bool>(),
             escaped in proptest::sample::subsequence(
                 vec!["user_id", "device_id", "request_id", "scenario_raw"],
                 0..=4,
             ),
         ) {
+            // One resource, or two (costs as objects, k as an object).
+            let cost = |c: f64| if two {
+                crate::resource::PerResource::Many(
+                    [("large".to_string(), c), ("small".to_string(), c / 3.0)].into(),
+                )
+            } else {
+                c.into()
+            };
             let set = StrategySet::new(
-                costs.iter().enumerate().map(|(i, &cost)| Plan {
+                costs.iter().enumerate().map(|(i, &c)| Plan {
                     name: format!("s{i}"),
-                    cost,
+                    cost: cost(c),
                     qoe_scale: 1.0,
                 }).collect(),
                 "s0",
             ).expect("valid");
+            let ks: Vec<f64> = floats[0].map(|k| vec![k, k * 2.0]).unwrap_or_default();
+            let ks = &ks[..if two { ks.len() } else { ks.len().min(1) }];
             let mut q = QoeVector::empty();
             for (j, v) in qoes.iter().enumerate().take(set.len()) {
                 if let Some(v) = v {
@@ -223,7 +256,7 @@ mod tests {
                 scenario: &strs[3],
                 group: &strs[4],
                 chosen: &strs[5],
-                k: floats[0],
+                k: KRef((!ks.is_empty()).then_some((set.resources(), ks))),
                 value_info: ValueInfoRef(with_qoe.then_some((&set as &dyn Strategies, &q as &dyn Candidates))),
                 status,
                 upstream_ms: floats[1],

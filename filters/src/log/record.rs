@@ -3,15 +3,17 @@
 //! own pipelines read them. Add fields; never rename or remove one.
 
 use crate::filter::{Candidates, LogValue, Strategies};
+pub use crate::resource::PerResource;
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Serialize, Serializer};
 use std::borrow::Cow;
 
-/// One strategy's estimated QoE and resource cost for one request (the paper's `ValueInfo`).
+/// One strategy's estimated QoE and resource cost for one request (the paper's `ValueInfo`);
+/// the cost a number with one resource, an object by resource with several.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ValueInfo {
     pub strategy: String,
-    pub cost: f64,
+    pub cost: PerResource,
     pub qoe: f64,
 }
 
@@ -29,8 +31,9 @@ pub struct LogRecord {
     pub group: String,
     /// The strategy applied.
     pub chosen: String,
-    /// `k_t` of the request's scenario and window, when the k-table had one.
-    pub k: Option<f64>,
+    /// `k_t` of the request's scenario and window, when the k-table had one (an object by
+    /// resource with several).
+    pub k: Option<PerResource>,
     /// Every candidate strategy's cost and QoE; empty when the QoE header was unusable.
     pub value_info: Vec<ValueInfo>,
     /// The status sent to the client (0 when none was sent).
@@ -174,11 +177,12 @@ impl Serialize for ValueInfoRef<'_> {
             return s.serialize_seq(Some(0))?.end();
         };
         let mut entries = Vec::new();
+        let resources = set.resources();
         candidates.each(&mut |j, qoe| {
-            if let Some((strategy, cost)) = set.strategy(j) {
+            if let Some((strategy, costs)) = set.strategy(j) {
                 entries.push(OneValue {
                     strategy,
-                    cost,
+                    cost: KRef(Some((resources, costs))),
                     qoe,
                 });
             }
@@ -211,8 +215,29 @@ impl Serialize for Extra<'_> {
 
 struct OneValue<'a> {
     strategy: &'a str,
-    cost: f64,
+    cost: KRef<'a>,
     qoe: f64,
+}
+
+/// One number per resource, borrowed: written as a plain number with one resource, an object
+/// by resource with several, `null` when absent.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KRef<'a>(pub Option<(&'a [String], &'a [f64])>);
+
+impl Serialize for KRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            None => s.serialize_none(),
+            Some((_, [one])) => s.serialize_f64(*one),
+            Some((resources, values)) => {
+                let mut m = s.serialize_map(Some(values.len()))?;
+                for (r, v) in resources.iter().zip(values) {
+                    m.serialize_entry(r, v)?;
+                }
+                m.end()
+            }
+        }
+    }
 }
 
 impl Serialize for OneValue<'_> {
@@ -236,7 +261,7 @@ pub struct RecordRef<'a> {
     pub scenario: &'a str,
     pub group: &'a str,
     pub chosen: &'a str,
-    pub k: Option<f64>,
+    pub k: KRef<'a>,
     #[serde(serialize_with = "serialize_values")]
     pub value_info: ValueInfoRef<'a>,
     pub status: u16,
@@ -285,12 +310,12 @@ impl LogRecord {
         }
     }
 
-    /// The cost of the chosen strategy, when it is among `value_info`.
+    /// The cost of the chosen strategy (summed over resources), when it is among `value_info`.
     pub fn chosen_cost(&self) -> Option<f64> {
         self.value_info
             .iter()
             .find(|v| v.strategy == self.chosen)
-            .map(|v| v.cost)
+            .map(|v| v.cost.total())
     }
 }
 
@@ -308,10 +333,10 @@ mod tests {
             scenario: "default".into(),
             group: "hydrus".into(),
             chosen: "s20".into(),
-            k: Some(0.0004),
+            k: Some(0.0004.into()),
             value_info: vec![ValueInfo {
                 strategy: "s20".into(),
-                cost: 10.0,
+                cost: 10.0.into(),
                 qoe: 0.35,
             }],
             status: 200,
@@ -361,7 +386,7 @@ mod tests {
         use crate::hydrus::strategy::Strategy;
         let s = |name: &str, cost: f64, qoe_scale: f64| Strategy {
             name: name.into(),
-            cost,
+            cost: cost.into(),
             qoe_scale,
         };
         StrategySet::new(vec![s("s10", 6.0, 0.5), s("s20", 10.0, 1.0)], "s20").expect("valid")
@@ -388,7 +413,7 @@ mod tests {
             scenario: "other",
             group: "control",
             chosen: "s20",
-            k: Some(0.25),
+            k: KRef(Some((set.resources(), &[0.25]))),
             value_info: ValueInfoRef(Some((set, q))),
             status: 200,
             upstream_ms: None,
@@ -421,7 +446,7 @@ mod tests {
             back.value_info[0],
             ValueInfo {
                 strategy: "s10".into(),
-                cost: 6.0,
+                cost: 6.0.into(),
                 qoe: 0.25
             }
         );
@@ -557,5 +582,57 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn several_resources_write_objects_and_read_back() {
+        use crate::hydrus::strategy::Strategy;
+        use std::collections::BTreeMap;
+        let cost = |l: f64, s: f64| {
+            PerResource::Many(BTreeMap::from([
+                ("large".to_string(), l),
+                ("small".to_string(), s),
+            ]))
+        };
+        let set = StrategySet::new(
+            vec![
+                Strategy {
+                    name: "s10".into(),
+                    cost: cost(0.0, 2.0),
+                    qoe_scale: 0.5,
+                },
+                Strategy {
+                    name: "s80".into(),
+                    cost: cost(34.0, 2.0),
+                    qoe_scale: 1.0,
+                },
+            ],
+            "s10",
+        )
+        .expect("valid");
+        let q = QoeVector::scaled(&set, 0.5);
+        let extra = extra();
+        let mut r = borrowed(&set, &q, &extra);
+        r.chosen = "s80";
+        let ks = [0.001, 0.25];
+        r.k = KRef(Some((set.resources(), &ks)));
+        let mut out = Vec::new();
+        r.encode_into(&mut out);
+        let line = String::from_utf8_lossy(&out);
+        assert!(
+            line.contains(r#""k":{"large":0.001,"small":0.25}"#),
+            "{line}"
+        );
+        assert!(
+            line.contains(r#"{"strategy":"s80","cost":{"large":34.0,"small":2.0},"qoe":0.5}"#),
+            "{line}"
+        );
+        let mut by_serde = serde_json::to_vec(&r).expect("serializes");
+        by_serde.push(b'\n');
+        assert_eq!(String::from_utf8_lossy(&by_serde), line);
+        let back: LogRecord = serde_json::from_slice(&out).expect("one record");
+        assert_eq!(back.k, Some(cost(0.001, 0.25)));
+        assert_eq!(back.value_info[1].cost, cost(34.0, 2.0));
+        assert_eq!(back.chosen_cost(), Some(36.0));
     }
 }

@@ -10,7 +10,7 @@ use crate::hydrus::{solve_pools, Budget, Method, SolveOptions, WindowData, Windo
 #[cfg(feature = "kafka")]
 use crate::read::kafka::KafkaSource;
 use crate::read::parallel;
-use crate::read::{stats_line, Collector, Keying, Pool, ReadStats};
+use crate::read::{stats_line, Collector, Keying, MultiTemplate, Pool, ReadStats};
 use crate::write::write_ktable;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -84,9 +84,30 @@ impl Batch {
     }
 }
 
+/// How multi-resource windows are summarized: the budgets per request of `--budget-per-request`
+/// and `--config`.
+fn multi_template(args: &SolveArgs) -> MultiTemplate {
+    MultiTemplate {
+        budget_per_request: args.budget_per_request.iter().cloned().collect(),
+        ..MultiTemplate::default()
+    }
+}
+
+/// Refuse what several resources cannot do yet in this mode.
+fn one_resource<P: Pool>(c: &Collector<P>, mode: &'static str) -> Result<(), SolveError> {
+    if c.multi.is_empty() {
+        return Ok(());
+    }
+    Err(SolveError::Flag {
+        flag: mode,
+        must: "does not solve strategies that cost several resources yet: solve their logs in one batch (`hydrus solve --logs ... --out ...`)",
+    })
+}
+
 /// Run `--policy hydrus`.
 pub(super) fn run(args: &SolveArgs) -> Result<(), SolveError> {
     let opts = solve_options(args)?;
+    let multi = multi_template(args);
     let summary = WindowSummary::new(DEFAULT_CAP, opts.budget);
     if args.follow {
         let fo = crate::hydrus::FollowOptions {
@@ -112,14 +133,18 @@ pub(super) fn run(args: &SolveArgs) -> Result<(), SolveError> {
         return solve_and_write(args, &opts, c, Batch::Files, started);
     }
     if keeps_records(&opts) && args.emit_summary.is_none() {
-        let proto = Collector::new(opts.window_secs, Keying::OfDay).for_route(opts.route.clone());
+        let proto = Collector::new(opts.window_secs, Keying::OfDay)
+            .for_route(opts.route.clone())
+            .with_multi(multi);
         let (batch, c) = Batch::read(args, proto)?;
         return solve_and_write(args, &opts, c, batch, started);
     }
     let proto = Collector::with_pool(opts.window_secs, Keying::OfDay, summary)
-        .for_route(opts.route.clone());
+        .for_route(opts.route.clone())
+        .with_multi(multi);
     let (batch, c) = Batch::read(args, proto)?;
     if let Some(path) = &args.emit_summary {
+        one_resource(&c, "--emit-summary")?;
         eprintln!("{}", stats_line(&c.stats));
         one_route(args, &c.stats)?;
         summary_file::write(path, &c)?;
@@ -197,13 +222,29 @@ fn solve_and_write<P: Pool + WindowData>(
     let read_time = started.elapsed();
     eprintln!("{}", stats_line(&c.stats));
     one_route(args, &c.stats)?;
-    if !c.pools.values().any(|p| p.has_records()) {
+    if !c.pools.values().any(|p| p.has_records()) && c.multi.values().all(|m| m.is_empty()) {
         return Err(SolveError::NoUsableRecord {
             logs: args.source_name(),
         });
     }
+    if !c.multi.is_empty() && opts.budget != Budget::Logged {
+        return Err(SolveError::Flag {
+            flag: "--budget-mean/--budget-total",
+            must: "are for one resource: with several, give --budget-per-request NAME=VALUE (or the config's resources.NAME.budget_per_request)",
+        });
+    }
+    if !c.multi.is_empty() && opts.method == Method::Bisection {
+        return Err(SolveError::Flag {
+            flag: "--method bisection",
+            must: "is for one resource: strategies that cost several are solved exactly",
+        });
+    }
     let solve_started = Instant::now();
-    let (rows, reports) = solve_pools(&c.pools, opts);
+    let (rows, reports) = if c.multi.is_empty() {
+        solve_pools(&c.pools, opts)
+    } else {
+        crate::hydrus::solve_multi(&c.multi, &c.resources, opts)
+    };
     let solve_time = solve_started.elapsed();
     let table = table_from_rows(opts.window_secs, rows, c.strategy_set.clone())?;
     let out = args.out()?;

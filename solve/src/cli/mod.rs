@@ -137,9 +137,15 @@ pub struct SolveArgs {
     /// What to solve: the Hydrus k-table or the E2E decision table.
     #[arg(long, value_enum, default_value = "hydrus")]
     pub policy: Policy,
-    /// E2E: the proxy's config, for the e2e filter's groups, QoE model and priority header.
+    /// The proxy's config: for E2E, the e2e filter's groups, QoE model and priority header;
+    /// for the k-table, the hydrus filter's budgets per resource (`resources.NAME.
+    /// budget_per_request`, of `--route`'s filter or the first one).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// With several resources: a resource's budget per request, as NAME=VALUE (repeat for
+    /// more; wins over `--config`). A resource without one: what the logged decisions spent.
+    #[arg(long = "budget-per-request", value_name = "NAME=VALUE", value_parser = resource_budget)]
+    pub budget_per_request: Vec<(String, f64)>,
     /// E2E: buckets of equal population (before splitting wide ones).
     #[arg(long, default_value_t = 10)]
     pub buckets: usize,
@@ -180,6 +186,21 @@ pub struct E2eSpec {
     pub qoe_model: hydrus_filters::e2e::QoeModelConfig,
     /// Whether it tags priorities (`priority_header`).
     pub priorities: bool,
+}
+
+/// `--budget-per-request NAME=VALUE`.
+fn resource_budget(s: &str) -> Result<(String, f64), String> {
+    let parsed = s
+        .split_once('=')
+        .and_then(|(k, v)| Some((k.trim(), v.trim().parse::<f64>().ok()?)));
+    match parsed {
+        Some((k, v)) if hydrus_filters::resource::name_ok(k) && v.is_finite() && v > 0.0 => {
+            Ok((k.to_string(), v))
+        }
+        _ => Err(format!(
+            "`{s}`: expected RESOURCE=BUDGET with a budget > 0, e.g. large=12"
+        )),
+    }
 }
 
 /// `--kafka-property KEY=VALUE`.

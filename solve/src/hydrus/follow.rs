@@ -30,6 +30,9 @@ pub fn run<P: Pool + WindowData>(
     loop {
         source.poll(&mut c)?;
         c.stats.one_route()?;
+        if !c.multi.is_empty() {
+            return Err(FollowError::SeveralResources(c.resources.join(", ")));
+        }
         let now = unix_ms();
         if std::mem::take(&mut first) && !c.pools.is_empty() {
             // At start, a table from everything read so far, open windows included (they are

@@ -78,6 +78,9 @@ pub enum FollowError {
     Output(#[from] OutputError),
     #[error(transparent)]
     SeveralRoutes(#[from] crate::read::SeveralRoutes),
+    /// `--follow` read records of strategies that cost several resources.
+    #[error("records of strategies that cost several resources ({0}): --follow does not solve them yet; solve their logs in one batch (`hydrus solve --logs ... --out ...`)")]
+    SeveralResources(String),
 }
 
 /// How `--follow` runs: the table it maintains, how late a window closes, how often it polls.
@@ -150,6 +153,37 @@ pub struct WindowReport {
     /// Set when the window had no records and took this window's `k`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub filled_from: Option<usize>,
+    /// With several resources, each one's figures (then `budget`, `k`, `cost`,
+    /// `cost_over_budget` and `cost_per_request` above are the first resource's).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<ResourceReport>,
+}
+
+/// One resource's figures in a window's report.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResourceReport {
+    pub resource: String,
+    pub budget: f64,
+    pub k: f64,
+    pub cost: f64,
+    pub cost_over_budget: f64,
+    pub cost_per_request: f64,
+}
+
+impl WindowReport {
+    /// `k` per resource (one value with one resource).
+    pub fn ks(&self) -> Vec<f64> {
+        if self.resources.is_empty() {
+            vec![self.k]
+        } else {
+            self.resources.iter().map(|r| r.k).collect()
+        }
+    }
+
+    /// The resources' names (empty with one resource).
+    pub fn resource_names(&self) -> Vec<String> {
+        self.resources.iter().map(|r| r.resource.clone()).collect()
+    }
 }
 
 /// Records grouped by scenario and window of the day.
@@ -167,11 +201,45 @@ impl SetExpected for Expected {
     /// Window `window` from `r` (lists grown to `windows`; a QoE below 0, which the k-table
     /// does not carry, as null).
     fn set(&mut self, window: usize, r: &WindowReport, windows: usize) {
-        self.cost_per_request.resize(windows, None);
-        self.qoe_per_request.resize(windows, None);
+        use hydrus_filters::hydrus::ktable::Row;
         let ok = |x: f64| (x.is_finite() && x >= 0.0).then_some(x);
-        self.cost_per_request[window] = ok(r.cost_per_request);
-        self.qoe_per_request[window] = ok(r.qoe_per_request);
+        let put = |list: &mut Vec<Option<f64>>, x: f64| {
+            list.resize(windows, None);
+            if let Some(slot) = list.get_mut(window) {
+                *slot = ok(x);
+            }
+        };
+        match (&mut self.cost_per_request, r.resources.is_empty()) {
+            (Row::One(list), true) => put(list, r.cost_per_request),
+            (Row::Many(lists), false) if lists.len() == r.resources.len() => {
+                for x in &r.resources {
+                    put(
+                        lists.entry(x.resource.clone()).or_default(),
+                        x.cost_per_request,
+                    );
+                }
+            }
+            // Another form than before (the resources changed): start the lists afresh.
+            (cost, _) => {
+                *cost = if r.resources.is_empty() {
+                    let mut list = Vec::new();
+                    put(&mut list, r.cost_per_request);
+                    Row::One(list)
+                } else {
+                    Row::Many(
+                        r.resources
+                            .iter()
+                            .map(|x| {
+                                let mut list = Vec::new();
+                                put(&mut list, x.cost_per_request);
+                                (x.resource.clone(), list)
+                            })
+                            .collect(),
+                    )
+                };
+            }
+        }
+        put(&mut self.qoe_per_request, r.qoe_per_request);
     }
 }
 
@@ -260,6 +328,7 @@ impl Found {
             qoe_per_request: per_request(s.qoe),
             exact: self.exact,
             filled_from: None,
+            resources: Vec::new(),
         }
     }
 }
@@ -302,6 +371,83 @@ impl WindowData for WindowSummary {
     }
 }
 
+/// A multi-resource window's summary with its resources' names, as solved.
+pub struct Named<'a> {
+    pub summary: &'a multi::MultiSummary,
+    pub resources: &'a [String],
+}
+
+impl WindowData for Named<'_> {
+    fn has_records(&self) -> bool {
+        !self.summary.is_empty()
+    }
+
+    fn window_report(&self, scenario: &str, window: usize, opts: &SolveOptions) -> WindowReport {
+        let s = self.summary.solve();
+        let records = self.summary.records();
+        let per_request = |x: f64| if records > 0 { x / records as f64 } else { 0.0 };
+        let over = |c: f64, b: f64| if b > 0.0 { c / b } else { 0.0 };
+        let resources: Vec<ResourceReport> = (self.resources.iter().enumerate())
+            .map(|(r, name)| {
+                let (k, cost, budget) = (s.k[r], s.cost[r], s.budget[r]);
+                ResourceReport {
+                    resource: name.clone(),
+                    budget,
+                    k,
+                    cost,
+                    cost_over_budget: over(cost, budget),
+                    cost_per_request: per_request(cost),
+                }
+            })
+            .collect();
+        let first = resources.first();
+        let logged_qoe = self.summary.logged_qoe();
+        WindowReport {
+            scenario: scenario.to_string(),
+            window,
+            start: hhmm(window, opts.window_secs),
+            records: records as usize,
+            budget: first.map_or(0.0, |x| x.budget),
+            k: first.map_or(0.0, |x| x.k),
+            cost: first.map_or(0.0, |x| x.cost),
+            cost_over_budget: first.map_or(0.0, |x| x.cost_over_budget),
+            qoe: s.qoe,
+            lp_bound: s.lp_bound,
+            qoe_over_bound: if s.lp_bound > 0.0 {
+                s.qoe / s.lp_bound
+            } else {
+                1.0
+            },
+            logged_qoe,
+            gain: if logged_qoe > 0.0 {
+                s.qoe / logged_qoe - 1.0
+            } else {
+                0.0
+            },
+            feasible: s.feasible,
+            iterations: s.iterations,
+            cost_per_request: first.map_or(0.0, |x| x.cost_per_request),
+            qoe_per_request: per_request(s.qoe),
+            exact: s.exact,
+            filled_from: None,
+            resources,
+        }
+    }
+}
+
+/// Solve multi-resource summaries ([`solve_pools`] over them).
+pub fn solve_multi(
+    pools: &BTreeMap<(String, usize), multi::MultiSummary>,
+    resources: &[String],
+    opts: &SolveOptions,
+) -> (TableRows, Vec<WindowReport>) {
+    let named: BTreeMap<(String, usize), Named<'_>> = pools
+        .iter()
+        .map(|(key, summary)| (key.clone(), Named { summary, resources }))
+        .collect();
+    solve_pools(&named, opts)
+}
+
 /// Solve every pool and fill windows without records from the nearest solved one (circularly;
 /// the earlier on a tie). Returns the table rows and the reports, solved and filled.
 pub fn solve_pools<W: WindowData>(
@@ -322,15 +468,18 @@ pub fn solve_pools<W: WindowData>(
     let mut rows = TableRows::default();
     let mut reports = Vec::new();
     for (scenario, slots) in solved {
-        let mut row = vec![0.0; windows];
+        let first = slots.iter().flatten().next();
+        rows.resources = first.map(WindowReport::resource_names).unwrap_or_default();
+        let per = rows.resources.len().max(1);
+        let mut row = vec![0.0; windows * per];
         let mut expected = Expected::default();
-        for (w, slot) in row.iter_mut().enumerate() {
+        for (w, slot) in row.chunks_mut(per).enumerate() {
             let source = (0..=windows / 2)
                 .flat_map(|d| [(w + windows - d) % windows, (w + d) % windows])
                 .find(|&s| slots[s].is_some());
             let Some(src) = source else { continue };
             let Some(r) = &slots[src] else { continue };
-            *slot = r.k;
+            slot.copy_from_slice(&r.ks());
             expected.set(w, r, windows);
             if src == w {
                 reports.push(r.clone());

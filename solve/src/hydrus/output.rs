@@ -2,7 +2,7 @@
 
 use super::{SetExpected, WindowReport};
 use crate::write::OutputError;
-use hydrus_filters::hydrus::ktable::{Expected, KTable, KTableFile};
+use hydrus_filters::hydrus::ktable::{Expected, KTable, KTableFile, Row};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
@@ -10,8 +10,34 @@ use std::path::Path;
 /// A k-table's rows: `k` per scenario and window, and what the solver expected under it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TableRows {
+    /// Per scenario, window `w`'s `k` of resource `r` at `w * K + r` (K = 1 without
+    /// `resources`).
     pub k: BTreeMap<String, Vec<f64>>,
     pub expected: BTreeMap<String, Expected>,
+    /// With several resources, their names (the table's `resources`); empty: one resource.
+    pub resources: Vec<String>,
+}
+
+impl TableRows {
+    /// `k` values per window: the resources, or one.
+    fn per_window(&self) -> usize {
+        self.resources.len().max(1)
+    }
+}
+
+/// Split `w * K + r` values into one list per resource.
+pub(crate) fn by_resource<T: Copy>(values: &[T], resources: &[String]) -> BTreeMap<String, Vec<T>> {
+    let k = resources.len().max(1);
+    resources
+        .iter()
+        .enumerate()
+        .map(|(r, name)| {
+            (
+                name.clone(),
+                values.iter().skip(r).step_by(k).copied().collect(),
+            )
+        })
+        .collect()
 }
 
 pub fn table_from_rows(
@@ -19,11 +45,24 @@ pub fn table_from_rows(
     rows: TableRows,
     strategy_set: Option<String>,
 ) -> Result<KTable, OutputError> {
+    let scenarios = rows
+        .k
+        .iter()
+        .map(|(name, ks)| {
+            let row = if rows.resources.is_empty() {
+                Row::One(ks.clone())
+            } else {
+                Row::Many(by_resource(ks, &rows.resources))
+            };
+            (name.clone(), row)
+        })
+        .collect();
     KTable::new(KTableFile {
         window_secs,
         generated_at_ms: Some(hydrus_filters::clock::unix_ms()),
         strategy_set,
-        scenarios: rows.k,
+        resources: (!rows.resources.is_empty()).then_some(rows.resources),
+        scenarios,
         expected: rows.expected,
     })
     .map_err(OutputError::InvalidKTable)
@@ -47,10 +86,11 @@ pub fn print_table(reports: &[WindowReport], w: &mut dyn Write) -> std::io::Resu
         "gain"
     )?;
     for r in reports.iter().filter(|r| r.filled_from.is_none()) {
-        let note = match (r.feasible, r.exact) {
-            (false, _) => "infeasible: cheapest strategies exceed I",
-            (true, false) => "k within one bucket (0.07%) of exact",
-            (true, true) => "",
+        let note = match (r.feasible, r.exact, r.resources.is_empty()) {
+            (false, _, _) => "infeasible: cheapest strategies exceed I",
+            (true, false, true) => "k within one bucket (0.07%) of exact",
+            (true, false, false) => "not exact: the minimum lies outside the summary's band",
+            (true, true, _) => "",
         };
         writeln!(
             w,
@@ -67,6 +107,13 @@ pub fn print_table(reports: &[WindowReport], w: &mut dyn Write) -> std::io::Resu
             r.qoe_over_bound,
             r.gain * 100.0
         )?;
+        for x in &r.resources {
+            writeln!(
+                w,
+                "{:<12} {:>5} {:>8} {:>12.1} {:>12.6e} {:>8.4} {:>10.4}  resource {}",
+                "", "", "", x.budget, x.k, x.cost_over_budget, x.cost_per_request, x.resource
+            )?;
+        }
     }
     // Windows without records, one line per scenario: their starts as ranges.
     let mut empty: BTreeMap<&str, Vec<&WindowReport>> = BTreeMap::new();
@@ -108,9 +155,13 @@ pub fn base_rows(out: &Path, window_secs: u32) -> TableRows {
     match std::fs::read_to_string(out).ok().map(|t| KTable::parse(&t)) {
         Some(Ok(t)) if t.window_secs() == window_secs => {
             let f = t.to_file();
+            let k = (t.scenario_names().iter().enumerate())
+                .filter_map(|(i, n)| Some((n.clone(), t.row(i)?.to_vec())))
+                .collect();
             TableRows {
-                k: f.scenarios,
+                k,
                 expected: f.expected,
+                resources: f.resources.unwrap_or_default(),
             }
         }
         Some(Ok(_)) => {
@@ -131,11 +182,21 @@ pub fn base_rows(out: &Path, window_secs: u32) -> TableRows {
 /// Put a window's report into its slot of the rows (a new scenario's row takes its `k` in
 /// every window, its expectation only in this one).
 pub fn set_slot(rows: &mut TableRows, r: &WindowReport, windows: usize) {
+    let ks = r.ks();
+    if rows.per_window() != ks.len() || rows.resources != r.resource_names() {
+        // The resources changed (a new strategy set): the old rows are of no use.
+        rows.k.clear();
+        rows.expected.clear();
+        rows.resources = r.resource_names();
+    }
+    let per = ks.len();
     let row = rows
         .k
         .entry(r.scenario.clone())
-        .or_insert_with(|| vec![r.k; windows]);
-    row[r.window] = r.k;
+        .or_insert_with(|| ks.iter().copied().cycle().take(windows * per).collect());
+    if let Some(slot) = row.get_mut(r.window * per..(r.window + 1) * per) {
+        slot.copy_from_slice(&ks);
+    }
     rows.expected
         .entry(r.scenario.clone())
         .or_default()

@@ -19,8 +19,13 @@ pub struct Fields {
     pub route: Option<(usize, usize)>,
 }
 
-/// One `value_info` entry: the strategy's name (a byte range), cost and QoE.
-pub type Value = ((usize, usize), f64, f64);
+/// One `value_info` entry: the strategy's name (a byte range), cost and QoE, and where its cost
+/// per resource is in the `costs` that [`parse`] fills (`start..end`; empty when the cost is a
+/// plain number).
+pub type Value = ((usize, usize), f64, f64, (u32, u32));
+
+/// One resource's cost of a `value_info` entry: the resource's name (a byte range) and the cost.
+pub type ResourceCost = ((usize, usize), f64);
 
 const MAX_DEPTH: usize = 100;
 
@@ -270,24 +275,57 @@ impl<'a> Scanner<'a> {
 
     /// `{"strategy":"NAME","cost":C,"qoe":Q}` exactly as hydrus writes it, else `None` with
     /// nothing read (the general path reads it, or refuses it).
-    fn value_as_written(&mut self) -> Option<Value> {
-        let start = self.i;
-        let v = self.value_in_order();
+    fn value_as_written(&mut self, costs: &mut Vec<ResourceCost>) -> Option<Value> {
+        let (start, len) = (self.i, costs.len());
+        let v = self.value_in_order(costs);
         if v.is_none() {
             self.i = start;
+            costs.truncate(len);
         }
         v
     }
 
-    fn value_in_order(&mut self) -> Option<Value> {
+    fn value_in_order(&mut self, costs: &mut Vec<ResourceCost>) -> Option<Value> {
         self.expect(b"{\"strategy\":")?;
         let strategy = self.string()?;
         self.expect(b",\"cost\":")?;
-        let cost = self.float()?;
+        let (cost, range) = self.cost(costs)?;
         self.expect(b",\"qoe\":")?;
         let qoe = self.float()?;
         self.expect(b"}")?;
-        Some((strategy, cost, qoe))
+        Some((strategy, cost, qoe, range))
+    }
+
+    /// A cost: a number, or an object by resource (`{"large":34.0,"small":2.0}`, names in
+    /// increasing order as hydrus writes them, not empty: else `None` and serde reads it) whose
+    /// entries go to `costs`; the number is then their sum.
+    fn cost(&mut self, costs: &mut Vec<ResourceCost>) -> Option<(f64, (u32, u32))> {
+        if self.peek()? != b'{' {
+            return Some((self.float()?, (0, 0)));
+        }
+        self.i += 1;
+        let start = costs.len();
+        if self.peek()? == b'}' {
+            return None;
+        }
+        let mut sum = 0.0;
+        loop {
+            let name = self.text()?;
+            self.eat(b':')?;
+            let v = self.float()?;
+            if let Some(&(last, _)) = costs[start..].last() {
+                if self.b[last.0..last.1] >= self.b[name.0..name.1] {
+                    return None;
+                }
+            }
+            costs.push((name, v));
+            sum += v;
+            if self.end_of(b'}')? {
+                break;
+            }
+        }
+        let range = (u32::try_from(start).ok()?, u32::try_from(costs.len()).ok()?);
+        Some((sum, range))
     }
 
     /// The bytes `word`, here.
@@ -298,8 +336,8 @@ impl<'a> Scanner<'a> {
     }
 
     /// One `{"strategy":..,"cost":..,"qoe":..}` (other members skipped).
-    fn value(&mut self) -> Option<Value> {
-        if let Some(v) = self.value_as_written() {
+    fn value(&mut self, costs: &mut Vec<ResourceCost>) -> Option<Value> {
+        if let Some(v) = self.value_as_written(costs) {
             return Some(v);
         }
         self.eat(b'{')?;
@@ -312,25 +350,26 @@ impl<'a> Scanner<'a> {
             self.eat(b':')?;
             match &self.b[key.0..key.1] {
                 b"strategy" if strategy.is_none() => strategy = Some(self.text()?),
-                b"cost" if cost.is_none() => cost = Some(self.float()?),
+                b"cost" if cost.is_none() => cost = Some(self.cost(costs)?),
                 b"qoe" if qoe.is_none() => qoe = Some(self.float()?),
                 b"strategy" | b"cost" | b"qoe" => return None,
                 _ => self.skip(1)?,
             }
             if self.end_of(b'}')? {
-                return Some((strategy?, cost?, qoe?));
+                let (cost, range) = cost?;
+                return Some((strategy?, cost, qoe?, range));
             }
         }
     }
 
-    fn values(&mut self, out: &mut Vec<Value>) -> Option<()> {
+    fn values(&mut self, out: &mut Vec<Value>, costs: &mut Vec<ResourceCost>) -> Option<()> {
         self.eat(b'[')?;
         if self.peek()? == b']' {
             self.i += 1;
             return Some(());
         }
         loop {
-            out.push(self.value()?);
+            out.push(self.value(costs)?);
             if self.end_of(b']')? {
                 return Some(());
             }
@@ -362,9 +401,15 @@ fn field_of(key: &[u8]) -> Option<usize> {
     (key == name).then_some(field)
 }
 
-/// Read `line` (trimmed, not empty); `values` receives `value_info`. `None`: let serde read it.
-pub fn parse(line: &[u8], values: &mut Vec<Value>) -> Option<Fields> {
+/// Read `line` (trimmed, not empty); `values` receives `value_info`, `costs` the costs by
+/// resource of the entries that have them. `None`: let serde read it.
+pub fn parse(
+    line: &[u8],
+    values: &mut Vec<Value>,
+    costs: &mut Vec<ResourceCost>,
+) -> Option<Fields> {
     values.clear();
+    costs.clear();
     // No backslash (an escape) and no control character (which a string may not hold, and
     // whitespace rarely is) anywhere: then a string ends at the next quote. One pass the
     // compiler vectorizes; a line that has one goes to serde.
@@ -398,7 +443,7 @@ pub fn parse(line: &[u8], values: &mut Vec<Value>) -> Option<Fields> {
                 CHOSEN
             }
             Some(VALUE_INFO) => {
-                s.values(values)?;
+                s.values(values, costs)?;
                 VALUE_INFO
             }
             Some(SCENARIO) => {

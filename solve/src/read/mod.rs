@@ -63,8 +63,34 @@ pub enum SourceError {
 pub(crate) struct LightValue<'a> {
     #[serde(borrow)]
     pub(crate) strategy: Cow<'a, str>,
-    pub(crate) cost: f64,
+    /// A number, or (several resources) an object by resource.
+    pub(crate) cost: hydrus_filters::resource::PerResource,
     pub(crate) qoe: f64,
+}
+
+/// An option's cost as read: one number, or one per resource by name (serde's map, or the
+/// fast scanner's entries of `line`, names in increasing order).
+#[derive(Clone, Copy)]
+pub(crate) enum CostIn<'a> {
+    One(f64),
+    Many(&'a BTreeMap<String, f64>),
+    Scanned(&'a [u8], &'a [fastjson::ResourceCost]),
+}
+
+impl<'a> CostIn<'a> {
+    /// Each resource's name and cost, in name order (`None` for a plain number).
+    fn entries(self) -> Option<impl Iterator<Item = (&'a [u8], f64)>> {
+        let (map, scanned) = match self {
+            CostIn::One(_) => return None,
+            CostIn::Many(m) => (Some(m), None),
+            CostIn::Scanned(line, e) => (None, Some((line, e))),
+        };
+        let map = map.into_iter().flatten().map(|(k, v)| (k.as_bytes(), *v));
+        let scanned = scanned
+            .into_iter()
+            .flat_map(|(line, e)| e.iter().map(move |&((a, b), v)| (&line[a..b], v)));
+        Some(map.chain(scanned))
+    }
 }
 
 #[derive(Deserialize)]
@@ -168,7 +194,49 @@ pub struct Collector<P: Pool> {
     route: Option<String>,
     /// Reused per line: the fast scanner's `value_info`, and a pool's key.
     values: Vec<fastjson::Value>,
+    costs: Vec<fastjson::ResourceCost>,
     key: (String, usize),
+    /// With several resources (costs as objects): the resources of the set being solved, in
+    /// name order, and per (scenario, window) its summary ([`crate::hydrus::multi`]).
+    pub resources: Vec<String>,
+    pub multi: BTreeMap<(String, usize), crate::hydrus::multi::MultiSummary>,
+    /// A new window's empty multi-resource summary, given its resource count.
+    multi_template: MultiTemplate,
+    /// Reused per record: costs `j * K + r` and QoE per option, the record's resources.
+    multi_costs: Vec<f64>,
+    multi_qoe: Vec<f64>,
+    record_resources: Vec<String>,
+}
+
+/// How a collector makes a multi-resource window's summary.
+#[derive(Clone, Debug)]
+pub struct MultiTemplate {
+    pub cap: usize,
+    /// Budget per request by resource name; a resource not named: what was logged.
+    pub budget_per_request: BTreeMap<String, f64>,
+}
+
+impl Default for MultiTemplate {
+    fn default() -> Self {
+        Self {
+            cap: crate::hydrus::multi::DEFAULT_CAP,
+            budget_per_request: BTreeMap::new(),
+        }
+    }
+}
+
+impl MultiTemplate {
+    fn summary(&self, resources: &[String]) -> crate::hydrus::multi::MultiSummary {
+        let budget = resources
+            .iter()
+            .map(|r| self.budget_per_request.get(r).copied())
+            .collect();
+        crate::hydrus::multi::MultiSummary::new(
+            resources.len(),
+            self.cap,
+            crate::hydrus::multi::MultiBudget(budget),
+        )
+    }
 }
 
 impl<P: Pool> Collector<P> {
@@ -184,6 +252,8 @@ impl<P: Pool> Collector<P> {
                 self.stats.other_strategy_set += self.collected;
                 self.collected = 0;
                 self.pools.clear();
+                self.multi.clear();
+                self.resources.clear();
                 self.scenarios.clear();
                 self.strategy_set = set.map(str::to_string);
                 self.set_newest_ts = None;
@@ -214,8 +284,21 @@ impl<P: Pool> Collector<P> {
             collected: 0,
             route: None,
             values: Vec::new(),
+            costs: Vec::new(),
             key: (String::new(), 0),
+            resources: Vec::new(),
+            multi: BTreeMap::new(),
+            multi_template: MultiTemplate::default(),
+            multi_costs: Vec::new(),
+            multi_qoe: Vec::new(),
+            record_resources: Vec::new(),
         }
+    }
+
+    /// Make multi-resource windows' summaries like this (cap, budgets per request).
+    pub fn with_multi(mut self, template: MultiTemplate) -> Self {
+        self.multi_template = template;
+        self
     }
 
     fn malformed(&mut self, place: &dyn Fn() -> String, why: &str) {
@@ -236,7 +319,8 @@ impl<P: Pool> Collector<P> {
             return None;
         }
         let mut values = std::mem::take(&mut self.values);
-        let added = match fastjson::parse(line, &mut values) {
+        let mut costs = std::mem::take(&mut self.costs);
+        let added = match fastjson::parse(line, &mut values, &mut costs) {
             Some(f) => {
                 let range = |(a, b): (usize, usize)| &line[a..b];
                 let view = RecordView {
@@ -247,11 +331,22 @@ impl<P: Pool> Collector<P> {
                     chosen: range(f.chosen),
                     route: f.route.map(range),
                 };
-                self.add_record(&view, values.iter().map(|&(s, c, q)| (range(s), c, q)))
+                let cost = |c: f64, (from, to): (u32, u32)| {
+                    if from == to {
+                        CostIn::One(c)
+                    } else {
+                        CostIn::Scanned(line, &costs[from as usize..to as usize])
+                    }
+                };
+                self.add_record(
+                    &view,
+                    values.iter().map(|&(s, c, q, r)| (range(s), cost(c, r), q)),
+                )
             }
             None => self.add_with_serde(line, place),
         };
         self.values = values;
+        self.costs = costs;
         added
     }
 
@@ -272,10 +367,14 @@ impl<P: Pool> Collector<P> {
             chosen: rec.chosen.as_bytes(),
             route: rec.route.as_deref().map(str::as_bytes),
         };
-        let values = rec
-            .value_info
-            .iter()
-            .map(|v| (v.strategy.as_bytes(), v.cost, v.qoe));
+        use hydrus_filters::resource::PerResource;
+        let values = rec.value_info.iter().map(|v| {
+            let cost = match &v.cost {
+                PerResource::One(c) => CostIn::One(*c),
+                PerResource::Many(m) => CostIn::Many(m),
+            };
+            (v.strategy.as_bytes(), cost, v.qoe)
+        });
         self.add_record(&view, values)
     }
 
@@ -286,7 +385,7 @@ impl<P: Pool> Collector<P> {
     fn add_record<'v>(
         &mut self,
         rec: &RecordView,
-        values: impl Iterator<Item = (&'v [u8], f64, f64)>,
+        values: impl Iterator<Item = (&'v [u8], CostIn<'v>, f64)>,
     ) -> Option<usize> {
         self.stats.records += 1;
         if rec.scenario_raw {
@@ -294,15 +393,49 @@ impl<P: Pool> Collector<P> {
             return None;
         }
         self.scratch.clear();
+        self.multi_costs.clear();
         let mut chosen = None;
         let mut finite = true;
+        // Costs by resource: all options alike (the same resources), or none of them.
+        let mut many: Option<bool> = None;
         for (j, (strategy, cost, qoe)) in values.enumerate() {
-            finite &= cost.is_finite() && cost >= 0.0 && qoe.is_finite();
+            finite &= qoe.is_finite();
             if strategy == rec.chosen {
                 chosen = Some(j as u32);
             }
-            self.scratch.push((cost, qoe));
+            match cost {
+                CostIn::One(c) => {
+                    finite &= c.is_finite() && c >= 0.0 && many != Some(true);
+                    many = Some(false);
+                    self.scratch.push((c, qoe));
+                }
+                CostIn::Many(_) | CostIn::Scanned(..) => {
+                    finite &= many != Some(false);
+                    many = Some(true);
+                    let names = || cost.entries().into_iter().flatten().map(|e| e.0);
+                    let same = names().eq(self.record_resources.iter().map(String::as_bytes));
+                    if j == 0 && !same {
+                        // (A new list: the first record of a set, or hand-written logs.)
+                        self.record_resources.clear();
+                        self.record_resources
+                            .extend(names().map(|n| String::from_utf8_lossy(n).into_owned()));
+                    } else {
+                        finite &= same;
+                    }
+                    let mut sum = 0.0;
+                    for (_, c) in cost.entries().into_iter().flatten() {
+                        finite &= c.is_finite() && c >= 0.0;
+                        self.multi_costs.push(c);
+                        sum += c;
+                    }
+                    self.scratch.push((sum, qoe));
+                }
+            }
         }
+        // One named resource is one resource.
+        let several = many == Some(true) && self.record_resources.len() > 1;
+        finite &=
+            !several || self.record_resources.len() <= hydrus_filters::resource::MAX_RESOURCES;
         if rec.strategy_set.is_none() && self.scratch.is_empty() {
             self.stats.no_decision += 1;
             return None;
@@ -346,6 +479,32 @@ impl<P: Pool> Collector<P> {
         self.key.0.clear();
         self.key.0.push_str(&scenario);
         self.key.1 = window;
+        if several {
+            if self.resources.is_empty() && self.multi.is_empty() && self.pools.is_empty() {
+                self.resources = self.record_resources.clone();
+            }
+            if self.resources != self.record_resources {
+                // Another resource list in one strategy set: hand-written logs.
+                self.stats.unusable += 1;
+                self.collected -= 1;
+                return None;
+            }
+            self.multi_qoe.clear();
+            self.multi_qoe.extend(self.scratch.iter().map(|o| o.1));
+            if !self.multi.contains_key(&self.key) {
+                let fresh = self.multi_template.summary(&self.resources);
+                self.multi.insert(self.key.clone(), fresh);
+            }
+            if let Some(pool) = self.multi.get_mut(&self.key) {
+                pool.push(&self.multi_costs, &self.multi_qoe, chosen as usize);
+            }
+            return Some(window);
+        }
+        if !self.resources.is_empty() {
+            self.stats.unusable += 1;
+            self.collected -= 1;
+            return None;
+        }
         if !self.pools.contains_key(&self.key) {
             self.pools.insert(self.key.clone(), self.template.clone());
         }
@@ -468,8 +627,21 @@ impl<P: Pool> Collector<P> {
             }
             self.stats.other_strategy_set += self.collected;
             self.pools.clear();
+            self.multi.clear();
+            self.resources.clear();
             self.scenarios.clear();
             self.collected = 0;
+        }
+        if self.resources.is_empty() {
+            self.resources = other.resources;
+        }
+        for (key, pool) in other.multi {
+            match self.multi.get_mut(&key) {
+                Some(mine) => mine.merge(&pool),
+                None => {
+                    self.multi.insert(key, pool);
+                }
+            }
         }
         self.strategy_set = other.strategy_set;
         self.set_newest_ts = self.set_newest_ts.max(other.set_newest_ts);

@@ -4,7 +4,7 @@ use super::*;
 
 fn settings() -> Settings {
     SpendControlConfig::default()
-        .compile(None)
+        .compile(None, &[])
         .expect("defaults are valid")
         .settings
 }
@@ -299,7 +299,7 @@ fn one_update_per_period() {
 fn the_section_is_checked() {
     let parse = |y: &str| serde_yaml::from_str::<SpendControlConfig>(y).expect("parses");
     let bad = |y: &str, field: &str| {
-        let e = parse(y).compile(Some(&["feed".into()])).expect_err(y);
+        let e = parse(y).compile(Some(&["feed".into()]), &[]).expect_err(y);
         assert_eq!(e.field, field, "{y}: {e}");
     };
     bad("m_range: [2, 8]", "m_range");
@@ -319,17 +319,20 @@ fn the_section_is_checked() {
         "scenarios.default.max_cost_per_second",
     );
     let sc = parse("scenarios: {default: {}, feed: {fleet_max_cost_per_second: 900, proxies: 3}}")
-        .compile(Some(&["feed".into()]))
+        .compile(Some(&["feed".into()]), &[])
         .expect("valid");
-    let cap = |sc: &SpendControl, n: &str| sc.scenario(n).map(|c| c.map(|c| c.per_second()));
+    let cap = |sc: &SpendControl, n: &str| {
+        sc.scenario(n)
+            .map(|c| c[0].as_ref().map(|c| c.per_second()))
+    };
     assert_eq!(cap(&sc, "default"), Some(None));
     assert_eq!(cap(&sc, "feed"), Some(Some(300.0)));
     assert_eq!(cap(&sc, "search"), None);
-    let all = parse("{}").compile(None).expect("valid");
+    let all = parse("{}").compile(None, &[]).expect("valid");
     assert_eq!(cap(&all, "anything"), Some(None));
     // A fleet counted by DNS: the cap follows the count.
     let sc = parse("scenarios: {feed: {fleet_max_cost_per_second: 900, proxies: {dns: \"peers.spend-test:9901\", interval: 5s}}}")
-        .compile(None)
+        .compile(None, &[])
         .expect("valid");
     assert_eq!(cap(&sc, "feed"), Some(Some(900.0)), "alone until counted");
     let size = crate::fleet::fleets()
@@ -342,10 +345,53 @@ fn the_section_is_checked() {
     size.set(4);
     assert_eq!(cap(&sc, "feed"), Some(Some(225.0)));
     let bad = parse("scenarios: {feed: {fleet_max_cost_per_second: 900, proxies: {dns: peers}}}")
-        .compile(None)
+        .compile(None, &[])
         .expect_err("no port");
     assert_eq!(bad.field, "scenarios.feed.proxies.dns");
     assert!(serde_yaml::from_str::<SpendControlConfig>("bogus: 1").is_err());
+}
+
+#[test]
+fn caps_per_resource() {
+    let parse = |y: &str| serde_yaml::from_str::<SpendControlConfig>(y).expect("parses");
+    let two = ["large".to_string(), "small".to_string()];
+    let sc = parse("scenarios: {default: {max_cost_per_second: {large: 5000}}}")
+        .compile(None, &two)
+        .expect("valid");
+    let caps = sc.scenario("default").expect("controlled");
+    let per_second: Vec<Option<f64>> = caps
+        .iter()
+        .map(|c| c.as_ref().map(Cap::per_second))
+        .collect();
+    assert_eq!(per_second, vec![Some(5000.0), None]);
+    assert_eq!(sc.resources(), 2);
+    assert_eq!(
+        parse("{}")
+            .compile(None, &two)
+            .expect("valid")
+            .scenario("x")
+            .map(|c| c.len()),
+        Some(2)
+    );
+    let e = parse("scenarios: {default: {max_cost_per_second: 5000}}")
+        .compile(None, &two)
+        .expect_err("one number for two resources");
+    assert_eq!(e.field, "scenarios.default.max_cost_per_second");
+    assert!(e.problem.contains("give one cap per resource"), "{e}");
+    let e = parse("scenarios: {default: {max_cost_per_second: {gpu: 1}}}")
+        .compile(None, &two)
+        .expect_err("unknown resource");
+    assert_eq!(e.field, "scenarios.default.max_cost_per_second.gpu");
+    let e = parse("scenarios: {default: {max_cost_per_second: {large: 0}}}")
+        .compile(None, &two)
+        .expect_err("zero");
+    assert_eq!(e.field, "scenarios.default.max_cost_per_second.large");
+    let sc = parse("scenarios: {default: {fleet_max_cost_per_second: {small: 900}, proxies: 3}}")
+        .compile(None, &two)
+        .expect("valid");
+    let caps = sc.scenario("default").expect("controlled");
+    assert_eq!(caps[1].as_ref().map(Cap::per_second), Some(300.0));
+    assert!(caps[0].is_none());
 }
 
 #[test]

@@ -31,6 +31,9 @@ pub enum GroupError {
     },
     #[error("{topic}: no such topic, or it has no partitions")]
     NoTopic { topic: String },
+    /// Records of strategies that cost several resources: the group's summaries carry one.
+    #[error("{topic}: records of strategies that cost several resources ({resources}): a solver group does not solve them yet; solve their logs in one batch (`hydrus solve --logs ... --out ...`)")]
+    SeveralResources { topic: String, resources: String },
     #[error("kafka: {0}")]
     Poll(#[source] RdKafkaError),
     #[error("{topic}: {failed} summary message(s) not delivered")]

@@ -201,6 +201,12 @@ impl Member {
                     break;
                 }
             }
+            if let Some(h) = self.held.values().find(|h| !h.collector.multi.is_empty()) {
+                return Err(GroupError::SeveralResources {
+                    topic: self.log_topic.clone(),
+                    resources: h.collector.resources.join(", "),
+                });
+            }
             self.follow_assignment()?;
             let positions = self.positions()?;
             let behind = positions

@@ -5,6 +5,23 @@ use super::*;
 use crate::read::LightRecord;
 use proptest::prelude::*;
 
+/// A cost as read: a number, or one per resource (in name order).
+#[derive(Debug, Clone, PartialEq)]
+enum CostRead {
+    One(f64),
+    Many(Vec<(String, f64)>),
+}
+
+impl CostRead {
+    /// The number's bits (`-` for a map), to tell -0.0 from 0.0.
+    fn bits(&self) -> u64 {
+        match self {
+            CostRead::One(c) => c.to_bits(),
+            CostRead::Many(_) => u64::MAX,
+        }
+    }
+}
+
 /// What serde reads, in the scanner's terms (strings as text).
 type Read = (
     u64,
@@ -12,7 +29,7 @@ type Read = (
     bool,
     Option<String>,
     String,
-    Vec<(String, f64, f64)>,
+    Vec<(String, CostRead, f64)>,
     Option<String>,
 );
 
@@ -21,7 +38,15 @@ fn by_serde(line: &[u8]) -> Option<Read> {
     let values = r
         .value_info
         .iter()
-        .map(|v| (v.strategy.to_string(), v.cost, v.qoe))
+        .map(|v| {
+            let cost = match &v.cost {
+                hydrus_filters::resource::PerResource::One(c) => CostRead::One(*c),
+                hydrus_filters::resource::PerResource::Many(m) => {
+                    CostRead::Many(m.iter().map(|(k, v)| (k.clone(), *v)).collect())
+                }
+            };
+            (v.strategy.to_string(), cost, v.qoe)
+        })
         .collect();
     Some((
         r.ts_ms,
@@ -35,10 +60,21 @@ fn by_serde(line: &[u8]) -> Option<Read> {
 }
 
 fn by_scanner(line: &[u8]) -> Option<Read> {
-    let mut values = Vec::new();
-    let f = parse(line, &mut values)?;
+    let (mut values, mut costs) = (Vec::new(), Vec::new());
+    let f = parse(line, &mut values, &mut costs)?;
     let text = |(a, b): (usize, usize)| String::from_utf8_lossy(&line[a..b]).into_owned();
-    let values = values.iter().map(|&(s, c, q)| (text(s), c, q)).collect();
+    let values = values
+        .iter()
+        .map(|&(s, c, q, (from, to))| {
+            let cost = if from == to {
+                CostRead::One(c)
+            } else {
+                let each = &costs[from as usize..to as usize];
+                CostRead::Many(each.iter().map(|&(n, v)| (text(n), v)).collect())
+            };
+            (text(s), cost, q)
+        })
+        .collect();
     Some((
         f.ts_ms,
         f.scenario.map(text),
@@ -56,7 +92,7 @@ const RECORD: &str = r#"{"ts_ms":1795374637211,"request_id":"r-1","user_id":"ali
 fn a_log_record_takes_the_fast_path() {
     let fast = by_scanner(RECORD.as_bytes()).expect("fast path");
     assert_eq!(Some(&fast), by_serde(RECORD.as_bytes()).as_ref());
-    assert_eq!(fast.5[1], ("s20".to_string(), 10.0, 0.6));
+    assert_eq!(fast.5[1], ("s20".to_string(), CostRead::One(10.0), 0.6));
     let mut line = Vec::new();
     let rec: hydrus_filters::LogRecord = serde_json::from_str(
         r#"{"ts_ms":5,"request_id":"r","user_id":"u","device_id":"d","scenario":"default","group":"control","chosen":"a","k":null,"value_info":[{"strategy":"a","cost":1.5,"qoe":0.1}],"status":200,"upstream_ms":null}"#,
@@ -66,6 +102,29 @@ fn a_log_record_takes_the_fast_path() {
     let line = line.trim_ascii();
     assert!(by_scanner(line).is_some());
     assert_eq!(by_scanner(line), by_serde(line));
+}
+
+#[test]
+fn costs_by_resource_take_the_fast_path() {
+    let line = RECORD.replace(
+        r#""cost":6.0,"qoe":0.54"#,
+        r#""cost":{"large":34.0,"small":2},"qoe":0.54"#,
+    );
+    let fast = by_scanner(line.as_bytes()).expect("fast path");
+    assert_eq!(Some(&fast), by_serde(line.as_bytes()).as_ref());
+    assert_eq!(
+        fast.5[0].1,
+        CostRead::Many(vec![("large".into(), 34.0), ("small".into(), 2.0)])
+    );
+    // Out of name order, repeated or empty: serde's to read.
+    for odd in [
+        r#"{"small":2,"large":34.0}"#,
+        r#"{"large":2,"large":34.0}"#,
+        r#"{}"#,
+    ] {
+        let line = RECORD.replace(r#""cost":6.0,"#, &format!(r#""cost":{odd},"#));
+        assert_eq!(by_scanner(line.as_bytes()), None, "{odd}");
+    }
 }
 
 #[test]
@@ -150,7 +209,7 @@ proptest! {
             prop_assert!(fast.is_some(), "{}", line);
             let bits = |r: &Option<Read>| {
                 r.as_ref()
-                    .map(|r| r.5.iter().map(|v| (v.1.to_bits(), v.2.to_bits())).collect::<Vec<_>>())
+                    .map(|r| r.5.iter().map(|v| (v.1.bits(), v.2.to_bits())).collect::<Vec<_>>())
             };
             let slow = by_serde(line.as_bytes());
             prop_assert_eq!(bits(&fast), bits(&slow), "{}", line);
