@@ -195,3 +195,131 @@ fn each_cluster_spends_its_own_budget() {
     assert_eq!(large.count(), on_large);
     assert!(on_large > 0 && on_large < N as usize);
 }
+
+/// Records of two resources, `n` of them in window `w` of the day (15 minutes each), as the
+/// proxy writes them.
+fn records(n: u64, w: u64, seed: u64) -> Vec<hydrus_filters::LogRecord> {
+    use hydrus_filters::log::PerResource;
+    let costs = [
+        ("s10", [0.0, 2.0]),
+        ("s20", [0.0, 4.0]),
+        ("s40", [20.0, 1.0]),
+        ("s80", [40.0, 1.0]),
+    ];
+    (0..n)
+        .map(|i| {
+            let frac = |x: f64| x - x.floor();
+            let a = frac((i + seed) as f64 * 0.618_033_988_7);
+            let c = frac((i + seed) as f64 * 0.414_213_562_3 + 0.1);
+            let q = [0.30 * a, 0.40 * a, 0.40 * a + 0.25 * c, 0.40 * a + 0.35 * c];
+            hydrus_filters::LogRecord {
+                ts_ms: w * 900_000 + i,
+                request_id: format!("r{i}"),
+                user_id: format!("u{i}"),
+                scenario: "default".into(),
+                group: "control".into(),
+                chosen: "s20".into(),
+                value_info: costs
+                    .iter()
+                    .zip(q)
+                    .map(|((name, [l, s]), qoe)| hydrus_filters::ValueInfo {
+                        strategy: name.to_string(),
+                        cost: PerResource::Many(BTreeMap::from([
+                            ("large".to_string(), *l),
+                            ("small".to_string(), *s),
+                        ])),
+                        qoe,
+                    })
+                    .collect(),
+                status: 200,
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
+fn write_lines(path: &std::path::Path, records: &[hydrus_filters::LogRecord]) {
+    let mut out = Vec::new();
+    for r in records {
+        r.encode_into(&mut out);
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+fn solve(args: &[&str]) -> String {
+    let o = std::process::Command::new(bin())
+        .arg("solve")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn summaries_of_parts_merge_into_the_one_process_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    // Two windows, each split over two files (as two proxies' logs).
+    let (a, b) = (records(3_000, 0, 0), records(2_000, 1, 7));
+    write_lines(
+        &dir.path().join("one.jsonl"),
+        &[&a[..1_500], &b[..1_000]].concat(),
+    );
+    write_lines(
+        &dir.path().join("two.jsonl"),
+        &[&a[1_500..], &b[1_000..]].concat(),
+    );
+    let budgets = [
+        "--budget-per-request",
+        "large=8",
+        "--budget-per-request",
+        "small=2.5",
+    ];
+    let whole = |logs: &str, out: &str| {
+        let mut args = vec!["--logs", logs, "--out", out];
+        args.extend(budgets);
+        solve(&args)
+    };
+    let both = path("both");
+    std::fs::create_dir(&both).unwrap();
+    std::fs::copy(path("one.jsonl"), format!("{both}/one.jsonl")).unwrap();
+    std::fs::copy(path("two.jsonl"), format!("{both}/two.jsonl")).unwrap();
+    whole(&both, &path("batch.yaml"));
+    for part in ["one", "two"] {
+        let logs = path(&format!("{part}.jsonl"));
+        let summary = path(&format!("{part}.summary"));
+        solve(&["--logs", &logs, "--emit-summary", &summary]);
+        let text = std::fs::read_to_string(&summary).unwrap();
+        assert!(
+            text.contains(r#""version":2"#) && text.contains(r#""resources":["large","small"]"#)
+        );
+    }
+    let (one, two, merged) = (
+        path("one.summary"),
+        path("two.summary"),
+        path("merged.yaml"),
+    );
+    let mut args = vec!["--merge", &one, &two];
+    args.extend(["--out", &merged]);
+    args.extend(budgets);
+    solve(&args);
+    let (batch, merged) = (
+        hydrus_filters::KTable::parse(&std::fs::read_to_string(path("batch.yaml")).unwrap())
+            .unwrap(),
+        hydrus_filters::KTable::parse(&std::fs::read_to_string(&merged).unwrap()).unwrap(),
+    );
+    assert_eq!(batch.resources(), &["large", "small"]);
+    for w in [0, 1] {
+        let (x, y) = (batch.ks(0, w).unwrap(), merged.ks(0, w).unwrap());
+        let scale = x.iter().fold(0.0f64, |m, v| m.max(*v));
+        assert!(scale > 0.0, "window {w}: {x:?}");
+        for (p, q) in x.iter().zip(y) {
+            assert!((p - q).abs() <= 1e-9 * scale, "window {w}: {x:?} vs {y:?}");
+        }
+    }
+}

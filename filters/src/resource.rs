@@ -14,11 +14,54 @@ pub const DEFAULT_RESOURCE: &str = "default";
 
 /// A number per resource as written in YAML and JSON: a plain number (one resource) or a map
 /// by resource name (`{ large: 34, small: 2 }`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum PerResource {
     One(f64),
     Many(BTreeMap<String, f64>),
+}
+
+impl<'de> Deserialize<'de> for PerResource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = PerResource;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "a number, or a map of resource name to number (`{ large: 34, small: 2 }`)",
+                )
+            }
+
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(PerResource::One(v))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(PerResource::One(v as f64))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(PerResource::One(v as f64))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some((k, v)) = map.next_entry::<String, f64>()? {
+                    if out.insert(k.clone(), v).is_some() {
+                        return Err(serde::de::Error::custom(format!(
+                            "resource `{k}` given twice"
+                        )));
+                    }
+                }
+                Ok(PerResource::Many(out))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 impl From<f64> for PerResource {
@@ -129,6 +172,16 @@ mod tests {
             r#"{"large":34.0,"small":2.0}"#
         );
         assert_eq!(serde_json::to_string(&one).expect("json"), "10.0");
+        let e = serde_yaml::from_str::<PerResource>("cheap").expect_err("a word");
+        assert!(
+            e.to_string()
+                .contains("a number, or a map of resource name to number"),
+            "{e}"
+        );
+        let e = serde_json::from_str::<PerResource>(r#"{"a":1,"a":2}"#).expect_err("twice");
+        assert!(e.to_string().contains("`a` given twice"), "{e}");
+        let back: PerResource = serde_json::from_str(r#"{"large":34.0,"small":2}"#).expect("json");
+        assert_eq!(back, many);
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //! (HYDRUS_BENCH_E2E_SIZES=comma-separated record counts to change them;
 //! HYDRUS_BENCH_E2E_PREPARE=1 only writes the files, outside a quiet period). The e2e case
 //! checks the table's k against the in-memory exact solver on the same records.
+//! HYDRUS_BENCH_E2E_RESOURCES=1,3 runs each size with one resource and with three (the same
+//! records, each strategy's cost split over `cpu`, `fs` and `gpu`), interleaved, and prints the
+//! ratio; the three-resource table is checked against the in-memory multi-resource solve.
 //!
 //! `cargo bench --bench solver` runs both; `-- solve` only the solver, `-- e2e` only the end to
 //! end case.
@@ -80,11 +83,36 @@ fn e2e_records(n: usize, mut each: impl FnMut(u64, &[(f64, f64); 8], u32)) {
     }
 }
 
-/// The JSON-lines file of `n` e2e records (written once, kept for later runs).
-fn e2e_file(n: usize) -> PathBuf {
+/// Resources of the multi-resource e2e case, in name order, and each strategy's share of its
+/// cost in each: the cheap strategies spend CPU, the dear ones the GPU, the middle ones the
+/// feature store (quarters: the costs stay short decimals, as configured costs are).
+const RESOURCES: [&str; 3] = ["cpu", "fs", "gpu"];
+const SHARES: [[f64; 3]; 8] = [
+    [1.0, 0.25, 0.0],
+    [1.0, 0.25, 0.0],
+    [0.75, 0.5, 0.0],
+    [0.5, 0.5, 0.25],
+    [0.25, 0.5, 0.5],
+    [0.25, 0.25, 0.75],
+    [0.0, 0.25, 1.0],
+    [0.0, 0.25, 1.25],
+];
+
+/// Strategy `j`'s cost vector when its cost `c` is split over [`RESOURCES`].
+fn split(j: usize, c: f64) -> [f64; 3] {
+    SHARES[j].map(|s| c * s)
+}
+
+/// The JSON-lines file of `n` e2e records over `resources` resources (1 or 3; written once,
+/// kept for later runs).
+fn e2e_file(n: usize, resources: usize) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("solver-e2e");
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("{n}.jsonl"));
+    let path = if resources == 1 {
+        dir.join(format!("{n}.jsonl"))
+    } else {
+        dir.join(format!("{n}-r{resources}.jsonl"))
+    };
     if path.exists() {
         return path;
     }
@@ -104,9 +132,20 @@ fn e2e_file(n: usize) -> PathBuf {
             value_info: opts
                 .iter()
                 .zip(NAMES)
-                .map(|(&(cost, qoe), name)| ValueInfo {
+                .enumerate()
+                .map(|(j, (&(cost, qoe), name))| ValueInfo {
                     strategy: name.into(),
-                    cost: cost.into(),
+                    cost: if resources == 1 {
+                        cost.into()
+                    } else {
+                        hydrus_filters::log::PerResource::Many(
+                            RESOURCES
+                                .iter()
+                                .zip(split(j, cost))
+                                .map(|(r, c)| (r.to_string(), c))
+                                .collect(),
+                        )
+                    },
                     qoe,
                 })
                 .collect(),
@@ -147,6 +186,49 @@ fn check_exact(n: usize, table: &KTable) -> (usize, f64) {
     (differing, worst_rel)
 }
 
+/// [`check_exact`] for the three-resource records: the in-memory multi-resource solve per
+/// window against the table's `k`s.
+fn check_exact_multi(n: usize, table: &KTable) -> (usize, f64) {
+    use hydrus_solve::multi::{live_choice, MultiBudget, MultiSummary};
+    let logged = || MultiBudget(vec![None; 3]);
+    let mut pools: Vec<MultiSummary> = (0..E2E_WINDOWS)
+        .map(|_| MultiSummary::new(3, usize::MAX, logged()))
+        .collect();
+    let (mut costs, mut qoe) = (Vec::new(), Vec::new());
+    let row = |opts: &[(f64, f64); 8], costs: &mut Vec<f64>, qoe: &mut Vec<f64>| {
+        costs.clear();
+        qoe.clear();
+        for (j, &(c, q)) in opts.iter().enumerate() {
+            costs.extend(split(j, c));
+            qoe.push(q);
+        }
+    };
+    e2e_records(n, |w, opts, chosen| {
+        row(opts, &mut costs, &mut qoe);
+        pools[w as usize].push(&costs, &qoe, chosen as usize);
+    });
+    let want: Vec<Vec<f64>> = pools.iter().map(|p| p.solve().k).collect();
+    drop(pools);
+    let got: Vec<Vec<f64>> = (0..E2E_WINDOWS as usize)
+        .map(|w| table.ks(0, w).unwrap().to_vec())
+        .collect();
+    let mut worst_rel: f64 = 0.0;
+    for (g, w) in got.iter().zip(&want) {
+        let scale = w.iter().fold(0.0f64, |a, x| a.max(x.abs())).max(1e-300);
+        for (a, b) in g.iter().zip(w) {
+            worst_rel = worst_rel.max((a - b).abs() / scale);
+        }
+    }
+    let mut differing = 0;
+    e2e_records(n, |w, opts, _| {
+        row(opts, &mut costs, &mut qoe);
+        let w = w as usize;
+        differing +=
+            usize::from(live_choice(&costs, &qoe, &got[w]) != live_choice(&costs, &qoe, &want[w]));
+    });
+    (differing, worst_rel)
+}
+
 /// The `hydrus` binary the end-to-end runs time: `HYDRUS_BIN`, else the workspace's release
 /// build (`cargo build --release` first; the solver crate has no binary of its own).
 fn hydrus_bin() -> std::path::PathBuf {
@@ -183,33 +265,63 @@ fn end_to_end() {
         .ok()
         .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![1_000_000, 10_000_000]);
-    println!("e2e: hydrus solve, JSON lines on disk -> k-table, 8 strategies, {E2E_WINDOWS} windows, 3 runs (median)");
+    let resources: Vec<usize> = std::env::var("HYDRUS_BENCH_E2E_RESOURCES")
+        .ok()
+        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1]);
+    println!("e2e: hydrus solve, JSON lines on disk -> k-table, 8 strategies, {E2E_WINDOWS} windows, resources {resources:?}, 3 runs each (median; resource counts interleaved)");
     for n in sizes {
-        let file = e2e_file(n);
+        let files: Vec<(usize, PathBuf)> = resources.iter().map(|&r| (r, e2e_file(n, r))).collect();
         if std::env::var_os("HYDRUS_BENCH_E2E_PREPARE").is_some() {
-            println!("e2e/{n}: {} written", file.display());
+            for (_, file) in &files {
+                println!("e2e/{n}: {} written", file.display());
+            }
             continue;
         }
-        let bytes = std::fs::metadata(&file).unwrap().len();
-        let out = file.with_extension("ktable.yaml");
-        // Once to bring the file into the page cache, then the measured runs.
-        e2e_run(&file, &out);
-        let mut runs: Vec<(Duration, u64)> = (0..3).map(|_| e2e_run(&file, &out)).collect();
-        runs.sort();
-        let (wall, _) = runs[1];
-        let peak = runs.iter().map(|r| r.1).max().unwrap_or(0);
-        let table = KTable::parse(&std::fs::read_to_string(&out).unwrap()).unwrap();
-        let (differing, worst_rel) = check_exact(n, &table);
-        println!(
-            "e2e/{n}: {:.2} s wall ({:.2}-{:.2}), {:.2} M records/s, {:.0} MB/s, peak RSS {:.0} MB; \
-             k vs in-memory exact: max relative difference {worst_rel:.1e}, {differing} decisions differ",
-            wall.as_secs_f64(),
-            runs[0].0.as_secs_f64(),
-            runs[2].0.as_secs_f64(),
-            n as f64 / wall.as_secs_f64() / 1e6,
-            bytes as f64 / wall.as_secs_f64() / 1e6,
-            peak as f64 / 1e6,
-        );
+        let mut runs: Vec<Vec<(Duration, u64)>> = vec![Vec::new(); files.len()];
+        // Once each to bring the file into the page cache, then the measured runs in turn.
+        for round in 0..4 {
+            for (i, (_, file)) in files.iter().enumerate() {
+                let run = e2e_run(file, &file.with_extension("ktable.yaml"));
+                if round > 0 {
+                    runs[i].push(run);
+                }
+            }
+        }
+        let mut medians = Vec::new();
+        for ((r, file), mut runs) in files.iter().zip(runs) {
+            runs.sort();
+            let (wall, _) = runs[1];
+            medians.push(wall.as_secs_f64());
+            let bytes = std::fs::metadata(file).unwrap().len();
+            let peak = runs.iter().map(|r| r.1).max().unwrap_or(0);
+            let out = file.with_extension("ktable.yaml");
+            let table = KTable::parse(&std::fs::read_to_string(&out).unwrap()).unwrap();
+            let (differing, worst_rel) = if *r == 1 {
+                check_exact(n, &table)
+            } else {
+                check_exact_multi(n, &table)
+            };
+            println!(
+                "e2e/{n} x {r} resource(s): {:.2} s wall ({:.2}-{:.2}), {:.2} M records/s, {:.0} MB/s, peak RSS {:.0} MB; \
+                 k vs in-memory exact: max relative difference {worst_rel:.1e}, {differing} decisions differ",
+                wall.as_secs_f64(),
+                runs[0].0.as_secs_f64(),
+                runs[2].0.as_secs_f64(),
+                n as f64 / wall.as_secs_f64() / 1e6,
+                bytes as f64 / wall.as_secs_f64() / 1e6,
+                peak as f64 / 1e6,
+            );
+        }
+        if medians.len() > 1 {
+            println!(
+                "e2e/{n}: wall time against one resource: {:?}",
+                medians
+                    .iter()
+                    .map(|m| format!("{:.2}x", m / medians[0]))
+                    .collect::<Vec<_>>()
+            );
+        }
     }
 }
 

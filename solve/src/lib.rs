@@ -5,7 +5,9 @@
 //! - [`read`]: decision logs in (files, gzip, a directory; chunks on every core; following them
 //!   as they grow; a Kafka topic), counted and checked line by line.
 //! - One module per policy's solver: [`hydrus`] (the k-table, exactly, at fleet scale),
-//!   [`e2e`] (the E2E decision table), [`hedge`] (Kwiken's reissue timeouts).
+//!   [`e2e`] (the E2E decision table), [`hedge`] (Kwiken's reissue timeouts); [`multi`], the
+//!   k solver of strategies that cost several resources (which the reader's collector keeps
+//!   per window, so it is not under `hydrus`).
 //! - [`write`]: tables written atomically.
 //! - [`simulate`]: the papers' evaluation on a seeded population.
 //! - [`cli`]: each command's options as plain values (clap's derive names their flags; the
@@ -16,6 +18,7 @@ pub mod cli;
 pub mod e2e;
 pub mod hedge;
 pub mod hydrus;
+pub mod multi;
 pub mod read;
 pub mod simulate;
 pub mod write;

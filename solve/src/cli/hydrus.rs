@@ -93,17 +93,6 @@ fn multi_template(args: &SolveArgs) -> MultiTemplate {
     }
 }
 
-/// Refuse what several resources cannot do yet in this mode.
-fn one_resource<P: Pool>(c: &Collector<P>, mode: &'static str) -> Result<(), SolveError> {
-    if c.multi.is_empty() {
-        return Ok(());
-    }
-    Err(SolveError::Flag {
-        flag: mode,
-        must: "does not solve strategies that cost several resources yet: solve their logs in one batch (`hydrus solve --logs ... --out ...`)",
-    })
-}
-
 /// Run `--policy hydrus`.
 pub(super) fn run(args: &SolveArgs) -> Result<(), SolveError> {
     let opts = solve_options(args)?;
@@ -111,6 +100,7 @@ pub(super) fn run(args: &SolveArgs) -> Result<(), SolveError> {
     let summary = WindowSummary::new(DEFAULT_CAP, opts.budget);
     if args.follow {
         let fo = crate::hydrus::FollowOptions {
+            multi: multi.clone(),
             out: args.out()?.to_path_buf(),
             lateness: args.lateness,
             poll: Duration::from_millis(500),
@@ -129,7 +119,7 @@ pub(super) fn run(args: &SolveArgs) -> Result<(), SolveError> {
     }
     let started = Instant::now();
     if !args.merge.is_empty() {
-        let c = summary_file::merge(&args.merge, DEFAULT_CAP, opts.budget)?;
+        let c = summary_file::merge(&args.merge, DEFAULT_CAP, opts.budget, &multi)?;
         return solve_and_write(args, &opts, c, Batch::Files, started);
     }
     if keeps_records(&opts) && args.emit_summary.is_none() {
@@ -144,7 +134,6 @@ pub(super) fn run(args: &SolveArgs) -> Result<(), SolveError> {
         .with_multi(multi);
     let (batch, c) = Batch::read(args, proto)?;
     if let Some(path) = &args.emit_summary {
-        one_resource(&c, "--emit-summary")?;
         eprintln!("{}", stats_line(&c.stats));
         one_route(args, &c.stats)?;
         summary_file::write(path, &c)?;

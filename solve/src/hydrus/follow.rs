@@ -25,23 +25,20 @@ pub fn run<P: Pool + WindowData>(
     let window_ms = u64::from(opts.window_secs) * 1000;
     let mut rows = base_rows(&fo.out, opts.window_secs);
     let mut c = Collector::with_pool(opts.window_secs, Keying::Absolute, template)
-        .for_route(opts.route.clone());
+        .for_route(opts.route.clone())
+        .with_multi(fo.multi.clone());
     let mut first = true;
     loop {
         source.poll(&mut c)?;
         c.stats.one_route()?;
-        if !c.multi.is_empty() {
-            return Err(FollowError::SeveralResources(c.resources.join(", ")));
-        }
         let now = unix_ms();
-        if std::mem::take(&mut first) && !c.pools.is_empty() {
+        if std::mem::take(&mut first) && !(c.pools.is_empty() && c.multi.is_empty()) {
             // At start, a table from everything read so far, open windows included (they are
             // solved again when they close): proxies need not wait for a window to close.
-            let mut keys: Vec<&(String, usize)> = c.pools.keys().collect();
+            let mut keys: Vec<&(String, usize)> = c.pools.keys().chain(c.multi.keys()).collect();
             keys.sort_by_key(|(_, w)| *w);
-            for (scenario, abs) in keys {
-                if let Some(inst) = c.pools.get(&(scenario.clone(), *abs)) {
-                    let r = inst.window_report(scenario, abs % windows, opts);
+            for key in keys {
+                if let Some(r) = report_of(&c, key, windows, opts) {
                     set_slot(&mut rows, &r, windows);
                 }
             }
@@ -53,26 +50,25 @@ pub fn run<P: Pool + WindowData>(
                 c.stats.records
             );
         }
-        let closed: Vec<(String, usize)> = c
-            .pools
-            .keys()
+        let closed: Vec<(String, usize)> = (c.pools.keys().chain(c.multi.keys()))
             .filter(|(_, w)| (*w as u64 + 1) * window_ms + fo.lateness.as_millis() as u64 <= now)
             .cloned()
             .collect();
         if !closed.is_empty() {
             let mut reports = Vec::new();
             for key in &closed {
-                let Some(inst) = c.pools.remove(key) else {
-                    continue;
-                };
-                let (scenario, abs) = key;
-                let r = inst.window_report(scenario, abs % windows, opts);
-                set_slot(&mut rows, &r, windows);
-                reports.push(r);
+                if let Some(r) = report_of(&c, key, windows, opts) {
+                    set_slot(&mut rows, &r, windows);
+                    reports.push(r);
+                }
+                c.pools.remove(key);
+                c.multi.remove(key);
             }
             let table = table_from_rows(opts.window_secs, rows.clone(), c.strategy_set.clone())?;
             write_ktable(&fo.out, &table)?;
-            let open: BTreeSet<usize> = c.pools.keys().map(|(_, w)| *w).collect();
+            let open: BTreeSet<usize> = (c.pools.keys().chain(c.multi.keys()))
+                .map(|(_, w)| *w)
+                .collect();
             source.written(&open)?;
             print_reports(&reports, fo.json);
             log::info!(
@@ -85,4 +81,24 @@ pub fn run<P: Pool + WindowData>(
         }
         std::thread::sleep(fo.poll);
     }
+}
+
+/// The report of the pool (one resource) or multi-resource summary at `key`, as its window of
+/// the day.
+fn report_of<P: Pool + WindowData>(
+    c: &Collector<P>,
+    key: &(String, usize),
+    windows: usize,
+    opts: &SolveOptions,
+) -> Option<super::WindowReport> {
+    let (scenario, abs) = key;
+    if let Some(inst) = c.pools.get(key) {
+        return Some(inst.window_report(scenario, abs % windows, opts));
+    }
+    let summary = c.multi.get(key)?;
+    let named = super::Named {
+        summary,
+        resources: &c.resources,
+    };
+    Some(named.window_report(scenario, abs % windows, opts))
 }

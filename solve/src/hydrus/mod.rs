@@ -10,7 +10,6 @@ pub mod algo;
 pub mod follow;
 #[cfg(feature = "kafka")]
 pub mod group;
-pub mod multi;
 pub mod output;
 pub mod summary;
 pub mod summary_file;
@@ -78,14 +77,13 @@ pub enum FollowError {
     Output(#[from] OutputError),
     #[error(transparent)]
     SeveralRoutes(#[from] crate::read::SeveralRoutes),
-    /// `--follow` read records of strategies that cost several resources.
-    #[error("records of strategies that cost several resources ({0}): --follow does not solve them yet; solve their logs in one batch (`hydrus solve --logs ... --out ...`)")]
-    SeveralResources(String),
 }
 
 /// How `--follow` runs: the table it maintains, how late a window closes, how often it polls.
 pub struct FollowOptions {
     pub out: PathBuf,
+    /// How multi-resource windows are summarized (budgets per request).
+    pub multi: crate::read::MultiTemplate,
     pub lateness: Duration,
     pub poll: Duration,
     pub json: bool,
@@ -373,7 +371,7 @@ impl WindowData for WindowSummary {
 
 /// A multi-resource window's summary with its resources' names, as solved.
 pub struct Named<'a> {
-    pub summary: &'a multi::MultiSummary,
+    pub summary: &'a crate::multi::MultiSummary,
     pub resources: &'a [String],
 }
 
@@ -400,44 +398,33 @@ impl WindowData for Named<'_> {
                 }
             })
             .collect();
+        // The first resource's figures stand in the report's one-resource fields.
         let first = resources.first();
-        let logged_qoe = self.summary.logged_qoe();
-        WindowReport {
-            scenario: scenario.to_string(),
-            window,
-            start: hhmm(window, opts.window_secs),
-            records: records as usize,
-            budget: first.map_or(0.0, |x| x.budget),
+        let one = Solution {
             k: first.map_or(0.0, |x| x.k),
             cost: first.map_or(0.0, |x| x.cost),
-            cost_over_budget: first.map_or(0.0, |x| x.cost_over_budget),
             qoe: s.qoe,
             lp_bound: s.lp_bound,
-            qoe_over_bound: if s.lp_bound > 0.0 {
-                s.qoe / s.lp_bound
-            } else {
-                1.0
-            },
-            logged_qoe,
-            gain: if logged_qoe > 0.0 {
-                s.qoe / logged_qoe - 1.0
-            } else {
-                0.0
-            },
             feasible: s.feasible,
             iterations: s.iterations,
-            cost_per_request: first.map_or(0.0, |x| x.cost_per_request),
-            qoe_per_request: per_request(s.qoe),
+        };
+        let found = Found {
+            records,
+            budget: first.map_or(0.0, |x| x.budget),
+            logged_qoe: self.summary.logged_qoe(),
+            lp_bound: s.lp_bound,
             exact: s.exact,
-            filled_from: None,
+        };
+        WindowReport {
             resources,
+            ..found.report(scenario, window, &one, opts)
         }
     }
 }
 
 /// Solve multi-resource summaries ([`solve_pools`] over them).
 pub fn solve_multi(
-    pools: &BTreeMap<(String, usize), multi::MultiSummary>,
+    pools: &BTreeMap<(String, usize), crate::multi::MultiSummary>,
     resources: &[String],
     opts: &SolveOptions,
 ) -> (TableRows, Vec<WindowReport>) {

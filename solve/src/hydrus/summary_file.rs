@@ -5,7 +5,7 @@
 
 use super::summary::{Bucket, SummaryParts, WindowSummary, MANTISSA_BITS};
 use super::Budget;
-use crate::read::{Collector, Keying, ReadStats};
+use crate::read::{Collector, Keying, MultiTemplate, ReadStats};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -13,8 +13,11 @@ use std::path::{Path, PathBuf};
 
 /// The `format` field of every summary file.
 pub const FORMAT: &str = "hydrus-solve-summary";
-/// The version written; readers accept only it.
+/// The version written for one resource; readers accept it and [`VERSION_RESOURCES`].
 pub const VERSION: u32 = 1;
+/// The version written when strategies cost several resources (`resources`,
+/// `multi_windows`), which a reader of version 1 only would misread.
+pub const VERSION_RESOURCES: u32 = 2;
 /// Most increments a window of a summary file keeps one by one (about half as many are
 /// written): a part's band only needs to hold where the whole fleet's budget runs out, and
 /// these make most of a file (a merge reads them all).
@@ -70,6 +73,20 @@ pub struct SummaryFile {
     /// What reading found (the same fields as the JSON report's `read`).
     pub read: ReadStats,
     pub windows: Vec<WindowEntry>,
+    /// With several resources (version 2): their names, and each window's multi-resource
+    /// summary ([`crate::multi`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub multi_windows: Vec<MultiEntry>,
+}
+
+/// One scenario and window of the day of a multi-resource summary.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MultiEntry {
+    pub scenario: String,
+    pub window: usize,
+    pub summary: crate::multi::MultiParts,
 }
 
 /// One scenario and window of the day.
@@ -94,6 +111,17 @@ pub struct WindowEntry {
 pub fn to_file(c: &Collector<WindowSummary>) -> SummaryFile {
     let mut f = file_of(c, c.pools.iter(), |w| w);
     f.read = c.stats.clone();
+    if !c.multi.is_empty() {
+        f.version = VERSION_RESOURCES;
+        f.resources = c.resources.clone();
+        f.multi_windows = (c.multi.iter())
+            .map(|((scenario, window), m)| MultiEntry {
+                scenario: scenario.clone(),
+                window: *window,
+                summary: m.to_parts(),
+            })
+            .collect();
+    }
     f
 }
 
@@ -134,6 +162,8 @@ pub fn file_of<'a>(
         newest_ts_ms: c.newest_ts_ms(),
         read: ReadStats::default(),
         windows,
+        resources: Vec::new(),
+        multi_windows: Vec::new(),
     }
 }
 
@@ -179,8 +209,12 @@ pub fn check(f: SummaryFile, path: &Path) -> Result<SummaryFile, SummaryFileErro
     if f.format != FORMAT {
         return incompatible("format", f.format, FORMAT.to_string());
     }
-    if f.version != VERSION {
-        return incompatible("version", f.version.to_string(), VERSION.to_string());
+    if f.version != VERSION && f.version != VERSION_RESOURCES {
+        return incompatible(
+            "version",
+            f.version.to_string(),
+            format!("{VERSION} or {VERSION_RESOURCES}"),
+        );
     }
     if f.bucket_bits != MANTISSA_BITS {
         return incompatible(
@@ -192,8 +226,15 @@ pub fn check(f: SummaryFile, path: &Path) -> Result<SummaryFile, SummaryFileErro
     Ok(f)
 }
 
-/// A collector holding a summary file's windows.
-pub(crate) fn collector_of(f: SummaryFile, cap: usize, budget: Budget) -> Collector<WindowSummary> {
+/// A collector holding a summary file's windows (multi-resource ones as `template` makes
+/// them: budgets per request).
+pub(crate) fn collector_of(
+    f: SummaryFile,
+    cap: usize,
+    budget: Budget,
+    template: &MultiTemplate,
+    path: &Path,
+) -> Result<Collector<WindowSummary>, SummaryFileError> {
     let mut c = Collector::with_pool(
         f.window_secs,
         Keying::OfDay,
@@ -229,8 +270,23 @@ pub(crate) fn collector_of(f: SummaryFile, cap: usize, budget: Budget) -> Collec
         let s = WindowSummary::from_parts(parts, cap, budget);
         pools.insert((w.scenario, w.window), s);
     }
+    let mut multi = BTreeMap::new();
+    for w in f.multi_windows {
+        records += w.summary.records;
+        let m = template.from_parts(w.summary, &f.resources).map_err(|e| {
+            SummaryFileError::Incompatible {
+                path: path.to_path_buf(),
+                what: "multi_windows",
+                found: format!("{} window {}: {e}", w.scenario, w.window),
+                wanted: "a valid multi-resource summary".to_string(),
+            }
+        })?;
+        multi.insert((w.scenario, w.window), m);
+    }
     c.restore(f.read, f.strategy_set, f.newest_ts_ms, pools, records);
-    c
+    c.resources = f.resources;
+    c.multi = multi;
+    Ok(c)
 }
 
 /// Read and merge summary files (in parallel), as one collector that read all their records.
@@ -238,6 +294,7 @@ pub fn merge(
     paths: &[PathBuf],
     cap: usize,
     budget: Budget,
+    template: &MultiTemplate,
 ) -> Result<Collector<WindowSummary>, SummaryFileError> {
     let first = paths.first().ok_or(SummaryFileError::NoFiles)?;
     let window_secs = read(first)?.window_secs;
@@ -253,7 +310,7 @@ pub fn merge(
                     wanted: window_secs,
                 });
             }
-            Ok(Some(collector_of(f, cap, budget)))
+            Ok(Some(collector_of(f, cap, budget, template, p)?))
         })
         .try_reduce(
             || None,

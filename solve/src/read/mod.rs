@@ -197,9 +197,9 @@ pub struct Collector<P: Pool> {
     costs: Vec<fastjson::ResourceCost>,
     key: (String, usize),
     /// With several resources (costs as objects): the resources of the set being solved, in
-    /// name order, and per (scenario, window) its summary ([`crate::hydrus::multi`]).
+    /// name order, and per (scenario, window) its summary ([`crate::multi`]).
     pub resources: Vec<String>,
-    pub multi: BTreeMap<(String, usize), crate::hydrus::multi::MultiSummary>,
+    pub multi: BTreeMap<(String, usize), crate::multi::MultiSummary>,
     /// A new window's empty multi-resource summary, given its resource count.
     multi_template: MultiTemplate,
     /// Reused per record: costs `j * K + r` and QoE per option, the record's resources.
@@ -219,23 +219,32 @@ pub struct MultiTemplate {
 impl Default for MultiTemplate {
     fn default() -> Self {
         Self {
-            cap: crate::hydrus::multi::DEFAULT_CAP,
+            cap: crate::multi::DEFAULT_CAP,
             budget_per_request: BTreeMap::new(),
         }
     }
 }
 
 impl MultiTemplate {
-    fn summary(&self, resources: &[String]) -> crate::hydrus::multi::MultiSummary {
+    fn budget(&self, resources: &[String]) -> crate::multi::MultiBudget {
         let budget = resources
             .iter()
             .map(|r| self.budget_per_request.get(r).copied())
             .collect();
-        crate::hydrus::multi::MultiSummary::new(
-            resources.len(),
-            self.cap,
-            crate::hydrus::multi::MultiBudget(budget),
-        )
+        crate::multi::MultiBudget(budget)
+    }
+
+    fn summary(&self, resources: &[String]) -> crate::multi::MultiSummary {
+        crate::multi::MultiSummary::new(resources.len(), self.cap, self.budget(resources))
+    }
+
+    /// A summary file's window, as this template makes summaries.
+    pub fn from_parts(
+        &self,
+        parts: crate::multi::MultiParts,
+        resources: &[String],
+    ) -> Result<crate::multi::MultiSummary, crate::multi::PartsError> {
+        crate::multi::MultiSummary::from_parts(parts, self.cap, self.budget(resources))
     }
 }
 

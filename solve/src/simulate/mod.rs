@@ -7,6 +7,7 @@ pub mod plots;
 pub mod policies;
 pub mod population;
 pub mod ramp;
+pub mod resources;
 pub mod shift;
 
 pub use experiments::run;
@@ -59,8 +60,13 @@ pub struct SimulateArgs {
     /// Seed of every random choice: the same seed, the same results.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Users per experiment (the paper: 1000).
-    #[arg(long, default_value_t = 1000)]
+    /// Users per experiment (the paper: 1000); with `--resources`, users (requests) per window
+    /// of each day (default 500000 there).
+    #[arg(
+        long,
+        default_value_t = 1000,
+        default_value_if("resources", clap::builder::ArgPredicate::IsPresent, "500000")
+    )]
     pub users: usize,
     /// Experiments for the QoE-per-run figure (the paper: 50).
     #[arg(long, default_value_t = 50)]
@@ -100,6 +106,14 @@ pub struct SimulateArgs {
     pub ramp_seeds: u64,
     #[arg(long, default_value_t = 50_000)]
     pub ramp_requests: u64,
+    /// Per-resource mode: strategies that spend two clusters (large, small), each with its own
+    /// budget; one folded k against one k per resource, solved on a train day and measured on
+    /// a held-out day (writes resources.json and resources.md).
+    #[arg(long, conflicts_with_all = ["hedge", "shift", "ramp"])]
+    pub resources: bool,
+    /// Per-resource mode: windows of the day.
+    #[arg(long, default_value_t = 24)]
+    pub windows: usize,
 }
 
 /// One policy at the default policy's cost.
@@ -290,6 +304,18 @@ pub fn main(args: &SimulateArgs) -> Result<(), SimulateError> {
     };
     if args.shift {
         return shift_main(args, &write);
+    }
+    if args.resources {
+        let r = resources::run(args.seed, args.windows, args.users);
+        let md = resources::markdown(&r);
+        let json = serde_json::to_string_pretty(&r).map_err(|source| SimulateError::Json {
+            file: "resources.json",
+            source,
+        })?;
+        write("resources.json", &json)?;
+        write("resources.md", &md)?;
+        print!("{md}");
+        return Ok(());
     }
     if args.ramp {
         let r = ramp::run(ramp::RampSetup {

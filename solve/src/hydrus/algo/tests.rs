@@ -218,3 +218,39 @@ proptest! {
         }
     }
 }
+
+/// The multi-resource solver with one resource finds the LP bound the hull walk does.
+#[test]
+fn the_multi_resource_solver_agrees_with_one_resource() {
+    use crate::multi::{MultiBudget, MultiSummary};
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+    for case in 0..50 {
+        let n = rng.random_range(1..300);
+        let opts = rng.random_range(1..8);
+        let mut inst = Instance::new();
+        let mut multi = MultiSummary::new(1, usize::MAX, MultiBudget(vec![None]));
+        let (mut lo, mut hi) = (0.0, 0.0);
+        for _ in 0..n {
+            let c: Vec<f64> = (0..opts).map(|_| rng.random_range(0.0..10.0)).collect();
+            let q: Vec<f64> = (0..opts).map(|_| rng.random_range(0.0..1.0)).collect();
+            let chosen = rng.random_range(0..opts);
+            lo += c.iter().copied().fold(f64::INFINITY, f64::min);
+            hi += c.iter().copied().fold(0.0, f64::max);
+            let pairs: Vec<(f64, f64)> = c.iter().copied().zip(q.iter().copied()).collect();
+            inst.push(&pairs, Some(chosen as u32));
+            multi.push(&c, &q, chosen);
+        }
+        let budget = lo + rng.random_range(0.0..1.0) * (hi - lo);
+        let want = solve_exact(&inst, budget);
+        let got = multi.solve_for(&[budget]);
+        assert!(got.exact, "case {case}");
+        let rel = (got.lp_bound - want.lp_bound).abs() / want.lp_bound.abs().max(1e-300);
+        assert!(
+            rel <= 1e-9,
+            "case {case}: {} vs {}",
+            got.lp_bound,
+            want.lp_bound
+        );
+    }
+}

@@ -134,7 +134,18 @@ impl Merger {
             };
             let mut merged: Option<Collector<WindowSummary>> = None;
             for f in parts.values() {
-                let c = summary_file::collector_of(f.clone(), DEFAULT_CAP, opts.budget);
+                // (Members refuse multi-resource records: a summary here has none to restore.)
+                let template = crate::read::MultiTemplate::default();
+                let path = std::path::Path::new("summaries topic");
+                let Ok(c) = summary_file::collector_of(
+                    f.clone(),
+                    DEFAULT_CAP,
+                    opts.budget,
+                    &template,
+                    path,
+                ) else {
+                    continue;
+                };
                 match &mut merged {
                     Some(m) => m.merge(c),
                     None => merged = Some(c),
