@@ -82,6 +82,15 @@ fn strategy_set_warning(route: &crate::config::RouteRuntime) -> Option<String> {
     let h = hydrus_filters::hydrus::of(&route.route.chain)?;
     let (k, path) = (h.ktable.get()?, h.ktable.source.path.as_ref()?);
     let ours = &h.rule.fingerprint;
+    let (theirs, mine) = (k.table.resources(), h.rule.strategies.resources());
+    if (theirs.len() > 1 || mine.len() > 1) && theirs != mine {
+        return Some(format!(
+            "k-table {}: for resources [{}], but this config's strategies cost [{}]: treatment requests fall back (ktable_mismatch) until `hydrus solve` writes a table from logs of these strategies",
+            path.display(),
+            theirs.join(", "),
+            mine.join(", ")
+        ));
+    }
     match k.table.strategy_set() {
         Some(fp) if fp != ours => Some(format!(
             "k-table {}: solved for strategy set {fp}, but this config's is {ours}: treatment requests fall back (ktable_mismatch) until `hydrus solve` writes a table from logs of these strategies",

@@ -154,9 +154,16 @@ fn solve(mut args: hydrus_solve::SolveArgs) -> ExitCode {
     }
     if let (hydrus_solve::Policy::Hydrus, Some(config)) = (args.policy, &args.config) {
         match hydrus::solve_wiring::resource_budgets(config, args.route.as_deref()) {
-            // (`--budget-per-request` flags win over the config.)
+            // One resource: its budget is the mean budget per request (unless a flag gives
+            // one). Several: `--budget-per-request` flags win over the config.
+            Ok(budgets) if budgets.resources.len() == 1 => {
+                let one = budgets.per_request.values().next().copied();
+                if args.budget_mean.is_none() && args.budget_total.is_none() {
+                    args.budget_mean = one;
+                }
+            }
             Ok(budgets) => {
-                for (name, b) in budgets {
+                for (name, b) in budgets.per_request {
                     if !args.budget_per_request.iter().any(|(n, _)| *n == name) {
                         args.budget_per_request.push((name, b));
                     }

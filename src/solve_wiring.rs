@@ -44,19 +44,25 @@ pub enum BudgetsError {
     },
 }
 
-/// `resources.NAME.budget_per_request` of the hydrus filter of `route` (without a name: the
-/// first route with one).
-pub fn resource_budgets(
-    config: &Path,
-    route: Option<&str>,
-) -> Result<std::collections::BTreeMap<String, f64>, BudgetsError> {
+/// What `--config` says of the hydrus filter of `route` (without a name: the first route with
+/// one): its `resources.NAME.budget_per_request`, and the resources its strategies cost.
+pub struct Budgets {
+    pub per_request: std::collections::BTreeMap<String, f64>,
+    pub resources: Vec<String>,
+}
+
+/// [`Budgets`] of `config`.
+pub fn resource_budgets(config: &Path, route: Option<&str>) -> Result<Budgets, BudgetsError> {
     let running = crate::config::load(config, &crate::metrics::Metrics::new())?;
     running
         .routes
         .iter()
         .filter(|r| route.is_none_or(|name| r.route.name == name))
         .find_map(|r| hydrus_filters::hydrus::of(&r.route.chain))
-        .map(|h| h.resource_budgets.clone())
+        .map(|h| Budgets {
+            per_request: h.resource_budgets.clone(),
+            resources: h.rule.strategies.resources().to_vec(),
+        })
         .ok_or_else(|| BudgetsError::NoHydrusFilter {
             config: config.to_path_buf(),
             route: route.map(str::to_string),

@@ -323,3 +323,66 @@ fn summaries_of_parts_merge_into_the_one_process_table() {
         }
     }
 }
+
+#[test]
+fn a_table_for_other_resources_is_refused_and_check_says_so() {
+    let up = Upstream::start("ranker");
+    let dir = tempfile::tempdir().unwrap();
+    // A two-resource table beside a one-resource config.
+    std::fs::write(
+        dir.path().join("ktable.yaml"),
+        "window_secs: 43200\nresources: [large, small]\nscenarios:\n  default: { large: [0.1, 0.1], small: [0.2, 0.2] }\n",
+    )
+    .unwrap();
+    let t = Config::new()
+        .cluster("ranker", &[up.addr])
+        .route(
+            route("default", "ranker")
+                .filter(&rollout(ALL_TREATED))
+                .filter(&hydrus3("{dir}/ktable.yaml")),
+        )
+        .template();
+    let h = Hydrus::start_in(dir, &t);
+    let o = std::process::Command::new(bin())
+        .args(["check", "--config"])
+        .arg(h.path("hydrus.yaml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("for resources [large, small], but this config's strategies cost [default]"),
+        "{err}"
+    );
+    let (status, _) = get_with(
+        &h.url("/rank"),
+        &[("x-user-id", "u1"), ("x-qoe-score", "0.5")],
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        up.seen()[0].header("x-hydrus-strategy"),
+        Some("s20"),
+        "the default"
+    );
+    assert_eq!(
+        h.metric(r#"hydrus_fallback_total{reason="ktable_mismatch"}"#),
+        1.0
+    );
+    // The solver refuses a budget for a resource the logs do not name.
+    let logs = h.path("none.jsonl");
+    write_lines(&logs, &records(100, 0, 0));
+    let o = std::process::Command::new(bin())
+        .args(["solve", "--logs"])
+        .arg(&logs)
+        .args(["--out", "/dev/null", "--budget-per-request", "lage=8"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("--budget-per-request lage: the logged strategies cost large, small"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

@@ -157,7 +157,7 @@ impl HydrusHandles {
     /// The spend loop of a k-table row and resource, when that table is the one these handles
     /// were built for.
     fn spend_loop(&self, table: usize, row: usize, r: usize) -> Option<&SpendLoop> {
-        if table != self.loops_table {
+        if table != self.loops_table || r >= self.loop_resources {
             return None;
         }
         self.loops.get(row * self.loop_resources + r)?.as_deref()

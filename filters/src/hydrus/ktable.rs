@@ -62,11 +62,54 @@ pub struct KTableFile {
 }
 
 /// One value per window: one list, or (with several resources) one list per resource.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Row<T> {
     One(Vec<T>),
     Many(BTreeMap<String, Vec<T>>),
+}
+
+/// Read by hand rather than `untagged`, so that a bad value is named where it is (serde's
+/// untagged enums only say that nothing matched).
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Row<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visitor<T> {
+            type Value = Row<T>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of values, or a map of resource name to a list")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+                while let Some(v) = seq.next_element()? {
+                    out.push(v);
+                }
+                Ok(Row::One(out))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some((k, v)) = map.next_entry::<String, Vec<T>>()? {
+                    if out.contains_key(&k) {
+                        return Err(serde::de::Error::custom(format!(
+                            "resource `{k}` given twice"
+                        )));
+                    }
+                    out.insert(k, v);
+                }
+                Ok(Row::Many(out))
+            }
+        }
+        d.deserialize_any(Visitor(std::marker::PhantomData))
+    }
 }
 
 impl<T> Default for Row<T> {
@@ -520,6 +563,8 @@ mod tests {
         assert_eq!(e, KTableError::NoScenario);
         let e = KTable::parse("window_secs: 43200\nbogus: 1\nscenarios: {}\n").expect_err("field");
         assert!(e.to_string().contains("line 2"), "{e}");
+        let e = KTable::parse("window_secs: 43200\nscenarios:\n  d: [1, x]\n").expect_err("word");
+        assert!(e.to_string().contains("line 3"), "{e}");
         let e = KTable::parse("window_secs: [\n").expect_err("syntax");
         assert!(matches!(e, KTableError::Yaml(_)));
     }

@@ -164,8 +164,12 @@ impl HydrusRule {
         let scenario = ktable
             .filter(|_| scenario_declared)
             .and_then(|t| t.scenario_index(scenario_name));
+        // A table for another number of resources gives no `k` (its values would be paired
+        // with this set's resources): the request falls back on `ktable_mismatch`.
+        let resources = self.strategies.resources().len();
+        let same_count = |t: &KTable| t.resources().len() == resources;
         let k = match (ktable, scenario) {
-            (Some(t), Some(s)) => t
+            (Some(t), Some(s)) if same_count(t) => t
                 .ks(s, t.window_of(inputs.now_ms))
                 .and_then(Ks::from_slice)
                 .map(|k| k.scaled(|r| correction(s, r))),
@@ -184,6 +188,9 @@ impl HydrusRule {
             let Some(t) = ktable else {
                 return Err(Fallback::NoKTable);
             };
+            if !same_count(t) {
+                return Err(Fallback::KTableMismatch);
+            }
             let k = k.ok_or(Fallback::UnknownScenario)?;
             if stale {
                 return Err(Fallback::StaleKTable);
@@ -231,6 +238,23 @@ mod tests {
             scenario,
             now_ms: 0,
         }
+    }
+
+    #[test]
+    fn a_table_of_other_resources_gives_no_k() {
+        let f = filter();
+        let two = KTable::parse(
+            "window_secs: 43200\nresources: [large, small]\nscenarios:\n  default: { large: [0.1, 0.1], small: [0.2, 0.2] }\n",
+        )
+        .expect("valid");
+        let d = f.decide(
+            Group::Treatment,
+            &inputs(Some(b"0.5"), None),
+            Some(&two),
+            false,
+        );
+        assert_eq!((d.strategy, d.k), (1, None));
+        assert_eq!(d.fallback, Some(Fallback::KTableMismatch));
     }
 
     #[test]

@@ -216,6 +216,20 @@ fn solve_and_write<P: Pool + WindowData>(
             logs: args.source_name(),
         });
     }
+    if c.multi.is_empty() && !args.budget_per_request.is_empty() {
+        return Err(SolveError::Flag {
+            flag: "--budget-per-request",
+            must: "is for strategies that cost several resources: with one, give --budget-mean",
+        });
+    }
+    if let Some((name, _)) =
+        (args.budget_per_request.iter()).find(|(n, _)| !c.resources.contains(n))
+    {
+        return Err(SolveError::UnknownResource {
+            name: name.clone(),
+            resources: c.resources.join(", "),
+        });
+    }
     if !c.multi.is_empty() && opts.budget != Budget::Logged {
         return Err(SolveError::Flag {
             flag: "--budget-mean/--budget-total",

@@ -35,6 +35,9 @@ pub enum SolveError {
     /// `--logs kafka://...` in a binary built without Kafka.
     #[error("this hydrus was built without the `kafka` feature")]
     NoKafka,
+    /// `--budget-per-request` names a resource the logged strategies do not cost.
+    #[error("--budget-per-request {name}: the logged strategies cost {resources}")]
+    UnknownResource { name: String, resources: String },
     /// The logs were read but no record could be solved from.
     #[error("{logs}: no usable record")]
     NoUsableRecord { logs: String },

@@ -271,7 +271,35 @@ pub(crate) fn collector_of(
         pools.insert((w.scenario, w.window), s);
     }
     let mut multi = BTreeMap::new();
+    if !f.multi_windows.is_empty() {
+        let names = &f.resources;
+        let ok_names = (2..=hydrus_filters::resource::MAX_RESOURCES).contains(&names.len())
+            && names.iter().all(|n| hydrus_filters::resource::name_ok(n))
+            && names.windows(2).all(|w| w[0] < w[1]);
+        if f.version != VERSION_RESOURCES || !ok_names {
+            return Err(SummaryFileError::Incompatible {
+                path: path.to_path_buf(),
+                what: "resources",
+                found: format!("version {}, resources [{}]", f.version, names.join(", ")),
+                wanted: format!(
+                    "version {VERSION_RESOURCES} with 2 to {} resource names in order",
+                    hydrus_filters::resource::MAX_RESOURCES
+                ),
+            });
+        }
+    }
     for w in f.multi_windows {
+        if w.summary.resources != f.resources.len() {
+            return Err(SummaryFileError::Incompatible {
+                path: path.to_path_buf(),
+                what: "multi_windows",
+                found: format!(
+                    "{} window {}: {} resources",
+                    w.scenario, w.window, w.summary.resources
+                ),
+                wanted: format!("{} (the file's `resources`)", f.resources.len()),
+            });
+        }
         records += w.summary.records;
         let m = template.from_parts(w.summary, &f.resources).map_err(|e| {
             SummaryFileError::Incompatible {

@@ -641,10 +641,15 @@ impl<P: Pool> Collector<P> {
             self.scenarios.clear();
             self.collected = 0;
         }
+        let mut lost = 0;
         if self.resources.is_empty() {
             self.resources = other.resources;
+        } else if !other.resources.is_empty() && other.resources != self.resources {
+            // Another resource list in one strategy set (hand-made logs): not solvable together.
+            lost = other.multi.values().map(|m| m.records()).sum();
+            self.stats.unusable += lost;
         }
-        for (key, pool) in other.multi {
+        for (key, pool) in other.multi.into_iter().filter(|_| lost == 0) {
             match self.multi.get_mut(&key) {
                 Some(mine) => mine.merge(&pool),
                 None => {
@@ -654,7 +659,7 @@ impl<P: Pool> Collector<P> {
         }
         self.strategy_set = other.strategy_set;
         self.set_newest_ts = self.set_newest_ts.max(other.set_newest_ts);
-        self.collected += other.collected;
+        self.collected += other.collected.saturating_sub(lost);
         self.scenarios.extend(other.scenarios);
         for (key, pool) in other.pools {
             match self.pools.get_mut(&key) {
