@@ -280,7 +280,7 @@ filters:
     if guard {
         yaml = yaml.replace("{ percent: 50 }", "{ percent: 50, guard: {} }");
     }
-    let rc: RouteConfig = serde_yaml::from_str(&yaml).unwrap();
+    let rc: RouteConfig = serde_norway::from_str(&yaml).unwrap();
     let registry = prometheus::Registry::new();
     let kinds: Vec<_> = hydrus_filters::kinds()
         .map(|k| (k, k.metrics(&registry)))
@@ -307,7 +307,7 @@ filters:
     };
     let mut problems = Problems::default();
     let route = compile_route(&rc, "", "cluster", &env, &mut problems).unwrap();
-    let k = serde_yaml::to_string(&table().to_file()).unwrap();
+    let k = serde_norway::to_string(&table().to_file()).unwrap();
     for t in route.chain.tables() {
         t.install(&k, "bench".into(), None, 0).unwrap();
     }

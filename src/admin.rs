@@ -143,7 +143,7 @@ fn as_running(f: &mut serde_json::Value) {
     };
     for (name, section) in o.iter_mut() {
         let kind = hydrus_filters::kinds().find(|k| k.name() == name);
-        let yaml = serde_yaml::to_value(&*section).ok();
+        let yaml = serde_norway::to_value(&*section).ok();
         if let Some(running) = kind.zip(yaml).and_then(|(k, y)| k.running_section(&y)) {
             *section = running;
         }

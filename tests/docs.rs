@@ -116,22 +116,22 @@ fn indent(text: &str, n: usize) -> String {
 }
 
 /// Clusters a fragment names: `cluster:` values and e2e `groups:`.
-fn named_clusters(v: &serde_yaml::Value, out: &mut BTreeSet<String>) {
+fn named_clusters(v: &serde_norway::Value, out: &mut BTreeSet<String>) {
     match v {
-        serde_yaml::Value::Mapping(m) => {
+        serde_norway::Value::Mapping(m) => {
             for (k, v) in m {
                 match (k.as_str(), v) {
-                    (Some("cluster"), serde_yaml::Value::String(s)) => {
+                    (Some("cluster"), serde_norway::Value::String(s)) => {
                         out.insert(s.clone());
                     }
-                    (Some("groups"), serde_yaml::Value::Sequence(s)) => {
+                    (Some("groups"), serde_norway::Value::Sequence(s)) => {
                         out.extend(s.iter().filter_map(|g| g.as_str().map(String::from)));
                     }
                     _ => named_clusters(v, out),
                 }
             }
         }
-        serde_yaml::Value::Sequence(s) => s.iter().for_each(|v| named_clusters(v, out)),
+        serde_norway::Value::Sequence(s) => s.iter().for_each(|v| named_clusters(v, out)),
         _ => {}
     }
 }
@@ -148,8 +148,8 @@ const HEAD: &str = "listen: 127.0.0.1:8080\nadmin:\n  listen: 127.0.0.1:9901\n";
 
 /// The config a fragment of `kind` is checked in, or why it cannot be built.
 fn embed(kind: &str, body: &str) -> Result<String, String> {
-    let value: serde_yaml::Value =
-        serde_yaml::from_str(body).map_err(|e| format!("not YAML: {e}"))?;
+    let value: serde_norway::Value =
+        serde_norway::from_str(body).map_err(|e| format!("not YAML: {e}"))?;
     let mut clusters = BTreeSet::new();
     named_clusters(&value, &mut clusters);
     match kind {

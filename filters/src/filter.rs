@@ -446,12 +446,13 @@ impl CompileCtx<'_> {
     /// Parse the section into `T`, naming the field at fault (unknown fields are errors).
     pub fn parse<T: serde::de::DeserializeOwned>(
         &mut self,
-        section: &serde_yaml::Value,
+        section: &serde_norway::Value,
     ) -> Option<T> {
         // Through YAML text, as the rest of the file is read: a plain scalar (`10`, `false`)
         // reads as a string where a string is expected (a `Value` would refuse it).
-        let text = serde_yaml::to_string(section).unwrap_or_default();
-        match serde_path_to_error::deserialize::<_, T>(serde_yaml::Deserializer::from_str(&text)) {
+        let text = serde_norway::to_string(section).unwrap_or_default();
+        match serde_path_to_error::deserialize::<_, T>(serde_norway::Deserializer::from_str(&text))
+        {
             Ok(t) => Some(t),
             Err(e) => {
                 let mut path = e.path().to_string();
@@ -484,10 +485,10 @@ impl CompileCtx<'_> {
 
 /// A section parsed into its type and written back: what runs, defaults filled in.
 pub fn as_running<T: serde::de::DeserializeOwned + serde::Serialize>(
-    section: &serde_yaml::Value,
+    section: &serde_norway::Value,
 ) -> Option<serde_json::Value> {
-    let text = serde_yaml::to_string(section).ok()?;
-    let parsed: T = serde_yaml::from_str(&text).ok()?;
+    let text = serde_norway::to_string(section).ok()?;
+    let parsed: T = serde_norway::from_str(&text).ok()?;
     serde_json::to_value(parsed).ok()
 }
 
@@ -513,13 +514,13 @@ pub trait FilterKind: Sync {
     fn metrics(&self, registry: &prometheus::Registry) -> Arc<dyn Any + Send + Sync>;
     /// The section as it runs, defaults filled in (for the admin's `/config`); `None`: as
     /// written.
-    fn running_section(&self, _section: &serde_yaml::Value) -> Option<serde_json::Value> {
+    fn running_section(&self, _section: &serde_norway::Value) -> Option<serde_json::Value> {
         None
     }
     /// Compile a section; problems go to `cx.problems` (then `None`).
     fn compile(
         &self,
-        section: &serde_yaml::Value,
+        section: &serde_norway::Value,
         cx: &mut CompileCtx<'_>,
     ) -> Option<Arc<dyn Filter>>;
 }

@@ -159,10 +159,10 @@ mod tests {
 
     #[test]
     fn numbers_and_maps() {
-        let one: PerResource = serde_yaml::from_str("10").expect("number");
+        let one: PerResource = serde_norway::from_str("10").expect("number");
         assert_eq!(one, PerResource::One(10.0));
         assert_eq!((one.get("x"), one.total()), (10.0, 10.0));
-        let many: PerResource = serde_yaml::from_str("{ large: 34, small: 2 }").expect("map");
+        let many: PerResource = serde_norway::from_str("{ large: 34, small: 2 }").expect("map");
         assert_eq!(
             (many.get("large"), many.get("gpu"), many.total()),
             (34.0, 0.0, 36.0)
@@ -172,7 +172,7 @@ mod tests {
             r#"{"large":34.0,"small":2.0}"#
         );
         assert_eq!(serde_json::to_string(&one).expect("json"), "10.0");
-        let e = serde_yaml::from_str::<PerResource>("cheap").expect_err("a word");
+        let e = serde_norway::from_str::<PerResource>("cheap").expect_err("a word");
         assert!(
             e.to_string()
                 .contains("a number, or a map of resource name to number"),

@@ -29,7 +29,7 @@ pub struct RouteConfig {
     pub cluster: String,
     /// The filters, in the order they run: each a one-key map, `- rollout: {...}`.
     #[serde(default)]
-    pub filters: Vec<serde_yaml::Value>,
+    pub filters: Vec<serde_norway::Value>,
     /// Its requests may be sent twice although they have a body (unary gRPC calls that only
     /// read, a POST search): the hedge filter reissues them too.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -493,7 +493,7 @@ pub fn compile_route(
         problems.error(cluster_field, format!("no cluster named `{}`", rc.cluster));
         0
     });
-    let mut entries: Vec<(usize, &serde_yaml::Value)> = rc.filters.iter().enumerate().collect();
+    let mut entries: Vec<(usize, &serde_norway::Value)> = rc.filters.iter().enumerate().collect();
     if rc.single_route_shape {
         // That shape ran hedging after every decision, wherever it was written.
         entries.sort_by_key(|(_, e)| e.get("hedge").is_some());
@@ -514,7 +514,7 @@ pub fn compile_route(
 
 /// Compile a chain's entries in order: each a one-key map naming a kind.
 fn compile_chain(
-    entries: &[(usize, &serde_yaml::Value)],
+    entries: &[(usize, &serde_norway::Value)],
     field: &str,
     route: &str,
     route_cluster: usize,
@@ -566,12 +566,12 @@ fn compile_chain(
 type KindEntry<'e> = (
     &'static dyn FilterKind,
     &'e Arc<dyn Any + Send + Sync>,
-    &'e serde_yaml::Value,
+    &'e serde_norway::Value,
 );
 
 /// The kind and section of a chain entry (`- hydrus: {...}`).
 fn entry_kind<'e>(
-    entry: &'e serde_yaml::Value,
+    entry: &'e serde_norway::Value,
     field: &str,
     env: &'e RouteEnv<'_>,
     problems: &mut Problems,

@@ -100,7 +100,7 @@ impl FilterKind for TierKind {
 
     fn compile(
         &self,
-        section: &serde_yaml::Value,
+        section: &serde_norway::Value,
         cx: &mut CompileCtx<'_>,
     ) -> Option<Arc<dyn Filter>> {
         let c: TierConfig = cx.parse(section)?;
@@ -146,7 +146,7 @@ filters:
   - rollout: { percent: 100 }
   - tier: { header: x-tier, premium_prefix: "vip-" }
 "#;
-    let rc: RouteConfig = serde_yaml::from_str(yaml).unwrap();
+    let rc: RouteConfig = serde_norway::from_str(yaml).unwrap();
     let registry = prometheus::Registry::new();
     let kinds = env_kinds(&registry);
     let fallbacks = prometheus::IntCounterVec::new(
@@ -245,7 +245,7 @@ filters:
 
     // Its section's mistakes are named like every other's.
     let bad: RouteConfig =
-        serde_yaml::from_str(&yaml.replace("header: x-tier", "headr: x-tier")).unwrap();
+        serde_norway::from_str(&yaml.replace("header: x-tier", "headr: x-tier")).unwrap();
     let mut problems = Problems::default();
     assert!(compile_route(&bad, "routes[0]", "routes[0].cluster", &env, &mut problems).is_none());
     assert_eq!(problems.errors[0].0, "routes[0].filters[1].tier.headr");

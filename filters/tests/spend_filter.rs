@@ -60,7 +60,7 @@ fn route_of(registry: &prometheus::Registry, yaml: &str) -> Route {
         kinds: &kinds,
         fallbacks: &fallbacks,
     };
-    let rc: RouteConfig = serde_yaml::from_str(yaml).unwrap();
+    let rc: RouteConfig = serde_norway::from_str(yaml).unwrap();
     let mut problems = Problems::default();
     compile_route(&rc, "routes[0]", "routes[0].cluster", &env, &mut problems)
         .unwrap_or_else(|| panic!("{problems:?}"))

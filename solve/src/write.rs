@@ -27,7 +27,7 @@ pub enum OutputError {
     Yaml {
         path: PathBuf,
         #[source]
-        source: serde_yaml::Error,
+        source: serde_norway::Error,
     },
     /// The solver's rows do not make a k-table the proxy would load (a bug if ever seen).
     #[error("solver produced an invalid k-table: {0}")]
@@ -70,7 +70,7 @@ pub fn write_yaml<T: serde::Serialize>(
     header: &str,
     table: &T,
 ) -> Result<(), OutputError> {
-    let yaml = serde_yaml::to_string(table).map_err(|source| OutputError::Yaml {
+    let yaml = serde_norway::to_string(table).map_err(|source| OutputError::Yaml {
         path: out.to_path_buf(),
         source,
     })?;

@@ -69,7 +69,7 @@ pub struct Config {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<LegacyRouteConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub filters: Option<Vec<serde_yaml::Value>>,
+    pub filters: Option<Vec<serde_norway::Value>>,
 }
 
 /// The running configuration: everything a request needs, checked and compiled once.
@@ -221,9 +221,9 @@ fn load_text(
     m: &Metrics,
     purpose: Purpose,
 ) -> Result<Running, ConfigErrors> {
-    let source: Config = serde_yaml::from_str(text).map_err(|e| {
+    let source: Config = serde_norway::from_str(text).map_err(|e| {
         let loc = e.location();
-        // serde_yaml appends " at line L column C" to the message; the prefix says it already.
+        // The YAML parser appends " at line L column C" to the message; the prefix says it already.
         let msg = e.to_string();
         let msg = match msg.find(" at line ") {
             Some(i) if loc.is_some() => msg[..i].to_string(),

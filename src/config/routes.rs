@@ -207,7 +207,7 @@ pub struct Routes {
 pub struct RoutesSource<'a> {
     pub routes: Option<&'a [RouteConfig]>,
     pub route: Option<&'a LegacyRouteConfig>,
-    pub filters: Option<&'a [serde_yaml::Value]>,
+    pub filters: Option<&'a [serde_norway::Value]>,
 }
 
 /// Compile every route; problems go to `c`.

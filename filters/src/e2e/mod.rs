@@ -313,13 +313,13 @@ impl FilterKind for E2eKind {
         Arc::new(E2eMetrics::new(r))
     }
 
-    fn running_section(&self, section: &serde_yaml::Value) -> Option<serde_json::Value> {
+    fn running_section(&self, section: &serde_norway::Value) -> Option<serde_json::Value> {
         crate::filter::as_running::<E2eConfig>(section)
     }
 
     fn compile(
         &self,
-        section: &serde_yaml::Value,
+        section: &serde_norway::Value,
         cx: &mut CompileCtx<'_>,
     ) -> Option<Arc<dyn Filter>> {
         let ec: E2eConfig = cx.parse(section)?;

@@ -128,12 +128,12 @@ impl E2eTable {
 
     pub fn parse(text: &str) -> Result<Self, E2eTableError> {
         let file: E2eTableFile =
-            serde_yaml::from_str(text).map_err(|e| E2eTableError::Yaml(e.to_string()))?;
+            serde_norway::from_str(text).map_err(|e| E2eTableError::Yaml(e.to_string()))?;
         Self::new(file)
     }
 
     pub fn to_yaml(&self) -> String {
-        serde_yaml::to_string(&self.file).unwrap_or_default()
+        serde_norway::to_string(&self.file).unwrap_or_default()
     }
 
     pub fn file(&self) -> &E2eTableFile {

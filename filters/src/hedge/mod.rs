@@ -251,13 +251,13 @@ impl FilterKind for HedgeKind {
         Arc::new(HedgeMetrics::new(r))
     }
 
-    fn running_section(&self, section: &serde_yaml::Value) -> Option<serde_json::Value> {
+    fn running_section(&self, section: &serde_norway::Value) -> Option<serde_json::Value> {
         crate::filter::as_running::<HedgeConfig>(section)
     }
 
     fn compile(
         &self,
-        section: &serde_yaml::Value,
+        section: &serde_norway::Value,
         cx: &mut CompileCtx<'_>,
     ) -> Option<Arc<dyn Filter>> {
         let hc: HedgeConfig = cx.parse(section)?;

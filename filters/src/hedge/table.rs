@@ -88,7 +88,7 @@ impl HedgeTable {
 
     pub fn parse(text: &str) -> Result<Self, HedgeTableError> {
         let file: HedgeTableFile =
-            serde_yaml::from_str(text).map_err(|e| HedgeTableError::Yaml(e.to_string()))?;
+            serde_norway::from_str(text).map_err(|e| HedgeTableError::Yaml(e.to_string()))?;
         Self::new(file)
     }
 

@@ -376,7 +376,7 @@ impl KTable {
     /// Parse and validate YAML text. Errors carry the YAML line and column where there is one.
     pub fn parse(text: &str) -> Result<Self, KTableError> {
         let file: KTableFile =
-            serde_yaml::from_str(text).map_err(|e| KTableError::Yaml(e.to_string()))?;
+            serde_norway::from_str(text).map_err(|e| KTableError::Yaml(e.to_string()))?;
         Self::new(file)
     }
 
@@ -449,7 +449,7 @@ impl KTable {
 
     pub fn to_yaml(&self) -> String {
         // A KTableFile of strings and floats always serializes.
-        serde_yaml::to_string(&self.to_file()).unwrap_or_default()
+        serde_norway::to_string(&self.to_file()).unwrap_or_default()
     }
 
     pub fn window_secs(&self) -> u32 {

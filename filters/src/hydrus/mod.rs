@@ -123,13 +123,13 @@ impl FilterKind for HydrusKind {
         Arc::new(HydrusMetrics::new(r))
     }
 
-    fn running_section(&self, section: &serde_yaml::Value) -> Option<serde_json::Value> {
+    fn running_section(&self, section: &serde_norway::Value) -> Option<serde_json::Value> {
         crate::filter::as_running::<HydrusConfig>(section)
     }
 
     fn compile(
         &self,
-        section: &serde_yaml::Value,
+        section: &serde_norway::Value,
         cx: &mut CompileCtx<'_>,
     ) -> Option<Arc<dyn Filter>> {
         let hc: HydrusConfig = cx.parse(section)?;

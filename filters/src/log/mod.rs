@@ -130,13 +130,13 @@ impl FilterKind for LogKind {
         Arc::new(())
     }
 
-    fn running_section(&self, section: &serde_yaml::Value) -> Option<serde_json::Value> {
+    fn running_section(&self, section: &serde_norway::Value) -> Option<serde_json::Value> {
         crate::filter::as_running::<LogConfig>(section)
     }
 
     fn compile(
         &self,
-        section: &serde_yaml::Value,
+        section: &serde_norway::Value,
         cx: &mut CompileCtx<'_>,
     ) -> Option<Arc<dyn Filter>> {
         let lc: LogConfig = cx.parse(section)?;

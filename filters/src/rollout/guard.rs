@@ -516,7 +516,7 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     fn settings(yaml: &str) -> GuardSettings {
-        serde_yaml::from_str::<GuardConfig>(yaml)
+        serde_norway::from_str::<GuardConfig>(yaml)
             .expect("parses")
             .compile()
             .expect("valid")
@@ -540,7 +540,7 @@ mod tests {
     #[test]
     fn the_section_is_checked() {
         let bad = |yaml: &str, field: &str| {
-            let e = serde_yaml::from_str::<GuardConfig>(yaml)
+            let e = serde_norway::from_str::<GuardConfig>(yaml)
                 .expect("parses")
                 .compile()
                 .expect_err(yaml);

@@ -390,13 +390,13 @@ impl FilterKind for RolloutKind {
         })
     }
 
-    fn running_section(&self, section: &serde_yaml::Value) -> Option<serde_json::Value> {
+    fn running_section(&self, section: &serde_norway::Value) -> Option<serde_json::Value> {
         crate::filter::as_running::<RolloutConfig>(section)
     }
 
     fn compile(
         &self,
-        section: &serde_yaml::Value,
+        section: &serde_norway::Value,
         cx: &mut CompileCtx<'_>,
     ) -> Option<Arc<dyn Filter>> {
         let c: RolloutConfig = cx.parse(section)?;

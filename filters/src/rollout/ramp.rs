@@ -159,7 +159,7 @@ mod tests {
     use super::*;
 
     fn ramp(yaml: &str) -> Result<Ramp, RampError> {
-        serde_yaml::from_str::<RampConfig>(yaml)
+        serde_norway::from_str::<RampConfig>(yaml)
             .expect("parses")
             .compile()
     }

@@ -1,7 +1,7 @@
 use super::*;
 
 fn matcher(yaml: &str) -> Matcher {
-    let m: MatchConfig = serde_yaml::from_str(yaml).expect("yaml");
+    let m: MatchConfig = serde_norway::from_str(yaml).expect("yaml");
     let mut p = Problems::default();
     Matcher::compile(&m, "match", &mut p).expect("valid")
 }
@@ -185,7 +185,7 @@ fn config_paths_with_encoded_slashes_are_named() {
 #[test]
 fn bad_matches_are_named() {
     let m: MatchConfig =
-        serde_yaml::from_str("{path: rank, path_prefix: /x, methods: [get]}").expect("yaml");
+        serde_norway::from_str("{path: rank, path_prefix: /x, methods: [get]}").expect("yaml");
     let mut p = Problems::default();
     assert!(Matcher::compile(&m, "routes[0].match", &mut p).is_none());
     let fields: Vec<&str> = p.errors.iter().map(|e| e.0.as_str()).collect();

@@ -40,7 +40,7 @@ fn e2e_solve_and_write(
     let (file, report) = e2e::solve(inputs, opts)?;
     let old = std::fs::read_to_string(args.out()?)
         .ok()
-        .and_then(|t| serde_yaml::from_str::<hydrus_filters::e2e::E2eTableFile>(&t).ok());
+        .and_then(|t| serde_norway::from_str::<hydrus_filters::e2e::E2eTableFile>(&t).ok());
     let moved = old.as_ref().map_or(1.0, |o| e2e::inputs_moved(o, &file));
     let write = args.force || moved > args.js_threshold;
     if write {

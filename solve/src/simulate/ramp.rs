@@ -68,7 +68,7 @@ pub struct RampResults {
 /// window).
 #[allow(clippy::expect_used)] // the defaults are valid: checked by the filters' tests
 fn settings() -> GuardSettings {
-    serde_yaml::from_str::<GuardConfig>("{}")
+    serde_norway::from_str::<GuardConfig>("{}")
         .expect("parses")
         .compile()
         .expect("the defaults are valid")
@@ -87,7 +87,7 @@ fn end(rng: &mut ChaCha8Rng, errors: f64, slower: f64) -> RequestEnd {
 /// The ramp with the regression.
 #[allow(clippy::expect_used)] // a constant, valid ramp
 fn regression(setup: &RampSetup) -> RegressionRun {
-    let ramp = serde_yaml::from_str::<RampConfig>(
+    let ramp = serde_norway::from_str::<RampConfig>(
         "start: 2026-12-08T10:00:00Z
 steps:
   - { percent: 1, hold: 5m }

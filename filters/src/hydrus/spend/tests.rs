@@ -297,7 +297,7 @@ fn one_update_per_period() {
 
 #[test]
 fn the_section_is_checked() {
-    let parse = |y: &str| serde_yaml::from_str::<SpendControlConfig>(y).expect("parses");
+    let parse = |y: &str| serde_norway::from_str::<SpendControlConfig>(y).expect("parses");
     let bad = |y: &str, field: &str| {
         let e = parse(y).compile(Some(&["feed".into()]), &[]).expect_err(y);
         assert_eq!(e.field, field, "{y}: {e}");
@@ -348,12 +348,12 @@ fn the_section_is_checked() {
         .compile(None, &[])
         .expect_err("no port");
     assert_eq!(bad.field, "scenarios.feed.proxies.dns");
-    assert!(serde_yaml::from_str::<SpendControlConfig>("bogus: 1").is_err());
+    assert!(serde_norway::from_str::<SpendControlConfig>("bogus: 1").is_err());
 }
 
 #[test]
 fn caps_per_resource() {
-    let parse = |y: &str| serde_yaml::from_str::<SpendControlConfig>(y).expect("parses");
+    let parse = |y: &str| serde_norway::from_str::<SpendControlConfig>(y).expect("parses");
     let two = ["large".to_string(), "small".to_string()];
     let sc = parse("scenarios: {default: {max_cost_per_second: {large: 5000}}}")
         .compile(None, &two)
