@@ -238,26 +238,8 @@ fn records(n: u64, w: u64, seed: u64) -> Vec<hydrus_filters::LogRecord> {
         .collect()
 }
 
-fn write_lines(path: &std::path::Path, records: &[hydrus_filters::LogRecord]) {
-    let mut out = Vec::new();
-    for r in records {
-        r.encode_into(&mut out);
-    }
-    std::fs::write(path, out).unwrap();
-}
-
 fn solve(args: &[&str]) -> String {
-    let o = std::process::Command::new(bin())
-        .arg("solve")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    String::from_utf8_lossy(&solve_ok(args).stdout).into_owned()
 }
 
 #[test]
@@ -266,11 +248,11 @@ fn summaries_of_parts_merge_into_the_one_process_table() {
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
     // Two windows, each split over two files (as two proxies' logs).
     let (a, b) = (records(3_000, 0, 0), records(2_000, 1, 7));
-    write_lines(
+    write_records(
         &dir.path().join("one.jsonl"),
         &[&a[..1_500], &b[..1_000]].concat(),
     );
-    write_lines(
+    write_records(
         &dir.path().join("two.jsonl"),
         &[&a[1_500..], &b[1_000..]].concat(),
     );
@@ -371,7 +353,7 @@ fn a_table_for_other_resources_is_refused_and_check_says_so() {
     );
     // The solver refuses a budget for a resource the logs do not name.
     let logs = h.path("none.jsonl");
-    write_lines(&logs, &records(100, 0, 0));
+    write_records(&logs, &records(100, 0, 0));
     let o = std::process::Command::new(bin())
         .args(["solve", "--logs"])
         .arg(&logs)

@@ -41,13 +41,10 @@ fn q(i: u64) -> f64 {
     ((i * 7919) % 1000) as f64 / 1000.0 * 0.9 + 0.05
 }
 
+/// `records` as JSON lines, then `extra` (lines of other kinds, or none).
 fn write_lines(path: &Path, records: &[LogRecord], extra: &str) {
-    let mut f = std::fs::File::create(path).unwrap();
-    for r in records {
-        let mut buf = Vec::new();
-        r.encode_into(&mut buf);
-        f.write_all(&buf).unwrap();
-    }
+    write_records(path, records);
+    let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
     f.write_all(extra.as_bytes()).unwrap();
 }
 

@@ -8,7 +8,6 @@ use common::*;
 use hydrus_filters::hydrus::ktable::Row;
 use hydrus_filters::{KTable, LogRecord, ValueInfo};
 use hydrus_solve::hydrus::algo::{solve_exact, Instance};
-use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 
@@ -45,29 +44,6 @@ fn record(ts_ms: u64, i: u64, scenario: &str, chosen: &str) -> LogRecord {
     }
 }
 
-fn write_lines(path: &Path, records: &[LogRecord]) {
-    let mut f = std::fs::File::create(path).unwrap();
-    for r in records {
-        let mut buf = Vec::new();
-        r.encode_into(&mut buf);
-        f.write_all(&buf).unwrap();
-    }
-}
-
-fn solve(args: &[&str]) -> std::process::Output {
-    let o = Command::new(bin())
-        .arg("solve")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "solve {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o
-}
-
 fn instance(records: &[&LogRecord]) -> Instance {
     let mut inst = Instance::new();
     for r in records {
@@ -100,7 +76,7 @@ fn fleet_logs(dir: &Path) -> Vec<Vec<LogRecord>> {
                     record(ts, i, scenario, choices[(i % 4) as usize])
                 })
                 .collect();
-            write_lines(&dir.join(format!("host{host}.jsonl")), &recs);
+            write_records(&dir.join(format!("host{host}.jsonl")), &recs);
             recs
         })
         .collect()
@@ -120,7 +96,7 @@ fn the_table_carries_and_the_report_prints_the_expected_cost_and_qoe_per_request
     let dir = tempfile::tempdir().unwrap();
     let hosts = fleet_logs(dir.path());
     let out = dir.path().join("k.yaml");
-    let o = solve(&[
+    let o = solve_ok(&[
         "--logs",
         dir.path().to_str().unwrap(),
         "--out",
@@ -163,7 +139,7 @@ fn the_table_carries_and_the_report_prints_the_expected_cost_and_qoe_per_request
     assert_eq!(table.expected_cost(d, 8), table.expected_cost(d, 9));
 
     // The people's table prints them.
-    let o = solve(&[
+    let o = solve_ok(&[
         "--logs",
         dir.path().to_str().unwrap(),
         "--out",
@@ -190,7 +166,7 @@ fn summaries_of_each_host_merge_into_the_single_process_table() {
     std::fs::create_dir(&logs).unwrap();
     fleet_logs(&logs);
     let single = dir.path().join("single.yaml");
-    solve(&[
+    solve_ok(&[
         "--logs",
         logs.to_str().unwrap(),
         "--out",
@@ -200,7 +176,7 @@ fn summaries_of_each_host_merge_into_the_single_process_table() {
     for host in 0..3 {
         let part = dir.path().join(format!("host{host}.summary.json"));
         let file = logs.join(format!("host{host}.jsonl"));
-        solve(&[
+        solve_ok(&[
             "--logs",
             file.to_str().unwrap(),
             "--emit-summary",
@@ -215,7 +191,7 @@ fn summaries_of_each_host_merge_into_the_single_process_table() {
     let merged = dir.path().join("merged.yaml");
     let mut args = vec!["--out", merged.to_str().unwrap(), "--merge"];
     args.extend(parts.iter().map(String::as_str));
-    let o = solve(&args);
+    let o = solve_ok(&args);
     assert!(String::from_utf8_lossy(&o.stderr).contains("read 1200 records"));
     // The same k, bit for bit; the expectations up to the order the sums were added in.
     let (m, s) = (table_file(&merged), table_file(&single));
@@ -426,9 +402,9 @@ mod group {
     /// The k that `solve` over `records` writes for their windows (window of the day -> k).
     fn single_process(dir: &Path, name: &str, records: &[LogRecord]) -> BTreeMap<usize, f64> {
         let logs = dir.join(format!("{name}.jsonl"));
-        write_lines(&logs, records);
+        write_records(&logs, records);
         let out = dir.join(format!("{name}.yaml"));
-        solve(&[
+        solve_ok(&[
             "--window",
             "10s",
             "--logs",

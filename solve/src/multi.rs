@@ -134,6 +134,18 @@ pub fn live_choice(costs: &[f64], qoe: &[f64], k: &[f64]) -> usize {
     best
 }
 
+/// A cost vector's key in the interning index: its bit patterns.
+fn bits(c: &[f64]) -> Box<[u64]> {
+    c.iter().map(|x| x.to_bits()).collect()
+}
+
+/// The interning index of a table of cost vectors (`dims` each): each vector's id by its key.
+fn index_of(table: &[f64], dims: usize) -> HashMap<Box<[u64]>, u32> {
+    (table.chunks_exact(dims).enumerate())
+        .map(|(id, c)| (bits(c), id as u32))
+        .collect()
+}
+
 fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
@@ -357,7 +369,7 @@ impl MultiSummary {
     }
 
     fn intern(&mut self, c: &[f64]) -> u32 {
-        let key: Box<[u64]> = c.iter().map(|x| x.to_bits()).collect();
+        let key = bits(c);
         if let Some(&id) = self.index.get(&key) {
             return id;
         }
@@ -440,12 +452,7 @@ impl MultiSummary {
             *id = *slot;
         }
         self.table = table;
-        self.index = self
-            .table
-            .chunks_exact(self.dims)
-            .enumerate()
-            .map(|(id, c)| (c.iter().map(|x| x.to_bits()).collect(), id as u32))
-            .collect();
+        self.index = index_of(&self.table, self.dims);
         self.last_costs.clear();
         self.last_ids.clear();
     }
@@ -684,12 +691,7 @@ impl MultiSummary {
         s.lin_records = parts.lin_records;
         s.lin_qoe = parts.lin_qoe;
         s.lin_cost = parts.lin_cost;
-        s.index = parts
-            .table
-            .chunks_exact(dims)
-            .enumerate()
-            .map(|(id, c)| (c.iter().map(|x| x.to_bits()).collect(), id as u32))
-            .collect();
+        s.index = index_of(&parts.table, dims);
         s.table = parts.table;
         s.opt_qoe = parts.opt_qoe;
         s.opt_cost = parts.opt_cost;

@@ -772,6 +772,30 @@ pub fn which(name: &str) -> Option<PathBuf> {
     dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
 }
 
+/// Write `records` to `path` as JSON lines, as the proxy's file log writes them.
+pub fn write_records(path: &Path, records: &[hydrus_filters::LogRecord]) {
+    let mut out = Vec::new();
+    for r in records {
+        r.encode_into(&mut out);
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+/// `hydrus solve ARGS`, which must succeed (else its stderr is the failure).
+pub fn solve_ok(args: &[&str]) -> std::process::Output {
+    let o = Command::new(bin())
+        .arg("solve")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "solve {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
 /// Every record in the `*.jsonl` files under `dir` (recursively).
 pub fn read_records(dir: &Path) -> Vec<hydrus_filters::LogRecord> {
     let mut out = Vec::new();
