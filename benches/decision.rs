@@ -4,7 +4,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use hydrus_filters::filter::{Candidates, Input, LogValue, Problems, RequestState, Strategies};
-use hydrus_filters::log::{Extra, RecordRef, ValueInfoRef};
+use hydrus_filters::log::{AccessRef, Extra, RecordRef, ValueInfoRef};
 use hydrus_filters::outcome::RequestEnd;
 
 /// A request's end as the chain's `done` sees it.
@@ -236,6 +236,18 @@ fn bench_record(c: &mut Criterion) {
         strategy_set: None,
         route: Some("rank"),
         grpc_status: None,
+        // What every record now carries (the access fields of a traced request).
+        access: AccessRef {
+            client_addr: Some("10.0.0.9:51234"),
+            method: Some("GET"),
+            path: Some("/rank?user&n"),
+            protocol: Some("HTTP/1.1"),
+            endpoint: Some("10.0.0.7:8080"),
+            attempts: Some(1),
+            request_bytes: Some(0),
+            response_bytes: Some(1432),
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+        },
         extra: Extra(&extra),
         escaped: &[],
     };

@@ -16,7 +16,11 @@
 # Env: HYDRUS_BENCH_THREADS (proxy threads/processes, default 2), SERIAL_SECS (default 4),
 #      HYDRUS_BIN / BARE_BIN (binaries to measure instead of the ones built here),
 #      COMPARE="NAME=BINARY ..." (more hydrus binaries run on the full chain in the same rounds,
-#      e.g. COMPARE="before=/tmp/hydrus-old" to measure a change before and after in one run).
+#      e.g. COMPARE="before=/tmp/hydrus-old" to measure a change before and after in one run),
+#      TRACING=1 (three more full-chain targets with `tracing:` on: hydrus-trace1 samples 1% and
+#      hydrus-trace100 every request, exporting over OTLP/HTTP to the upstream nginx, which takes
+#      POST /v1/traces as a collector would, cheaply; hydrus-trace-dead samples every request
+#      for a collector that is down: a closed port).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
@@ -115,7 +119,15 @@ RUST_LOG=warn "$BARE_BIN" 127.0.0.1:$BARE 127.0.0.1:$UP "$threads" & pids+=($!);
 # More hydrus binaries on the full chain, for before/after comparisons in one run.
 extra_names=(); extra_ports=(); declare -A extra_pid
 port=18200
-for spec in ${COMPARE:-}; do
+compare=${COMPARE:-}
+if [ "${TRACING:-0}" = 1 ]; then
+  for t in "trace1 0.01 $UP" "trace100 1.0 $UP" "trace-dead 1.0 $((UP + 99))"; do
+    set -- $t
+    printf 'tracing:\n  sample_ratio: %s\n  otlp: { endpoint: "http://127.0.0.1:%s", protocol: http }\n' "$2" "$3" > "$work/$1.yaml"
+    compare+=" $1=$HYDRUS_BIN+$work/$1.yaml"
+  done
+fi
+for spec in $compare; do
   # NAME=BINARY, or NAME=BINARY+SNIPPET (YAML lines added to the full chain's config)
   name=hydrus-${spec%%=*}; bin=${spec#*=}; snippet=""
   case $bin in *+*) snippet=${bin#*+}; bin=${bin%%+*} ;; esac
@@ -254,8 +266,11 @@ mkdir -p benches/results
   echo
   echo "Requests/s: hydrus (full chain) / nginx **$hy_ngx**; hydrus (empty chain) / nginx $hy_empty_ngx; full / empty chain $full_empty; hydrus / HAProxy $hy_hap; hydrus (empty) / bare pingora $empty_bare; bare pingora / nginx $bare_ngx."
   echo "CPU per request: hydrus / nginx **$cpu_hy_ngx**; bare pingora / nginx $cpu_bare_ngx; hydrus minus bare pingora **$cpu_hy_bare us**. Serial latency added over direct: hydrus / nginx **$added_ratio**."
+  if [ "${TRACING:-0}" = 1 ]; then
+    echo "Tracing (full chain, same rounds): CPU per request at 1% / off **$(ratio "${cpu[hydrus-trace1]}" "${cpu[hydrus]}")**, at 100% / off **$(ratio "${cpu[hydrus-trace100]}" "${cpu[hydrus]}")**, 100% to a dead collector / off $(ratio "${cpu[hydrus-trace-dead]}" "${cpu[hydrus]}"); loaded p99 off ${p99[hydrus]} ms, dead collector ${p99[hydrus-trace-dead]} ms; serial p99 off ${s99[hydrus]} ms, dead collector ${s99[hydrus-trace-dead]} ms."
+  fi
   echo "hydrus's own histograms (bucket bounds): decision p99 under ${decision_p99:-n/a} s; latency added p50 under ${overhead_p50:-n/a} s, p99 under ${overhead_p99:-n/a} s. Log records written: ${records:-0}, dropped: ${dropped:-0}."
   echo
-  echo "$(nproc) CPUs shared by wrk, the upstream and the proxies; $threads proxy threads/processes each; wrk -t1 -c$conns -d${secs}s (loaded) and -c1 -d${serial_secs}s (serial), $rounds interleaved rounds (medians), $(date -u +%F). Command: \`${COMPARE:+COMPARE=\"$COMPARE\" }bash benches/load.sh $secs $rounds $conns\`."
+  echo "$(nproc) CPUs shared by wrk, the upstream and the proxies; $threads proxy threads/processes each; wrk -t1 -c$conns -d${secs}s (loaded) and -c1 -d${serial_secs}s (serial), $rounds interleaved rounds (medians), $(date -u +%F). Command: \`${TRACING:+TRACING=$TRACING }${COMPARE:+COMPARE=\"$COMPARE\" }bash benches/load.sh $secs $rounds $conns\`."
 } > benches/results/load.md
 cat benches/results/load.md

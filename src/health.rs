@@ -102,7 +102,7 @@ async fn rediscover(state: &State, c: &Arc<Cluster>) {
         Ok(f) => f,
         Err(e) => {
             let n = c.endpoints.len();
-            log::warn!("cluster `{}`: {e}; keeping its {n} endpoints", c.name);
+            tracing::warn!(cluster = %c.name, "cluster `{}`: {e}; keeping its {n} endpoints", c.name);
             count(e.label());
             return done(cfg.retry_after_failure());
         }

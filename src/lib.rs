@@ -9,6 +9,8 @@
 //!   connections.
 //! - [`tables`]: hot reload of the config and of every filter's table.
 //! - [`logsink`]: the decision log's queue and its file and Kafka sinks.
+//! - [`otel`]: trace context and spans, exported over OTLP (their own crate, `hydrus-otel`);
+//!   [`logging`]: the process log.
 //! - [`admin`], [`metrics`], [`state`], [`serve`], [`check`]: around the proxy.
 //! - [`cluster`], [`probe`], [`transport`], [`tls`]: upstream clusters, their health probes,
 //!   protocols and TLS (their own crate, `hydrus-upstream`, with `hydrus-discovery` for names);
@@ -16,6 +18,7 @@
 //! - [`solve_wiring`]: what `hydrus solve` needs of the proxy's config (its own crate,
 //!   `hydrus-solve`, never reaches into the proxy).
 
+pub use hydrus_otel as otel;
 pub use hydrus_upstream::{cluster, probe, tls, transport};
 
 pub mod admin;
@@ -24,6 +27,7 @@ pub mod config;
 pub mod demo;
 pub mod edge;
 pub mod health;
+pub mod logging;
 pub mod logsink;
 pub mod metrics;
 pub mod serve;

@@ -49,54 +49,18 @@ static GLOBAL: &stats_alloc::StatsAlloc<std::alloc::System> = &stats_alloc::INST
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// The log, with one message of pingora's said as what it is: a process started with
-/// `--upgrade` waiting for the old one's listeners logs "No incoming socket transfer" as an
-/// error every second until the old one gets SIGQUIT, the documented next step.
-struct Upgrading(env_logger::Logger);
-
-impl log::Log for Upgrading {
-    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
-        self.0.enabled(m)
-    }
-
-    fn log(&self, r: &log::Record<'_>) {
-        let waiting = r.target() == "pingora_core::server::transfer_fd"
-            && r.args()
-                .as_str()
-                .map_or_else(|| r.args().to_string(), str::to_string)
-                .starts_with("No incoming socket transfer");
-        if waiting {
-            self.0.log(
-                &log::Record::builder()
-                    .level(log::Level::Info)
-                    .target("hydrus::upgrade")
-                    .args(format_args!(
-                        "waiting for the running hydrus to hand over its listeners (send it SIGQUIT)"
-                    ))
-                    .build(),
-            );
-        } else {
-            self.0.log(r);
-        }
-    }
-
-    fn flush(&self) {
-        self.0.flush();
-    }
-}
-
 fn main() -> ExitCode {
     #[cfg(feature = "alloc-stats")]
     let _ = hydrus::metrics::ALLOCATIONS.set(|| GLOBAL.stats().allocations as u64);
     let cli = Cli::parse();
-    let logger =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-            .format_timestamp_millis()
-            .build();
-    let level = logger.filter();
-    if log::set_boxed_logger(Box::new(Upgrading(logger))).is_ok() {
-        log::set_max_level(level);
-    }
+    let config_text = match &cli.command {
+        Command::Serve { config, .. } => hydrus::config::ConfigFile::from_flag(config.clone())
+            .read()
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok()),
+        _ => None,
+    };
+    hydrus::logging::init(hydrus::logging::format_for(config_text.as_deref()));
     match cli.command {
         Command::Help { command } => {
             let mut cli = Cli::command();

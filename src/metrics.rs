@@ -30,6 +30,9 @@ pub struct Metrics {
     pub log_records: IntCounterVec,
     pub log_queue_depth: IntGauge,
     pub log_sink_errors: IntCounterVec,
+    pub trace_spans: IntCounterVec,
+    pub trace_queue_depth: IntGauge,
+    pub traces_sampled: IntCounter,
     pub upstream_retries: IntCounterVec,
     pub outlier_ejections: IntCounterVec,
     pub endpoint_healthy: IntGaugeVec,
@@ -138,6 +141,9 @@ impl Metrics {
             log_records: f.counters("hydrus_log_records_total", "Decision log records: accepted into the queue, written by the sink, dropped (queue full).", &["result"]),
             log_queue_depth: f.gauge("hydrus_log_queue_depth", "Records waiting for the log sink."),
             log_sink_errors: f.counters("hydrus_log_sink_errors_total", "Log sink failures (write, delivery) by kind.", &["kind"]),
+            trace_spans: f.counters("hydrus_trace_spans_total", "Spans of sampled requests (`tracing:`): `exported` (the collector took them), `queue_full` (dropped: the export queue was full), `export_failed` (dropped: the collector refused, failed or timed out).", &["result"]),
+            trace_queue_depth: f.gauge("hydrus_trace_queue_depth", "Sampled requests whose spans wait for export."),
+            traces_sampled: f.keep(IntCounter::new("hydrus_traces_sampled_total", "Requests whose spans were recorded (sampled here, or by their caller's traceparent).").expect("metric")),
             upstream_retries: f.counters("hydrus_upstream_retries_total", "Retries of idempotent requests on another endpoint: `sent`, or `budget_exhausted` (the retry budget said no).", &["cluster", "result"]),
             outlier_ejections: f.counters("hydrus_outlier_ejections_total", "Endpoints ejected by passive health (consecutive failures).", &["cluster", "endpoint"]),
             endpoint_healthy: f.gauges("hydrus_endpoint_healthy", "1 when the endpoint passes its active health check (always 1 without one).", &["cluster", "endpoint"]),
@@ -187,6 +193,9 @@ impl Metrics {
         }
         for result in ["accepted", "written", "dropped"] {
             self.log_records.with_label_values(&[result]);
+        }
+        for result in ["exported", "queue_full", "export_failed"] {
+            self.trace_spans.with_label_values(&[result]);
         }
     }
 

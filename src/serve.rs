@@ -38,6 +38,8 @@ pub enum ServeError {
     },
     #[error("{0}")]
     LogSink(#[from] logsink::StartError),
+    #[error(transparent)]
+    Tracing(#[from] crate::otel::export::StartError),
     #[error("{0}")]
     Reload(#[from] tables::ReloadError),
     #[error("{0}")]
@@ -94,11 +96,24 @@ pub fn serve(config: &config::ConfigFile, opts: ServeOptions) -> Result<(), Serv
         }
         None => (None, None),
     };
+    let (traces, exporter) = match &start.tracing {
+        Some(t) => {
+            let counters = crate::otel::export::ExportMetrics {
+                exported: metrics.trace_spans.with_label_values(&["exported"]),
+                queue_full: metrics.trace_spans.with_label_values(&["queue_full"]),
+                export_failed: metrics.trace_spans.with_label_values(&["export_failed"]),
+                depth: metrics.trace_queue_depth.clone(),
+            };
+            let (q, e) = crate::otel::export::start(t, counters)?;
+            (Some(q), Some(e))
+        }
+        None => (None, None),
+    };
     for w in &running.warnings {
         log::warn!("{w}");
     }
     let cap = running.limits.max_connections.unwrap_or(auto_cap);
-    let state = Arc::new(State::new(running, metrics, queue));
+    let state = Arc::new(State::new(running, metrics, queue, traces));
     let reload_tx = tables::spawn(state.clone(), config.clone())?;
     let _health = crate::health::spawn(state.clone())?;
     let mut server = Server::new_with_opt_and_conf(options(opts.upgrade), server_conf(&start));
@@ -111,6 +126,14 @@ pub fn serve(config: &config::ConfigFile, opts: ServeOptions) -> Result<(), Serv
     // The runtimes are down: no request is in flight. Drain what was logged.
     state.ready.store(false, Ordering::SeqCst);
     let _ = reload_tx.send(Trigger::Stop);
+    if let Some(e) = exporter {
+        // (What is queued goes in one more export, bounded by its timeout.)
+        let timeout = start
+            .tracing
+            .as_ref()
+            .map_or(Duration::ZERO, |t| t.otlp.timeout);
+        e.shutdown(timeout);
+    }
     stopped(&start, sink);
     Ok(())
 }

@@ -80,7 +80,8 @@ fn resolve_names(running: &mut Running, old: Option<&Running>, metrics: &Metrics
             }
             Some(Err(e)) => {
                 let kept = b.map(|b| c.still_listed(&b.found)).unwrap_or_default();
-                log::warn!(
+                tracing::warn!(
+                    cluster = %c.name,
                     "cluster `{}`: {e}; starting on {} endpoints until it resolves",
                     c.name,
                     kept.len()
@@ -141,7 +142,8 @@ pub fn fleet_counted(
         }
         Err(e) => {
             let kept = size.proxies();
-            log::warn!(
+            tracing::warn!(
+                fleet = %name.dns,
                 "fleet `{}`: {e}; sharing its cap among {kept} proxies",
                 name.dns
             );
@@ -154,6 +156,8 @@ pub struct State {
     pub config: ArcSwap<Running>,
     pub metrics: Arc<Metrics>,
     pub log: Option<LogQueue>,
+    /// The span queue, when `tracing:` was set at start.
+    pub traces: Option<crate::otel::export::TraceQueue>,
     /// The (cluster, endpoint) label pairs of the endpoint gauges, to drop those a reload removes.
     endpoint_series: std::sync::Mutex<Vec<(String, String)>>,
     /// False once shutdown began: `/ready` answers 503 so load balancers stop sending.
@@ -165,7 +169,12 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(mut running: Running, metrics: Arc<Metrics>, log: Option<LogQueue>) -> Self {
+    pub fn new(
+        mut running: Running,
+        metrics: Arc<Metrics>,
+        log: Option<LogQueue>,
+        traces: Option<crate::otel::export::TraceQueue>,
+    ) -> Self {
         resolve_names(&mut running, None, &metrics);
         for (name, size) in hydrus_filters::fleet::fleets() {
             let (ep, cfg) = fleet_query(&name);
@@ -176,6 +185,7 @@ impl State {
             config: ArcSwap::from_pointee(running),
             metrics,
             log,
+            traces,
             endpoint_series: std::sync::Mutex::new(Vec::new()),
             ready: AtomicBool::new(false),
             endpoints_found: AtomicBool::new(false),

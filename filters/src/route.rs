@@ -433,8 +433,9 @@ pub struct Route {
     pub cluster: usize,
     pub chain: Chain,
     /// Whether hydrus manages its requests (identity headers forwarded once, a request id
-    /// made up, `x-hydrus-group` set): a route with filters, or the single-route shape's. A
-    /// route without filters passes requests through untouched.
+    /// made up, `x-hydrus-group` set): a route with filters other than `log`, or the
+    /// single-route shape's. A route without filters, or with `log` alone, passes requests
+    /// through untouched.
     pub managed: bool,
     /// Requests with a body may be hedged (`idempotent: true`).
     pub idempotent: bool,
@@ -503,7 +504,8 @@ pub fn compile_route(
         return None;
     }
     Some(Route {
-        managed: rc.single_route_shape || !filters.is_empty(),
+        // (`log` alone decides nothing: its route passes requests through, access-logged.)
+        managed: rc.single_route_shape || filters.iter().any(|f| f.kind() != "log"),
         idempotent: rc.idempotent,
         name: rc.name.clone(),
         matcher: matcher?,

@@ -216,6 +216,7 @@ filters:
             strategy_set: parts.strategy_set,
             route: Some("rank"),
             grpc_status: None,
+            access: Default::default(),
             extra: Extra(&parts.extra),
             escaped: &[],
         }

@@ -70,6 +70,13 @@ pub struct Config {
     pub route: Option<LegacyRouteConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filters: Option<Vec<serde_norway::Value>>,
+    /// Trace context and spans over OTLP; without it, `traceparent` passes through untouched
+    /// and no span is recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<crate::otel::TracingConfig>,
+    /// The process log: `text` lines or `json` objects, one per line (start-only).
+    #[serde(default)]
+    pub log_format: crate::logging::LogFormat,
 }
 
 /// The running configuration: everything a request needs, checked and compiled once.
@@ -92,6 +99,8 @@ pub struct Running {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Warnings that do not stop the config from loading (`hydrus check` prints them).
     pub warnings: Vec<ConfigError>,
+    /// `tracing.sample_ratio`, when `tracing:` is set (reloadable; the exporter is start-only).
+    pub trace_ratio: Option<f64>,
 }
 
 impl Running {
@@ -255,6 +264,11 @@ fn compile(
         c.error("clusters", "at least one cluster is needed");
     }
     let tls = listener_tls(&mut c, &source, file);
+    if let Some(t) = &source.tracing {
+        for (field, message) in crate::otel::check(t) {
+            c.error(field, message);
+        }
+    }
     for (name, cc) in &source.clusters {
         if let Some(cluster) = clusters::compile_cluster(&mut c, file, name, cc) {
             clusters.push(Arc::new(cluster));
@@ -282,6 +296,7 @@ fn compile(
         return Err(ConfigErrors(Vec::new()));
     };
     start.log = routes.log;
+    let trace_ratio = source.tracing.as_ref().map(|t| t.sample_ratio);
     Ok(Running {
         file: file.to_path_buf(),
         limits: source.limits.clone(),
@@ -295,6 +310,7 @@ fn compile(
         routes: routes.routes,
         tls,
         warnings,
+        trace_ratio,
     })
 }
 
@@ -357,6 +373,8 @@ fn start_only(c: &mut Checker<'_>, source: &Config, file: &Path) -> Option<Start
         upgrade_sock,
         log: None,
         demo_upstream: source.demo_upstream.clone(),
+        tracing: source.tracing.clone(),
+        log_format: source.log_format,
     })
 }
 

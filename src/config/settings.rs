@@ -200,6 +200,9 @@ pub struct StartOnly {
     /// The log queue and sink: one per process.
     pub log: Option<LogRuntime>,
     pub demo_upstream: Option<DemoConfig>,
+    /// The span exporter (its `sample_ratio` is reloadable: see [`super::Running`]).
+    pub tracing: Option<crate::otel::TracingConfig>,
+    pub log_format: crate::logging::LogFormat,
 }
 
 impl StartOnly {
@@ -223,6 +226,17 @@ impl StartOnly {
         );
         note(self.log != new.log, "the log filter's sink and queue");
         note(self.demo_upstream != new.demo_upstream, "demo_upstream");
+        let exporter = |t: &Option<crate::otel::TracingConfig>| {
+            t.clone().map(|t| crate::otel::TracingConfig {
+                sample_ratio: 0.0,
+                ..t
+            })
+        };
+        note(self.log_format != new.log_format, "log_format");
+        note(
+            exporter(&self.tracing) != exporter(&new.tracing),
+            "tracing (but for sample_ratio)",
+        );
         out
     }
 }

@@ -15,6 +15,7 @@ mod relay;
 use super::upstream::{error_kind, outcome_of, peer, upstream_error, Attempt, Hold};
 use super::{Ctx, Proxy};
 use crate::cluster::Cluster;
+use crate::otel::{AttemptGuard, AttemptKind, AttemptOutcome, HedgeSpans};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderName, HeaderValue};
 use hydrus_filters::hedge::{race, HedgeFilter, HedgeOutcome, Winner};
@@ -90,6 +91,8 @@ struct Outgoing {
     header: RequestHeader,
     body: Bytes,
     grpc: bool,
+    /// Where each attempt's span goes, when the request is traced.
+    spans: Option<HedgeSpans>,
 }
 
 /// A response that has begun: its header, and the upstream session its body and trailers are
@@ -108,6 +111,10 @@ struct Response {
 struct Answer<'c> {
     response: Response,
     attempt: Option<Attempt<'c>>,
+    /// The endpoint that answered.
+    endpoint: Option<std::net::SocketAddr>,
+    /// Its span, ended once the response has been relayed.
+    span: Option<AttemptGuard>,
 }
 
 /// Whether an answer counts against its endpoint, as on pingora's path: a gateway error (502,
@@ -221,6 +228,9 @@ fn outgoing(session: &Session, ctx: &Ctx, body: Bytes) -> Result<Outgoing> {
     // it with an interim response first.
     upstream.remove_header(&http::header::EXPECT);
     super::prepare::prepare_upstream(&mut upstream, ctx)?;
+    if ctx.trace.as_ref().is_some_and(|t| t.started_here) {
+        upstream.remove_header(&crate::otel::context::TRACESTATE);
+    }
     if !body.is_empty() {
         upstream.remove_header(&http::header::TRANSFER_ENCODING);
         upstream.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
@@ -229,6 +239,7 @@ fn outgoing(session: &Session, ctx: &Ctx, body: Bytes) -> Result<Outgoing> {
         header: upstream,
         body,
         grpc: ctx.grpc,
+        spans: ctx.trace.as_ref().map(|t| t.hedge_spans()),
     })
 }
 
@@ -388,9 +399,21 @@ impl Proxy {
         ctx.hold = Some(Hold::new(cluster.clone()));
         ctx.cluster_load = Some(cluster.budget.in_flight().0);
         let sent = Instant::now();
-        let Answer { response, attempt } = self
+        let spans = upstream.spans.clone();
+        let raced = self
             .race_attempts(filter, cluster, (a, b), upstream, timeout, ctx)
-            .await?;
+            .await;
+        if let (Some(t), Some(s)) = (ctx.trace.as_mut(), &spans) {
+            // (The answer's own span is added when its response has been relayed.)
+            t.add_hedge_spans(s);
+        }
+        let Answer {
+            response,
+            attempt,
+            endpoint,
+            span,
+        } = raced?;
+        ctx.endpoint = endpoint.or(ctx.endpoint);
         ctx.upstream_ms = Some(sent.elapsed().as_secs_f64() * 1000.0);
         // (Logging tells a response cut short from one hydrus made up by this.)
         ctx.upstream_status = Some(response.header.status.as_u16());
@@ -414,6 +437,18 @@ impl Proxy {
         if let (Some(o), Some(attempt)) = (outcome, attempt) {
             attempt.end(o, &self.state);
         }
+        if let Some(span) = span {
+            span.end(match &relayed {
+                Ok(_) => AttemptOutcome::Status(ctx.upstream_status.unwrap_or(0)),
+                Err(e) if *e.esource() == ErrorSource::Downstream => {
+                    AttemptOutcome::Error("downstream")
+                }
+                Err(e) => AttemptOutcome::Error(error_kind(e)),
+            });
+            if let (Some(t), Some(s)) = (ctx.trace.as_mut(), &spans) {
+                t.add_hedge_spans(s);
+            }
+        }
         relayed.map(|_| true)
     }
 
@@ -432,9 +467,10 @@ impl Proxy {
         ctx: &mut Ctx,
     ) -> Result<Answer<'c>> {
         let sent = Instant::now();
+        ctx.endpoint = cluster.endpoints.get(a).copied();
         let (mut result, winner) = race(
-            self.attempt(cluster, a, upstream.clone()),
-            || self.attempt(cluster, b, upstream.clone()),
+            self.attempt(cluster, a, upstream.clone(), AttemptKind::First),
+            || self.attempt(cluster, b, upstream.clone(), AttemptKind::Hedge),
             timeout,
             &filter.budget,
             // (A bad answer was counted at once: it holds no attempt.)
@@ -465,7 +501,8 @@ impl Proxy {
                     .is_some_and(|h| h.take_retry(&self.state, &ctx.tried, Some(a), unsent));
             if retry {
                 ctx.tried.push(b);
-                result = self.attempt(cluster, b, upstream).await;
+                ctx.endpoint = cluster.endpoints.get(b).copied();
+                result = self.attempt(cluster, b, upstream, AttemptKind::Retry).await;
             }
         }
         result
@@ -481,37 +518,62 @@ impl Proxy {
         cluster: &'c Cluster,
         endpoint: usize,
         req: Outgoing,
+        mut kind: AttemptKind,
     ) -> Result<Answer<'c>> {
-        if endpoint >= cluster.endpoints.len() {
+        let Some(&addr) = cluster.endpoints.get(endpoint) else {
             return Error::e_explain(ErrorType::InternalError, "no such endpoint");
-        }
+        };
         let mut stale_retries = 0;
         let e = loop {
             let attempt = Attempt::start(cluster, endpoint);
-            match self.exchange(endpoint, cluster, req.clone()).await {
+            // Each attempt is a span of its own: the upstream's parent.
+            let span = req.spans.as_ref().map(|s| s.start(kind, addr));
+            let mut sent = req.clone();
+            if let Some(span) = &span {
+                super::hooks::trace_context(&mut sent.header, span.traceparent(), false)?;
+            }
+            match self.exchange(endpoint, cluster, sent).await {
                 Ok(response) => {
                     // It answered: not hung, whatever the exchange's outcome.
                     cluster
                         .outliers
                         .progress(endpoint, hydrus_filters::clock::monotonic_ms());
-                    let attempt = if bad(&response.header, req.grpc) {
+                    let (attempt, span) = if bad(&response.header, req.grpc) {
                         attempt.end(Outcome::Failure, &self.state);
-                        None
+                        if let Some(span) = span {
+                            span.end(AttemptOutcome::Status(response.header.status.as_u16()));
+                        }
+                        (None, None)
                     } else {
-                        Some(attempt)
+                        (Some(attempt), span)
                     };
-                    return Ok(Answer { response, attempt });
+                    return Ok(Answer {
+                        response,
+                        attempt,
+                        endpoint: Some(addr),
+                        span,
+                    });
                 }
                 Err(Failed { error, stale: true }) if stale_retries < MAX_STALE_RETRIES => {
                     // The upstream closed a kept-alive connection: not the endpoint's failure.
                     log::debug!("stale pooled connection, tried again: {error}");
+                    if let Some(span) = span {
+                        span.end(AttemptOutcome::Error("stale_connection"));
+                    }
+                    kind = AttemptKind::Retry;
                     stale_retries += 1;
                 }
                 Err(Failed { error, .. }) if *error.esource() == ErrorSource::Downstream => {
+                    if let Some(span) = span {
+                        span.end(AttemptOutcome::Error("downstream"));
+                    }
                     return Err(error);
                 }
                 Err(Failed { error, .. }) => {
                     attempt.end(Outcome::Failure, &self.state);
+                    if let Some(span) = span {
+                        span.end(AttemptOutcome::Error(error_kind(&error)));
+                    }
                     break error;
                 }
             }

@@ -3,6 +3,8 @@
 use super::prepare::{for_the_hop, prepare_upstream};
 use super::upstream::outcome_of;
 use super::{peer, Ctx, Hold, Proxy, Routed};
+use crate::otel::context::{TRACEPARENT, TRACESTATE};
+use crate::otel::AttemptOutcome;
 use async_trait::async_trait;
 use http::header::HeaderValue;
 use hydrus_filters::clock::unix_ms;
@@ -43,6 +45,8 @@ impl ProxyHttp for Proxy {
             normalized_path: None,
             grpc: false,
             grpc_status: None,
+            trace: None,
+            endpoint: None,
         })
     }
 
@@ -185,6 +189,10 @@ impl ProxyHttp for Proxy {
         };
         cluster.outliers.started(i, now);
         hold.endpoint = Some(i);
+        ctx.endpoint = cluster.endpoints.get(i).copied();
+        if let (Some(t), Some(addr)) = (ctx.trace.as_mut(), ctx.endpoint) {
+            t.start_attempt(addr);
+        }
         Ok(Box::new(peer(cluster, i)))
     }
 
@@ -195,6 +203,9 @@ impl ProxyHttp for Proxy {
         ctx: &mut Box<Ctx>,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if let Some(t) = ctx.trace.as_mut() {
+            t.end_attempt(AttemptOutcome::Error("connect"));
+        }
         let Some(hold) = ctx.hold.as_mut() else {
             return e;
         };
@@ -235,6 +246,13 @@ impl ProxyHttp for Proxy {
             && matches!(e.retry, pingora::RetryType::ReusedOnly)
             && !responded
             && hold.reuse_retries < 2;
+        if let Some(t) = ctx.trace.as_mut() {
+            t.end_attempt(AttemptOutcome::Error(match () {
+                _ if *e.esource() == ErrorSource::Downstream => "downstream",
+                _ if stale => "stale_connection",
+                _ => super::upstream::error_kind(&e),
+            }));
+        }
         if *e.esource() == ErrorSource::Downstream || !body_done {
             hold.end_attempt(&self.state, None);
             e.set_retry(false);
@@ -338,6 +356,9 @@ impl ProxyHttp for Proxy {
         if let Some((cluster, Some(i))) = ctx.hold.as_ref().map(|h| (&h.cluster, h.endpoint)) {
             for_the_hop(upstream, cluster, i)?;
         }
+        if let Some(t) = &ctx.trace {
+            trace_context(upstream, t.current_traceparent(), t.started_here)?;
+        }
         ctx.upstream_sent = Some(Instant::now());
         Ok(())
     }
@@ -415,6 +436,7 @@ impl ProxyHttp for Proxy {
             let n = h1.get_headers_raw_bytes().len() + h1.body_bytes_read();
             slot.consumed(n as u64);
         }
+        let access = self.access(session, ctx);
         let written = session.response_written();
         let status = written.map_or(0, |r| r.status.as_u16());
         // A response that began and then failed: the client got it cut short. (A response
@@ -429,6 +451,44 @@ impl ProxyHttp for Proxy {
             }
             _ => None,
         };
-        self.finish(ctx, status, error);
+        self.finish(ctx, access, status, error);
+    }
+}
+
+/// The trace context an attempt sends: its own span as the upstream's parent. A trace begun
+/// here is not the one a `tracestate` sent belongs to: that goes.
+pub(super) fn trace_context(
+    upstream: &mut RequestHeader,
+    traceparent: HeaderValue,
+    started_here: bool,
+) -> Result<()> {
+    upstream.insert_header(TRACEPARENT, traceparent)?;
+    if started_here {
+        upstream.remove_header(&TRACESTATE);
+    }
+    Ok(())
+}
+
+impl Proxy {
+    /// What the session says of the exchange, for a logged route's record or a sampled span.
+    fn access(&self, session: &Session, ctx: &Ctx) -> Option<crate::logsink::record::Access> {
+        let sampled = ctx.trace.as_ref().is_some_and(|t| t.sampled);
+        if !sampled && !ctx.route.as_ref().is_some_and(|r| r.logged) {
+            return None;
+        }
+        let req = session.req_header();
+        Some(crate::logsink::record::Access {
+            client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+            method: req.method.clone(),
+            uri: req.uri.clone(),
+            version: req.version,
+            request_bytes: session.body_bytes_read() as u64,
+            response_bytes: session.body_bytes_sent() as u64,
+            tracestate: sampled
+                .then(|| req.headers.get(TRACESTATE))
+                .flatten()
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+        })
     }
 }

@@ -21,7 +21,7 @@ pub mod upstream;
 pub use prepare::HEADER_GROUP;
 
 use crate::config::{RouteRuntime, Running};
-use crate::logsink::record::{hex_id, Pending, RequestId};
+use crate::logsink::record::{hex_id, protocol, Access, Pending, RequestId};
 use crate::state::State;
 use conns::Slot;
 use http::header::HeaderValue;
@@ -87,6 +87,10 @@ pub struct Ctx {
     /// A gRPC call (see [`grpc`]), and the `grpc-status` its client got.
     grpc: bool,
     grpc_status: Option<u8>,
+    /// The request's trace, when `tracing:` is on.
+    trace: Option<Box<crate::otel::RequestTrace>>,
+    /// The endpoint of the attempt that answered (or of the last one tried).
+    endpoint: Option<std::net::SocketAddr>,
 }
 
 /// Whether a request found its route.
@@ -127,6 +131,14 @@ impl Proxy {
             chain.decide(&input, &mut ctx.state);
         }
         ctx.handles = Some(route.handles());
+        if let (Some(ratio), Some(_)) = (running.trace_ratio, &self.state.traces) {
+            let sent = req.headers.get(crate::otel::context::TRACEPARENT);
+            let trace = crate::otel::RequestTrace::begin(sent.map(HeaderValue::as_bytes), ratio);
+            if trace.sampled {
+                self.state.metrics.traces_sampled.inc();
+            }
+            ctx.trace = Some(trace);
+        }
         if let std::borrow::Cow::Owned(p) = path {
             ctx.normalized_path = Some(p);
         }
@@ -260,8 +272,15 @@ impl Proxy {
             .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
     }
 
-    /// Count the request (its route's metrics, its filters') and hand its record to the log.
-    fn finish(&self, ctx: &mut Ctx, status: u16, error: Option<&'static str>) {
+    /// Count the request (its route's metrics, its filters'), hand its record to the log and
+    /// its spans to the exporter.
+    fn finish(
+        &self,
+        ctx: &mut Ctx,
+        access: Option<Access>,
+        status: u16,
+        error: Option<&'static str>,
+    ) {
         let (Some(running), Some(route)) = (ctx.running.clone(), ctx.route.clone()) else {
             return;
         };
@@ -294,6 +313,10 @@ impl Proxy {
         if let (Some(ms), Some(h)) = (ctx.upstream_ms, handles.upstream_by_strategy.get(strategy)) {
             h.observe(ms / 1000.0);
         }
+        let trace_id = ctx.trace.as_ref().map(|t| t.trace_id);
+        if let Some(trace) = ctx.trace.take() {
+            self.traced(trace, ctx, &route, access.as_ref(), status, error);
+        }
         if let (true, Some(q)) = (route.logged, &self.state.log) {
             q.push(Box::new(Pending {
                 running,
@@ -308,8 +331,112 @@ impl Proxy {
                 cluster_load: ctx.cluster_load,
                 error,
                 grpc_status: ctx.grpc_status,
+                access,
+                endpoint: ctx.endpoint,
+                attempts: ctx.tried.len() as u32,
+                trace_id,
             }));
         }
+    }
+
+    /// A traced request ended: its spans go to the exporter when it was sampled.
+    fn traced(
+        &self,
+        mut trace: Box<crate::otel::RequestTrace>,
+        ctx: &Ctx,
+        route: &RouteRuntime,
+        access: Option<&Access>,
+        status: u16,
+        error: Option<&'static str>,
+    ) {
+        use crate::otel::{AttemptOutcome, AttrValue, FinishedTrace};
+        let Some(q) = &self.state.traces else { return };
+        if !trace.sampled {
+            return;
+        }
+        if trace.current.is_some() {
+            // (Ended without a hook that saw its outcome: as the client's response says.)
+            trace.end_attempt(match (ctx.upstream_status, error) {
+                (Some(s), None) => AttemptOutcome::Status(s),
+                (_, Some(e)) => AttemptOutcome::Error(e),
+                (None, None) => AttemptOutcome::Error("response"),
+            });
+        }
+        let parts = route.route.chain.record(&ctx.state);
+        let mut attributes: Vec<(std::borrow::Cow<'static, str>, AttrValue)> =
+            Vec::with_capacity(16);
+        let mut put = |k: &'static str, v: AttrValue| attributes.push((k.into(), v));
+        let text = |s: &str| AttrValue::Str(s.to_string().into());
+        put("hydrus.route", text(route.name()));
+        put(
+            "hydrus.group",
+            AttrValue::Str(ctx.state.group.as_str().into()),
+        );
+        if route.route.managed {
+            put("hydrus.strategy", text(parts.chosen.unwrap_or("default")));
+        }
+        if let Some(f) = ctx.state.fallback {
+            put("hydrus.fallback", text(f));
+        }
+        if let Some(scenario) = ctx.ids[SCENARIO].as_ref().and_then(|v| v.to_str().ok()) {
+            put("hydrus.scenario", text(scenario));
+        }
+        if let Some(c) = ctx
+            .running
+            .as_ref()
+            .and_then(|r| r.clusters.get(ctx.state.cluster))
+        {
+            put("hydrus.cluster", text(&c.name));
+        }
+        if let Some(a) = access {
+            put("http.request.method", text(a.method.as_str()));
+            put("url.path", text(a.uri.path()));
+            if let Some(c) = a.client {
+                put("client.address", AttrValue::Str(c.ip().to_string().into()));
+            }
+            put(
+                "network.protocol.version",
+                AttrValue::Str(protocol(a.version).trim_start_matches("HTTP/").into()),
+            );
+        }
+        if status > 0 {
+            put(
+                "http.response.status_code",
+                AttrValue::Int(i64::from(status)),
+            );
+        }
+        if let Some(g) = ctx.grpc_status {
+            put("rpc.grpc.status_code", AttrValue::Int(i64::from(g)));
+        }
+        if let Some(e) = error {
+            put("error.type", AttrValue::Str(e.into()));
+        }
+        if let Some((resources, ks)) = parts.k {
+            for (r, k) in resources.iter().zip(ks) {
+                let key = if ks.len() == 1 {
+                    "hydrus.k".into()
+                } else {
+                    format!("hydrus.k.{r}").into()
+                };
+                attributes.push((key, AttrValue::F64(*k)));
+            }
+        }
+        let failed = status == 0 || status >= 500 || ctx.grpc_status.is_some_and(|g| g != 0);
+        let name = match access {
+            Some(a) => format!("{} {}", a.method, route.name()),
+            None => route.name().to_string(),
+        };
+        let tracestate = access
+            .and_then(|a| a.tracestate.clone())
+            .filter(|_| !trace.started_here);
+        q.push(Box::new(FinishedTrace {
+            trace,
+            end_ns: crate::otel::unix_ns(),
+            name,
+            attributes,
+            error: failed,
+            tracestate,
+        }));
     }
 }
 

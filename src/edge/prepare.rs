@@ -20,6 +20,8 @@ pub const HEADER_GROUP: HeaderName = HeaderName::from_static("x-hydrus-group");
 /// The upstream request as filters change it.
 struct UpstreamEdit<'a> {
     req: &'a mut RequestHeader,
+    /// The route's name, for what is logged.
+    route: &'a str,
     /// Every query key the route's filters own: the first rewrite strips them all.
     owned_query: &'a [String],
     query_done: bool,
@@ -43,7 +45,11 @@ impl Upstream for UpstreamEdit<'_> {
                     HeaderValue::from_str(v),
                 ) {
                     (Ok(name), Ok(value)) => self.set_header(&name, value),
-                    _ => log::warn!("query parameter `{k}` cannot be gRPC metadata"),
+                    _ => tracing::warn!(
+                        route = self.route,
+                        "route `{}`: query parameter `{k}` cannot be gRPC metadata",
+                        self.route
+                    ),
                 }
             }
             self.query_done = true;
@@ -61,7 +67,11 @@ impl Upstream for UpstreamEdit<'_> {
         if let Some(target) = set_query(uri.path(), uri.query(), pairs, owned) {
             match http::Uri::try_from(target) {
                 Ok(uri) => self.req.set_uri(uri),
-                Err(e) => log::warn!("query rewrite produced a bad URI: {e}"),
+                Err(e) => tracing::warn!(
+                    route = self.route,
+                    "route `{}`: query rewrite produced a bad URI: {e}",
+                    self.route
+                ),
             }
         }
     }
@@ -73,7 +83,7 @@ pub fn prepare_upstream(upstream: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
         return Ok(());
     };
     if let Some(path) = &ctx.normalized_path {
-        forward_path(upstream, path);
+        forward_path(upstream, path, route.name());
     }
     let chain = &route.route.chain;
     let ids = &running.identity;
@@ -114,6 +124,7 @@ pub fn prepare_upstream(upstream: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
     }
     let mut edit = UpstreamEdit {
         req: upstream,
+        route: route.name(),
         owned_query: &chain.owned_query,
         query_done: false,
         grpc: ctx.grpc,
@@ -130,14 +141,17 @@ pub fn prepare_upstream(upstream: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
 }
 
 /// Forward the request with the path it was routed by (its query as sent).
-fn forward_path(upstream: &mut RequestHeader, path: &str) {
+fn forward_path(upstream: &mut RequestHeader, path: &str, route: &str) {
     let target = match upstream.uri.query() {
         Some(q) => format!("{path}?{q}"),
         None => path.to_string(),
     };
     match http::Uri::try_from(target) {
         Ok(uri) => upstream.set_uri(uri),
-        Err(e) => log::warn!("normalized path produced a bad URI: {e}"),
+        Err(e) => tracing::warn!(
+            route,
+            "route `{route}`: normalized path produced a bad URI: {e}"
+        ),
     }
 }
 

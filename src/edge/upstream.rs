@@ -54,7 +54,9 @@ pub fn record_outcome(state: &State, cluster: &Cluster, endpoint: usize, outcome
             .endpoints
             .get(endpoint)
             .map_or_else(String::new, |a| a.to_string());
-        log::warn!(
+        tracing::warn!(
+            cluster = %cluster.name,
+            endpoint = %addr,
             "cluster {}: endpoint {addr} ejected for {} ms after {} failures in a row",
             cluster.name,
             until_ms.saturating_sub(now),

@@ -169,7 +169,8 @@ impl<F: LogFile> FileSink<F> {
             .is_some_and(|c| !Self::still_linked(c))
         {
             if let Some(c) = &self.current {
-                log::warn!(
+                tracing::warn!(
+                    file = %c.path.display(),
                     "log file {} was moved or deleted: writing to a new one",
                     c.path.display()
                 );

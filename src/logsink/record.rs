@@ -10,7 +10,7 @@ use hydrus_filters::filter::RequestState;
 use hydrus_filters::filter::{DEVICE_ID, REQUEST_ID, SCENARIO, USER_ID};
 use hydrus_filters::hydrus::ktable::DEFAULT_SCENARIO;
 use hydrus_filters::hydrus::SCENARIO_OTHER;
-use hydrus_filters::log::{capped_text, Extra, KRef, RecordRef, ValueInfoRef};
+use hydrus_filters::log::{capped_text, AccessRef, Extra, KRef, RecordRef, ValueInfoRef};
 use prometheus::IntCounter;
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -26,6 +26,29 @@ pub fn hex_id(v: u128) -> RequestId {
         *c = HEX[((v >> ((31 - i) * 4)) & 0xf) as usize];
     }
     s
+}
+
+/// What the session says of a finished request, for its access record and span.
+pub struct Access {
+    pub client: Option<std::net::SocketAddr>,
+    pub method: http::Method,
+    pub uri: http::Uri,
+    pub version: http::Version,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    /// The client's `tracestate` (traced requests only).
+    pub tracestate: Option<String>,
+}
+
+/// The protocol as a record names it.
+pub fn protocol(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
 }
 
 /// What one request leaves for its log record.
@@ -46,6 +69,11 @@ pub struct Pending {
     pub cluster_load: Option<u32>,
     pub error: Option<&'static str>,
     pub grpc_status: Option<u8>,
+    /// What the session said of the exchange (`None` for a request answered before routing).
+    pub access: Option<Access>,
+    pub endpoint: Option<std::net::SocketAddr>,
+    pub attempts: u32,
+    pub trace_id: Option<[u8; 16]>,
 }
 
 /// One record field copied from a request header: its name in the record, and its counters
@@ -123,6 +151,15 @@ impl Pending {
             None => capped(self.ids[REQUEST_ID].as_ref(), &t.request_id, &mut escaped),
         };
         let (scenario, scenario_raw) = self.scenario(t, &mut escaped);
+        let a = self.access.as_ref();
+        let client_addr = a.and_then(|a| a.client).map(|c| c.to_string());
+        let query = hydrus_filters::log::of(&self.route.route.chain)
+            .map_or_else(Default::default, |l| l.query);
+        let path = a.map(|a| hydrus_filters::log::logged_path(a.uri.path(), a.uri.query(), query));
+        let endpoint = self.endpoint.map(|e| e.to_string());
+        let trace_id = self
+            .trace_id
+            .map(|t| crate::otel::context::trace_id_hex(&t));
         RecordRef {
             ts_ms: self.ts_ms,
             request_id: &request_id,
@@ -149,6 +186,17 @@ impl Pending {
             strategy_set: parts.strategy_set,
             route: Some(self.route.name()),
             grpc_status: self.grpc_status,
+            access: AccessRef {
+                client_addr: client_addr.as_deref(),
+                method: a.map(|a| a.method.as_str()),
+                path: path.as_deref(),
+                protocol: a.map(|a| protocol(a.version)),
+                endpoint: endpoint.as_deref(),
+                attempts: a.map(|_| self.attempts),
+                request_bytes: a.map(|a| a.request_bytes),
+                response_bytes: a.map(|a| a.response_bytes),
+                trace_id: trace_id.as_ref().and_then(|t| std::str::from_utf8(t).ok()),
+            },
             extra: Extra(&parts.extra),
             escaped: &escaped,
         }

@@ -186,7 +186,7 @@ impl Reloader {
             Ok(s) => s,
             Err(e) => {
                 if force {
-                    log::error!("config reload: {}: {e}", self.config.describe());
+                    tracing::error!(file = %self.config.describe(), "config reload: {}: {e}", self.config.describe());
                     self.count_config("error");
                 }
                 return;
@@ -207,7 +207,7 @@ impl Reloader {
         match config::load_str(self.config.path(), &text, &self.state.metrics) {
             Err(errors) => {
                 for e in &errors.0 {
-                    log::error!("config reload refused, keeping the running config: {e}");
+                    tracing::error!(file = %self.config.describe(), "config reload refused, keeping the running config: {e}");
                 }
                 self.count_config("error");
             }
@@ -219,7 +219,8 @@ impl Reloader {
         let old = self.state.config.load_full();
         let changed = old.start.changed(&new.start);
         if !changed.is_empty() || old.start != new.start {
-            log::warn!(
+            tracing::warn!(
+                file = %self.config.describe(),
                 "config reloaded, but {} take effect only after a restart or upgrade",
                 if changed.is_empty() {
                     "start-only settings".to_string()
@@ -231,14 +232,18 @@ impl Reloader {
         for gone in removed(&old, &new) {
             let kind = match gone {
                 Removed::Route(name) => {
-                    log::warn!(
+                    tracing::warn!(
+                        route = %name,
+                        file = %self.config.describe(),
                         "config reloaded from {}: route `{name}` that was running is gone from it",
                         self.config.describe()
                     );
                     "route"
                 }
                 Removed::Filter(route, kind) => {
-                    log::warn!(
+                    tracing::warn!(
+                        route = %route,
+                        file = %self.config.describe(),
                         "config reloaded from {}: the `{kind}` filter that was running on route \
                          `{route}` is gone from it",
                         self.config.describe()
@@ -369,7 +374,8 @@ fn refresh(t: &mut TableWatch, agent: &ureq::Agent, force: bool) -> Refreshed {
 /// failure, not at every poll.
 fn failed(t: &mut TableWatch, why: String) {
     if t.watched.error.as_deref() != Some(why.as_str()) {
-        log::error!(
+        tracing::error!(
+            table = %t.table.what(),
             "{} not loaded, keeping the running one: {why}",
             t.table.what()
         );

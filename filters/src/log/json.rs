@@ -152,6 +152,23 @@ pub fn encode(out: &mut Vec<u8>, r: &RecordRef<'_>) {
             LogValue::Str(v) => string(out, v),
         }
     }
+    let a = &r.access;
+    opt_str(out, b",\"client_addr\":", a.client_addr);
+    opt_str(out, b",\"method\":", a.method);
+    opt_str(out, b",\"path\":", a.path);
+    opt_str(out, b",\"protocol\":", a.protocol);
+    opt_str(out, b",\"endpoint\":", a.endpoint);
+    for (key, v) in [
+        (&b",\"attempts\":"[..], a.attempts.map(u64::from)),
+        (b",\"request_bytes\":", a.request_bytes),
+        (b",\"response_bytes\":", a.response_bytes),
+    ] {
+        if let Some(v) = v {
+            out.extend_from_slice(key);
+            uint(out, v);
+        }
+    }
+    opt_str(out, b",\"trace_id\":", a.trace_id);
     if !r.escaped.is_empty() {
         out.extend_from_slice(b",\"escaped\":[");
         for (i, f) in r.escaped.iter().enumerate() {
@@ -202,7 +219,8 @@ mod tests {
         fn writes_what_serde_writes(
             ts_ms in any::<u64>(),
             strs in proptest::collection::vec(text(), 6),
-            opts in proptest::collection::vec(proptest::option::of(text()), 7),
+            opts in proptest::collection::vec(proptest::option::of(text()), 13),
+            counts in proptest::collection::vec(proptest::option::of(any::<u64>()), 3),
             floats in proptest::collection::vec(proptest::option::of(any_float()), 3),
             costs in proptest::collection::vec(0.0f64..1e4, 1..9),
             qoes in proptest::collection::vec(proptest::option::of(any_float()), 8),
@@ -270,6 +288,17 @@ mod tests {
                 strategy_set: o(5),
                 route: o(6),
                 grpc_status: grpc,
+                access: crate::log::record::AccessRef {
+                    client_addr: o(7),
+                    method: o(8),
+                    path: o(9),
+                    protocol: o(10),
+                    endpoint: o(11),
+                    attempts: counts[0].map(|n| n as u32),
+                    request_bytes: counts[1],
+                    response_bytes: counts[2],
+                    trace_id: o(12),
+                },
                 extra: Extra(&extra),
                 escaped: &escaped,
             };

@@ -31,6 +31,53 @@ pub struct LogConfig {
     /// At shutdown, how long the sink may take to write what is queued.
     #[serde(default = "default_drain", with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// What a record's `path` keeps of the request's query (per route).
+    #[serde(default)]
+    pub query: QueryInLog,
+}
+
+/// What a record's `path` keeps of the query: query values may hold personal data or
+/// credentials, so by default only their keys are logged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueryInLog {
+    /// `/rank?user&n`: the keys, in order, without their values.
+    #[default]
+    Keys,
+    /// `/rank`.
+    None,
+    /// `/rank?user=42&n=20`, as sent.
+    Full,
+}
+
+/// Longest `path` a record holds (cut at a character boundary).
+pub const MAX_PATH_BYTES: usize = 1024;
+
+/// A request's path and query as its record's `path` holds them.
+pub fn logged_path(path: &str, query: Option<&str>, keep: QueryInLog) -> String {
+    let mut out = String::with_capacity(path.len() + query.map_or(0, str::len) + 1);
+    out.push_str(path);
+    match (query, keep) {
+        (Some(q), QueryInLog::Full) => {
+            out.push('?');
+            out.push_str(q);
+        }
+        (Some(q), QueryInLog::Keys) => {
+            for (i, pair) in q.split('&').filter(|p| !p.is_empty()).enumerate() {
+                out.push(if i == 0 { '?' } else { '&' });
+                out.push_str(pair.split_once('=').map_or(pair, |(k, _)| k));
+            }
+        }
+        _ => {}
+    }
+    if out.len() > MAX_PATH_BYTES {
+        let mut end = MAX_PATH_BYTES;
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.truncate(end);
+    }
+    out
 }
 
 fn default_drain() -> Duration {
@@ -102,6 +149,7 @@ pub fn of(chain: &crate::route::Chain) -> Option<&LogFilter> {
 /// The log filter: marks its route's requests as logged; the edge writes their records.
 pub struct LogFilter {
     pub runtime: LogRuntime,
+    pub query: QueryInLog,
 }
 
 impl Filter for LogFilter {
@@ -171,6 +219,7 @@ impl FilterKind for LogKind {
                 sink: sink?,
                 drain_timeout: lc.drain_timeout,
             },
+            query: lc.query,
         }))
     }
 }
@@ -192,5 +241,26 @@ fn file_sink(f: &FileSinkConfig, cx: &mut CompileCtx<'_>) -> FileSinkConfig {
     FileSinkConfig {
         dir: cx.path(&f.dir),
         ..f.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_logged_path_keeps_query_keys_by_default() {
+        let p = |q, keep| logged_path("/rank", q, keep);
+        assert_eq!(
+            p(Some("user=42&n=20&flag"), QueryInLog::Keys),
+            "/rank?user&n&flag"
+        );
+        assert_eq!(p(Some("user=42&&n="), QueryInLog::Keys), "/rank?user&n");
+        assert_eq!(p(Some("user=42"), QueryInLog::None), "/rank");
+        assert_eq!(p(Some("user=42"), QueryInLog::Full), "/rank?user=42");
+        assert_eq!(p(None, QueryInLog::Full), "/rank");
+        let long = "é".repeat(MAX_PATH_BYTES);
+        let cut = logged_path(&long, None, QueryInLog::Full);
+        assert!(cut.len() <= MAX_PATH_BYTES && cut.chars().all(|c| c == 'é'));
     }
 }

@@ -85,10 +85,47 @@ pub struct LogRecord {
     /// response), as the client received it; `status` stays the HTTP status (200 for gRPC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpc_status: Option<u8>,
+    /// The access fields, on every logged request (absent from records of hydrus before them).
+    #[serde(flatten)]
+    pub access: Access,
     /// The fields copied from request headers whose value was not UTF-8, so is written
     /// escaped (see [`escaped_text`]): `user_id`, `device_id`, `request_id`, `scenario_raw`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub escaped: Vec<String>,
+}
+
+/// What a record says of the exchange itself, as an access log would: who asked what, over
+/// which protocol, which endpoint answered after how many attempts, how many body bytes went
+/// each way, and the trace it belongs to.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Access {
+    /// The client's address, `IP:PORT` (the connection's peer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_addr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// The path as requested; its query as the log filter's `query` says (by default its
+    /// keys without their values).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// `HTTP/1.0`, `HTTP/1.1` or `HTTP/2` (between client and hydrus).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// The endpoint (`IP:PORT`) of the attempt that answered, or of the last one tried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Attempts on endpoints: 1, more after retries or a hedge (0: none was made).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    /// Request body bytes read from the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_bytes: Option<u64>,
+    /// Response body bytes sent to the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_bytes: Option<u64>,
+    /// The W3C trace id (32 hex digits), when `tracing:` is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// Longest value hydrus copies from a request header into a record; longer ones are cut (at a
@@ -289,8 +326,34 @@ pub struct RecordRef<'a> {
     /// What the filters added (`external_delay_ms`, `e2e_bucket`, `hedge`, ...).
     #[serde(flatten)]
     pub extra: Extra<'a>,
+    /// The access fields ([`Access`]).
+    #[serde(flatten)]
+    pub access: AccessRef<'a>,
     #[serde(skip_serializing_if = "none")]
     pub escaped: &'a [&'a str],
+}
+
+/// [`Access`], borrowed.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct AccessRef<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_addr: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<&'a str>,
 }
 
 fn none(fields: &&[&str]) -> bool {
@@ -354,6 +417,7 @@ mod tests {
             strategy_set: None,
             route: None,
             grpc_status: None,
+            access: Access::default(),
             escaped: vec![],
         };
         let mut out = Vec::new();
@@ -427,6 +491,17 @@ mod tests {
             strategy_set: Some("00ff"),
             route: Some("rank"),
             grpc_status: None,
+            access: AccessRef {
+                client_addr: Some("127.0.0.1:5000"),
+                method: Some("GET"),
+                path: Some("/rank?user&n"),
+                protocol: Some("HTTP/1.1"),
+                endpoint: Some("127.0.0.1:9000"),
+                attempts: Some(2),
+                request_bytes: Some(0),
+                response_bytes: Some(120),
+                trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+            },
             extra: Extra(extra),
             escaped: &[],
         }
@@ -442,6 +517,9 @@ mod tests {
         let back: LogRecord = serde_json::from_slice(&out).expect("one record");
         assert_eq!(back.request_id, "r\"1");
         assert_eq!(back.scenario_raw.as_deref(), Some("x\n"));
+        assert_eq!(back.access.endpoint.as_deref(), Some("127.0.0.1:9000"));
+        assert_eq!(back.access.attempts, Some(2));
+        assert_eq!(back.access.path.as_deref(), Some("/rank?user&n"));
         assert_eq!(
             back.value_info[0],
             ValueInfo {

@@ -43,6 +43,10 @@ fn record(
         cluster_load: None,
         error: None,
         grpc_status: None,
+        access: None,
+        endpoint: None,
+        attempts: 0,
+        trace_id: None,
     }
 }
 
