@@ -1,7 +1,7 @@
 //! What Prometheus and the dashboard see: `promtool` accepts the alerting rules and the live
-//! `/metrics` (every family, the spend controller on); a real Prometheus scrapes hydrus, loads
-//! the rules and answers every query of the Grafana dashboard. Loopback only; every load
-//! bounded in count and time.
+//! `/metrics` (every family, the spend controller on); a real Prometheus scrapes hydrus and a
+//! following solver (on a tansu topic), loads the rules and answers every query of the Grafana
+//! dashboard. Loopback only; every load bounded in count and time.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -108,17 +108,63 @@ fn start_with_spend_control(up: &Upstream) -> Hydrus {
     Hydrus::start_in(dir, &t)
 }
 
+/// `hydrus solve --follow` on a tansu topic holding a few records, serving its metrics on the
+/// returned port: every solver family has its series (the lag's are per partition).
+fn start_solver(b: &Broker, dir: &std::path::Path) -> (std::process::Child, u16) {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    b.create_topic("logs", 1);
+    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", b.url())
+        .create()
+        .unwrap();
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        - 60_000;
+    for i in 0..20 {
+        let line = format!(
+            r#"{{"ts_ms":{ts},"request_id":"r{i}","chosen":"a","value_info":[{{"strategy":"a","cost":1.0,"qoe":0.{i}1}},{{"strategy":"b","cost":2.0,"qoe":0.9}}]}}"#
+        );
+        p.send(BaseRecord::<(), str>::to("logs").payload(&line))
+            .unwrap();
+    }
+    p.flush(Duration::from_secs(10)).unwrap();
+    let port = free_port();
+    let child = Command::new(bin())
+        .args(["solve", "--follow", "--window", "10s", "--lateness", "1s"])
+        .arg("--logs")
+        .arg(format!("kafka://{}/logs", b.url()))
+        .arg("--out")
+        .arg(dir.join("k.yaml"))
+        .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    (child, port)
+}
+
 #[test]
 fn prometheus_scrapes_hydrus_and_every_dashboard_query_answers() {
     let up = Upstream::start("a");
     let h = start_with_spend_control(&up);
+    let broker = Broker::start();
+    let solver_dir = tempfile::tempdir().unwrap();
+    let (mut solver, solver_port) = start_solver(&broker, solver_dir.path());
+    let solver_metrics = || {
+        get(&format!("http://127.0.0.1:{solver_port}/metrics"))
+            .map(|r| r.1)
+            .unwrap_or_default()
+    };
     let load = Load::start(h.port, 2, Duration::from_secs(60));
     let dir = tempfile::tempdir().unwrap();
     let prom_port = free_port();
     std::fs::write(
         dir.path().join("prometheus.yml"),
         format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [\"{ROOT}/config/prometheus-rules.yaml\"]\nscrape_configs:\n  - job_name: hydrus\n    static_configs:\n      - targets: [\"127.0.0.1:{}\"]\n",
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [\"{ROOT}/config/prometheus-rules.yaml\"]\nscrape_configs:\n  - job_name: hydrus\n    static_configs:\n      - targets: [\"127.0.0.1:{}\"]\n  - job_name: hydrus-solver\n    static_configs:\n      - targets: [\"127.0.0.1:{solver_port}\"]\n",
             h.admin_port
         ),
     )
@@ -150,21 +196,54 @@ fn prometheus_scrapes_hydrus_and_every_dashboard_query_answers() {
         answered,
         "prometheus scraped hydrus and a rate query answered"
     );
+    // The solver has read the topic and measured its lag: every family it exports has series.
+    let solver_read = eventually(Duration::from_secs(30), || {
+        let text = solver_metrics();
+        metric_value(&text, "hydrus_solver_records_read_total") == Some(20.0)
+            && metric_value(&text, "hydrus_solver_consumer_lag") == Some(0.0)
+            && !query(prom_port, "hydrus_solver_consumer_lag")["data"]["result"]
+                .as_array()
+                .is_some_and(|r| r.is_empty())
+    });
+    assert!(solver_read, "{}", solver_metrics());
+    // promtool accepts the solver's exposition too.
+    let mut check = Command::new(promtool())
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(solver_metrics().as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(ok > 0 && failed.is_empty(), "{failed:?}");
     // Every query of the Grafana dashboard is valid PromQL and names real metrics.
     let dash: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(format!("{ROOT}/config/grafana-dashboard.json")).unwrap(),
     )
     .unwrap();
-    let metrics = h.metrics();
+    let metrics = h.metrics() + &solver_metrics();
     let mut n = 0;
     for panel in dash["panels"].as_array().unwrap() {
-        for t in panel["targets"].as_array().unwrap() {
+        // (A row has no targets.)
+        for t in panel["targets"].as_array().into_iter().flatten() {
             let expr = t["expr"]
                 .as_str()
                 .unwrap()
                 .replace("$__rate_interval", "1m")
-                .replace("$instance", ".*");
+                .replace("$instance", ".*")
+                .replace("$solver", ".*");
             let v = query(prom_port, &expr);
             assert_eq!(v["status"], "success", "{expr}: {v}");
             let name = expr
@@ -189,7 +268,14 @@ fn prometheus_scrapes_hydrus_and_every_dashboard_query_answers() {
     assert_eq!(status, 200);
     let rules: serde_json::Value = serde_json::from_str(&body).unwrap();
     let list = rules["data"]["groups"][0]["rules"].as_array().unwrap();
-    assert_eq!(list.len(), 22);
+    assert_eq!(list.len(), 23);
+    assert!(
+        list.iter().all(|r| r["health"] != "err"),
+        "{}",
+        serde_json::to_string_pretty(list).unwrap()
+    );
     let _ = prom.kill();
     let _ = prom.wait();
+    let _ = solver.kill();
+    let _ = solver.wait();
 }

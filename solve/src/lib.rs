@@ -9,6 +9,7 @@
 //!   k solver of strategies that cost several resources (which the reader's collector keeps
 //!   per window, so it is not under `hydrus`).
 //! - [`write`]: tables written atomically.
+//! - [`metrics`]: a following solver's own metrics and their listener (`--metrics-listen`).
 //! - [`simulate`]: the papers' evaluation on a seeded population.
 //! - [`cli`]: each command's options as plain values (clap's derive names their flags; the
 //!   binary wires them into its commands), and the drivers that read, solve and write.
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod e2e;
 pub mod hedge;
 pub mod hydrus;
+pub mod metrics;
 pub mod multi;
 pub mod read;
 pub mod simulate;

@@ -7,12 +7,14 @@ use crate::hydrus::output::{print_table, table_from_rows};
 use crate::hydrus::summary::{WindowSummary, DEFAULT_CAP};
 use crate::hydrus::{follow, summary_file};
 use crate::hydrus::{solve_pools, Budget, Method, SolveOptions, WindowData, WindowReport};
+use crate::metrics::SolverMetrics;
 #[cfg(feature = "kafka")]
 use crate::read::kafka::KafkaSource;
 use crate::read::parallel;
 use crate::read::{stats_line, Collector, Keying, MultiTemplate, Pool, ReadStats};
 use crate::write::write_ktable;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The solver's options from the flags, checked.
@@ -99,12 +101,18 @@ pub(super) fn run(args: &SolveArgs) -> Result<(), SolveError> {
     let multi = multi_template(args);
     let summary = WindowSummary::new(DEFAULT_CAP, opts.budget);
     if args.follow {
+        let metrics = Arc::new(SolverMetrics::new());
+        if let Some(addr) = args.metrics_listen {
+            let bound = metrics.serve(addr)?;
+            log::info!("solver metrics on http://{bound}/metrics and /ready");
+        }
         let fo = crate::hydrus::FollowOptions {
             multi: multi.clone(),
             out: args.out()?.to_path_buf(),
             lateness: args.lateness,
             poll: Duration::from_millis(500),
             json: args.format == Format::Json,
+            metrics,
         };
         if let Some(summaries) = &args.summaries {
             return follow_in_group(args, summaries, &opts, &fo);

@@ -67,6 +67,8 @@ pub enum SolveError {
     Hedge(#[from] HedgeError),
     #[error(transparent)]
     Summary(#[from] SummaryFileError),
+    #[error(transparent)]
+    MetricsListen(#[from] crate::metrics::ListenError),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -124,6 +126,11 @@ pub struct SolveArgs {
     /// With --follow: how long after its end a window is closed (records still in flight).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub lateness: Duration,
+    /// With --follow: serve the solver's own metrics on http://ADDR/metrics (Prometheus text:
+    /// records read and skipped by reason, Kafka lag per partition, windows solved, when the
+    /// table was last written, errors) and /ready (200 once the source is open and read).
+    #[arg(long, requires = "follow", value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Kafka consumer group (its committed offsets say where to resume).
     #[arg(long, default_value = "hydrus-solver")]
     pub group: String,
@@ -241,6 +248,12 @@ impl SolveArgs {
 
 /// Run `hydrus solve`.
 pub fn run(args: &SolveArgs) -> Result<(), SolveError> {
+    if args.metrics_listen.is_some() && args.policy != Policy::Hydrus {
+        return Err(SolveError::Flag {
+            flag: "--metrics-listen",
+            must: "is for the k-table's solver (--policy hydrus)",
+        });
+    }
     match args.policy {
         Policy::Hydrus => hydrus::run(args),
         Policy::E2e => e2e::run(args),

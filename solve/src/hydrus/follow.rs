@@ -3,12 +3,15 @@
 //!
 //! Records are grouped by absolute window (day and window), so each occurrence is solved on its
 //! own records; its `k` replaces that window-of-day's slot. A window is closed once the clock is
-//! `lateness` past its end, so records still in proxies' queues make it in.
+//! `lateness` past its end, so records still in proxies' queues make it in. A record that comes
+//! after its window was solved (or a day or more before the newest window solved, whose slot
+//! holds a newer occurrence) is late: counted and dropped, for solved alone it would replace its
+//! window's `k` with one from a handful of records.
 
 use super::output::{base_rows, print_reports, set_slot, table_from_rows};
 use super::{FollowError, FollowOptions, SolveOptions, WindowData};
 use crate::read::follow::FollowSource;
-use crate::read::{Collector, Keying, Pool};
+use crate::read::{Collector, Keying, LineSink, Pool};
 use crate::write::write_ktable;
 use hydrus_filters::clock::unix_ms;
 use std::collections::BTreeSet;
@@ -27,10 +30,34 @@ pub fn run<P: Pool + WindowData>(
     let mut c = Collector::with_pool(opts.window_secs, Keying::Absolute, template)
         .for_route(opts.route.clone())
         .with_multi(fo.multi.clone());
+    let m = &fo.metrics;
+    if m.served() {
+        source.watch_lag(m);
+    }
     let mut first = true;
+    let mut solved = Solved::default();
+    let mut late = 0u64;
     loop {
-        source.poll(&mut c)?;
+        let mut sink = LateFilter {
+            c: &mut c,
+            solved: &solved,
+            windows,
+            late: 0,
+        };
+        source.poll(&mut sink)?;
+        let new_late = sink.late;
+        if new_late > 0 {
+            c.pools.retain(|(_, w), _| !solved.is_late(*w, windows));
+            c.multi.retain(|(_, w), _| !solved.is_late(*w, windows));
+            late += new_late;
+            log::warn!("{new_late} late record(s) of windows already solved dropped");
+        }
+        m.observe_reads(&c.stats.counts(c.replaced, late));
+        if let Some(bytes) = source.lag_bytes() {
+            m.set_file_lag(bytes);
+        }
         c.stats.one_route()?;
+        m.set_ready();
         let now = unix_ms();
         if std::mem::take(&mut first) && !(c.pools.is_empty() && c.multi.is_empty()) {
             // At start, a table from everything read so far, open windows included (they are
@@ -44,6 +71,7 @@ pub fn run<P: Pool + WindowData>(
             }
             let table = table_from_rows(opts.window_secs, rows.clone(), c.strategy_set.clone())?;
             write_ktable(&fo.out, &table)?;
+            m.table_written(0);
             log::info!(
                 "wrote {} from the {} records read at start",
                 fo.out.display(),
@@ -63,9 +91,11 @@ pub fn run<P: Pool + WindowData>(
                 }
                 c.pools.remove(key);
                 c.multi.remove(key);
+                solved.add(key.1, windows);
             }
             let table = table_from_rows(opts.window_secs, rows.clone(), c.strategy_set.clone())?;
             write_ktable(&fo.out, &table)?;
+            m.table_written(reports.len());
             let open: BTreeSet<usize> = (c.pools.keys().chain(c.multi.keys()))
                 .map(|(_, w)| *w)
                 .collect();
@@ -101,4 +131,84 @@ fn report_of<P: Pool + WindowData>(
         resources: &c.resources,
     };
     Some(named.window_report(scenario, abs % windows, opts))
+}
+
+/// The absolute windows solved in this run, for telling late records.
+#[derive(Default)]
+struct Solved {
+    /// Those within a day of the newest (older ones are late whatever they were).
+    recent: BTreeSet<usize>,
+    newest: Option<usize>,
+}
+
+impl Solved {
+    fn add(&mut self, w: usize, windows: usize) {
+        let newest = self.newest.map_or(w, |n| n.max(w));
+        self.newest = Some(newest);
+        self.recent.insert(w);
+        self.recent.retain(|r| r + windows > newest);
+    }
+
+    /// Whether a record of window `w` is late: `w` was solved, or is a day or more before the
+    /// newest window solved (its slot holds a newer occurrence).
+    fn is_late(&self, w: usize, windows: usize) -> bool {
+        self.newest
+            .is_some_and(|n| w <= n && (w + windows <= n || self.recent.contains(&w)))
+    }
+}
+
+/// The collector, behind a check for late records: they are counted, and their window key is
+/// not returned (a Kafka source then never holds its offsets back for them). Their pool is
+/// dropped after the poll.
+struct LateFilter<'a, P: Pool> {
+    c: &'a mut Collector<P>,
+    solved: &'a Solved,
+    windows: usize,
+    late: u64,
+}
+
+impl<P: Pool> LineSink for LateFilter<'_, P> {
+    fn line(&mut self, line: &[u8], place: &dyn Fn() -> String) -> Option<usize> {
+        let w = self.c.add_line(line, place)?;
+        if self.solved.is_late(w, self.windows) {
+            self.late += 1;
+            return None;
+        }
+        Some(w)
+    }
+
+    fn incomplete(&mut self) {
+        self.c.incomplete();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn late_is_a_solved_window_or_a_day_before_the_newest() {
+        let windows = 96;
+        let mut s = Solved::default();
+        assert!(!s.is_late(5, windows), "nothing solved yet");
+        s.add(1000, windows);
+        s.add(998, windows);
+        assert!(s.is_late(1000, windows) && s.is_late(998, windows));
+        assert!(
+            !s.is_late(999, windows),
+            "never solved: its records are solved when it closes"
+        );
+        assert!(!s.is_late(1001, windows));
+        assert!(
+            s.is_late(1000 - windows, windows),
+            "a day before: its slot holds 1000's"
+        );
+        s.add(1000 + windows, windows);
+        assert!(
+            s.is_late(998, windows),
+            "older than a day: late whatever it was"
+        );
+        assert!(!s.recent.contains(&998), "pruned");
+        assert_eq!(s.recent.len(), 1);
+    }
 }

@@ -87,6 +87,8 @@ pub struct FollowOptions {
     pub lateness: Duration,
     pub poll: Duration,
     pub json: bool,
+    /// The solver's own metrics (served with `--metrics-listen`).
+    pub metrics: std::sync::Arc<crate::metrics::SolverMetrics>,
 }
 
 /// How a window's budget `I` is set.

@@ -2,9 +2,11 @@
 //! other) that a long-running solver polls.
 
 use super::{list_inputs, open, read_lines, LineSink, SourceError};
+use crate::metrics::SolverMetrics;
 use std::collections::{BTreeSet, HashMap};
 use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Where new records come from.
 pub trait FollowSource {
@@ -15,6 +17,14 @@ pub trait FollowSource {
     fn written(&mut self, _open: &BTreeSet<usize>) -> Result<(), SourceError> {
         Ok(())
     }
+    /// Files: the bytes not yet read when the last poll began (what arrived since the poll
+    /// before, or a backlog).
+    fn lag_bytes(&self) -> Option<u64> {
+        None
+    }
+    /// Kafka: measure the lag per partition into `metrics` from a thread of its own, so that
+    /// it keeps growing while the follow loop is stuck.
+    fn watch_lag(&mut self, _metrics: &Arc<SolverMetrics>) {}
 }
 
 /// New lines of the `*.jsonl` files of a directory (or one file).
@@ -22,6 +32,8 @@ pub struct FileFollower {
     path: PathBuf,
     /// Per file: bytes and lines consumed so far.
     offsets: HashMap<PathBuf, (u64, u64)>,
+    /// Bytes not yet read as the last poll began.
+    pending: u64,
 }
 
 impl FileFollower {
@@ -29,12 +41,14 @@ impl FileFollower {
         Self {
             path: path.to_path_buf(),
             offsets: HashMap::new(),
+            pending: 0,
         }
     }
 }
 
 impl FollowSource for FileFollower {
     fn poll(&mut self, c: &mut dyn LineSink) -> Result<(), SourceError> {
+        self.pending = 0;
         for f in list_inputs(&self.path)? {
             let len = std::fs::metadata(&f).map(|m| m.len()).unwrap_or(0);
             let (mut offset, mut lines) = self.offsets.get(&f).copied().unwrap_or((0, 0));
@@ -46,6 +60,7 @@ impl FollowSource for FileFollower {
                 // Truncated and rewritten: start over.
                 (offset, lines) = (0, 0);
             }
+            self.pending += len - offset;
             if len == offset && !gz {
                 continue;
             }
@@ -67,5 +82,9 @@ impl FollowSource for FileFollower {
             self.offsets.insert(f, (offset + bytes, lines + n));
         }
         Ok(())
+    }
+
+    fn lag_bytes(&self) -> Option<u64> {
+        Some(self.pending)
     }
 }

@@ -8,11 +8,13 @@
 use super::follow::FollowSource;
 use super::LineSink;
 use super::SourceError;
+use crate::metrics::{SolverMetrics, LAG_EVERY};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 /// rdkafka's error, kept as the source of ours; boxed, as it is large (a config error holds
@@ -97,7 +99,8 @@ pub(crate) fn partition_ids(
 }
 
 pub struct KafkaSource {
-    consumer: BaseConsumer,
+    /// Shared with the lag watcher ([`watch_lag`]), which only queries it.
+    consumer: Arc<BaseConsumer>,
     topic: String,
     partitions: Vec<i32>,
     /// Per partition: the next offset to read (last consumed + 1).
@@ -174,7 +177,7 @@ impl KafkaSource {
             source: Box::new(e),
         })?;
         Ok(Self {
-            consumer,
+            consumer: Arc::new(consumer),
             topic,
             partitions,
             next,
@@ -260,6 +263,10 @@ impl FollowSource for KafkaSource {
         Ok(())
     }
 
+    fn watch_lag(&mut self, metrics: &Arc<SolverMetrics>) {
+        watch_lag(&self.consumer, &self.topic, metrics);
+    }
+
     fn written(&mut self, open: &BTreeSet<usize>) -> Result<(), SourceError> {
         self.window_first.retain(|w, _| open.contains(w));
         // Per partition, resume at the first record of a window still open, else after the
@@ -275,6 +282,99 @@ impl FollowSource for KafkaSource {
     }
 }
 
+/// Measure, every [`LAG_EVERY`] on a thread of its own, how far behind `consumer` is in each
+/// partition of `topic` it holds, into `metrics`: the high watermark (a query to the broker)
+/// minus the consumer's position, where a partition not read from yet counts from its
+/// committed offset, else its low watermark. A thread rather than the follow loop, so that the
+/// lag keeps growing while the loop is stuck (in a long solve, or a hung write). It stops once
+/// the consumer is dropped. The first measurement is made here, before the solver reads: the
+/// backlog it starts with.
+pub(crate) fn watch_lag(consumer: &Arc<BaseConsumer>, topic: &str, metrics: &Arc<SolverMetrics>) {
+    let (weak, name, m) = (Arc::downgrade(consumer), topic.to_string(), metrics.clone());
+    let mut shown = BTreeSet::new();
+    measure_lag(&weak, &name, &m, &mut shown);
+    let spawned = std::thread::Builder::new()
+        .name("solver-lag".into())
+        .spawn(move || loop {
+            std::thread::sleep(LAG_EVERY);
+            if !measure_lag(&weak, &name, &m, &mut shown) {
+                return;
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("{topic}: the consumer lag is not measured: {e}");
+    }
+}
+
+/// One measurement of [`watch_lag`]; false once the consumer is gone. `shown`: the partitions
+/// whose lag is exported, so that one given away is removed.
+fn measure_lag(
+    consumer: &Weak<BaseConsumer>,
+    topic: &str,
+    m: &SolverMetrics,
+    shown: &mut BTreeSet<i32>,
+) -> bool {
+    let Some(c) = consumer.upgrade() else {
+        return false;
+    };
+    // The partitions held, with the position in each (past control records too).
+    let positions = match c.position() {
+        Ok(tpl) => tpl,
+        Err(e) => {
+            log::debug!("{topic}: position: {e}");
+            m.error("watermarks");
+            return true;
+        }
+    };
+    let mut at: BTreeMap<i32, Option<i64>> = BTreeMap::new();
+    for e in positions.elements().iter().filter(|e| e.topic() == topic) {
+        let o = match e.offset() {
+            Offset::Offset(o) if o >= 0 => Some(o),
+            _ => None,
+        };
+        at.insert(e.partition(), o);
+    }
+    // Partitions not read from yet: from their committed offset.
+    let mut unread = TopicPartitionList::new();
+    for (p, _) in at.iter().filter(|(_, o)| o.is_none()) {
+        unread.add_partition(topic, *p);
+    }
+    if unread.count() > 0 {
+        match c.committed_offsets(unread, TIMEOUT) {
+            Ok(tpl) => {
+                for e in tpl.elements() {
+                    if let (Offset::Offset(o), Some(slot)) =
+                        (e.offset(), at.get_mut(&e.partition()))
+                    {
+                        *slot = (o >= 0).then_some(o);
+                    }
+                }
+            }
+            Err(e) => log::debug!("{topic}: committed offsets: {e}"),
+        }
+    }
+    for (p, o) in &at {
+        match c.fetch_watermarks(topic, *p, TIMEOUT) {
+            Ok((low, high)) => m.set_lag(topic, *p, lag(low, high, *o)),
+            Err(e) => {
+                log::debug!("{topic}[{p}]: watermarks: {e}");
+                m.error("watermarks");
+            }
+        }
+    }
+    for gone in shown.iter().filter(|p| !at.contains_key(p)) {
+        m.forget_lag(topic, *gone);
+    }
+    *shown = at.into_keys().collect();
+    true
+}
+
+/// Records of a partition from `low` to `high` (its watermarks) not yet read at `position`
+/// (`None`: nothing read or committed, so all of them).
+fn lag(low: i64, high: i64, position: Option<i64>) -> i64 {
+    (high - position.unwrap_or(low).max(low)).max(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,5 +388,20 @@ mod tests {
         assert_eq!(parse_url("kafka:///t"), None);
         assert_eq!(parse_url("kafka://b/"), None);
         assert_eq!(parse_url("http://b/t"), None);
+    }
+
+    #[test]
+    fn lag_counts_from_the_position_else_the_start() {
+        assert_eq!(lag(0, 100, Some(40)), 60);
+        assert_eq!(lag(0, 100, Some(100)), 0);
+        assert_eq!(
+            lag(10, 100, None),
+            90,
+            "nothing read or committed: all of it"
+        );
+        // Retention dropped records under a committed offset: only what is left counts.
+        assert_eq!(lag(50, 100, Some(20)), 50);
+        // A watermark read before the last records came: never negative.
+        assert_eq!(lag(0, 100, Some(103)), 0);
     }
 }

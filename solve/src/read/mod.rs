@@ -190,6 +190,9 @@ pub struct Collector<P: Pool> {
     set_newest_ts: Option<u64>,
     /// Usable records collected for the current set.
     collected: u64,
+    /// Usable records collected, then dropped for a newer strategy set (`stats` counts them
+    /// as another set's too): the solver's metrics count each record once.
+    pub replaced: u64,
     /// Only records of this route are solved (`--route`); `None`: every route's.
     route: Option<String>,
     /// Reused per line: the fast scanner's `value_info`, and a pool's key.
@@ -259,6 +262,7 @@ impl<P: Pool> Collector<P> {
             Some(newest) if ts_ms <= newest => false,
             _ => {
                 self.stats.other_strategy_set += self.collected;
+                self.replaced += self.collected;
                 self.collected = 0;
                 self.pools.clear();
                 self.multi.clear();
@@ -291,6 +295,7 @@ impl<P: Pool> Collector<P> {
             strategy_set: None,
             set_newest_ts: None,
             collected: 0,
+            replaced: 0,
             route: None,
             values: Vec::new(),
             costs: Vec::new(),
@@ -559,6 +564,37 @@ impl<P: Pool> Collector<P> {
 pub struct SeveralRoutes(pub Vec<String>);
 
 impl ReadStats {
+    /// The counts the solver's metrics export, with the collector's `replaced` and the follow
+    /// loop's `late` records.
+    pub fn counts(&self, replaced: u64, late: u64) -> crate::metrics::ReadCounts {
+        crate::metrics::ReadCounts {
+            lines: self.lines,
+            records: self.records,
+            malformed: self.malformed,
+            no_decision: self.no_decision,
+            unusable: self.unusable,
+            undeclared_scenario: self.undeclared_scenario,
+            other_route: self.other_route,
+            other_strategy_set: self.other_strategy_set,
+            replaced,
+            late,
+        }
+    }
+
+    /// Add another reader's counts (not its routes or examples).
+    pub fn add_counts(&mut self, o: &ReadStats) {
+        self.files += o.files;
+        self.lines += o.lines;
+        self.records += o.records;
+        self.malformed += o.malformed;
+        self.incomplete += o.incomplete;
+        self.unusable += o.unusable;
+        self.undeclared_scenario += o.undeclared_scenario;
+        self.other_strategy_set += o.other_strategy_set;
+        self.no_decision += o.no_decision;
+        self.other_route += o.other_route;
+    }
+
     /// Refuse records of several routes: a k-table is solved for one route's strategies.
     pub fn one_route(&self) -> Result<(), SeveralRoutes> {
         match self.several_routes() {
@@ -606,18 +642,9 @@ impl<P: Pool> Collector<P> {
     /// Add what another collector (of other files or chunks) read. Of two strategy sets, the
     /// newer one's records are kept and the other's counted as another set's.
     pub fn merge(&mut self, other: Collector<P>) {
+        self.stats.add_counts(&other.stats);
         let s = &mut self.stats;
         let o = &other.stats;
-        s.files += o.files;
-        s.lines += o.lines;
-        s.records += o.records;
-        s.malformed += o.malformed;
-        s.incomplete += o.incomplete;
-        s.unusable += o.unusable;
-        s.undeclared_scenario += o.undeclared_scenario;
-        s.other_strategy_set += o.other_strategy_set;
-        s.no_decision += o.no_decision;
-        s.other_route += o.other_route;
         for (route, n) in &o.routes {
             add_route(&mut s.routes, route, *n);
         }
@@ -626,15 +653,18 @@ impl<P: Pool> Collector<P> {
                 s.malformed_examples.push(e.clone());
             }
         }
+        self.replaced += other.replaced;
         if other.collected == 0 {
             return;
         }
         if self.collected > 0 && other.strategy_set != self.strategy_set {
             if other.set_newest_ts <= self.set_newest_ts {
                 self.stats.other_strategy_set += other.collected;
+                self.replaced += other.collected;
                 return;
             }
             self.stats.other_strategy_set += self.collected;
+            self.replaced += self.collected;
             self.pools.clear();
             self.multi.clear();
             self.resources.clear();
@@ -968,6 +998,7 @@ mod tests {
         lines.push(rank(6000, "rank", "s2"));
         let c = collect(&lines, None);
         assert_eq!(c.stats.other_strategy_set, 21);
+        assert_eq!(c.replaced, 21, "all 21 were used before the newer set came");
         assert_eq!(c.strategy_set.as_deref(), Some("s2"));
     }
 

@@ -22,7 +22,8 @@ use super::summary::{WindowSummary, DEFAULT_CAP};
 use super::summary_file;
 use super::SolveOptions;
 use super::{FollowError, FollowOptions};
-use crate::read::{Collector, Keying, LineSink};
+use crate::metrics::SolverMetrics;
+use crate::read::{Collector, Keying, LineSink, ReadStats};
 use crate::write::write_ktable;
 use hydrus_filters::clock::unix_ms;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -56,7 +57,8 @@ struct Held {
 
 /// A member of a solver group.
 pub struct Member {
-    logs: BaseConsumer,
+    /// Shared with the lag watcher, which only queries it.
+    logs: Arc<BaseConsumer>,
     log_topic: String,
     partitions: usize,
     summaries: BaseConsumer,
@@ -71,11 +73,21 @@ pub struct Member {
     /// Records of windows already published, dropped.
     late: u64,
     window_secs: u32,
+    /// What the collectors of partitions no longer held had read (`replaced` too), so that the
+    /// metrics' counts never go back.
+    gone: (ReadStats, u64),
+}
+
+/// Keep what a partition's collector read before it is dropped.
+fn fold(gone: &mut (ReadStats, u64), h: &Held) {
+    gone.0.add_counts(&h.collector.stats);
+    gone.1 += h.collector.replaced;
 }
 
 /// One record of log partition `p` at offset `o` into its holder's summaries.
 fn take(
     held: &mut BTreeMap<i32, Held>,
+    gone: &mut (ReadStats, u64),
     template: &Collector<WindowSummary>,
     topic: &str,
     (p, o): (i32, i64),
@@ -83,7 +95,9 @@ fn take(
 ) {
     if held.get(&p).is_some_and(|h| o < h.next) {
         // Given away and back: reading restarted at the committed offset.
-        held.remove(&p);
+        if let Some(h) = held.remove(&p) {
+            fold(gone, &h);
+        }
     }
     let h = held.entry(p).or_insert_with(|| Held {
         collector: template.clone(),
@@ -157,7 +171,7 @@ impl Member {
         )
         .for_route(opts.route.clone());
         Ok(Self {
-            logs,
+            logs: Arc::new(logs),
             log_topic,
             partitions,
             summaries,
@@ -171,6 +185,7 @@ impl Member {
             merger: Merger::default(),
             late: 0,
             window_secs: opts.window_secs,
+            gone: (ReadStats::default(), 0),
         })
     }
 
@@ -191,6 +206,7 @@ impl Member {
                 let m = m.map_err(|e| GroupError::Poll(Box::new(e)))?;
                 take(
                     &mut self.held,
+                    &mut self.gone,
                     &self.template,
                     &self.log_topic,
                     (m.partition(), m.offset()),
@@ -235,7 +251,9 @@ impl Member {
             .copied()
             .collect();
         for p in gone {
-            self.held.remove(&p);
+            if let Some(h) = self.held.remove(&p) {
+                fold(&mut self.gone, &h);
+            }
             log::info!("{}[{p}]: given to another member", self.log_topic);
         }
         for p in assigned {
@@ -279,6 +297,16 @@ impl Member {
         self.logs
             .fetch_watermarks(&self.log_topic, p, TIMEOUT)
             .map_err(topic_err(&self.log_topic, "watermarks"))
+    }
+
+    /// Export what the member read into `m`: every collector's counts, those of partitions
+    /// no longer held included, and the records of windows already published (late).
+    fn observe_reads(&self, m: &SolverMetrics) {
+        let mut all = (self.gone.0.clone(), self.gone.1);
+        for h in self.held.values() {
+            fold(&mut all, h);
+        }
+        m.observe_reads(&all.0.counts(all.1, self.late));
     }
 
     /// Read the summaries topic to its end; false when it could not within 30 s (then this
@@ -361,6 +389,7 @@ impl Member {
         closed: usize,
         windows: usize,
         marks: &BTreeMap<i32, i64>,
+        m: &SolverMetrics,
     ) -> Result<(), GroupError> {
         for h in self.held.values() {
             h.collector
@@ -438,7 +467,7 @@ impl Member {
             self.send(p, &key, Some(&msg))?;
         }
         self.delivered()?;
-        self.commit(&ready, closed);
+        self.commit(&ready, closed, m);
         Ok(())
     }
 
@@ -479,10 +508,10 @@ impl Member {
     }
 
     /// Forget the published windows of `parts` and commit where their open windows start. A
-    /// commit refused (the group rebalancing) is only logged: a partition that stays here is
-    /// committed again next time; one that moves is read again from the last commit by its new
-    /// holder, which drops the records of the windows published here.
-    fn commit(&mut self, parts: &[i32], closed: usize) {
+    /// commit refused (the group rebalancing) is only logged and counted: a partition that
+    /// stays here is committed again next time; one that moves is read again from the last
+    /// commit by its new holder, which drops the records of the windows published here.
+    fn commit(&mut self, parts: &[i32], closed: usize, m: &SolverMetrics) {
         let mut tpl = TopicPartitionList::new();
         for p in parts {
             let Some(h) = self.held.get_mut(p) else {
@@ -496,6 +525,7 @@ impl Member {
             }
         }
         if let Err(e) = self.logs.commit(&tpl, CommitMode::Sync) {
+            m.error("commit");
             log::warn!(
                 "{}: commit refused, tried again next time: {e}",
                 self.log_topic
@@ -523,6 +553,10 @@ pub fn run(
 ) -> Result<(), FollowError> {
     let windows = (86_400 / opts.window_secs) as usize;
     let mut member = Member::new(logs_url, summaries_url, group, properties, opts)?;
+    let m = &fo.metrics;
+    if m.served() {
+        crate::read::kafka::watch_lag(&member.logs, &member.log_topic, m);
+    }
     let mut rows = base_rows(&fo.out, opts.window_secs);
     let mut set = None;
     let stop = Arc::new(AtomicBool::new(false));
@@ -535,11 +569,17 @@ pub fn run(
         let closed = last_closed(opts.window_secs, fo.lateness);
         let marks = member.high_marks()?;
         member.poll_logs(&marks, Duration::from_secs(5))?;
+        m.set_ready();
         let complete = member.read_summaries()?;
+        if !complete {
+            m.error("summaries");
+        }
         if let (Some(closed), true) = (closed, complete) {
             let late = member.late;
-            member.publish(closed, windows, &marks)?;
-            member.read_summaries()?;
+            member.publish(closed, windows, &marks, m)?;
+            if !member.read_summaries()? {
+                m.error("summaries");
+            }
             if member.late > late {
                 log::warn!(
                     "{} record(s) of windows already published dropped (late, or read again \
@@ -548,6 +588,7 @@ pub fn run(
                 );
             }
         }
+        member.observe_reads(m);
         let (reports, s) = member
             .merger
             .solve_ready(member.partitions, opts, &mut rows);
@@ -555,6 +596,7 @@ pub fn run(
         if !reports.is_empty() {
             let table = table_from_rows(opts.window_secs, rows.clone(), set.clone())?;
             write_ktable(&fo.out, &table)?;
+            m.table_written(reports.len());
             print_reports(&reports, fo.json);
             log::info!(
                 "wrote {} ({} window(s) merged from the group's summaries)",
