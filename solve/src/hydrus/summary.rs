@@ -419,6 +419,10 @@ pub fn solve_summary(s: &WindowSummary, budget: f64) -> SummarySolution {
             exact: true,
         };
     }
+    // An increment that fills the budget to its last bits fits: the in-memory solver, which
+    // subtracts as it selects, takes it, and so must this sum (else the summary's k sits on that
+    // increment's breakpoint and leaves it out: under budget by the whole increment).
+    let remaining = remaining + 1e-12 * budget.abs().max(1.0);
     let (mut taken_c, mut taken_q) = (0.0, 0.0);
     let mut floor_taken = f64::INFINITY;
     let mut marginal = None;
