@@ -12,7 +12,10 @@
 #
 # Usage: benches/instructions.sh [SECONDS per run, default 8] [ROUNDS, default 2]
 # Env: HYDRUS_BIN / BARE_BIN (binaries to measure instead of the ones built here),
-#      COMPARE="NAME=BINARY ..." (more hydrus binaries on the full chain, for a before/after).
+#      COMPARE="NAME=BINARY ..." (more hydrus binaries on the full chain, for a before/after;
+#      NAME=BINARY+SNIPPET adds a file's YAML lines to that target's config),
+#      TRACING=1 (hydrus-trace1 and hydrus-trace100: the full chain with `tracing:` sampling 1% and
+#      every request, exporting over OTLP/HTTP to the upstream nginx).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-8}
@@ -77,10 +80,20 @@ grind hydrus-empty "$HYDRUS_BIN" serve --config "$work/hydrus-empty.yaml"
 config hydrus "${port[hydrus]}" full
 grind hydrus "$HYDRUS_BIN" serve --config "$work/hydrus.yaml"
 p=18484
-for spec in ${COMPARE:-}; do
-  name=hydrus-${spec%%=*}
+compare=${COMPARE:-}
+if [ "${TRACING:-0}" = 1 ]; then
+  for t in "trace1 0.01" "trace100 1.0"; do
+    set -- $t
+    printf 'tracing:\n  sample_ratio: %s\n  otlp: { endpoint: "http://127.0.0.1:%s", protocol: http }\n' "$2" "$UP" > "$work/$1.snippet"
+    compare+=" $1=$HYDRUS_BIN+$work/$1.snippet"
+  done
+fi
+for spec in $compare; do
+  name=hydrus-${spec%%=*}; bin=${spec#*=}; snippet=""
+  case $bin in *+*) snippet=${bin#*+}; bin=${bin%%+*} ;; esac
   config "$name" "$p" full
-  grind "$name" "${spec#*=}" serve --config "$work/$name.yaml"
+  [ -z "$snippet" ] || cat "$snippet" >> "$work/$name.yaml"
+  grind "$name" "$bin" serve --config "$work/$name.yaml"
   names+=("$name"); port[$name]=$p; p=$((p + 1))
 done
 
@@ -121,4 +134,4 @@ for n in "${names[@]}"; do
   echo "| $n | $t | $s | $((t - bare)) |"
 done
 echo
-echo "callgrind, one proxy thread, wrk -t1 -c32 -d${secs}s, $rounds interleaved rounds (medians), $(date -u +%F). Command: \`${COMPARE:+COMPARE=\"$COMPARE\" }bash benches/instructions.sh $secs $rounds\`."
+echo "callgrind, one proxy thread, wrk -t1 -c32 -d${secs}s, $rounds interleaved rounds (medians), $(date -u +%F). Command: \`${TRACING:+TRACING=$TRACING }${COMPARE:+COMPARE=\"$COMPARE\" }bash benches/instructions.sh $secs $rounds\`."

@@ -2,7 +2,8 @@
 //! `HYDRUS_LOG_FORMAT=json` for any command), through `tracing-subscriber`. hydrus's own
 //! messages and pingora's are `log` records, bridged in by `tracing-log`; the ones that concern
 //! a route, cluster, endpoint or file carry it as a field (`tracing`'s macros), which JSON
-//! lines hold as keys of their own. `RUST_LOG` filters as before (default `info`).
+//! lines hold as keys of their own. `RUST_LOG` filters by target and level as before (default
+//! `info`; env_logger's `/regex` suffix is not read).
 
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::EnvFilter;
@@ -73,7 +74,11 @@ impl log::Log for Upgrading {
 
 /// Install the process log (once; later calls do nothing).
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // `info` unless RUST_LOG says otherwise; a directive it cannot read is skipped, the rest
+    // kept (as env_logger did).
+    let filter = EnvFilter::builder()
+        .with_default_directive(tracing::level_filters::LevelFilter::INFO.into())
+        .from_env_lossy();
     let level = match filter.max_level_hint() {
         Some(l) if l == tracing::level_filters::LevelFilter::OFF => log::LevelFilter::Off,
         Some(l) if l == tracing::level_filters::LevelFilter::ERROR => log::LevelFilter::Error,

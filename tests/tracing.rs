@@ -150,6 +150,14 @@ fn a_hedged_requests_attempts_are_spans_whose_ids_the_upstreams_see_as_parents()
         .unwrap();
         assert_eq!(status, 200);
     }
+    // A caller that does not sample: its context goes on untouched, nothing is recorded.
+    let unsampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
+    let (status, _) = get_with(
+        &h.url("/rank"),
+        &[("x-user-id", "u2"), ("traceparent", unsampled)],
+    )
+    .unwrap();
+    assert_eq!(status, 200);
     assert!(
         eventually(Duration::from_secs(10), || {
             h.metric(r#"hydrus_trace_spans_total{result="exported"}"#) >= 10.0
@@ -159,6 +167,25 @@ fn a_hedged_requests_attempts_are_spans_whose_ids_the_upstreams_see_as_parents()
     );
     let spans = collector.spans();
     let seen: Vec<Seen> = slow.seen().into_iter().chain(fast.seen()).collect();
+    let passed: Vec<&Seen> = seen
+        .iter()
+        .filter(|s| {
+            s.header("traceparent")
+                .is_some_and(|t| t.contains("0af7651916cd"))
+        })
+        .collect();
+    assert!(!passed.is_empty());
+    for s in passed {
+        assert_eq!(
+            s.header("traceparent"),
+            Some(unsampled),
+            "passed on untouched"
+        );
+    }
+    assert!(!spans
+        .iter()
+        .any(|s| hex(&s.trace_id) == "0af7651916cd43dd8448eb211c80319c"));
+    assert_eq!(h.metric("hydrus_traces_sampled_total"), 4.0);
     let mut hedged = 0;
     for i in 0..4u8 {
         let (tid, pid) = trace(i);
@@ -233,11 +260,12 @@ fn a_hedged_requests_attempts_are_spans_whose_ids_the_upstreams_see_as_parents()
 
     // The log records carry the trace ids, attempts and the endpoint that answered.
     assert!(eventually(Duration::from_secs(10), || {
-        read_records(&h.path("logs")).len() == 4
+        read_records(&h.path("logs")).len() == 5
     }));
     for r in read_records(&h.path("logs")) {
         let tid = r.access.trace_id.clone().expect("a trace id");
-        assert!((0..4).any(|i| trace(i).0 == tid), "{tid}");
+        let unsampled = tid == "0af7651916cd43dd8448eb211c80319c";
+        assert!(unsampled || (0..4).any(|i| trace(i).0 == tid), "{tid}");
         assert_eq!(
             r.access.endpoint,
             Some(fast.addr.to_string()),
@@ -282,11 +310,23 @@ fn a_passthrough_route_writes_access_records_a_trace_begins_here_and_logs_are_js
     let parts: Vec<&str> = tp.split('-').collect();
     assert_eq!((parts.len(), parts[0], parts[3]), (4, "00", "01"), "{tp}");
     assert_eq!(parts[1].len(), 32);
+    // Two `traceparent` fields are no valid one (W3C): a trace of hydrus's own.
+    let twice = "00-11111111111111111111111111111111-2222222222222222-01";
+    let resp = agent
+        .get(&h.url("/p"))
+        .header("traceparent", twice)
+        .header("traceparent", twice)
+        .call()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let sent = up.seen().pop().unwrap();
+    let sent = sent.header("traceparent").unwrap();
+    assert!(!sent.contains("1111111111"), "{sent}");
     for _ in 0..50 {
         assert_eq!(get(&h.url("/p")).unwrap().0, 200);
     }
     assert!(eventually(Duration::from_secs(10), || {
-        read_records(&h.path("logs")).len() == 51
+        read_records(&h.path("logs")).len() == 52
     }));
     let records = read_records(&h.path("logs"));
     let r = records

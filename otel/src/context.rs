@@ -13,6 +13,8 @@ pub const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracesta
 
 /// The `sampled` bit of the trace flags.
 pub const SAMPLED: u8 = 0x01;
+/// Trace Context level 2's `random` bit: the trace id's right 7 bytes are random.
+pub const RANDOM: u8 = 0x02;
 
 /// A valid `traceparent`: the trace, the caller's span, its flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -254,7 +254,7 @@ fn run(
                 if stopping {
                     return; // (not waiting at shutdown for a collector that is down)
                 }
-                backoff = (backoff * 2).clamp(cfg.flush_interval, MAX_BACKOFF);
+                backoff = next_backoff(backoff, cfg.flush_interval);
                 std::thread::park_timeout(backoff);
             }
         }
@@ -262,6 +262,12 @@ fn run(
             std::thread::park_timeout(cfg.flush_interval);
         }
     }
+}
+
+/// The wait after another failed export: doubling, up to [`MAX_BACKOFF`], never shorter than
+/// the flush interval (which may itself be longer than the cap).
+fn next_backoff(last: Duration, flush: Duration) -> Duration {
+    last.saturating_mul(2).min(MAX_BACKOFF).max(flush)
 }
 
 fn kv(key: impl Into<String>, v: AttrValue) -> KeyValue {
@@ -375,5 +381,25 @@ fn spans_of(t: &FinishedTrace, out: &mut Vec<Span>) {
             status: Some(code(error)),
             ..Default::default()
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_and_never_undercuts_the_flush_interval() {
+        let ms = Duration::from_millis;
+        let mut b = Duration::ZERO;
+        let mut seen = Vec::new();
+        for _ in 0..8 {
+            b = next_backoff(b, ms(200));
+            seen.push(b.as_millis());
+        }
+        assert_eq!(seen, [200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+        // A flush interval past the cap (it used to panic in `clamp`).
+        assert_eq!(next_backoff(Duration::ZERO, ms(10_000)), ms(10_000));
+        assert_eq!(next_backoff(ms(10_000), ms(10_000)), ms(10_000));
     }
 }

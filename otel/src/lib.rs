@@ -14,7 +14,7 @@
 pub mod context;
 pub mod export;
 
-use context::{new_span_id, new_trace_id, TraceParent, SAMPLED};
+use context::{new_span_id, new_trace_id, TraceParent, RANDOM, SAMPLED};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -44,6 +44,60 @@ pub struct TracingConfig {
     /// `service.name` of the spans' resource.
     #[serde(default = "default_service")]
     pub service_name: String,
+    /// Continue a caller's trace and follow its `sampled` flag. `false` at an edge facing
+    /// untrusted clients: every request starts a trace of its own (sampled at `sample_ratio`),
+    /// so a client cannot make hydrus record every request. Reloadable.
+    #[serde(default = "default_trust")]
+    pub trust_incoming: bool,
+}
+
+impl TracingConfig {
+    /// What the request path reads of it (reloadable).
+    pub fn sampling(&self) -> Sampling {
+        Sampling {
+            ratio: self.sample_ratio,
+            trust_incoming: self.trust_incoming,
+        }
+    }
+
+    /// The exporter's settings alone (start-only): the sampling fields at their defaults.
+    pub fn exporter_part(&self) -> Self {
+        Self {
+            sample_ratio: default_ratio(),
+            trust_incoming: default_trust(),
+            ..self.clone()
+        }
+    }
+}
+
+/// How a traced proxy samples (`tracing.sample_ratio`, `tracing.trust_incoming`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    pub ratio: f64,
+    pub trust_incoming: bool,
+}
+
+/// Longest `tracestate` kept with a trace's spans (W3C: a vendor may drop a longer one).
+pub const MAX_TRACESTATE: usize = 512;
+
+/// A request's `tracestate` for its spans: its fields joined with `,` (several are one list),
+/// `None` when there is none or it is longer than [`MAX_TRACESTATE`].
+pub fn tracestate<'a>(fields: impl Iterator<Item = &'a [u8]>) -> Option<String> {
+    let mut out = String::new();
+    for f in fields {
+        let f = std::str::from_utf8(f).ok()?.trim();
+        if f.is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str(f);
+        if out.len() > MAX_TRACESTATE {
+            return None;
+        }
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 /// The OTLP collector.
@@ -86,6 +140,9 @@ fn default_timeout() -> Duration {
 }
 fn default_service() -> String {
     "hydrus".into()
+}
+fn default_trust() -> bool {
+    true
 }
 
 /// Check `tracing:`; problems are reported as `(field, message)`.
@@ -200,34 +257,70 @@ pub struct RequestTrace {
     any_ended: bool,
 }
 
-impl RequestTrace {
+/// A request's trace context as it came, and whether it is recorded: decided before anything
+/// is built, so that an unsampled request costs a header lookup and a random number.
+#[derive(Debug, Clone, Copy)]
+pub struct Sampled {
+    pub trace_id: [u8; 16],
+    parent: Option<TraceParent>,
+    pub sampled: bool,
+}
+
+impl Sampled {
     /// Continue the caller's trace (following its `sampled` flag), or start one, sampled at
     /// `ratio` (by its trace id, as OpenTelemetry's ratio sampler: the same trace is sampled
     /// alike by every proxy with the same ratio).
-    pub fn begin(traceparent: Option<&[u8]>, ratio: f64) -> Box<Self> {
+    pub fn decide(traceparent: Option<&[u8]>, ratio: f64) -> Self {
         let parent = traceparent.and_then(TraceParent::parse);
-        let (trace_id, parent_id, sampled) = match parent {
-            Some(p) => (p.trace_id, Some(p.parent_id), p.sampled()),
+        let (trace_id, sampled) = match parent {
+            Some(p) => (p.trace_id, p.sampled()),
             None => {
                 let id = new_trace_id();
-                (id, None, by_ratio(&id, ratio))
+                (id, by_ratio(&id, ratio))
             }
         };
-        // Only the sampled bit is ours to set; the rest the caller's (W3C level 2's random
-        // flag among them).
-        let flags = parent.map_or(0, |p| p.flags & !SAMPLED) | if sampled { SAMPLED } else { 0 };
-        Box::new(Self {
+        Self {
             trace_id,
-            parent: parent_id,
+            parent,
+            sampled,
+        }
+    }
+
+    /// The trace id a log record names: the caller's, or one begun here and recorded. (A trace
+    /// begun here and not recorded is known nowhere else: none.)
+    pub fn logged_id(&self) -> Option<[u8; 16]> {
+        (self.sampled || self.parent.is_some()).then_some(self.trace_id)
+    }
+
+    /// The request's trace, when it is recorded. An unsampled one is not: its request goes on
+    /// with the caller's `traceparent` untouched (or none), as through a proxy that does not
+    /// trace, which is what W3C asks of one that records nothing.
+    pub fn start(self) -> Option<Box<RequestTrace>> {
+        if !self.sampled {
+            return None;
+        }
+        // Of the caller's flags only level 2's random flag is passed on beside `sampled`
+        // (version 00 senders zero the flags they do not know).
+        let flags = self.parent.map_or(0, |p| p.flags & RANDOM) | SAMPLED;
+        Some(Box::new(RequestTrace {
+            trace_id: self.trace_id,
+            parent: self.parent.map(|p| p.parent_id),
             span_id: new_span_id(),
             flags,
-            sampled,
-            started_here: parent.is_none(),
-            start_ns: if sampled { unix_ns() } else { 0 },
+            sampled: true,
+            started_here: self.parent.is_none(),
+            start_ns: unix_ns(),
             attempts: Vec::new(),
             current: None,
             any_ended: false,
-        })
+        }))
+    }
+}
+
+impl RequestTrace {
+    /// [`Sampled::decide`], then [`Sampled::start`].
+    pub fn begin(traceparent: Option<&[u8]>, ratio: f64) -> Option<Box<Self>> {
+        Sampled::decide(traceparent, ratio).start()
     }
 
     /// An attempt on pingora's path begins: its `traceparent` is [`Self::current_traceparent`]
@@ -410,36 +503,101 @@ mod tests {
     #[test]
     fn a_callers_trace_is_continued_and_its_sampled_flag_followed() {
         let t = RequestTrace::begin(
-            Some(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            Some(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03"),
             0.0,
-        );
+        )
+        .expect("sampled");
         assert!(t.sampled && !t.started_here);
         assert_eq!(
             t.parent,
             Some([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7])
         );
-        let t = RequestTrace::begin(
+        assert_eq!(t.flags, 0x03, "sampled, and level 2's random flag kept");
+        let unknown = RequestTrace::begin(
+            Some(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff"),
+            0.0,
+        )
+        .expect("sampled");
+        assert_eq!(
+            unknown.flags, 0x03,
+            "flags version 00 does not define are zeroed"
+        );
+        let s = Sampled::decide(
             Some(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"),
             1.0,
         );
-        assert!(!t.sampled, "the caller decided");
-        let t = RequestTrace::begin(Some(b"garbage"), 1.0);
+        assert!(!s.sampled, "the caller decided");
+        assert_eq!(
+            s.logged_id(),
+            Some(s.trace_id),
+            "the caller's trace id is logged"
+        );
+        assert!(s.start().is_none(), "nothing recorded, nothing sent");
+        let t = RequestTrace::begin(Some(b"garbage"), 1.0).expect("sampled");
         assert!(t.sampled && t.started_here && t.parent.is_none());
+        let s = Sampled::decide(None, 0.0);
+        assert_eq!(
+            s.logged_id(),
+            None,
+            "a trace begun here and not recorded is not logged"
+        );
     }
 
     #[test]
     fn new_traces_are_sampled_at_the_ratio() {
         let n = 20_000;
         let sampled = (0..n)
-            .filter(|_| RequestTrace::begin(None, 0.1).sampled)
+            .filter(|_| Sampled::decide(None, 0.1).sampled)
             .count();
         assert!((1700..2300).contains(&sampled), "{sampled} of {n}");
-        assert!(!(0..1000).any(|_| RequestTrace::begin(None, 0.0).sampled));
+        assert!(!(0..1000).any(|_| Sampled::decide(None, 0.0).sampled));
+    }
+
+    #[test]
+    fn a_tracestate_is_joined_and_capped() {
+        let v = |fields: &[&str]| tracestate(fields.iter().map(|f| f.as_bytes()));
+        assert_eq!(v(&["a=1", " b=2 "]).as_deref(), Some("a=1,b=2"));
+        assert_eq!(v(&[]), None);
+        assert_eq!(v(&[""]), None);
+        let long = format!("a={}", "x".repeat(MAX_TRACESTATE));
+        assert_eq!(v(&[&long]), None, "longer than W3C's 512: dropped");
+        assert_eq!(v(&["a=1", &"b".repeat(511)]), None);
+    }
+
+    #[test]
+    fn changing_only_how_requests_are_sampled_is_no_exporter_change() {
+        let cfg = |ratio: f64, trust: bool| TracingConfig {
+            sample_ratio: ratio,
+            otlp: OtlpConfig {
+                endpoint: "http://127.0.0.1:4317".into(),
+                protocol: OtlpProtocol::Grpc,
+                timeout: Duration::from_secs(5),
+            },
+            queue_capacity: 8,
+            max_batch: 4,
+            flush_interval: Duration::from_millis(200),
+            service_name: "hydrus".into(),
+            trust_incoming: trust,
+        };
+        assert_eq!(
+            cfg(0.01, true).exporter_part(),
+            cfg(1.0, false).exporter_part()
+        );
+        assert_eq!(
+            cfg(0.5, false).sampling(),
+            Sampling {
+                ratio: 0.5,
+                trust_incoming: false
+            }
+        );
+        let mut other = cfg(0.01, true);
+        other.queue_capacity = 9;
+        assert_ne!(other.exporter_part(), cfg(0.01, true).exporter_part());
     }
 
     #[test]
     fn attempts_are_child_spans_first_then_retries() {
-        let mut t = RequestTrace::begin(None, 1.0);
+        let mut t = RequestTrace::begin(None, 1.0).expect("sampled");
         t.start_attempt(addr());
         let first = t.current_traceparent();
         t.end_attempt(AttemptOutcome::Error("connect"));
@@ -456,7 +614,7 @@ mod tests {
 
     #[test]
     fn a_dropped_hedge_attempt_is_recorded_cancelled() {
-        let mut t = RequestTrace::begin(None, 1.0);
+        let mut t = RequestTrace::begin(None, 1.0).expect("sampled");
         let spans = t.hedge_spans();
         let a = spans.start(AttemptKind::First, addr());
         let b = spans.start(AttemptKind::Hedge, addr());

@@ -296,7 +296,9 @@ fn accept(listener: &TcpListener, m: &SolverMetrics) {
 /// Read one request head and answer it; the connection then closes.
 fn answer(mut s: TcpStream, m: &SolverMetrics) -> std::io::Result<()> {
     s.set_read_timeout(Some(HEAD_TIME))?;
-    s.set_write_timeout(Some(Duration::from_secs(10)))?;
+    // (The answer, tens of KB, fits in the socket's buffer: a client that does not read cannot
+    // hold the listener longer than this.)
+    s.set_write_timeout(Some(HEAD_TIME))?;
     let deadline = Instant::now() + HEAD_TIME;
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
@@ -346,7 +348,9 @@ fn answer(mut s: TcpStream, m: &SolverMetrics) -> std::io::Result<()> {
         s.shutdown(std::net::Shutdown::Write)?;
         s.set_read_timeout(Some(Duration::from_millis(200)))?;
         let mut left = 64usize << 10;
-        while left > 0 {
+        // One deadline for the whole drain: a client trickling bytes cannot hold the listener.
+        let until = Instant::now() + Duration::from_secs(1);
+        while left > 0 && Instant::now() < until {
             match s.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => left = left.saturating_sub(n),

@@ -99,8 +99,9 @@ pub struct Running {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Warnings that do not stop the config from loading (`hydrus check` prints them).
     pub warnings: Vec<ConfigError>,
-    /// `tracing.sample_ratio`, when `tracing:` is set (reloadable; the exporter is start-only).
-    pub trace_ratio: Option<f64>,
+    /// How requests are sampled, when `tracing:` is set (reloadable; the exporter is
+    /// start-only: removing `tracing:` stops tracing at once, adding it takes a restart).
+    pub tracing: Option<crate::otel::Sampling>,
 }
 
 impl Running {
@@ -296,7 +297,10 @@ fn compile(
         return Err(ConfigErrors(Vec::new()));
     };
     start.log = routes.log;
-    let trace_ratio = source.tracing.as_ref().map(|t| t.sample_ratio);
+    let tracing = source
+        .tracing
+        .as_ref()
+        .map(crate::otel::TracingConfig::sampling);
     Ok(Running {
         file: file.to_path_buf(),
         limits: source.limits.clone(),
@@ -310,7 +314,7 @@ fn compile(
         routes: routes.routes,
         tls,
         warnings,
-        trace_ratio,
+        tracing,
     })
 }
 
@@ -373,7 +377,10 @@ fn start_only(c: &mut Checker<'_>, source: &Config, file: &Path) -> Option<Start
         upgrade_sock,
         log: None,
         demo_upstream: source.demo_upstream.clone(),
-        tracing: source.tracing.clone(),
+        tracing: source
+            .tracing
+            .as_ref()
+            .map(crate::otel::TracingConfig::exporter_part),
         log_format: source.log_format,
     })
 }

@@ -200,7 +200,9 @@ pub struct StartOnly {
     /// The log queue and sink: one per process.
     pub log: Option<LogRuntime>,
     pub demo_upstream: Option<DemoConfig>,
-    /// The span exporter (its `sample_ratio` is reloadable: see [`super::Running`]).
+    /// The span exporter's settings (its sampling fields are reloadable: see
+    /// [`super::Running::tracing`]; here at their defaults, so that changing them is no
+    /// start-only change).
     pub tracing: Option<crate::otel::TracingConfig>,
     pub log_format: crate::logging::LogFormat,
 }
@@ -226,16 +228,10 @@ impl StartOnly {
         );
         note(self.log != new.log, "the log filter's sink and queue");
         note(self.demo_upstream != new.demo_upstream, "demo_upstream");
-        let exporter = |t: &Option<crate::otel::TracingConfig>| {
-            t.clone().map(|t| crate::otel::TracingConfig {
-                sample_ratio: 0.0,
-                ..t
-            })
-        };
         note(self.log_format != new.log_format, "log_format");
         note(
-            exporter(&self.tracing) != exporter(&new.tracing),
-            "tracing (but for sample_ratio)",
+            self.tracing != new.tracing,
+            "tracing's exporter (added, or otlp, queue_capacity, max_batch, flush_interval, service_name changed)",
         );
         out
     }

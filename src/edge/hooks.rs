@@ -46,6 +46,7 @@ impl ProxyHttp for Proxy {
             grpc: false,
             grpc_status: None,
             trace: None,
+            trace_id: None,
             endpoint: None,
         })
     }
@@ -248,8 +249,9 @@ impl ProxyHttp for Proxy {
             && hold.reuse_retries < 2;
         if let Some(t) = ctx.trace.as_mut() {
             t.end_attempt(AttemptOutcome::Error(match () {
-                _ if *e.esource() == ErrorSource::Downstream => "downstream",
-                _ if stale => "stale_connection",
+                _ if *e.esource() == ErrorSource::Downstream || !body_done => "downstream",
+                // (Tried again on the same endpoint below.)
+                _ if stale && retryable => "stale_connection",
                 _ => super::upstream::error_kind(&e),
             }));
         }
@@ -485,10 +487,15 @@ impl Proxy {
             request_bytes: session.body_bytes_read() as u64,
             response_bytes: session.body_bytes_sent() as u64,
             tracestate: sampled
-                .then(|| req.headers.get(TRACESTATE))
-                .flatten()
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
+                .then(|| {
+                    crate::otel::tracestate(
+                        req.headers
+                            .get_all(TRACESTATE)
+                            .iter()
+                            .map(HeaderValue::as_bytes),
+                    )
+                })
+                .flatten(),
         })
     }
 }

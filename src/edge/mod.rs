@@ -87,8 +87,10 @@ pub struct Ctx {
     /// A gRPC call (see [`grpc`]), and the `grpc-status` its client got.
     grpc: bool,
     grpc_status: Option<u8>,
-    /// The request's trace, when `tracing:` is on.
+    /// The request's trace, when `tracing:` is on and it is recorded.
     trace: Option<Box<crate::otel::RequestTrace>>,
+    /// Its trace id for the log record (see [`crate::otel::Sampled::logged_id`]).
+    trace_id: Option<[u8; 16]>,
     /// The endpoint of the attempt that answered (or of the last one tried).
     endpoint: Option<std::net::SocketAddr>,
 }
@@ -131,13 +133,22 @@ impl Proxy {
             chain.decide(&input, &mut ctx.state);
         }
         ctx.handles = Some(route.handles());
-        if let (Some(ratio), Some(_)) = (running.trace_ratio, &self.state.traces) {
-            let sent = req.headers.get(crate::otel::context::TRACEPARENT);
-            let trace = crate::otel::RequestTrace::begin(sent.map(HeaderValue::as_bytes), ratio);
-            if trace.sampled {
+        if let (Some(sampling), Some(_)) = (running.tracing, &self.state.traces) {
+            // Two `traceparent` fields are no valid one (W3C): a new trace.
+            let mut sent = req
+                .headers
+                .get_all(crate::otel::context::TRACEPARENT)
+                .iter();
+            let sent = match (sent.next(), sent.next()) {
+                (Some(one), None) if sampling.trust_incoming => Some(one.as_bytes()),
+                _ => None,
+            };
+            let decided = crate::otel::Sampled::decide(sent, sampling.ratio);
+            ctx.trace_id = decided.logged_id();
+            ctx.trace = decided.start();
+            if ctx.trace.is_some() {
                 self.state.metrics.traces_sampled.inc();
             }
-            ctx.trace = Some(trace);
         }
         if let std::borrow::Cow::Owned(p) = path {
             ctx.normalized_path = Some(p);
@@ -313,7 +324,7 @@ impl Proxy {
         if let (Some(ms), Some(h)) = (ctx.upstream_ms, handles.upstream_by_strategy.get(strategy)) {
             h.observe(ms / 1000.0);
         }
-        let trace_id = ctx.trace.as_ref().map(|t| t.trace_id);
+        let trace_id = ctx.trace_id;
         if let Some(trace) = ctx.trace.take() {
             self.traced(trace, ctx, &route, access.as_ref(), status, error);
         }

