@@ -4,42 +4,14 @@
 mod common;
 
 use common::*;
-use hydrus_filters::{KTable, LogRecord, ValueInfo};
+use hydrus_filters::{KTable, LogRecord};
 use hydrus_solve::hydrus::algo::{solve_exact, Instance};
 use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-const STRATEGIES: [(&str, f64, f64); 3] =
-    [("s10", 6.0, 0.9), ("s20", 10.0, 1.0), ("s40", 18.0, 1.08)];
-
-fn record(ts_ms: u64, i: u64, scenario: &str, q: f64, chosen: &str) -> LogRecord {
-    LogRecord {
-        ts_ms,
-        request_id: format!("r{i}"),
-        user_id: format!("u{i}"),
-        scenario: scenario.into(),
-        group: "control".into(),
-        chosen: chosen.into(),
-        value_info: STRATEGIES
-            .iter()
-            .map(|(name, cost, scale)| ValueInfo {
-                strategy: name.to_string(),
-                cost: (*cost).into(),
-                qoe: q * scale,
-            })
-            .collect(),
-        status: 200,
-        upstream_ms: Some(1.0),
-        ..Default::default()
-    }
-}
-
-/// Deterministic QoE values spread over (0, 1).
-fn q(i: u64) -> f64 {
-    ((i * 7919) % 1000) as f64 / 1000.0 * 0.9 + 0.05
-}
+use common::{control_record as record, spread_q as q};
 
 /// `records` as JSON lines, then `extra` (lines of other kinds, or none).
 fn write_lines(path: &Path, records: &[LogRecord], extra: &str) {

@@ -6,36 +6,15 @@
 mod common;
 
 use common::*;
-use hydrus_filters::{KTable, LogRecord, ValueInfo};
+use hydrus_filters::{KTable, LogRecord};
 use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-const STRATEGIES: [(&str, f64, f64); 3] =
-    [("s10", 6.0, 0.9), ("s20", 10.0, 1.0), ("s40", 18.0, 1.08)];
-
+/// A control record of the default scenario.
 fn record(ts_ms: u64, i: u64, chosen: &str) -> LogRecord {
-    let q = ((i * 7919) % 1000) as f64 / 1000.0 * 0.9 + 0.05;
-    LogRecord {
-        ts_ms,
-        request_id: format!("r{i}"),
-        user_id: format!("u{i}"),
-        scenario: "default".into(),
-        group: "control".into(),
-        chosen: chosen.into(),
-        value_info: STRATEGIES
-            .iter()
-            .map(|(name, cost, scale)| ValueInfo {
-                strategy: name.to_string(),
-                cost: (*cost).into(),
-                qoe: q * scale,
-            })
-            .collect(),
-        status: 200,
-        upstream_ms: Some(1.0),
-        ..Default::default()
-    }
+    control_record(ts_ms, i, "default", spread_q(i), chosen)
 }
 
 fn now_ms() -> u64 {

@@ -1153,3 +1153,41 @@ impl Load {
         )
     }
 }
+
+/// The solver tests' strategies: (name, cost, QoE scale).
+pub const SOLVER_STRATEGIES: [(&str, f64, f64); 3] =
+    [("s10", 6.0, 0.9), ("s20", 10.0, 1.0), ("s40", 18.0, 1.08)];
+
+/// A control record of [`SOLVER_STRATEGIES`] (QoE `q` under the default strategy, scaled).
+pub fn control_record(
+    ts_ms: u64,
+    i: u64,
+    scenario: &str,
+    q: f64,
+    chosen: &str,
+) -> hydrus_filters::LogRecord {
+    hydrus_filters::LogRecord {
+        ts_ms,
+        request_id: format!("r{i}"),
+        user_id: format!("u{i}"),
+        scenario: scenario.into(),
+        group: "control".into(),
+        chosen: chosen.into(),
+        value_info: SOLVER_STRATEGIES
+            .iter()
+            .map(|(name, cost, scale)| hydrus_filters::ValueInfo {
+                strategy: name.to_string(),
+                cost: (*cost).into(),
+                qoe: q * scale,
+            })
+            .collect(),
+        status: 200,
+        upstream_ms: Some(1.0),
+        ..Default::default()
+    }
+}
+
+/// Deterministic QoE values spread over (0, 1).
+pub fn spread_q(i: u64) -> f64 {
+    ((i * 7919) % 1000) as f64 / 1000.0 * 0.9 + 0.05
+}

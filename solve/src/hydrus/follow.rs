@@ -3,7 +3,9 @@
 //!
 //! Records are grouped by absolute window (day and window), so each occurrence is solved on its
 //! own records; its `k` replaces that window-of-day's slot. A window is closed once the clock is
-//! `lateness` past its end, so records still in proxies' queues make it in. A record that comes
+//! `lateness` past its end, so records still in proxies' queues make it in, and once a poll has
+//! brought none of its records: a backlog read at start (one partition after another, a file
+//! after another) is read whole before its windows are solved. A record that comes
 //! after its window was solved (or a day or more before the newest window solved, whose slot
 //! holds a newer occurrence) is late: counted and dropped, for solved alone it would replace its
 //! window's `k` with one from a handful of records.
@@ -43,9 +45,11 @@ pub fn run<P: Pool + WindowData>(
             solved: &solved,
             windows,
             late: 0,
+            touched: BTreeSet::new(),
         };
         source.poll(&mut sink)?;
         let new_late = sink.late;
+        let touched = std::mem::take(&mut sink.touched);
         if new_late > 0 {
             c.pools.retain(|(_, w), _| !solved.is_late(*w, windows));
             c.multi.retain(|(_, w), _| !solved.is_late(*w, windows));
@@ -80,6 +84,7 @@ pub fn run<P: Pool + WindowData>(
         }
         let closed: Vec<(String, usize)> = (c.pools.keys().chain(c.multi.keys()))
             .filter(|(_, w)| (*w as u64 + 1) * window_ms + fo.lateness.as_millis() as u64 <= now)
+            .filter(|(_, w)| !touched.contains(w))
             .cloned()
             .collect();
         if !closed.is_empty() {
@@ -165,6 +170,8 @@ struct LateFilter<'a, P: Pool> {
     solved: &'a Solved,
     windows: usize,
     late: u64,
+    /// The windows this poll brought records of: still coming in, not closed yet.
+    touched: BTreeSet<usize>,
 }
 
 impl<P: Pool> LineSink for LateFilter<'_, P> {
@@ -174,6 +181,7 @@ impl<P: Pool> LineSink for LateFilter<'_, P> {
             self.late += 1;
             return None;
         }
+        self.touched.insert(w);
         Some(w)
     }
 
