@@ -389,8 +389,10 @@ impl Proxy {
         if let Some(f) = ctx.state.fallback {
             put("hydrus.fallback", text(f));
         }
-        if let Some(scenario) = ctx.ids[SCENARIO].as_ref().and_then(|v| v.to_str().ok()) {
-            put("hydrus.scenario", text(scenario));
+        if let Some(scenario) = &ctx.ids[SCENARIO] {
+            // (Cut as the log record cuts it: a header's value may be tens of KB.)
+            let capped = hydrus_filters::log::capped_text(scenario.as_bytes());
+            put("hydrus.scenario", text(&capped.text));
         }
         if let Some(c) = ctx
             .running
@@ -401,7 +403,12 @@ impl Proxy {
         }
         if let Some(a) = access {
             put("http.request.method", text(a.method.as_str()));
-            put("url.path", text(a.uri.path()));
+            let path = hydrus_filters::log::logged_path(
+                a.uri.path(),
+                None,
+                hydrus_filters::log::QueryInLog::None,
+            );
+            put("url.path", AttrValue::Str(path.into()));
             if let Some(c) = a.client {
                 put("client.address", AttrValue::Str(c.ip().to_string().into()));
             }
