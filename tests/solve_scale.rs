@@ -20,7 +20,7 @@ const STRATEGIES: [(&str, f64, f64); 4] = [
 
 fn record(ts_ms: u64, i: u64, scenario: &str, chosen: &str) -> LogRecord {
     // Deterministic QoE spread over (0, 1), with a per-strategy wobble (distinct efficiencies).
-    let q = ((i * 7919) % 1000) as f64 / 1000.0 * 0.9 + 0.05;
+    let q = spread_q(i);
     let wobble = ((i * 104_729) % 997) as f64 / 997.0 * 0.02;
     LogRecord {
         ts_ms,

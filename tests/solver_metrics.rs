@@ -6,22 +6,16 @@
 mod common;
 
 use common::*;
+use hydrus_filters::clock::unix_ms as now_ms;
 use hydrus_filters::{KTable, LogRecord};
 use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// A control record of the default scenario.
 fn record(ts_ms: u64, i: u64, chosen: &str) -> LogRecord {
     control_record(ts_ms, i, "default", spread_q(i), chosen)
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }
 
 /// A running `hydrus solve --follow ... --metrics-listen 127.0.0.1:PORT`, its stderr in a file.

@@ -235,7 +235,7 @@ pub struct AttemptSpan {
     pub outcome: AttemptOutcome,
 }
 
-/// A request's trace as it goes: made when a traced proxy routes it.
+/// A sampled request's trace as it goes (see [`Sampled::start`]).
 #[derive(Debug)]
 pub struct RequestTrace {
     pub trace_id: [u8; 16],
@@ -244,17 +244,13 @@ pub struct RequestTrace {
     /// hydrus's span for the request.
     pub span_id: [u8; 8],
     pub flags: u8,
-    /// Recorded and exported.
-    pub sampled: bool,
     /// No valid `traceparent` came: the trace began here (a `tracestate` sent is not of it).
     pub started_here: bool,
     pub start_ns: u64,
-    /// The attempts that ended (sampled requests only).
+    /// The attempts that ended.
     pub attempts: Vec<AttemptSpan>,
     /// The attempt on pingora's path in flight, and its span id.
     pub current: Option<AttemptSpan>,
-    /// An attempt has ended (the next is a retry), sampled or not.
-    any_ended: bool,
 }
 
 /// A request's trace context as it came, and whether it is recorded: decided before anything
@@ -307,12 +303,10 @@ impl Sampled {
             parent: self.parent.map(|p| p.parent_id),
             span_id: new_span_id(),
             flags,
-            sampled: true,
             started_here: self.parent.is_none(),
             start_ns: unix_ns(),
             attempts: Vec::new(),
             current: None,
-            any_ended: false,
         }))
     }
 }
@@ -330,7 +324,7 @@ impl RequestTrace {
             // (Ended without an outcome hydrus saw: not expected, recorded as it stands.)
             self.end_attempt(AttemptOutcome::Error("abandoned"));
         }
-        let kind = if !self.any_ended {
+        let kind = if self.attempts.is_empty() {
             AttemptKind::First
         } else {
             AttemptKind::Retry
@@ -339,7 +333,7 @@ impl RequestTrace {
             span_id: new_span_id(),
             kind,
             endpoint,
-            start_ns: if self.sampled { unix_ns() } else { 0 },
+            start_ns: unix_ns(),
             end_ns: 0,
             outcome: AttemptOutcome::Cancelled,
         });
@@ -348,12 +342,9 @@ impl RequestTrace {
     /// The attempt in flight ended so.
     pub fn end_attempt(&mut self, outcome: AttemptOutcome) {
         if let Some(mut a) = self.current.take() {
-            self.any_ended = true;
-            if self.sampled {
-                a.end_ns = unix_ns();
-                a.outcome = outcome;
-                self.attempts.push(a);
-            }
+            a.end_ns = unix_ns();
+            a.outcome = outcome;
+            self.attempts.push(a);
         }
     }
 
@@ -368,18 +359,15 @@ impl RequestTrace {
         HedgeSpans {
             trace_id: self.trace_id,
             flags: self.flags,
-            ended: self.sampled.then(|| Arc::new(Mutex::new(Vec::new()))),
+            ended: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
     /// Take the hedge path's attempts into the request's.
     pub fn add_hedge_spans(&mut self, spans: &HedgeSpans) {
-        self.any_ended = true;
-        if let Some(ended) = &spans.ended {
-            let mut v = ended.lock().unwrap_or_else(|p| p.into_inner());
-            self.attempts.append(&mut v);
-            self.attempts.sort_by_key(|a| a.start_ns);
-        }
+        let mut v = spans.ended.lock().unwrap_or_else(|p| p.into_inner());
+        self.attempts.append(&mut v);
+        self.attempts.sort_by_key(|a| a.start_ns);
     }
 }
 
@@ -400,8 +388,7 @@ fn by_ratio(trace_id: &[u8; 16], ratio: f64) -> bool {
 pub struct HedgeSpans {
     trace_id: [u8; 16],
     flags: u8,
-    /// `None`: not sampled (the attempts still carry trace context upstream).
-    ended: Option<Arc<Mutex<Vec<AttemptSpan>>>>,
+    ended: Arc<Mutex<Vec<AttemptSpan>>>,
 }
 
 impl HedgeSpans {
@@ -411,7 +398,7 @@ impl HedgeSpans {
                 span_id: new_span_id(),
                 kind,
                 endpoint,
-                start_ns: if self.ended.is_some() { unix_ns() } else { 0 },
+                start_ns: unix_ns(),
                 end_ns: 0,
                 outcome: AttemptOutcome::Cancelled,
             },
@@ -427,7 +414,7 @@ impl HedgeSpans {
 /// when dropped before.
 pub struct AttemptGuard {
     span: AttemptSpan,
-    to: Option<Arc<Mutex<Vec<AttemptSpan>>>>,
+    to: Arc<Mutex<Vec<AttemptSpan>>>,
     trace_id: [u8; 16],
     flags: u8,
     ended: bool,
@@ -448,12 +435,11 @@ impl AttemptGuard {
             return;
         }
         self.ended = true;
-        if let Some(to) = &self.to {
-            self.span.end_ns = unix_ns();
-            to.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(self.span.clone());
-        }
+        self.span.end_ns = unix_ns();
+        self.to
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(self.span.clone());
     }
 }
 
@@ -507,7 +493,7 @@ mod tests {
             0.0,
         )
         .expect("sampled");
-        assert!(t.sampled && !t.started_here);
+        assert!(!t.started_here);
         assert_eq!(
             t.parent,
             Some([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7])
@@ -534,7 +520,7 @@ mod tests {
         );
         assert!(s.start().is_none(), "nothing recorded, nothing sent");
         let t = RequestTrace::begin(Some(b"garbage"), 1.0).expect("sampled");
-        assert!(t.sampled && t.started_here && t.parent.is_none());
+        assert!(t.started_here && t.parent.is_none());
         let s = Sampled::decide(None, 0.0);
         assert_eq!(
             s.logged_id(),

@@ -474,7 +474,7 @@ pub(super) fn trace_context(
 impl Proxy {
     /// What the session says of the exchange, for a logged route's record or a sampled span.
     fn access(&self, session: &Session, ctx: &Ctx) -> Option<crate::logsink::record::Access> {
-        let sampled = ctx.trace.as_ref().is_some_and(|t| t.sampled);
+        let sampled = ctx.trace.is_some();
         if !sampled && !ctx.route.as_ref().is_some_and(|r| r.logged) {
             return None;
         }

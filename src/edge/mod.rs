@@ -350,7 +350,7 @@ impl Proxy {
         }
     }
 
-    /// A traced request ended: its spans go to the exporter when it was sampled.
+    /// A sampled request ended: its spans go to the exporter.
     fn traced(
         &self,
         mut trace: Box<crate::otel::RequestTrace>,
@@ -362,9 +362,6 @@ impl Proxy {
     ) {
         use crate::otel::{AttemptOutcome, AttrValue, FinishedTrace};
         let Some(q) = &self.state.traces else { return };
-        if !trace.sampled {
-            return;
-        }
         if trace.current.is_some() {
             // (Ended without a hook that saw its outcome: as the client's response says.)
             trace.end_attempt(match (ctx.upstream_status, error) {
