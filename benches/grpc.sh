@@ -4,6 +4,8 @@
 #   hydrus        h2load -> hydrus, full chain (rollout 50% + hydrus filter + file log) -> server
 #   hydrus-empty  h2load -> hydrus, a route without filters -> server
 #   nginx         h2load -> nginx grpc_pass (keepalive upstream) -> server
+#   haproxy       h2load -> HAProxy (h2 in clear text on both sides) -> server
+#   pingora-bare  h2load -> examples/bare_proxy.rs (h2c on both sides, no filters) -> server
 # Every call is grpc.health.v1.Health/Check (unary) with a user id and QoE metadata. Per target
 # and round: calls/s and the proxy's CPU time per call (utime+stime of its processes from /proc
 # over the run, divided by the calls completed); medians of the rounds; ratios to nginx.
@@ -27,14 +29,15 @@ threads=${HYDRUS_BENCH_THREADS:-2}
 streams=${STREAMS:-8}
 
 . benches/lib.sh
-need_debian nginx nghttp2-client cmake
-cargo build --release --quiet --bin hydrus --example grpc_upstream
+need_debian nginx haproxy nghttp2-client cmake
+cargo build --release --quiet --bin hydrus --example grpc_upstream --example bare_proxy
 HYDRUS_BIN=${HYDRUS_BIN:-./target/release/hydrus}
 SERVER_BIN=./target/release/examples/grpc_upstream
+BARE_BIN=${BARE_BIN:-./target/release/examples/bare_proxy}
 
 bench_workdir
 
-UP=18280; UP2=18286; FULL=18281; EMPTY=18282; NGX=18283; ADMF=18291; ADME=18292
+UP=18280; UP2=18286; FULL=18281; EMPTY=18282; NGX=18283; HAP=18284; BARE=18285; ADMF=18291; ADME=18292
 CHECK=/grpc.health.v1.Health/Check
 HZ=$(getconf CLK_TCK)
 # A HealthCheckRequest for the whole server: an empty message in a gRPC frame.
@@ -131,7 +134,24 @@ http {
 }
 CONF
 nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" -g 'daemon off;' & pids+=($!)
-for p in $UP $FULL $EMPTY $NGX; do wait_port $p; done
+cat > "$work/haproxy.cfg" <<CONF
+global
+  nbthread $threads
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+frontend grpc_in
+  bind 127.0.0.1:$HAP proto h2
+  default_backend grpc_up
+backend grpc_up
+  server s1 127.0.0.1:$UP proto h2
+CONF
+haproxy -f "$work/haproxy.cfg" -db & pids+=($!)
+"$BARE_BIN" "127.0.0.1:$BARE" "127.0.0.1:$UP" "$threads" h2c & pids+=($!)
+for p in $UP $FULL $EMPTY $NGX $HAP $BARE; do wait_port $p; done
 
 procs() { # target -> pids
   case $1 in
@@ -139,12 +159,14 @@ procs() { # target -> pids
     hydrus) pgrep -f "serve --config $work/full.yaml" ;;
     hydrus-empty) pgrep -f "serve --config $work/empty.yaml" ;;
     nginx) pgrep -f "nginx: worker process" | tr '\n' ' '; pgrep -f "nginx: master process nginx -c $work/nginx" ;;
+    haproxy) pgrep -f "haproxy -f $work/haproxy.cfg" ;;
+    pingora-bare) pgrep -f "bare_proxy 127.0.0.1:$BARE" ;;
   esac
 }
 ticks() { local t=0; for p in $1; do [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$p/stat"))); done; echo $t; }
 
-declare -A port=([direct]=$UP [hydrus]=$FULL [hydrus-empty]=$EMPTY [nginx]=$NGX)
-targets=(direct hydrus hydrus-empty nginx)
+declare -A port=([direct]=$UP [hydrus]=$FULL [hydrus-empty]=$EMPTY [nginx]=$NGX [haproxy]=$HAP [pingora-bare]=$BARE)
+targets=(direct hydrus hydrus-empty pingora-bare nginx haproxy)
 declare -A all
 for r in $(seq "$rounds"); do
   for n in "${targets[@]}"; do
@@ -173,6 +195,6 @@ for n in "${targets[@]}"; do
   echo "| $n | ${rps[$n]} | $c | $f |"
 done
 echo
-echo "Calls/s: hydrus (full chain) / nginx grpc_pass **$(ratio "${rps[hydrus]}" "${rps[nginx]}")**; hydrus (empty chain) / nginx $(ratio "${rps[hydrus-empty]}" "${rps[nginx]}"). CPU per call: hydrus / nginx **$(ratio "${cpu[hydrus]}" "${cpu[nginx]}")**, hydrus (empty) / nginx $(ratio "${cpu[hydrus-empty]}" "${cpu[nginx]}")."
+echo "Calls/s: hydrus (full chain) / nginx grpc_pass **$(ratio "${rps[hydrus]}" "${rps[nginx]}")**; hydrus (empty chain) / nginx $(ratio "${rps[hydrus-empty]}" "${rps[nginx]}"); hydrus / HAProxy $(ratio "${rps[hydrus]}" "${rps[haproxy]}"). CPU per call: hydrus / nginx **$(ratio "${cpu[hydrus]}" "${cpu[nginx]}")**, hydrus (empty) / nginx $(ratio "${cpu[hydrus-empty]}" "${cpu[nginx]}"), hydrus / HAProxy **$(ratio "${cpu[hydrus]}" "${cpu[haproxy]}")**, bare pingora / nginx $(ratio "${cpu[pingora-bare]}" "${cpu[nginx]}"), HAProxy / nginx $(ratio "${cpu[haproxy]}" "${cpu[nginx]}")."
 echo
-echo "2 CPUs shared by h2load, the server and the proxies; $threads proxy threads / nginx workers; h2load -c $clients -m $streams -D $secs, $rounds interleaved rounds (medians), $(date -u +%F). Command: \`bash benches/grpc.sh $secs $rounds $clients\`."
+echo "2 CPUs shared by h2load, the server and the proxies; $threads proxy threads / nginx workers / HAProxy threads; h2load -c $clients -m $streams -D $secs, $rounds interleaved rounds (medians), $(date -u +%F). Command: \`bash benches/grpc.sh $secs $rounds $clients\`."

@@ -14,6 +14,7 @@
 # Env: HYDRUS_BIN / BARE_BIN (binaries to measure instead of the ones built here),
 #      COMPARE="NAME=BINARY ..." (more hydrus binaries on the full chain, for a before/after;
 #      NAME=BINARY+SNIPPET adds a file's YAML lines to that target's config),
+#      KEEP_CG=DIR (keep callgrind's files there, for callgrind_annotate),
 #      TRACING=1 (hydrus-trace1 and hydrus-trace100: the full chain with `tracing:` sampling 1% and
 #      every request, exporting over OTLP/HTTP to the upstream nginx).
 set -euo pipefail
@@ -124,6 +125,7 @@ for r in $(seq "$rounds"); do
     echo "round $r $n: $req requests, $((ir / req)) instructions/request ($((ir_sink / req)) on the log-sink thread)" >&2
   done
 done
+if [ -n "${KEEP_CG:-}" ]; then mkdir -p "$KEEP_CG" && cp "$work"/cg/* "$KEEP_CG"/; fi
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : int((a[NR/2]+a[NR/2+1])/2))}'; }
 echo
 echo "| target | instructions / request | on the log-sink thread | over pingora-bare |"

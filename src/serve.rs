@@ -196,6 +196,7 @@ fn add_services(
             .grace_period
             .saturating_sub(Duration::from_millis(500)),
         drain_until: std::sync::OnceLock::new(),
+        shutdown_watched: std::sync::OnceLock::new(),
     };
     let mut proxy = Service::new("hydrus proxy".into(), edge);
     proxy.add_tcp(&start.listen.to_string());

@@ -15,7 +15,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use tokio::sync::Notify;
 
 mod connection;
 mod deadline;
@@ -67,8 +66,8 @@ pub struct Slot {
     deadline: AtomicU64,
     /// The body deadline's length, set when the header arrives.
     body_timeout_ms: AtomicU64,
-    /// Wakes the connection: evicted, or its deadline passed.
-    kick: Notify,
+    /// Wakes the connection: evicted, its deadline passed, or shutdown began.
+    kick: Kick,
     evicted: AtomicBool,
     /// Set by the proxy once the current request's header has been read, and once its body has.
     header_read: AtomicBool,
@@ -76,6 +75,48 @@ pub struct Slot {
     /// The bytes the current HTTP/1 request took off the stream, as pingora counts them (its
     /// header and body), once it is done; [`UNKNOWN`] until then.
     consumed: AtomicU64,
+}
+
+/// Wakes the one task serving a connection (or an HTTP/2 stream): a flag and that task's waker.
+/// tokio's `Notify` takes a lock on every poll of a waiting future, which a served connection
+/// polls several times a request; this costs two atomics. A kick with no one waiting is kept
+/// for the next wait, as `Notify::notify_one` keeps a permit.
+struct Kick {
+    kicked: AtomicBool,
+    waker: atomic_waker::AtomicWaker,
+}
+
+impl Kick {
+    fn new() -> Self {
+        Self {
+            kicked: AtomicBool::new(false),
+            waker: atomic_waker::AtomicWaker::new(),
+        }
+    }
+
+    fn notify(&self) {
+        self.kicked.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    fn take(&self) -> bool {
+        self.kicked.load(Ordering::Acquire) && self.kicked.swap(false, Ordering::AcqRel)
+    }
+
+    /// Ready once kicked (at once if kicked since the last wait).
+    fn notified(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.take() {
+                return std::task::Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            if self.take() {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+    }
 }
 
 /// [`Slot::consumed`] before the request is done.
@@ -249,7 +290,7 @@ impl Connections {
             since: AtomicU64::new(hydrus_filters::clock::monotonic_ms()),
             deadline: AtomicU64::new(0),
             body_timeout_ms: AtomicU64::new(0),
-            kick: Notify::new(),
+            kick: Kick::new(),
             evicted: AtomicBool::new(false),
             header_read: AtomicBool::new(false),
             body_read: AtomicBool::new(false),
@@ -297,7 +338,7 @@ impl Connections {
         for (_, s) in &idle[..n] {
             s.evicted.store(true, Ordering::Release);
             self.evicting.fetch_add(1, Ordering::AcqRel);
-            s.kick.notify_one();
+            s.kick.notify();
         }
         self.m.evicted.inc_by(n as u64);
         n
@@ -311,7 +352,15 @@ impl Connections {
         let now = hydrus_filters::clock::monotonic_ms();
         let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         for s in slots.values().filter(|s| s.expired(now)) {
-            s.kick.notify_one();
+            s.kick.notify();
+        }
+    }
+
+    /// Wake every connection: shutdown began (each then drains as it sees fit).
+    pub fn kick_all(&self) {
+        let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        for s in slots.values() {
+            s.kick.notify();
         }
     }
 

@@ -13,13 +13,15 @@ use hydrus_filters::filter::{normalized, Upstream, REQUEST_ID};
 use hydrus_filters::query::set_query;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
+use pingora::ErrorType;
 
 /// `x-hydrus-group`: treatment (`hydrus`) or `control`, on the upstream request.
 pub const HEADER_GROUP: HeaderName = HeaderName::from_static("x-hydrus-group");
 
-/// The upstream request as filters change it.
+/// The upstream request as filters change it: its parts, edited directly (see
+/// [`prepare_upstream`]).
 struct UpstreamEdit<'a> {
-    req: &'a mut RequestHeader,
+    parts: &'a mut http::request::Parts,
     /// The route's name, for what is logged.
     route: &'a str,
     /// Every query key the route's filters own: the first rewrite strips them all.
@@ -30,11 +32,21 @@ struct UpstreamEdit<'a> {
     failed: Option<Box<Error>>,
 }
 
+impl UpstreamEdit<'_> {
+    fn insert(&mut self, name: HeaderName, value: HeaderValue) {
+        if let Err(e) = self.parts.headers.try_insert(name, value) {
+            self.failed.get_or_insert(Error::because(
+                ErrorType::InvalidHTTPHeader,
+                "too many upstream request headers",
+                e,
+            ));
+        }
+    }
+}
+
 impl Upstream for UpstreamEdit<'_> {
     fn set_header(&mut self, name: &HeaderName, value: HeaderValue) {
-        if let Err(e) = self.req.insert_header(name.clone(), value) {
-            self.failed.get_or_insert(e);
-        }
+        self.insert(name.clone(), value);
     }
 
     fn set_query(&mut self, pairs: &[(String, String)]) {
@@ -44,7 +56,7 @@ impl Upstream for UpstreamEdit<'_> {
                     HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()),
                     HeaderValue::from_str(v),
                 ) {
-                    (Ok(name), Ok(value)) => self.set_header(&name, value),
+                    (Ok(name), Ok(value)) => self.insert(name, value),
                     _ => tracing::warn!(
                         route = self.route,
                         "route `{}`: query parameter `{k}` cannot be gRPC metadata",
@@ -63,10 +75,10 @@ impl Upstream for UpstreamEdit<'_> {
             self.owned_query
         };
         self.query_done = true;
-        let uri = &self.req.uri;
+        let uri = &self.parts.uri;
         if let Some(target) = set_query(uri.path(), uri.query(), pairs, owned) {
             match http::Uri::try_from(target) {
-                Ok(uri) => self.req.set_uri(uri),
+                Ok(uri) => self.parts.uri = uri,
                 Err(e) => tracing::warn!(
                     route = self.route,
                     "route `{}`: query rewrite produced a bad URI: {e}",
@@ -77,7 +89,20 @@ impl Upstream for UpstreamEdit<'_> {
     }
 }
 
+/// Room for what a decision adds to the upstream request (group, request id, the strategy's
+/// headers), reserved at once: the request's header map is a clone sized for what the client
+/// sent, and growing it rehashes every field.
+const ADDED_HEADERS: usize = 8;
+
 /// Apply the route's decision to the upstream request.
+///
+/// On a route with filters the request's parts are taken out of pingora's `RequestHeader`,
+/// edited as a plain `http` header map and put back: pingora's own `insert_header` copies and
+/// re-parses every name and keeps a second map of header-name spellings, which together cost
+/// more than the whole decision. What that drops is the spelling of names (HTTP/1.1 names are
+/// sent as pingora writes them when it has no spelling: standard ones capitalized, others in
+/// lower case, as Envoy sends all of them); names are case-insensitive (RFC 9110 5.1). A route
+/// without filters keeps them as sent.
 pub fn prepare_upstream(upstream: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
     let (Some(running), Some(route)) = (ctx.running.as_deref(), ctx.route.as_deref()) else {
         return Ok(());
@@ -85,51 +110,90 @@ pub fn prepare_upstream(upstream: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
     if let Some(path) = &ctx.normalized_path {
         forward_path(upstream, path, route.name());
     }
+    if !route.route.managed {
+        let ours: Vec<HeaderName> = upstream
+            .headers
+            .keys()
+            .filter(|k| normalized(k).starts_with("x-hydrus-"))
+            .cloned()
+            .collect();
+        for k in ours {
+            upstream.remove_header(&k);
+        }
+        return Ok(());
+    }
+    // A target the URI does not write back as sent (not UTF-8) is restored, unless edited.
+    let raw = upstream
+        .raw_path()
+        .ne(upstream
+            .uri
+            .path_and_query()
+            .map_or(&b""[..], |p| p.as_str().as_bytes()))
+        .then(|| (upstream.raw_path().to_vec(), upstream.uri.clone()));
+    let end_stream = upstream.send_end_stream();
+    let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
+    let mut parts: http::request::Parts = std::mem::replace(upstream, placeholder).into();
+    let edited = edit(&mut parts, ctx, running, route);
+    *upstream = RequestHeader::from(parts);
+    if let Some(end_stream) = end_stream {
+        upstream.set_send_end_stream(end_stream);
+    }
+    if let Some((raw, uri)) = raw.filter(|(_, uri)| *uri == upstream.uri) {
+        if upstream.set_raw_path(&raw).is_err() {
+            upstream.set_uri(uri);
+        }
+    }
+    edited
+}
+
+/// What [`prepare_upstream`] does on a route with filters.
+fn edit(
+    parts: &mut http::request::Parts,
+    ctx: &Ctx,
+    running: &crate::config::Running,
+    route: &crate::config::RouteRuntime,
+) -> Result<()> {
     let chain = &route.route.chain;
     let ids = &running.identity;
-    let passthrough = !route.route.managed;
     // Exact identity names are handled below (kept when already right); every other owned
     // name, and every spelling of an identity name that is not the exact one, goes.
-    let strip: Vec<HeaderName> = upstream
+    let strip: Vec<HeaderName> = parts
         .headers
         .keys()
         .filter(|k| {
             let n = normalized(k);
             n.starts_with("x-hydrus-")
-                || (!passthrough
-                    && (chain.owned_header_names.iter().any(|o| *o == n)
-                        || (ctx.grpc && chain.owned_query_names.iter().any(|q| *q == n))
-                        || ids
-                            .iter()
-                            .zip(&running.identity_normalized)
-                            .any(|(i, ni)| *i != **k && *ni == n)))
+                || chain.owned_header_names.iter().any(|o| *o == n)
+                || (ctx.grpc && chain.owned_query_names.iter().any(|q| *q == n))
+                || ids
+                    .iter()
+                    .zip(&running.identity_normalized)
+                    .any(|(i, ni)| *i != **k && *ni == n)
         })
         .cloned()
         .collect();
     for k in strip {
-        upstream.remove_header(&k);
+        parts.headers.remove(&k);
     }
-    if passthrough {
-        return Ok(());
-    }
-    identity_exactly_once(upstream, ids, &ctx.ids)?;
-    upstream.insert_header(
-        HEADER_GROUP,
-        HeaderValue::from_static(ctx.state.group.as_str()),
-    )?;
-    if let Some(id) = &ctx.generated_request_id {
-        if let Ok(v) = HeaderValue::from_bytes(id) {
-            upstream.insert_header(ids[REQUEST_ID].clone(), v)?;
-        }
-    }
+    parts.headers.reserve(ADDED_HEADERS);
     let mut edit = UpstreamEdit {
-        req: upstream,
+        parts,
         route: route.name(),
         owned_query: &chain.owned_query,
         query_done: false,
         grpc: ctx.grpc,
         failed: None,
     };
+    identity_exactly_once(&mut edit, ids, &ctx.ids);
+    edit.insert(
+        HEADER_GROUP,
+        HeaderValue::from_static(ctx.state.group.as_str()),
+    );
+    if let Some(id) = &ctx.generated_request_id {
+        if let Ok(v) = HeaderValue::from_bytes(id) {
+            edit.insert(ids[REQUEST_ID].clone(), v);
+        }
+    }
     chain.edit_upstream(&ctx.state, &mut edit);
     if !edit.query_done && !chain.owned_query.is_empty() && !ctx.grpc {
         edit.set_query(&[]);
@@ -157,25 +221,24 @@ fn forward_path(upstream: &mut RequestHeader, path: &str, route: &str) {
 
 /// Each identity header once, with the value decided on (left alone when already so).
 fn identity_exactly_once(
-    upstream: &mut RequestHeader,
+    edit: &mut UpstreamEdit<'_>,
     names: &[HeaderName; 5],
     values: &[Option<HeaderValue>; 5],
-) -> Result<()> {
+) {
     for (name, value) in names.iter().zip(values) {
-        let mut sent = upstream.headers.get_all(name).iter();
+        let mut sent = edit.parts.headers.get_all(name).iter();
         let exact = match (value, sent.next(), sent.next()) {
             (Some(v), Some(first), None) => first == v,
             (None, None, _) => true,
             _ => false,
         };
         if !exact {
-            upstream.remove_header(name);
+            edit.parts.headers.remove(name);
             if let Some(v) = value {
-                upstream.insert_header(name.clone(), v.clone())?;
+                edit.insert(name.clone(), v.clone());
             }
         }
     }
-    Ok(())
 }
 
 /// What the hop to an endpoint needs of the request, whatever its route decided:

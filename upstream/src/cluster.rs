@@ -149,7 +149,10 @@ pub fn peer(cluster: &Cluster, i: usize) -> pingora::upstreams::peer::HttpPeer {
     peer.options.connection_timeout = Some(s.connect_timeout);
     peer.options.total_connection_timeout = Some(s.connect_timeout);
     peer.options.read_timeout = Some(s.read_timeout);
-    peer.options.write_timeout = Some(s.read_timeout);
+    // No write timeout (a timer registered per request): pingora reads the response while it
+    // writes the request body, so a write the endpoint stops taking ends with that read's
+    // timeout, or after an early answer with the client's `limits.body_timeout`.
+    peer.options.write_timeout = None;
     peer.options.idle_timeout = Some(s.idle_timeout);
     peer
 }
@@ -372,6 +375,24 @@ impl Cluster {
     /// aside if there is one; else any it has not tried (panic routing). `key`: the user id, for
     /// consistent hashing.
     pub fn select(&self, key: Option<&[u8]>, tried: &Tried, now_ms: u64) -> Option<usize> {
+        if let Balancer::RoundRobin(_) = &self.balancer {
+            // Endpoints in turn (all of weight 1: pingora's round robin would pick the same),
+            // without building the balancer's candidate iterator and hashing each candidate to
+            // look up its health; that only when a health check sets it.
+            // (One turn taken per pick, whichever of the three finds it.)
+            let checked = self.source.health_check.is_some();
+            let n = self.endpoints.len();
+            let start = self.unkeyed.fetch_add(1, Ordering::Relaxed);
+            let first =
+                |ok: &dyn Fn(usize) -> bool| (0..n).map(|k| (start + k) % n).find(|&i| ok(i));
+            return first(&|i| {
+                !tried.contains(i)
+                    && (!checked || self.healthy(i))
+                    && self.outliers.available(i, now_ms)
+            })
+            .or_else(|| first(&|i| self.healthy(i) && !tried.contains(i)))
+            .or_else(|| first(&|i| !tried.contains(i)));
+        }
         let counter;
         let key: &[u8] = match (&self.balancer, key) {
             (Balancer::Hash(_), Some(k)) if !k.is_empty() => k,

@@ -65,6 +65,8 @@ pub struct Edge {
     pub drain: Duration,
     /// When draining ends (clock ms), fixed when shutdown is first seen.
     pub drain_until: std::sync::OnceLock<u64>,
+    /// Set once the task that kicks every connection at shutdown runs.
+    pub shutdown_watched: std::sync::OnceLock<()>,
 }
 
 impl Edge {
@@ -78,7 +80,6 @@ impl Edge {
     ) -> Wait {
         slot.set_phase(phase);
         slot.set_deadline(deadline_ms);
-        let mut sd = shutdown.clone();
         let mut draining = false;
         loop {
             if !draining && *shutdown.borrow() {
@@ -101,8 +102,8 @@ impl Edge {
                     Ok(false) => Wait::Unknown,
                     Err(_) => Wait::Closed,
                 },
+                // (Shutdown kicks every connection, see `watch_shutdown`.)
                 _ = slot.kick.notified() => {}
-                _ = sd.wait_for(|down| *down), if !draining => {}
             }
         }
     }
@@ -214,6 +215,21 @@ fn pipelined(settings: &pingora::apps::HttpPersistentSettings) -> bool {
 }
 
 impl Edge {
+    /// Kick every connection when shutdown (or an upgrade's hand-over) begins, from one task:
+    /// a connection waiting for its next request then drains. (Each connection watching the
+    /// shutdown signal itself took a lock per request.)
+    fn watch_shutdown(&self, shutdown: &ShutdownWatch) {
+        self.shutdown_watched.get_or_init(|| {
+            let conns = self.conns.clone();
+            let mut sd = shutdown.clone();
+            tokio::spawn(async move {
+                if sd.wait_for(|down| *down).await.is_ok() {
+                    conns.kick_all();
+                }
+            });
+        });
+    }
+
     /// Wait for the connection's next request within its deadline: whether one began.
     async fn next_request(
         &self,
@@ -358,6 +374,7 @@ impl ServerApp for Edge {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        self.watch_shutdown(shutdown);
         let running = self.state.config.load_full();
         let admitted = self.conns.admit(running.limits.max_connections)?;
         let slot = admitted.slot.clone();
