@@ -546,3 +546,65 @@ fn cost_per_request_counts_only_what_hydrus_decided() {
     );
     assert_eq!(m(r#"hydrus_cost_requests_total{route="plain"}"#), 0.0);
 }
+
+/// What the upstream gets on the wire, as docs/decision.md says: on a route with filters the
+/// header names are written as pingora writes them without a kept spelling (a few framing
+/// names capitalized, `Host`, the others in lower case), every value as sent or as decided; on a route
+/// without filters the names as the client wrote them.
+#[test]
+fn header_names_reach_the_upstream_as_documented() {
+    let up = Upstream::start("a");
+    let dir = with_ktable(&ktable(&[("default", 0.004)], None));
+    let t = Config::new()
+        .cluster("pool", &[up.addr])
+        .route(route("plain", "pool").matching("{ path_prefix: /plain }"))
+        .route(
+            route("default", "pool")
+                .filter(&rollout("100"))
+                .filter(&hydrus3("{dir}/k.yaml")),
+        )
+        .template();
+    let h = Hydrus::start_in(dir, &t);
+    let request = |target: &[u8]| {
+        let mut r = b"GET ".to_vec();
+        r.extend_from_slice(target);
+        r.extend_from_slice(
+            b" HTTP/1.1\r\nHost: x\r\nAccept: */*\r\nX-User-Id: alice\r\nX-Qoe-Score: 0.6\r\nX-Trace-Note: Keep-This-Value\r\nconnection: close\r\n\r\n",
+        );
+        let answer = raw_request(h.port, &r);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let mut seen = up.take();
+        assert_eq!(seen.len(), 1);
+        seen.remove(0)
+    };
+    let names =
+        |s: &Seen| -> Vec<String> { s.raw_headers.iter().map(|(k, _)| k.clone()).collect() };
+
+    let s = request(b"/rank?a=1");
+    let n = names(&s);
+    for want in [
+        "Host",
+        "accept",
+        "x-user-id",
+        "x-qoe-score",
+        "x-trace-note",
+        "x-hydrus-group",
+    ] {
+        assert!(n.iter().any(|k| k == want), "{want} not in {n:?}");
+    }
+    assert_eq!(s.header("x-trace-note"), Some("Keep-This-Value"));
+    assert_eq!(s.header("x-user-id"), Some("alice"));
+    assert_eq!(s.header("x-hydrus-group"), Some("hydrus"));
+    assert_eq!(s.header_count("x-user-id"), 1);
+
+    let s = request(b"/plain/p?a=1");
+    let n = names(&s);
+    for want in ["Host", "Accept", "X-User-Id", "X-Qoe-Score", "X-Trace-Note"] {
+        assert!(n.iter().any(|k| k == want), "{want} not in {n:?}");
+    }
+    assert_eq!(
+        s.header("x-hydrus-group"),
+        None,
+        "a passthrough route is left alone"
+    );
+}

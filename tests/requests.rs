@@ -329,7 +329,7 @@ fn h2_cookies_reach_an_http1_upstream_as_one_field() {
         let cookies: Vec<&str> = seen
             .raw_headers
             .iter()
-            .filter(|(k, _)| k == "cookie")
+            .filter(|(k, _)| k.eq_ignore_ascii_case("cookie"))
             .map(|(_, v)| v.as_str())
             .collect();
         assert_eq!(cookies, ["a=1; b=2"], "{path}");
@@ -353,7 +353,7 @@ fn content_length_reaches_the_upstream_as_one_value() {
         let sent: Vec<&str> = seen
             .raw_headers
             .iter()
-            .filter(|(k, _)| k == "content-length")
+            .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
             .map(|(_, v)| v.as_str())
             .collect();
         assert_eq!(sent, ["5"], "{lengths:?}");

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::LazyLock;
 use std::time::Duration;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Unix time in milliseconds.
 pub fn unix_ms() -> u64 {
@@ -21,12 +21,21 @@ pub fn unix_ms_of(t: SystemTime) -> Option<u64> {
         .map(|d| d.as_millis() as u64)
 }
 
-static START: LazyLock<Instant> = LazyLock::new(Instant::now);
+/// The coarse monotonic clock in milliseconds: the kernel's last tick (1-4 ms behind), read
+/// without the TSC and its scaling, which cost more than all a request's deadlines need.
+fn coarse_ms() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    let secs = u64::try_from(t.tv_sec).unwrap_or(0);
+    let nanos = u64::try_from(t.tv_nsec).unwrap_or(0);
+    secs.saturating_mul(1000).saturating_add(nanos / 1_000_000)
+}
 
-/// Milliseconds since the first call in this process (never 0 after the first millisecond,
-/// never going back).
+static START: LazyLock<u64> = LazyLock::new(coarse_ms);
+
+/// Milliseconds since the first call in this process (never going back; to the kernel's tick,
+/// 1-4 ms: for deadlines and schedules, not for measuring).
 pub fn monotonic_ms() -> u64 {
-    START.elapsed().as_millis() as u64
+    coarse_ms().saturating_sub(*START)
 }
 
 /// When a recurring task (resolving a name again) is next due on the monotonic clock, and

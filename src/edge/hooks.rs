@@ -157,9 +157,11 @@ impl ProxyHttp for Proxy {
         _session: &mut Session,
         ctx: &mut Box<Ctx>,
     ) -> Result<Box<HttpPeer>> {
-        let running = match &ctx.running {
-            Some(r) => r.clone(),
-            None => return Error::e_explain(ErrorType::InternalError, "no route"),
+        // (Fields borrowed apart: no clone of the running config, whose count every request
+        // on every thread touches.)
+        let ctx: &mut Ctx = ctx;
+        let Some(running) = &ctx.running else {
+            return Error::e_explain(ErrorType::InternalError, "no route");
         };
         let cluster = running
             .clusters

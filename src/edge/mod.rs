@@ -292,7 +292,8 @@ impl Proxy {
         status: u16,
         error: Option<&'static str>,
     ) {
-        let (Some(running), Some(route)) = (ctx.running.clone(), ctx.route.clone()) else {
+        // (Taken, not cloned: the record carries them to the sink thread.)
+        let (Some(running), Some(route)) = (ctx.running.take(), ctx.route.take()) else {
             return;
         };
         let chain = &route.route.chain;
@@ -326,7 +327,14 @@ impl Proxy {
         }
         let trace_id = ctx.trace_id;
         if let Some(trace) = ctx.trace.take() {
-            self.traced(trace, ctx, &route, access.as_ref(), status, error);
+            self.traced(
+                trace,
+                ctx,
+                (&running, &route),
+                access.as_ref(),
+                status,
+                error,
+            );
         }
         if let (true, Some(q)) = (route.logged, &self.state.log) {
             q.push(Box::new(Pending {
@@ -355,7 +363,7 @@ impl Proxy {
         &self,
         mut trace: Box<crate::otel::RequestTrace>,
         ctx: &Ctx,
-        route: &RouteRuntime,
+        (running, route): (&Running, &RouteRuntime),
         access: Option<&Access>,
         status: u16,
         error: Option<&'static str>,
@@ -391,11 +399,7 @@ impl Proxy {
             let capped = hydrus_filters::log::capped_text(scenario.as_bytes());
             put("hydrus.scenario", text(&capped.text));
         }
-        if let Some(c) = ctx
-            .running
-            .as_ref()
-            .and_then(|r| r.clusters.get(ctx.state.cluster))
-        {
+        if let Some(c) = running.clusters.get(ctx.state.cluster) {
             put("hydrus.cluster", text(&c.name));
         }
         if let Some(a) = access {

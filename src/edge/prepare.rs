@@ -100,8 +100,8 @@ const ADDED_HEADERS: usize = 8;
 /// edited as a plain `http` header map and put back: pingora's own `insert_header` copies and
 /// re-parses every name and keeps a second map of header-name spellings, which together cost
 /// more than the whole decision. What that drops is the spelling of names (HTTP/1.1 names are
-/// sent as pingora writes them when it has no spelling: standard ones capitalized, others in
-/// lower case, as Envoy sends all of them); names are case-insensitive (RFC 9110 5.1). A route
+/// sent as pingora writes them when it has no spelling: `Host` and a few framing names
+/// capitalized, all others in lower case, as Envoy sends all of them); names are case-insensitive (RFC 9110 5.1). A route
 /// without filters keeps them as sent.
 pub fn prepare_upstream(upstream: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
     let (Some(running), Some(route)) = (ctx.running.as_deref(), ctx.route.as_deref()) else {

@@ -71,7 +71,7 @@ pub struct Seen {
     /// The query as received.
     pub raw_query: String,
     pub headers: BTreeMap<String, String>,
-    /// Every header line as received, in order, duplicates included.
+    /// Every header line as received (names spelled as received), in order, duplicates included.
     pub raw_headers: Vec<(String, String)>,
 }
 
@@ -174,9 +174,12 @@ fn serve_connection(stream: std::net::TcpStream, sh: Arc<Shared>) {
         let raw_headers: Vec<(String, String)> = head[1..]
             .iter()
             .filter_map(|h| h.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
             .collect();
-        let headers: BTreeMap<String, String> = raw_headers.iter().cloned().collect();
+        let headers: BTreeMap<String, String> = raw_headers
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect();
         if let Some(len) = headers
             .get("content-length")
             .and_then(|v| v.parse::<u64>().ok())
