@@ -150,7 +150,7 @@ backend grpc_up
   server s1 127.0.0.1:$UP proto h2
 CONF
 haproxy -f "$work/haproxy.cfg" -db & pids+=($!)
-"$BARE_BIN" "127.0.0.1:$BARE" "127.0.0.1:$UP" "$threads" h2c & pids+=($!)
+"$BARE_BIN" "127.0.0.1:$BARE" "127.0.0.1:$UP" "$threads" h2c & pids+=($!); bare_pid=$!
 for p in $UP $FULL $EMPTY $NGX $HAP $BARE; do wait_port $p; done
 
 procs() { # target -> pids
@@ -160,7 +160,7 @@ procs() { # target -> pids
     hydrus-empty) pgrep -f "serve --config $work/empty.yaml" ;;
     nginx) pgrep -f "nginx: worker process" | tr '\n' ' '; pgrep -f "nginx: master process nginx -c $work/nginx" ;;
     haproxy) pgrep -f "haproxy -f $work/haproxy.cfg" ;;
-    pingora-bare) pgrep -f "bare_proxy 127.0.0.1:$BARE" ;;
+    pingora-bare) echo "$bare_pid" ;;
   esac
 }
 ticks() { local t=0; for p in $1; do [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$p/stat"))); done; echo $t; }

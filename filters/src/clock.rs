@@ -21,8 +21,9 @@ pub fn unix_ms_of(t: SystemTime) -> Option<u64> {
         .map(|d| d.as_millis() as u64)
 }
 
-/// The coarse monotonic clock in milliseconds: the kernel's last tick (1-4 ms behind), read
-/// without the TSC and its scaling, which cost more than all a request's deadlines need.
+/// The coarse monotonic clock in milliseconds: the kernel's last tick (1-10 ms behind, by its
+/// HZ), read without the TSC and its scaling, which cost more than a request's deadlines need.
+#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
 fn coarse_ms() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
     let secs = u64::try_from(t.tv_sec).unwrap_or(0);
@@ -30,10 +31,17 @@ fn coarse_ms() -> u64 {
     secs.saturating_mul(1000).saturating_add(nanos / 1_000_000)
 }
 
+/// Elsewhere, the precise clock.
+#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+fn coarse_ms() -> u64 {
+    static ORIGIN: LazyLock<std::time::Instant> = LazyLock::new(std::time::Instant::now);
+    ORIGIN.elapsed().as_millis() as u64
+}
+
 static START: LazyLock<u64> = LazyLock::new(coarse_ms);
 
 /// Milliseconds since the first call in this process (never going back; to the kernel's tick,
-/// 1-4 ms: for deadlines and schedules, not for measuring).
+/// 1-10 ms: for deadlines and schedules, not for measuring).
 pub fn monotonic_ms() -> u64 {
     coarse_ms().saturating_sub(*START)
 }

@@ -154,9 +154,14 @@ impl ProxyHttp for Proxy {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut Box<Ctx>,
     ) -> Result<Box<HttpPeer>> {
+        // A request without a body (nor an upgrade) writes only its header, into an idle or new
+        // connection's empty buffers: no write timer for it (pingora registers one per write).
+        // A body keeps its write timeout: pingora does not read the response while a write of
+        // the body blocks.
+        let bodyless = session.as_mut().is_body_empty() && !session.as_ref().is_upgrade_req();
         // (Fields borrowed apart: no clone of the running config, whose count every request
         // on every thread touches.)
         let ctx: &mut Ctx = ctx;
@@ -196,7 +201,11 @@ impl ProxyHttp for Proxy {
         if let (Some(t), Some(addr)) = (ctx.trace.as_mut(), ctx.endpoint) {
             t.start_attempt(addr);
         }
-        Ok(Box::new(peer(cluster, i)))
+        let mut peer = peer(cluster, i);
+        if bodyless {
+            peer.options.write_timeout = None;
+        }
+        Ok(Box::new(peer))
     }
 
     fn fail_to_connect(

@@ -123,13 +123,12 @@ pub fn prepare_upstream(upstream: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
         return Ok(());
     }
     // A target the URI does not write back as sent (not UTF-8) is restored, unless edited.
+    // (One without a path, CONNECT's authority, is not: the URI keeps it whole.)
     let raw = upstream
-        .raw_path()
-        .ne(upstream
-            .uri
-            .path_and_query()
-            .map_or(&b""[..], |p| p.as_str().as_bytes()))
-        .then(|| (upstream.raw_path().to_vec(), upstream.uri.clone()));
+        .uri
+        .path_and_query()
+        .filter(|p| upstream.raw_path() != p.as_str().as_bytes())
+        .map(|_| (upstream.raw_path().to_vec(), upstream.uri.clone()));
     let end_stream = upstream.send_end_stream();
     let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
     let mut parts: http::request::Parts = std::mem::replace(upstream, placeholder).into();

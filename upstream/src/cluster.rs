@@ -149,10 +149,8 @@ pub fn peer(cluster: &Cluster, i: usize) -> pingora::upstreams::peer::HttpPeer {
     peer.options.connection_timeout = Some(s.connect_timeout);
     peer.options.total_connection_timeout = Some(s.connect_timeout);
     peer.options.read_timeout = Some(s.read_timeout);
-    // No write timeout (a timer registered per request): pingora reads the response while it
-    // writes the request body, so a write the endpoint stops taking ends with that read's
-    // timeout, or after an early answer with the client's `limits.body_timeout`.
-    peer.options.write_timeout = None;
+    // (The proxy's own path drops it for a request without a body, see `upstream_peer`.)
+    peer.options.write_timeout = Some(s.read_timeout);
     peer.options.idle_timeout = Some(s.idle_timeout);
     peer
 }
@@ -379,12 +377,15 @@ impl Cluster {
             // Endpoints in turn (all of weight 1: pingora's round robin would pick the same),
             // without building the balancer's candidate iterator and hashing each candidate to
             // look up its health; that only when a health check sets it.
-            // (One turn taken per pick, whichever of the three finds it.)
+            // A turn per endpoint looked at, as pingora's iterator takes one: those left when one
+            // is set aside share its turns evenly, rather than the next in line taking them all.
             let checked = self.source.health_check.is_some();
             let n = self.endpoints.len();
-            let start = self.unkeyed.fetch_add(1, Ordering::Relaxed);
-            let first =
-                |ok: &dyn Fn(usize) -> bool| (0..n).map(|k| (start + k) % n).find(|&i| ok(i));
+            let first = |ok: &dyn Fn(usize) -> bool| {
+                (0..n)
+                    .map(|_| self.unkeyed.fetch_add(1, Ordering::Relaxed) % n)
+                    .find(|&i| ok(i))
+            };
             return first(&|i| {
                 !tried.contains(i)
                     && (!checked || self.healthy(i))

@@ -63,6 +63,20 @@ fn consistent_hash_keeps_a_user_on_one_endpoint_until_it_is_ejected() {
 }
 
 #[test]
+fn the_endpoints_left_share_the_turns_of_one_set_aside() {
+    let c = cluster(LbPolicy::RoundRobin, 3);
+    // Endpoint 1 hangs for longer than stall_after: it gets nothing new, and the other two
+    // share its turns evenly (not the one after it in line taking them all).
+    c.outliers.started(1, 0);
+    let now = 10_000;
+    let mut counts = [0; 3];
+    for _ in 0..300 {
+        counts[c.select(None, &Tried::default(), now).expect("one")] += 1;
+    }
+    assert_eq!(counts, [150, 0, 150]);
+}
+
+#[test]
 fn everything_out_means_everything_in() {
     let c = cluster(LbPolicy::RoundRobin, 2);
     c.outliers.started(0, 0);
