@@ -99,10 +99,10 @@ const ADDED_HEADERS: usize = 8;
 /// On a route with filters the request's parts are taken out of pingora's `RequestHeader`,
 /// edited as a plain `http` header map and put back: pingora's own `insert_header` copies and
 /// re-parses every name and keeps a second map of header-name spellings, which together cost
-/// more than the whole decision. What that drops is the spelling of names (HTTP/1.1 names are
-/// sent as pingora writes them when it has no spelling: `Host` and a few framing names
-/// capitalized, all others in lower case, as Envoy sends all of them); names are case-insensitive (RFC 9110 5.1). A route
-/// without filters keeps them as sent.
+/// more than the whole decision. What that drops is the spelling of names: HTTP/1.1 names are
+/// sent as pingora writes them when it has no spelling (`Host` and a few framing names
+/// capitalized, all others in lower case; Envoy lower-cases all of them). Names are
+/// case-insensitive (RFC 9110 5.1). A route without filters keeps them as sent.
 pub fn prepare_upstream(upstream: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
     let (Some(running), Some(route)) = (ctx.running.as_deref(), ctx.route.as_deref()) else {
         return Ok(());

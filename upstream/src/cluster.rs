@@ -376,9 +376,9 @@ impl Cluster {
         if let Balancer::RoundRobin(_) = &self.balancer {
             // Endpoints in turn (all of weight 1: pingora's round robin would pick the same),
             // without building the balancer's candidate iterator and hashing each candidate to
-            // look up its health; that only when a health check sets it.
-            // A turn per endpoint looked at, as pingora's iterator takes one: those left when one
-            // is set aside share its turns evenly, rather than the next in line taking them all.
+            // look up its health (looked up only when a health check sets it). A turn per
+            // endpoint looked at, as pingora's iterator takes one: those left when one is set
+            // aside share its turns evenly, rather than the next in line taking them all.
             let checked = self.source.health_check.is_some();
             let n = self.endpoints.len();
             let first = |ok: &dyn Fn(usize) -> bool| {
