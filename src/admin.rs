@@ -174,8 +174,10 @@ impl ServeHttp for Admin {
                 )
             }
             "/ready" => {
-                // Not before every cluster has had an endpoint (a name may not resolve yet).
-                let served = self.state.endpoints_found.load(Ordering::Relaxed);
+                // Not before every cluster has had an endpoint (a name may not resolve yet), nor
+                // before the proxy's listener is bound.
+                let served = self.state.endpoints_found.load(Ordering::Relaxed)
+                    && self.state.listening.load(Ordering::Relaxed);
                 if self.state.ready.load(Ordering::SeqCst) && served {
                     reply(StatusCode::OK, "text/plain", b"ready\n".to_vec())
                 } else {

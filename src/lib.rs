@@ -27,6 +27,7 @@ pub mod config;
 pub mod demo;
 pub mod edge;
 pub mod health;
+pub mod listening;
 pub mod logging;
 pub mod logsink;
 pub mod metrics;

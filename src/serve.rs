@@ -120,6 +120,10 @@ pub fn serve(config: &config::ConfigFile, opts: ServeOptions) -> Result<(), Serv
     server.bootstrap();
     add_services(&mut server, &state, &start, auto_cap)?;
     watch_phases(&mut server, &state, start.pid_file.clone())?;
+    crate::listening::watch(&state, start.listen).map_err(|source| ServeError::Thread {
+        what: "listener watch",
+        source,
+    })?;
     announce(&start, nofile, cap);
     server.run(RunArgs::default());
 

@@ -165,6 +165,9 @@ pub struct State {
     /// Set once every cluster has had an endpoint (a name may not resolve at start): until then
     /// `/ready` says not ready; a cluster a reload adds does not take readiness away.
     pub endpoints_found: AtomicBool,
+    /// Set once the proxy's listener is bound: pingora says it runs before a service's
+    /// listeners are bound, and `/ready` must not answer 200 to a port that refuses.
+    pub listening: AtomicBool,
     swap: std::sync::Mutex<()>,
 }
 
@@ -189,6 +192,7 @@ impl State {
             endpoint_series: std::sync::Mutex::new(Vec::new()),
             ready: AtomicBool::new(false),
             endpoints_found: AtomicBool::new(false),
+            listening: AtomicBool::new(false),
             swap: std::sync::Mutex::new(()),
         };
         state.touch_cluster_series(&state.config.load());

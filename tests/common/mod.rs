@@ -461,6 +461,13 @@ impl Hydrus {
                 }
             }
             if let Ok((200, _)) = get(&format!("{}/ready", self.admin())) {
+                // Ready means serving: the proxy's port takes connections from then on.
+                if let Err(e) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                    panic!(
+                        "/ready said ready, the proxy port refused: {e}\n{}",
+                        self.log()
+                    );
+                }
                 return;
             }
             assert!(
