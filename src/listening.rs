@@ -95,8 +95,8 @@ mod tests {
 
     #[test]
     fn this_process_s_own_listener_is_seen() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+        let port = l.local_addr().expect("its address").port();
         if let Some(seen) = is_listening(port) {
             assert!(seen);
             drop(l);
