@@ -241,7 +241,17 @@ impl TransportConnector {
             .await
             .or_err(InternalError, "offload runtime failure")??
         } else {
-            do_connect(peer, bind_to, alpn_override, &self.tls_ctx.ctx, None).await?
+            // hydrus patch: boxed, so that the connect (TCP + TLS handshake) future, several KB,
+            // is not held inline by every caller's future: a request served from the pool never
+            // runs it, yet pingora-proxy copied its size into each request's future.
+            Box::pin(do_connect(
+                peer,
+                bind_to,
+                alpn_override,
+                &self.tls_ctx.ctx,
+                None,
+            ))
+            .await?
         };
 
         Ok(stream)

@@ -127,7 +127,9 @@ where
                     return Ok((HttpSession::H1(h1), true));
                 }
             }
-            let session = self.h2.new_http_session(peer).await?;
+            // hydrus patch: boxed, like the connect inside it (see TransportConnector::new_stream):
+            // the h2 handshake's future is only needed when no pooled connection serves.
+            let session = Box::pin(self.h2.new_http_session(peer)).await?;
             Ok((session, false))
         }
     }
