@@ -7,8 +7,7 @@
 use crate::cluster::Cluster;
 use crate::state::State;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 const TICK: Duration = Duration::from_millis(100);
 

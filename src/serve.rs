@@ -15,10 +15,7 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{ExecutionPhase, RunArgs, Server};
 use pingora::services::listening::Service;
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::Duration;
+use std::{sync::atomic::Ordering, sync::Arc, time::Duration};
 
 pub struct ServeOptions {
     /// Take the listening sockets over from a running hydrus (pingora's graceful upgrade).
@@ -49,6 +46,12 @@ pub enum ServeError {
         what: &'static str,
         source: std::io::Error,
     },
+}
+
+impl ServeError {
+    fn thread(what: &'static str) -> impl FnOnce(std::io::Error) -> Self {
+        move |source| Self::Thread { what, source }
+    }
 }
 
 /// Fail fast, with the address, when a listener cannot bind: pingora would panic in a worker.
@@ -119,11 +122,7 @@ pub fn serve(config: &config::ConfigFile, opts: ServeOptions) -> Result<(), Serv
     let mut server = Server::new_with_opt_and_conf(options(opts.upgrade), server_conf(&start));
     server.bootstrap();
     add_services(&mut server, &state, &start, auto_cap)?;
-    watch_phases(&mut server, &state, start.pid_file.clone())?;
-    crate::listening::watch(&state, start.listen).map_err(|source| ServeError::Thread {
-        what: "listener watch",
-        source,
-    })?;
+    watch_phases(&mut server, &state, &start)?;
     announce(&start, nofile, cap);
     server.run(RunArgs::default());
 
@@ -177,12 +176,8 @@ fn add_services(
     auto_cap: usize,
 ) -> Result<(), ServeError> {
     let conns = Arc::new(Connections::new(auto_cap, &state.metrics));
-    Connections::spawn_reaper(&conns, crate::edge::conns::REAP_PERIOD).map_err(|source| {
-        ServeError::Thread {
-            what: "connection reaper",
-            source,
-        }
-    })?;
+    Connections::spawn_reaper(&conns, crate::edge::conns::REAP_PERIOD)
+        .map_err(ServeError::thread("connection reaper"))?;
     let mut http = pingora::proxy::http_proxy(&server.configuration, Proxy::new(state.clone()));
     // HTTP/2 on the same listener: with prior knowledge in clear text (h2c, what gRPC clients
     // send), by ALPN over TLS; an idle HTTP/2 connection closed like an idle keep-alive one.
@@ -228,16 +223,18 @@ fn add_services(
     Ok(())
 }
 
-/// `/ready`: up once the server runs, down as soon as shutdown or upgrade begins; the pid
-/// file written once serving.
+/// `/ready`: up once the server runs and its listener is bound, down as soon as shutdown or
+/// upgrade begins; the pid file written once serving.
 fn watch_phases(
     server: &mut Server,
     state: &Arc<State>,
-    pid_file: PathBuf,
+    start: &StartOnly,
 ) -> Result<(), ServeError> {
+    crate::listening::watch(state, start.listen).map_err(ServeError::thread("listening"))?;
+    let pid_file = start.pid_file.clone();
     let mut phases = server.watch_execution_phase();
     let ready_state = state.clone();
-    std::thread::Builder::new()
+    let started = std::thread::Builder::new()
         .name("hydrus-phase".into())
         .spawn(move || {
             while let Ok(p) = phases.blocking_recv() {
@@ -260,11 +257,8 @@ fn watch_phases(
                 }
             }
         })
-        .map(drop)
-        .map_err(|source| ServeError::Thread {
-            what: "phase",
-            source,
-        })
+        .map(drop);
+    started.map_err(ServeError::thread("phase"))
 }
 
 fn announce(start: &StartOnly, nofile: u64, cap: usize) {

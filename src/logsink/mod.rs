@@ -22,9 +22,8 @@ use prometheus::{IntCounter, IntGauge};
 use record::{Pending, Truncations};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use std::{sync::Arc, thread::JoinHandle};
 
 /// The queue between the request path and the sink thread.
 type Queue = ArrayQueue<Box<Pending>>;

@@ -22,12 +22,9 @@ use pingora::protocols::{
     ALPN,
 };
 use prometheus::IntCounter;
-use std::future::Future;
-use std::io;
-use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use std::{future::Future, io, pin::Pin, sync::Arc};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
