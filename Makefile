@@ -10,3 +10,4 @@ run:
 test:
 	bash .ci/install test
 	cargo nextest run --workspace --locked --no-fail-fast
+	bash vendor/test.sh

@@ -17,6 +17,7 @@
 #      HYDRUS_BIN / BARE_BIN (binaries to measure instead of the ones built here),
 #      COMPARE="NAME=BINARY ..." (more hydrus binaries run on the full chain in the same rounds,
 #      e.g. COMPARE="before=/tmp/hydrus-old" to measure a change before and after in one run),
+#      BARE_COMPARE="NAME=BINARY ..." (more bare pingora proxies, e.g. built before a pingora patch),
 #      TRACING=1 (three more full-chain targets with `tracing:` on: hydrus-trace1 samples 1% and
 #      hydrus-trace100 every request, exporting over OTLP/HTTP to the upstream nginx, which takes
 #      POST /v1/traces as a collector would, cheaply; hydrus-trace-dead samples every request
@@ -135,6 +136,13 @@ for spec in $compare; do
     -e "s#$work/logs#$work/logs-$name#" "$work/full.yaml" > "$work/$name.yaml"
   [ -z "$snippet" ] || cat "$snippet" >> "$work/$name.yaml"
   RUST_LOG=warn "$bin" serve --config "$work/$name.yaml" & pids+=($!); extra_pid[$name]=$!
+  extra_names+=("$name"); extra_ports+=("$port"); port=$((port + 2))
+done
+
+# More bare pingora binaries (e.g. built before a patch to pingora), in the same rounds.
+for spec in ${BARE_COMPARE:-}; do
+  name=pingora-bare-${spec%%=*}; bin=${spec#*=}
+  RUST_LOG=warn "$bin" 127.0.0.1:$port 127.0.0.1:$UP "$threads" & pids+=($!); extra_pid[$name]=$!
   extra_names+=("$name"); extra_ports+=("$port"); port=$((port + 2))
 done
 
@@ -271,6 +279,6 @@ mkdir -p benches/results
   fi
   echo "hydrus's own histograms (bucket bounds): decision p99 under ${decision_p99:-n/a} s; latency added p50 under ${overhead_p50:-n/a} s, p99 under ${overhead_p99:-n/a} s. Log records written: ${records:-0}, dropped: ${dropped:-0}."
   echo
-  echo "$(nproc) CPUs shared by wrk, the upstream and the proxies; $threads proxy threads/processes each; wrk -t1 -c$conns -d${secs}s (loaded) and -c1 -d${serial_secs}s (serial), $rounds interleaved rounds (medians), $(date -u +%F). Command: \`${TRACING:+TRACING=$TRACING }${COMPARE:+COMPARE=\"$COMPARE\" }bash benches/load.sh $secs $rounds $conns\`."
+  echo "$(nproc) CPUs shared by wrk, the upstream and the proxies; $threads proxy threads/processes each; wrk -t1 -c$conns -d${secs}s (loaded) and -c1 -d${serial_secs}s (serial), $rounds interleaved rounds (medians), $(date -u +%F). Command: \`${TRACING:+TRACING=$TRACING }${COMPARE:+COMPARE=\"$COMPARE\" }${BARE_COMPARE:+BARE_COMPARE=\"$BARE_COMPARE\" }bash benches/load.sh $secs $rounds $conns\`."
 } > benches/results/load.md
 cat benches/results/load.md
