@@ -407,6 +407,69 @@ fn a_stale_pooled_connection_is_retried_on_the_same_endpoint() {
     stop.store(true, Ordering::SeqCst);
 }
 
+/// A keep-alive upstream that answers every request on a connection and records, per
+/// connection, how many requests it served and when the proxy closed it.
+type Closes = Arc<std::sync::Mutex<Vec<(usize, std::time::Instant)>>>;
+fn keep_alive_upstream() -> (SocketAddr, Arc<AtomicUsize>, Closes) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (opened, closes) = (Arc::new(AtomicUsize::new(0)), Closes::default());
+    let (op, cl) = (opened.clone(), closes.clone());
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            op.fetch_add(1, Ordering::SeqCst);
+            let cl = cl.clone();
+            std::thread::spawn(move || {
+                let (mut served, mut b) = (0, [0u8; 4096]);
+                while s.read(&mut b).unwrap_or(0) > 0 {
+                    served += 1;
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+                }
+                cl.lock().unwrap().push((served, std::time::Instant::now()));
+            });
+        }
+    });
+    (addr, opened, closes)
+}
+
+#[test]
+fn an_idle_upstream_connection_is_reused_then_closed_after_the_cluster_idle_timeout() {
+    let (addr, opened, closes) = keep_alive_upstream();
+    let h = Hydrus::start(&pool_template(&[addr], "    idle_timeout: 1s\n", ""));
+    // Two requests one after the other: the second reuses the first's upstream connection.
+    for _ in 0..2 {
+        assert_eq!(get(&h.url("/x")).unwrap(), (200, "ok".to_string()));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let idle_since = std::time::Instant::now();
+    assert_eq!(
+        opened.load(Ordering::SeqCst),
+        1,
+        "the idle connection is reused"
+    );
+    // Then idle: hydrus closes it once the idle timeout has passed (checked twice a second).
+    let deadline = idle_since + Duration::from_secs(10);
+    while closes.lock().unwrap().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let closed = closes.lock().unwrap().clone();
+    assert_eq!(
+        closed.len(),
+        1,
+        "the idle connection was not closed within 10 s"
+    );
+    let (served, at) = closed[0];
+    assert_eq!(served, 2);
+    let idle = at.duration_since(idle_since);
+    assert!(
+        idle >= Duration::from_millis(800),
+        "closed after {idle:?} idle, before the 1 s idle timeout"
+    );
+    // And the next request opens a new one.
+    assert_eq!(get(&h.url("/x")).unwrap(), (200, "ok".to_string()));
+    assert_eq!(opened.load(Ordering::SeqCst), 2);
+}
+
 /// An upstream that starts a response and resets the connection mid-body.
 fn mid_body_reset_upstream() -> (SocketAddr, Arc<AtomicBool>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
