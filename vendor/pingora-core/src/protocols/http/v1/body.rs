@@ -174,7 +174,12 @@ impl BodyReader {
     }
 
     fn prepare_buf(&mut self, buf_to_rewind: &[u8]) {
-        let mut body_buf = BytesMut::with_capacity(self.body_buf_size.max(buf_to_rewind.len()));
+        self.prepare_buf_sized(buf_to_rewind, self.body_buf_size);
+    }
+
+    /// [`Self::prepare_buf`] with a buffer of `capacity` (at least what is rewound).
+    fn prepare_buf_sized(&mut self, buf_to_rewind: &[u8], capacity: usize) {
+        let mut body_buf = BytesMut::with_capacity(capacity.max(buf_to_rewind.len()));
         if !buf_to_rewind.is_empty() {
             self.rewind_buf_len = buf_to_rewind.len();
             // TODO: this is still 1 copy. Make it zero
@@ -246,7 +251,12 @@ impl BodyReader {
                 }
             }
             _ => {
-                self.prepare_buf(buf_to_rewind);
+                // hydrus patch: a buffer no larger than the body, not `body_buf_size` (64 KB)
+                // whatever the length: a small response read with its header (the common case
+                // on the upstream side, which takes this copying path) needed a 64 KB allocation,
+                // past jemalloc's thread cache (32 KB) into its arena's extents, per response.
+                // Reads that follow still reserve `body_buf_size` (prepare_buf_for_io).
+                self.prepare_buf_sized(buf_to_rewind, cl.min(self.body_buf_size));
                 self.body_state = PS::Partial(0, cl);
             }
         }
@@ -2046,6 +2056,40 @@ mod tests {
         let overread = body_reader.take_body_overread().unwrap();
         assert_eq!(overread.as_ptr(), rewind_ptr);
         assert_eq!(overread.as_ref(), b"next request");
+    }
+
+    // hydrus patch: the copying init sizes its buffer by the content length.
+    #[tokio::test]
+    async fn content_length_body_buffer_is_no_larger_than_the_body() {
+        // All of it read with the header: a buffer of its size.
+        let mut mock_io = Builder::new().build();
+        let mut body_reader = BodyReader::new(true);
+        body_reader.init_content_length(3, b"abc");
+        assert!(body_reader.body_buf.as_ref().unwrap().capacity() < 64);
+        let res = body_reader.read_body(&mut mock_io).await.unwrap().unwrap();
+        assert_eq!(body_reader.get_body(&res), b"abc");
+        assert_eq!(body_reader.body_state, ParseState::Complete(3));
+
+        // Part of a large one: the start, then the rest read in body_buf_size reads.
+        let rest = vec![b'x'; 2 * BODY_BUFFER_SIZE];
+        let mut mock_io = Builder::new()
+            .read(&rest[..BODY_BUFFER_SIZE])
+            .read(&rest[BODY_BUFFER_SIZE..])
+            .build();
+        let mut body_reader = BodyReader::new(true);
+        body_reader.init_content_length(1 + rest.len(), b"a");
+        assert_eq!(
+            body_reader.body_buf.as_ref().unwrap().capacity(),
+            BODY_BUFFER_SIZE
+        );
+        let mut got = Vec::new();
+        while let Some(b) = body_reader.read_body(&mut mock_io).await.unwrap() {
+            got.extend_from_slice(body_reader.get_body(&b));
+        }
+        assert_eq!(got.len(), 1 + rest.len());
+        assert_eq!(got[0], b'a');
+        assert!(got[1..].iter().all(|&c| c == b'x'));
+        assert_eq!(body_reader.body_state, ParseState::Complete(1 + rest.len()));
     }
 
     #[tokio::test]
