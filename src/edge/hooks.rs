@@ -493,7 +493,7 @@ impl Proxy {
         Some(crate::logsink::record::Access {
             client: session.client_addr().and_then(|a| a.as_inet()).copied(),
             method: req.method.clone(),
-            uri: req.uri.clone(),
+            path: hydrus_filters::log::text::PathText::new(req.uri.path(), req.uri.query()),
             version: req.version,
             request_bytes: session.body_bytes_read() as u64,
             response_bytes: session.body_bytes_sent() as u64,

@@ -21,11 +21,12 @@ pub mod upstream;
 pub use prepare::HEADER_GROUP;
 
 use crate::config::{RouteRuntime, Running};
-use crate::logsink::record::{hex_id, protocol, Access, Pending, RequestId};
+use crate::logsink::record::{Access, Pending};
 use crate::state::State;
 use conns::Slot;
 use http::header::HeaderValue;
 use hydrus_filters::filter::{Input, RequestState, REQUEST_ID, SCENARIO};
+use hydrus_filters::log::text::{hex_id, protocol, RequestId};
 use hydrus_filters::outcome::RequestEnd;
 use hydrus_filters::retry::Tried;
 use hydrus_filters::route::normalize_path;
@@ -341,7 +342,7 @@ impl Proxy {
                 running,
                 route,
                 ts_ms: ctx.ts_ms,
-                ids: std::mem::take(&mut ctx.ids),
+                ids: Pending::copy_ids(&ctx.ids),
                 generated_id: ctx.generated_request_id,
                 state: std::mem::replace(&mut ctx.state, RequestState::new(0)),
                 status,
@@ -405,7 +406,7 @@ impl Proxy {
         if let Some(a) = access {
             put("http.request.method", text(a.method.as_str()));
             let path = hydrus_filters::log::logged_path(
-                a.uri.path(),
+                a.path.path(),
                 None,
                 hydrus_filters::log::QueryInLog::None,
             );

@@ -7,111 +7,27 @@ use crate::config::{RouteRuntime, Running};
 use crate::metrics::Metrics;
 use http::HeaderValue;
 use hydrus_filters::filter::RequestState;
+use hydrus_filters::filter::QOE;
 use hydrus_filters::filter::{DEVICE_ID, REQUEST_ID, SCENARIO, USER_ID};
 use hydrus_filters::hydrus::ktable::DEFAULT_SCENARIO;
 use hydrus_filters::hydrus::SCENARIO_OTHER;
+use hydrus_filters::log::text::{protocol, AddrText, Copied, PathText, RequestId};
 use hydrus_filters::log::{capped_text, AccessRef, Extra, KRef, RecordRef, ValueInfoRef};
 use prometheus::IntCounter;
 use std::borrow::Cow;
 use std::sync::Arc;
 
-/// A request id hydrus made up: 32 lowercase hex digits.
-pub type RequestId = [u8; 32];
-
-/// 32 lowercase hex digits, without the formatting machinery.
-pub fn hex_id(v: u128) -> RequestId {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = [0u8; 32];
-    for (i, c) in s.iter_mut().enumerate() {
-        *c = HEX[((v >> ((31 - i) * 4)) & 0xf) as usize];
-    }
-    s
-}
-
 /// What the session says of a finished request, for its access record and span.
 pub struct Access {
     pub client: Option<std::net::SocketAddr>,
     pub method: http::Method,
-    pub uri: http::Uri,
+    /// The request target's path and query, copied (see [`Copied`]).
+    pub path: PathText,
     pub version: http::Version,
     pub request_bytes: u64,
     pub response_bytes: u64,
     /// The client's `tracestate` (traced requests only).
     pub tracestate: Option<String>,
-}
-
-/// An address as a record writes it, `IP:PORT`, on the stack: through `Display` an IPv4
-/// address and port cost about 1,900 instructions (callgrind), two a record; this, a tenth.
-pub struct AddrText {
-    buf: [u8; 64],
-    len: usize,
-}
-
-impl AddrText {
-    pub fn new(a: std::net::SocketAddr) -> Self {
-        let mut t = Self {
-            buf: [0; 64],
-            len: 0,
-        };
-        match a {
-            std::net::SocketAddr::V4(v4) => {
-                for (i, octet) in v4.ip().octets().into_iter().enumerate() {
-                    if i > 0 {
-                        t.push(b'.');
-                    }
-                    t.number(u32::from(octet));
-                }
-                t.push(b':');
-                t.number(u32::from(v4.port()));
-            }
-            std::net::SocketAddr::V6(_) => {
-                use std::io::Write as _;
-                let mut w = &mut t.buf[..];
-                // (At most 47 bytes: `[` 39 `]:` 5, with a scope id 58.)
-                let _ = write!(w, "{a}");
-                t.len = 64 - w.len();
-            }
-        }
-        t
-    }
-
-    fn push(&mut self, b: u8) {
-        if let Some(slot) = self.buf.get_mut(self.len) {
-            *slot = b;
-            self.len += 1;
-        }
-    }
-
-    fn number(&mut self, mut n: u32) {
-        let mut digits = [0u8; 10];
-        let mut i = digits.len();
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        for &d in &digits[i..] {
-            self.push(d);
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
-    }
-}
-
-/// The protocol as a record names it.
-pub fn protocol(v: http::Version) -> &'static str {
-    match v {
-        http::Version::HTTP_09 => "HTTP/0.9",
-        http::Version::HTTP_10 => "HTTP/1.0",
-        http::Version::HTTP_2 => "HTTP/2",
-        http::Version::HTTP_3 => "HTTP/3",
-        _ => "HTTP/1.1",
-    }
 }
 
 /// What one request leaves for its log record.
@@ -121,8 +37,8 @@ pub struct Pending {
     /// The route it took: its name, and its hydrus filter's strategy names.
     pub route: Arc<RouteRuntime>,
     pub ts_ms: u64,
-    /// The identity headers as decided on.
-    pub ids: [Option<HeaderValue>; 5],
+    /// The identity headers as decided on, copied (the QoE score is not recorded).
+    pub ids: [Option<Copied>; 5],
     pub generated_id: Option<RequestId>,
     /// What the route's filters decided (and added to the record).
     pub state: RequestState,
@@ -179,11 +95,11 @@ impl Truncations {
 
 /// A header's value as its record field holds it, counted; an escaped one named in `escaped`.
 fn capped<'a>(
-    v: Option<&'a HeaderValue>,
+    v: Option<&'a Copied>,
     field: &Field,
     escaped: &mut Vec<&'static str>,
 ) -> Cow<'a, str> {
-    let c = capped_text(v.map_or(&[][..], HeaderValue::as_bytes));
+    let c = capped_text(v.map_or(&[][..], Copied::as_bytes));
     if c.cut {
         field.cut.inc();
     }
@@ -197,9 +113,19 @@ fn capped<'a>(
 impl Pending {
     /// The Kafka key: the user id.
     pub fn key(&self) -> &[u8] {
-        self.ids[USER_ID]
-            .as_ref()
-            .map_or(&[][..], HeaderValue::as_bytes)
+        self.ids[USER_ID].as_ref().map_or(&[][..], Copied::as_bytes)
+    }
+
+    /// The identity headers as a record keeps them: copied, so that the request's buffers are
+    /// freed on its own thread.
+    pub fn copy_ids(ids: &[Option<HeaderValue>; 5]) -> [Option<Copied>; 5] {
+        let mut out: [Option<Copied>; 5] = Default::default();
+        for (i, (slot, v)) in out.iter_mut().zip(ids).enumerate() {
+            if i != QOE {
+                *slot = v.as_ref().map(|v| Copied::new(v.as_bytes()));
+            }
+        }
+        out
     }
 
     /// Append the record as one JSON line.
@@ -218,7 +144,8 @@ impl Pending {
         let client_addr = a.and_then(|a| a.client).map(AddrText::new);
         let query = hydrus_filters::log::of(&self.route.route.chain)
             .map_or_else(Default::default, |l| l.query);
-        let path = a.map(|a| hydrus_filters::log::logged_path(a.uri.path(), a.uri.query(), query));
+        let path =
+            a.map(|a| hydrus_filters::log::logged_path(a.path.path(), a.path.query(), query));
         let endpoint = self.endpoint.map(AddrText::new);
         let trace_id = self
             .trace_id
@@ -282,42 +209,5 @@ impl Pending {
                 Some(capped(raw, &t.scenario_raw, escaped)),
             ),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn addresses_are_written_as_display_writes_them() {
-        for a in [
-            "127.0.0.1:8080",
-            "0.0.0.0:0",
-            "255.255.255.255:65535",
-            "10.20.3.4:9",
-            "[::1]:443",
-            "[2001:db8::8a2e:370:7334]:65535",
-            "[fe80::1%4]:80",
-        ] {
-            let addr: std::net::SocketAddr = match a.parse() {
-                Ok(x) => x,
-                Err(_) => std::net::SocketAddr::V6(std::net::SocketAddrV6::new(
-                    "fe80::1".parse().expect("ip"),
-                    80,
-                    0,
-                    4,
-                )),
-            };
-            assert_eq!(super::AddrText::new(addr).as_str(), addr.to_string());
-        }
-    }
-
-    #[test]
-    fn hex_ids() {
-        let id = super::hex_id(0xabc);
-        assert_eq!(
-            std::str::from_utf8(&id),
-            Ok(format!("{:032x}", 0xabc).as_str())
-        );
-        assert_eq!(super::hex_id(u128::MAX), [b'f'; 32]);
     }
 }

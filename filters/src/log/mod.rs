@@ -6,6 +6,7 @@
 pub mod json;
 pub mod record;
 pub mod redeliver;
+pub mod text;
 
 pub use record::*;
 

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::metrics::Metrics;
+use hydrus_filters::log::text::Copied;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -29,9 +30,9 @@ fn record(
         route: route.clone(),
         ts_ms,
         ids: [
-            Some(http::HeaderValue::from_static("u")),
+            Some(Copied::new(b"u")),
             None,
-            http::HeaderValue::from_str(&format!("r{id}")).ok(),
+            Some(Copied::new(format!("r{id}").as_bytes())),
             None,
             None,
         ],
