@@ -189,7 +189,10 @@ fn edit(
         HeaderValue::from_static(ctx.state.group.as_str()),
     );
     if let Some(id) = &ctx.generated_request_id {
-        if let Ok(v) = HeaderValue::from_bytes(id) {
+        if let Ok(mut v) = HeaderValue::from_bytes(id) {
+            // Unique to this request: to an HTTP/2 upstream a literal never indexed (RFC 7541
+            // 6.2.3), not an entry of HPACK's table that would evict those worth keeping.
+            v.set_sensitive(true);
             edit.insert(ids[REQUEST_ID].clone(), v);
         }
     }
