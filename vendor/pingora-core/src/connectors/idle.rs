@@ -181,7 +181,9 @@ impl IdlePool {
         pingora_runtime::current_handle().spawn(async move {
             loop {
                 tokio::time::sleep(SWEEP_PERIOD).await;
-                let Some(pool) = sweeping.0.upgrade() else { return };
+                let Some(pool) = sweeping.0.upgrade() else {
+                    return;
+                };
                 pool.sweep();
             }
         });
@@ -319,7 +321,12 @@ mod tests {
     #[test]
     fn a_sweep_whose_runtime_stopped_is_started_again() {
         let p = pool(8);
-        let rt = || tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        };
         let first = rt();
         first.block_on(async {
             let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
