@@ -250,6 +250,15 @@ pub trait Upstream {
     fn set_header(&mut self, name: &HeaderName, value: HeaderValue);
     /// Set query parameters (replacing same-named ones).
     fn set_query(&mut self, pairs: &[(String, String)]);
+    /// [`Self::set_query`], with the pairs also as gRPC metadata, made once when the config
+    /// loads (`None` for a pair that cannot be one): a gRPC call carries its query as metadata.
+    fn set_query_or_metadata(
+        &mut self,
+        pairs: &[(String, String)],
+        _metadata: &[Option<(HeaderName, HeaderValue)>],
+    ) {
+        self.set_query(pairs);
+    }
 }
 
 /// One policy of a route's chain.

@@ -118,8 +118,38 @@ pub fn set_query(
     Some(out)
 }
 
+/// Query pairs as gRPC metadata (names lower-cased), pair by pair: `None` for a pair that
+/// cannot be one.
+pub fn as_metadata(
+    pairs: &[(String, String)],
+) -> Vec<Option<(http::HeaderName, http::HeaderValue)>> {
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            let name = http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).ok()?;
+            Some((name, http::HeaderValue::from_str(v).ok()?))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn query_pairs_as_grpc_metadata() {
+        let pairs = [
+            ("Candidates".to_string(), "20".to_string()),
+            ("a b".to_string(), "1".to_string()),
+        ];
+        let m = super::as_metadata(&pairs);
+        assert_eq!(m.len(), 2);
+        let (name, value) = m[0].as_ref().expect("a metadata pair");
+        assert_eq!(
+            (name.as_str(), value.to_str().ok()),
+            ("candidates", Some("20"))
+        );
+        assert!(m[1].is_none(), "a space is not in a header name");
+    }
+
     use super::*;
     use proptest::prelude::*;
 

@@ -49,23 +49,31 @@ impl Upstream for UpstreamEdit<'_> {
         self.insert(name.clone(), value);
     }
 
+    fn set_query_or_metadata(
+        &mut self,
+        pairs: &[(String, String)],
+        metadata: &[Option<(HeaderName, HeaderValue)>],
+    ) {
+        if !self.grpc {
+            return self.set_query(pairs);
+        }
+        for (i, (k, _)) in pairs.iter().enumerate() {
+            match metadata.get(i) {
+                Some(Some((name, value))) => self.insert(name.clone(), value.clone()),
+                _ => tracing::warn!(
+                    route = self.route,
+                    "route `{}`: query parameter `{k}` cannot be gRPC metadata",
+                    self.route
+                ),
+            }
+        }
+        self.query_done = true;
+    }
+
     fn set_query(&mut self, pairs: &[(String, String)]) {
         if self.grpc {
-            for (k, v) in pairs {
-                match (
-                    HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()),
-                    HeaderValue::from_str(v),
-                ) {
-                    (Ok(name), Ok(value)) => self.insert(name, value),
-                    _ => tracing::warn!(
-                        route = self.route,
-                        "route `{}`: query parameter `{k}` cannot be gRPC metadata",
-                        self.route
-                    ),
-                }
-            }
-            self.query_done = true;
-            return;
+            let metadata = hydrus_filters::query::as_metadata(pairs);
+            return self.set_query_or_metadata(pairs, &metadata);
         }
         let replaced: Vec<String>;
         let owned = if self.query_done {

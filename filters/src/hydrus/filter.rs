@@ -29,6 +29,8 @@ pub struct StrategyAction {
     pub cluster: usize,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub query: Vec<(String, String)>,
+    /// `query` as gRPC metadata, pair by pair (see [`Upstream::set_query_or_metadata`]).
+    pub query_metadata: Vec<Option<(HeaderName, HeaderValue)>>,
     /// The strategy's name as a header value, for `x-hydrus-strategy`.
     pub name_value: HeaderValue,
 }
@@ -515,7 +517,7 @@ impl Filter for HydrusFilter {
         for (name, value) in &a.headers {
             up.set_header(name, value.clone());
         }
-        up.set_query(&a.query);
+        up.set_query_or_metadata(&a.query, &a.query_metadata);
     }
 
     fn owned_headers(&self) -> &[HeaderName] {

@@ -279,10 +279,12 @@ fn action(s: &StrategyConfig, i: usize, cx: &mut CompileCtx<'_>) -> StrategyActi
             query.push((k.clone(), v.clone()));
         }
     }
+    let query_metadata = crate::query::as_metadata(&query);
     StrategyAction {
         cluster,
         headers,
         query,
+        query_metadata,
         name_value: HeaderValue::from_str(&s.name).unwrap_or(HeaderValue::from_static("invalid")),
     }
 }
