@@ -251,12 +251,18 @@ impl BodyReader {
                 }
             }
             _ => {
-                // hydrus patch: a buffer no larger than the body, not `body_buf_size` (64 KB)
-                // whatever the length: a small response read with its header (the common case
-                // on the upstream side, which takes this copying path) needed a 64 KB allocation,
-                // past jemalloc's thread cache (32 KB) into its arena's extents, per response.
-                // Reads that follow still reserve `body_buf_size` (prepare_buf_for_io).
-                self.prepare_buf_sized(buf_to_rewind, cl.min(self.body_buf_size));
+                // hydrus patch: a body read whole with its header (the common case on the
+                // upstream side, which takes this copying path) gets a buffer of its size, not
+                // `body_buf_size` (64 KB): that was a 64 KB allocation per response, past
+                // jemalloc's thread cache (32 KB) into its arena's extents. A body still to be
+                // read keeps the 64 KB buffer its reads need (prepare_buf_for_io reserves that
+                // much: a smaller first buffer would only be grown, and copied, then).
+                let capacity = if buf_to_rewind.len() >= cl {
+                    buf_to_rewind.len()
+                } else {
+                    self.body_buf_size
+                };
+                self.prepare_buf_sized(buf_to_rewind, capacity);
                 self.body_state = PS::Partial(0, cl);
             }
         }
@@ -2058,7 +2064,7 @@ mod tests {
         assert_eq!(overread.as_ref(), b"next request");
     }
 
-    // hydrus patch: the copying init sizes its buffer by the content length.
+    // hydrus patch: the copying init sizes its buffer by a body read whole with the header.
     #[tokio::test]
     async fn content_length_body_buffer_is_no_larger_than_the_body() {
         // All of it read with the header: a buffer of its size.
@@ -2069,6 +2075,14 @@ mod tests {
         let res = body_reader.read_body(&mut mock_io).await.unwrap().unwrap();
         assert_eq!(body_reader.get_body(&res), b"abc");
         assert_eq!(body_reader.body_state, ParseState::Complete(3));
+
+        // Part of a small one: the buffer its reads need, as before.
+        let mut body_reader = BodyReader::new(true);
+        body_reader.init_content_length(40_000, b"a");
+        assert_eq!(
+            body_reader.body_buf.as_ref().unwrap().capacity(),
+            BODY_BUFFER_SIZE
+        );
 
         // Part of a large one: the start, then the rest read in body_buf_size reads.
         let rest = vec![b'x'; 2 * BODY_BUFFER_SIZE];

@@ -27,9 +27,6 @@ use crate::utils::KVRef;
 pub(super) const MAX_HEADERS: usize = 256;
 
 pub(super) const INIT_HEADER_BUF_SIZE: usize = 4096;
-/// hydrus patch: the headers a proxy typically adds to a request it forwards (forwarding,
-/// tracing, identity): a request's header map is built with room for them.
-pub(super) const HEADERS_A_PROXY_ADDS: usize = 8;
 pub(super) const MAX_HEADER_SIZE: usize = 1048575;
 
 pub(crate) const BODY_BUF_LIMIT: usize = 1024 * 64;
