@@ -57,6 +57,10 @@ impl Upstream for UpstreamEdit<'_> {
         if !self.grpc {
             return self.set_query(pairs);
         }
+        if metadata.len() != pairs.len() {
+            // (Not made for these pairs: made here.)
+            return self.set_query_or_metadata(pairs, &hydrus_filters::query::as_metadata(pairs));
+        }
         for (i, (k, _)) in pairs.iter().enumerate() {
             match metadata.get(i) {
                 Some(Some((name, value))) => self.insert(name.clone(), value.clone()),
