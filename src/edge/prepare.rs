@@ -57,14 +57,18 @@ impl Upstream for UpstreamEdit<'_> {
         if !self.grpc {
             return self.set_query(pairs);
         }
-        if metadata.len() != pairs.len() {
-            // (Not made for these pairs: made here.)
-            return self.set_query_or_metadata(pairs, &hydrus_filters::query::as_metadata(pairs));
-        }
-        for (i, (k, _)) in pairs.iter().enumerate() {
-            match metadata.get(i) {
-                Some(Some((name, value))) => self.insert(name.clone(), value.clone()),
-                _ => tracing::warn!(
+        // (Metadata not made for these pairs, `set_query`'s among them: made here.)
+        let made;
+        let metadata = if metadata.len() == pairs.len() {
+            metadata
+        } else {
+            made = hydrus_filters::query::as_metadata(pairs);
+            &made
+        };
+        for ((k, _), m) in pairs.iter().zip(metadata) {
+            match m {
+                Some((name, value)) => self.insert(name.clone(), value.clone()),
+                None => tracing::warn!(
                     route = self.route,
                     "route `{}`: query parameter `{k}` cannot be gRPC metadata",
                     self.route
@@ -76,8 +80,7 @@ impl Upstream for UpstreamEdit<'_> {
 
     fn set_query(&mut self, pairs: &[(String, String)]) {
         if self.grpc {
-            let metadata = hydrus_filters::query::as_metadata(pairs);
-            return self.set_query_or_metadata(pairs, &metadata);
+            return self.set_query_or_metadata(pairs, &[]);
         }
         let replaced: Vec<String>;
         let owned = if self.query_done {

@@ -6,9 +6,7 @@
 use crate::config::{RouteRuntime, Running};
 use crate::metrics::Metrics;
 use http::HeaderValue;
-use hydrus_filters::filter::RequestState;
-use hydrus_filters::filter::QOE;
-use hydrus_filters::filter::{DEVICE_ID, REQUEST_ID, SCENARIO, USER_ID};
+use hydrus_filters::filter::{RequestState, DEVICE_ID, QOE, REQUEST_ID, SCENARIO, USER_ID};
 use hydrus_filters::hydrus::ktable::DEFAULT_SCENARIO;
 use hydrus_filters::hydrus::SCENARIO_OTHER;
 use hydrus_filters::log::text::{protocol, AddrText, Copied, PathText, RequestId};

@@ -2066,7 +2066,7 @@ mod tests {
 
     // hydrus patch: the copying init sizes its buffer by a body read whole with the header.
     #[tokio::test]
-    async fn content_length_body_buffer_is_no_larger_than_the_body() {
+    async fn a_body_read_with_its_header_gets_a_buffer_of_its_size() {
         // All of it read with the header: a buffer of its size.
         let mut mock_io = Builder::new().build();
         let mut body_reader = BodyReader::new(true);
