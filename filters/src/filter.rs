@@ -37,7 +37,8 @@ pub fn readable(d: Duration) -> String {
 /// A header name as servers that fold `_` into `-` (CGI, WSGI, some proxies) see it.
 pub fn normalized(name: &HeaderName) -> std::borrow::Cow<'_, str> {
     let s = name.as_str();
-    if s.contains('_') {
+    // (A byte loop: names are short, and `str::contains` sets up a searcher first.)
+    if s.bytes().any(|b| b == b'_') {
         std::borrow::Cow::Owned(s.replace('_', "-"))
     } else {
         std::borrow::Cow::Borrowed(s)

@@ -21,6 +21,7 @@
 //! - [`route`]: routes (which requests a chain runs on) and chains.
 //! - [`outlier`], [`retry`], [`query`]: passive endpoint health, the retry budget, owned query
 //!   keys (used by the edge for every route).
+//! - [`identity`]: the identity headers' names, found in a request's header map in one walk.
 //! - [`request`]: the checks of a request's framing fields (`Host`, `Content-Length`) and the
 //!   `cookie` join for an HTTP/1.1 hop.
 
@@ -30,6 +31,7 @@ pub mod filter;
 pub mod fleet;
 pub mod hedge;
 pub mod hydrus;
+pub mod identity;
 pub mod log;
 pub mod outcome;
 pub mod outlier;

@@ -24,15 +24,15 @@ fn decode_once(raw: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Whether `raw` (a query key as sent) names `key` as some server would read it: decoded
-/// (repeatedly: some decode twice), cut at a NUL (C strings) or a `[` (`key[]`, `key[0]`: an
-/// array of `key` in PHP, Rails and Express), trailing spaces dropped, ASCII case ignored.
-fn key_is(raw: &[u8], key: &str) -> bool {
+/// A query key as some server would read it: decoded (repeatedly: some decode twice), cut at a
+/// NUL (C strings) or a `[` (`key[]`, `key[0]`: an array of `key` in PHP, Rails and Express),
+/// trailing spaces dropped; compared to an owned key ignoring ASCII case.
+fn read_as_servers_do(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     let plain = !raw
         .iter()
         .any(|b| matches!(b, b'%' | b'+' | b'[' | b'\0' | b' '));
     if plain {
-        return raw.eq_ignore_ascii_case(key.as_bytes());
+        return std::borrow::Cow::Borrowed(raw);
     }
     let mut name = raw.to_vec();
     for _ in 0..3 {
@@ -46,9 +46,10 @@ fn key_is(raw: &[u8], key: &str) -> bool {
         .iter()
         .position(|b| matches!(b, b'\0' | b'['))
         .unwrap_or(name.len());
-    name[..end]
-        .trim_ascii_end()
-        .eq_ignore_ascii_case(key.as_bytes())
+    name.truncate(end);
+    let kept = name.trim_ascii_end().len();
+    name.truncate(kept);
+    std::borrow::Cow::Owned(name)
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -60,9 +61,15 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
+/// Whether a `key=value` part's key is one of `keys` (see [`read_as_servers_do`]).
 fn owned(part: &str, keys: &[String]) -> bool {
-    let name = part.split('=').next().unwrap_or(part);
-    keys.iter().any(|k| key_is(name.as_bytes(), k))
+    let raw = part.as_bytes();
+    let raw = raw
+        .iter()
+        .position(|&b| b == b'=')
+        .map_or(raw, |eq| &raw[..eq]);
+    let name = read_as_servers_do(raw);
+    keys.iter().any(|k| name.eq_ignore_ascii_case(k.as_bytes()))
 }
 
 /// The new `path?query` text: the client's pairs without any key in `owned`, then `set`.
@@ -74,13 +81,17 @@ pub fn set_query(
     owned_keys: &[String],
 ) -> Option<String> {
     let q = query.unwrap_or("");
-    let touched = q
-        .split(['&', ';'])
-        .any(|p| !p.is_empty() && owned(p, owned_keys));
-    if set.is_empty() && !touched {
+    if set.is_empty()
+        && !q
+            .split(['&', ';'])
+            .any(|p| !p.is_empty() && owned(p, owned_keys))
+    {
         return None;
     }
-    let mut out = String::with_capacity(path.len() + q.len() + 32);
+    // Sized for the usual case, nothing the client sent dropped: the text then fills its buffer,
+    // which the request's `Uri` takes as it is (`Bytes` from a full `Vec`, no second allocation).
+    let added: usize = set.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    let mut out = String::with_capacity(path.len() + usize::from(!q.is_empty()) + q.len() + added);
     out.push_str(path);
     let mut sep = '?';
     for pair in q.split('&') {

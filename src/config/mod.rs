@@ -24,7 +24,6 @@ pub use settings::{
 
 use crate::metrics::Metrics;
 use errors::Checker;
-use http::HeaderName;
 use hydrus_filters::route::RouteConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -90,9 +89,7 @@ pub struct Running {
     pub clusters: Vec<Arc<Cluster>>,
     /// The identity headers (user id, device id, request id, QoE, scenario), in the order of
     /// `hydrus_filters::filter::USER_ID` ...
-    pub identity: [HeaderName; 5],
-    /// `identity` with `_` read as `-`: made once, compared with every request's header names.
-    pub identity_normalized: [String; 5],
+    pub identity: hydrus_filters::identity::IdentityNames,
     pub routes: Vec<Arc<RouteRuntime>>,
     /// The listener's TLS, when `tls:` is set: each new connection's handshake takes it from
     /// the running config, so a reload rotates certificates.
@@ -307,10 +304,7 @@ fn compile(
         source,
         start,
         clusters,
-        identity_normalized: identity
-            .each_ref()
-            .map(|n| hydrus_filters::filter::normalized(n).into_owned()),
-        identity,
+        identity: hydrus_filters::identity::IdentityNames::new(identity),
         routes: routes.routes,
         tls,
         warnings,

@@ -115,9 +115,7 @@ impl Proxy {
         let Some(route) = running.route_for(&req.method, &path, &req.headers).cloned() else {
             return Routed::NoRoute;
         };
-        for (slot, name) in ctx.ids.iter_mut().zip(&running.identity) {
-            *slot = req.headers.get(name).cloned();
-        }
+        ctx.ids = running.identity.first_values(&req.headers);
         ctx.state = RequestState::new(route.route.cluster);
         let chain = &route.route.chain;
         if route.route.managed {
@@ -204,7 +202,7 @@ impl Proxy {
         };
         let user = req
             .headers
-            .get(&running.identity[hydrus_filters::filter::USER_ID])
+            .get(&running.identity.names()[hydrus_filters::filter::USER_ID])
             .map(HeaderValue::as_bytes);
         let group = hydrus_filters::rollout::of(&route.route.chain)
             .map_or(hydrus_filters::Group::Treatment, |r| {

@@ -169,23 +169,33 @@ fn edit(
 ) -> Result<()> {
     let chain = &route.route.chain;
     let ids = &running.identity;
-    // Exact identity names are handled below (kept when already right); every other owned
-    // name, and every spelling of an identity name that is not the exact one, goes.
-    let strip: Vec<HeaderName> = parts
-        .headers
-        .keys()
-        .filter(|k| {
-            let n = normalized(k);
-            n.starts_with("x-hydrus-")
-                || chain.owned_header_names.iter().any(|o| *o == n)
-                || (ctx.grpc && chain.owned_query_names.iter().any(|q| *q == n))
-                || ids
-                    .iter()
-                    .zip(&running.identity_normalized)
-                    .any(|(i, ni)| *i != **k && *ni == n)
-        })
-        .cloned()
-        .collect();
+    // One walk over the header map: every name hydrus owns goes, and every spelling of an
+    // identity name that is not the exact one; the exact ones are counted, to be left alone
+    // below when already right.
+    let mut strip: Vec<HeaderName> = Vec::new();
+    let mut sent = [Sent::Absent; 5];
+    for (k, v) in &parts.headers {
+        let n = normalized(k);
+        let ours = n.starts_with("x-hydrus-")
+            || chain.owned_header_names.iter().any(|o| *o == n)
+            || (ctx.grpc && chain.owned_query_names.iter().any(|q| *q == n));
+        let mut goes = ours;
+        if ids.may_be(k) {
+            for (i, exactly) in ids.matches(k, &n) {
+                if !exactly {
+                    goes = true;
+                } else if ours {
+                    sent[i] = Sent::Other; // stripped, so set again below
+                } else {
+                    sent[i] = sent[i].and(v, ctx.ids[i].as_ref());
+                }
+            }
+        }
+        // (A name's values come one after another.)
+        if goes && strip.last() != Some(k) {
+            strip.push(k.clone());
+        }
+    }
     for k in strip {
         parts.headers.remove(&k);
     }
@@ -198,7 +208,7 @@ fn edit(
         grpc: ctx.grpc,
         failed: None,
     };
-    identity_exactly_once(&mut edit, ids, &ctx.ids);
+    identity_exactly_once(&mut edit, ids.names(), &ctx.ids, &sent);
     edit.insert(
         HEADER_GROUP,
         HeaderValue::from_static(ctx.state.group.as_str()),
@@ -208,7 +218,7 @@ fn edit(
             // Unique to this request: to an HTTP/2 upstream a literal never indexed (RFC 7541
             // 6.2.3), not an entry of HPACK's table that would evict those worth keeping.
             v.set_sensitive(true);
-            edit.insert(ids[REQUEST_ID].clone(), v);
+            edit.insert(ids.names()[REQUEST_ID].clone(), v);
         }
     }
     chain.edit_upstream(&ctx.state, &mut edit);
@@ -236,19 +246,38 @@ fn forward_path(upstream: &mut RequestHeader, path: &str, route: &str) {
     }
 }
 
+/// What the request carries of an identity header, spelled exactly.
+#[derive(Clone, Copy)]
+enum Sent {
+    Absent,
+    /// One value, the one decided on.
+    TheOne,
+    /// Another value, or several.
+    Other,
+}
+
+impl Sent {
+    /// With one more value `v` (`decided` the value decided on).
+    fn and(self, v: &HeaderValue, decided: Option<&HeaderValue>) -> Self {
+        match self {
+            Sent::Absent if Some(v) == decided => Sent::TheOne,
+            _ => Sent::Other,
+        }
+    }
+}
+
 /// Each identity header once, with the value decided on (left alone when already so).
 fn identity_exactly_once(
     edit: &mut UpstreamEdit<'_>,
     names: &[HeaderName; 5],
     values: &[Option<HeaderValue>; 5],
+    sent: &[Sent; 5],
 ) {
-    for (name, value) in names.iter().zip(values) {
-        let mut sent = edit.parts.headers.get_all(name).iter();
-        let exact = match (value, sent.next(), sent.next()) {
-            (Some(v), Some(first), None) => first == v,
-            (None, None, _) => true,
-            _ => false,
-        };
+    for ((name, value), sent) in names.iter().zip(values).zip(sent) {
+        let exact = matches!(
+            (value, sent),
+            (Some(_), Sent::TheOne) | (None, Sent::Absent)
+        );
         if !exact {
             edit.parts.headers.remove(name);
             if let Some(v) = value {

@@ -209,7 +209,9 @@ pub struct KTable {
     /// By scenario index: the expected cost per request of window `w`, resource `r` at
     /// `w * K + r` (empty when the table says nothing).
     expected_cost: Vec<Vec<Option<f64>>>,
-    index: HashMap<String, usize>,
+    /// Scenario names' bytes to their index: looked up with a request's header as sent, not
+    /// first validated as UTF-8.
+    index: HashMap<Box<[u8]>, usize>,
 }
 
 /// Interleave per-resource lists of one length into `w * K + r` order.
@@ -335,15 +337,15 @@ impl KTable {
             names.push(name.clone());
             ks.push(interleave(&lists));
         }
-        let index: HashMap<String, usize> = names
+        let index: HashMap<Box<[u8]>, usize> = names
             .iter()
             .enumerate()
-            .map(|(i, n)| (n.clone(), i))
+            .map(|(i, n)| (n.as_bytes().into(), i))
             .collect();
         let mut expected = vec![None; names.len()];
         let mut expected_cost = vec![Vec::new(); names.len()];
         for (name, e) in file.expected {
-            let Some(&i) = index.get(&name) else {
+            let Some(&i) = index.get(name.as_bytes()) else {
                 return Err(KTableError::ExpectedScenario { name });
             };
             let Some(lists) = e.cost_per_request.lists(&resources, named) else {
@@ -479,7 +481,6 @@ impl KTable {
     }
 
     pub fn scenario_index(&self, name: &[u8]) -> Option<usize> {
-        let name = std::str::from_utf8(name).ok()?;
         self.index.get(name).copied()
     }
 

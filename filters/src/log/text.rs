@@ -18,64 +18,36 @@ pub fn hex_id(v: u128) -> RequestId {
 
 /// An address as a record writes it, `IP:PORT`, on the stack: through `Display` an IPv4
 /// address and port cost about 1,900 instructions (callgrind), two a record; this, a tenth.
-pub struct AddrText {
-    buf: [u8; 64],
-    len: usize,
-}
+/// (Text from the start, so that reading it back does not validate it again as UTF-8.)
+pub struct AddrText(arrayvec::ArrayString<64>);
 
 impl AddrText {
     pub fn new(a: std::net::SocketAddr) -> Self {
-        let mut t = Self {
-            buf: [0; 64],
-            len: 0,
-        };
+        let mut t = arrayvec::ArrayString::new();
+        // (At most 21 bytes for IPv4; for IPv6 `[` 39 `]:` 5, with a scope id 58: a write
+        // cannot run out of room.)
         match a {
             std::net::SocketAddr::V4(v4) => {
+                let mut digits = itoa::Buffer::new();
                 for (i, octet) in v4.ip().octets().into_iter().enumerate() {
                     if i > 0 {
-                        t.push(b'.');
+                        let _ = t.try_push('.');
                     }
-                    t.number(u32::from(octet));
+                    let _ = t.try_push_str(digits.format(octet));
                 }
-                t.push(b':');
-                t.number(u32::from(v4.port()));
+                let _ = t.try_push(':');
+                let _ = t.try_push_str(digits.format(v4.port()));
             }
             std::net::SocketAddr::V6(_) => {
-                use std::io::Write as _;
-                let mut w = &mut t.buf[..];
-                // (At most 47 bytes: `[` 39 `]:` 5, with a scope id 58.)
-                let _ = write!(w, "{a}");
-                t.len = 64 - w.len();
+                use std::fmt::Write as _;
+                let _ = write!(t, "{a}");
             }
         }
-        t
-    }
-
-    fn push(&mut self, b: u8) {
-        if let Some(slot) = self.buf.get_mut(self.len) {
-            *slot = b;
-            self.len += 1;
-        }
-    }
-
-    fn number(&mut self, mut n: u32) {
-        let mut digits = [0u8; 10];
-        let mut i = digits.len();
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        for &d in &digits[i..] {
-            self.push(d);
-        }
+        Self(t)
     }
 
     pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+        &self.0
     }
 }
 
@@ -107,33 +79,63 @@ impl Copied {
     }
 }
 
-/// A request target's path and query, copied (see [`Copied`]).
+/// A request target's path and query, copied (see [`Copied`]); kept as text, inline when
+/// short, so that reading it back does not validate it again as UTF-8.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PathText {
     /// The path, then the query.
-    text: SmallVec<[u8; 80]>,
+    text: Text<80>,
     path_len: usize,
     has_query: bool,
 }
 
+/// Text inline up to `N` bytes, else on the heap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Text<const N: usize> {
+    Inline(arrayvec::ArrayString<N>),
+    Heap(Box<str>),
+}
+
+impl<const N: usize> Default for Text<N> {
+    fn default() -> Self {
+        Self::Inline(arrayvec::ArrayString::new())
+    }
+}
+
+impl<const N: usize> Text<N> {
+    fn of(parts: [&str; 2]) -> Self {
+        let mut inline = arrayvec::ArrayString::new();
+        if parts.iter().all(|p| inline.try_push_str(p).is_ok()) {
+            Self::Inline(inline)
+        } else {
+            Self::Heap(parts.concat().into())
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            Self::Inline(t) => t,
+            Self::Heap(t) => t,
+        }
+    }
+}
+
 impl PathText {
     pub fn new(path: &str, query: Option<&str>) -> Self {
-        let mut text = SmallVec::from_slice(path.as_bytes());
-        text.extend_from_slice(query.unwrap_or_default().as_bytes());
         Self {
-            text,
+            text: Text::of([path, query.unwrap_or_default()]),
             path_len: path.len(),
             has_query: query.is_some(),
         }
     }
 
     pub fn path(&self) -> &str {
-        std::str::from_utf8(&self.text[..self.path_len]).unwrap_or_default()
+        self.text.as_str().get(..self.path_len).unwrap_or_default()
     }
 
     pub fn query(&self) -> Option<&str> {
         self.has_query
-            .then(|| std::str::from_utf8(&self.text[self.path_len..]).unwrap_or_default())
+            .then(|| self.text.as_str().get(self.path_len..).unwrap_or_default())
     }
 }
 
@@ -175,6 +177,10 @@ mod tests {
             ("/", Some("")),
             ("", None),
             (long.as_str(), Some(long.as_str())),
+            (&long[..79], Some("q")),
+            (&long[..79], Some("qq")),
+            ("/äö", Some("ü=1")),
+            (&"/ä".repeat(30), Some("")),
         ] {
             let p = super::PathText::new(path, query);
             assert_eq!((p.path(), p.query()), (path, query));
