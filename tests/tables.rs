@@ -2,7 +2,8 @@
 //! falls back until a good one appears; rollout and k-table edits take effect within a second
 //! under load; a bad config or k-table on reload (or a half-saved config) keeps the running one,
 //! and a reload that drops a route or a filter says so; a k-table is polled from a URL with its
-//! ETag, bound to its strategy set, and bounded in rows.
+//! ETag, bound to its strategy set, and bounded in rows; an idle proxy does not reread its files
+//! on the events of its own reads.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -608,4 +609,37 @@ fn a_k_table_with_too_many_rows_is_refused_and_gone_rows_leave_no_series() {
         "{}",
         h.metrics()
     );
+}
+
+/// Bytes the process has read (through any read call), from /proc.
+fn read_bytes(pid: u32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    let line = io.lines().find(|l| l.starts_with("rchar:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// An idle proxy looks at its config and its k-table about once a second (and on a change),
+/// not at every event its own reads of them raise in their directory (notify reports a file
+/// being opened): that woke the reloader to read every file again 40-50 times a second, for
+/// ever, a large k-table all of it each time.
+#[test]
+fn an_idle_proxy_does_not_reread_its_files_on_its_own_reads() {
+    let up = Upstream::start("a");
+    let mut table = ktable(&[("default", 0.004)], None);
+    // (A comment makes the table large: rereads show in the bytes read.)
+    table.push_str(&format!("# {}\n", "x".repeat(400_000)));
+    let dir = with_ktable(&table);
+    let h = Hydrus::start_in(dir, &hydrus3_template(&up, "100", "{dir}/k.yaml"));
+    send_users(&h, 5, "0.6");
+    std::thread::sleep(Duration::from_millis(500));
+    let before = read_bytes(h.pid());
+    std::thread::sleep(Duration::from_secs(3));
+    let read = read_bytes(h.pid()) - before;
+    // Once a second: about 3 x 400 KB; the loop read 40 x that.
+    assert!(read < 3_000_000, "read {read} bytes in 3 idle seconds");
+    // A change is still seen.
+    write_atomic(&h.path("k.yaml"), &ktable(&[("default", 0.002)], None));
+    assert!(eventually(Duration::from_secs(5), || {
+        h.metric(r#"hydrus_ktable_reloads_total{result="ok"}"#) >= 2.0
+    }));
 }

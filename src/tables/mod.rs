@@ -111,7 +111,9 @@ impl Reloader {
     /// Watch the directories of the config file and the table files: editors and
     /// `hydrus solve` replace files by rename, which a watch on the file itself would miss.
     /// Only events naming one of the files wake the reloader: a busy directory (a log written
-    /// next to the config) would otherwise have it read every file 50 times a second.
+    /// next to the config) would otherwise have it read every file 50 times a second. Nor do
+    /// events of a file being opened or read (notify reports opens): the reloader's own reads
+    /// would wake it again, for ever.
     fn rewatch(&mut self) {
         // (The embedded config has no file to watch.)
         let mut files: Vec<PathBuf> = match &self.config {
@@ -143,14 +145,20 @@ impl Reloader {
         let tx = self.tx.clone();
         let wanted = names.clone();
         let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-            // (An event naming no file, or asking for a rescan, may hide ours.)
+            // (An event naming no file, or asking for a rescan, may hide ours. A file opened,
+            // read, or closed unwritten has not changed.)
             let ours = ev.is_ok_and(|ev| {
-                any || ev.need_rescan()
-                    || ev.paths.is_empty()
-                    || ev
-                        .paths
+                use notify::event::{AccessKind, AccessMode};
+                let changes = match ev.kind {
+                    notify::EventKind::Access(a) => a == AccessKind::Close(AccessMode::Write),
+                    _ => true,
+                };
+                let names_ours = || {
+                    ev.paths
                         .iter()
                         .any(|p| p.file_name().is_some_and(|n| wanted.iter().any(|w| w == n)))
+                };
+                ev.need_rescan() || changes && (any || ev.paths.is_empty() || names_ours())
             });
             if ours {
                 let _ = tx.send(Trigger::Check);
