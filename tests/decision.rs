@@ -284,6 +284,35 @@ connection: x-user-id, x-qoe-score\r\n\r\n",
     );
 }
 
+/// Identity names configured so that one is the other's spelling (`x-id` and `x_id`, one header
+/// to a server that reads `_` as `-`): each still reaches the upstream once, with its value.
+#[test]
+fn identity_names_that_are_each_others_spelling_still_reach_the_upstream() {
+    let up = Upstream::start("a");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("ktable.yaml"),
+        ktable(&[("default", 0.004)], None),
+    )
+    .unwrap();
+    let h = Hydrus::start_in(
+        dir,
+        &format!(
+            "headers: {{ user_id: x-id, device_id: x_id }}\n{}",
+            strategy_template(&up, ALL_TREATED, "")
+        ),
+    );
+    for (sent, name, other) in [("x-id", "x-id", "x_id"), ("x_id", "x_id", "x-id")] {
+        let (status, _) =
+            get_with(&h.url("/rank"), &[(sent, "v"), ("x-qoe-score", "0.6")]).unwrap();
+        assert_eq!(status, 200);
+        let seen = up.take().pop().unwrap();
+        assert_eq!(seen.header_count(name), 1, "{:?}", seen.raw_headers);
+        assert_eq!(seen.header(name), Some("v"));
+        assert_eq!(seen.header_count(other), 0, "{:?}", seen.raw_headers);
+    }
+}
+
 #[test]
 fn undeclared_scenarios_stay_out_of_metrics_logs_and_the_k_table() {
     let up = Upstream::start("a");

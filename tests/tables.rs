@@ -637,7 +637,8 @@ fn an_idle_proxy_does_not_reread_its_files_on_its_own_reads() {
     let read = read_bytes(h.pid()) - before;
     // Once a second: about 3 x 400 KB; the loop read 40 x that.
     assert!(read < 3_000_000, "read {read} bytes in 3 idle seconds");
-    // A change is still seen.
+    // A change is still reloaded (that file events still wake the reloader within a second,
+    // under load: rollout_and_k_table_edits_take_effect_within_a_second_under_load).
     write_atomic(&h.path("k.yaml"), &ktable(&[("default", 0.002)], None));
     assert!(eventually(Duration::from_secs(5), || {
         h.metric(r#"hydrus_ktable_reloads_total{result="ok"}"#) >= 2.0

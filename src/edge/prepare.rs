@@ -180,15 +180,26 @@ fn edit(
             || chain.owned_header_names.iter().any(|o| *o == n)
             || (ctx.grpc && chain.owned_query_names.iter().any(|q| *q == n));
         let mut goes = ours;
+        // The identity slots this name is exactly (bit per slot); it goes if it is another
+        // slot's spelling too.
+        let mut exactly_of = 0u8;
         if ids.may_be(k) {
             for (i, exactly) in ids.matches(k, &n) {
-                if !exactly {
-                    goes = true;
-                } else if ours {
-                    sent[i] = Sent::Other; // stripped, so set again below
+                if exactly {
+                    exactly_of |= 1 << i;
                 } else {
-                    sent[i] = sent[i].and(v, ctx.ids[i].as_ref());
+                    goes = true;
                 }
+            }
+        }
+        for (i, slot) in sent.iter_mut().enumerate() {
+            if exactly_of & (1 << i) != 0 {
+                // (Stripped: set again below.)
+                *slot = if goes {
+                    Sent::Other
+                } else {
+                    slot.and(v, ctx.ids[i].as_ref())
+                };
             }
         }
         // (A name's values come one after another.)
