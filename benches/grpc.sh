@@ -17,7 +17,8 @@
 # of them is restarted twice (SIGTERM: it finishes its calls and says GOAWAY; back 2 s later);
 # counts the calls that did not succeed, by the log records' grpc_status and h2load's failures.
 # Env: HYDRUS_BENCH_THREADS (proxy threads / nginx workers, default 2), STREAMS (concurrent
-# streams per client, default 8).
+# streams per client, default 8), COMPARE="NAME=BINARY ..." (more hydrus binaries on the full
+# chain in the same rounds, as hydrus-NAME: a change measured before and after in one run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=bench
@@ -65,7 +66,8 @@ routes:
 $3
 CONF
 }
-FILTERS="    filters:
+filters() { # LOG_DIR: the full chain's filters
+  echo "    filters:
       - rollout: { percent: 50 }
       - hydrus:
           default_strategy: s20
@@ -74,7 +76,9 @@ FILTERS="    filters:
             - { name: s10, cost: 6, qoe_scale: 0.9, set_query: { candidates: \"10\" } }
             - { name: s20, cost: 10, set_query: { candidates: \"20\" } }
             - { name: s40, cost: 18, qoe_scale: 1.08, set_query: { candidates: \"40\" } }
-      - log: { file: { dir: $work/logs, flush_interval: 200ms } }"
+      - log: { file: { dir: $1, flush_interval: 200ms } }"
+}
+FILTERS=$(filters "$work/logs")
 
 wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 not up" >&2; return 1; }
 
@@ -117,6 +121,15 @@ hydrus_config $FULL $ADMF "$FILTERS" "\"127.0.0.1:$UP\"" > "$work/full.yaml"
 hydrus_config $EMPTY $ADME "" "\"127.0.0.1:$UP\"" > "$work/empty.yaml"
 "$HYDRUS_BIN" serve --config "$work/full.yaml" 2>"$work/full.log" & pids+=($!)
 "$HYDRUS_BIN" serve --config "$work/empty.yaml" 2>"$work/empty.log" & pids+=($!)
+declare -A port=([direct]=$UP [hydrus]=$FULL [hydrus-empty]=$EMPTY [nginx]=$NGX [haproxy]=$HAP [pingora-bare]=$BARE)
+targets=(direct hydrus hydrus-empty pingora-bare nginx haproxy)
+i=0
+for spec in ${COMPARE:-}; do
+  name=hydrus-${spec%%=*}; bin=${spec#*=}
+  hydrus_config $((18300 + i)) $((18310 + i)) "$(filters "$work/logs-$name")" "\"127.0.0.1:$UP\"" > "$work/$name.yaml"
+  "$bin" serve --config "$work/$name.yaml" 2>"$work/$name.log" & pids+=($!)
+  port[$name]=$((18300 + i)); targets+=("$name"); i=$((i + 1))
+done
 mkdir -p "$work/nginx"
 cat > "$work/nginx/nginx.conf" <<CONF
 worker_processes $threads;
@@ -151,7 +164,7 @@ backend grpc_up
 CONF
 haproxy -f "$work/haproxy.cfg" -db & pids+=($!)
 "$BARE_BIN" "127.0.0.1:$BARE" "127.0.0.1:$UP" "$threads" h2c & pids+=($!); bare_pid=$!
-for p in $UP $FULL $EMPTY $NGX $HAP $BARE; do wait_port $p; done
+for n in "${targets[@]}"; do wait_port "${port[$n]}"; done
 
 procs() { # target -> pids
   case $1 in
@@ -161,12 +174,11 @@ procs() { # target -> pids
     nginx) pgrep -f "nginx: worker process" | tr '\n' ' '; pgrep -f "nginx: master process nginx -c $work/nginx" ;;
     haproxy) pgrep -f "haproxy -f $work/haproxy.cfg" ;;
     pingora-bare) echo "$bare_pid" ;;
+    hydrus-*) pgrep -f "serve --config $work/$1.yaml" ;;
   esac
 }
 ticks() { local t=0; for p in $1; do [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$p/stat"))); done; echo $t; }
 
-declare -A port=([direct]=$UP [hydrus]=$FULL [hydrus-empty]=$EMPTY [nginx]=$NGX [haproxy]=$HAP [pingora-bare]=$BARE)
-targets=(direct hydrus hydrus-empty pingora-bare nginx haproxy)
 declare -A all
 for r in $(seq "$rounds"); do
   for n in "${targets[@]}"; do
@@ -197,4 +209,4 @@ done
 echo
 echo "Calls/s: hydrus (full chain) / nginx grpc_pass **$(ratio "${rps[hydrus]}" "${rps[nginx]}")**; hydrus (empty chain) / nginx $(ratio "${rps[hydrus-empty]}" "${rps[nginx]}"); hydrus / HAProxy $(ratio "${rps[hydrus]}" "${rps[haproxy]}"). CPU per call: hydrus / nginx **$(ratio "${cpu[hydrus]}" "${cpu[nginx]}")**, hydrus (empty) / nginx $(ratio "${cpu[hydrus-empty]}" "${cpu[nginx]}"), hydrus / HAProxy **$(ratio "${cpu[hydrus]}" "${cpu[haproxy]}")**, bare pingora / nginx $(ratio "${cpu[pingora-bare]}" "${cpu[nginx]}"), HAProxy / nginx $(ratio "${cpu[haproxy]}" "${cpu[nginx]}")."
 echo
-echo "2 CPUs shared by h2load, the server and the proxies; $threads proxy threads / nginx workers / HAProxy threads; h2load -c $clients -m $streams -D $secs, $rounds interleaved rounds (medians), $(date -u +%F). Command: \`bash benches/grpc.sh $secs $rounds $clients\`."
+echo "2 CPUs shared by h2load, the server and the proxies; $threads proxy threads / nginx workers / HAProxy threads; h2load -c $clients -m $streams -D $secs, $rounds interleaved rounds (medians), $(date -u +%F). Command: \`${COMPARE:+COMPARE=\"$COMPARE\" }bash benches/grpc.sh $secs $rounds $clients\`."
