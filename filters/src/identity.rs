@@ -113,6 +113,37 @@ mod tests {
         assert!(found[4].is_none(), "x-scenario is not x_scenario");
     }
 
+    proptest::proptest! {
+        /// Whatever headers a request carries (identity names, their other spellings, names of
+        /// the same length, each any number of times), each slot holds what `get` returns.
+        #[test]
+        fn first_values_match_get(
+            headers in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec![
+                        "x-user-id", "x_user_id", "x-user-ix", "x-qoe-score", "x-qoe-scorf",
+                        "x_scenario", "x-scenario", "x-request-id", "host", "a",
+                    ]),
+                    "[a-z0-9]{0,4}",
+                ),
+                0..12,
+            )
+        ) {
+            let ids = names();
+            let mut h = HeaderMap::new();
+            for (name, value) in &headers {
+                h.append(
+                    HeaderName::from_static(name),
+                    HeaderValue::from_str(value).expect("a value"),
+                );
+            }
+            let found = ids.first_values(&h);
+            for (i, name) in ids.names().iter().enumerate() {
+                proptest::prop_assert_eq!(found[i].as_ref(), h.get(name), "{}", name);
+            }
+        }
+    }
+
     #[test]
     fn spellings_match_their_slot() {
         let ids = names();
