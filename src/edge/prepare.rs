@@ -180,25 +180,15 @@ fn edit(
             || chain.owned_header_names.iter().any(|o| *o == n)
             || (ctx.grpc && chain.owned_query_names.iter().any(|q| *q == n));
         let mut goes = ours;
-        // The identity slots this name is exactly (bit per slot); it goes if it is another
-        // slot's spelling too.
-        let mut exactly_of = 0u8;
         if ids.may_be(k) {
-            for (i, exactly) in ids.matches(k, &n) {
-                if exactly {
-                    exactly_of |= 1 << i;
-                } else {
-                    goes = true;
-                }
-            }
-        }
-        for (i, slot) in sent.iter_mut().enumerate() {
-            if exactly_of & (1 << i) != 0 {
+            // It goes as another slot's spelling even when it is this one's exact name.
+            goes |= ids.matches(k, &n).any(|(_, exactly)| !exactly);
+            for (i, _) in ids.matches(k, &n).filter(|&(_, exactly)| exactly) {
                 // (Stripped: set again below.)
-                *slot = if goes {
+                sent[i] = if goes {
                     Sent::Other
                 } else {
-                    slot.and(v, ctx.ids[i].as_ref())
+                    sent[i].and(v, ctx.ids[i].as_ref())
                 };
             }
         }
