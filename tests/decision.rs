@@ -289,12 +289,7 @@ connection: x-user-id, x-qoe-score\r\n\r\n",
 #[test]
 fn identity_names_that_are_each_others_spelling_still_reach_the_upstream() {
     let up = Upstream::start("a");
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("ktable.yaml"),
-        ktable(&[("default", 0.004)], None),
-    )
-    .unwrap();
+    let dir = with_file("ktable.yaml", &ktable(&[("default", 0.004)], None));
     let h = Hydrus::start_in(
         dir,
         &format!(

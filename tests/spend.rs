@@ -32,8 +32,7 @@ fn ktable_with_expectation() -> String {
 }
 
 fn start(upstream: &Upstream, control: bool) -> Hydrus {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("ktable.yaml"), ktable_with_expectation()).unwrap();
+    let dir = with_file("ktable.yaml", &ktable_with_expectation());
     let mut hydrus = hydrus3("{dir}/ktable.yaml");
     if control {
         hydrus.push_str(

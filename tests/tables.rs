@@ -411,12 +411,7 @@ fn two_rollouts(up: &Upstream, feed_rollout: bool, extra: bool) -> String {
 #[test]
 fn a_reload_that_drops_a_route_or_one_routes_filter_says_so() {
     let up = Upstream::start("a");
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("ktable.yaml"),
-        ktable(&[("default", 0.004)], None),
-    )
-    .unwrap();
+    let dir = with_file("ktable.yaml", &ktable(&[("default", 0.004)], None));
     let h = Hydrus::start_in(dir, &two_rollouts(&up, true, true));
     // `feed` loses its rollout while `rank` still runs one, and `extra` is gone: the set of
     // filter kinds running anywhere is the same, yet both are reported.

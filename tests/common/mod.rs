@@ -1044,9 +1044,10 @@ pub fn closed_within(s: &mut std::net::TcpStream, limit: Duration) -> Option<Dur
 
 /// hydrus on [`strategy_template`], with a k-table of `kt` written first.
 pub fn start_strategies(up: &Upstream, rollout: &str, extra: &str, kt: &[(&str, f64)]) -> Hydrus {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("ktable.yaml"), ktable(kt, None)).unwrap();
-    Hydrus::start_in(dir, &strategy_template(up, rollout, extra))
+    Hydrus::start_in(
+        with_file("ktable.yaml", &ktable(kt, None)),
+        &strategy_template(up, rollout, extra),
+    )
 }
 
 /// The rollout percent that puts every user in treatment.
@@ -1088,11 +1089,16 @@ pub fn last(small: &Upstream, big: &Upstream) -> Seen {
     all.pop().unwrap()
 }
 
+/// A test directory holding `text` as the file `name` (a template's `{dir}/NAME`).
+pub fn with_file(name: &str, text: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(name), text).unwrap();
+    dir
+}
+
 /// A test directory holding `table` as `k.yaml` (the templates' `{dir}/k.yaml`).
 pub fn with_ktable(table: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("k.yaml"), table).unwrap();
-    dir
+    with_file("k.yaml", table)
 }
 
 /// `n` GETs of `/rank`, from users `user-0`, `user-1`, ... with QoE `q`; each answered 200.
