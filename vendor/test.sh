@@ -9,3 +9,4 @@ cargo test --locked --manifest-path pingora-core/Cargo.toml --lib -- --exact \
   --skip connectors::http::v1::tests::test_reuse_rejects_fd_mismatch \
   --skip connectors::l4::tests::test_conn_error_addr_not_avail \
   --skip connectors::l4::tests::test_conn_timeout
+cargo test --locked --manifest-path pingora-proxy/Cargo.toml --lib

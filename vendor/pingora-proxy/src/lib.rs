@@ -93,6 +93,8 @@ mod proxy_h1;
 mod proxy_h2;
 mod proxy_purge;
 mod proxy_trait;
+// hydrus patch: the per-request task pipe (see pipe.rs).
+mod pipe;
 pub mod subrequest;
 
 use subrequest::{BodyMode, Ctx as SubrequestCtx};
