@@ -6,6 +6,9 @@
 // futures that `try_join!` polls in the same task. This is the same interface (the part pingora
 // uses) over a `VecDeque` of the pipe's capacity behind a mutex that is never contended: one
 // sender, one receiver, FIFO, bounded, cancel safe where tokio's is (`recv`, `reserve`, `closed`).
+// One waker a kind: at most one pending `reserve`/`send` and one pending `closed` at a time (as
+// pingora's two halves, polled by one `try_join!`, have them); unlike tokio's, `recv` and `reserve`
+// take nothing from the task's coop budget (every loop that polls them also does socket I/O).
 // Measured in hydrus's vendor/README.md.
 
 use std::collections::VecDeque;
@@ -63,10 +66,13 @@ impl<T> Shared<T> {
     }
 }
 
-fn wait(slot: &mut Option<Waker>, cx: &Context<'_>) {
+/// Keep `cx`'s waker in `slot`; the one it replaces is returned, to be dropped after the lock
+/// (dropping a waker may drop a task, whose output may hold an end of this pipe).
+#[must_use]
+fn wait(slot: &mut Option<Waker>, cx: &Context<'_>) -> Option<Waker> {
     match slot {
-        Some(w) if w.will_wake(cx.waker()) => {}
-        _ => *slot = Some(cx.waker().clone()),
+        Some(w) if w.will_wake(cx.waker()) => None,
+        _ => slot.replace(cx.waker().clone()),
     }
 }
 
@@ -138,7 +144,9 @@ impl<T> Sender<T> {
             return Poll::Ready(Ok(Permit { sender: self }));
         }
         if let Some(cx) = cx {
-            wait(&mut s.room, cx);
+            let old = wait(&mut s.room, cx);
+            drop(s);
+            drop(old);
         }
         Poll::Pending
     }
@@ -155,7 +163,9 @@ impl<T> Sender<T> {
             if !s.receiver_alive {
                 return Poll::Ready(());
             }
-            wait(&mut s.closed, cx);
+            let old = wait(&mut s.closed, cx);
+            drop(s);
+            drop(old);
             Poll::Pending
         })
         .await
@@ -209,7 +219,9 @@ impl<T> Receiver<T> {
             if !s.sender_alive {
                 return Poll::Ready(None);
             }
-            wait(&mut s.receiver, cx);
+            let old = wait(&mut s.receiver, cx);
+            drop(s);
+            drop(old);
             Poll::Pending
         })
         .await
@@ -326,10 +338,15 @@ mod tests {
             tx.send(2).await.unwrap();
             tx.send(3).await.unwrap();
         });
-        assert_eq!(rx.recv().await, Some(1));
-        assert_eq!(rx.recv().await, Some(2));
-        assert_eq!(rx.recv().await, Some(3));
-        assert_eq!(rx.recv().await, None);
+        let received = async {
+            assert_eq!(rx.recv().await, Some(1));
+            assert_eq!(rx.recv().await, Some(2));
+            assert_eq!(rx.recv().await, Some(3));
+            assert_eq!(rx.recv().await, None);
+        };
+        tokio::time::timeout(Duration::from_secs(5), received)
+            .await
+            .expect("the sender was woken");
         sender.await.unwrap();
     }
 
@@ -376,6 +393,70 @@ mod tests {
         );
         assert!(tx.reserve().await.is_err());
         assert!(matches!(tx.try_reserve(), Err(TrySendError::Closed(()))));
+    }
+
+    /// As pingora's halves use the pipe: one `join!`ed future reserving (`try_reserve`, else
+    /// waiting in `reserve`), the other receiving, in one task: nothing else wakes it.
+    #[tokio::test]
+    async fn two_halves_joined_in_one_task_pass_every_value_through_a_small_pipe() {
+        let (tx, mut rx) = channel(2);
+        let send = async move {
+            for i in 0..200u32 {
+                let permit = match tx.try_reserve() {
+                    Ok(p) => p,
+                    Err(_) => tx.reserve().await.unwrap(),
+                };
+                permit.send(i);
+                if i % 7 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        };
+        let recv = async {
+            let mut got = Vec::new();
+            while let Some(v) = rx.recv().await {
+                got.push(v);
+                if v % 5 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            got
+        };
+        let joined = async { tokio::join!(send, recv).1 };
+        let got = tokio::time::timeout(Duration::from_secs(5), joined)
+            .await
+            .expect("no wake-up lost");
+        assert_eq!(got, (0..200).collect::<Vec<_>>());
+    }
+
+    /// As proxy_h2's upstream half: a read raced against `closed()`, the receiver joined.
+    #[tokio::test]
+    async fn closed_raced_in_a_select_sees_the_joined_receiver_go() {
+        let (tx, mut rx) = channel::<u32>(4);
+        let upstream = async {
+            let mut reads = 0;
+            loop {
+                tokio::select! {
+                    _ = tx.closed() => return reads,
+                    _ = tokio::time::sleep(Duration::from_millis(1)) => {
+                        reads += 1;
+                        if tx.send(reads).await.is_err() {
+                            return reads;
+                        }
+                    }
+                }
+            }
+        };
+        let downstream = async move {
+            assert_eq!(rx.recv().await, Some(1));
+            assert_eq!(rx.recv().await, Some(2));
+            drop(rx);
+        };
+        let joined = async { tokio::join!(upstream, downstream).0 };
+        let reads = tokio::time::timeout(Duration::from_secs(5), joined)
+            .await
+            .expect("the receiver's going was seen");
+        assert!((2..=3).contains(&reads), "{reads}");
     }
 
     #[tokio::test]
