@@ -270,8 +270,11 @@ impl TransportConnector {
             let mut stream = self.idle_pool.take(peer.reuse_hash())?;
             // test_reusable_stream: we assume server would never actively send data
             // first on an idle stream.
+            // hydrus patch: `matches_socket` (was `matches_fd`), which an `HttpPeer` answers from
+            // the stream's digest instead of a `getpeername` a request.
             #[cfg(unix)]
-            let same_socket = peer.matches_fd(stream.id());
+            let same_socket =
+                peer.matches_socket(stream.get_socket_digest().as_deref(), stream.id());
             #[cfg(windows)]
             let same_socket = {
                 use std::os::windows::io::{AsRawSocket, RawSocket};

@@ -261,6 +261,17 @@ pub trait Peer: Display + Clone {
         self.address().check_fd_match(fd)
     }
 
+    /// hydrus patch: whether a pooled connection (its socket digest, if it has one, and its fd)
+    /// is connected to this peer, the check before reuse. By default [`Peer::matches_fd`].
+    #[cfg(unix)]
+    fn matches_socket(
+        &self,
+        _digest: Option<&crate::protocols::SocketDigest>,
+        fd: std::os::unix::io::RawFd,
+    ) -> bool {
+        self.matches_fd(fd)
+    }
+
     #[cfg(windows)]
     fn matches_sock<V: AsRawSocket>(&self, sock: V) -> bool {
         use crate::protocols::ConnSockReusable;
@@ -855,6 +866,27 @@ impl Peer for HttpPeer {
         }
     }
 
+    /// hydrus patch: a connection whose socket digest already read its peer's address (one
+    /// `getpeername` a connection, cached) and found this peer's own IP address is known to be
+    /// connected to it: a connected TCP socket's peer never changes, and the connection owns its
+    /// fd. Anything else (a proxied peer, 0.0.0.0, a Unix socket, no digest) is
+    /// [`Peer::matches_fd`] as before, which was a `getpeername` a request.
+    #[cfg(unix)]
+    fn matches_socket(
+        &self,
+        digest: Option<&crate::protocols::SocketDigest>,
+        fd: std::os::unix::io::RawFd,
+    ) -> bool {
+        let known = self.proxy.is_none()
+            && digest.is_some_and(|digest| {
+                matches!(
+                    (digest.peer_addr(), self.address()),
+                    (Some(SocketAddr::Inet(known)), SocketAddr::Inet(wanted)) if known == wanted
+                )
+            });
+        known || self.matches_fd(fd)
+    }
+
     #[cfg(windows)]
     fn matches_sock<V: AsRawSocket>(&self, sock: V) -> bool {
         use crate::protocols::ConnSockReusable;
@@ -899,6 +931,51 @@ impl Display for Proxy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// hydrus patch: an `HttpPeer` knows its pooled connection by the stream's digest, and a
+    /// connection to another address is still not taken for it.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn an_http_peer_knows_its_own_connection_and_no_other() {
+        use crate::connectors::TransportConnector;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepting = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        let peer = HttpPeer::new(addr, false, String::new());
+        let connector = TransportConnector::new(None);
+        let stream = connector.new_stream(&peer).await.unwrap();
+        let digest = stream.get_socket_digest();
+        let matches = |p: &HttpPeer| p.matches_socket(digest.as_deref(), stream.id());
+        assert!(matches(&peer));
+        let known = digest.as_ref().unwrap().peer_addr().cloned();
+        assert_eq!(
+            known,
+            Some(SocketAddr::Inet(addr)),
+            "read once, kept in the digest"
+        );
+
+        // A connection to another address (what a reuse hash colliding would hand out): not it.
+        let other = HttpPeer::new(("127.0.0.2", addr.port()), false, String::new());
+        assert!(!matches(&other));
+        let mut proxied = peer.clone();
+        proxied.proxy = Some(Proxy {
+            next_hop: PathBuf::from("/nonexistent.sock").into(),
+            host: "example.com".into(),
+            port: 443,
+            headers: BTreeMap::new(),
+        });
+        assert!(!matches(&proxied), "a proxied peer checks its next hop");
+
+        connector.release_stream(stream, peer.reuse_hash(), None);
+        let (_, reused) = connector.get_stream(&peer).await.unwrap();
+        assert!(reused);
+        accepting.abort();
+    }
 
     #[test]
     fn default_http_upstream_request_policy_is_standards_oriented() {

@@ -420,8 +420,9 @@ impl Connector {
             .filter(|c| !c.is_closed())
             .or_else(|| self.idle_pool.get(&reuse_hash));
         if let Some(conn) = maybe_conn {
+            // hydrus patch: `matches_socket` (was `matches_fd`, a `getpeername` a request).
             #[cfg(unix)]
-            if !peer.matches_fd(conn.id()) {
+            if !peer.matches_socket(conn.digest().socket_digest.as_deref(), conn.id()) {
                 return Ok(None);
             }
             #[cfg(windows)]
