@@ -261,6 +261,97 @@ pub fn redact_urls_in(text: &str) -> String {
     out
 }
 
+/// What `stat` says of a file, to tell that it has not changed without reading it: the watcher
+/// polls its tables once a second, and reading a multi-MB k-table whole each time to compare it
+/// cost more than anything else an idle proxy did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+/// How long after a file's last change its stamp is trusted: timestamps move in kernel ticks, so
+/// a write in the same tick as an earlier stat can leave them equal (git's "racy" index entries).
+pub const STAMP_TRUSTED_AFTER: Duration = Duration::from_secs(1);
+
+impl FileStamp {
+    /// The file's stamp now (`None` if it cannot be read, or on a platform without inodes). The
+    /// file is opened and its descriptor asked, not its path: NFS revalidates cached attributes
+    /// on open (close-to-open), so a table another host rewrote is seen as a read would see it.
+    pub fn of(path: &std::path::Path) -> Option<Self> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let m = std::fs::File::open(path).and_then(|f| f.metadata()).ok()?;
+            Some(Self {
+                dev: m.dev(),
+                ino: m.ino(),
+                len: m.len(),
+                mtime: (m.mtime(), m.mtime_nsec()),
+                ctime: (m.ctime(), m.ctime_nsec()),
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = path;
+            None
+        }
+    }
+
+    /// This stamp, if the file's last change (its ctime, which no tool can set back) was at least
+    /// [`STAMP_TRUSTED_AFTER`] before `now_ms`: then any later write gives a different stamp.
+    pub fn trusted_at(self, now_ms: u64) -> Option<Self> {
+        let changed_ms = self.ctime.0.saturating_mul(1000) + self.ctime.1 / 1_000_000;
+        let age = i64::try_from(now_ms).ok()?.saturating_sub(changed_ms);
+        (age >= STAMP_TRUSTED_AFTER.as_millis() as i64).then_some(self)
+    }
+}
+
+#[cfg(test)]
+mod stamp_tests {
+    use super::*;
+    use crate::clock::unix_ms;
+
+    #[test]
+    fn a_file_changed_keeps_no_stamp_of_before_even_with_its_size_and_mtime_put_back() {
+        let dir = std::env::temp_dir().join(format!("hydrus-stamp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("k.yaml");
+        std::fs::write(&path, "k: 0.004\n").expect("write");
+        let before = FileStamp::of(&path).expect("stamp");
+        assert_eq!(
+            FileStamp::of(&path),
+            Some(before),
+            "unchanged: the same stamp"
+        );
+        assert_eq!(
+            before.trusted_at(unix_ms()),
+            None,
+            "just changed: not trusted yet"
+        );
+        assert_eq!(before.trusted_at(unix_ms() + 1_500), Some(before));
+        let mtime = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .expect("mtime");
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(&path, "k: 0.002\n").expect("rewrite");
+        let f = std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .expect("open");
+        f.set_modified(mtime).expect("mtime put back");
+        drop(f);
+        let after = FileStamp::of(&path).expect("stamp");
+        assert_eq!(after.len, before.len);
+        assert_eq!(after.mtime, before.mtime);
+        assert_ne!(after, before, "the ctime moved");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}
+
 #[cfg(test)]
 mod redaction_tests {
     use super::*;

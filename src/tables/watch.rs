@@ -2,7 +2,7 @@
 //! whether a changing file has settled, conditional GETs.
 
 use hydrus_filters::clock::{unix_ms, unix_ms_of};
-use hydrus_filters::table::{redact_urls_in, redacted_url, TableSource};
+use hydrus_filters::table::{redact_urls_in, redacted_url, FileStamp, TableSource};
 use std::path::Path;
 use std::time::Instant;
 
@@ -77,6 +77,9 @@ pub fn modified_ms(path: &Path) -> Option<u64> {
         .and_then(unix_ms_of)
 }
 
+/// At most how long an unchanged stamp stands for the file's bytes before they are read again.
+const STAMP_HELD_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// What looking at a source found.
 pub enum Change {
     Unchanged,
@@ -97,6 +100,9 @@ pub struct Watched {
     seen: Seen,
     etag: Option<String>,
     next_poll: Option<Instant>,
+    /// The file's stamp when `seen` was read, once trusted, and when: while it holds, the file
+    /// is not read (but once a minute, in case a file system keeps no honest ctime).
+    stamp: Option<(FileStamp, Instant)>,
     /// The last failure, so that a persisting one is logged and counted once.
     pub error: Option<String>,
     settling: Settling,
@@ -116,6 +122,16 @@ impl Watched {
 
     fn check_file(&mut self, path: &Path, force: bool) -> Change {
         let shown = || path.display().to_string();
+        let stamp = FileStamp::of(path);
+        if let (Some(now), Some((held, since))) = (stamp, self.stamp) {
+            if !force && now == held && since.elapsed() < STAMP_HELD_FOR {
+                return Change::Unchanged;
+            }
+        }
+        let trusted = stamp
+            .and_then(|s| s.trusted_at(unix_ms()))
+            .map(|s| (s, Instant::now()));
+        self.stamp = None;
         let seen = match Seen::read(path) {
             Ok(s) => s,
             Err(e) => {
@@ -127,6 +143,7 @@ impl Watched {
         };
         if !force && seen == self.seen {
             self.settling = Settling::default();
+            self.stamp = trusted;
             return Change::Unchanged;
         }
         if !force {
@@ -135,6 +152,7 @@ impl Watched {
             }
         }
         self.seen = seen;
+        self.stamp = trusted;
         match String::from_utf8(self.seen.bytes.clone()) {
             Ok(text) => Change::New {
                 text,
