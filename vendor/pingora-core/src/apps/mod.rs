@@ -329,7 +329,12 @@ where
                 |h2_stream, guard| {
                     let app = app.clone();
                     let shutdown = shutdown_for_session.clone();
-                    pingora_runtime::current_handle().spawn(async move {
+                    // hydrus patch: the stream's task on this connection's runtime (was
+                    // `pingora_runtime::current_handle()`, which without work stealing picks a
+                    // thread at random): the connection's I/O is driven here, and a stream on
+                    // another thread would cross threads for each of its frames. With work
+                    // stealing both are the one multi-threaded runtime.
+                    tokio::spawn(async move {
                         // hold `guard` for the session's lifetime so the accept
                         // loop's idle timeout sees this connection as busy.
                         let _guard = guard;

@@ -15,6 +15,11 @@
 //   server closed (a read on a socket the reactor has not seen readable makes no system call).
 // A connection the server closes is so closed within a sweep period rather than at once, and
 // never handed out: the check at reuse sees the close.
+//
+// On pingora's runtime without work stealing (one single-threaded runtime a thread), an idle
+// connection is kept for the thread that returned it, as nginx and Envoy keep theirs per worker:
+// its socket is registered with that thread's I/O driver, and a request on another thread would
+// have each of its readiness events seen there and handed over (a cross-thread wake-up each).
 
 use crate::protocols::Stream;
 use log::debug;
@@ -22,7 +27,9 @@ use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
+use std::thread::ThreadId;
 use std::time::{Duration, Instant};
+use tokio::runtime::RuntimeFlavor;
 
 use super::PoolCallback;
 
@@ -42,10 +49,36 @@ impl Idle {
     }
 }
 
+/// An upstream (`Peer::reuse_hash`), and on a single-threaded runtime the thread running it.
+type Key = (u64, Option<ThreadId>);
+
+/// `key` as the pool files it for the calling thread.
+fn local(key: u64) -> Key {
+    (key, single_threaded().then(|| std::thread::current().id()))
+}
+
+/// Whether the caller runs on a single-threaded runtime (pingora without work stealing runs one
+/// a thread), whose I/O driver sees only the sockets registered on that thread.
+pub(crate) fn single_threaded() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::CurrentThread)
+}
+
+/// An upstream's pool key (`Peer::reuse_hash`) for the calling thread: on a single-threaded
+/// runtime, a key of its own (for pools keyed by a number, as the HTTP/2 ones are), else `key`.
+pub(crate) fn thread_key(key: u64) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    if !single_threaded() {
+        return key;
+    }
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+        .hash_one((key, std::thread::current().id()))
+}
+
 #[derive(Default)]
 struct Groups {
-    /// Per upstream (`Peer::reuse_hash`), the most recently returned last.
-    by_key: HashMap<u64, VecDeque<Idle>>,
+    /// Per upstream and thread (see [`Key`]), the most recently returned last.
+    by_key: HashMap<Key, VecDeque<Idle>>,
     count: usize,
 }
 
@@ -74,8 +107,10 @@ impl IdlePool {
         }
     }
 
-    /// The most recently returned connection to `key` not past its idle timeout.
+    /// The most recently returned connection to `key` not past its idle timeout (returned on
+    /// this thread, on a single-threaded runtime).
     pub(crate) fn take(&self, key: u64) -> Option<Stream> {
+        let key = local(key);
         let now = Instant::now();
         let mut expired = Vec::new();
         let found = {
@@ -106,6 +141,7 @@ impl IdlePool {
             return;
         }
         self.start_sweeping();
+        let key = local(key);
         let idle = Idle {
             stream,
             since: Instant::now(),
@@ -245,6 +281,75 @@ mod tests {
         assert!(p.take(3).is_none());
         assert_eq!(p.take(2).map(|s| s.id()), Some(c_id));
         assert_eq!(p.len(), 0);
+    }
+
+    /// On single-threaded runtimes (pingora without work stealing) a connection is kept for the
+    /// thread that returned it; a multi-threaded runtime's threads share theirs.
+    #[test]
+    fn on_single_threaded_runtimes_a_connection_is_kept_for_its_thread() {
+        let single = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        let p = pool(8);
+        let here = single();
+        let (id, _server, _l) = here.block_on(async {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let (a, server) = pair(&l).await;
+            let id = a.id();
+            p.put(1, a, None);
+            (id, server, l)
+        });
+        let other = p.clone();
+        let found_elsewhere =
+            std::thread::spawn(move || single().block_on(async move { other.take(1).is_some() }))
+                .join()
+                .unwrap();
+        assert!(!found_elsewhere);
+        assert_eq!(p.len(), 1);
+        assert_eq!(here.block_on(async { p.take(1).map(|s| s.id()) }), Some(id));
+
+        let multi = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        multi.block_on(async {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let (b, _server) = pair(&l).await;
+            let id = b.id();
+            // Returned on a worker thread, taken on this one (`block_on`'s, not a worker).
+            let putter = p.clone();
+            tokio::spawn(async move { putter.put(2, b, None) })
+                .await
+                .unwrap();
+            assert_eq!(p.take(2).map(|s| s.id()), Some(id));
+        });
+    }
+
+    /// The HTTP/2 pools' keys: per thread on single-threaded runtimes only.
+    #[test]
+    fn an_upstream_key_is_the_threads_own_on_single_threaded_runtimes_only() {
+        let single = || {
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap()
+        };
+        let here = single().block_on(async { thread_key(7) });
+        assert_eq!(single().block_on(async { thread_key(7) }), here);
+        assert_ne!(single().block_on(async { thread_key(8) }), here);
+        let there = std::thread::spawn(move || single().block_on(async { thread_key(7) }))
+            .join()
+            .unwrap();
+        assert_ne!(here, there);
+        let multi = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        assert_eq!(multi.block_on(async { thread_key(7) }), 7);
+        assert_eq!(thread_key(7), 7);
     }
 
     #[tokio::test]

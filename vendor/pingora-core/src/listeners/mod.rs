@@ -80,7 +80,7 @@ use crate::protocols::{l4::socket::SocketAddr, tls::TlsRef, Stream};
 use crate::server::ListenFds;
 
 use async_trait::async_trait;
-use pingora_error::Result;
+use pingora_error::{ErrorType::AcceptError, OrErr, Result};
 use std::{any::Any, fs::Permissions, sync::Arc};
 
 use l4::{ListenerEndpoint, Stream as L4Stream};
@@ -292,7 +292,12 @@ impl TransportStack {
 
     pub async fn accept(&self) -> Result<UninitializedStream> {
         let stream = self.l4.accept().await?;
+        // hydrus patch: see `UninitializedStream::accepted_on`.
+        let accepted_on = (tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::CurrentThread)
+            .then(|| std::thread::current().id());
         Ok(UninitializedStream {
+            accepted_on,
             l4: stream,
             tls: self.tls.clone(),
             l4_buffer: self.l4_buffer,
@@ -306,6 +311,10 @@ impl TransportStack {
 }
 
 pub(crate) struct UninitializedStream {
+    /// hydrus patch: the thread whose single-threaded runtime accepted the connection (none on a
+    /// multi-threaded runtime, whose threads share one I/O driver).
+    #[cfg_attr(not(unix), allow(dead_code))]
+    accepted_on: Option<std::thread::ThreadId>,
     l4: L4Stream,
     tls: Option<Arc<Acceptor>>,
     l4_buffer: L4BufferSettings,
@@ -314,6 +323,17 @@ pub(crate) struct UninitializedStream {
 
 impl UninitializedStream {
     pub async fn handshake(mut self) -> Result<Stream> {
+        // hydrus patch: served on another single-threaded runtime than the one that accepted
+        // it, the socket moves to this runtime's I/O driver (see `Stream::register_here`).
+        #[cfg(unix)]
+        if self
+            .accepted_on
+            .is_some_and(|t| t != std::thread::current().id())
+        {
+            self.l4
+                .register_here()
+                .or_err(AcceptError, "failed to move the socket to its runtime")?;
+        }
         self.l4.set_buffer(self.l4_buffer);
         if let Some(tls) = self.tls {
             // Process pre-TLS data if a callback is configured (e.g., PROXY protocol)
@@ -568,6 +588,60 @@ mod test {
         // OS has completed the TCP handshake.
         TcpStream::connect(addrs[0]).await.unwrap();
         TcpStream::connect(addrs[1]).await.unwrap();
+    }
+
+    /// hydrus patch: on single-threaded runtimes (pingora without work stealing) a connection
+    /// can be served on another thread than the one that accepted it; its socket moves to the
+    /// serving runtime's I/O driver, so that runtime alone sees its events: it is served even
+    /// once the accepting runtime is gone.
+    #[test]
+    fn a_connection_served_on_another_thread_is_registered_with_that_threads_runtime() {
+        use std::io::{Read, Write};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let single = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        let accepting = single();
+        let (accepted, mut client, addr) = accepting.block_on(async {
+            let listener = Listeners::tcp("127.0.0.1:0")
+                .build(
+                    #[cfg(unix)]
+                    None,
+                )
+                .await
+                .unwrap()
+                .pop()
+                .unwrap();
+            let addr = listener.l4.local_addr().unwrap();
+            let client = std::net::TcpStream::connect(addr).unwrap();
+            (listener.accept().await.unwrap(), client, addr)
+        });
+        drop(accepting);
+        let served = std::thread::spawn(move || {
+            single().block_on(async move {
+                let mut stream = accepted.handshake().await.unwrap();
+                // (The digest follows the socket to its new descriptor.)
+                let digest = stream.get_socket_digest().unwrap();
+                assert_eq!(digest.local_addr().and_then(|a| a.as_inet()), Some(&addr));
+                let mut request = [0; 4];
+                stream.read_exact(&mut request).await.unwrap();
+                stream.write_all(b"pong").await.unwrap();
+                stream.flush().await.unwrap();
+                request
+            })
+        });
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        client.write_all(b"ping").unwrap();
+        let mut response = [0; 4];
+        let read = client.read_exact(&mut response);
+        assert_eq!(&served.join().expect("served"), b"ping");
+        read.unwrap();
+        assert_eq!(&response, b"pong");
     }
 
     #[tokio::test]

@@ -13,6 +13,7 @@
 // limitations under the License.
 
 use super::HttpSession;
+use crate::connectors::idle::thread_key;
 use crate::connectors::{ConnectorOptions, IdleConnection, PoolCallback, TransportConnector};
 use crate::protocols::http::custom::client::Session;
 use crate::protocols::http::v1::client::HttpSession as Http1Session;
@@ -61,6 +62,9 @@ pub(crate) struct ConnectionRefInner {
     pub(crate) digest: Digest,
     // To serialize certain operations when trying to release the connect back to the pool,
     pub(crate) release_lock: Arc<Mutex<()>>,
+    // hydrus patch: the key the pools file this connection under, fixed by its first use (see
+    // `ConnectionRef::pool_key`).
+    pool_key: std::sync::OnceLock<u64>,
 }
 
 #[derive(Clone)]
@@ -85,7 +89,16 @@ impl ConnectionRef {
             shutting_down: false.into(),
             digest,
             release_lock: Arc::new(Mutex::new(())),
+            pool_key: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// hydrus patch: the key the pools file this connection under: the peer's `reuse_hash`, per
+    /// thread on a single-threaded runtime (see `thread_key`), fixed when first asked, so that a
+    /// stream released on another thread than the one that took it finds the connection where
+    /// it was filed.
+    pub(crate) fn pool_key(&self, reuse_hash: u64) -> u64 {
+        *self.0.pool_key.get_or_init(|| thread_key(reuse_hash))
     }
     // TODO: Migrate callers of `more_streams_allowed()` to
     // `can_accept_streams(1)`, then deprecate/remove the duplicate legacy method.
@@ -385,7 +398,10 @@ impl Connector {
             "newly created connection has no free streams (server may have sent GOAWAY)",
         )?;
         if conn.more_streams_allowed() {
-            self.in_use_pool.insert(peer.reuse_hash(), conn);
+            // hydrus patch: the pools' keys are per thread on single-threaded runtimes (see
+            // `thread_key`).
+            self.in_use_pool
+                .insert(conn.pool_key(peer.reuse_hash()), conn);
         }
         Ok(HttpSession::H2(h2_stream))
     }
@@ -399,7 +415,11 @@ impl Connector {
     ) -> Result<Option<Http2Session>> {
         // check in use pool first so that we use fewer total connections
         // then idle pool
-        let reuse_hash = peer.reuse_hash();
+        // hydrus patch: on a single-threaded runtime (pingora without work stealing, one a
+        // thread) a thread uses the HTTP/2 connections it made, as Envoy's workers do: their
+        // sockets and tasks are on its runtime, and a stream on another thread would cross
+        // threads for each of its frames.
+        let reuse_hash = thread_key(peer.reuse_hash());
 
         // NOTE: We grab a conn from the pools, create a new stream and put the conn back if the
         // conn has more free streams. During this process another caller could arrive but is not
@@ -440,7 +460,8 @@ impl Connector {
             }
             let h2_stream = conn.spawn_stream().await?;
             if conn.more_streams_allowed() {
-                self.in_use_pool.insert(reuse_hash, conn);
+                // hydrus patch: under the key it was filed under (the same as `reuse_hash`).
+                self.in_use_pool.insert(conn.pool_key(reuse_hash), conn);
             }
             Ok(h2_stream)
         } else {
@@ -461,7 +482,9 @@ impl Connector {
         idle_timeout: Option<Duration>,
     ) {
         let id = session.conn.id();
-        let reuse_hash = peer.reuse_hash();
+        // hydrus patch: the key the connection was filed under (per thread, see
+        // `reused_http_session`).
+        let reuse_hash = session.conn.pool_key(peer.reuse_hash());
         // get a ref to the connection, which we might need below, before dropping the h2
         let conn = session.conn();
 
@@ -490,8 +513,9 @@ impl Connector {
             let idle_meta = IdleConnection::new(meta);
             let pool = self.idle_pool.clone(); //clone the arc
             let keepalive_pool_callback = self.pool_callback.clone();
-            let rt = pingora_runtime::current_handle();
-            rt.spawn(async move {
+            // hydrus patch: on this thread's runtime, with the connection (was
+            // `pingora_runtime::current_handle()`: a thread at random without work stealing).
+            tokio::spawn(async move {
                 if pool
                     .idle_timeout(
                         &idle_meta.connection,
@@ -576,7 +600,6 @@ impl H2HandshakeSettings {
 /// Perform an HTTP/2 handshake on the given stream with the given settings.
 pub async fn handshake(stream: Stream, settings: H2HandshakeSettings) -> Result<ConnectionRef> {
     use h2::client::Builder;
-    use pingora_runtime::current_handle;
 
     let max_streams = settings.max_streams;
 
@@ -648,7 +671,10 @@ pub async fn handshake(stream: Stream, settings: H2HandshakeSettings) -> Result<
 
     let (closed_tx, closed_rx) = watch::channel(false);
 
-    current_handle().spawn(async move {
+    // hydrus patch: driven on the runtime whose I/O driver has the socket (was
+    // `current_handle()`: a thread at random without work stealing, which then crossed threads
+    // for each frame). With work stealing both are the one multi-threaded runtime.
+    tokio::spawn(async move {
         drive_connection(
             connection,
             id,

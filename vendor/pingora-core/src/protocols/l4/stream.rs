@@ -623,6 +623,47 @@ impl Stream {
         }
     }
 
+    /// hydrus patch: register the socket with the I/O driver of the runtime running this call
+    /// instead of the one it was accepted on. With one runtime per thread (no work stealing) an
+    /// accepted connection is served on a thread picked at random, but the accept registered
+    /// its socket with the accepting thread's driver: every readiness event of the connection
+    /// would then be seen by that thread and handed over to the serving one (a cross-thread
+    /// wake-up, twice a proxied request). Call it before anything is read or written. The
+    /// socket is registered here under a duplicate of its descriptor first, so that on an error
+    /// the stream is left as it was.
+    #[cfg(unix)]
+    pub(crate) fn register_here(&mut self) -> io::Result<()> {
+        use std::os::fd::AsFd;
+        let raw = &mut self.stream_mut().get_mut().stream;
+        let here = match raw {
+            RawStream::Tcp(s) => RawStream::Tcp(TcpStream::from_std(std::net::TcpStream::from(
+                s.as_fd().try_clone_to_owned()?,
+            ))?),
+            RawStream::Unix(s) => RawStream::Unix(UnixStream::from_std(
+                std::os::unix::net::UnixStream::from(s.as_fd().try_clone_to_owned()?),
+            )?),
+            RawStream::Virtual(_) => return Ok(()),
+        };
+        // (The old registration dropped: removed from the accepting thread's driver, and its
+        // descriptor closed.)
+        *raw = here;
+        // The socket's digest names it by descriptor: the new one, with what it already read.
+        if let Some(old) = self.socket_digest.take() {
+            let moved = SocketDigest::from_raw_fd(self.as_raw_fd());
+            for (from, to) in [
+                (&old.peer_addr, &moved.peer_addr),
+                (&old.local_addr, &moved.local_addr),
+                (&old.original_dst, &moved.original_dst),
+            ] {
+                if let Some(v) = from.get() {
+                    let _ = to.set(v.clone());
+                }
+            }
+            self.socket_digest = Some(Arc::new(moved));
+        }
+        Ok(())
+    }
+
     /// Set the read and write buffer sizes
     /// It is only set later because of the malloc overhead in critical accept() path
     pub(crate) fn set_buffer(&mut self, buffer: L4BufferSettings) {

@@ -590,7 +590,9 @@ pub async fn drive_connection<S>(
         let dropped2 = dropped.clone();
 
         if let Some(ping_pong) = c.ping_pong() {
-            pingora_runtime::current_handle().spawn(async move {
+            // hydrus patch: on this connection's runtime (was `current_handle()`: without work
+            // stealing a thread at random, whose pings then crossed threads).
+            tokio::spawn(async move {
                 do_ping_pong(ping_pong, interval, tx, dropped2, id).await;
             });
         } else {
