@@ -18,7 +18,8 @@
 # counts the calls that did not succeed, by the log records' grpc_status and h2load's failures.
 # Env: HYDRUS_BENCH_THREADS (proxy threads / nginx workers, default 2), STREAMS (concurrent
 # streams per client, default 8), COMPARE="NAME=BINARY ..." (more hydrus binaries on the full
-# chain in the same rounds, as hydrus-NAME: a change measured before and after in one run).
+# chain in the same rounds, as hydrus-NAME: a change measured before and after in one run;
+# NAME=BINARY+SNIPPET adds a file's YAML lines to that target's config).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=bench
@@ -125,8 +126,11 @@ declare -A port=([direct]=$UP [hydrus]=$FULL [hydrus-empty]=$EMPTY [nginx]=$NGX 
 targets=(direct hydrus hydrus-empty pingora-bare nginx haproxy)
 i=0
 for spec in ${COMPARE:-}; do
-  name=hydrus-${spec%%=*}; bin=${spec#*=}
+  # NAME=BINARY, or NAME=BINARY+SNIPPET (YAML lines added to the full chain's config)
+  name=hydrus-${spec%%=*}; bin=${spec#*=}; snippet=""
+  case $bin in *+*) snippet=${bin#*+}; bin=${bin%%+*} ;; esac
   hydrus_config $((18300 + i)) $((18310 + i)) "$(filters "$work/logs-$name")" "\"127.0.0.1:$UP\"" > "$work/$name.yaml"
+  [ -z "$snippet" ] || cat "$snippet" >> "$work/$name.yaml"
   "$bin" serve --config "$work/$name.yaml" 2>"$work/$name.log" & pids+=($!)
   port[$name]=$((18300 + i)); targets+=("$name"); i=$((i + 1))
 done

@@ -1,6 +1,7 @@
 //! A bare pingora reverse proxy (one upstream, no filters), the floor hydrus is measured
 //! against in `benches/load.sh` and `benches/grpc.sh`: `bare_proxy LISTEN UPSTREAM THREADS [h2c]`
-//! (`h2c`: HTTP/2 in clear text on both sides, for gRPC).
+//! (`h2c`: HTTP/2 in clear text on both sides, for gRPC). Its runtime is hydrus's default, one
+//! per thread without work stealing; `BARE_WORK_STEALING=1` gives pingora's own default.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use async_trait::async_trait;
@@ -31,6 +32,7 @@ fn main() {
     let h2c = args.get(4).is_some_and(|a| a == "h2c");
     let conf = ServerConf {
         threads,
+        work_stealing: std::env::var("BARE_WORK_STEALING").is_ok_and(|v| v == "1"),
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
