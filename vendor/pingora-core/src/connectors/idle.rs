@@ -79,7 +79,10 @@ pub(crate) fn thread_key(key: u64) -> u64 {
 struct Groups {
     /// Per upstream and thread (see [`Key`]), the most recently returned last.
     by_key: HashMap<Key, VecDeque<Idle>>,
-    count: usize,
+    /// How many are idle, per thread (`None`: a multi-threaded runtime's, all of them): the
+    /// pool's size caps each thread's, as nginx's `keepalive` caps each worker's cache, so that
+    /// one thread's returns never close another's idle connections.
+    counts: HashMap<Option<ThreadId>, usize>,
 }
 
 /// The idle connections of a connector, at most `size` of them.
@@ -115,11 +118,11 @@ impl IdlePool {
         let mut expired = Vec::new();
         let found = {
             let mut g = self.groups.lock();
-            let Groups { by_key, count } = &mut *g;
+            let Groups { by_key, counts } = &mut *g;
             let stack = by_key.get_mut(&key)?;
             let mut found = None;
             while let Some(idle) = stack.pop_back() {
-                *count -= 1;
+                forget_one(counts, key.1);
                 if idle.expired(now) {
                     expired.push(idle);
                 } else {
@@ -149,13 +152,13 @@ impl IdlePool {
         };
         let evicted = {
             let mut g = self.groups.lock();
-            let evicted = if g.count >= self.size {
-                g.pop_oldest()
+            let evicted = if g.counts.get(&key.1).is_some_and(|&n| n >= self.size) {
+                g.pop_oldest(key.1)
             } else {
                 None
             };
             g.by_key.entry(key).or_default().push_back(idle);
-            g.count += 1;
+            *g.counts.entry(key.1).or_default() += 1;
             evicted
         };
         if let Some(e) = evicted {
@@ -174,8 +177,8 @@ impl IdlePool {
         let mut closed = Vec::new();
         {
             let mut g = self.groups.lock();
-            let Groups { by_key, count } = &mut *g;
-            by_key.retain(|_, stack| {
+            let Groups { by_key, counts } = &mut *g;
+            by_key.retain(|&(_, thread), stack| {
                 for mut idle in std::mem::take(stack) {
                     if !idle.expired(now)
                         && super::test_reusable_stream(&mut idle.stream, unexpected_data)
@@ -183,7 +186,7 @@ impl IdlePool {
                         stack.push_back(idle);
                     } else {
                         // (Closed once the lock is released.)
-                        *count -= 1;
+                        forget_one(counts, thread);
                         closed.push(idle);
                     }
                 }
@@ -227,22 +230,30 @@ impl IdlePool {
 
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.groups.lock().count
+        self.groups.lock().counts.values().sum()
+    }
+}
+
+/// One idle connection of `thread`'s fewer.
+fn forget_one(counts: &mut HashMap<Option<ThreadId>, usize>, thread: Option<ThreadId>) {
+    if let Some(n) = counts.get_mut(&thread) {
+        *n = n.saturating_sub(1);
     }
 }
 
 impl Groups {
-    /// Remove the least recently returned connection of all (a scan of the upstreams: only
-    /// when the pool is full).
-    fn pop_oldest(&mut self) -> Option<Idle> {
+    /// Remove `thread`'s least recently returned connection, of any upstream (a scan of the
+    /// upstreams: only when its share of the pool is full).
+    fn pop_oldest(&mut self, thread: Option<ThreadId>) -> Option<Idle> {
         let key = self
             .by_key
             .iter()
+            .filter(|(k, _)| k.1 == thread)
             .filter_map(|(k, stack)| stack.front().map(|i| (*k, i.since)))
             .min_by_key(|(_, since)| *since)?
             .0;
         let oldest = self.by_key.get_mut(&key)?.pop_front()?;
-        self.count -= 1;
+        forget_one(&mut self.counts, thread);
         Some(oldest)
     }
 }
@@ -295,13 +306,40 @@ mod tests {
         };
         let p = pool(8);
         let here = single();
-        let (id, _server, _l) = here.block_on(async {
+        let (id, _server, l) = here.block_on(async {
             let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let (a, server) = pair(&l).await;
             let id = a.id();
             p.put(1, a, None);
             (id, server, l)
         });
+        // Each thread's share is the pool's size: another thread's return closes none of this
+        // thread's idle connections.
+        let capped = pool(1);
+        let (kept, _kept_server) = here.block_on(async {
+            let (c, server) = pair(&l).await;
+            let id = c.id();
+            capped.put(1, c, None);
+            (id, server)
+        });
+        let elsewhere = capped.clone();
+        std::thread::spawn(move || {
+            single().block_on(async move {
+                let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                for _ in 0..2 {
+                    let (d, _server) = pair(&l).await;
+                    elsewhere.put(1, d, None);
+                }
+            })
+        })
+        .join()
+        .unwrap();
+        assert_eq!(capped.len(), 2);
+        assert_eq!(
+            here.block_on(async { capped.take(1).map(|s| s.id()) }),
+            Some(kept)
+        );
+
         let other = p.clone();
         let found_elsewhere =
             std::thread::spawn(move || single().block_on(async move { other.take(1).is_some() }))
