@@ -138,7 +138,8 @@ impl IdlePool {
     }
 
     /// Keep `stream` for reuse by `key`; the least recently returned connection makes room when
-    /// the pool is full. A pool of size 0 keeps nothing.
+    /// the pool is full (on a single-threaded runtime: this thread's, when its share is). A pool
+    /// of size 0 keeps nothing.
     pub(crate) fn put(self: &Arc<Self>, key: u64, stream: Stream, idle_timeout: Option<Duration>) {
         if self.size == 0 {
             return;
